@@ -1,0 +1,97 @@
+//! A new primary: initdb, then the superuser password, the database and the init
+//! scripts, on a temporary server that listens on the unix socket only.
+
+use super::scripts;
+use crate::pgconf::{self, quote, tuning};
+use crate::process::{run_as, Runner};
+use crate::settings::Settings;
+use crate::supervisor::postgres;
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use tracing::info;
+
+/// Builds a complete cluster in `staging`.
+pub async fn build(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> {
+    run_initdb(s, runner, staging).await?;
+    // initdb's postgresql.conf carries the locale, time zone and text search choices it
+    // made; keep it as the base that pgwarden's postgresql.conf includes.
+    std::fs::rename(
+        staging.join("postgresql.conf"),
+        staging.join(pgconf::BASE_CONF),
+    )
+    .context("keep initdb's postgresql.conf as the base configuration")?;
+    pgconf::apply(s, staging, &tuning::detect(), runner).await?;
+
+    info!("starting a temporary server on the unix socket to finish the bootstrap");
+    let mut server = postgres::spawn(
+        s,
+        runner,
+        staging,
+        &["-c", "listen_addresses=", "-c", "archive_mode=off"],
+    )?;
+    let result = async {
+        postgres::wait_ready(&mut server, staging, Duration::from_secs(120)).await?;
+        initialise_roles(s).await?;
+        scripts::run_all(s, runner, staging).await
+    }
+    .await;
+    // Fast shutdown: a checkpoint, and nothing left for crash recovery.
+    let _ = server.signal(Signal::SIGINT);
+    let exit = server.wait().await?;
+    result?;
+    if !exit.success() {
+        bail!("the temporary server did not shut down cleanly ({exit})");
+    }
+    Ok(())
+}
+
+async fn run_initdb(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> {
+    let mut cmd = Command::new(s.bin("initdb"));
+    cmd.arg("--pgdata")
+        .arg(staging)
+        .arg("--username")
+        .arg(&s.superuser)
+        .arg("--encoding=UTF8")
+        .arg("--data-checksums")
+        .arg("--auth-local=peer")
+        .arg("--auth-host=scram-sha-256")
+        // The user's arguments come last so that they win (initdb keeps the last value).
+        .args(&s.initdb_args);
+    run_as(&mut cmd, s.run_as.as_ref());
+    info!(args = ?s.initdb_args, "running initdb");
+    let out = runner.output(&mut cmd, None).await?;
+    if !out.status.success() {
+        bail!("initdb failed ({}): {}", out.status, out.stderr_text());
+    }
+    Ok(())
+}
+
+/// Sets the superuser password and creates POSTGRES_DB, as the official image does.
+/// The password is sent as a SCRAM verifier computed here, so the clear text never
+/// reaches the server, its logs or `pg_stat_activity`.
+async fn initialise_roles(s: &Settings) -> Result<()> {
+    let client = crate::db::connect_local(s, &s.socket_dir, "postgres")
+        .await
+        .context("connect to the temporary server")?;
+    if let Some(pw) = &s.password {
+        let verifier = postgres_protocol::password::scram_sha_256(pw.expose().as_bytes());
+        client
+            .batch_execute(&format!(
+                "ALTER ROLE {} WITH PASSWORD {}",
+                quote::ident(&s.superuser),
+                quote::literal(&verifier)
+            ))
+            .await
+            .context("set the superuser password")?;
+    }
+    if s.database != "postgres" {
+        client
+            .batch_execute(&format!("CREATE DATABASE {}", quote::ident(&s.database)))
+            .await
+            .with_context(|| format!("POSTGRES_DB: create database {:?}", s.database))?;
+    }
+    Ok(())
+}

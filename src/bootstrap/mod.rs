@@ -1,0 +1,159 @@
+//! Filling an empty PGDATA, atomically.
+//!
+//! A bootstrap builds the cluster in `PGDATA/.pgwarden-staging` and, once it is complete
+//! (initdb, password, database and init scripts all done), moves the entries up into
+//! PGDATA with `PG_VERSION` last. `PG_VERSION` at the top is the commit mark: until it
+//! is there, a later start sees an interrupted bootstrap and redoes it from clean. The
+//! staging directory lives inside PGDATA so that this also works when PGDATA is itself
+//! a mount point, where a rename of the directory is impossible. A PGDATA that holds a
+//! cluster, or anything pgwarden did not put there, is never removed.
+
+mod initdb;
+mod scripts;
+
+use crate::fsutil;
+use crate::pgdata::{self, DataDirState};
+use crate::process::Runner;
+use crate::settings::{Role, Settings};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tracing::{info, warn};
+
+/// Makes PGDATA hold a complete cluster: bootstraps it when needed, otherwise fixes its
+/// ownership and mode. The socket directory is created too.
+pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
+    let owner = s.run_as.as_ref().map(|u| u.owner());
+    fsutil::ensure_dir(&s.socket_dir, 0o700, owner).context("PGWARDEN_SOCKET_DIR")?;
+    let state = pgdata::inspect(&s.pgdata).context("PGDATA")?;
+    match state {
+        DataDirState::Initialized { version } => {
+            info!(pgdata = %s.pgdata.display(), version, "using the existing data directory");
+            fix_ownership(s)?;
+            remove_leftover_staging(&s.pgdata)?;
+            Ok(())
+        }
+        DataDirState::Missing | DataDirState::Empty => bootstrap(s, runner).await,
+        DataDirState::InterruptedBootstrap => {
+            warn!(pgdata = %s.pgdata.display(), "an earlier bootstrap was interrupted; starting it again from clean");
+            clean_interrupted(&s.pgdata)?;
+            bootstrap(s, runner).await
+        }
+        DataDirState::Foreign(entries) => bail!(
+            "PGDATA: {} is not empty and is not a PostgreSQL data directory (it holds {}); pgwarden will not touch it",
+            s.pgdata.display(),
+            entries.join(", ")
+        ),
+    }
+}
+
+async fn bootstrap(s: &Settings, runner: &Runner) -> Result<()> {
+    let owner = s.run_as.as_ref().map(|u| u.owner());
+    fsutil::ensure_dir(&s.pgdata, 0o700, owner).context("PGDATA")?;
+    let staging = pgdata::staging_dir(&s.pgdata);
+    match s.role {
+        Role::Primary => initdb::build(s, runner, &staging).await?,
+        Role::Replica => {
+            bail!("PGWARDEN_ROLE=replica: bootstrapping a replica is not available in this build")
+        }
+    }
+    commit(&staging, &s.pgdata)?;
+    info!(pgdata = %s.pgdata.display(), "bootstrap complete");
+    Ok(())
+}
+
+/// Moves the staged cluster into PGDATA, `PG_VERSION` last, then removes the staging dir.
+fn commit(staging: &Path, pgdata: &Path) -> Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(staging)
+        .with_context(|| format!("read {}", staging.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    // PG_VERSION sorts last, whatever the other names are.
+    names.sort_by_key(|n| (n == "PG_VERSION", n.clone()));
+    for name in &names {
+        if name == "PG_VERSION" {
+            // Everything before the commit mark must be durable first.
+            fsutil::fsync_dir(pgdata)?;
+        }
+        std::fs::rename(staging.join(name), pgdata.join(name)).with_context(|| {
+            format!("move {} into {}", name.to_string_lossy(), pgdata.display())
+        })?;
+    }
+    fsutil::fsync_dir(pgdata)?;
+    std::fs::remove_dir(staging).with_context(|| format!("remove {}", staging.display()))?;
+    fsutil::fsync_dir(pgdata)?;
+    Ok(())
+}
+
+/// Removes what an interrupted bootstrap left: PGDATA was empty when it began, so
+/// everything but `lost+found` is ours.
+fn clean_interrupted(pgdata: &Path) -> Result<()> {
+    let staging = pgdata::staging_dir(pgdata);
+    stop_stale_postmaster(&staging);
+    for entry in std::fs::read_dir(pgdata)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "lost+found" {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .with_context(|| format!("remove {}", path.display()))?;
+    }
+    fsutil::fsync_dir(pgdata)?;
+    Ok(())
+}
+
+fn remove_leftover_staging(pgdata: &Path) -> Result<()> {
+    let staging = pgdata::staging_dir(pgdata);
+    if staging.exists() {
+        warn!(path = %staging.display(), "removing a staging directory left by an earlier bootstrap");
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("remove {}", staging.display()))?;
+    }
+    Ok(())
+}
+
+/// A bootstrap's temporary server outlives a pgwarden killed with SIGKILL when pgwarden
+/// is not PID 1 (in a container the kernel ends it with PID 1). Stop it before its
+/// directory is removed, but only if it really is a postgres serving that directory.
+fn stop_stale_postmaster(staging: &Path) {
+    let Some(pm) = pgdata::read_postmaster_pid(staging) else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pm.pid)).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if !(cmdline.contains("postgres") && cmdline.contains(&*staging.to_string_lossy())) {
+        return;
+    }
+    warn!(
+        pid = pm.pid,
+        "stopping the temporary server of an interrupted bootstrap"
+    );
+    let pid = nix::unistd::Pid::from_raw(pm.pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+    for _ in 0..100 {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Gives PGDATA to the run-as user when it was written by another UID (a volume
+/// populated elsewhere). Walking a large PGDATA is slow, so only when the top is wrong.
+fn fix_ownership(s: &Settings) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(user) = &s.run_as else { return Ok(()) };
+    let meta = std::fs::metadata(&s.pgdata)?;
+    if meta.uid() != user.uid {
+        warn!(pgdata = %s.pgdata.display(), user = %user.name, "PGDATA belongs to another user; giving it to the run-as user");
+        fsutil::chown_tree(&s.pgdata, user.owner()).context("PGDATA")?;
+    }
+    fsutil::ensure_dir(&s.pgdata, 0o700, Some(user.owner())).context("PGDATA")?;
+    Ok(())
+}

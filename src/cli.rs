@@ -1,0 +1,112 @@
+//! The command line: parsing and dispatch to the library.
+
+use crate::http::client::{self, Target};
+use crate::pgconf::{self, tuning};
+use crate::process::Runner;
+use crate::settings::{Settings, SettingsArgs};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// pgwarden: PID 1 for PostgreSQL containers.
+#[derive(Parser, Debug)]
+#[command(name = "pgwarden", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of design.md.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Bootstrap PGDATA if empty, render the config, supervise postgres, serve HTTP.
+    Run(SettingsArgs),
+    /// Print the postgresql.conf, pg_hba.conf and pg_ident.conf that `run` would write.
+    Config(SettingsArgs),
+    /// Print the /status JSON of the local instance.
+    Status(LocalArgs),
+}
+
+/// Arguments of the verbs that talk to a running pgwarden.
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// Unix socket directory of the running instance (its control socket is there).
+    #[arg(
+        long,
+        env = "PGWARDEN_SOCKET_DIR",
+        default_value = "/var/run/postgresql"
+    )]
+    pub socket_dir: PathBuf,
+}
+
+/// Runs the command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgwarden: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match cli.command {
+        Command::Run(args) => match runtime.block_on(crate::run::run(&args)) {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "pgwarden cannot continue");
+                1
+            }
+        },
+        Command::Config(args) => match runtime.block_on(config(&args)) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("pgwarden: {e:#}");
+                1
+            }
+        },
+        Command::Status(args) => status(&args),
+    }
+}
+
+/// Renders and validates the files `run` would write, touching nothing in PGDATA.
+async fn config(args: &SettingsArgs) -> anyhow::Result<String> {
+    let s = Settings::load(args)?;
+    let r = pgconf::render(&s, &s.pgdata, &tuning::detect())?;
+    pgconf::validate(&r, &s.bin("postgres"), s.run_as.as_ref(), &Runner::Direct)
+        .await
+        .map_err(|e| anyhow::anyhow!("PGWARDEN_USER_CONF: {e}"))?;
+    Ok(format!(
+        "# ==> {pgdata}/postgresql.conf <==\n{}\n# ==> {pgdata}/pg_hba.conf <==\n{}\n# ==> {pgdata}/pg_ident.conf <==\n{}",
+        r.postgresql_conf,
+        r.pg_hba,
+        r.pg_ident,
+        pgdata = s.pgdata.display()
+    ))
+}
+
+fn status(args: &LocalArgs) -> i32 {
+    let path = crate::run::control_socket(&args.socket_dir);
+    match client::get(&Target::Unix(path.clone()), "/status") {
+        Ok(r) => {
+            println!("{}", r.body.trim_end());
+            if r.status == 200 {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "pgwarden: cannot reach the running pgwarden at {}: {e}",
+                path.display()
+            );
+            1
+        }
+    }
+}

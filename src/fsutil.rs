@@ -1,0 +1,139 @@
+//! File-system helpers: atomic writes, and directories with the right owner and mode.
+
+use nix::unistd::{Gid, Uid};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// Owner to give files and directories when pgwarden runs as root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+fn chown(path: &Path, owner: Owner) -> io::Result<()> {
+    nix::unistd::chown(
+        path,
+        Some(Uid::from_raw(owner.uid)),
+        Some(Gid::from_raw(owner.gid)),
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("chown {}: {e}", path.display()),
+        )
+    })
+}
+
+/// Writes `contents` to `path` through a temp file in the same directory: write, fsync,
+/// rename, fsync the directory. Returns `false`, touching nothing, when the file already
+/// holds exactly `contents`.
+pub fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<Owner>,
+    mode: u32,
+) -> io::Result<bool> {
+    if fs::read(path).map(|old| old == contents).unwrap_or(false) {
+        return Ok(false);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".pgwarden-tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("create a temp file in {}: {e}", dir.display()),
+            )
+        })?;
+    tmp.write_all(contents)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
+    if let Some(o) = owner {
+        chown(tmp.path(), o)?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| {
+        io::Error::new(
+            e.error.kind(),
+            format!("rename into {}: {}", path.display(), e.error),
+        )
+    })?;
+    fsync_dir(dir)?;
+    Ok(true)
+}
+
+/// Makes the directory entry changes in `dir` durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and parents) if needed, then sets `mode` and, when given, the owner.
+pub fn ensure_dir(dir: &Path, mode: u32, owner: Option<Owner>) -> io::Result<()> {
+    fs::create_dir_all(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))?;
+    if let Some(o) = owner {
+        chown(dir, o)?;
+    }
+    let meta = fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o7777 != mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+            .map_err(|e| io::Error::new(e.kind(), format!("chmod {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// Gives every entry under `dir` not already owned by `owner` to it, as the official
+/// image does for a volume that was written by another UID. Symlinks are not followed.
+pub fn chown_tree(dir: &Path, owner: Owner) -> io::Result<()> {
+    let meta = fs::symlink_metadata(dir)?;
+    if meta.uid() != owner.uid || meta.gid() != owner.gid {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            dir,
+            Some(Uid::from_raw(owner.uid)),
+            Some(Gid::from_raw(owner.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(io::Error::from)?;
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(dir)? {
+            chown_tree(&entry?.path(), owner)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_atomically_and_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.conf");
+        assert!(write_atomic(&p, b"a = 1\n", None, 0o600).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"a = 1\n");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let before = fs::metadata(&p).unwrap().ino();
+        assert!(!write_atomic(&p, b"a = 1\n", None, 0o600).unwrap());
+        assert_eq!(
+            fs::metadata(&p).unwrap().ino(),
+            before,
+            "an unchanged file is not rewritten"
+        );
+        assert!(write_atomic(&p, b"a = 2\n", None, 0o600).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"a = 2\n");
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp file is left behind");
+    }
+}

@@ -1,0 +1,91 @@
+//! The HTTP server: probes, status and (later) metrics, all read from the supervisor's
+//! status and the monitor's snapshot. No handler talks to postgres.
+
+pub mod client;
+mod healthz;
+mod readiness;
+mod readyz;
+mod role;
+mod startupz;
+mod status;
+
+pub use readiness::{effective_role, readiness};
+pub use status::StatusDoc;
+
+use crate::monitor::Snapshot;
+use crate::settings::Role;
+use crate::state::SupervisorStatus;
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Facts about this instance that do not change while it runs.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// PGWARDEN_NAME.
+    pub name: String,
+    /// PGWARDEN_ROLE.
+    pub configured_role: Role,
+    /// PGWARDEN_READY_MAX_LAG.
+    pub ready_max_lag: Option<u64>,
+}
+
+/// What every handler reads.
+#[derive(Clone)]
+pub struct AppState {
+    /// The supervisor's status.
+    pub sup: watch::Receiver<SupervisorStatus>,
+    /// The monitor's snapshot.
+    pub snap: watch::Receiver<Snapshot>,
+    /// Fixed facts.
+    pub instance: Arc<Instance>,
+}
+
+impl AppState {
+    /// A consistent copy of both channels.
+    pub fn view(&self) -> (SupervisorStatus, Snapshot) {
+        (self.sup.borrow().clone(), self.snap.borrow().clone())
+    }
+}
+
+/// The probe and status routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz::get))
+        .route("/readyz", get(readyz::get))
+        .route("/startupz", get(startupz::get))
+        .route("/primary", get(role::primary))
+        .route("/replica", get(role::replica))
+        .route("/status", get(status::get))
+        .with_state(state)
+}
+
+/// Serves `router` on an already bound listener until the process exits.
+pub fn serve_tcp(listener: tokio::net::TcpListener, router: Router) {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+}
+
+/// Serves `router` on a unix socket, for local CLI verbs such as `pgwarden status`.
+pub fn serve_unix(listener: tokio::net::UnixListener, router: Router) {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the control socket server stopped");
+        }
+    });
+}
+
+/// A probe answer: 200 or 503 with a one-line reason.
+pub(crate) fn probe(result: Result<(), String>) -> (axum::http::StatusCode, String) {
+    match result {
+        Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_owned()),
+        Err(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{reason}\n"),
+        ),
+    }
+}

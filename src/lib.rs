@@ -1,0 +1,21 @@
+//! pgwarden: PID 1 for PostgreSQL containers.
+//!
+//! The binary's `main.rs` only parses the command line; everything lives here so that
+//! the integration tests can use it. Start reading at [`run`], which orders the pieces:
+//! [`settings`] → [`pgconf`] → [`bootstrap`] → [`supervisor`], with [`monitor`] and
+//! [`http`] beside them.
+
+pub mod bootstrap;
+pub mod cli;
+pub mod db;
+pub mod fsutil;
+pub mod http;
+pub mod logging;
+pub mod monitor;
+pub mod pgconf;
+pub mod pgdata;
+pub mod process;
+pub mod run;
+pub mod settings;
+pub mod state;
+pub mod supervisor;

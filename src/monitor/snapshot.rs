@@ -1,0 +1,159 @@
+//! What one refresh of the monitor learns, and the single query that learns it.
+
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// One connected standby, from `pg_stat_replication` on a primary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    /// The standby's `application_name` (its PGWARDEN_NAME).
+    pub application_name: String,
+    /// Its address.
+    pub client_addr: Option<String>,
+    /// `streaming`, `catchup`, ...
+    pub state: Option<String>,
+    /// `async`, `sync`, `potential`, `quorum`.
+    pub sync_state: Option<String>,
+    /// Last WAL location it replayed.
+    pub replay_lsn: Option<String>,
+    /// Bytes between our current WAL position and its replay position.
+    pub lag_bytes: Option<i64>,
+    /// Its replay lag in seconds, as postgres measures it.
+    pub lag_seconds: Option<f64>,
+}
+
+/// One replication slot, from `pg_replication_slots`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    /// Slot name.
+    pub name: String,
+    /// `physical` or `logical`.
+    pub slot_type: Option<String>,
+    /// A client is streaming from it.
+    pub active: bool,
+    /// Bytes of WAL the slot holds back.
+    pub retained_bytes: Option<i64>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+}
+
+/// The WAL receiver of a standby, from `pg_stat_wal_receiver`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReceiverInfo {
+    /// `streaming`, `waiting`, ...
+    pub status: Option<String>,
+    /// The primary it streams from.
+    pub sender_host: Option<String>,
+    /// Its port.
+    pub sender_port: Option<i64>,
+    /// The slot it uses.
+    pub slot_name: Option<String>,
+    /// Seconds since the last message from the primary.
+    pub last_msg_age_seconds: Option<f64>,
+}
+
+/// `pg_stat_archiver`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArchiverInfo {
+    /// Files archived since the stats were reset.
+    pub archived_count: Option<i64>,
+    /// The last one.
+    pub last_archived_wal: Option<String>,
+    /// When.
+    pub last_archived_time: Option<String>,
+    /// Failed attempts.
+    pub failed_count: Option<i64>,
+    /// The last file that failed.
+    pub last_failed_wal: Option<String>,
+    /// When.
+    pub last_failed_time: Option<String>,
+}
+
+/// Facts read from postgres in one round trip.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PgFacts {
+    /// `server_version`.
+    pub version: String,
+    /// `server_version_num`.
+    pub version_num: i64,
+    /// Running as a standby.
+    pub in_recovery: bool,
+    /// Current timeline.
+    pub timeline: Option<i64>,
+    /// Current WAL insert position (primary).
+    pub current_lsn: Option<String>,
+    /// Last WAL received (standby).
+    pub received_lsn: Option<String>,
+    /// Last WAL replayed (standby).
+    pub replayed_lsn: Option<String>,
+    /// Bytes between what the primary last reported and what we replayed (standby).
+    pub lag_bytes: Option<i64>,
+    /// Seconds since the last replayed transaction, 0 when caught up (standby).
+    pub lag_seconds: Option<f64>,
+    /// Parameters changed in the configuration that need a restart.
+    pub pending_restart: Vec<String>,
+    /// The WAL receiver, on a standby.
+    pub receiver: Option<ReceiverInfo>,
+    /// Connected standbys.
+    pub replication: Vec<ReplicaInfo>,
+    /// Replication slots.
+    pub slots: Vec<SlotInfo>,
+    /// WAL archiver statistics.
+    pub archiver: ArchiverInfo,
+}
+
+/// The monitor's latest view, published through `tokio::sync::watch`.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The monitor holds a working connection to this postmaster.
+    pub connected_pid: Option<i32>,
+    /// When `facts` was read.
+    pub updated: Option<Instant>,
+    /// The last facts read (kept, marked stale, when the connection drops).
+    pub facts: Option<PgFacts>,
+    /// `.ready` files waiting in pg_wal/archive_status.
+    pub ready_files: Option<u64>,
+    /// Why the last connection attempt or query failed.
+    pub error: Option<String>,
+}
+
+/// One statement, one row, one JSON document: a refresh costs a single round trip and
+/// the same backend every time.
+pub const QUERY: &str = r#"
+SELECT json_build_object(
+  'version', current_setting('server_version'),
+  'version_num', current_setting('server_version_num')::int,
+  'in_recovery', r.rec,
+  'timeline', CASE WHEN r.rec
+      THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint()))
+      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+  'current_lsn', CASE WHEN r.rec THEN NULL ELSE pg_current_wal_lsn()::text END,
+  'received_lsn', pg_last_wal_receive_lsn()::text,
+  'replayed_lsn', pg_last_wal_replay_lsn()::text,
+  'lag_bytes', CASE WHEN r.rec THEN greatest(0, pg_wal_lsn_diff(
+      coalesce((SELECT latest_end_lsn FROM pg_stat_wal_receiver), pg_last_wal_receive_lsn()),
+      pg_last_wal_replay_lsn()))::bigint END,
+  'lag_seconds', CASE WHEN r.rec THEN
+      CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+           ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END END,
+  'pending_restart', (SELECT coalesce(json_agg(name ORDER BY name), '[]') FROM pg_settings WHERE pending_restart),
+  'receiver', (SELECT row_to_json(w) FROM (
+      SELECT status, sender_host, sender_port, slot_name,
+             extract(epoch FROM now() - last_msg_receipt_time) AS last_msg_age_seconds
+      FROM pg_stat_wal_receiver) w),
+  'replication', CASE WHEN r.rec THEN '[]'::json ELSE (SELECT coalesce(json_agg(x ORDER BY x.application_name), '[]') FROM (
+      SELECT application_name, client_addr::text, state, sync_state, replay_lsn::text,
+             pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes,
+             extract(epoch FROM replay_lag) AS lag_seconds
+      FROM pg_stat_replication) x) END,
+  'slots', (SELECT coalesce(json_agg(s ORDER BY s.name), '[]') FROM (
+      SELECT slot_name AS name, slot_type, active, wal_status,
+             CASE WHEN r.rec THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END AS retained_bytes
+      FROM pg_replication_slots) s),
+  'archiver', (SELECT row_to_json(a) FROM (
+      SELECT archived_count, last_archived_wal, last_archived_time::text,
+             failed_count, last_failed_wal, last_failed_time::text
+      FROM pg_stat_archiver) a)
+)::text
+FROM (SELECT pg_is_in_recovery() AS rec) r
+"#;

@@ -1,0 +1,303 @@
+//! The user's postgresql.conf fragment: parsing, and refusing what pgwarden owns.
+//!
+//! The grammar follows PostgreSQL's own (`name [=] value [# comment]`), so that a
+//! fragment that works in a hand-written postgresql.conf works here. Values are kept
+//! unquoted and quoted again on output.
+
+use std::fmt;
+
+/// One `name = value` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Lower-cased parameter name.
+    pub name: String,
+    /// The value, unquoted.
+    pub value: String,
+    /// 1-based line number in the fragment.
+    pub line: usize,
+}
+
+/// A parsed fragment, in file order (a later line wins, as in PostgreSQL).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fragment {
+    /// The entries in file order.
+    pub entries: Vec<Entry>,
+}
+
+impl Fragment {
+    /// The effective value of `name`, if the fragment sets it.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.name == name)
+            .map(|e| e.value.as_str())
+    }
+}
+
+/// Lines of a fragment that cannot be used. Every bad line is listed, not only the first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct FragmentError {
+    /// `(line, message)` for each bad line.
+    pub problems: Vec<(usize, String)>,
+}
+
+impl fmt::Display for FragmentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self
+            .problems
+            .iter()
+            .map(|(line, msg)| format!("line {line}: {msg}"))
+            .collect();
+        f.write_str(&lines.join("; "))
+    }
+}
+
+/// Parameters that pgwarden sets itself, with the reason shown to the user.
+pub const OWNED: &[(&str, &str)] = &[
+    (
+        "listen_addresses",
+        "pgwarden listens on all addresses; restrict access in PGWARDEN_USER_HBA",
+    ),
+    ("port", "set PGPORT instead"),
+    ("unix_socket_directories", "set PGWARDEN_SOCKET_DIR instead"),
+    (
+        "hba_file",
+        "pgwarden renders pg_hba.conf; add rules with PGWARDEN_USER_HBA",
+    ),
+    ("ident_file", "pgwarden renders pg_ident.conf"),
+    ("config_file", "pgwarden renders postgresql.conf"),
+    ("data_directory", "set PGDATA instead"),
+    (
+        "external_pid_file",
+        "pgwarden supervises postgres through postmaster.pid",
+    ),
+    (
+        "archive_mode",
+        "set PGWARDEN_ARCHIVE_URL to turn archiving on",
+    ),
+    (
+        "archive_command",
+        "pgwarden is the archive_command; set PGWARDEN_ARCHIVE_URL",
+    ),
+    (
+        "archive_library",
+        "pgwarden is the archive_command; set PGWARDEN_ARCHIVE_URL",
+    ),
+    (
+        "restore_command",
+        "pgwarden is the restore_command; set PGWARDEN_ARCHIVE_URL",
+    ),
+    (
+        "primary_conninfo",
+        "set PGWARDEN_PRIMARY_HOST and PGWARDEN_PRIMARY_PORT instead",
+    ),
+    (
+        "primary_slot_name",
+        "pgwarden names the slot after PGWARDEN_NAME",
+    ),
+    (
+        "recovery_target_timeline",
+        "pgwarden follows the latest timeline",
+    ),
+    ("promote_trigger_file", "use pgwarden promote"),
+    ("hot_standby", "replicas are always hot standbys"),
+    (
+        "log_destination",
+        "pgwarden collects postgres's stderr and writes it to stdout",
+    ),
+    (
+        "logging_collector",
+        "pgwarden collects postgres's stderr and writes it to stdout",
+    ),
+    (
+        "restart_after_crash",
+        "pgwarden restarts postgres after a crash itself",
+    ),
+];
+
+/// Checks that the fragment leaves pgwarden's parameters alone.
+pub fn check_owned(frag: &Fragment) -> Result<(), FragmentError> {
+    let mut problems = Vec::new();
+    for e in &frag.entries {
+        if let Some((_, why)) = OWNED.iter().find(|(name, _)| *name == e.name) {
+            problems.push((e.line, format!("{} is set by pgwarden ({why})", e.name)));
+        } else if e.name == "wal_level"
+            && !matches!(e.value.to_ascii_lowercase().as_str(), "replica" | "logical")
+        {
+            problems.push((
+                e.line,
+                format!("wal_level = {:?} is below replica; replicas and archiving need at least replica", e.value),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(FragmentError { problems })
+    }
+}
+
+/// Parses a postgresql.conf fragment.
+pub fn parse(text: &str) -> Result<Fragment, FragmentError> {
+    let mut entries = Vec::new();
+    let mut problems = Vec::new();
+    for (idx, raw) in text.lines().enumerate() {
+        let line = idx + 1;
+        match parse_line(raw) {
+            Ok(Some((name, value))) => {
+                if matches!(
+                    name.as_str(),
+                    "include" | "include_if_exists" | "include_dir"
+                ) {
+                    problems.push((
+                        line,
+                        format!(
+                            "{name} directives are not supported; put the settings in this file"
+                        ),
+                    ));
+                } else {
+                    entries.push(Entry { name, value, line });
+                }
+            }
+            Ok(None) => {}
+            Err(msg) => problems.push((line, msg)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(Fragment { entries })
+    } else {
+        Err(FragmentError { problems })
+    }
+}
+
+fn parse_line(raw: &str) -> Result<Option<(String, String)>, String> {
+    let s = raw.trim_start();
+    if s.is_empty() || s.starts_with('#') {
+        return Ok(None);
+    }
+    let name_len = s
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '.'))
+        .map(|(i, _)| i)
+        .unwrap_or(s.len());
+    let name = &s[..name_len];
+    if name.is_empty() || !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        return Err(format!("expected a parameter name, found {:?}", raw.trim()));
+    }
+    let mut rest = s[name_len..].trim_start();
+    if let Some(r) = rest.strip_prefix('=') {
+        rest = r.trim_start();
+    }
+    let (value, after) = if let Some(quoted) = rest.strip_prefix('\'') {
+        parse_quoted(quoted)?
+    } else {
+        let len = rest
+            .char_indices()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || "_.:/+-".contains(*c)))
+            .map(|(i, _)| i)
+            .unwrap_or(rest.len());
+        if len == 0 {
+            return Err(format!("{name} has no value"));
+        }
+        (rest[..len].to_owned(), &rest[len..])
+    };
+    let after = after.trim_start();
+    if !(after.is_empty() || after.starts_with('#')) {
+        return Err(format!("unexpected {after:?} after the value of {name}"));
+    }
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(format!(
+            "the value of {name} contains a newline or NUL character"
+        ));
+    }
+    Ok(Some((name.to_ascii_lowercase(), value)))
+}
+
+/// Parses the inside of a single-quoted value; returns it and the text after the quote.
+fn parse_quoted(s: &str) -> Result<(String, &str), String> {
+    let mut out = String::new();
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\'' => {
+                if let Some((_, '\'')) = chars.peek() {
+                    chars.next();
+                    out.push('\'');
+                } else {
+                    return Ok((out, &s[i + 1..]));
+                }
+            }
+            '\\' => match chars.next() {
+                Some((_, 'n')) => out.push('\n'),
+                Some((_, 'r')) => out.push('\r'),
+                Some((_, 't')) => out.push('\t'),
+                Some((_, 'b')) => out.push('\u{8}'),
+                Some((_, 'f')) => out.push('\u{c}'),
+                Some((_, other)) => out.push(other),
+                None => break,
+            },
+            other => out.push(other),
+        }
+    }
+    Err("unterminated quoted value".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_postgres_grammar() {
+        let f = parse(
+            "# comment\n\nshared_buffers = 128MB\nwork_mem '4MB' # trailing\nsearch_path='\"$user\", public'\n\
+             Log_Min_Duration_Statement=250\napp.setting = 'it''s'\n",
+        )
+        .unwrap();
+        let got: Vec<(&str, &str, usize)> = f
+            .entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str(), e.line))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("shared_buffers", "128MB", 3),
+                ("work_mem", "4MB", 4),
+                ("search_path", "\"$user\", public", 5),
+                ("log_min_duration_statement", "250", 6),
+                ("app.setting", "it's", 7),
+            ]
+        );
+        assert_eq!(f.get("work_mem"), Some("4MB"));
+    }
+
+    #[test]
+    fn reports_every_malformed_line() {
+        let err = parse("work_mem = '4MB\nshared_buffers\n= 3\nx = 1 2\ninclude 'other.conf'\n")
+            .unwrap_err();
+        let lines: Vec<usize> = err.problems.iter().map(|p| p.0).collect();
+        assert_eq!(lines, vec![1, 2, 3, 4, 5]);
+        assert!(err
+            .to_string()
+            .contains("line 1: unterminated quoted value"));
+    }
+
+    #[test]
+    fn rejects_escaped_newlines() {
+        let err = parse("application_name = 'a\\nb'\n").unwrap_err();
+        assert!(err.to_string().contains("newline"), "{err}");
+    }
+
+    #[test]
+    fn lists_every_owned_parameter() {
+        let f = parse("port = 5433\nwork_mem = 4MB\nwal_level = minimal\narchive_command = 'cp %p /x'\nwal_level = logical\n").unwrap();
+        let err = check_owned(&f).unwrap_err();
+        let lines: Vec<usize> = err.problems.iter().map(|p| p.0).collect();
+        assert_eq!(lines, vec![1, 3, 4]);
+        let msg = err.to_string();
+        assert!(msg.contains("line 1: port is set by pgwarden"), "{msg}");
+        assert!(msg.contains("below replica"), "{msg}");
+        assert!(check_owned(&parse("wal_level = logical\n").unwrap()).is_ok());
+    }
+}

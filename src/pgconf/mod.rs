@@ -1,0 +1,251 @@
+//! Rendering postgresql.conf, pg_hba.conf and pg_ident.conf from settings.
+//!
+//! Renderers are pure: settings in, file text out. Every value is quoted and a value
+//! holding a newline is refused. [`write`] puts the files in place atomically and only
+//! when their content changed; [`validate`] asks postgres itself to parse the result.
+
+pub mod fragment;
+pub mod hba;
+pub mod quote;
+pub mod tuning;
+mod validate;
+
+pub use quote::NewlineError;
+pub use validate::{validate, ValidationError};
+
+use crate::fsutil::{self, Owner};
+use crate::settings::Settings;
+use std::io;
+use std::path::Path;
+use tuning::Resources;
+
+/// The base configuration initdb wrote (locale, time zone, text search), kept aside so
+/// that pgwarden can own postgresql.conf while still honouring it.
+pub const BASE_CONF: &str = "postgresql.base.conf";
+
+/// The three rendered files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Text of postgresql.conf.
+    pub postgresql_conf: String,
+    /// Text of pg_hba.conf.
+    pub pg_hba: String,
+    /// Text of pg_ident.conf.
+    pub pg_ident: String,
+}
+
+/// Which files [`write`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// postgresql.conf changed.
+    pub postgresql_conf: bool,
+    /// pg_hba.conf or pg_ident.conf changed.
+    pub hba: bool,
+}
+
+/// Renders all three files for a data directory at `data_dir`.
+pub fn render(
+    s: &Settings,
+    data_dir: &Path,
+    resources: &Resources,
+) -> Result<Rendered, NewlineError> {
+    Ok(Rendered {
+        postgresql_conf: render_postgresql_conf(s, data_dir, resources)?,
+        pg_hba: render_hba(s)?,
+        pg_ident: render_ident(s)?,
+    })
+}
+
+fn line(name: &str, value: &str) -> Result<String, NewlineError> {
+    Ok(format!("{name} = {}\n", quote::conf_value(name, value)?))
+}
+
+/// Renders postgresql.conf: initdb's base, then sized defaults, then the user fragment,
+/// then the parameters pgwarden owns, last so that nothing can override them.
+pub fn render_postgresql_conf(
+    s: &Settings,
+    data_dir: &Path,
+    resources: &Resources,
+) -> Result<String, NewlineError> {
+    let mut out = String::from(
+        "# Written by pgwarden on every start and reload; edits here are lost.\n\
+         # Put your settings in the file named by PGWARDEN_USER_CONF.\n\n",
+    );
+    out.push_str(&format!(
+        "include_if_exists = {}\n\n",
+        quote::conf_value("include", BASE_CONF)?
+    ));
+
+    out.push_str(
+        "# Defaults (sized from the container's limits; the user fragment overrides them)\n",
+    );
+    out += &line("cluster_name", &s.name)?;
+    out += &line("wal_log_hints", "on")?;
+    out += &line("max_wal_senders", "10")?;
+    out += &line("max_replication_slots", "10")?;
+    for (name, value) in tuning::tune(resources) {
+        out += &line(name, &value)?;
+    }
+
+    match &s.user_conf_path {
+        Some(p) => out.push_str(&format!(
+            "\n# User fragment: {}\n",
+            quote::conf_value("PGWARDEN_USER_CONF", &p.to_string_lossy())?
+        )),
+        None => out.push_str("\n# User fragment: none (PGWARDEN_USER_CONF is not set)\n"),
+    }
+    for e in &s.user_conf.entries {
+        out += &line(&e.name, &e.value)?;
+    }
+
+    let data = data_dir.to_string_lossy();
+    out.push_str("\n# Owned by pgwarden\n");
+    out += &line("listen_addresses", "*")?;
+    out += &line("port", &s.port.to_string())?;
+    out += &line("unix_socket_directories", &s.socket_dir.to_string_lossy())?;
+    out += &line("hba_file", &format!("{data}/pg_hba.conf"))?;
+    out += &line("ident_file", &format!("{data}/pg_ident.conf"))?;
+    out += &line(
+        "wal_level",
+        s.user_conf.get("wal_level").unwrap_or("replica"),
+    )?;
+    out += &line("hot_standby", "on")?;
+    out += &line("log_destination", "stderr")?;
+    out += &line("logging_collector", "off")?;
+    out += &line("restart_after_crash", "off")?;
+    out += &line("archive_mode", "off")?;
+    Ok(out)
+}
+
+/// Name of the pg_ident.conf map that lets pgwarden in over the socket without a password.
+pub const IDENT_MAP: &str = "pgwarden";
+
+/// Renders pg_hba.conf: pgwarden's own access, the replication rule, the user's rules,
+/// then password authentication for everything else. Nothing is trusted over TCP.
+pub fn render_hba(s: &Settings) -> Result<String, NewlineError> {
+    let superuser = quote::hba_name("POSTGRES_USER", &s.superuser)?;
+    let mut out = String::from(
+        "# Written by pgwarden on every start and reload; edits here are lost.\n\
+         # Put your rules in the file named by PGWARDEN_USER_HBA.\n\
+         # TYPE  DATABASE  USER  ADDRESS  METHOD\n\n\
+         # pgwarden's own connection over the unix socket (peer, mapped in pg_ident.conf)\n",
+    );
+    out.push_str(&format!("local all {superuser} peer map={IDENT_MAP}\n"));
+    if s.replication_password.is_some() {
+        let repl = quote::hba_name("PGWARDEN_REPLICATION_USER", &s.replication_user)?;
+        out.push_str("\n# Streaming replication (PGWARDEN_ALLOWED_NETWORK)\n");
+        for net in &s.allowed_networks {
+            out.push_str(&format!("host replication {repl} {net} scram-sha-256\n"));
+        }
+    }
+    out.push_str("\n# User rules\n");
+    for rule in &s.user_hba {
+        let text = rule.render();
+        quote::conf_value("PGWARDEN_USER_HBA", &text)?;
+        out.push_str(&text);
+        out.push('\n');
+    }
+    out.push_str("\n# Everything else needs a password\nlocal all all scram-sha-256\nhost all all all scram-sha-256\n");
+    Ok(out)
+}
+
+/// Renders pg_ident.conf: the OS users pgwarden and postgres run as may log in as the
+/// superuser over the socket.
+pub fn render_ident(s: &Settings) -> Result<String, NewlineError> {
+    let superuser = quote::hba_name("POSTGRES_USER", &s.superuser)?;
+    let mut os_users = vec![s.os_user.clone()];
+    if let Some(r) = &s.run_as {
+        if !os_users.contains(&r.name) {
+            os_users.push(r.name.clone());
+        }
+    }
+    let mut out = String::from("# Written by pgwarden.\n# MAPNAME  SYSTEM-USERNAME  PG-USERNAME\n");
+    for u in os_users {
+        let u = quote::hba_name("OS user", &u)?;
+        out.push_str(&format!("{IDENT_MAP} {u} {superuser}\n"));
+    }
+    Ok(out)
+}
+
+/// Writes the rendered files into `data_dir`, atomically, skipping unchanged ones.
+pub fn write(r: &Rendered, data_dir: &Path, owner: Option<Owner>) -> io::Result<Changed> {
+    let conf = fsutil::write_atomic(
+        &data_dir.join("postgresql.conf"),
+        r.postgresql_conf.as_bytes(),
+        owner,
+        0o600,
+    )?;
+    let hba = fsutil::write_atomic(
+        &data_dir.join("pg_hba.conf"),
+        r.pg_hba.as_bytes(),
+        owner,
+        0o600,
+    )?;
+    let ident = fsutil::write_atomic(
+        &data_dir.join("pg_ident.conf"),
+        r.pg_ident.as_bytes(),
+        owner,
+        0o600,
+    )?;
+    Ok(Changed {
+        postgresql_conf: conf,
+        hba: hba || ident,
+    })
+}
+
+/// Renders, validates with postgres, and writes the configuration of `data_dir`. Nothing
+/// is written when validation fails, so the running configuration stays in place.
+pub async fn apply(
+    s: &Settings,
+    data_dir: &Path,
+    resources: &Resources,
+    runner: &crate::process::Runner,
+) -> anyhow::Result<Changed> {
+    use anyhow::Context;
+    let rendered = render(s, data_dir, resources)?;
+    validate(&rendered, &s.bin("postgres"), s.run_as.as_ref(), runner)
+        .await
+        .context("PGWARDEN_USER_CONF")?;
+    write(&rendered, data_dir, s.run_as.as_ref().map(|u| u.owner()))
+        .with_context(|| format!("cannot write the configuration into {}", data_dir.display()))
+}
+
+/// Turns an instance name into a replication slot name: lower case, `[a-z0-9_]`, at
+/// most 63 bytes. Fails when nothing meaningful is left.
+pub fn slot_name(name: &str) -> Result<String, String> {
+    let slot: String = name
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !slot.chars().any(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "{name:?} cannot become a replication slot name (it needs letters or digits); set PGWARDEN_NAME"
+        ));
+    }
+    if slot.len() > 63 {
+        return Err(format!(
+            "{name:?} is longer than the 63 bytes a replication slot name may have"
+        ));
+    }
+    Ok(slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitises_slot_names() {
+        assert_eq!(slot_name("pg-0.pg.default").unwrap(), "pg_0_pg_default");
+        assert!(slot_name("---").is_err());
+        assert!(slot_name("").is_err());
+        assert!(slot_name(&"a".repeat(64)).is_err());
+    }
+}

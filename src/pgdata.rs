@@ -1,0 +1,166 @@
+//! Read-only facts about a data directory: is it initialised, half-bootstrapped, or
+//! something else; and what `postmaster.pid` says.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Name of the directory, inside PGDATA, that a bootstrap builds in before it moves the
+/// result into place. Its presence without `PG_VERSION` means an interrupted bootstrap.
+pub const STAGING_DIR: &str = ".pgwarden-staging";
+
+/// Entries that may sit in an empty volume without making it "used".
+const IGNORABLE: &[&str] = &["lost+found"];
+
+/// The state of PGDATA as found at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDirState {
+    /// The directory does not exist.
+    Missing,
+    /// It exists and holds nothing of note.
+    Empty,
+    /// A complete cluster of this major version.
+    Initialized {
+        /// Contents of `PG_VERSION`.
+        version: u32,
+    },
+    /// A bootstrap of ours was interrupted; everything but ignorable entries is ours.
+    InterruptedBootstrap,
+    /// Not empty, not a cluster, not ours: never touched.
+    Foreign(Vec<String>),
+}
+
+impl DataDirState {
+    /// The cluster's major version, for an initialised PGDATA.
+    pub fn version(&self) -> Option<u32> {
+        match self {
+            DataDirState::Initialized { version } => Some(*version),
+            _ => None,
+        }
+    }
+}
+
+/// Looks at `pgdata` without changing it.
+pub fn inspect(pgdata: &Path) -> io::Result<DataDirState> {
+    let entries = match std::fs::read_dir(pgdata) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(DataDirState::Missing),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", pgdata.display()),
+            ))
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !IGNORABLE.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    if names.iter().any(|n| n == "PG_VERSION") {
+        let text = std::fs::read_to_string(pgdata.join("PG_VERSION"))?;
+        let version = text
+            .trim()
+            .split('.')
+            .next()
+            .unwrap_or("")
+            .parse()
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}/PG_VERSION holds {:?}, not a version",
+                        pgdata.display(),
+                        text.trim()
+                    ),
+                )
+            })?;
+        return Ok(DataDirState::Initialized { version });
+    }
+    if names.is_empty() {
+        return Ok(DataDirState::Empty);
+    }
+    if names.iter().any(|n| n == STAGING_DIR) {
+        return Ok(DataDirState::InterruptedBootstrap);
+    }
+    Ok(DataDirState::Foreign(names))
+}
+
+/// Path of the staging directory for `pgdata`.
+pub fn staging_dir(pgdata: &Path) -> PathBuf {
+    pgdata.join(STAGING_DIR)
+}
+
+/// What the postmaster says about itself in `postmaster.pid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostmasterPid {
+    /// The postmaster's pid (line 1).
+    pub pid: i32,
+    /// The status word (line 8): `starting`, `stopping`, `ready` or `standby`.
+    pub status: Option<String>,
+}
+
+/// Reads `postmaster.pid`; `None` when it is absent or not yet complete.
+pub fn read_postmaster_pid(pgdata: &Path) -> Option<PostmasterPid> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    parse_postmaster_pid(&text)
+}
+
+fn parse_postmaster_pid(text: &str) -> Option<PostmasterPid> {
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    let status = lines
+        .nth(6)
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    Some(PostmasterPid { pid, status })
+}
+
+/// True when the postmaster says it accepts connections (as primary or hot standby).
+pub fn postmaster_ready(pgdata: &Path, pid: i32) -> bool {
+    matches!(read_postmaster_pid(pgdata), Some(p) if p.pid == pid
+        && matches!(p.status.as_deref(), Some("ready") | Some("standby")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_postmaster_pid() {
+        let text = "4242\n/var/lib/postgresql/data\n1700000000\n5432\n/var/run/postgresql\n*\n  1234  5678\nready   \n";
+        let p = parse_postmaster_pid(text).unwrap();
+        assert_eq!(p.pid, 4242);
+        assert_eq!(p.status.as_deref(), Some("ready"));
+        let starting = parse_postmaster_pid("4242\n/x\n").unwrap();
+        assert_eq!(starting.status, None);
+        assert!(parse_postmaster_pid("").is_none());
+    }
+
+    #[test]
+    fn classifies_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("data");
+        assert_eq!(inspect(&d).unwrap(), DataDirState::Missing);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::create_dir(d.join("lost+found")).unwrap();
+        assert_eq!(inspect(&d).unwrap(), DataDirState::Empty);
+        std::fs::create_dir(d.join(STAGING_DIR)).unwrap();
+        std::fs::create_dir(d.join("base")).unwrap();
+        assert_eq!(inspect(&d).unwrap(), DataDirState::InterruptedBootstrap);
+        std::fs::write(d.join("PG_VERSION"), "15\n").unwrap();
+        assert_eq!(
+            inspect(&d).unwrap(),
+            DataDirState::Initialized { version: 15 }
+        );
+        let f = tmp.path().join("foreign");
+        std::fs::create_dir(&f).unwrap();
+        std::fs::write(f.join("notes.txt"), "x").unwrap();
+        assert_eq!(
+            inspect(&f).unwrap(),
+            DataDirState::Foreign(vec!["notes.txt".into()])
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! `pgwarden run`: the order of things at start-up.
+//!
+//! 1. Load and validate every setting, and have postgres validate the configuration
+//!    about to be written. Nothing is touched until this passes.
+//! 2. Bind the HTTP listener, so probes answer (and a port clash fails) before anything
+//!    slow starts.
+//! 3. Install signal handlers and the reaper, start the monitor and the HTTP server.
+//! 4. Bootstrap PGDATA if needed, write the configuration, supervise postgres.
+
+use crate::http::{self, AppState, Instance};
+use crate::pgconf::{self, tuning};
+use crate::process::{Reaper, Runner};
+use crate::settings::{Settings, SettingsArgs};
+use crate::state::SupervisorStatus;
+use crate::supervisor::{self, Signals, Supervisor};
+use crate::{bootstrap, monitor};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Path of the control socket that local CLI verbs talk to.
+pub fn control_socket(socket_dir: &Path) -> PathBuf {
+    socket_dir.join("pgwarden.sock")
+}
+
+/// Runs pgwarden as the container's main process; returns its exit code.
+pub async fn run(args: &SettingsArgs) -> Result<i32> {
+    // Loaded before the reaper starts: it runs `postgres --version` the ordinary way.
+    let settings = Arc::new(Settings::load(args)?);
+    let resources = tuning::detect();
+    let rendered = pgconf::render(&settings, &settings.pgdata, &resources)?;
+    pgconf::validate(
+        &rendered,
+        &settings.bin("postgres"),
+        settings.run_as.as_ref(),
+        &Runner::Direct,
+    )
+    .await
+    .context("PGWARDEN_USER_CONF")?;
+
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "PGWARDEN_HTTP_ADDR: cannot listen on {}",
+                settings.http_addr
+            )
+        })?;
+    let mut signals = Signals::install().context("install signal handlers")?;
+    let reaper = Reaper::start().context("start the reaper")?;
+    let runner = Runner::Reaped(reaper.clone());
+
+    let (status_tx, status_rx) = watch::channel(SupervisorStatus::bootstrapping());
+    let app = AppState {
+        sup: status_rx.clone(),
+        snap: monitor::spawn(settings.clone(), status_rx),
+        instance: Arc::new(Instance {
+            name: settings.name.clone(),
+            configured_role: settings.role,
+            ready_max_lag: settings.ready_max_lag,
+        }),
+    };
+    http::serve_tcp(listener, http::router(app.clone()));
+    info!(addr = %settings.http_addr, name = %settings.name, role = %settings.role, "pgwarden is up");
+
+    tokio::select! {
+        result = bootstrap::ensure(&settings, &runner) => result?,
+        sig = supervisor::wait_for_stop(&mut signals) => {
+            warn!(signal = ?sig, "stop requested during the bootstrap; it will be redone on the next start");
+            supervisor::stop_children(&reaper).await;
+            return Ok(1);
+        }
+    }
+    serve_control(&settings, http::router(app))?;
+    pgconf::apply(&settings, &settings.pgdata, &resources, &runner).await?;
+
+    let sup = Supervisor {
+        settings,
+        resources,
+        reaper,
+        status: status_tx,
+    };
+    Ok(sup.run(&mut signals).await)
+}
+
+/// Serves the same routes on a unix socket that only the run-as user and root can open.
+fn serve_control(s: &Settings, router: axum::Router) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = control_socket(&s.socket_dir);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(u) = &s.run_as {
+        nix::unistd::chown(&path, Some(u.uid.into()), Some(u.gid.into()))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    http::serve_unix(listener, router);
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The raw command-line and environment form of every setting.
+//!
+//! Each field is both a flag and an environment variable (clap `env =`). Names follow
+//! the official `postgres` image where it has one, so pgwarden is a drop-in entrypoint.
+//! Nothing here is validated: [`super::Settings::load`] turns this into typed settings.
+
+use clap::Args;
+use std::path::PathBuf;
+
+/// Settings shared by `run` and `config`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SettingsArgs {
+    /// Data directory.
+    #[arg(long, env = "PGDATA", default_value = "/var/lib/postgresql/data")]
+    pub pgdata: PathBuf,
+
+    /// PostgreSQL port.
+    #[arg(long, env = "PGPORT", default_value_t = 5432)]
+    pub port: u16,
+
+    /// Superuser name.
+    #[arg(long, env = "POSTGRES_USER", default_value = "postgres")]
+    pub postgres_user: String,
+
+    /// Superuser password (prefer --postgres-password-file).
+    #[arg(long, env = "POSTGRES_PASSWORD", hide_env_values = true)]
+    pub postgres_password: Option<String>,
+
+    /// File holding the superuser password, for example a mounted Secret.
+    #[arg(long, env = "POSTGRES_PASSWORD_FILE")]
+    pub postgres_password_file: Option<PathBuf>,
+
+    /// Database created at bootstrap (default: the superuser name).
+    #[arg(long, env = "POSTGRES_DB")]
+    pub postgres_db: Option<String>,
+
+    /// Extra initdb arguments, split on white space as the official image does.
+    #[arg(long, env = "POSTGRES_INITDB_ARGS", allow_hyphen_values = true)]
+    pub postgres_initdb_args: Option<String>,
+
+    /// Directory of *.sql, *.sql.gz and *.sh files run once after initdb.
+    #[arg(
+        long,
+        env = "PGWARDEN_INITDB_DIR",
+        default_value = "/docker-entrypoint-initdb.d"
+    )]
+    pub initdb_dir: PathBuf,
+
+    /// `primary` or `replica`.
+    #[arg(long, env = "PGWARDEN_ROLE", default_value = "primary")]
+    pub role: String,
+
+    /// Where a replica streams from.
+    #[arg(long, env = "PGWARDEN_PRIMARY_HOST")]
+    pub primary_host: Option<String>,
+
+    /// Port of the primary.
+    #[arg(long, env = "PGWARDEN_PRIMARY_PORT", default_value_t = 5432)]
+    pub primary_port: u16,
+
+    /// Streaming replication role.
+    #[arg(long, env = "PGWARDEN_REPLICATION_USER", default_value = "replicator")]
+    pub replication_user: String,
+
+    /// Password of the replication role (prefer the _FILE form).
+    #[arg(long, env = "PGWARDEN_REPLICATION_PASSWORD", hide_env_values = true)]
+    pub replication_password: Option<String>,
+
+    /// File holding the replication password.
+    #[arg(long, env = "PGWARDEN_REPLICATION_PASSWORD_FILE")]
+    pub replication_password_file: Option<PathBuf>,
+
+    /// Networks allowed to open replication connections (CIDR list, or samenet/samehost/all).
+    #[arg(long, env = "PGWARDEN_ALLOWED_NETWORK", default_value = "samenet")]
+    pub allowed_network: String,
+
+    /// Instance name: replication slot and application_name (default: host name).
+    #[arg(long, env = "PGWARDEN_NAME")]
+    pub name: Option<String>,
+
+    /// HTTP listen address for probes, status and metrics.
+    #[arg(long, env = "PGWARDEN_HTTP_ADDR", default_value = "0.0.0.0:8008")]
+    pub http_addr: String,
+
+    /// Directory holding initdb, postgres, pg_ctl and pg_basebackup (default: autodetected).
+    #[arg(long, env = "PGWARDEN_PG_BINDIR")]
+    pub pg_bindir: Option<PathBuf>,
+
+    /// OS user that postgres runs as when pgwarden starts as root.
+    #[arg(long, env = "PGWARDEN_RUN_AS", default_value = "postgres")]
+    pub run_as: String,
+
+    /// Unix socket directory.
+    #[arg(
+        long,
+        env = "PGWARDEN_SOCKET_DIR",
+        default_value = "/var/run/postgresql"
+    )]
+    pub socket_dir: PathBuf,
+
+    /// postgresql.conf fragment, for example mounted from a ConfigMap.
+    #[arg(long, env = "PGWARDEN_USER_CONF")]
+    pub user_conf: Option<PathBuf>,
+
+    /// Extra pg_hba.conf rules.
+    #[arg(long, env = "PGWARDEN_USER_HBA")]
+    pub user_hba: Option<PathBuf>,
+
+    /// A replica is ready only while streaming within this many bytes of lag.
+    #[arg(long, env = "PGWARDEN_READY_MAX_LAG")]
+    pub ready_max_lag: Option<u64>,
+
+    /// Seconds of smart shutdown on SIGTERM before switching to fast shutdown.
+    #[arg(long, env = "PGWARDEN_SMART_SHUTDOWN_TIMEOUT", default_value_t = 15)]
+    pub smart_shutdown_timeout: u64,
+
+    /// Crashes tolerated within the crash window before pgwarden exits non-zero.
+    #[arg(long, env = "PGWARDEN_MAX_CRASHES", default_value_t = 5)]
+    pub max_crashes: u32,
+
+    /// Length of the crash window, in seconds.
+    #[arg(long, env = "PGWARDEN_CRASH_WINDOW", default_value_t = 300)]
+    pub crash_window: u64,
+}

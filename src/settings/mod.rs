@@ -1,0 +1,444 @@
+//! Typed, validated settings, fixed at start-up.
+//!
+//! [`Settings::load`] reads everything it needs (password files, the user fragments, the
+//! binaries' version, the state of PGDATA) but writes nothing, so that a wrong setting is
+//! reported before anything is touched.
+
+mod args;
+mod bindir;
+mod secret;
+
+pub use args::SettingsArgs;
+pub use bindir::{binaries_major, resolve_bindir};
+pub use secret::Secret;
+
+use crate::pgconf::fragment::{self, Fragment};
+use crate::pgconf::hba::{self, HbaRule};
+use crate::pgdata::{self, DataDirState};
+use crate::process::RunAs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What this instance is configured to be. On-disk state can override it (a promoted
+/// replica stays a primary), see the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read-write; the bootstrap runs initdb.
+    Primary,
+    /// Hot standby streaming from `PGWARDEN_PRIMARY_HOST`.
+    Replica,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        })
+    }
+}
+
+/// A setting that cannot be used, named the way the user set it.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The value of one setting is wrong.
+    #[error("{setting}: {message}")]
+    Invalid {
+        /// The environment variable, for example `PGWARDEN_ROLE`.
+        setting: &'static str,
+        /// What is wrong and, where it helps, what to do.
+        message: String,
+    },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// Every setting `run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Data directory.
+    pub pgdata: PathBuf,
+    /// Port postgres listens on (TCP and the socket file name).
+    pub port: u16,
+    /// Superuser role name.
+    pub superuser: String,
+    /// Superuser password; required only to bootstrap a new primary.
+    pub password: Option<Secret>,
+    /// Database created at bootstrap.
+    pub database: String,
+    /// Extra initdb arguments.
+    pub initdb_args: Vec<String>,
+    /// Init scripts directory.
+    pub initdb_dir: PathBuf,
+    /// Configured role.
+    pub role: Role,
+    /// Primary host for a replica.
+    pub primary_host: Option<String>,
+    /// Primary port for a replica.
+    pub primary_port: u16,
+    /// Replication role name.
+    pub replication_user: String,
+    /// Replication role password.
+    pub replication_password: Option<Secret>,
+    /// Networks allowed to replicate, as pg_hba address fields.
+    pub allowed_networks: Vec<String>,
+    /// Instance name.
+    pub name: String,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// Directory of the PostgreSQL binaries.
+    pub bindir: PathBuf,
+    /// Major version of those binaries.
+    pub major_version: u32,
+    /// The user children run as, when pgwarden is root.
+    pub run_as: Option<RunAs>,
+    /// OS user name pgwarden itself connects as over the socket (peer authentication).
+    pub os_user: String,
+    /// Unix socket directory.
+    pub socket_dir: PathBuf,
+    /// Path of the user postgresql.conf fragment.
+    pub user_conf_path: Option<PathBuf>,
+    /// The parsed user fragment.
+    pub user_conf: Fragment,
+    /// Path of the user pg_hba rules.
+    pub user_hba_path: Option<PathBuf>,
+    /// The parsed user pg_hba rules.
+    pub user_hba: Vec<HbaRule>,
+    /// Maximum replay lag, in bytes, for a replica to be ready.
+    pub ready_max_lag: Option<u64>,
+    /// Smart shutdown bound before fast shutdown.
+    pub smart_shutdown_timeout: Duration,
+    /// Crashes tolerated within `crash_window`.
+    pub max_crashes: u32,
+    /// Window for counting crashes.
+    pub crash_window: Duration,
+    /// What PGDATA looked like when the settings were loaded.
+    pub data_state: DataDirState,
+}
+
+impl Settings {
+    /// Validates `args` and reads what they point to. Writes nothing.
+    pub fn load(args: &SettingsArgs) -> Result<Settings, SettingsError> {
+        let role = match args.role.as_str() {
+            "primary" => Role::Primary,
+            "replica" => Role::Replica,
+            other => {
+                return Err(invalid(
+                    "PGWARDEN_ROLE",
+                    format!("unknown role {other:?}; expected \"primary\" or \"replica\""),
+                ))
+            }
+        };
+        for (setting, value) in [
+            ("POSTGRES_USER", Some(args.postgres_user.as_str())),
+            ("POSTGRES_DB", args.postgres_db.as_deref()),
+            ("POSTGRES_INITDB_ARGS", args.postgres_initdb_args.as_deref()),
+            ("PGWARDEN_PRIMARY_HOST", args.primary_host.as_deref()),
+            (
+                "PGWARDEN_REPLICATION_USER",
+                Some(args.replication_user.as_str()),
+            ),
+            (
+                "PGWARDEN_ALLOWED_NETWORK",
+                Some(args.allowed_network.as_str()),
+            ),
+            ("PGWARDEN_NAME", args.name.as_deref()),
+            ("PGWARDEN_RUN_AS", Some(args.run_as.as_str())),
+        ] {
+            if let Some(v) = value {
+                reject_control_chars(setting, v)?;
+            }
+        }
+        for (setting, path) in [
+            ("PGDATA", Some(&args.pgdata)),
+            ("PGWARDEN_SOCKET_DIR", Some(&args.socket_dir)),
+            ("PGWARDEN_USER_CONF", args.user_conf.as_ref()),
+            ("PGWARDEN_USER_HBA", args.user_hba.as_ref()),
+            ("PGWARDEN_PG_BINDIR", args.pg_bindir.as_ref()),
+        ] {
+            if let Some(p) = path {
+                reject_control_chars(setting, &p.to_string_lossy())?;
+                if !p.is_absolute() && setting != "PGWARDEN_PG_BINDIR" {
+                    return Err(invalid(
+                        setting,
+                        format!("{} is not an absolute path", p.display()),
+                    ));
+                }
+            }
+        }
+        if args.postgres_user.is_empty() {
+            return Err(invalid("POSTGRES_USER", "must not be empty"));
+        }
+
+        let password = read_secret(
+            "POSTGRES_PASSWORD",
+            args.postgres_password.as_deref(),
+            args.postgres_password_file.as_deref(),
+        )?;
+        let replication_password = read_secret(
+            "PGWARDEN_REPLICATION_PASSWORD",
+            args.replication_password.as_deref(),
+            args.replication_password_file.as_deref(),
+        )?;
+
+        let name = match &args.name {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
+        };
+        crate::pgconf::slot_name(&name).map_err(|m| invalid("PGWARDEN_NAME", m))?;
+
+        let http_addr: SocketAddr = args.http_addr.parse().map_err(|_| {
+            invalid(
+                "PGWARDEN_HTTP_ADDR",
+                format!(
+                    "{:?} is not an address:port such as 0.0.0.0:8008",
+                    args.http_addr
+                ),
+            )
+        })?;
+
+        let data_state =
+            pgdata::inspect(&args.pgdata).map_err(|e| invalid("PGDATA", e.to_string()))?;
+        let bindir = resolve_bindir(args.pg_bindir.as_deref(), data_state.version())?;
+        let major_version = binaries_major(&bindir)?;
+        if let Some(v) = data_state.version() {
+            if v != major_version {
+                return Err(invalid(
+                    "PGDATA",
+                    format!(
+                        "{} holds a PostgreSQL {v} cluster but the binaries in {} are PostgreSQL {major_version}; \
+                         point PGWARDEN_PG_BINDIR at PostgreSQL {v} binaries, or upgrade the cluster with pg_upgrade",
+                        args.pgdata.display(),
+                        bindir.display()
+                    ),
+                ));
+            }
+        }
+        if let DataDirState::Foreign(entries) = &data_state {
+            return Err(invalid(
+                "PGDATA",
+                format!(
+                    "{} is not empty and is not a PostgreSQL data directory (it holds {}); \
+                     pgwarden will not initialise over it",
+                    args.pgdata.display(),
+                    entries.join(", ")
+                ),
+            ));
+        }
+
+        let (run_as, os_user) = resolve_users(&args.run_as)?;
+
+        let socket_len =
+            args.socket_dir.as_os_str().len() + format!("/.s.PGSQL.{}", args.port).len();
+        if socket_len > 107 {
+            return Err(invalid(
+                "PGWARDEN_SOCKET_DIR",
+                format!("{} is too long for a unix socket path (at most 107 bytes with the socket file name)", args.socket_dir.display()),
+            ));
+        }
+
+        let user_conf = read_user_conf(args.user_conf.as_deref())?;
+        let user_hba = read_user_hba(args.user_hba.as_deref())?;
+
+        let allowed_networks = hba::parse_networks(&args.allowed_network)
+            .map_err(|e| invalid("PGWARDEN_ALLOWED_NETWORK", e))?;
+
+        let initialized = matches!(data_state, DataDirState::Initialized { .. });
+        if !initialized {
+            match role {
+                Role::Primary if password.is_none() => {
+                    return Err(invalid(
+                        "POSTGRES_PASSWORD",
+                        format!(
+                            "{} is not initialised yet and no superuser password is set; \
+                             set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE",
+                            args.pgdata.display()
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if role == Role::Replica {
+            if args.primary_host.is_none() {
+                return Err(invalid(
+                    "PGWARDEN_PRIMARY_HOST",
+                    "role replica needs the host name of the primary to stream from",
+                ));
+            }
+            if replication_password.is_none() {
+                return Err(invalid(
+                    "PGWARDEN_REPLICATION_PASSWORD",
+                    "role replica needs the replication password; set PGWARDEN_REPLICATION_PASSWORD or PGWARDEN_REPLICATION_PASSWORD_FILE",
+                ));
+            }
+        }
+
+        Ok(Settings {
+            pgdata: args.pgdata.clone(),
+            port: args.port,
+            superuser: args.postgres_user.clone(),
+            password,
+            database: args
+                .postgres_db
+                .clone()
+                .unwrap_or_else(|| args.postgres_user.clone()),
+            initdb_args: args
+                .postgres_initdb_args
+                .as_deref()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            initdb_dir: args.initdb_dir.clone(),
+            role,
+            primary_host: args.primary_host.clone(),
+            primary_port: args.primary_port,
+            replication_user: args.replication_user.clone(),
+            replication_password,
+            allowed_networks,
+            name,
+            http_addr,
+            bindir,
+            major_version,
+            run_as,
+            os_user,
+            socket_dir: args.socket_dir.clone(),
+            user_conf_path: args.user_conf.clone(),
+            user_conf,
+            user_hba_path: args.user_hba.clone(),
+            user_hba,
+            ready_max_lag: args.ready_max_lag,
+            smart_shutdown_timeout: Duration::from_secs(args.smart_shutdown_timeout),
+            max_crashes: args.max_crashes.max(1),
+            crash_window: Duration::from_secs(args.crash_window.max(1)),
+            data_state,
+        })
+    }
+
+    /// A copy with the user fragments read again from disk, for a reload. Fails, naming
+    /// the setting, when a fragment became invalid.
+    pub fn reload_user_files(&self) -> Result<Settings, SettingsError> {
+        let mut next = self.clone();
+        next.user_conf = read_user_conf(self.user_conf_path.as_deref())?;
+        next.user_hba = read_user_hba(self.user_hba_path.as_deref())?;
+        Ok(next)
+    }
+
+    /// Path of a PostgreSQL executable in the bindir.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+
+    /// The replication slot name derived from the instance name.
+    pub fn slot_name(&self) -> String {
+        // Validated in load().
+        crate::pgconf::slot_name(&self.name).unwrap_or_default()
+    }
+}
+
+fn reject_control_chars(setting: &'static str, value: &str) -> Result<(), SettingsError> {
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(invalid(
+            setting,
+            "the value contains a newline or NUL character",
+        ));
+    }
+    Ok(())
+}
+
+fn read_user_conf(path: Option<&Path>) -> Result<Fragment, SettingsError> {
+    let Some(path) = path else {
+        return Ok(Fragment::default());
+    };
+    let bad = |e: fragment::FragmentError| {
+        invalid("PGWARDEN_USER_CONF", format!("{}: {e}", path.display()))
+    };
+    let frag = fragment::parse(&read_text("PGWARDEN_USER_CONF", path)?).map_err(bad)?;
+    fragment::check_owned(&frag).map_err(bad)?;
+    Ok(frag)
+}
+
+fn read_user_hba(path: Option<&Path>) -> Result<Vec<HbaRule>, SettingsError> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    hba::parse_rules(&read_text("PGWARDEN_USER_HBA", path)?)
+        .map_err(|e| invalid("PGWARDEN_USER_HBA", format!("{}: {e}", path.display())))
+}
+
+fn read_text(setting: &'static str, path: &Path) -> Result<String, SettingsError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| invalid(setting, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Reads a secret from its variable or its `_FILE` twin, as the official image does.
+fn read_secret(
+    setting: &'static str,
+    value: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, SettingsError> {
+    let raw = match (value, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                setting,
+                format!("both {setting} and {setting}_FILE are set; use one"),
+            ))
+        }
+        (Some(v), None) => v.to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                invalid(
+                    setting,
+                    format!("cannot read {setting}_FILE {}: {e}", path.display()),
+                )
+            })?
+            // A Secret mounted from a file usually ends with a newline that is not part of it.
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if raw.is_empty() {
+        return Err(invalid(setting, "the password is empty"));
+    }
+    if raw.contains(['\n', '\r', '\0']) {
+        return Err(invalid(
+            setting,
+            "the password contains a newline or NUL character",
+        ));
+    }
+    Ok(Some(Secret::new(raw)))
+}
+
+/// Decides who children run as. Root drops to `run_as`; anyone else (OpenShift's
+/// arbitrary UID) runs everything as itself.
+fn resolve_users(run_as: &str) -> Result<(Option<RunAs>, String), SettingsError> {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        let user = RunAs::lookup(run_as).map_err(|e| invalid("PGWARDEN_RUN_AS", e))?;
+        if user.uid == 0 {
+            return Err(invalid(
+                "PGWARDEN_RUN_AS",
+                "postgres refuses to run as root; name an unprivileged user",
+            ));
+        }
+        Ok((Some(user), "root".to_owned()))
+    } else {
+        let name = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| uid.to_string());
+        Ok((None, name))
+    }
+}

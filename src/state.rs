@@ -1,0 +1,55 @@
+//! The supervisor's published state. Only the supervisor writes it, through a
+//! `tokio::sync::watch` channel; probes, the monitor and `/status` read it.
+
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle of the postgres instance, as shown in `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// initdb or pg_basebackup is filling PGDATA.
+    Bootstrapping,
+    /// postgres was spawned and is not accepting connections yet (includes crash recovery).
+    Starting,
+    /// postmaster.pid says ready (primary) or standby (hot standby).
+    Running,
+    /// A shutdown was requested and postgres has not exited yet.
+    Stopping,
+    /// postgres has exited after a shutdown.
+    Stopped,
+    /// postgres crashed; pgwarden restarts it after a backoff or gives up.
+    Crashed,
+    /// postgres is stopped on purpose while pgwarden stays up.
+    Fenced,
+}
+
+/// What the supervisor knows, published on every change.
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorStatus {
+    /// Current state.
+    pub state: State,
+    /// The postmaster's pid while one is running.
+    pub pid: Option<i32>,
+    /// The first start has finished (bootstrap done, postgres spawned).
+    pub started: bool,
+    /// Restarts after a crash since pgwarden started.
+    pub restarts: u32,
+    /// How the last postgres process ended, if one did.
+    pub last_exit: Option<String>,
+    /// Crashed too often: pgwarden is exiting so the kubelet takes over.
+    pub gave_up: bool,
+}
+
+impl SupervisorStatus {
+    /// The status before anything has happened.
+    pub fn bootstrapping() -> SupervisorStatus {
+        SupervisorStatus {
+            state: State::Bootstrapping,
+            pid: None,
+            started: false,
+            restarts: 0,
+            last_exit: None,
+            gave_up: false,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Spawning the postmaster as a direct child, and forwarding what it prints.
+
+use crate::process::{run_as, Child, Runner};
+use crate::settings::Settings;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Environment variables that hold secrets: postgres and its backends never need them.
+const SECRET_ENV: &[&str] = &[
+    "POSTGRES_PASSWORD",
+    "PGWARDEN_REPLICATION_PASSWORD",
+    "PGPASSWORD",
+    "PGWARDEN_API_TOKEN",
+];
+
+/// Starts `postgres -D data_dir [extra]` as the run-as user, with its output forwarded to
+/// pgwarden's log. It gets a process group of its own so that a Ctrl-C on a terminal
+/// reaches only pgwarden, which then decides how to shut postgres down.
+pub fn spawn(s: &Settings, runner: &Runner, data_dir: &Path, extra: &[&str]) -> io::Result<Child> {
+    let mut cmd = Command::new(s.bin("postgres"));
+    cmd.arg("-D")
+        .arg(data_dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for var in SECRET_ENV {
+        cmd.env_remove(var);
+    }
+    run_as(&mut cmd, s.run_as.as_ref());
+    let mut child = runner.spawn(&mut cmd)?;
+    if let Some(out) = child.stdout.take() {
+        forward(out);
+    }
+    if let Some(err) = child.stderr.take() {
+        forward(err);
+    }
+    Ok(child)
+}
+
+/// Forwards lines on a thread of its own: the pipe is shared by every backend and stays
+/// open until the last one exits, which may be after the postmaster.
+fn forward<R: Read + Send + 'static>(pipe: R) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    let line = line.trim_end();
+                    if !line.is_empty() {
+                        crate::logging::postgres_line(line);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Waits until postmaster.pid in `data_dir` says `pid` accepts connections, or the
+/// child exits, or `timeout` passes.
+pub async fn wait_ready(child: &mut Child, data_dir: &Path, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if crate::pgdata::postmaster_ready(data_dir, child.pid()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "postgres did not become ready in time",
+            ));
+        }
+        tokio::select! {
+            exit = child.wait() => {
+                return Err(io::Error::other(format!("postgres exited during start-up ({})", exit?)));
+            }
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+}
