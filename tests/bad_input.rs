@@ -1,0 +1,199 @@
+//! Every wrong setting is refused before anything is touched: a clear error naming the
+//! setting, a non-zero exit, and PGDATA exactly as it was.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// Runs `pgwarden run` expecting it to refuse; returns its output.
+fn refused(pg: &Instance) -> String {
+    let before = tree(&pg.pgdata);
+    let (status, out) = pg.run_cli(&["run"]);
+    assert!(!status.success(), "expected a refusal, got success:\n{out}");
+    assert_eq!(tree(&pg.pgdata), before, "PGDATA was touched:\n{out}");
+    out
+}
+
+fn assert_mentions(out: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(out.contains(n), "expected {n:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn a_fresh_pgdata_without_a_password_is_refused() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "nopw");
+    pg.unset("POSTGRES_PASSWORD");
+    let out = refused(&pg);
+    assert_mentions(&out, &["POSTGRES_PASSWORD", "POSTGRES_PASSWORD_FILE"]);
+    assert!(!pg.pgdata.exists());
+}
+
+#[test]
+fn an_unknown_role_is_refused() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "role");
+    pg.set("PGWARDEN_ROLE", "leader");
+    assert_mentions(&refused(&pg), &["PGWARDEN_ROLE", "leader"]);
+}
+
+#[test]
+fn a_fragment_setting_owned_parameters_is_refused_with_every_line() {
+    let tmp = test_dir();
+    let pg = Instance::new(tmp.path(), "owned");
+    std::fs::write(
+        &pg.user_conf,
+        "work_mem = 8MB\nlisten_addresses = 'localhost'\nport = 6000\narchive_command = 'cp %p /x'\nwal_level = minimal\nrestart_after_crash = on\nlog_destination = 'csvlog'\n",
+    )
+    .unwrap();
+    let out = refused(&pg);
+    assert_mentions(
+        &out,
+        &[
+            "PGWARDEN_USER_CONF",
+            "line 2: listen_addresses",
+            "line 3: port",
+            "line 4: archive_command",
+            "line 5: wal_level",
+            "line 6: restart_after_crash",
+            "line 7: log_destination",
+        ],
+    );
+    assert!(!out.contains("line 1"), "work_mem is the user's:\n{out}");
+}
+
+#[test]
+fn a_malformed_fragment_is_refused() {
+    let tmp = test_dir();
+    let pg = Instance::new(tmp.path(), "malformed");
+    std::fs::write(&pg.user_conf, "work_mem = '8MB\nshared_buffers\n").unwrap();
+    assert_mentions(
+        &refused(&pg),
+        &["PGWARDEN_USER_CONF", "line 1: unterminated", "line 2"],
+    );
+}
+
+#[test]
+fn a_fragment_value_postgres_rejects_is_refused() {
+    let tmp = test_dir();
+    let pg = Instance::new(tmp.path(), "badvalue");
+    std::fs::write(&pg.user_conf, "work_mem = banana\n").unwrap();
+    assert_mentions(
+        &refused(&pg),
+        &[
+            "PGWARDEN_USER_CONF",
+            "invalid value for parameter \\\"work_mem\\\"",
+            "banana",
+        ],
+    );
+    std::fs::write(&pg.user_conf, "no_such_parameter = 1\n").unwrap();
+    assert_mentions(
+        &refused(&pg),
+        &[
+            "PGWARDEN_USER_CONF",
+            "unrecognized configuration parameter",
+            "no_such_parameter",
+        ],
+    );
+}
+
+#[test]
+fn a_value_with_a_newline_is_refused() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "newline");
+    pg.set("POSTGRES_DB", "app\nlisten_addresses='*'");
+    assert_mentions(&refused(&pg), &["POSTGRES_DB", "newline"]);
+    let mut pg = Instance::new(tmp.path(), "newline2");
+    std::fs::write(&pg.user_conf, "application_name = 'a\\nb'\n").unwrap();
+    pg.set("POSTGRES_DB", "app");
+    assert_mentions(&refused(&pg), &["PGWARDEN_USER_CONF", "newline"]);
+}
+
+#[test]
+fn a_malformed_hba_line_is_refused() {
+    let tmp = test_dir();
+    for (i, (rule, want)) in [
+        ("host all all 10.0.0.0/40 scram-sha-256", "prefix"),
+        ("host all all 10.0.0.0/8 letmein", "method"),
+        ("host all", "address"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut pg = Instance::new(tmp.path(), &format!("hba{i}"));
+        let hba = pg.dir.join("hba.conf");
+        std::fs::write(
+            &hba,
+            format!("# ok\nhost all all 10.0.0.0/8 scram-sha-256\n{rule}\n"),
+        )
+        .unwrap();
+        pg.set("PGWARDEN_USER_HBA", hba.display().to_string());
+        assert_mentions(&refused(&pg), &["PGWARDEN_USER_HBA", "line 3", want]);
+    }
+}
+
+#[test]
+fn a_pgdata_of_another_major_version_is_refused() {
+    let tmp = test_dir();
+    let pg = Instance::new(tmp.path(), "oldmajor");
+    std::fs::create_dir_all(pg.pgdata.join("base")).unwrap();
+    std::fs::write(pg.pgdata.join("PG_VERSION"), "9\n").unwrap();
+    assert_mentions(&refused(&pg), &["PGDATA", "PostgreSQL 9", "pg_upgrade"]);
+}
+
+#[test]
+fn a_missing_bindir_is_refused() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "nobin");
+    pg.set("PGWARDEN_PG_BINDIR", "/nonexistent/bin");
+    assert_mentions(&refused(&pg), &["PGWARDEN_PG_BINDIR", "/nonexistent/bin"]);
+}
+
+#[test]
+fn a_pgdata_holding_something_else_is_never_touched() {
+    let tmp = test_dir();
+    let pg = Instance::new(tmp.path(), "foreign");
+    std::fs::create_dir_all(&pg.pgdata).unwrap();
+    std::fs::write(pg.pgdata.join("precious.txt"), "do not delete").unwrap();
+    assert_mentions(
+        &refused(&pg),
+        &["PGDATA", "precious.txt", "not a PostgreSQL data directory"],
+    );
+}
+
+#[test]
+fn an_http_port_in_use_fails_start_up_with_a_clear_message() {
+    let tmp = test_dir();
+    let pg = Instance::new(tmp.path(), "bind");
+    let _taken = std::net::TcpListener::bind(pg.http).unwrap();
+    assert_mentions(&refused(&pg), &["PGWARDEN_HTTP_ADDR", &pg.http.to_string()]);
+    assert!(!Path::new(&pg.pgdata).exists());
+}
+
+#[test]
+fn config_prints_the_files_and_writes_nothing() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "config");
+    let hba = pg.dir.join("hba.conf");
+    std::fs::write(&hba, "host app app 10.1.0.0/16 scram-sha-256\n").unwrap();
+    pg.set("PGWARDEN_USER_HBA", hba.display().to_string());
+    let (status, out) = pg.run_cli(&["config"]);
+    assert!(status.success(), "{out}");
+    assert_mentions(
+        &out,
+        &[
+            "postgresql.conf <==",
+            "shared_buffers = '16MB'",
+            &format!("port = '{}'", pg.port),
+            "wal_level = 'replica'",
+            "hot_standby = 'on'",
+            "pg_hba.conf <==",
+            "host app app 10.1.0.0/16 scram-sha-256",
+            "host all all all scram-sha-256",
+        ],
+    );
+    assert!(!out.contains(" trust"), "nothing is trusted:\n{out}");
+    assert!(!pg.pgdata.exists(), "config wrote nothing");
+}

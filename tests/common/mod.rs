@@ -1,0 +1,343 @@
+//! Test harness: runs the real pgwarden binary against a real PostgreSQL, each instance
+//! in its own temp dir with its own ports, and cleans up the processes it started, by pid.
+#![allow(dead_code)]
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use pgwarden::http::client::{self, Response, Target};
+use pgwarden::http::StatusDoc;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "test-password-not-a-secret";
+
+/// The pgwarden binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pgwarden")
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temp dir the postgres user can traverse (tests run as root in CI).
+pub fn test_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("pgwarden-test-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// A directory anyone can write to, for files postgres's children create.
+pub fn scratch_dir(parent: &Path) -> PathBuf {
+    let p = parent.join("scratch");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    p
+}
+
+/// One pgwarden instance and everything it owns.
+pub struct Instance {
+    pub dir: PathBuf,
+    pub pgdata: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub http: SocketAddr,
+    pub log_path: PathBuf,
+    pub user_conf: PathBuf,
+    pub env: BTreeMap<String, String>,
+    child: Option<Child>,
+    runs: usize,
+}
+
+impl Instance {
+    /// Settings for a primary in `parent/name`, with a small memory footprint.
+    pub fn new(parent: &Path, name: &str) -> Instance {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let port = free_port();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let user_conf = dir.join("user.conf");
+        std::fs::write(&user_conf, "shared_buffers = 16MB\nmax_connections = 40\n").unwrap();
+        let mut env = BTreeMap::new();
+        let mut set = |k: &str, v: String| {
+            env.insert(k.to_owned(), v);
+        };
+        set("PGDATA", dir.join("data").display().to_string());
+        set("PGPORT", port.to_string());
+        set("POSTGRES_PASSWORD", PASSWORD.to_owned());
+        set(
+            "PGWARDEN_SOCKET_DIR",
+            dir.join("sock").display().to_string(),
+        );
+        set("PGWARDEN_HTTP_ADDR", http.to_string());
+        set(
+            "PGWARDEN_INITDB_DIR",
+            dir.join("initdb.d").display().to_string(),
+        );
+        set("PGWARDEN_NAME", name.to_owned());
+        set("PGWARDEN_USER_CONF", user_conf.display().to_string());
+        set("PGWARDEN_LOG_FORMAT", "json".to_owned());
+        Instance {
+            pgdata: dir.join("data"),
+            socket_dir: dir.join("sock"),
+            log_path: dir.join("pgwarden.log"),
+            dir,
+            port,
+            http,
+            user_conf,
+            env,
+            child: None,
+            runs: 0,
+        }
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.env.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn unset(&mut self, key: &str) -> &mut Self {
+        self.env.remove(key);
+        self
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env);
+        cmd
+    }
+
+    /// Starts `pgwarden run` in a process group of its own, appending to the log.
+    pub fn start(&mut self) -> &mut Self {
+        assert!(self.child.is_none(), "already running");
+        self.runs += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = self.command(&["run"]);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0);
+        self.child = Some(cmd.spawn().expect("spawn pgwarden"));
+        self
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("not running").id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Runs `pgwarden <args>` to completion; returns its status and combined output.
+    pub fn run_cli(&self, args: &[&str]) -> (ExitStatus, String) {
+        let out = self.command(args).output().expect("run pgwarden");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status, text)
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        client::get(&Target::Tcp(self.http), path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub fn try_get(&self, path: &str) -> Option<Response> {
+        client::get(&Target::Tcp(self.http), path).ok()
+    }
+
+    pub fn status(&self) -> StatusDoc {
+        let r = self.get("/status");
+        assert_eq!(r.status, 200);
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("bad /status JSON {e}: {}", r.body))
+    }
+
+    /// Waits until `path` answers `code`, failing the test with the log after `timeout`.
+    pub fn wait_for(&mut self, path: &str, code: u16, timeout: Duration) -> &mut Self {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.try_get(path).map(|r| r.status) == Some(code) {
+                return self;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "pgwarden exited ({status}) while waiting for {path} = {code}; log:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{path} did not answer {code} within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_ready(&mut self) -> &mut Self {
+        self.wait_for("/readyz", 200, Duration::from_secs(90))
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Waits for pgwarden to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("not running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "pgwarden did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills pgwarden and every process of its group, as the kernel does to a
+    /// container when its PID 1 dies. postgres has a group of its own and survives.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// The postmaster's pid from postmaster.pid.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// A TCP connection with the superuser password, as a user would open one.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        self.connect_as("postgres", PASSWORD, "postgres")
+            .await
+            .expect("connect")
+    }
+
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(db)
+            .connect_timeout(Duration::from_secs(5))
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// Stops postgres processes left behind in `dir` (a postmaster outlives a pgwarden
+    /// killed with SIGKILL, because it has its own process group).
+    fn kill_postmaster_in(dir: &Path) {
+        let Ok(text) = std::fs::read_to_string(dir.join("postmaster.pid")) else {
+            return;
+        };
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
+            return;
+        }
+        let pid = Pid::from_raw(pid);
+        let _ = kill(pid, Signal::SIGQUIT);
+        for _ in 0..100 {
+            if kill(pid, None).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill_hard();
+        Self::kill_postmaster_in(&self.pgdata);
+        Self::kill_postmaster_in(&self.pgdata.join(".pgwarden-staging"));
+    }
+}
+
+/// A listing of every path under `dir` with its size and mtime, to prove a directory
+/// was left exactly as it was.
+pub fn tree(dir: &Path) -> Vec<(PathBuf, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    fn walk(p: &Path, out: &mut Vec<(PathBuf, u64, i64)>) {
+        if let Ok(meta) = std::fs::symlink_metadata(p) {
+            out.push((
+                p.to_path_buf(),
+                meta.len(),
+                meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
+            ));
+            if meta.is_dir() {
+                let mut entries: Vec<_> = std::fs::read_dir(p)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                entries.sort();
+                for e in entries {
+                    walk(&e, out);
+                }
+            }
+        }
+    }
+    walk(dir, &mut out);
+    out
+}
+
+/// Every line of a JSON log must parse, and the lines are returned parsed.
+pub fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
