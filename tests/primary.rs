@@ -55,11 +55,9 @@ async fn bootstraps_a_primary_that_serves_probes_and_password_logins() {
         .await
         .unwrap();
     assert_eq!(enc.get::<_, String>(0), "UTF8");
-    let err = pg
-        .connect_as("postgres", "wrong", "postgres")
-        .await
-        .err()
-        .expect("a wrong password is refused");
+    let Err(err) = pg.connect_as("postgres", "wrong", "postgres").await else {
+        panic!("a wrong password must be refused");
+    };
     let msg = err
         .as_db_error()
         .map(|e| e.message().to_owned())
@@ -157,8 +155,9 @@ async fn exits_non_zero_after_too_many_crashes() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let second = loop {
         let st = pg.status();
-        if st.state == State::Running && st.pid.is_some() && st.pid != Some(first) {
-            break st.pid.unwrap();
+        match st.pid {
+            Some(pid) if st.state == State::Running && pid != first => break pid,
+            _ => {}
         }
         assert!(Instant::now() < deadline, "no restart; log:\n{}", pg.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
