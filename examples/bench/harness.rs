@@ -1,0 +1,155 @@
+//! Shared helpers: temp dirs, free ports, running pgwarden and postgres tools.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let pg = Command::new(bindir().join("postgres"))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpus} CPUs, {pg}")
+}
+
+pub fn bindir() -> PathBuf {
+    pgwarden::settings::resolve_bindir(None, None).expect("PostgreSQL binaries")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// The unprivileged user postgres tools run as when the bench runs as root.
+pub fn run_as_postgres(cmd: &mut Command) -> &mut Command {
+    if nix::unistd::geteuid().is_root() {
+        let u = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("a postgres user");
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw()).current_dir("/");
+    }
+    cmd
+}
+
+/// A pgwarden instance's environment.
+pub struct Warden {
+    pub dir: PathBuf,
+    pub pgdata: PathBuf,
+    pub port: u16,
+    pub http: std::net::SocketAddr,
+    pub env: Vec<(String, String)>,
+}
+
+impl Warden {
+    pub fn new(dir: &Path) -> Warden {
+        let port = free_port();
+        let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let conf = dir.join("user.conf");
+        std::fs::write(&conf, "shared_buffers = 128MB\n").unwrap();
+        let pgdata = dir.join("data");
+        let env = vec![
+            ("PGDATA".into(), pgdata.display().to_string()),
+            ("PGPORT".into(), port.to_string()),
+            ("POSTGRES_PASSWORD".into(), "bench".into()),
+            (
+                "PGWARDEN_SOCKET_DIR".into(),
+                dir.join("sock").display().to_string(),
+            ),
+            ("PGWARDEN_HTTP_ADDR".into(), http.to_string()),
+            (
+                "PGWARDEN_INITDB_DIR".into(),
+                dir.join("none").display().to_string(),
+            ),
+            ("PGWARDEN_NAME".into(), "bench".into()),
+            ("PGWARDEN_USER_CONF".into(), conf.display().to_string()),
+            ("PGWARDEN_LOG_FORMAT".into(), "json".into()),
+        ];
+        Warden {
+            dir: dir.to_path_buf(),
+            pgdata,
+            port,
+            http,
+            env,
+        }
+    }
+
+    pub fn spawn(&self, bin: &Path) -> Child {
+        Command::new(bin)
+            .arg("run")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("log"))
+                    .unwrap(),
+            )
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn ready(&self) -> bool {
+        matches!(pgwarden::http::client::get(&pgwarden::http::client::Target::Tcp(self.http), "/readyz"), Ok(r) if r.status == 200)
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        while !self.ready() {
+            assert!(
+                t0.elapsed() < timeout,
+                "pgwarden not ready; see {}/log",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        t0.elapsed()
+    }
+}
+
+/// Stops a pgwarden child with SIGTERM and waits.
+pub fn stop(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
+
+/// Resident set size of a process, in kB, from /proc.
+pub fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}

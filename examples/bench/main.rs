@@ -1,0 +1,19 @@
+//! `make bench`: pgwarden's figures next to the reference tools', measured in one run on
+//! the same data. Prints a report; asserts nothing.
+//!
+//! Usage: `cargo run --release --example bench -- [startup|all]`
+
+mod harness;
+mod startup;
+
+fn main() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "all".to_owned());
+    let bin =
+        std::env::var("PGWARDEN_BIN").unwrap_or_else(|_| "target/release/pgwarden".to_owned());
+    let bin = std::fs::canonicalize(&bin)
+        .unwrap_or_else(|e| panic!("{bin}: {e}; run `make build` first"));
+    println!("# pgwarden benchmark ({})", harness::machine());
+    if which == "all" || which == "startup" {
+        startup::run(&bin);
+    }
+}
