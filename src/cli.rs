@@ -25,6 +25,8 @@ pub enum Command {
     Config(SettingsArgs),
     /// Print the /status JSON of the local instance.
     Status(LocalArgs),
+    /// Promote the local replica to primary and wait until it accepts writes.
+    Promote(LocalArgs),
 }
 
 /// Arguments of the verbs that talk to a running pgwarden.
@@ -70,7 +72,8 @@ pub fn dispatch(cli: Cli) -> i32 {
                 1
             }
         },
-        Command::Status(args) => status(&args),
+        Command::Status(args) => local_call(&args, "GET", "/status"),
+        Command::Promote(args) => local_call(&args, "POST", "/promote"),
     }
 }
 
@@ -90,9 +93,10 @@ async fn config(args: &SettingsArgs) -> anyhow::Result<String> {
     ))
 }
 
-fn status(args: &LocalArgs) -> i32 {
+/// Calls the running pgwarden over its control socket and prints the answer.
+fn local_call(args: &LocalArgs, method: &str, route: &str) -> i32 {
     let path = crate::run::control_socket(&args.socket_dir);
-    match client::get(&Target::Unix(path.clone()), "/status") {
+    match client::request(&Target::Unix(path.clone()), method, route, &[]) {
         Ok(r) => {
             println!("{}", r.body.trim_end());
             if r.status == 200 {

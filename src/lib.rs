@@ -15,6 +15,8 @@ pub mod monitor;
 pub mod pgconf;
 pub mod pgdata;
 pub mod process;
+pub mod replica;
+pub mod roles;
 pub mod run;
 pub mod settings;
 pub mod state;

@@ -13,7 +13,7 @@ use crate::process::{Reaper, Runner};
 use crate::settings::{Settings, SettingsArgs};
 use crate::state::SupervisorStatus;
 use crate::supervisor::{self, Signals, Supervisor};
-use crate::{bootstrap, monitor};
+use crate::{bootstrap, monitor, replica};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,15 +65,25 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     http::serve_tcp(listener, http::router(app.clone()));
     info!(addr = %settings.http_addr, name = %settings.name, role = %settings.role, "pgwarden is up");
 
+    bootstrap::ensure_socket_dir(&settings)?;
+    replica::write_passfile(&settings)?;
+    let prepare = async {
+        bootstrap::ensure(&settings, &runner).await?;
+        replica::prepare(&settings, &runner).await
+    };
     tokio::select! {
-        result = bootstrap::ensure(&settings, &runner) => result?,
+        result = prepare => result?,
         sig = supervisor::wait_for_stop(&mut signals) => {
             warn!(signal = ?sig, "stop requested during the bootstrap; it will be redone on the next start");
             supervisor::stop_children(&reaper).await;
             return Ok(1);
         }
     }
-    serve_control(&settings, http::router(app))?;
+    let control = http::control::router(http::control::ControlState {
+        settings: settings.clone(),
+        runner: runner.clone(),
+    });
+    serve_control(&settings, http::router(app).merge(control))?;
     pgconf::apply(&settings, &settings.pgdata, &resources, &runner).await?;
 
     let sup = Supervisor {

@@ -8,6 +8,7 @@
 //! a mount point, where a rename of the directory is impossible. A PGDATA that holds a
 //! cluster, or anything pgwarden did not put there, is never removed.
 
+mod basebackup;
 mod initdb;
 mod scripts;
 
@@ -19,11 +20,15 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tracing::{info, warn};
 
-/// Makes PGDATA hold a complete cluster: bootstraps it when needed, otherwise fixes its
-/// ownership and mode. The socket directory is created too.
-pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
+/// Creates the socket directory, where the control socket and the passfile live too.
+pub fn ensure_socket_dir(s: &Settings) -> Result<()> {
     let owner = s.run_as.as_ref().map(|u| u.owner());
-    fsutil::ensure_dir(&s.socket_dir, 0o700, owner).context("PGWARDEN_SOCKET_DIR")?;
+    fsutil::ensure_dir(&s.socket_dir, 0o700, owner).context("PGWARDEN_SOCKET_DIR")
+}
+
+/// Makes PGDATA hold a complete cluster: bootstraps it when needed, otherwise fixes its
+/// ownership and mode.
+pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
     let state = pgdata::inspect(&s.pgdata).context("PGDATA")?;
     match state {
         DataDirState::Initialized { version } => {
@@ -52,9 +57,7 @@ async fn bootstrap(s: &Settings, runner: &Runner) -> Result<()> {
     let staging = pgdata::staging_dir(&s.pgdata);
     match s.role {
         Role::Primary => initdb::build(s, runner, &staging).await?,
-        Role::Replica => {
-            bail!("PGWARDEN_ROLE=replica: bootstrapping a replica is not available in this build")
-        }
+        Role::Replica => basebackup::build(s, runner, &staging).await?,
     }
     commit(&staging, &s.pgdata)?;
     info!(pgdata = %s.pgdata.display(), "bootstrap complete");

@@ -44,7 +44,8 @@ pub fn request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    let timeout = Some(Duration::from_secs(10));
+    // Long enough for a promotion, which waits for postgres.
+    let timeout = Some(Duration::from_secs(120));
     let raw = match target {
         Target::Tcp(addr) => {
             let mut s = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(5))?;

@@ -2,6 +2,7 @@
 //! status and the monitor's snapshot. No handler talks to postgres.
 
 pub mod client;
+pub mod control;
 mod healthz;
 mod readiness;
 mod readyz;

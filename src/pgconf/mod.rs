@@ -83,6 +83,10 @@ pub fn render_postgresql_conf(
     out += &line("wal_log_hints", "on")?;
     out += &line("max_wal_senders", "10")?;
     out += &line("max_replication_slots", "10")?;
+    out += &line("max_slot_wal_keep_size", &s.max_slot_wal_keep_size)?;
+    // Keeps a little WAL for a standby that is briefly behind without its slot (just
+    // after a failover, before it has recreated its slot on the new primary).
+    out += &line("wal_keep_size", "256MB")?;
     for (name, value) in tuning::tune(resources) {
         out += &line(name, &value)?;
     }
@@ -114,6 +118,13 @@ pub fn render_postgresql_conf(
     out += &line("logging_collector", "off")?;
     out += &line("restart_after_crash", "off")?;
     out += &line("archive_mode", "off")?;
+    // Used only while standby.signal exists, so harmless on a primary; present whenever a
+    // primary is configured so that a demoted instance needs no second render.
+    if let Some(conninfo) = s.primary_conninfo("replication") {
+        out += &line("primary_conninfo", &conninfo)?;
+        out += &line("primary_slot_name", &s.slot_name())?;
+        out += &line("recovery_target_timeline", "latest")?;
+    }
     Ok(out)
 }
 

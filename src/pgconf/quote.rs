@@ -40,6 +40,16 @@ pub fn hba_name(what: &str, value: &str) -> Result<String, NewlineError> {
     Ok(format!("\"{value}\""))
 }
 
+/// Quotes a libpq connection-string value: single quotes, `\` before `'` and `\`.
+pub fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Escapes one field of a `.pgpass` line (`:` and `\` take a backslash).
+pub fn pgpass_field(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(':', "\\:")
+}
+
 /// Quotes an SQL identifier.
 pub fn ident(value: &str) -> String {
     format!("\"{}\"", value.replace('"', "\"\""))
@@ -68,5 +78,7 @@ mod tests {
         assert!(hba_name("u", "a\"b").is_err());
         assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(literal("o'k"), "'o''k'");
+        assert_eq!(conninfo_value(r"a b'c\d"), r"'a b\'c\\d'");
+        assert_eq!(pgpass_field(r"p:w\d"), r"p\:w\\d");
     }
 }

@@ -196,6 +196,11 @@ impl Runner {
             |e: io::Error| io::Error::new(e.kind(), format!("cannot start {program}: {e}"));
         match self {
             Runner::Direct => {
+                if reaper::active() {
+                    return Err(io::Error::other(format!(
+                        "internal error: {program} was to be spawned around the reaper; it would lose its exit status"
+                    )));
+                }
                 let mut child = cmd.spawn().map_err(with_name)?;
                 Ok(Child {
                     pid: child.id() as i32,

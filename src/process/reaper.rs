@@ -13,7 +13,16 @@ use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::io;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// True once a reaper runs in this process: from then on every child must be spawned
+/// through it, or the reaper could reap it first.
+pub fn active() -> bool {
+    ACTIVE.load(Ordering::SeqCst)
+}
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
@@ -32,6 +41,7 @@ impl Reaper {
             nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)?;
         }
         let mut sigchld = signal(SignalKind::child())?;
+        ACTIVE.store(true, Ordering::SeqCst);
         let reaper = Reaper {
             waiters: Arc::new(Mutex::new(HashMap::new())),
         };

@@ -106,6 +106,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGWARDEN_USER_HBA")]
     pub user_hba: Option<PathBuf>,
 
+    /// Upper bound on WAL that replication slots may hold back, so that a lost replica
+    /// cannot fill the primary's disk (`max_slot_wal_keep_size`; -1 for no bound).
+    #[arg(long, env = "PGWARDEN_MAX_SLOT_WAL_KEEP_SIZE", default_value = "4GB")]
+    pub max_slot_wal_keep_size: String,
+
     /// A replica is ready only while streaming within this many bytes of lag.
     #[arg(long, env = "PGWARDEN_READY_MAX_LAG")]
     pub ready_max_lag: Option<u64>,

@@ -111,6 +111,8 @@ pub struct Settings {
     pub user_hba_path: Option<PathBuf>,
     /// The parsed user pg_hba rules.
     pub user_hba: Vec<HbaRule>,
+    /// `max_slot_wal_keep_size` default.
+    pub max_slot_wal_keep_size: String,
     /// Maximum replay lag, in bytes, for a replica to be ready.
     pub ready_max_lag: Option<u64>,
     /// Smart shutdown bound before fast shutdown.
@@ -151,6 +153,10 @@ impl Settings {
             ),
             ("PGWARDEN_NAME", args.name.as_deref()),
             ("PGWARDEN_RUN_AS", Some(args.run_as.as_str())),
+            (
+                "PGWARDEN_MAX_SLOT_WAL_KEEP_SIZE",
+                Some(args.max_slot_wal_keep_size.as_str()),
+            ),
         ] {
             if let Some(v) = value {
                 reject_control_chars(setting, v)?;
@@ -318,6 +324,7 @@ impl Settings {
             user_conf,
             user_hba_path: args.user_hba.clone(),
             user_hba,
+            max_slot_wal_keep_size: args.max_slot_wal_keep_size.clone(),
             ready_max_lag: args.ready_max_lag,
             smart_shutdown_timeout: Duration::from_secs(args.smart_shutdown_timeout),
             max_crashes: args.max_crashes.max(1),
@@ -333,6 +340,33 @@ impl Settings {
         next.user_conf = read_user_conf(self.user_conf_path.as_deref())?;
         next.user_hba = read_user_hba(self.user_hba_path.as_deref())?;
         Ok(next)
+    }
+
+    /// The passfile that holds the replication password (rewritten at every start). It
+    /// lives beside the sockets, outside PGDATA, so that no base backup copies it.
+    pub fn passfile(&self) -> PathBuf {
+        self.socket_dir.join("pgwarden-replication.pgpass")
+    }
+
+    /// The libpq connection string to the primary, without a password (see [`Settings::passfile`]).
+    pub fn primary_conninfo(&self, dbname: &str) -> Option<String> {
+        let host = self.primary_host.as_deref()?;
+        let kv = |k: &str, v: &str| format!("{k}={}", crate::pgconf::quote::conninfo_value(v));
+        Some(
+            [
+                kv("host", host),
+                kv("port", &self.primary_port.to_string()),
+                kv("user", &self.replication_user),
+                kv("dbname", dbname),
+                kv("application_name", &self.name),
+                kv("passfile", &self.passfile().to_string_lossy()),
+                kv("connect_timeout", "5"),
+                kv("keepalives_idle", "10"),
+                kv("keepalives_interval", "5"),
+                kv("keepalives_count", "3"),
+            ]
+            .join(" "),
+        )
     }
 
     /// Path of a PostgreSQL executable in the bindir.

@@ -160,6 +160,8 @@ impl Supervisor {
                         ready = true;
                         info!(pid, "postgres accepts connections");
                         self.publish(|st| st.state = State::Running);
+                        let (settings, runner) = (self.settings.clone(), self.runner());
+                        tokio::spawn(async move { after_start(&settings, &runner).await });
                     }
                 }
             }
@@ -214,6 +216,29 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Work for each time postgres comes up: on a primary, the replication role; on a
+/// standby, its slot on the primary, retried while the primary is unreachable.
+pub async fn after_start(s: &Settings, runner: &Runner) {
+    if crate::replica::is_standby(&s.pgdata) {
+        for attempt in 1..=30 {
+            match crate::replica::remote::ensure_slot(s, runner).await {
+                Ok(()) => return,
+                Err(e) => warn!(
+                    attempt,
+                    error = format!("{e:#}"),
+                    "cannot make sure our slot exists on the primary; retrying"
+                ),
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    } else if let Err(e) = crate::roles::ensure_replication_role(s).await {
+        error!(
+            error = format!("{e:#}"),
+            "cannot set up the replication role"
+        );
     }
 }
 

@@ -15,6 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "test-password-not-a-secret";
+pub const REPLICATION_PASSWORD: &str = "replication: with \\ and ' in it";
 
 /// The pgwarden binary under test.
 pub fn bin() -> &'static str {
@@ -107,6 +108,43 @@ impl Instance {
             child: None,
             runs: 0,
         }
+    }
+
+    /// A primary that replicas may stream from.
+    pub fn primary(parent: &Path, name: &str) -> Instance {
+        let mut pg = Instance::new(parent, name);
+        pg.set("PGWARDEN_REPLICATION_PASSWORD", REPLICATION_PASSWORD);
+        pg
+    }
+
+    /// A replica streaming from `primary` over loopback.
+    pub fn replica_of(parent: &Path, name: &str, primary: &Instance) -> Instance {
+        let mut pg = Instance::new(parent, name);
+        pg.unset("POSTGRES_PASSWORD");
+        pg.set("PGWARDEN_ROLE", "replica")
+            .set("PGWARDEN_PRIMARY_HOST", "127.0.0.1")
+            .set("PGWARDEN_PRIMARY_PORT", primary.port.to_string())
+            .set("PGWARDEN_REPLICATION_PASSWORD", REPLICATION_PASSWORD);
+        pg
+    }
+
+    /// Points this instance at `primary` (takes effect at the next start).
+    pub fn follow(&mut self, primary: &Instance) -> &mut Self {
+        self.set("PGWARDEN_ROLE", "replica")
+            .set("PGWARDEN_PRIMARY_HOST", "127.0.0.1")
+            .set("PGWARDEN_PRIMARY_PORT", primary.port.to_string())
+            .set("PGWARDEN_REPLICATION_PASSWORD", REPLICATION_PASSWORD)
+    }
+
+    /// Stops pgwarden with SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(60));
+        assert!(
+            status.success(),
+            "pgwarden exited with {status}; log:\n{}",
+            self.log()
+        );
     }
 
     pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {

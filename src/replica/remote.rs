@@ -1,0 +1,87 @@
+//! Talking to the primary as the replication role: who it is, and our slot on it.
+//!
+//! Both go through PostgreSQL's own client tools (psql in replication mode, and
+//! pg_receivewal), which read the password from the passfile.
+
+use crate::process::{run_as, Runner};
+use crate::settings::Settings;
+use anyhow::{bail, Result};
+use std::process::Command;
+
+/// What `IDENTIFY_SYSTEM` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSystem {
+    /// The cluster's system identifier.
+    pub system_id: String,
+    /// The timeline it is on.
+    pub timeline: u32,
+    /// Its current WAL position.
+    pub lsn: String,
+}
+
+fn with_primary_env(s: &Settings, cmd: &mut Command) {
+    cmd.env("PGPASSFILE", s.passfile())
+        .env("PGCONNECT_TIMEOUT", "5")
+        .env("PGAPPNAME", format!("pgwarden {}", s.name))
+        .env_remove("PGPASSWORD");
+    run_as(cmd, s.run_as.as_ref());
+}
+
+/// Asks the primary who it is, over a replication connection (the kind pg_hba's
+/// replication rule governs). Errors carry libpq's message, for example a refused
+/// pg_hba entry or a failed password.
+pub async fn identify(s: &Settings, runner: &Runner) -> Result<RemoteSystem> {
+    let Some(conninfo) = s.primary_conninfo("replication") else {
+        bail!("PGWARDEN_PRIMARY_HOST is not set")
+    };
+    let mut cmd = Command::new(s.bin("psql"));
+    cmd.args([
+        "-XAtq",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-F",
+        "|",
+        "-c",
+        "IDENTIFY_SYSTEM",
+        "-d",
+    ])
+    .arg(format!("{conninfo} replication=true"));
+    with_primary_env(s, &mut cmd);
+    let out = runner.output(&mut cmd, None).await?;
+    if !out.status.success() {
+        bail!("{}", out.stderr_text());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = text.trim().split('|').collect();
+    match fields.as_slice() {
+        [sysid, tli, lsn, ..] => Ok(RemoteSystem {
+            system_id: sysid.to_string(),
+            timeline: tli.parse()?,
+            lsn: lsn.to_string(),
+        }),
+        _ => bail!("unexpected IDENTIFY_SYSTEM answer {:?}", text.trim()),
+    }
+}
+
+/// Makes sure our physical slot exists on the primary, creating it if it is gone.
+pub async fn ensure_slot(s: &Settings, runner: &Runner) -> Result<()> {
+    let Some(conninfo) = s.primary_conninfo("replication") else {
+        bail!("PGWARDEN_PRIMARY_HOST is not set")
+    };
+    let mut cmd = Command::new(s.bin("pg_receivewal"));
+    cmd.arg("--create-slot")
+        .arg("--if-not-exists")
+        .arg("--no-password")
+        .arg(format!("--slot={}", s.slot_name()))
+        .arg(format!("--dbname={conninfo}"));
+    with_primary_env(s, &mut cmd);
+    let out = runner.output(&mut cmd, None).await?;
+    if !out.status.success() {
+        bail!(
+            "cannot create replication slot {:?} on the primary: {}",
+            s.slot_name(),
+            out.stderr_text()
+        );
+    }
+    Ok(())
+}
