@@ -197,3 +197,31 @@ fn config_prints_the_files_and_writes_nothing() {
     assert!(!out.contains(" trust"), "nothing is trusted:\n{out}");
     assert!(!pg.pgdata.exists(), "config wrote nothing");
 }
+
+#[test]
+fn replica_settings_are_refused_before_any_copy() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "r-nohost");
+    pg.set("PGWARDEN_ROLE", "replica")
+        .set("PGWARDEN_REPLICATION_PASSWORD", "x");
+    assert_mentions(&refused(&pg), &["PGWARDEN_PRIMARY_HOST"]);
+    assert!(!pg.pgdata.exists());
+
+    let mut pg = Instance::new(tmp.path(), "r-nopw");
+    pg.set("PGWARDEN_ROLE", "replica")
+        .set("PGWARDEN_PRIMARY_HOST", "127.0.0.1");
+    assert_mentions(&refused(&pg), &["PGWARDEN_REPLICATION_PASSWORD", "_FILE"]);
+    assert!(!pg.pgdata.exists());
+
+    let mut pg = Instance::new(tmp.path(), "r-name");
+    pg.set("PGWARDEN_ROLE", "replica")
+        .set("PGWARDEN_PRIMARY_HOST", "127.0.0.1")
+        .set("PGWARDEN_REPLICATION_PASSWORD", "x")
+        .set("PGWARDEN_NAME", "--..--");
+    assert_mentions(&refused(&pg), &["PGWARDEN_NAME", "slot name"]);
+    assert!(!pg.pgdata.exists());
+
+    let mut pg = Instance::new(tmp.path(), "r-net");
+    pg.set("PGWARDEN_ALLOWED_NETWORK", "10.0.0.0/99");
+    assert_mentions(&refused(&pg), &["PGWARDEN_ALLOWED_NETWORK"]);
+}

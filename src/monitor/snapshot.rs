@@ -142,7 +142,7 @@ SELECT json_build_object(
              extract(epoch FROM now() - last_msg_receipt_time) AS last_msg_age_seconds
       FROM pg_stat_wal_receiver) w),
   'replication', CASE WHEN r.rec THEN '[]'::json ELSE (SELECT coalesce(json_agg(x ORDER BY x.application_name), '[]') FROM (
-      SELECT application_name, client_addr::text, state, sync_state, replay_lsn::text,
+      SELECT application_name, host(client_addr) AS client_addr, state, sync_state, replay_lsn::text,
              pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes,
              extract(epoch FROM replay_lag) AS lag_seconds
       FROM pg_stat_replication) x) END,

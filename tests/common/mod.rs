@@ -63,6 +63,8 @@ pub struct Instance {
     pub log_path: PathBuf,
     pub user_conf: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// Runs inside this network namespace; probes then go through the control socket.
+    pub netns: Option<String>,
     child: Option<Child>,
     runs: usize,
 }
@@ -105,6 +107,7 @@ impl Instance {
             http,
             user_conf,
             env,
+            netns: None,
             child: None,
             runs: 0,
         }
@@ -158,7 +161,15 @@ impl Instance {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin());
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs in place: the pid stays pgwarden's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -200,12 +211,19 @@ impl Instance {
         (out.status, text)
     }
 
+    fn target(&self) -> Target {
+        match self.netns {
+            Some(_) => Target::Unix(self.socket_dir.join("pgwarden.sock")),
+            None => Target::Tcp(self.http),
+        }
+    }
+
     pub fn get(&self, path: &str) -> Response {
-        client::get(&Target::Tcp(self.http), path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        client::get(&self.target(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     pub fn try_get(&self, path: &str) -> Option<Response> {
-        client::get(&Target::Tcp(self.http), path).ok()
+        client::get(&self.target(), path).ok()
     }
 
     pub fn status(&self) -> StatusDoc {
