@@ -17,6 +17,7 @@ run: deps build
 
 ## Run the whole test suite against real PostgreSQL.
 test: deps
+	bash scripts/install-garage.sh
 	$(CARGO) test --locked --all-targets
 
 ## Measure pgwarden against the reference tools; prints figures, asserts nothing.

@@ -27,6 +27,10 @@ pub enum Command {
     Status(LocalArgs),
     /// Promote the local replica to primary and wait until it accepts writes.
     Promote(LocalArgs),
+    /// Push one WAL or history file to the archive (postgres's archive_command).
+    WalArchive(crate::wal_cli::WalArchiveArgs),
+    /// Fetch one file from the archive into a path (postgres's restore_command).
+    WalRestore(crate::wal_cli::WalRestoreArgs),
 }
 
 /// Arguments of the verbs that talk to a running pgwarden.
@@ -74,6 +78,8 @@ pub fn dispatch(cli: Cli) -> i32 {
         },
         Command::Status(args) => local_call(&args, "GET", "/status"),
         Command::Promote(args) => local_call(&args, "POST", "/promote"),
+        Command::WalArchive(args) => runtime.block_on(crate::wal_cli::wal_archive(&args)),
+        Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
     }
 }
 

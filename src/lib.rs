@@ -21,3 +21,5 @@ pub mod run;
 pub mod settings;
 pub mod state;
 pub mod supervisor;
+pub mod wal;
+pub mod wal_cli;

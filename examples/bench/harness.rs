@@ -58,6 +58,8 @@ pub struct Warden {
 
 impl Warden {
     pub fn new(dir: &Path) -> Warden {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let port = free_port();
         let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let conf = dir.join("user.conf");

@@ -4,6 +4,7 @@
 //! Usage: `cargo run --release --example bench -- [startup|all]`
 
 mod harness;
+mod replica;
 mod startup;
 
 fn main() {
@@ -15,5 +16,8 @@ fn main() {
     println!("# pgwarden benchmark ({})", harness::machine());
     if which == "all" || which == "startup" {
         startup::run(&bin);
+    }
+    if which == "all" || which == "replica" {
+        replica::run(&bin);
     }
 }

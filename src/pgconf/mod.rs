@@ -87,6 +87,10 @@ pub fn render_postgresql_conf(
     // Keeps a little WAL for a standby that is briefly behind without its slot (just
     // after a failover, before it has recreated its slot on the new primary).
     out += &line("wal_keep_size", "256MB")?;
+    if s.archive.is_some() {
+        // Bounds how much committed work an idle primary leaves outside the archive.
+        out += &line("archive_timeout", "60s")?;
+    }
     for (name, value) in tuning::tune(resources) {
         out += &line(name, &value)?;
     }
@@ -117,7 +121,16 @@ pub fn render_postgresql_conf(
     out += &line("log_destination", "stderr")?;
     out += &line("logging_collector", "off")?;
     out += &line("restart_after_crash", "off")?;
-    out += &line("archive_mode", "off")?;
+    match &s.archive {
+        Some(_) => {
+            let exe = quote::shell(&s.exe.to_string_lossy());
+            out += &line("archive_mode", "on")?;
+            out += &line("archive_command", &format!("{exe} wal-archive %p"))?;
+            // Used only in recovery and on standbys.
+            out += &line("restore_command", &format!("{exe} wal-restore %f %p"))?;
+        }
+        None => out += &line("archive_mode", "off")?,
+    }
     // Used only while standby.signal exists, so harmless on a primary; present whenever a
     // primary is configured so that a demoted instance needs no second render.
     if let Some(conninfo) = s.primary_conninfo("replication") {

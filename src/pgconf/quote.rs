@@ -50,6 +50,11 @@ pub fn pgpass_field(value: &str) -> String {
     value.replace('\\', "\\\\").replace(':', "\\:")
 }
 
+/// Quotes a word for /bin/sh (archive_command runs through the shell).
+pub fn shell(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
 /// Quotes an SQL identifier.
 pub fn ident(value: &str) -> String {
     format!("\"{}\"", value.replace('"', "\"\""))
@@ -78,6 +83,7 @@ mod tests {
         assert!(hba_name("u", "a\"b").is_err());
         assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(literal("o'k"), "'o''k'");
+        assert_eq!(shell("/a b/it's"), r"'/a b/it'\''s'");
         assert_eq!(conninfo_value(r"a b'c\d"), r"'a b\'c\\d'");
         assert_eq!(pgpass_field(r"p:w\d"), r"p\:w\\d");
     }

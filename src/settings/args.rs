@@ -119,6 +119,10 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGWARDEN_SMART_SHUTDOWN_TIMEOUT", default_value_t = 15)]
     pub smart_shutdown_timeout: u64,
 
+    /// WAL archive settings.
+    #[command(flatten)]
+    pub archive: crate::wal::ArchiveArgs,
+
     /// Crashes tolerated within the crash window before pgwarden exits non-zero.
     #[arg(long, env = "PGWARDEN_MAX_CRASHES", default_value_t = 5)]
     pub max_crashes: u32,

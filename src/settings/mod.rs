@@ -123,6 +123,10 @@ pub struct Settings {
     pub crash_window: Duration,
     /// What PGDATA looked like when the settings were loaded.
     pub data_state: DataDirState,
+    /// WAL archiving, when PGWARDEN_ARCHIVE_URL is set.
+    pub archive: Option<crate::wal::ArchiveConfig>,
+    /// This binary, as archive_command and restore_command call it.
+    pub exe: PathBuf,
 }
 
 impl Settings {
@@ -259,6 +263,15 @@ impl Settings {
         let allowed_networks = hba::parse_networks(&args.allowed_network)
             .map_err(|e| invalid("PGWARDEN_ALLOWED_NETWORK", e))?;
 
+        let archive = crate::wal::ArchiveConfig::from_args(&args.archive, &name)
+            .map_err(|(setting, m)| invalid(setting, m))?;
+        let exe = std::env::current_exe().map_err(|e| {
+            invalid(
+                "PGWARDEN_ARCHIVE_URL",
+                format!("cannot find pgwarden's own path: {e}"),
+            )
+        })?;
+
         let initialized = matches!(data_state, DataDirState::Initialized { .. });
         if !initialized {
             match role {
@@ -330,6 +343,8 @@ impl Settings {
             max_crashes: args.max_crashes.max(1),
             crash_window: Duration::from_secs(args.crash_window.max(1)),
             data_state,
+            archive,
+            exe,
         })
     }
 

@@ -31,6 +31,11 @@ pub fn spawn(s: &Settings, runner: &Runner, data_dir: &Path, extra: &[&str]) -> 
     for var in SECRET_ENV {
         cmd.env_remove(var);
     }
+    // archive_command and restore_command run as postgres's children and read their
+    // settings from the environment, however pgwarden itself was configured.
+    if let Some(a) = &s.archive {
+        cmd.envs(a.env());
+    }
     run_as(&mut cmd, s.run_as.as_ref());
     let mut child = runner.spawn(&mut cmd)?;
     if let Some(out) = child.stdout.take() {

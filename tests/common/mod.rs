@@ -2,6 +2,8 @@
 //! in its own temp dir with its own ports, and cleans up the processes it started, by pid.
 #![allow(dead_code)]
 
+pub mod garage;
+
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use pgwarden::http::client::{self, Response, Target};

@@ -1,0 +1,109 @@
+//! Where archived files go: a trait with an S3 and a file-system backend.
+//!
+//! Every object is created once and never overwritten: [`Storage::put_new`] reports
+//! an existing object instead of replacing it, and the caller decides whether that is
+//! the same content (success) or a conflict (refused).
+
+pub mod fs;
+pub mod s3;
+
+use std::future::Future;
+
+/// Metadata key holding the SHA-256 of the uncompressed content.
+pub const SHA256_META: &str = "pgwarden-sha256";
+
+/// What the storage knows about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Full key.
+    pub key: String,
+    /// Stored size in bytes.
+    pub size: u64,
+    /// SHA-256 (hex) of the uncompressed content, when the writer recorded one
+    /// (pgwarden always does; barman-cloud does not).
+    pub sha256: Option<String>,
+}
+
+/// The result of [`Storage::put_new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was created.
+    Created,
+    /// An object already had that key; it was left alone.
+    Exists(ObjectInfo),
+}
+
+/// A storage failure, classified so that callers can retry what is worth retrying.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// Network trouble, throttling, a 5xx, a timeout: worth another try.
+    #[error("{0}")]
+    Transient(String),
+    /// Access denied, no such bucket, bad configuration: retrying will not help.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl StorageError {
+    /// True when a retry may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Transient(_))
+    }
+}
+
+/// An object store for archived WAL.
+pub trait Storage: Send + Sync {
+    /// Creates `key` with `body` unless it exists, recording `sha256` with it.
+    fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        sha256: &str,
+    ) -> impl Future<Output = Result<PutOutcome, StorageError>> + Send;
+    /// Reads an object; `None` when it does not exist.
+    fn get(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(Vec<u8>, ObjectInfo)>, StorageError>> + Send;
+    /// Lists up to `limit` objects whose key starts with `prefix`, in key order.
+    fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ObjectInfo>, StorageError>> + Send;
+}
+
+/// The configured backend, dispatching statically to the concrete store.
+#[derive(Clone)]
+pub enum Backend {
+    /// `s3://`.
+    S3(s3::S3Storage),
+    /// `file://`.
+    Fs(fs::FsStorage),
+}
+
+impl Storage for Backend {
+    async fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        sha256: &str,
+    ) -> Result<PutOutcome, StorageError> {
+        match self {
+            Backend::S3(s) => s.put_new(key, body, sha256).await,
+            Backend::Fs(f) => f.put_new(key, body, sha256).await,
+        }
+    }
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ObjectInfo)>, StorageError> {
+        match self {
+            Backend::S3(s) => s.get(key).await,
+            Backend::Fs(f) => f.get(key).await,
+        }
+    }
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<ObjectInfo>, StorageError> {
+        match self {
+            Backend::S3(s) => s.list(prefix, limit).await,
+            Backend::Fs(f) => f.list(prefix, limit).await,
+        }
+    }
+}

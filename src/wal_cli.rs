@@ -1,0 +1,118 @@
+//! `pgwarden wal-archive` and `pgwarden wal-restore`: the commands postgres runs.
+
+use crate::wal::{archive, restore, ArchiveArgs, ArchiveConfig, WalError};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `wal-archive`.
+#[derive(Args, Debug, Clone)]
+pub struct WalArchiveArgs {
+    /// Archive settings (inherited from `pgwarden run` through the environment).
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// Instance name, the default server name in the archive.
+    #[arg(long, env = "PGWARDEN_NAME")]
+    pub name: Option<String>,
+    /// The file to archive (postgres's %p).
+    pub path: PathBuf,
+}
+
+/// Arguments of `wal-restore`.
+#[derive(Args, Debug, Clone)]
+pub struct WalRestoreArgs {
+    /// Archive settings.
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// Instance name, the default server name in the archive.
+    #[arg(long, env = "PGWARDEN_NAME")]
+    pub name: Option<String>,
+    /// The file postgres wants (%f).
+    pub file: String,
+    /// Where to put it (%p).
+    pub dest: PathBuf,
+}
+
+/// Exit code for a storage failure during restore outside standby mode. Above 125,
+/// postgres aborts recovery instead of taking the failure for "no more WAL", which
+/// would end a point-in-time recovery early, short of its target.
+pub const RESTORE_ABORT: i32 = 255;
+
+fn config(archive: &ArchiveArgs, name: Option<&str>) -> Result<ArchiveConfig, String> {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    match ArchiveConfig::from_args(archive, name.unwrap_or(&host)) {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err("PGWARDEN_ARCHIVE_URL is not set".to_owned()),
+        Err((setting, m)) => Err(format!("{setting}: {m}")),
+    }
+}
+
+/// Runs `wal-archive`; returns the exit code.
+pub async fn wal_archive(args: &WalArchiveArgs) -> i32 {
+    let cfg = match config(&args.archive, args.name.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "wal-archive: bad settings");
+            return 1;
+        }
+    };
+    let result = match cfg.open().await {
+        Ok(storage) => archive::push(&cfg, &storage, &args.path).await,
+        Err(e) => Err(WalError::Storage(e)),
+    };
+    match result {
+        Ok(outcome) => {
+            tracing::info!(file = %args.path.display(), outcome = ?outcome, "archived");
+            0
+        }
+        Err(e) => {
+            tracing::error!(file = %args.path.display(), error = %e, "wal-archive failed; postgres will retry");
+            1
+        }
+    }
+}
+
+/// Runs `wal-restore`; returns the exit code: 0 restored, 1 not in the archive (or a
+/// failure on a standby, which falls back to streaming), 255 a failure during
+/// archive recovery.
+pub async fn wal_restore(args: &WalRestoreArgs) -> i32 {
+    let cfg = match config(&args.archive, args.name.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "wal-restore: bad settings");
+            return failure_code();
+        }
+    };
+    let result = match cfg.open().await {
+        Ok(storage) => restore::fetch(&cfg, &storage, &args.file, &args.dest).await,
+        Err(e) => Err(WalError::Storage(e)),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(file = %args.file, "restored");
+            0
+        }
+        Err(WalError::NotFound(_)) => {
+            tracing::debug!(file = %args.file, "not in the archive");
+            1
+        }
+        Err(e) => {
+            let code = failure_code();
+            tracing::error!(file = %args.file, error = %e, exit_code = code, "wal-restore failed");
+            code
+        }
+    }
+}
+
+/// A standby (standby.signal in the working directory, which is PGDATA) falls back to
+/// streaming on exit 1, so that is safe; anything else must not read a failure as the
+/// end of the archive.
+fn failure_code() -> i32 {
+    if Path::new("standby.signal").exists() {
+        1
+    } else {
+        RESTORE_ABORT
+    }
+}
