@@ -21,12 +21,19 @@ export PGWARDEN_SOCKET_DIR="${PGWARDEN_SOCKET_DIR:-$dir/sock}"
 export PGWARDEN_HTTP_ADDR="${PGWARDEN_HTTP_ADDR:-127.0.0.1:8008}"
 export PGWARDEN_INITDB_DIR="${PGWARDEN_INITDB_DIR:-$dir/initdb.d}"
 export PGWARDEN_NAME="${PGWARDEN_NAME:-local}"
+# Archive WAL to a local directory unless an archive (S3 or other) is configured.
+if [[ -z "${PGWARDEN_ARCHIVE_URL:-}" ]]; then
+  mkdir -p "$dir/archive"
+  [[ $(id -u) -eq 0 ]] && chown postgres: "$dir/archive"
+  export PGWARDEN_ARCHIVE_URL="file://$dir/archive"
+fi
 pw=$(cat "$dir/password")
 cat <<MSG
 pgwarden: PGDATA=$PGDATA
   connect:  psql "postgresql://postgres:$pw@127.0.0.1:$PGPORT/postgres"
   probes:   curl -i http://$PGWARDEN_HTTP_ADDR/readyz
   status:   curl -s http://$PGWARDEN_HTTP_ADDR/status   (or: PGWARDEN_SOCKET_DIR=$PGWARDEN_SOCKET_DIR $bin status)
+  archive:  $PGWARDEN_ARCHIVE_URL
   stop:     Ctrl-C
 MSG
 exec "$bin" run

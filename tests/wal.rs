@@ -401,3 +401,27 @@ async fn an_unreachable_endpoint_fails_within_the_timeout() {
     ]);
     assert_eq!(code.code(), Some(255), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_of_another_cluster_is_refused() {
+    let tmp = test_dir();
+    let store = Store::fs();
+    let mut cli = Instance::new(tmp.path(), "mix");
+    store.configure(&mut cli, "shared-name");
+    for (i, dir) in ["one", "two"].iter().enumerate() {
+        let d = tmp.path().join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let (name, data) = real_segment(&d).await;
+        let seg = d.join("pgdata/pg_wal").join(&name);
+        std::fs::create_dir_all(seg.parent().unwrap()).unwrap();
+        std::fs::write(&seg, data).unwrap();
+        let (code, out) = cli.run_cli(&["wal-archive", &seg.display().to_string()]);
+        if i == 0 {
+            assert!(code.success(), "{out}");
+        } else {
+            assert_eq!(code.code(), Some(1), "{out}");
+            assert!(out.contains("refusing to mix"), "{out}");
+        }
+    }
+}

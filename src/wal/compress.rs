@@ -14,8 +14,8 @@ pub enum Codec {
     Zstd,
 }
 
-/// zstd level 1: on WAL it compresses about as well as level 3 at nearly twice the
-/// speed on this machine (see docs/wal-archiving.md and `make bench`).
+/// zstd's fastest standard level: archive_command is on postgres's critical path. To
+/// be confirmed against the archive benchmark (docs/wal-archiving.md).
 const ZSTD_LEVEL: i32 = 1;
 /// gzip level 1, the fastest; WAL is repetitive enough that higher levels gain little.
 const GZIP_LEVEL: u32 = 1;
