@@ -84,7 +84,18 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         runner: runner.clone(),
     });
     serve_control(&settings, http::router(app).merge(control))?;
-    pgconf::apply(&settings, &settings.pgdata, &resources, &runner).await?;
+    // The text validated before anything was touched; writing it is all that is left.
+    pgconf::write(
+        &rendered,
+        &settings.pgdata,
+        settings.run_as.as_ref().map(|u| u.owner()),
+    )
+    .with_context(|| {
+        format!(
+            "cannot write the configuration into {}",
+            settings.pgdata.display()
+        )
+    })?;
 
     let sup = Supervisor {
         settings,

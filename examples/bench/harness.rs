@@ -127,6 +127,27 @@ impl Warden {
     }
 }
 
+/// Runs one SQL statement as the superuser over TCP; returns its single value.
+pub fn psql(port: u16, db: &str, sql: &str) -> String {
+    let out = Command::new(bindir().join("psql"))
+        .args([
+            "-XAtqc",
+            sql,
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &port.to_string(),
+            "-d",
+            db,
+        ])
+        .env("PGPASSWORD", "bench")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Stops a pgwarden child with SIGTERM and waits.
 pub fn stop(child: &mut Child) {
     let _ = nix::sys::signal::kill(

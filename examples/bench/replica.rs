@@ -41,7 +41,11 @@ pub fn run(bin: &Path) {
         "pgbench -i: {}",
         String::from_utf8_lossy(&st.stderr)
     );
-    let size = psql_value(&p, "SELECT pg_size_pretty(pg_database_size('postgres'))");
+    let size = psql(
+        p.port,
+        "postgres",
+        "SELECT pg_size_pretty(pg_database_size('postgres'))",
+    );
     println!(
         "\n## Replica start to ready, primary of {size} (pgbench -s {SCALE}, built in {:.0} s)\n",
         t0.elapsed().as_secs_f64()
@@ -76,27 +80,8 @@ fn fmt(v: &[f64]) -> String {
         .join(", ")
 }
 
-fn psql_value(p: &Warden, sql: &str) -> String {
-    let out = Command::new(bindir().join("psql"))
-        .args([
-            "-XAtqc",
-            sql,
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &p.port.to_string(),
-            "postgres",
-        ])
-        .env("PGPASSWORD", "bench")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 fn drop_slot(p: &Warden, slot: &str) {
-    psql_value(p, &format!("SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'"));
+    psql(p.port, "postgres", &format!("SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'"));
 }
 
 fn warden_replica(bin: &Path, p: &Warden, dir: &Path) -> f64 {

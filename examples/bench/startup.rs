@@ -74,56 +74,26 @@ pub fn run(bin: &std::path::Path) {
 fn probe_load(bin: &std::path::Path, w: &Warden) {
     let mut child = w.spawn(bin);
     w.wait_ready(Duration::from_secs(60));
-    let psql = bindir().join("psql");
-    let count = || -> i64 {
-        let out = Command::new(&psql)
-            .args([
-                "-Atqc",
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
-            ])
-            .env("PGPASSWORD", "bench")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-                &w.port.to_string(),
-                "-d",
-                "template1",
-            ])
-            .output()
-            .unwrap();
-        // psql's own session is one of them.
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<i64>()
-            .unwrap_or(-1)
+    // psql's own session is one of the client backends; template1 keeps the sampling out
+    // of the postgres database's transaction count.
+    let count = || {
+        psql(
+            w.port,
+            "template1",
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+        )
+        .parse::<i64>()
+        .unwrap_or(0)
             - 1
     };
-    let queries = |port: u16| -> i64 {
-        let out = Command::new(&psql)
-            .args([
-                "-Atqc",
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'",
-            ])
-            .env("PGPASSWORD", "bench")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-                &port.to_string(),
-                "-d",
-                "template1",
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(-1)
+    let queries = |port: u16| {
+        psql(
+            port,
+            "template1",
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'",
+        )
+        .parse::<i64>()
+        .unwrap_or(-1)
     };
     let before = count();
     let tx_before = queries(w.port);

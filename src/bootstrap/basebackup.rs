@@ -1,7 +1,6 @@
 //! A new replica: wait for the primary, then pg_basebackup into the staging directory
 //! with our replication slot, then standby.signal and the configuration.
 
-use crate::pgconf::{self, tuning};
 use crate::process::{run_as, Runner};
 use crate::replica::{self, remote};
 use crate::settings::Settings;
@@ -25,9 +24,8 @@ pub async fn build(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> 
         std::fs::remove_dir_all(staging).ok();
         base_backup(s, runner, staging, false).await?;
     }
-    replica::write_standby_signal(s, staging)?;
-    pgconf::apply(s, staging, &tuning::detect(), runner).await?;
-    Ok(())
+    // The configuration is written once the copy is in place (run.rs).
+    replica::write_standby_signal(s, staging)
 }
 
 /// Waits until the primary answers a replication connection, logging every attempt.
