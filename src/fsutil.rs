@@ -110,6 +110,32 @@ pub fn chown_tree(dir: &Path, owner: Owner) -> io::Result<()> {
     Ok(())
 }
 
+/// True when `user` (uid, primary gid, supplementary groups) may execute `path`:
+/// every directory on the way must be searchable and the file executable. Mode bits
+/// only; ACLs are not consulted.
+pub fn can_execute(path: &Path, uid: u32, gids: &[u32]) -> bool {
+    let allowed = |p: &Path, bit: u32| -> bool {
+        let Ok(meta) = fs::metadata(p) else {
+            return false;
+        };
+        let mode = meta.permissions().mode();
+        if uid == 0 {
+            return true;
+        }
+        if meta.uid() == uid {
+            mode & (bit << 6) != 0
+        } else if gids.contains(&meta.gid()) {
+            mode & (bit << 3) != 0
+        } else {
+            mode & bit != 0
+        }
+    };
+    path.ancestors()
+        .skip(1)
+        .all(|dir| dir.as_os_str().is_empty() || allowed(dir, 0o1))
+        && allowed(path, 0o1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +161,24 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"a = 2\n");
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp file is left behind");
+    }
+
+    #[test]
+    fn checks_execute_permission_along_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("private");
+        fs::create_dir(&private).unwrap();
+        let exe = private.join("tool");
+        fs::write(&exe, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let stranger = 54321;
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(can_execute(&exe, stranger, &[stranger]));
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(
+            !can_execute(&exe, stranger, &[stranger]),
+            "a 0700 directory on the way blocks others"
+        );
     }
 }

@@ -225,3 +225,47 @@ fn replica_settings_are_refused_before_any_copy() {
     pg.set("PGWARDEN_ALLOWED_NETWORK", "10.0.0.0/99");
     assert_mentions(&refused(&pg), &["PGWARDEN_ALLOWED_NETWORK"]);
 }
+
+#[test]
+fn a_binary_the_run_as_user_cannot_execute_is_refused_when_archiving() {
+    if !is_root() {
+        eprintln!("skipped: only root drops privileges");
+        return;
+    }
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "privbin");
+    let archive = tmp.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    pg.set(
+        "PGWARDEN_ARCHIVE_URL",
+        format!("file://{}", archive.display()),
+    );
+    // A copy of pgwarden in a directory only root can enter.
+    let private = tmp.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let copy = private.join("pgwarden");
+    std::fs::copy(bin(), &copy).unwrap();
+    let out = std::process::Command::new(&copy)
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(&pg.env)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert_mentions(
+        &text,
+        &["PGWARDEN_ARCHIVE_URL", "cannot execute", "private/pgwarden"],
+    );
+    assert!(!pg.pgdata.exists());
+}

@@ -271,6 +271,22 @@ impl Settings {
                 format!("cannot find pgwarden's own path: {e}"),
             )
         })?;
+        if let (Some(_), Some(user)) = (&archive, &run_as) {
+            let name = std::ffi::CString::new(user.name.clone()).unwrap_or_default();
+            let groups = nix::unistd::getgrouplist(&name, user.gid.into())
+                .map(|g| g.into_iter().map(|g| g.as_raw()).collect::<Vec<_>>())
+                .unwrap_or_else(|_| vec![user.gid]);
+            if !crate::fsutil::can_execute(&exe, user.uid, &groups) {
+                return Err(invalid(
+                    "PGWARDEN_ARCHIVE_URL",
+                    format!(
+                        "postgres runs archive_command as {}, who cannot execute {}; install pgwarden where that user can run it, such as /usr/local/bin",
+                        user.name,
+                        exe.display()
+                    ),
+                ));
+            }
+        }
 
         let initialized = matches!(data_state, DataDirState::Initialized { .. });
         if !initialized {

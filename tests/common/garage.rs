@@ -70,7 +70,9 @@ impl Garage {
             child: None,
         };
         g.spawn();
-        let node = g.cli_retry(&["node", "id", "-q"]);
+        // `node id` answers from local files; `status` needs the RPC listener up.
+        g.cli_retry(&["status"]);
+        let node = g.cli(&["node", "id", "-q"]);
         let node = node.trim().split('@').next().unwrap().to_owned();
         g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
         g.cli(&["layout", "apply", "--version", "1"]);
