@@ -2,8 +2,8 @@
 # Installs the Debian packages pgwarden's tests, `make run` and `make bench` need.
 # Idempotent and quick when everything is already there.
 set -euo pipefail
-packages=(postgresql postgresql-contrib iproute2)
-[[ "${1:-}" == "--bench" ]] && packages+=(hyperfine)
+packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud)
+[[ "${1:-}" == "--bench" ]] && packages+=(pgbackrest)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -53,7 +53,9 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     let runner = Runner::Reaped(reaper.clone());
 
     let (status_tx, status_rx) = watch::channel(SupervisorStatus::bootstrapping());
+    let (daemon_tx, daemon_rx) = watch::channel(None);
     let app = AppState {
+        daemon: daemon_rx,
         sup: status_rx.clone(),
         snap: monitor::spawn(settings.clone(), status_rx),
         instance: Arc::new(Instance {
@@ -79,10 +81,19 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             return Ok(1);
         }
     }
-    let control = http::control::router(http::control::ControlState {
+    let mut control = http::control::router(http::control::ControlState {
         settings: settings.clone(),
         runner: runner.clone(),
     });
+    if let Some(cfg) = &settings.archive {
+        let owner = settings.run_as.as_ref().map(|u| u.owner());
+        let daemon = crate::wal::daemon::Daemon::start(cfg.clone(), settings.pgdata.clone(), owner)
+            .await
+            .context("PGWARDEN_ARCHIVE_URL: start the WAL daemon")?;
+        info!(url = %cfg.url, server = %cfg.server, parallel = cfg.parallel, "WAL daemon started");
+        daemon_tx.send_replace(Some(daemon.clone()));
+        control = control.merge(http::wal::router(daemon));
+    }
     serve_control(&settings, http::router(app).merge(control))?;
     // The text validated before anything was touched; writing it is all that is left.
     pgconf::write(

@@ -1,5 +1,6 @@
 //! `pgwarden wal-archive` and `pgwarden wal-restore`: the commands postgres runs.
 
+use crate::http::client::{self, Response, Target};
 use crate::wal::{archive, restore, ArchiveArgs, ArchiveConfig, WalError};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,9 @@ pub struct WalArchiveArgs {
     /// Instance name, the default server name in the archive.
     #[arg(long, env = "PGWARDEN_NAME")]
     pub name: Option<String>,
+    /// Where `pgwarden run` listens; its daemon does the work when it is there.
+    #[arg(long, env = "PGWARDEN_SOCKET_DIR")]
+    pub socket_dir: Option<PathBuf>,
     /// The file to archive (postgres's %p).
     pub path: PathBuf,
 }
@@ -26,6 +30,9 @@ pub struct WalRestoreArgs {
     /// Instance name, the default server name in the archive.
     #[arg(long, env = "PGWARDEN_NAME")]
     pub name: Option<String>,
+    /// Where `pgwarden run` listens; its daemon does the work when it is there.
+    #[arg(long, env = "PGWARDEN_SOCKET_DIR")]
+    pub socket_dir: Option<PathBuf>,
     /// The file postgres wants (%f).
     pub file: String,
     /// Where to put it (%p).
@@ -49,6 +56,37 @@ fn config(archive: &ArchiveArgs, name: Option<&str>) -> Result<ArchiveConfig, St
     }
 }
 
+/// What the daemon answered, or `None` when no daemon listens (then the work is done
+/// in-process: a restore job, or postgres run without pgwarden).
+fn via_daemon(
+    socket_dir: Option<&Path>,
+    route: &str,
+    timeout: std::time::Duration,
+) -> Option<Response> {
+    let socket = crate::run::control_socket(socket_dir?);
+    match client::request_with_timeout(&Target::Unix(socket), "POST", route, &[], timeout) {
+        Ok(r) => Some(r),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the WAL daemon did not answer; doing the work in-process");
+            None
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::env::current_dir()
+        .map(|cwd| cwd.join(p))
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// Runs `wal-archive`; returns the exit code.
 pub async fn wal_archive(args: &WalArchiveArgs) -> i32 {
     let cfg = match config(&args.archive, args.name.as_deref()) {
@@ -58,6 +96,23 @@ pub async fn wal_archive(args: &WalArchiveArgs) -> i32 {
             return 1;
         }
     };
+    let route = format!(
+        "/wal/archive?path={}",
+        client::encode(&absolute(&args.path).to_string_lossy())
+    );
+    if let Some(r) = via_daemon(
+        args.socket_dir.as_deref(),
+        &route,
+        cfg.timeout + std::time::Duration::from_secs(30),
+    ) {
+        return if r.status == 200 {
+            tracing::info!(file = %args.path.display(), outcome = %r.body, via = "daemon", "archived");
+            0
+        } else {
+            tracing::error!(file = %args.path.display(), error = %r.body, "wal-archive failed; postgres will retry");
+            1
+        };
+    }
     let result = match cfg.open().await {
         Ok(storage) => archive::push(&cfg, &storage, &args.path).await,
         Err(e) => Err(WalError::Storage(e)),
@@ -85,6 +140,31 @@ pub async fn wal_restore(args: &WalRestoreArgs) -> i32 {
             return failure_code();
         }
     };
+    // pg_rewind sets PGWARDEN_NO_PREFETCH: it asks for WAL backwards, once each.
+    let prefetch = std::env::var_os("PGWARDEN_NO_PREFETCH").is_none();
+    let route = format!(
+        "/wal/restore?name={}&dest={}&prefetch={prefetch}",
+        client::encode(&args.file),
+        client::encode(&absolute(&args.dest).to_string_lossy())
+    );
+    if let Some(r) = via_daemon(
+        args.socket_dir.as_deref(),
+        &route,
+        cfg.timeout + std::time::Duration::from_secs(30),
+    ) {
+        return match r.status {
+            200 => {
+                tracing::info!(file = %args.file, via = "daemon", "restored");
+                0
+            }
+            404 => 1,
+            _ => {
+                let code = failure_code();
+                tracing::error!(file = %args.file, error = %r.body, exit_code = code, "wal-restore failed");
+                code
+            }
+        };
+    }
     let result = match cfg.open().await {
         Ok(storage) => restore::fetch(&cfg, &storage, &args.file, &args.dest).await,
         Err(e) => Err(WalError::Storage(e)),

@@ -3,185 +3,9 @@
 
 mod common;
 
-use common::garage::Garage;
+use common::wal::*;
 use common::*;
-use pgwarden::wal::storage::Storage;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// An archive location plus the environment a client needs for it.
-enum Store {
-    S3(Garage),
-    Fs(tempfile::TempDir),
-}
-
-impl Store {
-    fn s3() -> Store {
-        Store::S3(Garage::start())
-    }
-    fn fs() -> Store {
-        let d = test_dir();
-        std::fs::set_permissions(
-            d.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .unwrap();
-        Store::Fs(d)
-    }
-    fn url(&self) -> String {
-        match self {
-            Store::S3(g) => format!("s3://{}/pgwarden-test", g.bucket),
-            Store::Fs(d) => format!("file://{}", d.path().display()),
-        }
-    }
-    fn configure(&self, pg: &mut Instance, server: &str) {
-        pg.set("PGWARDEN_ARCHIVE_URL", self.url())
-            .set("PGWARDEN_ARCHIVE_NAME", server);
-        if let Store::S3(g) = self {
-            for (k, v) in g.env() {
-                pg.set(k, v);
-            }
-        }
-    }
-    /// The library's view of the archive, to inspect what was stored.
-    async fn open(
-        &self,
-        server: &str,
-    ) -> (
-        pgwarden::wal::ArchiveConfig,
-        pgwarden::wal::storage::Backend,
-    ) {
-        if let Store::S3(g) = self {
-            for (k, v) in g.env() {
-                std::env::set_var(k, v);
-            }
-        }
-        let args = pgwarden::wal::ArchiveArgs {
-            archive_url: Some(self.url()),
-            archive_compression: "zstd".into(),
-            archive_name: Some(server.into()),
-            archive_timeout: 30,
-            ..Default::default()
-        };
-        let cfg = pgwarden::wal::ArchiveConfig::from_args(&args, server)
-            .unwrap()
-            .unwrap();
-        let backend = cfg.open().await.unwrap();
-        (cfg, backend)
-    }
-}
-
-fn bindir() -> PathBuf {
-    pgwarden::settings::resolve_bindir(None, None).unwrap()
-}
-
-fn pgbench(pg: &Instance, args: &[&str]) {
-    let out = Command::new(bindir().join("pgbench"))
-        .args(args)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "postgres",
-        ])
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pgbench {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Switches to a new segment and waits until the finished one is archived; returns it.
-async fn switch_and_wait_archived(pg: &Instance) -> String {
-    let client = pg.connect().await;
-    let seg: String = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let row = client
-            .query_one(
-                "SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver",
-                &[],
-            )
-            .await
-            .unwrap();
-        let last: String = row.get(0);
-        if last.as_str() >= seg.as_str() && last.len() == 24 {
-            return seg;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{seg} not archived (last {last}, failures {}); log:\n{}",
-            row.get::<_, i64>(1),
-            pg.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every segment from the first archived to `last` is in the archive.
-async fn assert_contiguous(store: &Store, server: &str, last: &str) {
-    let (cfg, backend) = store.open(server).await;
-    let objects = backend
-        .list(&format!("{}/wals/", cfg.base()), 100_000)
-        .await
-        .unwrap();
-    let mut segnos: Vec<u64> = objects
-        .iter()
-        .filter_map(|o| pgwarden::wal::compress::split_codec(o.key.rsplit('/').next()?))
-        .filter(|(n, _)| n.kind == pgwarden::wal::names::WalKind::Segment)
-        .map(|(n, _)| n.segno(16 << 20).unwrap())
-        .collect();
-    segnos.sort();
-    let last = pgwarden::wal::names::WalName::parse(last)
-        .unwrap()
-        .segno(16 << 20)
-        .unwrap();
-    assert_eq!(
-        segnos.last(),
-        Some(&last),
-        "the last switched segment is archived"
-    );
-    let expected: Vec<u64> = (segnos[0]..=last).collect();
-    assert_eq!(segnos, expected, "no segment is missing");
-}
-
-/// `pg_basebackup -X none` of `pg`: the WAL it needs must come from the archive.
-fn base_backup(pg: &Instance, dest: &Path) {
-    let out = Command::new(bindir().join("pg_basebackup"))
-        .arg("-D")
-        .arg(dest)
-        .args([
-            "-X",
-            "none",
-            "-c",
-            "fast",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "replicator",
-        ])
-        .env("PGPASSWORD", REPLICATION_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_basebackup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 async fn archive_then_restore_a_new_cluster(store: Store) {
     let tmp = test_dir();
@@ -203,6 +27,13 @@ async fn archive_then_restore_a_new_cluster(store: Store) {
         .batch_execute("CREATE TABLE after_backup AS SELECT g FROM generate_series(1, 1000) g")
         .await
         .unwrap();
+    // Several segments to replay, so that the restore's prefetch has work to do.
+    for _ in 0..6 {
+        client
+            .batch_execute("INSERT INTO after_backup SELECT g FROM generate_series(1, 100) g; SELECT pg_switch_wal()")
+            .await
+            .unwrap();
+    }
     let history: i64 = client
         .query_one("SELECT count(*) FROM pgbench_history", &[])
         .await
@@ -239,14 +70,20 @@ async fn archive_then_restore_a_new_cluster(store: Store) {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1000);
+    assert_eq!(n, 1600);
     let h: i64 = client
         .query_one("SELECT count(*) FROM pgbench_history", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(h, 600, "every committed transaction is back");
-    assert_eq!(restored.status().role, pgwarden::settings::Role::Primary);
+    let st = restored.status();
+    assert_eq!(st.role, pgwarden::settings::Role::Primary);
+    let daemon = st.archiver.daemon.expect("daemon figures in /status");
+    assert!(
+        daemon.spool_hits > 0,
+        "replay was served from the prefetch spool: {daemon:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,21 +94,6 @@ async fn s3_archive_then_restore_a_new_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fs_archive_then_restore_a_new_cluster() {
     archive_then_restore_a_new_cluster(Store::fs()).await;
-}
-
-/// A real finished segment copied out of a running cluster's pg_wal.
-async fn real_segment(tmp: &Path) -> (String, Vec<u8>) {
-    let mut pg = Instance::new(tmp, "segsource");
-    pg.start().wait_ready();
-    pgbench(&pg, &["-i", "-q", "-s", "1"]);
-    let client = pg.connect().await;
-    let name: String = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let data = std::fs::read(pg.pgdata.join("pg_wal").join(&name)).unwrap();
-    (name, data)
 }
 
 async fn cli_faults(store: Store) {
@@ -336,27 +158,6 @@ async fn cli_faults(store: Store) {
     assert!(!code.success(), "{out}");
     assert!(out.contains("corrupt"), "{out}");
     assert!(!corrupt_dest.exists(), "a refused object leaves no file");
-}
-
-/// Overwrites an object behind pgwarden's back, as a broken disk or a bad actor would.
-async fn raw_put(g: &Garage, key: &str, body: Vec<u8>) {
-    let creds = aws_sdk_s3::config::Credentials::new(&g.key_id, &g.secret, None, None, "test");
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("garage"))
-        .endpoint_url(g.endpoint())
-        .credentials_provider(creds)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-        .put_object()
-        .bucket(&g.bucket)
-        .key(key)
-        .metadata("pgwarden-sha256", "0".repeat(64))
-        .body(body.into())
-        .send()
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,19 @@ pub struct Response {
     pub body: String,
 }
 
+/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Sends `GET path`.
 pub fn get(target: &Target, path: &str) -> io::Result<Response> {
     request(target, "GET", path, &[])
@@ -37,6 +50,18 @@ pub fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> io::Result<Response> {
+    // Long enough for a promotion, which waits for postgres.
+    request_with_timeout(target, method, path, headers, Duration::from_secs(120))
+}
+
+/// Sends one request, waiting at most `timeout` for the answer.
+pub fn request_with_timeout(
+    target: &Target,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> io::Result<Response> {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n"
     );
@@ -44,8 +69,7 @@ pub fn request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    // Long enough for a promotion, which waits for postgres.
-    let timeout = Some(Duration::from_secs(120));
+    let timeout = Some(timeout);
     let raw = match target {
         Target::Tcp(addr) => {
             let mut s = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(5))?;

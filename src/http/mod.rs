@@ -9,6 +9,7 @@ mod readyz;
 mod role;
 mod startupz;
 mod status;
+pub mod wal;
 
 pub use readiness::{effective_role, readiness};
 pub use status::StatusDoc;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub snap: watch::Receiver<Snapshot>,
     /// Fixed facts.
     pub instance: Arc<Instance>,
+    /// The WAL daemon, once it runs.
+    pub daemon: watch::Receiver<Option<Arc<crate::wal::daemon::Daemon>>>,
 }
 
 impl AppState {

@@ -36,6 +36,8 @@ pub struct Archiver {
     pub stats: ArchiverInfo,
     /// `.ready` files waiting to be archived.
     pub ready_files: Option<u64>,
+    /// The WAL daemon's figures, when archiving is on.
+    pub daemon: Option<crate::wal::daemon::DaemonStats>,
 }
 
 /// The monitor's health.
@@ -130,6 +132,7 @@ impl StatusDoc {
             archiver: Archiver {
                 stats: facts.archiver.clone(),
                 ready_files: snap.ready_files,
+                daemon: None,
             },
             pending_restart: !facts.pending_restart.is_empty(),
             pending_restart_settings: facts.pending_restart.clone(),
@@ -144,5 +147,7 @@ impl StatusDoc {
 
 pub async fn get(State(app): State<AppState>) -> Json<StatusDoc> {
     let (sup, snap) = app.view();
-    Json(StatusDoc::build(&sup, &snap, &app.instance))
+    let mut doc = StatusDoc::build(&sup, &snap, &app.instance);
+    doc.archiver.daemon = app.daemon.borrow().as_ref().map(|d| d.stats());
+    Json(doc)
 }

@@ -152,7 +152,15 @@ async fn rewind(s: &Settings, runner: &Runner) -> Result<()> {
         .arg(format!("--source-server={source}"))
         .arg("--progress")
         .env("PGPASSFILE", s.passfile())
-        .env("LC_MESSAGES", "C");
+        .env("LC_MESSAGES", "C")
+        // pg_rewind asks restore_command for old WAL, backwards: nothing to prefetch.
+        .env("PGWARDEN_NO_PREFETCH", "1");
+    if let Some(a) = &s.archive {
+        // WAL the target needs but no longer has comes from the archive.
+        cmd.arg("--restore-target-wal")
+            .envs(a.env())
+            .env("PGWARDEN_SOCKET_DIR", &s.socket_dir);
+    }
     run_as(&mut cmd, s.run_as.as_ref());
     let out = runner.output(&mut cmd, None).await?;
     for line in String::from_utf8_lossy(&out.stderr)

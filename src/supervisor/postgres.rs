@@ -35,6 +35,7 @@ pub fn spawn(s: &Settings, runner: &Runner, data_dir: &Path, extra: &[&str]) -> 
     // settings from the environment, however pgwarden itself was configured.
     if let Some(a) = &s.archive {
         cmd.envs(a.env());
+        cmd.env("PGWARDEN_SOCKET_DIR", &s.socket_dir);
     }
     run_as(&mut cmd, s.run_as.as_ref());
     let mut child = runner.spawn(&mut cmd)?;

@@ -85,14 +85,17 @@ async fn same_content<S: Storage>(
     key: &str,
     sha: &str,
 ) -> Result<Pushed, WalError> {
-    let Some((body, info)) = storage.get(key).await? else {
-        return Err(WalError::Storage(super::StorageError::Transient(format!(
+    let vanished = || {
+        WalError::Storage(super::StorageError::Transient(format!(
             "{key} vanished while being compared"
-        ))));
+        )))
     };
+    let info = storage.head(key).await?.ok_or_else(vanished)?;
     let archived_sha = match info.sha256 {
         Some(s) => s,
+        // Written by another tool (barman-cloud records no checksum): compare contents.
         None => {
+            let (body, _) = storage.get(key).await?.ok_or_else(vanished)?;
             let codec = key
                 .rsplit('/')
                 .next()

@@ -27,6 +27,12 @@ pub struct ArchiveArgs {
     /// KMS key id for `aws:kms`.
     #[arg(long, env = "PGWARDEN_ARCHIVE_SSE_KMS_KEY_ID")]
     pub archive_sse_kms_key_id: Option<String>,
+    /// Uploads the daemon runs at once (default: the number of CPUs).
+    #[arg(long, env = "PGWARDEN_ARCHIVE_PARALLEL")]
+    pub archive_parallel: Option<usize>,
+    /// Segments the daemon fetches ahead of restore_command (0 turns prefetch off).
+    #[arg(long, env = "PGWARDEN_RESTORE_PREFETCH", default_value_t = 8)]
+    pub restore_prefetch: usize,
 }
 
 /// Where the archive is.
@@ -61,6 +67,10 @@ pub struct ArchiveConfig {
     pub timeout: Duration,
     /// S3 SSE.
     pub sse: s3::Sse,
+    /// Parallel uploads in the daemon.
+    pub parallel: usize,
+    /// Segments prefetched on restore.
+    pub prefetch: usize,
 }
 
 impl ArchiveConfig {
@@ -136,6 +146,12 @@ impl ArchiveConfig {
                 algorithm: a.archive_sse.clone(),
                 kms_key_id: a.archive_sse_kms_key_id.clone(),
             },
+            parallel: a.archive_parallel.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            }),
+            prefetch: a.restore_prefetch,
         }))
     }
 

@@ -8,6 +8,7 @@
 pub mod archive;
 pub mod compress;
 pub mod config;
+pub mod daemon;
 pub mod header;
 pub mod names;
 pub mod restore;

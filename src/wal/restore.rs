@@ -24,7 +24,7 @@ pub async fn fetch<S: Storage>(
         download(cfg, storage, &wal)
     })
     .await?;
-    write_into_place(dest, &data)?;
+    write_into_place(dest, &data, None)?;
     Ok(())
 }
 
@@ -68,8 +68,13 @@ pub async fn download<S: Storage>(
     Ok(data)
 }
 
-/// Writes `data` to a temp file beside `dest`, fsyncs it, and renames it onto `dest`.
-pub fn write_into_place(dest: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Writes `data` to a temp file beside `dest`, fsyncs it, gives it to `owner` (the
+/// daemon runs as root and postgres must read the file), and renames it onto `dest`.
+pub fn write_into_place(
+    dest: &Path,
+    data: &[u8],
+    owner: Option<crate::fsutil::Owner>,
+) -> std::io::Result<()> {
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -79,6 +84,10 @@ pub fn write_into_place(dest: &Path, data: &[u8]) -> std::io::Result<()> {
         .tempfile_in(dir)?;
     tmp.write_all(data)?;
     tmp.as_file().sync_all()?;
+    if let Some(o) = owner {
+        nix::unistd::fchown(tmp.as_file(), Some(o.uid.into()), Some(o.gid.into()))
+            .map_err(std::io::Error::from)?;
+    }
     tmp.persist(dest).map_err(|e| e.error)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod garage;
+pub mod wal;
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;

@@ -156,6 +156,15 @@ impl Storage for FsStorage {
             .map_err(|e| StorageError::Transient(e.to_string()))?
     }
 
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        let path = self.path(key);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(Some(self.info(key, meta.len()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(classify("stat", &path, e)),
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ObjectInfo)>, StorageError> {
         let path = self.path(key);
         match tokio::fs::read(&path).await {

@@ -60,6 +60,11 @@ pub trait Storage: Send + Sync {
         body: Vec<u8>,
         sha256: &str,
     ) -> impl Future<Output = Result<PutOutcome, StorageError>> + Send;
+    /// Reads an object's metadata; `None` when it does not exist.
+    fn head(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<ObjectInfo>, StorageError>> + Send;
     /// Reads an object; `None` when it does not exist.
     fn get(
         &self,
@@ -92,6 +97,12 @@ impl Storage for Backend {
         match self {
             Backend::S3(s) => s.put_new(key, body, sha256).await,
             Backend::Fs(f) => f.put_new(key, body, sha256).await,
+        }
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        match self {
+            Backend::S3(s) => s.head(key).await,
+            Backend::Fs(f) => f.head(key).await,
         }
     }
     async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ObjectInfo)>, StorageError> {

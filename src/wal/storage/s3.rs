@@ -60,7 +60,7 @@ impl S3Storage {
         }
     }
 
-    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+    async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
         match self
             .client
             .head_object()
@@ -160,13 +160,13 @@ impl Storage for S3Storage {
         body: Vec<u8>,
         sha256: &str,
     ) -> Result<PutOutcome, StorageError> {
-        if let Some(info) = self.head(key).await? {
+        if let Some(info) = self.head_object(key).await? {
             return Ok(PutOutcome::Exists(info));
         }
         let conditional = self.conditional_put.load(Ordering::Relaxed);
         match self.put(key, &body, sha256, conditional).await {
             Ok(()) => Ok(PutOutcome::Created),
-            Err(e) if status(&e) == Some(412) => match self.head(key).await? {
+            Err(e) if status(&e) == Some(412) => match self.head_object(key).await? {
                 Some(info) => Ok(PutOutcome::Exists(info)),
                 None => Err(StorageError::Transient(format!(
                     "S3 PUT {key}: precondition failed, but the object is gone"
@@ -182,6 +182,10 @@ impl Storage for S3Storage {
             }
             Err(e) => Err(classify("PUT", key, e)),
         }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        self.head_object(key).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ObjectInfo)>, StorageError> {

@@ -1,0 +1,248 @@
+//! Helpers for the WAL tests: an archive location (Garage or a directory), real WAL
+//! segments, and switching/waiting on the archiver.
+
+use super::garage::Garage;
+use super::*;
+use pgwarden::wal::storage::Storage;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// An archive location plus the environment a client needs for it.
+pub enum Store {
+    S3(Garage),
+    Fs(tempfile::TempDir),
+}
+
+impl Store {
+    pub fn s3() -> Store {
+        Store::S3(Garage::start())
+    }
+    pub fn fs() -> Store {
+        let d = test_dir();
+        std::fs::set_permissions(
+            d.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        Store::Fs(d)
+    }
+    pub fn url(&self) -> String {
+        match self {
+            Store::S3(g) => format!("s3://{}/pgwarden-test", g.bucket),
+            Store::Fs(d) => format!("file://{}", d.path().display()),
+        }
+    }
+    pub fn configure(&self, pg: &mut Instance, server: &str) {
+        pg.set("PGWARDEN_ARCHIVE_URL", self.url())
+            .set("PGWARDEN_ARCHIVE_NAME", server);
+        if let Store::S3(g) = self {
+            for (k, v) in g.env() {
+                pg.set(k, v);
+            }
+        }
+    }
+    /// The library's view of the archive, to inspect what was stored.
+    pub async fn open(
+        &self,
+        server: &str,
+    ) -> (
+        pgwarden::wal::ArchiveConfig,
+        pgwarden::wal::storage::Backend,
+    ) {
+        if let Store::S3(g) = self {
+            for (k, v) in g.env() {
+                std::env::set_var(k, v);
+            }
+        }
+        let args = pgwarden::wal::ArchiveArgs {
+            archive_url: Some(self.url()),
+            archive_compression: "zstd".into(),
+            archive_name: Some(server.into()),
+            archive_timeout: 30,
+            ..Default::default()
+        };
+        let cfg = pgwarden::wal::ArchiveConfig::from_args(&args, server)
+            .unwrap()
+            .unwrap();
+        let backend = cfg.open().await.unwrap();
+        (cfg, backend)
+    }
+}
+
+pub fn bindir() -> PathBuf {
+    pgwarden::settings::resolve_bindir(None, None).unwrap()
+}
+
+pub fn pgbench(pg: &Instance, args: &[&str]) {
+    let out = Command::new(bindir().join("pgbench"))
+        .args(args)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Switches to a new segment and waits until the finished one is archived; returns it.
+pub async fn switch_and_wait_archived(pg: &Instance) -> String {
+    switch_and_wait_archived_within(pg, Duration::from_secs(60)).await
+}
+
+/// Like [`switch_and_wait_archived`], with a deadline for slow cases (an outage).
+pub async fn switch_and_wait_archived_within(pg: &Instance, timeout: Duration) -> String {
+    let client = pg.connect().await;
+    let seg: String = client
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver",
+                &[],
+            )
+            .await
+            .unwrap();
+        let last: String = row.get(0);
+        if last.as_str() >= seg.as_str() && last.len() == 24 {
+            return seg;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{seg} not archived (last {last}, failures {}); log:\n{}",
+            row.get::<_, i64>(1),
+            pg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Downloads and verifies every archived segment: none may be partial or corrupt.
+pub async fn assert_all_restorable(store: &Store, server: &str) -> usize {
+    let (cfg, backend) = store.open(server).await;
+    let objects = backend
+        .list(&format!("{}/wals/", cfg.base()), 100_000)
+        .await
+        .unwrap();
+    let mut n = 0;
+    for o in objects {
+        let Some((name, _)) = o
+            .key
+            .rsplit('/')
+            .next()
+            .and_then(pgwarden::wal::compress::split_codec)
+        else {
+            continue;
+        };
+        pgwarden::wal::restore::download(&cfg, &backend, &name)
+            .await
+            .unwrap_or_else(|e| panic!("{} is not a valid archived file: {e}", o.key));
+        n += 1;
+    }
+    n
+}
+
+/// Every segment from the first archived to `last` is in the archive.
+pub async fn assert_contiguous(store: &Store, server: &str, last: &str) {
+    let (cfg, backend) = store.open(server).await;
+    let objects = backend
+        .list(&format!("{}/wals/", cfg.base()), 100_000)
+        .await
+        .unwrap();
+    let mut segnos: Vec<u64> = objects
+        .iter()
+        .filter_map(|o| pgwarden::wal::compress::split_codec(o.key.rsplit('/').next()?))
+        .filter(|(n, _)| n.kind == pgwarden::wal::names::WalKind::Segment)
+        .map(|(n, _)| n.segno(16 << 20).unwrap())
+        .collect();
+    segnos.sort();
+    let last = pgwarden::wal::names::WalName::parse(last)
+        .unwrap()
+        .segno(16 << 20)
+        .unwrap();
+    assert_eq!(
+        segnos.last(),
+        Some(&last),
+        "the last switched segment is archived"
+    );
+    let expected: Vec<u64> = (segnos[0]..=last).collect();
+    assert_eq!(segnos, expected, "no segment is missing");
+}
+
+/// `pg_basebackup -X none` of `pg`: the WAL it needs must come from the archive.
+pub fn base_backup(pg: &Instance, dest: &Path) {
+    let out = Command::new(bindir().join("pg_basebackup"))
+        .arg("-D")
+        .arg(dest)
+        .args([
+            "-X",
+            "none",
+            "-c",
+            "fast",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "replicator",
+        ])
+        .env("PGPASSWORD", REPLICATION_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_basebackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real finished segment copied out of a running cluster's pg_wal.
+pub async fn real_segment(tmp: &Path) -> (String, Vec<u8>) {
+    let mut pg = Instance::new(tmp, "segsource");
+    pg.start().wait_ready();
+    pgbench(&pg, &["-i", "-q", "-s", "1"]);
+    let client = pg.connect().await;
+    let name: String = client
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let data = std::fs::read(pg.pgdata.join("pg_wal").join(&name)).unwrap();
+    (name, data)
+}
+
+/// Overwrites an object behind pgwarden's back, as a broken disk or a bad actor would.
+pub async fn raw_put(g: &Garage, key: &str, body: Vec<u8>) {
+    let creds = aws_sdk_s3::config::Credentials::new(&g.key_id, &g.secret, None, None, "test");
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("garage"))
+        .endpoint_url(g.endpoint())
+        .credentials_provider(creds)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+        .put_object()
+        .bucket(&g.bucket)
+        .key(key)
+        .metadata("pgwarden-sha256", "0".repeat(64))
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
+}
