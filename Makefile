@@ -23,6 +23,7 @@ test: deps
 ## Measure pgwarden against the reference tools; prints figures, asserts nothing.
 bench: build
 	bash scripts/install-deps.sh --bench
+	bash scripts/install-garage.sh
 	bash bench/run.sh
 
 lint:

@@ -1,5 +1,10 @@
 //! Shared helpers: temp dirs, free ports, running pgwarden and postgres tools.
 
+/// The same Garage harness the tests use (the bench does not pause it).
+#[allow(dead_code)]
+#[path = "../../tests/common/garage.rs"]
+pub mod garage;
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

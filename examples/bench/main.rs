@@ -6,6 +6,7 @@
 mod harness;
 mod replica;
 mod startup;
+mod wal;
 
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".to_owned());
@@ -19,5 +20,11 @@ fn main() {
     }
     if which == "all" || which == "replica" {
         replica::run(&bin);
+    }
+    if which == "all" || which == "wal" {
+        wal::run(&bin);
+    }
+    if which == "wal-daemon" {
+        wal::run_daemon(&bin);
     }
 }
