@@ -97,6 +97,7 @@ pub fn run(bin: &Path) {
     };
     let mb = names.len() as f64 * SEG_MB;
     println!("\n## WAL archive and restore: {} real segments ({mb:.0} MB) from pgbench, to Garage on 127.0.0.1\n", names.len());
+    compression_levels(&corpus, &names);
 
     // pgwarden in-process: one process per segment, as archive_command runs.
     let pw_env = |server: &str, codec: &str| -> Vec<(String, String)> {
@@ -177,6 +178,69 @@ pub fn run(bin: &Path) {
     restore_rows(bin, tmp.path(), &garage, &names, &pw_env("pw-zstd", "zstd"));
     daemon_drain(bin, tmp.path(), &garage, barman_per_seg);
     drop(src);
+}
+
+/// Compression codecs and levels on the corpus, in memory on one core: the figures
+/// behind the default (zstd level 1).
+fn compression_levels(corpus: &Path, names: &[String]) {
+    use std::io::Write;
+    let data: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| std::fs::read(corpus.join("pg_wal").join(n)).unwrap())
+        .collect();
+    let total: usize = data.iter().map(|d| d.len()).sum();
+    println!("Compression of the corpus in memory, one core:\n");
+    println!("| codec | level | ratio | compress MB/s | decompress MB/s |");
+    println!("|---|---|---|---|---|");
+    let report = |codec: &str,
+                  level: i32,
+                  compress: &dyn Fn(&[u8]) -> Vec<u8>,
+                  decompress: &dyn Fn(&[u8]) -> Vec<u8>| {
+        let t = Instant::now();
+        let packed: Vec<Vec<u8>> = data.iter().map(|d| compress(d)).collect();
+        let ct = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for p in &packed {
+            std::hint::black_box(decompress(p));
+        }
+        let dt = t.elapsed().as_secs_f64();
+        let size: usize = packed.iter().map(|p| p.len()).sum();
+        let mb = total as f64 / 1e6;
+        println!(
+            "| {codec} | {level} | {:.2} | {:.0} | {:.0} |",
+            total as f64 / size as f64,
+            mb / ct,
+            mb / dt
+        );
+    };
+    for level in [1, 3, 6] {
+        report(
+            "zstd",
+            level,
+            &|d| zstd::bulk::compress(d, level).unwrap(),
+            &|p| zstd::bulk::decompress(p, 1 << 30).unwrap(),
+        );
+    }
+    for level in [1, 6] {
+        report(
+            "gzip (zlib-rs)",
+            level,
+            &|d| {
+                let mut e = flate2::write::GzEncoder::new(
+                    Vec::new(),
+                    flate2::Compression::new(level as u32),
+                );
+                e.write_all(d).unwrap();
+                e.finish().unwrap()
+            },
+            &|p| {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(p), &mut out).unwrap();
+                out
+            },
+        );
+    }
+    println!();
 }
 
 /// Makes ~48 segments of real WAL with pgbench; returns a directory holding pg_wal/<segments>.

@@ -14,8 +14,8 @@ pub enum Codec {
     Zstd,
 }
 
-/// zstd's fastest standard level: archive_command is on postgres's critical path. To
-/// be confirmed against the archive benchmark (docs/wal-archiving.md).
+/// On the benchmark's pgbench WAL, level 1 compresses as well as level 3 (4.17:1) at
+/// 1.6 times the speed; level 6 gains 6% for 5 times the CPU (docs/wal-archiving.md).
 const ZSTD_LEVEL: i32 = 1;
 /// gzip level 1, the fastest; WAL is repetitive enough that higher levels gain little.
 const GZIP_LEVEL: u32 = 1;
