@@ -27,6 +27,16 @@ pub enum Command {
     Status(LocalArgs),
     /// Promote the local replica to primary and wait until it accepts writes.
     Promote(LocalArgs),
+    /// Restart postgres (a CHECKPOINT first on a primary).
+    Restart(LocalArgs),
+    /// Re-render, validate and reload the configuration.
+    Reload(LocalArgs),
+    /// Run a CHECKPOINT.
+    Checkpoint(LocalArgs),
+    /// Stop postgres and keep it stopped, across restarts, until `unfence`.
+    Fence(LocalArgs),
+    /// Lift a fence and start postgres.
+    Unfence(LocalArgs),
     /// Push one WAL or history file to the archive (postgres's archive_command).
     WalArchive(crate::wal_cli::WalArchiveArgs),
     /// Fetch one file from the archive into a path (postgres's restore_command).
@@ -78,6 +88,11 @@ pub fn dispatch(cli: Cli) -> i32 {
         },
         Command::Status(args) => local_call(&args, "GET", "/status"),
         Command::Promote(args) => local_call(&args, "POST", "/promote"),
+        Command::Restart(args) => local_call(&args, "POST", "/restart"),
+        Command::Reload(args) => local_call(&args, "POST", "/reload"),
+        Command::Checkpoint(args) => local_call(&args, "POST", "/checkpoint"),
+        Command::Fence(args) => local_call(&args, "POST", "/fence"),
+        Command::Unfence(args) => local_call(&args, "POST", "/unfence"),
         Command::WalArchive(args) => runtime.block_on(crate::wal_cli::wal_archive(&args)),
         Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
     }

@@ -116,17 +116,156 @@ impl Visit for FieldMap {
     }
 }
 
-/// Forwards one line of postgres's stderr, at a level read from its severity word.
-pub fn postgres_line(line: &str) {
-    let severity = ["PANIC:", "FATAL:", "ERROR:", "WARNING:"]
-        .iter()
-        .find(|w| line.contains(*w))
-        .copied();
-    match severity {
-        Some("PANIC:") | Some("FATAL:") | Some("ERROR:") => {
-            tracing::error!(target: "postgres", "{line}")
+/// The `log_line_prefix` pgwarden sets, so that every line postgres writes can be
+/// split into fields: timestamp, pid, SQLSTATE, user, database.
+pub const POSTGRES_LOG_PREFIX: &str = "%m|%p|%e|%u|%d|";
+
+/// One postgres log line, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgLine<'a> {
+    /// postgres's own timestamp.
+    pub time: &'a str,
+    /// Backend pid.
+    pub pid: &'a str,
+    /// SQLSTATE (`00000` for plain messages).
+    pub sqlstate: &'a str,
+    /// Role, empty for background processes.
+    pub user: &'a str,
+    /// Database, empty for background processes.
+    pub database: &'a str,
+    /// `LOG`, `ERROR`, `DETAIL`, `STATEMENT`, ...
+    pub severity: &'a str,
+    /// The message.
+    pub message: &'a str,
+}
+
+/// Splits a line written with [`POSTGRES_LOG_PREFIX`]; `None` for anything else (a
+/// continuation line, or output before the configuration was read).
+pub fn parse_postgres_line(line: &str) -> Option<PgLine<'_>> {
+    let mut parts = line.splitn(6, '|');
+    let (time, pid, sqlstate, user, database, rest) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if !pid.bytes().all(|b| b.is_ascii_digit()) || pid.is_empty() || sqlstate.len() != 5 {
+        return None;
+    }
+    let (severity, message) = rest.split_once(':')?;
+    if !severity
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        return None;
+    }
+    Some(PgLine {
+        time,
+        pid,
+        sqlstate,
+        user,
+        database,
+        severity,
+        message: message.trim_start(),
+    })
+}
+
+/// Hides the literal after `PASSWORD` (as in `ALTER ROLE ... PASSWORD '...'`), in case
+/// a statement holding one is logged by postgres.
+pub fn redact(line: &str) -> std::borrow::Cow<'_, str> {
+    let lower = line.to_ascii_lowercase();
+    let Some(at) = lower.find("password") else {
+        return line.into();
+    };
+    let after = &line[at + "password".len()..];
+    let trimmed = after.trim_start();
+    if !trimmed.starts_with('\'') {
+        return line.into();
+    }
+    let start = line.len() - trimmed.len() + 1;
+    let mut end = start;
+    let bytes = line.as_bytes();
+    while end < bytes.len() {
+        if bytes[end] == b'\'' {
+            if bytes.get(end + 1) == Some(&b'\'') {
+                end += 2;
+                continue;
+            }
+            break;
         }
-        Some("WARNING:") => tracing::warn!(target: "postgres", "{line}"),
-        _ => tracing::info!(target: "postgres", "{line}"),
+        end += 1;
+    }
+    format!(
+        "{}***{}",
+        &line[..start],
+        redact(&line[end.min(line.len())..])
+    )
+    .into()
+}
+
+/// Forwards one line of postgres's stderr as a structured event.
+pub fn postgres_line(line: &str) {
+    let line = redact(line);
+    match parse_postgres_line(&line) {
+        Some(p) => {
+            let (user, database) = (p.user, p.database);
+            match p.severity {
+                "PANIC" | "FATAL" | "ERROR" => {
+                    tracing::error!(target: "postgres", pid = p.pid, sqlstate = p.sqlstate, user, database, severity = p.severity, pg_time = p.time, "{}", p.message)
+                }
+                "WARNING" => {
+                    tracing::warn!(target: "postgres", pid = p.pid, sqlstate = p.sqlstate, user, database, severity = p.severity, pg_time = p.time, "{}", p.message)
+                }
+                s if s.starts_with("DEBUG") => {
+                    tracing::debug!(target: "postgres", pid = p.pid, user, database, severity = p.severity, pg_time = p.time, "{}", p.message)
+                }
+                _ => {
+                    tracing::info!(target: "postgres", pid = p.pid, sqlstate = p.sqlstate, user, database, severity = p.severity, pg_time = p.time, "{}", p.message)
+                }
+            }
+        }
+        None => tracing::info!(target: "postgres", "{line}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prefixed_lines() {
+        let p = parse_postgres_line(
+            "2026-11-22 01:00:48.893 UTC|19738|42703|app|shop|ERROR:  column \"x\" does not exist",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.pid, p.sqlstate, p.user, p.database, p.severity),
+            ("19738", "42703", "app", "shop", "ERROR")
+        );
+        assert_eq!(p.message, "column \"x\" does not exist");
+        let bg = parse_postgres_line(
+            "2026-11-22 01:00:48.893 UTC|7|00000|||LOG:  checkpoint starting: time",
+        )
+        .unwrap();
+        assert_eq!((bg.user, bg.severity), ("", "LOG"));
+        assert!(parse_postgres_line("plain text from a child").is_none());
+    }
+
+    #[test]
+    fn redacts_password_literals() {
+        assert_eq!(
+            redact("ALTER ROLE a PASSWORD 'se''cret' VALID UNTIL 'x'"),
+            "ALTER ROLE a PASSWORD '***' VALID UNTIL 'x'"
+        );
+        assert_eq!(
+            redact("create user b with password 'p1'; create user c password 'p2'"),
+            "create user b with password '***'; create user c password '***'"
+        );
+        assert_eq!(
+            redact("password authentication failed for user \"x\""),
+            "password authentication failed for user \"x\""
+        );
     }
 }

@@ -64,7 +64,19 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             ready_max_lag: settings.ready_max_lag,
         }),
     };
-    http::serve_tcp(listener, http::router(app.clone()));
+    let (command_tx, command_rx) = tokio::sync::mpsc::channel(8);
+    let ctl = http::control::ControlState {
+        settings: settings.clone(),
+        runner: runner.clone(),
+        commands: supervisor::Commands(command_tx.clone()),
+    };
+    http::serve_tcp(
+        listener,
+        http::router(app.clone()).merge(http::control::tcp_router(
+            ctl.clone(),
+            settings.api_token.clone(),
+        )),
+    );
     info!(addr = %settings.http_addr, name = %settings.name, role = %settings.role, "pgwarden is up");
 
     bootstrap::ensure_socket_dir(&settings)?;
@@ -81,10 +93,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             return Ok(1);
         }
     }
-    let mut control = http::control::router(http::control::ControlState {
-        settings: settings.clone(),
-        runner: runner.clone(),
-    });
+    let mut control = http::control::router(ctl);
     if let Some(cfg) = &settings.archive {
         let owner = settings.run_as.as_ref().map(|u| u.owner());
         let daemon = crate::wal::daemon::Daemon::start(cfg.clone(), settings.pgdata.clone(), owner)
@@ -109,10 +118,13 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     })?;
 
     let sup = Supervisor {
+        restart_on_pending: settings.restart_on_pending,
         settings,
         resources,
         reaper,
         status: status_tx,
+        commands: command_rx,
+        self_commands: supervisor::Commands(command_tx),
     };
     Ok(sup.run(&mut signals).await)
 }

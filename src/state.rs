@@ -38,6 +38,8 @@ pub struct SupervisorStatus {
     pub last_exit: Option<String>,
     /// Crashed too often: pgwarden is exiting so the kubelet takes over.
     pub gave_up: bool,
+    /// Why the last configuration change was refused (cleared by a good one).
+    pub config_error: Option<String>,
 }
 
 impl SupervisorStatus {
@@ -50,6 +52,7 @@ impl SupervisorStatus {
             restarts: 0,
             last_exit: None,
             gave_up: false,
+            config_error: None,
         }
     }
 }

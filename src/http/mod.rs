@@ -4,6 +4,7 @@
 pub mod client;
 pub mod control;
 mod healthz;
+pub mod metrics;
 mod readiness;
 mod readyz;
 mod role;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/primary", get(role::primary))
         .route("/replica", get(role::replica))
         .route("/status", get(status::get))
+        .route("/metrics", get(metrics::get))
         .with_state(state)
 }
 

@@ -96,6 +96,8 @@ pub struct StatusDoc {
     pub pending_restart_settings: Vec<String>,
     /// The monitor connection.
     pub monitor: MonitorInfo,
+    /// Why the last configuration change was refused; the running one is kept.
+    pub config_error: Option<String>,
 }
 
 impl StatusDoc {
@@ -141,6 +143,7 @@ impl StatusDoc {
                 age_seconds: snap.updated.map(|t| t.elapsed().as_secs_f64()),
                 error: snap.error.clone(),
             },
+            config_error: sup.config_error.clone(),
         }
     }
 }

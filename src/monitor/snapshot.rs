@@ -61,6 +61,8 @@ pub struct ArchiverInfo {
     pub last_archived_wal: Option<String>,
     /// When.
     pub last_archived_time: Option<String>,
+    /// Seconds since then.
+    pub last_archived_age_seconds: Option<f64>,
     /// Failed attempts.
     pub failed_count: Option<i64>,
     /// The last file that failed.
@@ -152,6 +154,7 @@ SELECT json_build_object(
       FROM pg_replication_slots) s),
   'archiver', (SELECT row_to_json(a) FROM (
       SELECT archived_count, last_archived_wal, last_archived_time::text,
+             extract(epoch FROM now() - last_archived_time) AS last_archived_age_seconds,
              failed_count, last_failed_wal, last_failed_time::text
       FROM pg_stat_archiver) a)
 )::text

@@ -111,6 +111,10 @@ pub const OWNED: &[(&str, &str)] = &[
         "pgwarden collects postgres's stderr and writes it to stdout",
     ),
     (
+        "log_line_prefix",
+        "pgwarden parses each line into JSON fields; user and database are among them",
+    ),
+    (
         "restart_after_crash",
         "pgwarden restarts postgres after a crash itself",
     ),

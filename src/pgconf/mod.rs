@@ -120,6 +120,7 @@ pub fn render_postgresql_conf(
     out += &line("hot_standby", "on")?;
     out += &line("log_destination", "stderr")?;
     out += &line("logging_collector", "off")?;
+    out += &line("log_line_prefix", crate::logging::POSTGRES_LOG_PREFIX)?;
     out += &line("restart_after_crash", "off")?;
     match &s.archive {
         Some(_) => {

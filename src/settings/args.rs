@@ -119,6 +119,18 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGWARDEN_SMART_SHUTDOWN_TIMEOUT", default_value_t = 15)]
     pub smart_shutdown_timeout: u64,
 
+    /// Bearer token for the HTTP control API (POST /promote, /restart, ...).
+    #[arg(long, env = "PGWARDEN_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// File holding the API token.
+    #[arg(long, env = "PGWARDEN_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Restart postgres by itself when a reload leaves parameters pending a restart.
+    #[arg(long, env = "PGWARDEN_RESTART_ON_PENDING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub restart_on_pending: bool,
+
     /// WAL archive settings.
     #[command(flatten)]
     pub archive: crate::wal::ArchiveArgs,

@@ -123,6 +123,10 @@ pub struct Settings {
     pub crash_window: Duration,
     /// What PGDATA looked like when the settings were loaded.
     pub data_state: DataDirState,
+    /// Token for the HTTP control API; without it the control endpoints answer 403.
+    pub api_token: Option<Secret>,
+    /// Restart postgres when a reload leaves parameters pending a restart.
+    pub restart_on_pending: bool,
     /// WAL archiving, when PGWARDEN_ARCHIVE_URL is set.
     pub archive: Option<crate::wal::ArchiveConfig>,
     /// This binary, as archive_command and restore_command call it.
@@ -191,6 +195,11 @@ impl Settings {
             "POSTGRES_PASSWORD",
             args.postgres_password.as_deref(),
             args.postgres_password_file.as_deref(),
+        )?;
+        let api_token = read_secret(
+            "PGWARDEN_API_TOKEN",
+            args.api_token.as_deref(),
+            args.api_token_file.as_deref(),
         )?;
         let replication_password = read_secret(
             "PGWARDEN_REPLICATION_PASSWORD",
@@ -361,6 +370,8 @@ impl Settings {
             data_state,
             archive,
             exe,
+            api_token,
+            restart_on_pending: args.restart_on_pending,
         })
     }
 
@@ -474,12 +485,12 @@ fn read_secret(
         (None, None) => return Ok(None),
     };
     if raw.is_empty() {
-        return Err(invalid(setting, "the password is empty"));
+        return Err(invalid(setting, "the value is empty"));
     }
     if raw.contains(['\n', '\r', '\0']) {
         return Err(invalid(
             setting,
-            "the password contains a newline or NUL character",
+            "the value contains a newline or NUL character",
         ));
     }
     Ok(Some(Secret::new(raw)))

@@ -1,9 +1,11 @@
 //! Supervising postgres: start, readiness, signals, reload, crash restarts, shutdown.
 
+pub mod commands;
 mod crash;
 pub mod postgres;
 mod signals;
 
+pub use commands::{Command, Commands, Request};
 pub use crash::{CrashPolicy, Decision};
 pub use signals::{Sig, Signals};
 
@@ -14,8 +16,12 @@ use crate::state::{State, SupervisorStatus};
 use nix::sys::signal::Signal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
+
+/// How often the user fragments are re-read to notice a change (a ConfigMap update
+/// swaps a symlink; re-reading the path follows it).
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long children other than postgres get to exit after postgres has stopped.
 const CHILD_GRACE: Duration = Duration::from_secs(5);
@@ -30,14 +36,24 @@ pub struct Supervisor {
     pub reaper: Reaper,
     /// Where the status is published.
     pub status: watch::Sender<SupervisorStatus>,
+    /// Requests from the control API.
+    pub commands: mpsc::Receiver<Request>,
+    /// Restart postgres by itself when a reload leaves parameters pending a restart.
+    pub restart_on_pending: bool,
+    /// A sender to our own command queue, for restarts pgwarden decides on itself.
+    pub self_commands: Commands,
 }
 
 /// How a shutdown was requested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    Smart { fast_at: Instant },
+    Smart {
+        fast_at: Instant,
+    },
     Fast,
     Immediate,
+    /// A restart or a fence: postgres stops, pgwarden goes on.
+    Planned,
 }
 
 impl Supervisor {
@@ -54,7 +70,13 @@ impl Supervisor {
     pub async fn run(mut self, signals: &mut Signals) -> i32 {
         let mut crashes = CrashPolicy::new(self.settings.max_crashes, self.settings.crash_window);
         loop {
+            if self.settings.pgdata.join(commands::FENCE_MARKER).exists() {
+                if let Some(code) = self.stay_fenced(signals).await {
+                    return code;
+                }
+            }
             let exit = match self.run_once(signals).await {
+                Outcome::Planned => continue,
                 Outcome::Stopped(exit) => {
                     stop_children(&self.reaper).await;
                     info!(exit = %exit, "postgres stopped; exiting");
@@ -116,6 +138,8 @@ impl Supervisor {
         });
         let mut mode: Option<Mode> = None;
         let mut ready = false;
+        let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
+        let mut seen = self.user_files();
         let exit = loop {
             let fast_at = match mode {
                 Some(Mode::Smart { fast_at }) => Some(fast_at),
@@ -126,7 +150,7 @@ impl Supervisor {
                 sig = signals.recv() => {
                     let next = match sig {
                         Sig::Hup => {
-                            self.reload(&pg).await;
+                            let _ = self.reload(&pg).await;
                             continue;
                         }
                         Sig::Term => Mode::Smart { fast_at: Instant::now() + s.smart_shutdown_timeout },
@@ -134,18 +158,51 @@ impl Supervisor {
                         Sig::Quit => Mode::Immediate,
                     };
                     // A second SIGTERM does not restart the smart-shutdown clock.
-                    if matches!((mode, next), (Some(_), Mode::Smart { .. })) {
+                    if matches!((mode, next), (Some(Mode::Smart { .. } | Mode::Fast | Mode::Immediate), Mode::Smart { .. })) {
                         continue;
                     }
                     let (pg_signal, name) = match next {
                         Mode::Smart { .. } => (Signal::SIGTERM, "smart"),
                         Mode::Fast => (Signal::SIGINT, "fast"),
                         Mode::Immediate => (Signal::SIGQUIT, "immediate"),
+                        Mode::Planned => (Signal::SIGINT, "fast"),
                     };
                     info!(signal = ?sig, mode = name, pid, "shutting postgres down");
                     let _ = pg.signal(pg_signal);
                     mode = Some(next);
                     self.publish(|st| st.state = State::Stopping);
+                }
+                Some(req) = self.commands.recv() => {
+                    let answer = match req.command {
+                        _ if mode.is_some() => Err("postgres is stopping".to_owned()),
+                        Command::Reload => self.reload(&pg).await,
+                        Command::Unfence => Err("this instance is not fenced".to_owned()),
+                        Command::Restart | Command::Fence => {
+                            if req.command == Command::Fence {
+                                if let Err(e) = self.write_fence_marker() {
+                                    let _ = req.reply.send(Err(e));
+                                    continue;
+                                }
+                            }
+                            // A checkpoint first keeps the shutdown checkpoint, and so the
+                            // time postgres is away, short.
+                            checkpoint_if_primary(&s).await;
+                            info!(command = ?req.command, pid, "stopping postgres (fast)");
+                            let _ = pg.signal(Signal::SIGINT);
+                            mode = Some(Mode::Planned);
+                            self.publish(|st| st.state = State::Stopping);
+                            Ok(format!("{:?}: postgres is stopping", req.command).to_lowercase())
+                        }
+                    };
+                    let _ = req.reply.send(answer);
+                }
+                _ = watch_tick.tick(), if mode.is_none() => {
+                    let now = self.user_files();
+                    if now != seen {
+                        seen = now;
+                        info!("a user configuration file changed; reloading");
+                        let _ = self.reload(&pg).await;
+                    }
                 }
                 _ = sleep_until_opt(fast_at) => {
                     warn!(
@@ -170,7 +227,10 @@ impl Supervisor {
             st.pid = None;
             st.last_exit = Some(exit.to_string());
         });
-        if mode.is_some() {
+        if mode == Some(Mode::Planned) {
+            info!(exit = %exit, "postgres stopped as asked");
+            Outcome::Planned
+        } else if mode.is_some() {
             self.publish(|st| st.state = State::Stopped);
             Outcome::Stopped(exit)
         } else {
@@ -179,37 +239,134 @@ impl Supervisor {
         }
     }
 
-    /// SIGHUP: re-read the user fragments, re-render, validate, write, and reload
-    /// postgres. An invalid change is refused and the running configuration kept.
-    async fn reload(&mut self, pg: &crate::process::Child) {
-        let next = match self.settings.reload_user_files() {
-            Ok(n) => n,
+    /// The contents of the user fragments, to notice a change.
+    fn user_files(&self) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let read = |p: &Option<std::path::PathBuf>| p.as_ref().and_then(|p| std::fs::read(p).ok());
+        (
+            read(&self.settings.user_conf_path),
+            read(&self.settings.user_hba_path),
+        )
+    }
+
+    /// SIGHUP, a changed fragment or POST /reload: re-read the user fragments,
+    /// re-render, validate, write, and reload postgres. An invalid change is refused,
+    /// the running configuration kept, and the error shown in /status.
+    async fn reload(&mut self, pg: &crate::process::Child) -> Result<String, String> {
+        let applied = match self.settings.reload_user_files() {
+            Ok(next) => crate::pgconf::apply(&next, &next.pgdata, &self.resources, &self.runner())
+                .await
+                .map(|changed| (next, changed))
+                .map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let (next, changed) = match applied {
+            Ok(ok) => ok,
             Err(e) => {
                 error!(error = %e, "reload refused; the running configuration is kept");
-                return;
+                self.publish(|st| st.config_error = Some(e.clone()));
+                return Err(e);
             }
         };
-        match crate::pgconf::apply(&next, &next.pgdata, &self.resources, &self.runner()).await {
-            Ok(changed) => {
-                self.settings = Arc::new(next);
-                let _ = pg.signal(Signal::SIGHUP);
-                info!(
-                    postgresql_conf_changed = changed.postgresql_conf,
-                    hba_changed = changed.hba,
-                    "configuration reloaded"
-                );
-            }
-            Err(e) => error!(
-                error = format!("{e:#}"),
-                "reload refused; the running configuration is kept"
-            ),
+        self.settings = Arc::new(next);
+        let _ = pg.signal(Signal::SIGHUP);
+        self.publish(|st| st.config_error = None);
+        info!(
+            postgresql_conf_changed = changed.postgresql_conf,
+            hba_changed = changed.hba,
+            "configuration reloaded"
+        );
+        if self.restart_on_pending && changed.postgresql_conf {
+            let (settings, commands) = (self.settings.clone(), self.self_commands.clone());
+            tokio::spawn(async move { restart_if_pending(&settings, commands).await });
         }
+        Ok("reloaded".to_owned())
+    }
+
+    /// Waits, postgres stopped, until unfenced or asked to stop; `Some(exit code)` to
+    /// exit.
+    async fn stay_fenced(&mut self, signals: &mut Signals) -> Option<i32> {
+        info!("fenced: postgres stays stopped until POST /unfence");
+        self.publish(|st| {
+            st.state = State::Fenced;
+            st.pid = None;
+        });
+        loop {
+            tokio::select! {
+                sig = wait_for_stop(signals) => {
+                    info!(signal = ?sig, "shutdown requested while fenced");
+                    self.publish(|st| st.state = State::Stopped);
+                    stop_children(&self.reaper).await;
+                    return Some(0);
+                }
+                Some(req) = self.commands.recv() => {
+                    let answer = match req.command {
+                        Command::Unfence => match std::fs::remove_file(self.settings.pgdata.join(commands::FENCE_MARKER)) {
+                            Ok(()) => {
+                                info!("unfenced: starting postgres");
+                                let _ = req.reply.send(Ok("unfenced: postgres is starting".into()));
+                                return None;
+                            }
+                            Err(e) => Err(format!("cannot remove the fence marker: {e}")),
+                        },
+                        Command::Fence => Ok("already fenced".into()),
+                        other => Err(format!("{other:?} is not possible while fenced").to_lowercase()),
+                    };
+                    let _ = req.reply.send(answer);
+                }
+            }
+        }
+    }
+
+    fn write_fence_marker(&self) -> Result<(), String> {
+        crate::fsutil::write_atomic(
+            &self.settings.pgdata.join(commands::FENCE_MARKER),
+            b"fenced by pgwarden; POST /unfence to lift\n",
+            self.settings.run_as.as_ref().map(|u| u.owner()),
+            0o600,
+        )
+        .map(|_| ())
+        .map_err(|e| format!("cannot write the fence marker: {e}"))
+    }
+}
+
+/// CHECKPOINT on a primary, before a planned stop. Best effort.
+async fn checkpoint_if_primary(s: &Settings) {
+    if let Ok(client) = crate::db::connect_local(s, &s.socket_dir, "postgres").await {
+        let _ = client
+            .batch_execute("DO $$ BEGIN IF NOT pg_is_in_recovery() THEN CHECKPOINT; END IF; END $$")
+            .await;
+    }
+}
+
+/// After a reload, restarts postgres if a changed parameter waits for one
+/// (PGWARDEN_RESTART_ON_PENDING=true).
+async fn restart_if_pending(s: &Settings, commands: Commands) {
+    // postgres applies SIGHUP asynchronously.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let Ok(client) = crate::db::connect_local(s, &s.socket_dir, "postgres").await else {
+        return;
+    };
+    let pending: i64 = match client
+        .query_one(
+            "SELECT count(*) FROM pg_settings WHERE pending_restart",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(_) => return,
+    };
+    if pending > 0 {
+        info!(pending, "parameters wait for a restart and PGWARDEN_RESTART_ON_PENDING is set; restarting postgres");
+        let _ = commands.send(Command::Restart).await;
     }
 }
 
 enum Outcome {
     Stopped(Exit),
     Crashed(Exit),
+    /// A restart or fence asked for: go round again.
+    Planned,
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -85,6 +85,24 @@ pub struct Daemon {
     inner: Mutex<Inner>,
     uploaded: Notify,
     prefetched: Notify,
+    upload_seconds: Option<prometheus::Histogram>,
+    download_seconds: Option<prometheus::Histogram>,
+}
+
+/// A latency histogram; `None` only if prometheus rejected the constant options.
+fn histogram(name: &str, help: &str) -> Option<prometheus::Histogram> {
+    let buckets = vec![
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(name, help).buckets(buckets))
+        .ok()
+}
+
+/// Records the time since `start` in `h`.
+fn observe(h: &Option<prometheus::Histogram>, start: std::time::Instant) {
+    if let Some(h) = h {
+        h.observe(start.elapsed().as_secs_f64());
+    }
 }
 
 impl Daemon {
@@ -108,6 +126,14 @@ impl Daemon {
             inner: Mutex::new(Inner::default()),
             uploaded: Notify::new(),
             prefetched: Notify::new(),
+            upload_seconds: histogram(
+                "pgwarden_wal_upload_duration_seconds",
+                "Time to push one file to the archive",
+            ),
+            download_seconds: histogram(
+                "pgwarden_wal_download_duration_seconds",
+                "Time to fetch and verify one file from the archive",
+            ),
         });
         tokio::spawn(d.clone().upload_loop());
         Ok(d)
@@ -120,6 +146,15 @@ impl Daemon {
     /// Current figures.
     pub fn stats(&self) -> DaemonStats {
         self.lock().stats.clone()
+    }
+
+    /// Upload and download latency histograms, for /metrics.
+    pub fn histograms(&self) -> Vec<prometheus::Histogram> {
+        [&self.upload_seconds, &self.download_seconds]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// Scans `archive_status` and uploads what is ready, `parallel` at a time.
@@ -174,7 +209,9 @@ impl Daemon {
         let path = self.pgdata.join("pg_wal").join(name);
         let before = fingerprint(&path);
         self.lock().stats.in_flight += 1;
+        let start = std::time::Instant::now();
         let result = archive::push(&self.cfg, &self.storage, &path).await;
+        observe(&self.upload_seconds, start);
         let mut inner = self.lock();
         inner.in_flight.remove(name);
         inner.stats.in_flight = inner.stats.in_flight.saturating_sub(1);
@@ -220,7 +257,9 @@ impl Daemon {
             // An upload of this very file is under way: wait for it rather than race it.
             notified.await;
         }
+        let start = std::time::Instant::now();
         let pushed = archive::push(&self.cfg, &self.storage, path).await?;
+        observe(&self.upload_seconds, start);
         self.lock().stats.archived_direct += 1;
         Ok(pushed)
     }
@@ -253,10 +292,12 @@ impl Daemon {
         if spooled.exists() && std::fs::rename(&spooled, dest).is_ok() {
             self.lock().stats.spool_hits += 1;
         } else {
+            let start = std::time::Instant::now();
             let data = with_retries(self.cfg.timeout, &format!("restore {name}"), || {
                 download(&self.cfg, &self.storage, &wal)
             })
             .await?;
+            observe(&self.download_seconds, start);
             write_into_place(dest, &data, self.owner)?;
         }
         if prefetch && wal.kind == WalKind::Segment && self.prefetch > 0 {
@@ -289,7 +330,9 @@ impl Daemon {
             }
             let d = self.clone();
             tokio::spawn(async move {
+                let start = std::time::Instant::now();
                 let result = download(&d.cfg, &d.storage, &next).await;
+                observe(&d.download_seconds, start);
                 if let Ok(data) = result {
                     let _ = std::fs::create_dir_all(&spool);
                     if let Some(o) = d.owner {

@@ -1,0 +1,264 @@
+//! `GET /metrics`: Prometheus text format, built from the supervisor's status and the
+//! monitor's snapshot at each scrape. A scrape never queries postgres.
+
+use super::{effective_role, AppState};
+use crate::settings::Role;
+use crate::state::State as PgState;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, Opts, Registry, TextEncoder};
+
+fn gauge(r: &Registry, name: &str, help: &str, v: f64) {
+    if let Ok(g) = Gauge::new(name, help) {
+        g.set(v);
+        let _ = r.register(Box::new(g));
+    }
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[(String, f64)]) {
+    if let Ok(g) = GaugeVec::new(Opts::new(name, help), &[label]) {
+        for (l, v) in values {
+            g.with_label_values(&[l.as_str()]).set(*v);
+        }
+        let _ = r.register(Box::new(g));
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str, v: u64) {
+    if let Ok(c) = IntCounter::new(name, help) {
+        c.inc_by(v);
+        let _ = r.register(Box::new(c));
+    }
+}
+
+/// Builds the registry for one scrape.
+pub fn registry(app: &AppState) -> Registry {
+    let (sup, snap) = app.view();
+    let r = Registry::new();
+    let facts = snap.facts.clone().unwrap_or_default();
+    let connected = snap.connected_pid.is_some() && snap.connected_pid == sup.pid;
+
+    gauge_vec(
+        &r,
+        "pgwarden_build_info",
+        "pgwarden version",
+        "version",
+        &[(env!("CARGO_PKG_VERSION").to_owned(), 1.0)],
+    );
+    gauge(
+        &r,
+        "pgwarden_postgres_up",
+        "1 when postgres runs and the monitor is connected to it",
+        if connected { 1.0 } else { 0.0 },
+    );
+    let role = effective_role(&snap, &app.instance);
+    gauge_vec(
+        &r,
+        "pgwarden_role",
+        "1 for the role this instance has now",
+        "role",
+        &[
+            ("primary".into(), (role == Role::Primary) as u8 as f64),
+            ("replica".into(), (role == Role::Replica) as u8 as f64),
+        ],
+    );
+    let states = [
+        PgState::Bootstrapping,
+        PgState::Starting,
+        PgState::Running,
+        PgState::Stopping,
+        PgState::Stopped,
+        PgState::Crashed,
+        PgState::Fenced,
+    ];
+    let state_values: Vec<(String, f64)> = states
+        .iter()
+        .map(|s| {
+            let name = serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            (name, (*s == sup.state) as u8 as f64)
+        })
+        .collect();
+    gauge_vec(
+        &r,
+        "pgwarden_state",
+        "1 for the supervisor's current state",
+        "state",
+        &state_values,
+    );
+    counter(
+        &r,
+        "pgwarden_postgres_restarts_total",
+        "Restarts of postgres after a crash",
+        sup.restarts as u64,
+    );
+    if connected {
+        gauge(
+            &r,
+            "pgwarden_in_recovery",
+            "1 on a standby",
+            facts.in_recovery as u8 as f64,
+        );
+        gauge(
+            &r,
+            "pgwarden_pending_restart",
+            "1 when a changed parameter needs a restart",
+            (!facts.pending_restart.is_empty()) as u8 as f64,
+        );
+        if let Some(t) = facts.timeline {
+            gauge(&r, "pgwarden_timeline", "Current timeline", t as f64);
+        }
+        if let Some(b) = facts.lag_bytes {
+            gauge(
+                &r,
+                "pgwarden_standby_lag_bytes",
+                "Replay lag of this standby, in bytes",
+                b as f64,
+            );
+        }
+        if let Some(s) = facts.lag_seconds {
+            gauge(
+                &r,
+                "pgwarden_standby_lag_seconds",
+                "Replay lag of this standby, in seconds",
+                s,
+            );
+        }
+        let streaming =
+            facts.receiver.as_ref().and_then(|w| w.status.as_deref()) == Some("streaming");
+        if facts.in_recovery {
+            gauge(
+                &r,
+                "pgwarden_wal_receiver_streaming",
+                "1 while this standby streams from its primary",
+                streaming as u8 as f64,
+            );
+        }
+        gauge(
+            &r,
+            "pgwarden_replicas_connected",
+            "Standbys connected to this instance",
+            facts.replication.len() as f64,
+        );
+        let lag_b: Vec<(String, f64)> = facts
+            .replication
+            .iter()
+            .filter_map(|x| Some((x.application_name.clone(), x.lag_bytes? as f64)))
+            .collect();
+        let lag_s: Vec<(String, f64)> = facts
+            .replication
+            .iter()
+            .map(|x| (x.application_name.clone(), x.lag_seconds.unwrap_or(0.0)))
+            .collect();
+        gauge_vec(
+            &r,
+            "pgwarden_replication_lag_bytes",
+            "Replay lag of each standby, in bytes",
+            "application_name",
+            &lag_b,
+        );
+        gauge_vec(
+            &r,
+            "pgwarden_replication_lag_seconds",
+            "Replay lag of each standby, in seconds",
+            "application_name",
+            &lag_s,
+        );
+        let active: Vec<(String, f64)> = facts
+            .slots
+            .iter()
+            .map(|s| (s.name.clone(), s.active as u8 as f64))
+            .collect();
+        let retained: Vec<(String, f64)> = facts
+            .slots
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.retained_bytes? as f64)))
+            .collect();
+        gauge_vec(
+            &r,
+            "pgwarden_slot_active",
+            "1 while a client streams from the slot",
+            "slot_name",
+            &active,
+        );
+        gauge_vec(
+            &r,
+            "pgwarden_slot_retained_wal_bytes",
+            "WAL the slot holds back, in bytes",
+            "slot_name",
+            &retained,
+        );
+        let a = &facts.archiver;
+        counter(
+            &r,
+            "pgwarden_archived_total",
+            "Files archived (pg_stat_archiver)",
+            a.archived_count.unwrap_or(0).max(0) as u64,
+        );
+        counter(
+            &r,
+            "pgwarden_archive_failed_total",
+            "Failed archive attempts (pg_stat_archiver)",
+            a.failed_count.unwrap_or(0).max(0) as u64,
+        );
+        if let Some(age) = a.last_archived_age_seconds {
+            gauge(
+                &r,
+                "pgwarden_seconds_since_last_archive",
+                "Seconds since the last file was archived",
+                age,
+            );
+        }
+    }
+    if let Some(n) = snap.ready_files {
+        gauge(
+            &r,
+            "pgwarden_archive_ready_files",
+            ".ready files waiting to be archived",
+            n as f64,
+        );
+    }
+    if let Some(d) = app.daemon.borrow().as_ref() {
+        let s = d.stats();
+        gauge(
+            &r,
+            "pgwarden_archive_daemon_queue",
+            "Files the WAL daemon has yet to upload",
+            s.queue as f64,
+        );
+        counter(
+            &r,
+            "pgwarden_archive_daemon_uploaded_total",
+            "Files the WAL daemon uploaded ahead of archive_command",
+            s.uploaded,
+        );
+        counter(
+            &r,
+            "pgwarden_archive_daemon_failures_total",
+            "Failed uploads by the WAL daemon",
+            s.failures,
+        );
+        counter(
+            &r,
+            "pgwarden_restore_spool_hits_total",
+            "restore_command calls served from the prefetch spool",
+            s.spool_hits,
+        );
+        for h in d.histograms() {
+            let _ = r.register(Box::new(h));
+        }
+    }
+    r
+}
+
+/// The handler.
+pub async fn get(State(app): State<AppState>) -> impl IntoResponse {
+    let r = registry(&app);
+    let mut buf = Vec::new();
+    let encoder = TextEncoder::new();
+    let _ = encoder.encode(&r.gather(), &mut buf);
+    ([(CONTENT_TYPE, encoder.format_type().to_owned())], buf)
+}

@@ -1,0 +1,45 @@
+//! Requests to the supervisor from the control API and the CLI.
+
+use tokio::sync::{mpsc, oneshot};
+
+/// What the supervisor can be asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Re-render, validate and reload the configuration.
+    Reload,
+    /// Stop postgres (after a CHECKPOINT on a primary) and start it again.
+    Restart,
+    /// Stop postgres cleanly and keep it stopped, across pod restarts, until unfenced.
+    Fence,
+    /// Lift a fence and start postgres.
+    Unfence,
+}
+
+/// A command with the channel its answer goes back on.
+#[derive(Debug)]
+pub struct Request {
+    /// The command.
+    pub command: Command,
+    /// `Ok(what happened)` or `Err(why not)`.
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// The sending side, for HTTP handlers.
+#[derive(Clone)]
+pub struct Commands(pub mpsc::Sender<Request>);
+
+impl Commands {
+    /// Sends `command` and waits for the supervisor's answer.
+    pub async fn send(&self, command: Command) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(Request { command, reply: tx })
+            .await
+            .map_err(|_| "the supervisor is not running".to_owned())?;
+        rx.await
+            .map_err(|_| "the supervisor dropped the request".to_owned())?
+    }
+}
+
+/// Marker file in PGDATA that keeps an instance fenced across restarts.
+pub const FENCE_MARKER: &str = "pgwarden.fenced";

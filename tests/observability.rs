@@ -1,0 +1,358 @@
+//! Metrics, the control API, live reload, fencing and structured logs, against a real
+//! PostgreSQL (and Debian's promtool).
+
+mod common;
+
+use common::*;
+use pgwarden::http::client::{request, Target};
+use pgwarden::state::State;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn metrics(pg: &Instance) -> String {
+    let r = pg.get("/metrics");
+    assert_eq!(r.status, 200);
+    r.body
+}
+
+/// The value of the series whose line starts with `series` (name and labels).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_show_a_paused_replicas_lag() {
+    let tmp = test_dir();
+    let mut a = Instance::primary(tmp.path(), "m-primary");
+    a.start().wait_ready();
+    let mut b = Instance::replica_of(tmp.path(), "m-replica", &a);
+    b.start().wait_ready();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pm = metrics(&a);
+    promtool_check(&pm);
+    promtool_check(&metrics(&b));
+    assert_eq!(value(&pm, "pgwarden_postgres_up"), Some(1.0));
+    assert_eq!(value(&pm, "pgwarden_role{role=\"primary\"}"), Some(1.0));
+    assert_eq!(value(&pm, "pgwarden_state{state=\"running\"}"), Some(1.0));
+    assert_eq!(value(&pm, "pgwarden_replicas_connected"), Some(1.0));
+    assert_eq!(
+        value(&pm, "pgwarden_slot_active{slot_name=\"m_replica\"}"),
+        Some(1.0)
+    );
+    assert_eq!(value(&pm, "pgwarden_timeline"), Some(1.0));
+    assert!(pm.contains("pgwarden_build_info{version="));
+    assert_eq!(value(&metrics(&b), "pgwarden_in_recovery"), Some(1.0));
+
+    // Pause replay on the replica and write: the primary sees the lag grow.
+    b.connect()
+        .await
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    a.connect()
+        .await
+        .batch_execute("CREATE TABLE lag AS SELECT g FROM generate_series(1, 100000) g")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let lag = value(
+            &metrics(&a),
+            "pgwarden_replication_lag_bytes{application_name=\"m-replica\"}",
+        )
+        .unwrap_or(0.0);
+        if lag > 1_000_000.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lag in /metrics:\n{}",
+            metrics(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.connect()
+        .await
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_needs_the_token_and_secrets_stay_secret() {
+    let tmp = test_dir();
+    let token = "test-token-0123456789";
+    let mut pg = Instance::primary(tmp.path(), "api");
+    pg.set("PGWARDEN_API_TOKEN", token);
+    pg.start().wait_ready();
+    let tcp = Target::Tcp(pg.http);
+    let call = |headers: &[(&str, &str)]| {
+        request(&tcp, "POST", "/checkpoint", headers)
+            .unwrap()
+            .status
+    };
+    assert_eq!(call(&[]), 401);
+    assert_eq!(
+        call(&[("Authorization", "Bearer wrong-token-0123456789")]),
+        401
+    );
+    assert_eq!(
+        call(&[("Authorization", token)]),
+        401,
+        "the Bearer scheme is required"
+    );
+    let auth = format!("Bearer {token}");
+    assert_eq!(call(&[("Authorization", &auth)]), 200);
+    assert_eq!(pg.get("/readyz").status, 200, "probes need no token");
+
+    // Without a token configured the control API is off, the probes on.
+    let mut open = Instance::new(tmp.path(), "noapi");
+    open.start().wait_ready();
+    assert_eq!(
+        request(&Target::Tcp(open.http), "POST", "/checkpoint", &[])
+            .unwrap()
+            .status,
+        403
+    );
+    assert_eq!(open.get("/readyz").status, 200);
+    // The local socket needs no token.
+    let (code, out) = open.run_cli(&["checkpoint"]);
+    assert!(code.success(), "{out}");
+
+    for text in [pg.get("/status").body, pg.get("/metrics").body, pg.log()] {
+        for secret in [token, PASSWORD, REPLICATION_PASSWORD] {
+            assert!(!text.contains(secret), "a secret leaked");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_update_is_applied_live_and_a_bad_one_refused() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "live");
+    // A ConfigMap volume: the file is reached through a "..data" symlink that kubelet
+    // swaps atomically to a new directory on every update.
+    let cm = pg.dir.join("configmap");
+    let v1 = cm.join("..v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::write(
+        v1.join("user.conf"),
+        "shared_buffers = 16MB\nmax_connections = 40\nwork_mem = 4MB\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..v1", cm.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/user.conf", cm.join("user.conf")).unwrap();
+    pg.set(
+        "PGWARDEN_USER_CONF",
+        cm.join("user.conf").display().to_string(),
+    );
+    pg.start().wait_ready();
+    let client = pg.connect().await;
+    let pid = pg.postmaster_pid();
+    let swap = |version: &str, text: &str| {
+        let dir = cm.join(format!("..{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("user.conf"), text).unwrap();
+        std::os::unix::fs::symlink(format!("..{version}"), cm.join("..data.tmp")).unwrap();
+        std::fs::rename(cm.join("..data.tmp"), cm.join("..data")).unwrap();
+    };
+    swap(
+        "v2",
+        "shared_buffers = 16MB\nmax_connections = 40\nwork_mem = 12MB\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: String = client.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+        if v == "12MB" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "work_mem is still {v}; log:\n{}",
+            pg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        pg.postmaster_pid(),
+        pid,
+        "applied with a reload, not a restart"
+    );
+
+    // A parameter that needs a restart is reported, not applied behind the user's back.
+    swap(
+        "v3",
+        "shared_buffers = 24MB\nmax_connections = 40\nwork_mem = 12MB\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pg.status().pending_restart {
+        assert!(Instant::now() < deadline, "pending_restart never showed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(value(&metrics(&pg), "pgwarden_pending_restart"), Some(1.0));
+
+    // An invalid change is refused: the running configuration stays, the error shows,
+    // the pod stays ready.
+    swap("v4", "work_mem = banana\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pg.status().config_error.is_none() {
+        assert!(Instant::now() < deadline, "the bad change was not reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let st = pg.status();
+    assert!(
+        st.config_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("work_mem"),
+        "{:?}",
+        st.config_error
+    );
+    assert_eq!(pg.get("/readyz").status, 200);
+    let v: String = client.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(v, "12MB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_survives_a_restart_until_unfenced() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "fence");
+    pg.start().wait_ready();
+    pg.connect()
+        .await
+        .batch_execute("CREATE TABLE kept AS SELECT 1 AS x")
+        .await
+        .unwrap();
+    let (code, out) = pg.run_cli(&["fence"]);
+    assert!(code.success(), "{out}");
+    pg.wait_for("/readyz", 503, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.status().state != State::Fenced {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pg.get("/healthz").status, 200, "a fenced pod is alive");
+    assert!(pg.postmaster_pid().is_none(), "postgres is stopped");
+
+    pg.stop();
+    pg.start();
+    pg.wait_for("/healthz", 200, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        pg.status().state,
+        State::Fenced,
+        "the fence survives a restart of pgwarden"
+    );
+    assert_eq!(pg.get("/readyz").status, 503);
+
+    let (code, out) = pg.run_cli(&["unfence"]);
+    assert!(code.success(), "{out}");
+    pg.wait_ready();
+    let x: i32 = pg
+        .connect()
+        .await
+        .query_one("SELECT x FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(x, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_checkpoints_first_and_is_not_a_crash() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "restart");
+    pg.start().wait_ready();
+    let old = pg.postmaster_pid();
+    let before = pg.log().len();
+    let (code, out) = pg.run_cli(&["restart"]);
+    assert!(code.success(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = pg.status();
+        if st.ready && st.pid.is_some() && st.pid != old {
+            assert_eq!(st.restarts, 0, "a planned restart is not a crash");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back after the restart; log:\n{}",
+            pg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = pg.log()[before..].to_owned();
+    let forced = log
+        .find("checkpoint starting: immediate force wait")
+        .expect("a CHECKPOINT before the restart");
+    let shutdown = log
+        .find("received fast shutdown request")
+        .expect("a fast shutdown");
+    assert!(forced < shutdown, "the CHECKPOINT comes first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_log_records_are_structured_json() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "logs");
+    // postgres logs DDL statements, so the ALTER ROLE below reaches the log.
+    std::fs::write(
+        &pg.user_conf,
+        "shared_buffers = 16MB\nmax_connections = 40\nlog_statement = 'ddl'\n",
+    )
+    .unwrap();
+    pg.start().wait_ready();
+    let client = pg.connect().await;
+    let _ = client.batch_execute("SELECT * FROM no_such_table").await;
+    let _ = client
+        .batch_execute("ALTER ROLE postgres PASSWORD 'a-new-secret-1234'")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = json_lines(&pg.log());
+    let err = lines
+        .iter()
+        .find(|l| l["logger"] == "postgres" && l["sqlstate"] == "42P01")
+        .unwrap_or_else(|| panic!("no structured error line in:\n{}", pg.log()));
+    assert_eq!(err["level"], "error");
+    assert_eq!(err["user"], "postgres");
+    assert_eq!(err["database"], "postgres");
+    assert!(err["msg"].as_str().unwrap().contains("no_such_table"));
+    assert!(
+        pg.log().contains("PASSWORD '***'"),
+        "the logged statement is there, redacted:\n{}",
+        pg.log()
+    );
+    assert!(
+        !pg.log().contains("a-new-secret-1234"),
+        "a password in a statement is redacted"
+    );
+}
