@@ -68,6 +68,60 @@ pub fn run(bin: &std::path::Path) {
     );
 
     probe_load(bin, &w);
+    metrics_load(bin, &w);
+}
+
+/// Scrapes /metrics 100 times a second for 10 s, with every statement postgres runs
+/// logged, and counts them.
+fn metrics_load(bin: &std::path::Path, w: &Warden) {
+    let conf = w.dir.join("user.conf");
+    let saved = std::fs::read_to_string(&conf).unwrap_or_default();
+    std::fs::write(&conf, format!("{saved}log_statement = 'all'\n")).unwrap();
+    let mut child = w.spawn(bin);
+    w.wait_ready(Duration::from_secs(60));
+    let log = w.dir.join("log");
+    // Simple-protocol statements log as "statement: ...", prepared ones as "execute ...".
+    let statements = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.matches("\"msg\":\"statement: ").count() + text.matches("\"msg\":\"execute ").count()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let before = statements();
+    let http = w.http;
+    let t0 = Instant::now();
+    let load = std::thread::spawn(move || {
+        let target = pgwarden::http::client::Target::Tcp(http);
+        let mut lat = Vec::new();
+        for i in 0..1000u32 {
+            let due = t0 + Duration::from_millis(10 * i as u64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let s = Instant::now();
+            let r = pgwarden::http::client::get(&target, "/metrics").unwrap();
+            assert_eq!(r.status, 200);
+            lat.push(s.elapsed().as_secs_f64() * 1000.0);
+        }
+        lat
+    });
+    let lat = load.join().unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let during = statements() - before;
+    println!("\n## /metrics at 100 scrapes/s for 10 s\n");
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!("| scrapes | 1000 in {secs:.1} s | |");
+    println!(
+        "| scrape latency p50 / p99 (ms) | {:.2} / {:.2} | |",
+        percentile(lat.clone(), 0.5),
+        percentile(lat, 0.99)
+    );
+    println!(
+        "| statements postgres ran meanwhile (log_statement = all) | {during}, the monitor's once-a-second refresh: {:.2} per scrape | 0 added per scrape |",
+        during as f64 / 1000.0
+    );
+    stop(&mut child);
+    std::fs::write(&conf, saved).unwrap();
 }
 
 /// Hits /readyz 500 times a second for 10 s and watches pg_stat_activity meanwhile.
