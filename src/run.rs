@@ -70,13 +70,14 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         runner: runner.clone(),
         commands: supervisor::Commands(command_tx.clone()),
     };
-    http::serve_tcp(
-        listener,
-        http::router(app.clone()).merge(http::control::tcp_router(
-            ctl.clone(),
-            settings.api_token.clone(),
-        )),
-    );
+    let tcp_router = http::router(app.clone()).merge(http::control::tcp_router(
+        ctl.clone(),
+        settings.api_token.clone(),
+    ));
+    match &settings.tls {
+        Some((cert, key)) => http::serve_tls(listener, tcp_router, cert, key).await?,
+        None => http::serve_tcp(listener, tcp_router),
+    }
     info!(addr = %settings.http_addr, name = %settings.name, role = %settings.role, "pgwarden is up");
 
     bootstrap::ensure_socket_dir(&settings)?;

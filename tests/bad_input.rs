@@ -269,3 +269,17 @@ fn a_binary_the_run_as_user_cannot_execute_is_refused_when_archiving() {
     );
     assert!(!pg.pgdata.exists());
 }
+
+#[test]
+fn bad_tls_settings_are_refused() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "tls-half");
+    pg.set("PGWARDEN_TLS_CERT", pg.user_conf.display().to_string());
+    assert_mentions(&refused(&pg), &["PGWARDEN_TLS_KEY"]);
+    let mut pg = Instance::new(tmp.path(), "tls-garbage");
+    // Files that exist but hold no PEM certificate or key.
+    let not_pem = pg.user_conf.display().to_string();
+    pg.set("PGWARDEN_TLS_CERT", &not_pem)
+        .set("PGWARDEN_TLS_KEY", &not_pem);
+    assert_mentions(&refused(&pg), &["PGWARDEN_TLS_CERT"]);
+}

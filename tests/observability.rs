@@ -356,3 +356,89 @@ async fn postgres_log_records_are_structured_json() {
         "a password in a statement is redacted"
     );
 }
+
+/// A self-signed certificate for 127.0.0.1, made with openssl.
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_the_probes_and_the_control_api() {
+    let tmp = test_dir();
+    let (cert, key) = self_signed(tmp.path());
+    let mut pg = Instance::new(tmp.path(), "tls");
+    pg.set("PGWARDEN_TLS_CERT", cert.display().to_string())
+        .set("PGWARDEN_TLS_KEY", key.display().to_string())
+        .set("PGWARDEN_API_TOKEN", "tls-token-0123456789");
+    pg.via_socket = true;
+    pg.start().wait_ready();
+    let base = format!("https://{}", pg.http);
+    let cacert = cert.display().to_string();
+    assert_eq!(
+        curl(&["--cacert", &cacert, &format!("{base}/readyz")]),
+        "200"
+    );
+    assert_eq!(
+        curl(&[
+            "--cacert",
+            &cacert,
+            "-X",
+            "POST",
+            &format!("{base}/checkpoint")
+        ]),
+        "401"
+    );
+    assert_eq!(
+        curl(&[
+            "--cacert",
+            &cacert,
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer tls-token-0123456789",
+            &format!("{base}/checkpoint")
+        ]),
+        "200"
+    );
+    // Plain HTTP gets no answer from the HTTPS port.
+    let plain = pgwarden::http::client::get(&Target::Tcp(pg.http), "/readyz");
+    assert!(
+        plain.map(|r| r.status != 200).unwrap_or(true),
+        "plain HTTP must not be served"
+    );
+}

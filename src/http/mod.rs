@@ -76,6 +76,35 @@ pub fn serve_tcp(listener: tokio::net::TcpListener, router: Router) {
     });
 }
 
+/// Serves `router` over HTTPS on an already bound listener. The certificate and key
+/// are loaded first, so a bad file fails start-up with its name.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .with_context(|| {
+            format!(
+                "PGWARDEN_TLS_CERT/PGWARDEN_TLS_KEY: cannot load {} and {}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    let std_listener = listener.into_std().context("PGWARDEN_HTTP_ADDR")?;
+    let server =
+        axum_server::from_tcp_rustls(std_listener, config).context("PGWARDEN_HTTP_ADDR")?;
+    tokio::spawn(async move {
+        if let Err(e) = server.serve(router.into_make_service()).await {
+            tracing::error!(error = %e, "the HTTPS server stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Serves `router` on a unix socket, for local CLI verbs such as `pgwarden status`.
 pub fn serve_unix(listener: tokio::net::UnixListener, router: Router) {
     tokio::spawn(async move {

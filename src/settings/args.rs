@@ -127,6 +127,14 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGWARDEN_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 
+    /// PEM certificate (chain) for HTTPS on PGWARDEN_HTTP_ADDR; needs PGWARDEN_TLS_KEY.
+    #[arg(long, env = "PGWARDEN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for PGWARDEN_TLS_CERT.
+    #[arg(long, env = "PGWARDEN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
     /// Restart postgres by itself when a reload leaves parameters pending a restart.
     #[arg(long, env = "PGWARDEN_RESTART_ON_PENDING", default_value_t = false, action = clap::ArgAction::Set)]
     pub restart_on_pending: bool,

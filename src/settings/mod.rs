@@ -127,6 +127,8 @@ pub struct Settings {
     pub api_token: Option<Secret>,
     /// Restart postgres when a reload leaves parameters pending a restart.
     pub restart_on_pending: bool,
+    /// Certificate and key for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// WAL archiving, when PGWARDEN_ARCHIVE_URL is set.
     pub archive: Option<crate::wal::ArchiveConfig>,
     /// This binary, as archive_command and restore_command call it.
@@ -196,6 +198,29 @@ impl Settings {
             args.postgres_password.as_deref(),
             args.postgres_password_file.as_deref(),
         )?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                for (setting, p) in [("PGWARDEN_TLS_CERT", c), ("PGWARDEN_TLS_KEY", k)] {
+                    std::fs::metadata(p).map_err(|e| {
+                        invalid(setting, format!("cannot read {}: {e}", p.display()))
+                    })?;
+                }
+                Some((c.clone(), k.clone()))
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "PGWARDEN_TLS_KEY",
+                    "PGWARDEN_TLS_CERT is set, so the key is needed too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "PGWARDEN_TLS_CERT",
+                    "PGWARDEN_TLS_KEY is set, so the certificate is needed too",
+                ))
+            }
+        };
         let api_token = read_secret(
             "PGWARDEN_API_TOKEN",
             args.api_token.as_deref(),
@@ -372,6 +397,7 @@ impl Settings {
             exe,
             api_token,
             restart_on_pending: args.restart_on_pending,
+            tls,
         })
     }
 

@@ -68,6 +68,8 @@ pub struct Instance {
     pub env: BTreeMap<String, String>,
     /// Runs inside this network namespace; probes then go through the control socket.
     pub netns: Option<String>,
+    /// Probe through the control socket even without a namespace (HTTPS tests).
+    pub via_socket: bool,
     child: Option<Child>,
     runs: usize,
 }
@@ -111,6 +113,7 @@ impl Instance {
             user_conf,
             env,
             netns: None,
+            via_socket: false,
             child: None,
             runs: 0,
         }
@@ -215,9 +218,10 @@ impl Instance {
     }
 
     fn target(&self) -> Target {
-        match self.netns {
-            Some(_) => Target::Unix(self.socket_dir.join("pgwarden.sock")),
-            None => Target::Tcp(self.http),
+        if self.netns.is_some() || self.via_socket {
+            Target::Unix(self.socket_dir.join("pgwarden.sock"))
+        } else {
+            Target::Tcp(self.http)
         }
     }
 
