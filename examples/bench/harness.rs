@@ -132,6 +132,24 @@ impl Warden {
     }
 }
 
+/// Runs pgbench with `args` against the postgres database on `port`.
+pub fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
+    Command::new(bindir().join("pgbench"))
+        .args(args)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &port.to_string(),
+            "postgres",
+        ])
+        .env("PGPASSWORD", "bench")
+        .output()
+        .unwrap()
+}
+
 /// Runs one SQL statement as the superuser over TCP; returns its single value.
 pub fn psql(port: u16, db: &str, sql: &str) -> String {
     let out = Command::new(bindir().join("psql"))

@@ -17,25 +17,8 @@ pub fn run(bin: &Path) {
         .push(("PGWARDEN_REPLICATION_PASSWORD".into(), "bench-repl".into()));
     let mut primary = p.spawn(bin);
     p.wait_ready(Duration::from_secs(120));
-    let bindir = bindir();
     let t0 = Instant::now();
-    let st = Command::new(bindir.join("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            SCALE,
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &p.port.to_string(),
-            "postgres",
-        ])
-        .env("PGPASSWORD", "bench")
-        .output()
-        .unwrap();
+    let st = pgbench(p.port, &["-i", "-q", "-s", SCALE]);
     assert!(
         st.status.success(),
         "pgbench -i: {}",

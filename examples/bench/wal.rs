@@ -58,6 +58,23 @@ fn timed(cmd: &mut Command) -> Cost {
     }
 }
 
+/// Prints a comparison table, each tool against barman-cloud's time per segment.
+fn print_rows(rows: &[Row], barman_per_seg: f64) {
+    println!("| tool | s/segment | MB/s | CPU s (all) | peak RSS MB | vs barman-cloud |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.3} | {:.1} | {:.2} | {:.1} | {:.1}x |",
+            r.tool,
+            r.per_seg,
+            SEG_MB / r.per_seg,
+            r.cpu,
+            r.rss_mb,
+            barman_per_seg / r.per_seg
+        );
+    }
+}
+
 struct Row {
     tool: String,
     per_seg: f64,
@@ -161,19 +178,7 @@ pub fn run(bin: &Path) {
         .map(|r| r.per_seg)
         .unwrap_or(f64::NAN);
     println!("Sequential pushes, one process per segment (archive_command style):\n");
-    println!("| tool | s/segment | MB/s | CPU s (all) | peak RSS MB | vs barman-cloud |");
-    println!("|---|---|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {:.3} | {:.1} | {:.2} | {:.1} | {:.1}x |",
-            r.tool,
-            r.per_seg,
-            SEG_MB / r.per_seg,
-            r.cpu,
-            r.rss_mb,
-            barman_per_seg / r.per_seg
-        );
-    }
+    print_rows(&rows, barman_per_seg);
 
     restore_rows(bin, tmp.path(), &garage, &names, &pw_env("pw-zstd", "zstd"));
     daemon_drain(bin, tmp.path(), &garage, barman_per_seg);
@@ -249,28 +254,15 @@ fn corpus(bin: &Path, dir: &Path) -> (PathBuf, Warden) {
     std::fs::write(w.dir.join("user.conf"), "shared_buffers = 128MB\nwal_keep_size = 4GB\nmax_wal_size = 4GB\ncheckpoint_timeout = 30min\n").unwrap();
     let mut child = w.spawn(bin);
     w.wait_ready(Duration::from_secs(120));
-    let pgbench = |args: &[&str]| {
-        let out = Command::new(bindir().join("pgbench"))
-            .args(args)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-                &w.port.to_string(),
-                "postgres",
-            ])
-            .env("PGPASSWORD", "bench")
-            .output()
-            .unwrap();
+    let load = |args: &[&str]| {
+        let out = pgbench(w.port, args);
         assert!(
             out.status.success(),
             "pgbench: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    pgbench(&["-i", "-q", "-s", "25"]);
+    load(&["-i", "-q", "-s", "25"]);
     let current = || {
         psql(
             w.port,
@@ -288,7 +280,7 @@ fn corpus(bin: &Path, dir: &Path) -> (PathBuf, Warden) {
         .count()
         < SEGMENTS + 2
     {
-        pgbench(&["-c", "2", "-T", "10", "-n"]);
+        load(&["-c", "2", "-T", "10", "-n"]);
     }
     let cur = current();
     psql(w.port, "postgres", "SELECT pg_switch_wal()");
@@ -433,19 +425,7 @@ fn restore_rows(
     rows.push(row("barman-cloud-wal-restore", &barman));
     let barman_per_seg = rows.last().map(|r| r.per_seg).unwrap_or(f64::NAN);
     println!("\nSequential restores of the same segments, in order (restore_command style):\n");
-    println!("| tool | s/segment | MB/s | CPU s (all) | peak RSS MB | vs barman-cloud |");
-    println!("|---|---|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {:.3} | {:.1} | {:.2} | {:.1} | {:.1}x |",
-            r.tool,
-            r.per_seg,
-            SEG_MB / r.per_seg,
-            r.cpu,
-            r.rss_mb,
-            barman_per_seg / r.per_seg
-        );
-    }
+    print_rows(&rows, barman_per_seg);
 }
 
 /// postgres archiving through the daemon: a backlog drains, then sustained pgbench.
@@ -482,23 +462,7 @@ fn daemon_drain(bin: &Path, dir: &Path, garage: &Garage, barman_per_seg: f64) {
     let pid = nix::unistd::Pid::from_raw(archiver);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let t0 = Instant::now();
-    let gen = Command::new(bindir().join("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "25",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &w.port.to_string(),
-            "postgres",
-        ])
-        .env("PGPASSWORD", "bench")
-        .output()
-        .unwrap();
+    let gen = pgbench(w.port, &["-i", "-q", "-s", "25"]);
     assert!(gen.status.success());
     let last = psql(
         w.port,
@@ -551,28 +515,7 @@ fn daemon_drain(bin: &Path, dir: &Path, garage: &Garage, barman_per_seg: f64) {
 
     // Sustained: pgbench at full speed, .ready backlog sampled every 2 s.
     let port = w.port;
-    let load = std::thread::spawn(move || {
-        Command::new(bindir().join("pgbench"))
-            .args([
-                "-c",
-                "4",
-                "-j",
-                "2",
-                "-T",
-                "30",
-                "-n",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-                &port.to_string(),
-                "postgres",
-            ])
-            .env("PGPASSWORD", "bench")
-            .output()
-            .unwrap()
-    });
+    let load = std::thread::spawn(move || pgbench(port, &["-c", "4", "-j", "2", "-T", "30", "-n"]));
     let mut samples = Vec::new();
     while !load.is_finished() {
         std::thread::sleep(Duration::from_secs(2));
