@@ -126,6 +126,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         status: status_tx,
         commands: command_rx,
         self_commands: supervisor::Commands(command_tx),
+        refused: None,
     };
     Ok(sup.run(&mut signals).await)
 }

@@ -273,6 +273,11 @@ async fn fence_survives_a_restart_until_unfenced() {
         "the fence survives a restart of pgwarden"
     );
     assert_eq!(pg.get("/readyz").status, 503);
+    assert_eq!(
+        pg.get("/startupz").status,
+        200,
+        "the startup probe must not kill a pod fenced on purpose"
+    );
 
     let (code, out) = pg.run_cli(&["unfence"]);
     assert!(code.success(), "{out}");

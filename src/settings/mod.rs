@@ -111,6 +111,8 @@ pub struct Settings {
     pub user_hba_path: Option<PathBuf>,
     /// The parsed user pg_hba rules.
     pub user_hba: Vec<HbaRule>,
+    /// The fragments' text these settings were built from, to notice a change on disk.
+    pub user_texts: UserTexts,
     /// `max_slot_wal_keep_size` default.
     pub max_slot_wal_keep_size: String,
     /// Maximum replay lag, in bytes, for a replica to be ready.
@@ -291,8 +293,8 @@ impl Settings {
             ));
         }
 
-        let user_conf = read_user_conf(args.user_conf.as_deref())?;
-        let user_hba = read_user_hba(args.user_hba.as_deref())?;
+        let (user_conf, conf_text) = read_user_conf(args.user_conf.as_deref())?;
+        let (user_hba, hba_text) = read_user_hba(args.user_hba.as_deref())?;
 
         let allowed_networks = hba::parse_networks(&args.allowed_network)
             .map_err(|e| invalid("PGWARDEN_ALLOWED_NETWORK", e))?;
@@ -387,6 +389,7 @@ impl Settings {
             user_conf,
             user_hba_path: args.user_hba.clone(),
             user_hba,
+            user_texts: (conf_text, hba_text),
             max_slot_wal_keep_size: args.max_slot_wal_keep_size.clone(),
             ready_max_lag: args.ready_max_lag,
             smart_shutdown_timeout: Duration::from_secs(args.smart_shutdown_timeout),
@@ -405,8 +408,11 @@ impl Settings {
     /// the setting, when a fragment became invalid.
     pub fn reload_user_files(&self) -> Result<Settings, SettingsError> {
         let mut next = self.clone();
-        next.user_conf = read_user_conf(self.user_conf_path.as_deref())?;
-        next.user_hba = read_user_hba(self.user_hba_path.as_deref())?;
+        let (conf, conf_text) = read_user_conf(self.user_conf_path.as_deref())?;
+        let (hba, hba_text) = read_user_hba(self.user_hba_path.as_deref())?;
+        next.user_conf = conf;
+        next.user_hba = hba;
+        next.user_texts = (conf_text, hba_text);
         Ok(next)
     }
 
@@ -437,6 +443,12 @@ impl Settings {
         )
     }
 
+    /// The fragments' text on disk now (a missing file reads as none).
+    pub fn user_texts_on_disk(&self) -> UserTexts {
+        let read = |p: &Option<PathBuf>| p.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        (read(&self.user_conf_path), read(&self.user_hba_path))
+    }
+
     /// Path of a PostgreSQL executable in the bindir.
     pub fn bin(&self, name: &str) -> PathBuf {
         self.bindir.join(name)
@@ -459,24 +471,30 @@ fn reject_control_chars(setting: &'static str, value: &str) -> Result<(), Settin
     Ok(())
 }
 
-fn read_user_conf(path: Option<&Path>) -> Result<Fragment, SettingsError> {
+/// The text of the user fragments, as read: what a configuration was built from.
+pub type UserTexts = (Option<String>, Option<String>);
+
+fn read_user_conf(path: Option<&Path>) -> Result<(Fragment, Option<String>), SettingsError> {
     let Some(path) = path else {
-        return Ok(Fragment::default());
+        return Ok((Fragment::default(), None));
     };
     let bad = |e: fragment::FragmentError| {
         invalid("PGWARDEN_USER_CONF", format!("{}: {e}", path.display()))
     };
-    let frag = fragment::parse(&read_text("PGWARDEN_USER_CONF", path)?).map_err(bad)?;
+    let text = read_text("PGWARDEN_USER_CONF", path)?;
+    let frag = fragment::parse(&text).map_err(bad)?;
     fragment::check_owned(&frag).map_err(bad)?;
-    Ok(frag)
+    Ok((frag, Some(text)))
 }
 
-fn read_user_hba(path: Option<&Path>) -> Result<Vec<HbaRule>, SettingsError> {
+fn read_user_hba(path: Option<&Path>) -> Result<(Vec<HbaRule>, Option<String>), SettingsError> {
     let Some(path) = path else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
-    hba::parse_rules(&read_text("PGWARDEN_USER_HBA", path)?)
-        .map_err(|e| invalid("PGWARDEN_USER_HBA", format!("{}: {e}", path.display())))
+    let text = read_text("PGWARDEN_USER_HBA", path)?;
+    let rules = hba::parse_rules(&text)
+        .map_err(|e| invalid("PGWARDEN_USER_HBA", format!("{}: {e}", path.display())))?;
+    Ok((rules, Some(text)))
 }
 
 fn read_text(setting: &'static str, path: &Path) -> Result<String, SettingsError> {

@@ -42,6 +42,8 @@ pub struct Supervisor {
     pub restart_on_pending: bool,
     /// A sender to our own command queue, for restarts pgwarden decides on itself.
     pub self_commands: Commands,
+    /// The fragments' text of the last refused change.
+    pub refused: Option<crate::settings::UserTexts>,
 }
 
 /// How a shutdown was requested.
@@ -139,7 +141,6 @@ impl Supervisor {
         let mut mode: Option<Mode> = None;
         let mut ready = false;
         let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
-        let mut seen = self.user_files();
         let exit = loop {
             let fast_at = match mode {
                 Some(Mode::Smart { fast_at }) => Some(fast_at),
@@ -197,11 +198,13 @@ impl Supervisor {
                     let _ = req.reply.send(answer);
                 }
                 _ = watch_tick.tick(), if mode.is_none() => {
-                    let now = self.user_files();
-                    if now != seen {
-                        seen = now;
+                    let on_disk = self.settings.user_texts_on_disk();
+                    // A change refused once is not retried (nor logged) every tick.
+                    if on_disk != self.settings.user_texts && Some(&on_disk) != self.refused.as_ref() {
                         info!("a user configuration file changed; reloading");
-                        let _ = self.reload(&pg).await;
+                        if self.reload(&pg).await.is_err() {
+                            self.refused = Some(on_disk);
+                        }
                     }
                 }
                 _ = sleep_until_opt(fast_at) => {
@@ -239,15 +242,6 @@ impl Supervisor {
         }
     }
 
-    /// The contents of the user fragments, to notice a change.
-    fn user_files(&self) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
-        let read = |p: &Option<std::path::PathBuf>| p.as_ref().and_then(|p| std::fs::read(p).ok());
-        (
-            read(&self.settings.user_conf_path),
-            read(&self.settings.user_hba_path),
-        )
-    }
-
     /// SIGHUP, a changed fragment or POST /reload: re-read the user fragments,
     /// re-render, validate, write, and reload postgres. An invalid change is refused,
     /// the running configuration kept, and the error shown in /status.
@@ -268,6 +262,7 @@ impl Supervisor {
             }
         };
         self.settings = Arc::new(next);
+        self.refused = None;
         let _ = pg.signal(Signal::SIGHUP);
         self.publish(|st| st.config_error = None);
         info!(
@@ -286,9 +281,12 @@ impl Supervisor {
     /// exit.
     async fn stay_fenced(&mut self, signals: &mut Signals) -> Option<i32> {
         info!("fenced: postgres stays stopped until POST /unfence");
+        // Deliberately not running counts as started: the startup probe must not kill
+        // a pod fenced on purpose.
         self.publish(|st| {
             st.state = State::Fenced;
             st.pid = None;
+            st.started = true;
         });
         loop {
             tokio::select! {
