@@ -447,3 +447,42 @@ async fn https_serves_the_probes_and_the_control_api() {
         "plain HTTP must not be served"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_on_pending_applies_a_restart_only_parameter() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "pending");
+    pg.set("PGWARDEN_RESTART_ON_PENDING", "true");
+    pg.start().wait_ready();
+    let old = pg.postmaster_pid();
+    std::fs::write(
+        &pg.user_conf,
+        "shared_buffers = 24MB\nmax_connections = 40\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if pg.postmaster_pid().is_some()
+            && pg.postmaster_pid() != old
+            && pg.get("/readyz").status == 200
+        {
+            let v: String = pg
+                .connect()
+                .await
+                .query_one("SHOW shared_buffers", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if v == "24MB" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shared_buffers was not applied by a restart; log:\n{}",
+            pg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pg.status().restarts, 0, "a planned restart is not a crash");
+}
