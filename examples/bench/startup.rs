@@ -140,17 +140,7 @@ fn probe_load(bin: &std::path::Path, w: &Warden) {
         .unwrap_or(0)
             - 1
     };
-    let queries = |port: u16| {
-        psql(
-            port,
-            "template1",
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'",
-        )
-        .parse::<i64>()
-        .unwrap_or(-1)
-    };
     let before = count();
-    let tx_before = queries(w.port);
     let http = w.http;
     let load = std::thread::spawn(move || {
         let target = pgwarden::http::client::Target::Tcp(http);
@@ -179,7 +169,6 @@ fn probe_load(bin: &std::path::Path, w: &Warden) {
     }
     let (ok, took, lat) = load.join().unwrap();
     let after = count();
-    let tx_after = queries(w.port);
     let secs = took.as_secs_f64();
     println!("\n## /readyz at 500 requests/s for 10 s\n");
     println!("| measure | value | target |");
@@ -194,7 +183,6 @@ fn probe_load(bin: &std::path::Path, w: &Warden) {
         percentile(lat, 0.99)
     );
     println!("| client backends before / max during / after | {before} / {max_during} / {after} | unchanged |");
-    println!("| transactions in db postgres during the load | {} (the monitor refreshes once a second) | 0 per probe |", tx_after - tx_before);
     println!(
         "| supervisor peak RSS under load (MB) | {:.1} | |",
         rss_max as f64 / 1024.0
