@@ -97,9 +97,14 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     let mut control = http::control::router(ctl);
     if let Some(cfg) = &settings.archive {
         let owner = settings.run_as.as_ref().map(|u| u.owner());
-        let daemon = crate::wal::daemon::Daemon::start(cfg.clone(), settings.pgdata.clone(), owner)
-            .await
-            .context("PGWARDEN_ARCHIVE_URL: start the WAL daemon")?;
+        let daemon = crate::wal::daemon::Daemon::start(
+            cfg.clone(),
+            settings.pgdata.clone(),
+            owner,
+            status_tx.subscribe(),
+        )
+        .await
+        .context("PGWARDEN_ARCHIVE_URL: start the WAL daemon")?;
         info!(url = %cfg.url, server = %cfg.server, parallel = cfg.parallel, "WAL daemon started");
         daemon_tx.send_replace(Some(daemon.clone()));
         control = control.merge(http::wal::router(daemon));

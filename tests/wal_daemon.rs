@@ -173,3 +173,33 @@ async fn s3_killing_wal_archive_mid_upload_is_harmless() {
 async fn fs_killing_wal_archive_mid_upload_is_harmless() {
     kill_wal_archive_mid_upload(Store::fs()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_out_an_unreachable_archive() {
+    let tmp = test_dir();
+    let mut store = Store::s3();
+    let mut pg = Instance::primary(tmp.path(), "stopdown");
+    store.configure(&mut pg, "stopdown");
+    pg.start().wait_ready();
+    let Store::S3(garage) = &mut store else {
+        unreachable!()
+    };
+    garage.pause();
+    pg.connect()
+        .await
+        .batch_execute(
+            "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g; SELECT pg_switch_wal()",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.status().archiver.ready_files.unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no archiving under way");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // postgres's shutdown waits for its archiver, which tries each file three times:
+    // with the full retry budget per call that would be minutes, past any grace period.
+    pg.signal(Signal::SIGTERM);
+    let status = pg.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "log:\n{}", pg.log());
+}

@@ -19,7 +19,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// Retry budget of an archive_command call while pgwarden is stopping: postgres's
+/// shutdown waits for its archiver, which tries each file three times, so an
+/// unreachable archive must not stretch a SIGTERM past the pod's grace period.
+const STOPPING_BUDGET: Duration = Duration::from_secs(3);
 
 /// Directory in PGDATA, outside pg_wal and on its file system, where prefetched
 /// segments wait to be renamed into place.
@@ -87,6 +92,7 @@ pub struct Daemon {
     prefetched: Notify,
     upload_seconds: Option<prometheus::Histogram>,
     download_seconds: Option<prometheus::Histogram>,
+    supervisor: watch::Receiver<crate::state::SupervisorStatus>,
 }
 
 /// A latency histogram; `None` only if prometheus rejected the constant options.
@@ -111,6 +117,7 @@ impl Daemon {
         cfg: ArchiveConfig,
         pgdata: PathBuf,
         owner: Option<Owner>,
+        supervisor: watch::Receiver<crate::state::SupervisorStatus>,
     ) -> Result<Arc<Daemon>, WalError> {
         let storage = cfg.open().await?;
         let spool = pgdata.join(SPOOL_DIR);
@@ -130,6 +137,7 @@ impl Daemon {
                 "pgwarden_wal_upload_duration_seconds",
                 "Time to push one file to the archive",
             ),
+            supervisor,
             download_seconds: histogram(
                 "pgwarden_wal_download_duration_seconds",
                 "Time to fetch and verify one file from the archive",
@@ -239,6 +247,7 @@ impl Daemon {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
+        let stopping = self.supervisor.borrow().state == crate::state::State::Stopping;
         loop {
             let notified = self.uploaded.notified();
             {
@@ -250,7 +259,8 @@ impl Daemon {
                         return Ok(archive::Pushed::AlreadyArchived);
                     }
                 }
-                if !inner.in_flight.contains(&name) {
+                // While stopping, do not wait out a pre-upload that may be retrying.
+                if stopping || !inner.in_flight.contains(&name) {
                     break;
                 }
             }
@@ -258,7 +268,23 @@ impl Daemon {
             notified.await;
         }
         let start = std::time::Instant::now();
-        let pushed = archive::push(&self.cfg, &self.storage, path).await?;
+        let pushed = if stopping {
+            let mut quick = self.cfg.clone();
+            quick.timeout = STOPPING_BUDGET;
+            archive::push(&quick, &self.storage, path).await?
+        } else {
+            // A call under way when pgwarden starts stopping ends at once: the file stays
+            // .ready and is archived after the restart.
+            let mut supervisor = self.supervisor.clone();
+            tokio::select! {
+                pushed = archive::push(&self.cfg, &self.storage, path) => pushed?,
+                _ = supervisor.wait_for(|s| s.state == crate::state::State::Stopping) => {
+                    return Err(WalError::Storage(super::StorageError::Transient(
+                        "pgwarden is stopping; postgres will archive this file after the restart".to_owned(),
+                    )));
+                }
+            }
+        };
         observe(&self.upload_seconds, start);
         self.lock().stats.archived_direct += 1;
         Ok(pushed)
