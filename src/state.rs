@@ -23,6 +23,21 @@ pub enum State {
     Fenced,
 }
 
+impl State {
+    /// The name used in /status and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Bootstrapping => "bootstrapping",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Crashed => "crashed",
+            State::Fenced => "fenced",
+        }
+    }
+}
+
 /// What the supervisor knows, published on every change.
 #[derive(Debug, Clone, Serialize)]
 pub struct SupervisorStatus {
@@ -53,6 +68,26 @@ impl SupervisorStatus {
             last_exit: None,
             gave_up: false,
             config_error: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_status_json() {
+        for s in [
+            State::Bootstrapping,
+            State::Starting,
+            State::Running,
+            State::Stopping,
+            State::Stopped,
+            State::Crashed,
+            State::Fenced,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
     }
 }

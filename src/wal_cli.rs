@@ -5,25 +5,10 @@ use crate::wal::{archive, restore, ArchiveArgs, ArchiveConfig, WalError};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-/// Arguments of `wal-archive`.
+/// What `wal-archive` and `wal-restore` share: inherited from `pgwarden run` through
+/// postgres's environment.
 #[derive(Args, Debug, Clone)]
-pub struct WalArchiveArgs {
-    /// Archive settings (inherited from `pgwarden run` through the environment).
-    #[command(flatten)]
-    pub archive: ArchiveArgs,
-    /// Instance name, the default server name in the archive.
-    #[arg(long, env = "PGWARDEN_NAME")]
-    pub name: Option<String>,
-    /// Where `pgwarden run` listens; its daemon does the work when it is there.
-    #[arg(long, env = "PGWARDEN_SOCKET_DIR")]
-    pub socket_dir: Option<PathBuf>,
-    /// The file to archive (postgres's %p).
-    pub path: PathBuf,
-}
-
-/// Arguments of `wal-restore`.
-#[derive(Args, Debug, Clone)]
-pub struct WalRestoreArgs {
+pub struct WalClientArgs {
     /// Archive settings.
     #[command(flatten)]
     pub archive: ArchiveArgs,
@@ -33,6 +18,24 @@ pub struct WalRestoreArgs {
     /// Where `pgwarden run` listens; its daemon does the work when it is there.
     #[arg(long, env = "PGWARDEN_SOCKET_DIR")]
     pub socket_dir: Option<PathBuf>,
+}
+
+/// Arguments of `wal-archive`.
+#[derive(Args, Debug, Clone)]
+pub struct WalArchiveArgs {
+    /// Settings shared with `wal-restore`.
+    #[command(flatten)]
+    pub client: WalClientArgs,
+    /// The file to archive (postgres's %p).
+    pub path: PathBuf,
+}
+
+/// Arguments of `wal-restore`.
+#[derive(Args, Debug, Clone)]
+pub struct WalRestoreArgs {
+    /// Settings shared with `wal-archive`.
+    #[command(flatten)]
+    pub client: WalClientArgs,
     /// The file postgres wants (%f).
     pub file: String,
     /// Where to put it (%p).
@@ -44,12 +47,12 @@ pub struct WalRestoreArgs {
 /// would end a point-in-time recovery early, short of its target.
 pub const RESTORE_ABORT: i32 = 255;
 
-fn config(archive: &ArchiveArgs, name: Option<&str>) -> Result<ArchiveConfig, String> {
+fn config(client: &WalClientArgs) -> Result<ArchiveConfig, String> {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default();
-    match ArchiveConfig::from_args(archive, name.unwrap_or(&host)) {
+    match ArchiveConfig::from_args(&client.archive, client.name.as_deref().unwrap_or(&host)) {
         Ok(Some(c)) => Ok(c),
         Ok(None) => Err("PGWARDEN_ARCHIVE_URL is not set".to_owned()),
         Err((setting, m)) => Err(format!("{setting}: {m}")),
@@ -89,7 +92,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Runs `wal-archive`; returns the exit code.
 pub async fn wal_archive(args: &WalArchiveArgs) -> i32 {
-    let cfg = match config(&args.archive, args.name.as_deref()) {
+    let cfg = match config(&args.client) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "wal-archive: bad settings");
@@ -101,7 +104,7 @@ pub async fn wal_archive(args: &WalArchiveArgs) -> i32 {
         client::encode(&absolute(&args.path).to_string_lossy())
     );
     if let Some(r) = via_daemon(
-        args.socket_dir.as_deref(),
+        args.client.socket_dir.as_deref(),
         &route,
         cfg.timeout + std::time::Duration::from_secs(30),
     ) {
@@ -133,7 +136,7 @@ pub async fn wal_archive(args: &WalArchiveArgs) -> i32 {
 /// failure on a standby, which falls back to streaming), 255 a failure during
 /// archive recovery.
 pub async fn wal_restore(args: &WalRestoreArgs) -> i32 {
-    let cfg = match config(&args.archive, args.name.as_deref()) {
+    let cfg = match config(&args.client) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "wal-restore: bad settings");
@@ -148,7 +151,7 @@ pub async fn wal_restore(args: &WalRestoreArgs) -> i32 {
         client::encode(&absolute(&args.dest).to_string_lossy())
     );
     if let Some(r) = via_daemon(
-        args.socket_dir.as_deref(),
+        args.client.socket_dir.as_deref(),
         &route,
         cfg.timeout + std::time::Duration::from_secs(30),
     ) {

@@ -26,31 +26,7 @@ async fn an_s3_outage_during_load_loses_no_segment_and_the_backlog_is_uploaded_a
     };
     garage.pause();
     let port = pg.port;
-    let load = std::thread::spawn(move || {
-        let out = std::process::Command::new(bindir().join("pgbench"))
-            .args([
-                "-c",
-                "2",
-                "-T",
-                "45",
-                "-n",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "postgres",
-            ])
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    let load = std::thread::spawn(move || pgbench_port(port, &["-c", "2", "-T", "45", "-n"]));
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_secs(5)).await;

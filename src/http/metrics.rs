@@ -74,13 +74,7 @@ pub fn registry(app: &AppState) -> Registry {
     ];
     let state_values: Vec<(String, f64)> = states
         .iter()
-        .map(|s| {
-            let name = serde_json::to_value(s)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            (name, (*s == sup.state) as u8 as f64)
-        })
+        .map(|s| (s.as_str().to_owned(), (*s == sup.state) as u8 as f64))
         .collect();
     gauge_vec(
         &r,

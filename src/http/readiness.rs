@@ -10,13 +10,7 @@ use crate::state::{State, SupervisorStatus};
 /// within it. Connecting at all proves hot standby accepts read-only sessions.
 pub fn readiness(sup: &SupervisorStatus, snap: &Snapshot, inst: &Instance) -> Result<(), String> {
     if sup.state != State::Running {
-        return Err(format!(
-            "postgres is {}",
-            serde_json::to_value(sup.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        ));
+        return Err(format!("postgres is {}", sup.state.as_str()));
     }
     if sup.pid.is_none() || snap.connected_pid != sup.pid {
         return Err(match &snap.error {

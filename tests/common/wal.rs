@@ -75,13 +75,18 @@ pub fn bindir() -> PathBuf {
 }
 
 pub fn pgbench(pg: &Instance, args: &[&str]) {
+    pgbench_port(pg.port, args);
+}
+
+/// pgbench against the postgres database on `port` (usable from another thread).
+pub fn pgbench_port(port: u16, args: &[&str]) {
     let out = Command::new(bindir().join("pgbench"))
         .args(args)
         .args([
             "-h",
             "127.0.0.1",
             "-p",
-            &pg.port.to_string(),
+            &port.to_string(),
             "-U",
             "postgres",
             "postgres",
