@@ -29,6 +29,14 @@ pub fn control_socket(socket_dir: &Path) -> PathBuf {
 pub async fn run(args: &SettingsArgs) -> Result<i32> {
     // Loaded before the reaper starts: it runs `postgres --version` the ordinary way.
     let settings = Arc::new(Settings::load(args)?);
+    // Before anything is touched (the control socket, the configuration): a second
+    // pgwarden on a volume whose postmaster still runs must not fight over it.
+    if let Some(pid) = crate::pgdata::running_postmaster(&settings.pgdata) {
+        anyhow::bail!(
+            "PGDATA: {} is in use by a running postmaster (pid {pid}), not started by this pgwarden;              is another instance using this volume? Refusing to start",
+            settings.pgdata.display()
+        );
+    }
     let resources = tuning::detect();
     let rendered = pgconf::render(&settings, &settings.pgdata, &resources)?;
     pgconf::validate(
