@@ -80,8 +80,11 @@ pub fn decode_verified(
         .decode(&mut &body[..], MAX_FILE, &mut |chunk| {
             hasher.update(chunk);
             if let Some(p) = pages.as_mut() {
-                p.feed(chunk)
-                    .map_err(|e| corrupt(format!("{e}; the object is not that WAL segment")))?;
+                p.feed(chunk).map_err(|e| {
+                    corrupt(format!(
+                        "{e}; the object is corrupt, or not that WAL segment"
+                    ))
+                })?;
             }
             out.write_all(chunk)
         })
@@ -95,10 +98,11 @@ pub fn decode_verified(
     out.flush()?;
     drop(out);
     let seg = match pages {
-        Some(p) => Some(
-            p.finish()
-                .map_err(|e| corrupt(format!("{e}; the object is not that WAL segment")))?,
-        ),
+        Some(p) => Some(p.finish().map_err(|e| {
+            corrupt(format!(
+                "{e}; the object is corrupt, or not that WAL segment"
+            ))
+        })?),
         None => None,
     };
     if let Some(expected) = sha256 {
