@@ -3,7 +3,7 @@
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud prometheus)
-[[ "${1:-}" == "--bench" ]] && packages+=(pgbackrest time)
+[[ "${1:-}" == "--bench" ]] && packages+=(pgbackrest time zstd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
