@@ -53,6 +53,9 @@ pub struct SupervisorStatus {
     pub last_exit: Option<String>,
     /// Crashed too often: pgwarden is exiting so the kubelet takes over.
     pub gave_up: bool,
+    /// A shutdown signal arrived: pgwarden exits once postgres has stopped. A restart
+    /// or a fence stops postgres too, but pgwarden stays, so they leave this false.
+    pub exiting: bool,
     /// Why the last configuration change was refused (cleared by a good one).
     pub config_error: Option<String>,
 }
@@ -67,6 +70,7 @@ impl SupervisorStatus {
             restarts: 0,
             last_exit: None,
             gave_up: false,
+            exiting: false,
             config_error: None,
         }
     }

@@ -325,6 +325,74 @@ async fn a_restart_checkpoints_first_and_is_not_a_crash() {
     assert!(forced < shutdown, "the CHECKPOINT comes first");
 }
 
+/// Polls `/healthz` as a kubelet would, as fast as it answers, until told to stop;
+/// returns every answer that was not 200.
+fn watch_liveness(
+    pg: &Instance,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(u16, String)>> {
+    let target = Target::Tcp(pg.http);
+    std::thread::spawn(move || {
+        let mut failures = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match pgwarden::http::client::get(&target, "/healthz") {
+                Ok(r) if r.status == 200 => {}
+                Ok(r) => failures.push((r.status, r.body)),
+                Err(e) => failures.push((0, e.to_string())),
+            }
+        }
+        failures
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_stays_up_through_a_restart_and_a_fence() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "alive");
+    pg.start().wait_ready();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_liveness(&pg, stop.clone());
+
+    let old = pg.postmaster_pid();
+    let (code, out) = pg.run_cli(&["restart"]);
+    assert!(code.success(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = pg.status();
+        if st.ready && st.pid.is_some() && st.pid != old {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not back; log:\n{}", pg.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, out) = pg.run_cli(&["fence"]);
+    assert!(code.success(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.status().state != State::Fenced {
+        assert!(Instant::now() < deadline, "not fenced; log:\n{}", pg.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, out) = pg.run_cli(&["unfence"]);
+    assert!(code.success(), "{out}");
+    pg.wait_ready();
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failures = watcher.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "/healthz failed during a planned restart or a fence: {failures:?}"
+    );
+
+    // Only pgwarden's own end fails liveness.
+    let client = pg.connect().await;
+    client.batch_execute("SELECT 1").await.unwrap();
+    pg.signal(nix::sys::signal::Signal::SIGTERM);
+    pg.wait_for("/healthz", 503, Duration::from_secs(5));
+    drop(client);
+    let status = pg.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "log:\n{}", pg.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_log_records_are_structured_json() {
     let tmp = test_dir();

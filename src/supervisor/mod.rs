@@ -108,7 +108,10 @@ impl Supervisor {
                         _ = tokio::time::sleep(delay) => {}
                         sig = wait_for_stop(signals) => {
                             info!(signal = ?sig, "shutdown requested while postgres was down");
-                            self.publish(|st| st.state = State::Stopped);
+                            self.publish(|st| {
+                                st.state = State::Stopped;
+                                st.exiting = true;
+                            });
                             stop_children(&self.reaper).await;
                             return 0;
                         }
@@ -171,7 +174,10 @@ impl Supervisor {
                     info!(signal = ?sig, mode = name, pid, "shutting postgres down");
                     let _ = pg.signal(pg_signal);
                     mode = Some(next);
-                    self.publish(|st| st.state = State::Stopping);
+                    self.publish(|st| {
+                        st.state = State::Stopping;
+                        st.exiting = true;
+                    });
                 }
                 Some(req) = self.commands.recv() => {
                     let answer = match req.command {
@@ -234,7 +240,10 @@ impl Supervisor {
             info!(exit = %exit, "postgres stopped as asked");
             Outcome::Planned
         } else if mode.is_some() {
-            self.publish(|st| st.state = State::Stopped);
+            self.publish(|st| {
+                st.state = State::Stopped;
+                st.exiting = true;
+            });
             Outcome::Stopped(exit)
         } else {
             error!(pid, exit = %exit, "postgres exited unexpectedly");
@@ -292,7 +301,10 @@ impl Supervisor {
             tokio::select! {
                 sig = wait_for_stop(signals) => {
                     info!(signal = ?sig, "shutdown requested while fenced");
-                    self.publish(|st| st.state = State::Stopped);
+                    self.publish(|st| {
+                        st.state = State::Stopped;
+                        st.exiting = true;
+                    });
                     stop_children(&self.reaper).await;
                     return Some(0);
                 }
