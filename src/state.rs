@@ -56,8 +56,11 @@ pub struct SupervisorStatus {
     /// A shutdown signal arrived: pgwarden exits once postgres has stopped. A restart
     /// or a fence stops postgres too, but pgwarden stays, so they leave this false.
     pub exiting: bool,
-    /// Why the last configuration change was refused (cleared by a good one).
+    /// Why the last configuration change was refused (cleared by a good one), or
+    /// which owned parameters `ALTER SYSTEM` had set and pgwarden reset.
     pub config_error: Option<String>,
+    /// Owned parameters found in postgresql.auto.conf and reset, since pgwarden started.
+    pub auto_conf_overrides: u64,
 }
 
 impl SupervisorStatus {
@@ -72,6 +75,7 @@ impl SupervisorStatus {
             gave_up: false,
             exiting: false,
             config_error: None,
+            auto_conf_overrides: 0,
         }
     }
 }

@@ -554,3 +554,124 @@ async fn restart_on_pending_applies_a_restart_only_parameter() {
     }
     assert_eq!(pg.status().restarts, 0, "a planned restart is not a crash");
 }
+
+async fn show(pg: &Instance, name: &str) -> String {
+    pg.connect()
+        .await
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_system_cannot_take_back_what_pgwarden_owns() {
+    let tmp = test_dir();
+    let archive = scratch_dir(tmp.path());
+    let mut pg = Instance::new(tmp.path(), "autoconf");
+    pg.set(
+        "PGWARDEN_ARCHIVE_URL",
+        format!("file://{}", archive.display()),
+    );
+    pg.start().wait_ready();
+    let archive_command = show(&pg, "archive_command").await;
+    assert!(archive_command.contains("wal-archive"), "{archive_command}");
+    assert_eq!(
+        value(&metrics(&pg), "pgwarden_auto_conf_overrides_total"),
+        Some(0.0)
+    );
+
+    // A superuser turns archiving into a no-op, the way that silently loses WAL, and
+    // changes something that is theirs to change.
+    let client = pg.connect().await;
+    for sql in [
+        "ALTER SYSTEM SET archive_command = '/bin/true'",
+        "ALTER SYSTEM SET work_mem = '7MB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let auto_conf = pg.pgdata.join("postgresql.auto.conf");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = pg.status();
+        let reported = st
+            .config_error
+            .as_deref()
+            .is_some_and(|e| e.contains("archive_command"));
+        if reported && show(&pg, "archive_command").await == archive_command {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "archive_command = {:?}, config_error = {:?}; log:\n{}",
+            show(&pg, "archive_command").await,
+            st.config_error,
+            pg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&auto_conf).unwrap();
+    assert!(!text.contains("archive_command"), "{text}");
+    assert_eq!(
+        show(&pg, "work_mem").await,
+        "7MB",
+        "the user's own change stays"
+    );
+    let m = metrics(&pg);
+    assert_eq!(value(&m, "pgwarden_auto_conf_overrides_total"), Some(1.0));
+    assert_eq!(value(&m, "pgwarden_config_error"), Some(1.0));
+    assert!(pg
+        .log()
+        .lines()
+        .any(|l| l.contains("ALTER SYSTEM") && l.contains("\"level\":\"error\"")));
+
+    // Through `pgwarden reload` too, and a conninfo's password is never reported.
+    client
+        .batch_execute("ALTER SYSTEM SET primary_conninfo = 'host=elsewhere password=hunter2'")
+        .await
+        .unwrap();
+    let (code, out) = pg.run_cli(&["reload"]);
+    assert!(code.success(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&auto_conf)
+        .unwrap()
+        .contains("work_mem")
+        || std::fs::read_to_string(&auto_conf)
+            .unwrap()
+            .contains("primary_conninfo")
+    {
+        assert!(Instant::now() < deadline, "log:\n{}", pg.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // (A reload clears config_error, so the count and the log are what last.)
+    assert_eq!(
+        value(&metrics(&pg), "pgwarden_auto_conf_overrides_total"),
+        Some(2.0)
+    );
+    assert!(pg
+        .log()
+        .lines()
+        .any(|l| l.contains("primary_conninfo") && l.contains("\"level\":\"error\"")));
+    assert!(!pg.log().contains("hunter2"), "a password reached the log");
+
+    // With postgres stopped, a port in the file would move postgres elsewhere: the next
+    // start takes it out before postgres reads it.
+    pg.stop();
+    let mut text = std::fs::read_to_string(&auto_conf).unwrap();
+    text.push_str("port = '1'\n");
+    std::fs::write(&auto_conf, text).unwrap();
+    pg.start().wait_ready();
+    assert_eq!(show(&pg, "port").await, pg.port.to_string());
+    let st = pg.status();
+    assert!(
+        st.config_error
+            .as_deref()
+            .is_some_and(|e| e.contains("port")),
+        "{:?}",
+        st.config_error
+    );
+    assert!(!std::fs::read_to_string(&auto_conf)
+        .unwrap()
+        .contains("port"));
+}

@@ -89,6 +89,18 @@ pub fn registry(app: &AppState) -> Registry {
         "Restarts of postgres after a crash",
         sup.restarts as u64,
     );
+    counter(
+        &r,
+        "pgwarden_auto_conf_overrides_total",
+        "Parameters pgwarden owns that ALTER SYSTEM had set, found in postgresql.auto.conf and reset",
+        sup.auto_conf_overrides,
+    );
+    gauge(
+        &r,
+        "pgwarden_config_error",
+        "1 while /status shows a config_error (a refused change or a reset ALTER SYSTEM)",
+        sup.config_error.is_some() as u8 as f64,
+    );
     if connected {
         gauge(
             &r,

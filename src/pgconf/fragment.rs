@@ -120,19 +120,28 @@ pub const OWNED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Why `name = value` may not be set by the user, if it may not: a parameter pgwarden
+/// owns, or a `wal_level` below what replicas and archiving need.
+pub fn owned_reason(name: &str, value: &str) -> Option<String> {
+    if let Some((_, why)) = OWNED.iter().find(|(owned, _)| *owned == name) {
+        Some(format!("{name} is set by pgwarden ({why})"))
+    } else if name == "wal_level"
+        && !matches!(value.to_ascii_lowercase().as_str(), "replica" | "logical")
+    {
+        Some(format!(
+            "wal_level = {value:?} is below replica; replicas and archiving need at least replica"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Checks that the fragment leaves pgwarden's parameters alone.
 pub fn check_owned(frag: &Fragment) -> Result<(), FragmentError> {
     let mut problems = Vec::new();
     for e in &frag.entries {
-        if let Some((_, why)) = OWNED.iter().find(|(name, _)| *name == e.name) {
-            problems.push((e.line, format!("{} is set by pgwarden ({why})", e.name)));
-        } else if e.name == "wal_level"
-            && !matches!(e.value.to_ascii_lowercase().as_str(), "replica" | "logical")
-        {
-            problems.push((
-                e.line,
-                format!("wal_level = {:?} is below replica; replicas and archiving need at least replica", e.value),
-            ));
+        if let Some(why) = owned_reason(&e.name, &e.value) {
+            problems.push((e.line, why));
         }
     }
     if problems.is_empty() {
@@ -175,7 +184,9 @@ pub fn parse(text: &str) -> Result<Fragment, FragmentError> {
     }
 }
 
-fn parse_line(raw: &str) -> Result<Option<(String, String)>, String> {
+/// Parses one line: `Some((lower-cased name, unquoted value))`, `None` for a blank line
+/// or a comment.
+pub fn parse_line(raw: &str) -> Result<Option<(String, String)>, String> {
     let s = raw.trim_start();
     if s.is_empty() || s.starts_with('#') {
         return Ok(None);

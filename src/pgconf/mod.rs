@@ -4,6 +4,7 @@
 //! holding a newline is refused. [`write`] puts the files in place atomically and only
 //! when their content changed; [`validate`] asks postgres itself to parse the result.
 
+pub mod autoconf;
 pub mod fragment;
 pub mod hba;
 pub mod quote;

@@ -1,5 +1,6 @@
 //! Supervising postgres: start, readiness, signals, reload, crash restarts, shutdown.
 
+mod autoconf;
 pub mod commands;
 mod crash;
 pub mod postgres;
@@ -128,6 +129,16 @@ impl Supervisor {
             st.pid = None;
         });
         let s = self.settings.clone();
+        // postgres is not running: the file can be fixed directly.
+        match crate::pgconf::autoconf::neutralise_file(
+            &s.pgdata,
+            s.run_as.as_ref().map(|u| u.owner()),
+        ) {
+            Ok(found) => self.report_overrides(found),
+            Err(e) => {
+                warn!(error = %e, "cannot check postgresql.auto.conf for parameters pgwarden owns")
+            }
+        }
         let mut pg = match postgres::spawn(&s, &self.runner(), &s.pgdata, &[]) {
             Ok(c) => c,
             Err(e) => {
@@ -204,6 +215,10 @@ impl Supervisor {
                     let _ = req.reply.send(answer);
                 }
                 _ = watch_tick.tick(), if mode.is_none() => {
+                    // ALTER SYSTEM followed by pg_reload_conf() never goes through pgwarden.
+                    if ready {
+                        self.guard_auto_conf().await;
+                    }
                     let on_disk = self.settings.user_texts_on_disk();
                     // A change refused once is not retried (nor logged) every tick.
                     if on_disk != self.settings.user_texts && Some(&on_disk) != self.refused.as_ref() {
@@ -279,6 +294,7 @@ impl Supervisor {
             hba_changed = changed.hba,
             "configuration reloaded"
         );
+        self.guard_auto_conf().await;
         if self.restart_on_pending && changed.postgresql_conf {
             let (settings, commands) = (self.settings.clone(), self.self_commands.clone());
             tokio::spawn(async move { restart_if_pending(&settings, commands).await });
