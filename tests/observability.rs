@@ -675,3 +675,89 @@ async fn alter_system_cannot_take_back_what_pgwarden_owns() {
         .unwrap()
         .contains("port"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_metrics_come_from_the_monitor() {
+    let tmp = test_dir();
+    let mut pg = Instance::primary(tmp.path(), "dash");
+    pg.start().wait_ready();
+    let mut b = Instance::replica_of(tmp.path(), "dash-replica", &pg);
+    b.start().wait_ready();
+    // A transaction left open, a rollback and a temporary file.
+    let open = pg.connect().await;
+    open.batch_execute("BEGIN; SELECT txid_current()")
+        .await
+        .unwrap();
+    let client = pg.connect().await;
+    client
+        .batch_execute("BEGIN; CREATE TABLE gone (x int); ROLLBACK")
+        .await
+        .unwrap();
+    client
+        .batch_execute("SET work_mem = '64kB'; SELECT count(*) FROM (SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC) s")
+        .await
+        .unwrap();
+
+    // The monitor refreshes once a second and database sizes every 15 s.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let m = loop {
+        let m = metrics(&pg);
+        let ready = value(&m, "pgwarden_database_size_bytes{datname=\"postgres\"}").is_some()
+            && value(&m, "pgwarden_oldest_transaction_age_seconds").unwrap_or(0.0) >= 1.0
+            && value(
+                &m,
+                "pgwarden_database_temp_bytes_total{datname=\"postgres\"}",
+            )
+            .unwrap_or(0.0)
+                > 0.0;
+        if ready {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "metrics never complete:\n{m}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    promtool_check(&m);
+    promtool_check(&metrics(&b));
+    let v = |series: &str| value(&m, series).unwrap_or_else(|| panic!("no {series} in:\n{m}"));
+    assert_eq!(v("pgwarden_max_connections"), 40.0);
+    assert!(v("pgwarden_connections{datname=\"postgres\",state=\"idle in transaction\"}") >= 1.0);
+    assert!(v("pgwarden_database_size_bytes{datname=\"postgres\"}") > 1_000_000.0);
+    assert!(v("pgwarden_database_xact_commits_total{datname=\"postgres\"}") > 0.0);
+    assert!(v("pgwarden_database_xact_rollbacks_total{datname=\"postgres\"}") >= 1.0);
+    assert_eq!(
+        v("pgwarden_database_deadlocks_total{datname=\"postgres\"}"),
+        0.0
+    );
+    assert!(m.contains("pgwarden_database_conflicts_total{datname=\"postgres\"}"));
+    assert!(v("pgwarden_database_xid_age{datname=\"template0\"}") >= 0.0);
+    assert!(v("pgwarden_slot_safe_wal_size_bytes{slot_name=\"dash_replica\"}") > 0.0);
+    assert_eq!(
+        v("pgwarden_slot_info{slot_name=\"dash_replica\",slot_type=\"physical\",wal_status=\"reserved\"}"),
+        1.0
+    );
+    assert!(m.contains("pgwarden_checkpoints_timed_total "));
+    assert!(m.contains("pgwarden_checkpoints_requested_total "));
+    assert!(m.contains("pgwarden_checkpoint_write_seconds_total "));
+    assert!(m.contains("pgwarden_buffers_allocated_total "));
+    let started = v("pgwarden_postgres_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > now - 600.0 && started <= now,
+        "{started} vs {now}"
+    );
+    assert!(m.contains("pgwarden_postgres_info{version=\"15."), "{m}");
+    assert!(v("process_resident_memory_bytes") > 1_000_000.0);
+    assert!(v("process_open_fds") > 0.0);
+    assert!(v("process_cpu_seconds_total") > 0.0);
+    assert!(v("process_start_time_seconds") > now - 600.0);
+    let bm = metrics(&b);
+    assert!(value(
+        &bm,
+        "pgwarden_database_conflicts_total{datname=\"postgres\"}"
+    )
+    .is_some());
+    drop(open);
+}

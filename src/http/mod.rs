@@ -7,9 +7,11 @@
 
 pub mod client;
 pub mod control;
+mod dashboard;
 mod healthz;
 mod lag;
 pub mod metrics;
+mod process;
 mod readiness;
 mod readyz;
 mod role;
