@@ -16,6 +16,9 @@ use tracing_subscriber::EnvFilter;
 /// The target postgres's forwarded log lines are emitted with.
 pub const POSTGRES_TARGET: &str = "postgres";
 
+/// Whether the installed subscriber writes JSON (set once by [`init`]).
+static JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 /// Installs the global subscriber. `PGWARDEN_LOG` (or `RUST_LOG`) sets the filter;
 /// `PGWARDEN_LOG_FORMAT=json|text` overrides the terminal detection.
 pub fn init() {
@@ -34,6 +37,7 @@ pub fn init() {
         .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_ansi(ansi)
         .with_writer(std::io::stdout);
+    let _ = JSON.set(json);
     let result = if json {
         builder.event_format(JsonLines).try_init()
     } else {
@@ -208,6 +212,17 @@ fn child_record(line: &str) -> Option<(Map<String, Value>, tracing::Level)> {
     Some((obj, level))
 }
 
+/// A child record's own fields as ` key=value` pairs, for text logs.
+fn text_fields(obj: &Map<String, Value>) -> String {
+    obj.iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "ts" | "level" | "logger" | "msg"))
+        .map(|(k, v)| match v {
+            Value::String(s) => format!(" {k}={s}"),
+            other => format!(" {k}={other}"),
+        })
+        .collect()
+}
+
 /// Forwards one line of postgres's output as a structured event. `redactor` belongs to
 /// the stream the line came from, so that a statement spread over lines is followed.
 ///
@@ -218,23 +233,26 @@ pub fn postgres_line(redactor: &mut crate::redact::Redactor, line: &str) {
     let line = redactor.line(line);
     if let Some((obj, level)) = child_record(&line) {
         let msg = obj.get("msg").and_then(Value::as_str).unwrap_or("");
+        // JSON: the child's record as it is. Text: its message and fields, as a
+        // pgwarden text line would show them.
+        let json = JSON.get().copied().unwrap_or(true);
         let record = Value::Object(obj.clone()).to_string();
+        let fields = text_fields(&obj);
+        macro_rules! emit {
+            ($mac:ident) => {
+                if json {
+                    tracing::$mac!(target: "pgwarden::child", child_record = %record, "{msg}")
+                } else {
+                    tracing::$mac!(target: "pgwarden::child", "{msg}{fields}")
+                }
+            };
+        }
         match level {
-            tracing::Level::ERROR => {
-                tracing::error!(target: "pgwarden::child", child_record = %record, "{msg}")
-            }
-            tracing::Level::WARN => {
-                tracing::warn!(target: "pgwarden::child", child_record = %record, "{msg}")
-            }
-            tracing::Level::INFO => {
-                tracing::info!(target: "pgwarden::child", child_record = %record, "{msg}")
-            }
-            tracing::Level::DEBUG => {
-                tracing::debug!(target: "pgwarden::child", child_record = %record, "{msg}")
-            }
-            tracing::Level::TRACE => {
-                tracing::trace!(target: "pgwarden::child", child_record = %record, "{msg}")
-            }
+            tracing::Level::ERROR => emit!(error),
+            tracing::Level::WARN => emit!(warn),
+            tracing::Level::INFO => emit!(info),
+            tracing::Level::DEBUG => emit!(debug),
+            tracing::Level::TRACE => emit!(trace),
         }
         return;
     }
@@ -294,6 +312,11 @@ mod tests {
         let (_, level) =
             child_record(r#"{"level":"warn","logger":"pgwarden","msg":"retrying"}"#).unwrap();
         assert_eq!(level, tracing::Level::WARN);
+        let (obj, _) = child_record(
+            r#"{"ts":"t","level":"error","logger":"pgwarden","msg":"m","file":"f","exit_code":1}"#,
+        )
+        .unwrap();
+        assert_eq!(text_fields(&obj), " exit_code=1 file=f");
         for line in [
             r#"{"level":"error","logger":"postgres","msg":"x"}"#,
             r#"{"level":"loud","logger":"pgwarden","msg":"x"}"#,

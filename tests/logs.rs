@@ -97,31 +97,58 @@ async fn every_form_of_a_password_literal_is_redacted() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_archive_command_logs_an_error_record_of_pgwarden() {
-    let tmp = test_dir();
-    let archive = scratch_dir(tmp.path()).join("archive");
+/// A primary whose archive, a directory, is replaced by a plain file once it runs, so
+/// that archive_command fails; returns it after a WAL switch.
+async fn failing_archive(tmp: &std::path::Path, name: &str, format: &str) -> Instance {
+    let archive = scratch_dir(tmp).join("archive");
     std::fs::create_dir_all(&archive).unwrap();
     std::fs::set_permissions(
         &archive,
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .unwrap();
-    let mut pg = Instance::new(tmp.path(), "childlog");
+    let mut pg = Instance::new(tmp, name);
     pg.set(
         "PGWARDEN_ARCHIVE_URL",
         format!("file://{}", archive.display()),
     )
-    .set("PGWARDEN_ARCHIVE_TIMEOUT", "1");
+    .set("PGWARDEN_ARCHIVE_TIMEOUT", "1")
+    .set("PGWARDEN_LOG_FORMAT", format);
     pg.start().wait_ready();
-    // The archive becomes a plain file: nothing can be stored under it, not even by root.
+    // Nothing can be stored under a plain file, not even by root.
     std::fs::remove_dir_all(&archive).unwrap();
     std::fs::write(&archive, "not a directory").unwrap();
-    let client = pg.connect().await;
-    client
+    pg.connect()
+        .await
         .batch_execute("CREATE TABLE t AS SELECT 1 AS x; SELECT pg_switch_wal()")
         .await
         .unwrap();
+    pg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_archive_command_is_an_error_line_in_text_logs_too() {
+    let tmp = test_dir();
+    let mut pg = failing_archive(tmp.path(), "childtext", "text").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        if let Some(l) = pg.log().lines().find(|l| l.contains("wal-archive failed")) {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "log:\n{}", pg.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(line.contains(" ERROR "), "{line}");
+    assert!(line.contains(" file="), "its own fields: {line}");
+    assert!(!line.contains('{'), "no nested JSON: {line}");
+    assert!(!pg.log().contains('\u{1b}'), "no colour codes");
+    pg.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_archive_command_logs_an_error_record_of_pgwarden() {
+    let tmp = test_dir();
+    let pg = failing_archive(tmp.path(), "childlog", "json").await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let record = loop {
