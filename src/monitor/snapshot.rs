@@ -71,6 +71,9 @@ pub struct DatabaseStats {
 }
 
 /// `pg_stat_bgwriter` (PostgreSQL 15 and 16, where checkpoints are counted there too).
+/// The query reads the whole row, so that a server whose view has other columns
+/// (PostgreSQL 17 moved the checkpoint ones to `pg_stat_checkpointer`) leaves the
+/// missing figures out instead of failing the monitor's one statement.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BgwriterStats {
     /// Checkpoints started by `checkpoint_timeout`.
@@ -244,10 +247,7 @@ SELECT json_build_object(
       SELECT d.datname, s.xact_commit, s.xact_rollback, s.deadlocks, s.temp_bytes, s.conflicts,
              age(d.datfrozenxid) AS xid_age
       FROM pg_database d LEFT JOIN pg_stat_database s ON s.datid = d.oid) d),
-  'bgwriter', (SELECT row_to_json(b) FROM (
-      SELECT checkpoints_timed, checkpoints_req, checkpoint_write_time, checkpoint_sync_time,
-             buffers_checkpoint, buffers_clean, maxwritten_clean, buffers_backend, buffers_alloc
-      FROM pg_stat_bgwriter) b),
+  'bgwriter', (SELECT row_to_json(b) FROM pg_stat_bgwriter b),
   'start_time', extract(epoch FROM pg_postmaster_start_time())
 )::text
 FROM (SELECT pg_is_in_recovery() AS rec) r
