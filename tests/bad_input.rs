@@ -192,6 +192,8 @@ fn config_prints_the_files_and_writes_nothing() {
             "pg_hba.conf <==",
             "host app app 10.1.0.0/16 scram-sha-256",
             "host all all all scram-sha-256",
+            "local replication \"postgres\" peer map=pgwarden",
+            "pg_ident.conf <==",
         ],
     );
     assert!(!out.contains(" trust"), "nothing is trusted:\n{out}");
