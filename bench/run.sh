@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bins --example bench
-exec target/release/examples/bench "${@:-all}"
+# CI and shared machines build elsewhere (CARGO_TARGET_DIR, see .ci/run).
+target="${CARGO_TARGET_DIR:-target}"
+export PGWARDEN_BIN="${PGWARDEN_BIN:-$target/release/pgwarden}"
+exec "$target/release/examples/bench" "${@:-all}"

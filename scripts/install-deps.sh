@@ -2,7 +2,7 @@
 # Installs the Debian packages pgwarden's tests, `make run` and `make bench` need.
 # Idempotent and quick when everything is already there.
 set -euo pipefail
-packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud prometheus)
+packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud prometheus haproxy)
 [[ "${1:-}" == "--bench" ]] && packages+=(pgbackrest time zstd)
 missing=()
 for p in "${packages[@]}"; do

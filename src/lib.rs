@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod pgconf;
 pub mod pgdata;
 pub mod process;
+pub mod redact;
 pub mod replica;
 pub mod roles;
 pub mod run;

@@ -16,6 +16,9 @@ use tracing_subscriber::EnvFilter;
 /// The target postgres's forwarded log lines are emitted with.
 pub const POSTGRES_TARGET: &str = "postgres";
 
+/// Whether the installed subscriber writes JSON (set once by [`init`]).
+static JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 /// Installs the global subscriber. `PGWARDEN_LOG` (or `RUST_LOG`) sets the filter;
 /// `PGWARDEN_LOG_FORMAT=json|text` overrides the terminal detection.
 pub fn init() {
@@ -27,9 +30,14 @@ pub fn init() {
         Ok("text") => false,
         _ => !std::io::stdout().is_terminal(),
     };
+    // Colour only for a person at a terminal: escape codes in a file or a log
+    // collector are noise, and NO_COLOR (no-color.org) turns them off anywhere.
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(ansi)
         .with_writer(std::io::stdout);
+    let _ = JSON.set(json);
     let result = if json {
         builder.event_format(JsonLines).try_init()
     } else {
@@ -56,6 +64,10 @@ where
         let meta = event.metadata();
         let mut fields = FieldMap(Map::new());
         event.record(&mut fields);
+        if let Some(Value::String(record)) = fields.0.get(CHILD_RECORD) {
+            // Already a complete pgwarden record (redacted when it was read).
+            return writeln!(writer, "{record}");
+        }
         let mut obj = Map::new();
         obj.insert("ts".into(), Value::String(timestamp()));
         obj.insert(
@@ -172,42 +184,78 @@ pub fn parse_postgres_line(line: &str) -> Option<PgLine<'_>> {
     })
 }
 
-/// Hides the literal after `PASSWORD` (as in `ALTER ROLE ... PASSWORD '...'`), in case
-/// a statement holding one is logged by postgres.
-pub fn redact(line: &str) -> std::borrow::Cow<'_, str> {
-    let lower = line.to_ascii_lowercase();
-    let Some(at) = lower.find("password") else {
-        return line.into();
+/// The field that carries a record of a pgwarden child (`wal-archive`, `wal-restore`,
+/// run by postgres as `archive_command` and `restore_command`), as the JSON line the
+/// child wrote. The JSON formatter writes that record as is; see [`postgres_line`].
+pub const CHILD_RECORD: &str = "child_record";
+
+/// A pgwarden record written by a child of postgres: a JSON object whose `logger` is
+/// `pgwarden`, and its level.
+fn child_record(line: &str) -> Option<(Map<String, Value>, tracing::Level)> {
+    if !line.starts_with('{') {
+        return None;
+    }
+    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else {
+        return None;
     };
-    let after = &line[at + "password".len()..];
-    let trimmed = after.trim_start();
-    if !trimmed.starts_with('\'') {
-        return line.into();
+    if obj.get("logger").and_then(Value::as_str) != Some("pgwarden") {
+        return None;
     }
-    let start = line.len() - trimmed.len() + 1;
-    let mut end = start;
-    let bytes = line.as_bytes();
-    while end < bytes.len() {
-        if bytes[end] == b'\'' {
-            if bytes.get(end + 1) == Some(&b'\'') {
-                end += 2;
-                continue;
-            }
-            break;
-        }
-        end += 1;
-    }
-    format!(
-        "{}***{}",
-        &line[..start],
-        redact(&line[end.min(line.len())..])
-    )
-    .into()
+    let level = match obj.get("level").and_then(Value::as_str)? {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "info" => tracing::Level::INFO,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => return None,
+    };
+    Some((obj, level))
 }
 
-/// Forwards one line of postgres's stderr as a structured event.
-pub fn postgres_line(line: &str) {
-    let line = redact(line);
+/// A child record's own fields as ` key=value` pairs, for text logs.
+fn text_fields(obj: &Map<String, Value>) -> String {
+    obj.iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "ts" | "level" | "logger" | "msg"))
+        .map(|(k, v)| match v {
+            Value::String(s) => format!(" {k}={s}"),
+            other => format!(" {k}={other}"),
+        })
+        .collect()
+}
+
+/// Forwards one line of postgres's output as a structured event. `redactor` belongs to
+/// the stream the line came from, so that a statement spread over lines is followed.
+///
+/// A record of a pgwarden child comes out as the pgwarden record it is, at its own
+/// level and with its own fields, not as an info line of postgres with the child's
+/// JSON inside `msg`: an archive that fails must be able to page someone.
+pub fn postgres_line(redactor: &mut crate::redact::Redactor, line: &str) {
+    let line = redactor.line(line);
+    if let Some((obj, level)) = child_record(&line) {
+        let msg = obj.get("msg").and_then(Value::as_str).unwrap_or("");
+        // JSON: the child's record as it is. Text: its message and fields, as a
+        // pgwarden text line would show them.
+        let json = JSON.get().copied().unwrap_or(true);
+        let record = Value::Object(obj.clone()).to_string();
+        let fields = text_fields(&obj);
+        macro_rules! emit {
+            ($mac:ident) => {
+                if json {
+                    tracing::$mac!(target: "pgwarden::child", child_record = %record, "{msg}")
+                } else {
+                    tracing::$mac!(target: "pgwarden::child", "{msg}{fields}")
+                }
+            };
+        }
+        match level {
+            tracing::Level::ERROR => emit!(error),
+            tracing::Level::WARN => emit!(warn),
+            tracing::Level::INFO => emit!(info),
+            tracing::Level::DEBUG => emit!(debug),
+            tracing::Level::TRACE => emit!(trace),
+        }
+        return;
+    }
     match parse_postgres_line(&line) {
         Some(p) => {
             let (user, database) = (p.user, p.database);
@@ -254,18 +302,29 @@ mod tests {
     }
 
     #[test]
-    fn redacts_password_literals() {
-        assert_eq!(
-            redact("ALTER ROLE a PASSWORD 'se''cret' VALID UNTIL 'x'"),
-            "ALTER ROLE a PASSWORD '***' VALID UNTIL 'x'"
-        );
-        assert_eq!(
-            redact("create user b with password 'p1'; create user c password 'p2'"),
-            "create user b with password '***'; create user c password '***'"
-        );
-        assert_eq!(
-            redact("password authentication failed for user \"x\""),
-            "password authentication failed for user \"x\""
-        );
+    fn recognises_child_records() {
+        let (obj, level) = child_record(
+            r#"{"ts":"t","level":"error","logger":"pgwarden","msg":"archive failed","target":"pgwarden::wal_cli","segment":"000000010000000000000003"}"#,
+        )
+        .unwrap();
+        assert_eq!(level, tracing::Level::ERROR);
+        assert_eq!(obj["segment"], "000000010000000000000003");
+        let (_, level) =
+            child_record(r#"{"level":"warn","logger":"pgwarden","msg":"retrying"}"#).unwrap();
+        assert_eq!(level, tracing::Level::WARN);
+        let (obj, _) = child_record(
+            r#"{"ts":"t","level":"error","logger":"pgwarden","msg":"m","file":"f","exit_code":1}"#,
+        )
+        .unwrap();
+        assert_eq!(text_fields(&obj), " exit_code=1 file=f");
+        for line in [
+            r#"{"level":"error","logger":"postgres","msg":"x"}"#,
+            r#"{"level":"loud","logger":"pgwarden","msg":"x"}"#,
+            r#"{"not":"a record"}"#,
+            "{broken",
+            "plain text",
+        ] {
+            assert!(child_record(line).is_none(), "{line}");
+        }
     }
 }

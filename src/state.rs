@@ -53,8 +53,14 @@ pub struct SupervisorStatus {
     pub last_exit: Option<String>,
     /// Crashed too often: pgwarden is exiting so the kubelet takes over.
     pub gave_up: bool,
-    /// Why the last configuration change was refused (cleared by a good one).
+    /// A shutdown signal arrived: pgwarden exits once postgres has stopped. A restart
+    /// or a fence stops postgres too, but pgwarden stays, so they leave this false.
+    pub exiting: bool,
+    /// Why the last configuration change was refused (cleared by a good one), or
+    /// which owned parameters `ALTER SYSTEM` had set and pgwarden reset.
     pub config_error: Option<String>,
+    /// Owned parameters found in postgresql.auto.conf and reset, since pgwarden started.
+    pub auto_conf_overrides: u64,
 }
 
 impl SupervisorStatus {
@@ -67,7 +73,9 @@ impl SupervisorStatus {
             restarts: 0,
             last_exit: None,
             gave_up: false,
+            exiting: false,
             config_error: None,
+            auto_conf_overrides: 0,
         }
     }
 }

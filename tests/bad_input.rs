@@ -192,6 +192,8 @@ fn config_prints_the_files_and_writes_nothing() {
             "pg_hba.conf <==",
             "host app app 10.1.0.0/16 scram-sha-256",
             "host all all all scram-sha-256",
+            "local replication \"postgres\" peer map=pgwarden",
+            "pg_ident.conf <==",
         ],
     );
     assert!(!out.contains(" trust"), "nothing is trusted:\n{out}");
@@ -332,4 +334,43 @@ fn errors_postgres_would_find_after_initdb_are_caught_before() {
         &["PGWARDEN_ARCHIVE_URL", "not-mounted", "not a directory"],
     );
     assert!(!pg.pgdata.exists() && !missing.exists());
+}
+
+#[test]
+fn every_bad_line_of_every_user_file_is_reported_at_once() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "alllines");
+    std::fs::write(
+        &pg.user_conf,
+        "work_mem = '4MB\nport = 6000\nshared_buffers = 16MB\nx = 1 2\narchive_command = 'cp %p /x'\n",
+    )
+    .unwrap();
+    let hba = pg.dir.join("hba.conf");
+    std::fs::write(
+        &hba,
+        "host all all 10.0.0.0/8 scram-sha-256\nhost all all 10.0.0.0/33 md5\nlocal all all wat\n",
+    )
+    .unwrap();
+    let ident = pg.dir.join("ident.conf");
+    std::fs::write(&ident, "staff alice\npgwarden root app\nstaff bob app\n").unwrap();
+    pg.set("PGWARDEN_USER_HBA", hba.display().to_string())
+        .set("PGWARDEN_USER_IDENT", ident.display().to_string());
+    let out = refused(&pg);
+    assert_mentions(
+        &out,
+        &[
+            "PGWARDEN_USER_CONF",
+            "line 1: unterminated",
+            "line 2: port is set by pgwarden",
+            "line 4:",
+            "line 5: archive_command",
+            "PGWARDEN_USER_HBA",
+            "line 2:",
+            "line 3:",
+            "PGWARDEN_USER_IDENT",
+            "line 1: expected MAPNAME",
+            "line 2: the map name",
+        ],
+    );
+    assert!(!out.contains("line 3: shared_buffers"), "{out}");
 }

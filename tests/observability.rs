@@ -325,6 +325,74 @@ async fn a_restart_checkpoints_first_and_is_not_a_crash() {
     assert!(forced < shutdown, "the CHECKPOINT comes first");
 }
 
+/// Polls `/healthz` as a kubelet would, as fast as it answers, until told to stop;
+/// returns every answer that was not 200.
+fn watch_liveness(
+    pg: &Instance,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(u16, String)>> {
+    let target = Target::Tcp(pg.http);
+    std::thread::spawn(move || {
+        let mut failures = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match pgwarden::http::client::get(&target, "/healthz") {
+                Ok(r) if r.status == 200 => {}
+                Ok(r) => failures.push((r.status, r.body)),
+                Err(e) => failures.push((0, e.to_string())),
+            }
+        }
+        failures
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_stays_up_through_a_restart_and_a_fence() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "alive");
+    pg.start().wait_ready();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_liveness(&pg, stop.clone());
+
+    let old = pg.postmaster_pid();
+    let (code, out) = pg.run_cli(&["restart"]);
+    assert!(code.success(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = pg.status();
+        if st.ready && st.pid.is_some() && st.pid != old {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not back; log:\n{}", pg.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, out) = pg.run_cli(&["fence"]);
+    assert!(code.success(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.status().state != State::Fenced {
+        assert!(Instant::now() < deadline, "not fenced; log:\n{}", pg.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, out) = pg.run_cli(&["unfence"]);
+    assert!(code.success(), "{out}");
+    pg.wait_ready();
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failures = watcher.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "/healthz failed during a planned restart or a fence: {failures:?}"
+    );
+
+    // Only pgwarden's own end fails liveness.
+    let client = pg.connect().await;
+    client.batch_execute("SELECT 1").await.unwrap();
+    pg.signal(nix::sys::signal::Signal::SIGTERM);
+    pg.wait_for("/healthz", 503, Duration::from_secs(5));
+    drop(client);
+    let status = pg.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "log:\n{}", pg.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_log_records_are_structured_json() {
     let tmp = test_dir();
@@ -485,4 +553,211 @@ async fn restart_on_pending_applies_a_restart_only_parameter() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(pg.status().restarts, 0, "a planned restart is not a crash");
+}
+
+async fn show(pg: &Instance, name: &str) -> String {
+    pg.connect()
+        .await
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_system_cannot_take_back_what_pgwarden_owns() {
+    let tmp = test_dir();
+    let archive = scratch_dir(tmp.path());
+    let mut pg = Instance::new(tmp.path(), "autoconf");
+    pg.set(
+        "PGWARDEN_ARCHIVE_URL",
+        format!("file://{}", archive.display()),
+    );
+    pg.start().wait_ready();
+    let archive_command = show(&pg, "archive_command").await;
+    assert!(archive_command.contains("wal-archive"), "{archive_command}");
+    assert_eq!(
+        value(&metrics(&pg), "pgwarden_auto_conf_overrides_total"),
+        Some(0.0)
+    );
+
+    // A superuser turns archiving into a no-op, the way that silently loses WAL, and
+    // changes something that is theirs to change.
+    let client = pg.connect().await;
+    for sql in [
+        "ALTER SYSTEM SET archive_command = '/bin/true'",
+        "ALTER SYSTEM SET work_mem = '7MB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let auto_conf = pg.pgdata.join("postgresql.auto.conf");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = pg.status();
+        let reported = st
+            .config_error
+            .as_deref()
+            .is_some_and(|e| e.contains("archive_command"));
+        if reported && show(&pg, "archive_command").await == archive_command {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "archive_command = {:?}, config_error = {:?}; log:\n{}",
+            show(&pg, "archive_command").await,
+            st.config_error,
+            pg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&auto_conf).unwrap();
+    assert!(!text.contains("archive_command"), "{text}");
+    assert_eq!(
+        show(&pg, "work_mem").await,
+        "7MB",
+        "the user's own change stays"
+    );
+    let m = metrics(&pg);
+    assert_eq!(value(&m, "pgwarden_auto_conf_overrides_total"), Some(1.0));
+    assert_eq!(value(&m, "pgwarden_config_error"), Some(1.0));
+    assert!(pg
+        .log()
+        .lines()
+        .any(|l| l.contains("ALTER SYSTEM") && l.contains("\"level\":\"error\"")));
+
+    // Through `pgwarden reload` too, and a conninfo's password is never reported.
+    client
+        .batch_execute("ALTER SYSTEM SET primary_conninfo = 'host=elsewhere password=hunter2'")
+        .await
+        .unwrap();
+    let (code, out) = pg.run_cli(&["reload"]);
+    assert!(code.success(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&auto_conf)
+        .unwrap()
+        .contains("work_mem")
+        || std::fs::read_to_string(&auto_conf)
+            .unwrap()
+            .contains("primary_conninfo")
+    {
+        assert!(Instant::now() < deadline, "log:\n{}", pg.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // (A reload clears config_error, so the count and the log are what last.)
+    assert_eq!(
+        value(&metrics(&pg), "pgwarden_auto_conf_overrides_total"),
+        Some(2.0)
+    );
+    assert!(pg
+        .log()
+        .lines()
+        .any(|l| l.contains("primary_conninfo") && l.contains("\"level\":\"error\"")));
+    assert!(!pg.log().contains("hunter2"), "a password reached the log");
+
+    // With postgres stopped, a port in the file would move postgres elsewhere: the next
+    // start takes it out before postgres reads it.
+    pg.stop();
+    let mut text = std::fs::read_to_string(&auto_conf).unwrap();
+    text.push_str("port = '1'\n");
+    std::fs::write(&auto_conf, text).unwrap();
+    pg.start().wait_ready();
+    assert_eq!(show(&pg, "port").await, pg.port.to_string());
+    let st = pg.status();
+    assert!(
+        st.config_error
+            .as_deref()
+            .is_some_and(|e| e.contains("port")),
+        "{:?}",
+        st.config_error
+    );
+    assert!(!std::fs::read_to_string(&auto_conf)
+        .unwrap()
+        .contains("port"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_metrics_come_from_the_monitor() {
+    let tmp = test_dir();
+    let mut pg = Instance::primary(tmp.path(), "dash");
+    pg.start().wait_ready();
+    let mut b = Instance::replica_of(tmp.path(), "dash-replica", &pg);
+    b.start().wait_ready();
+    // A transaction left open, a rollback and a temporary file.
+    let open = pg.connect().await;
+    open.batch_execute("BEGIN; SELECT txid_current()")
+        .await
+        .unwrap();
+    let client = pg.connect().await;
+    client
+        .batch_execute("BEGIN; CREATE TABLE gone (x int); ROLLBACK")
+        .await
+        .unwrap();
+    client
+        .batch_execute("SET work_mem = '64kB'; SELECT count(*) FROM (SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC) s")
+        .await
+        .unwrap();
+
+    // The monitor refreshes once a second and database sizes every 15 s.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let m = loop {
+        let m = metrics(&pg);
+        let ready = value(&m, "pgwarden_database_size_bytes{datname=\"postgres\"}").is_some()
+            && value(&m, "pgwarden_oldest_transaction_age_seconds").unwrap_or(0.0) >= 1.0
+            && value(
+                &m,
+                "pgwarden_database_temp_bytes_total{datname=\"postgres\"}",
+            )
+            .unwrap_or(0.0)
+                > 0.0;
+        if ready {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "metrics never complete:\n{m}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    promtool_check(&m);
+    promtool_check(&metrics(&b));
+    let v = |series: &str| value(&m, series).unwrap_or_else(|| panic!("no {series} in:\n{m}"));
+    assert_eq!(v("pgwarden_max_connections"), 40.0);
+    assert!(v("pgwarden_connections{datname=\"postgres\",state=\"idle in transaction\"}") >= 1.0);
+    assert!(v("pgwarden_database_size_bytes{datname=\"postgres\"}") > 1_000_000.0);
+    assert!(v("pgwarden_database_xact_commits_total{datname=\"postgres\"}") > 0.0);
+    assert!(v("pgwarden_database_xact_rollbacks_total{datname=\"postgres\"}") >= 1.0);
+    assert_eq!(
+        v("pgwarden_database_deadlocks_total{datname=\"postgres\"}"),
+        0.0
+    );
+    assert!(m.contains("pgwarden_database_conflicts_total{datname=\"postgres\"}"));
+    assert!(v("pgwarden_database_xid_age{datname=\"template0\"}") >= 0.0);
+    assert!(v("pgwarden_slot_safe_wal_size_bytes{slot_name=\"dash_replica\"}") > 0.0);
+    assert_eq!(
+        v("pgwarden_slot_info{slot_name=\"dash_replica\",slot_type=\"physical\",wal_status=\"reserved\"}"),
+        1.0
+    );
+    assert!(m.contains("pgwarden_checkpoints_timed_total "));
+    assert!(m.contains("pgwarden_checkpoints_requested_total "));
+    assert!(m.contains("pgwarden_checkpoint_write_seconds_total "));
+    assert!(m.contains("pgwarden_buffers_allocated_total "));
+    let started = v("pgwarden_postgres_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > now - 600.0 && started <= now,
+        "{started} vs {now}"
+    );
+    assert!(m.contains("pgwarden_postgres_info{version=\"15."), "{m}");
+    assert!(v("process_resident_memory_bytes") > 1_000_000.0);
+    assert!(v("process_open_fds") > 0.0);
+    assert!(v("process_cpu_seconds_total") > 0.0);
+    assert!(v("process_start_time_seconds") > now - 600.0);
+    let bm = metrics(&b);
+    assert!(value(
+        &bm,
+        "pgwarden_database_conflicts_total{datname=\"postgres\"}"
+    )
+    .is_some());
+    drop(open);
 }

@@ -385,3 +385,86 @@ async fn sighup_rerenders_and_reloads() {
     assert!(pg.log().contains("reload refused"));
     assert_eq!(pg.get("/readyz").status, 200);
 }
+
+/// The directory of PostgreSQL's programs, as pgwarden finds it.
+fn pg_bindir() -> std::path::PathBuf {
+    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL from Debian")
+        .map(|e| e.unwrap().path().join("bin"))
+        .filter(|p| p.join("pg_basebackup").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("a bindir with pg_basebackup")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_run_pg_basebackup_and_user_ident_maps_work_over_the_socket() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "local");
+    let hba = pg.dir.join("hba.conf");
+    std::fs::write(&hba, "local all app_user peer map=staff\n").unwrap();
+    let ident = pg.dir.join("ident.conf");
+    // Whoever runs the tests (root in CI) may log in as app_user over the socket.
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    std::fs::write(&ident, format!("# staff\nstaff {me} app_user\n")).unwrap();
+    pg.set("PGWARDEN_USER_HBA", hba.display().to_string())
+        .set("PGWARDEN_USER_IDENT", ident.display().to_string());
+    pg.start().wait_ready();
+    pg.connect()
+        .await
+        .batch_execute("CREATE ROLE app_user LOGIN")
+        .await
+        .unwrap();
+
+    // What an operator runs by hand in the pod: a base backup over the unix socket.
+    let target = scratch_dir(tmp.path()).join("backup");
+    let out = std::process::Command::new(pg_bindir().join("pg_basebackup"))
+        .arg("-h")
+        .arg(&pg.socket_dir)
+        .args([
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            "-D",
+        ])
+        .arg(&target)
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_basebackup over the socket: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(target.join("PG_VERSION").exists());
+
+    let out = std::process::Command::new(pg_bindir().join("psql"))
+        .arg("-h")
+        .arg(&pg.socket_dir)
+        .args([
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "app_user",
+            "-d",
+            "postgres",
+            "-XAtc",
+            "SELECT current_user",
+        ])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "app_user",
+        "peer login through the user's map: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

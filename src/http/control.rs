@@ -49,9 +49,11 @@ pub fn router(state: ControlState) -> Router {
         .with_state(state)
 }
 
-/// The control routes behind the bearer token (for TCP).
+/// The control routes behind the bearer token (for TCP). `route_layer`, not `layer`:
+/// the token guards these routes only, so a mistyped path is a 404 rather than a
+/// misleading "the control API is disabled".
 pub fn tcp_router(state: ControlState, token: Option<Secret>) -> Router {
-    router(state).layer(middleware::from_fn_with_state(Arc::new(token), authorize))
+    router(state).route_layer(middleware::from_fn_with_state(Arc::new(token), authorize))
 }
 
 /// Equal length and equal bytes, looking at every byte whatever the answer.

@@ -7,16 +7,24 @@ use crate::state::State as PgState;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
-fn gauge(r: &Registry, name: &str, help: &str, v: f64) {
+pub(super) fn gauge(r: &Registry, name: &str, help: &str, v: f64) {
     if let Ok(g) = Gauge::new(name, help) {
         g.set(v);
         let _ = r.register(Box::new(g));
     }
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[(String, f64)]) {
+pub(super) fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(String, f64)],
+) {
     if let Ok(g) = GaugeVec::new(Opts::new(name, help), &[label]) {
         for (l, v) in values {
             g.with_label_values(&[l.as_str()]).set(*v);
@@ -25,9 +33,50 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[(Strin
     }
 }
 
-fn counter(r: &Registry, name: &str, help: &str, v: u64) {
+pub(super) fn counter(r: &Registry, name: &str, help: &str, v: u64) {
     if let Ok(c) = IntCounter::new(name, help) {
         c.inc_by(v);
+        let _ = r.register(Box::new(c));
+    }
+}
+
+/// A gauge with several labels, one series per row of label values.
+pub(super) fn gauge_rows(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    rows: &[(Vec<&str>, f64)],
+) {
+    if let Ok(g) = GaugeVec::new(Opts::new(name, help), labels) {
+        for (l, v) in rows {
+            g.with_label_values(l).set(*v);
+        }
+        let _ = r.register(Box::new(g));
+    }
+}
+
+/// A counter read from postgres, one series per label value. postgres's statistics
+/// only grow until they are reset, which Prometheus's `rate()` handles as a restart.
+pub(super) fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(String, u64)],
+) {
+    if let Ok(c) = IntCounterVec::new(Opts::new(name, help), &[label]) {
+        for (l, v) in values {
+            c.with_label_values(&[l.as_str()]).inc_by(*v);
+        }
+        let _ = r.register(Box::new(c));
+    }
+}
+
+/// A counter of seconds (a float), without labels.
+pub(super) fn counter_seconds(r: &Registry, name: &str, help: &str, v: f64) {
+    if let Ok(c) = CounterVec::new(Opts::new(name, help), &[]) {
+        c.with_label_values(&[] as &[&str]).inc_by(v.max(0.0));
         let _ = r.register(Box::new(c));
     }
 }
@@ -88,6 +137,18 @@ pub fn registry(app: &AppState) -> Registry {
         "pgwarden_postgres_restarts_total",
         "Restarts of postgres after a crash",
         sup.restarts as u64,
+    );
+    counter(
+        &r,
+        "pgwarden_auto_conf_overrides_total",
+        "Parameters pgwarden owns that ALTER SYSTEM had set, found in postgresql.auto.conf and reset",
+        sup.auto_conf_overrides,
+    );
+    gauge(
+        &r,
+        "pgwarden_config_error",
+        "1 while /status shows a config_error (a refused change or a reset ALTER SYSTEM)",
+        sup.config_error.is_some() as u8 as f64,
     );
     if connected {
         gauge(
@@ -206,7 +267,9 @@ pub fn registry(app: &AppState) -> Registry {
                 age,
             );
         }
+        super::dashboard::register(&r, &facts, &snap.database_sizes);
     }
+    super::dashboard::register_process(&r);
     if let Some(n) = snap.ready_files {
         gauge(
             &r,

@@ -1,10 +1,17 @@
-//! The HTTP server: probes, status and (later) metrics, all read from the supervisor's
-//! status and the monitor's snapshot. No handler talks to postgres.
+//! The HTTP server: probes, status and metrics, all read from the supervisor's status
+//! and the monitor's snapshot. No handler talks to postgres.
+//!
+//! Every read-only path answers `GET`, `HEAD` and `OPTIONS` alike, because load
+//! balancers written for Patroni check with `OPTIONS` (HAProxy's `option httpchk
+//! OPTIONS /primary`). A path that does not exist is 404.
 
 pub mod client;
 pub mod control;
+mod dashboard;
 mod healthz;
+mod lag;
 pub mod metrics;
+mod process;
 mod readiness;
 mod readyz;
 mod role;
@@ -18,7 +25,8 @@ pub use status::StatusDoc;
 use crate::monitor::Snapshot;
 use crate::settings::Role;
 use crate::state::SupervisorStatus;
-use axum::routing::get;
+use axum::handler::Handler;
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -54,16 +62,34 @@ impl AppState {
     }
 }
 
-/// The probe and status routes.
+/// `GET` (and so `HEAD`, which axum answers from the same handler without a body) and
+/// `OPTIONS`, answered the same way.
+fn check<H, T>(handler: H) -> MethodRouter<AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    get(handler.clone()).options(handler)
+}
+
+/// The probe and status routes, with Patroni's aliases.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(healthz::get))
-        .route("/readyz", get(readyz::get))
-        .route("/startupz", get(startupz::get))
-        .route("/primary", get(role::primary))
-        .route("/replica", get(role::replica))
-        .route("/status", get(status::get))
-        .route("/metrics", get(metrics::get))
+        .route("/healthz", check(healthz::get))
+        .route("/liveness", check(healthz::get))
+        .route("/readyz", check(readyz::get))
+        .route("/readiness", check(readyz::get))
+        .route("/startupz", check(startupz::get))
+        .route("/health", check(role::health))
+        .route("/primary", check(role::primary))
+        .route("/master", check(role::primary))
+        .route("/leader", check(role::primary))
+        .route("/read-write", check(role::primary))
+        .route("/replica", check(role::replica))
+        .route("/standby", check(role::replica))
+        .route("/read-only", check(role::read_only))
+        .route("/status", check(status::get))
+        .route("/metrics", check(metrics::get))
         .with_state(state)
 }
 

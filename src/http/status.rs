@@ -96,7 +96,8 @@ pub struct StatusDoc {
     pub pending_restart_settings: Vec<String>,
     /// The monitor connection.
     pub monitor: MonitorInfo,
-    /// Why the last configuration change was refused; the running one is kept.
+    /// Why the last configuration change was refused (the running one is kept), or
+    /// which owned parameters `ALTER SYSTEM` had set and pgwarden reset.
     pub config_error: Option<String>,
 }
 

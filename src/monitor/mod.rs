@@ -5,7 +5,10 @@
 
 mod snapshot;
 
-pub use snapshot::{ArchiverInfo, PgFacts, ReceiverInfo, ReplicaInfo, SlotInfo, Snapshot, QUERY};
+pub use snapshot::{
+    ArchiverInfo, BgwriterStats, ConnectionCount, DatabaseStats, PgFacts, ReceiverInfo,
+    ReplicaInfo, SlotInfo, Snapshot, QUERY, SIZES_QUERY,
+};
 
 use crate::settings::Settings;
 use crate::state::{State, SupervisorStatus};
@@ -16,6 +19,9 @@ use tokio::sync::watch;
 
 /// How often the snapshot is refreshed.
 pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// Database sizes are read once every this many refreshes.
+pub const SIZES_EVERY: u32 = 15;
 
 /// Starts the monitor task; its snapshots arrive on the returned receiver.
 pub fn spawn(
@@ -55,15 +61,40 @@ async fn run(
                     continue;
                 }
             };
-        let stmt = match client.prepare(QUERY).await {
-            Ok(st) => st,
+        let prepared = match client.prepare(QUERY).await {
+            Ok(st) => client.prepare(SIZES_QUERY).await.map(|sizes| (st, sizes)),
+            Err(e) => Err(e),
+        };
+        let (stmt, sizes_stmt) = match prepared {
+            Ok(both) => both,
             Err(e) => {
                 tx.send_modify(|s| s.error = Some(format!("cannot prepare the status query: {e}")));
                 tokio::time::sleep(REFRESH).await;
                 continue;
             }
         };
+        let mut round: u32 = 0;
         loop {
+            if round % SIZES_EVERY == 0 {
+                // Best effort: a failure here leaves the last sizes in place, and the
+                // main query below notices a broken connection.
+                if let Ok(Ok(row)) =
+                    tokio::time::timeout(Duration::from_secs(5), client.query_one(&sizes_stmt, &[]))
+                        .await
+                {
+                    if let Ok(sizes) = row
+                        .try_get::<_, String>(0)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| {
+                            serde_json::from_str::<Vec<(String, i64)>>(&t)
+                                .map_err(|e| e.to_string())
+                        })
+                    {
+                        tx.send_modify(|s| s.database_sizes = sizes);
+                    }
+                }
+            }
+            round = round.wrapping_add(1);
             let result =
                 tokio::time::timeout(Duration::from_secs(5), client.query_one(&stmt, &[])).await;
             let facts = match result {

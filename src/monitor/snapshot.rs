@@ -35,6 +35,65 @@ pub struct SlotInfo {
     pub retained_bytes: Option<i64>,
     /// `reserved`, `extended`, `unreserved` or `lost`.
     pub wal_status: Option<String>,
+    /// Bytes that can still be written before the slot loses WAL it needs (none when
+    /// `max_slot_wal_keep_size` is unlimited).
+    pub safe_wal_size: Option<i64>,
+}
+
+/// Client connections in one database and state, from `pg_stat_activity`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionCount {
+    /// Database (empty for a connection to none, such as a walsender).
+    pub datname: String,
+    /// `active`, `idle`, `idle in transaction`, ...
+    pub state: String,
+    /// How many.
+    pub count: i64,
+}
+
+/// One database, from `pg_database` and `pg_stat_database`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseStats {
+    /// Database name.
+    pub datname: String,
+    /// Committed transactions (since the statistics were reset).
+    pub xact_commit: Option<i64>,
+    /// Rolled back transactions.
+    pub xact_rollback: Option<i64>,
+    /// Deadlocks detected.
+    pub deadlocks: Option<i64>,
+    /// Bytes written to temporary files.
+    pub temp_bytes: Option<i64>,
+    /// Queries cancelled by recovery conflicts (standby).
+    pub conflicts: Option<i64>,
+    /// `age(datfrozenxid)`: transactions until wraparound is 2^31 minus this.
+    pub xid_age: Option<i64>,
+}
+
+/// `pg_stat_bgwriter` (PostgreSQL 15 and 16, where checkpoints are counted there too).
+/// The query reads the whole row, so that a server whose view has other columns
+/// (PostgreSQL 17 moved the checkpoint ones to `pg_stat_checkpointer`) leaves the
+/// missing figures out instead of failing the monitor's one statement.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BgwriterStats {
+    /// Checkpoints started by `checkpoint_timeout`.
+    pub checkpoints_timed: Option<i64>,
+    /// Checkpoints requested (WAL volume, CHECKPOINT, shutdown).
+    pub checkpoints_req: Option<i64>,
+    /// Milliseconds spent writing checkpoint buffers.
+    pub checkpoint_write_time: Option<f64>,
+    /// Milliseconds spent syncing checkpoint files.
+    pub checkpoint_sync_time: Option<f64>,
+    /// Buffers written by checkpoints.
+    pub buffers_checkpoint: Option<i64>,
+    /// Buffers written by the background writer.
+    pub buffers_clean: Option<i64>,
+    /// Background writer rounds stopped at `bgwriter_lru_maxpages`.
+    pub maxwritten_clean: Option<i64>,
+    /// Buffers written by backends themselves.
+    pub buffers_backend: Option<i64>,
+    /// Buffers allocated.
+    pub buffers_alloc: Option<i64>,
 }
 
 /// The WAL receiver of a standby, from `pg_stat_wal_receiver`.
@@ -102,6 +161,24 @@ pub struct PgFacts {
     pub slots: Vec<SlotInfo>,
     /// WAL archiver statistics.
     pub archiver: ArchiverInfo,
+    /// Client connections by database and state.
+    #[serde(default)]
+    pub connections: Vec<ConnectionCount>,
+    /// `max_connections`.
+    #[serde(default)]
+    pub max_connections: Option<i64>,
+    /// Per-database statistics.
+    #[serde(default)]
+    pub databases: Vec<DatabaseStats>,
+    /// Age of the oldest open transaction of a client, in seconds.
+    #[serde(default)]
+    pub oldest_xact_age_seconds: Option<f64>,
+    /// Checkpointer and background writer statistics.
+    #[serde(default)]
+    pub bgwriter: BgwriterStats,
+    /// `pg_postmaster_start_time()`, in seconds since the epoch.
+    #[serde(default)]
+    pub start_time: Option<f64>,
 }
 
 /// The monitor's latest view, published through `tokio::sync::watch`.
@@ -117,6 +194,9 @@ pub struct Snapshot {
     pub ready_files: Option<u64>,
     /// Why the last connection attempt or query failed.
     pub error: Option<String>,
+    /// Database sizes in bytes, read every [`super::SIZES_EVERY`] refreshes because
+    /// `pg_database_size` walks every file of a database.
+    pub database_sizes: Vec<(String, i64)>,
 }
 
 /// One statement, one row, one JSON document: a refresh costs a single round trip and
@@ -149,14 +229,32 @@ SELECT json_build_object(
              extract(epoch FROM replay_lag) AS lag_seconds
       FROM pg_stat_replication) x) END,
   'slots', (SELECT coalesce(json_agg(s ORDER BY s.name), '[]') FROM (
-      SELECT slot_name AS name, slot_type, active, wal_status,
+      SELECT slot_name AS name, slot_type, active, wal_status, safe_wal_size,
              CASE WHEN r.rec THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END AS retained_bytes
       FROM pg_replication_slots) s),
   'archiver', (SELECT row_to_json(a) FROM (
       SELECT archived_count, last_archived_wal, last_archived_time::text,
              extract(epoch FROM now() - last_archived_time) AS last_archived_age_seconds,
              failed_count, last_failed_wal, last_failed_time::text
-      FROM pg_stat_archiver) a)
+      FROM pg_stat_archiver) a),
+  'connections', (SELECT coalesce(json_agg(c ORDER BY c.datname, c.state), '[]') FROM (
+      SELECT coalesce(datname, '') AS datname, coalesce(state, 'unknown') AS state, count(*) AS count
+      FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1, 2) c),
+  'max_connections', current_setting('max_connections')::int,
+  'oldest_xact_age_seconds', (SELECT extract(epoch FROM max(now() - xact_start))
+      FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()),
+  'databases', (SELECT coalesce(json_agg(d ORDER BY d.datname), '[]') FROM (
+      SELECT d.datname, s.xact_commit, s.xact_rollback, s.deadlocks, s.temp_bytes, s.conflicts,
+             age(d.datfrozenxid) AS xid_age
+      FROM pg_database d LEFT JOIN pg_stat_database s ON s.datid = d.oid) d),
+  'bgwriter', (SELECT row_to_json(b) FROM pg_stat_bgwriter b),
+  'start_time', extract(epoch FROM pg_postmaster_start_time())
 )::text
 FROM (SELECT pg_is_in_recovery() AS rec) r
+"#;
+
+/// Database sizes, on the same connection but less often than [`QUERY`].
+pub const SIZES_QUERY: &str = r#"
+SELECT coalesce(json_agg(json_build_array(datname, pg_database_size(oid)) ORDER BY datname), '[]')::text
+FROM pg_database WHERE datallowconn
 "#;

@@ -120,19 +120,28 @@ pub const OWNED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Why `name = value` may not be set by the user, if it may not: a parameter pgwarden
+/// owns, or a `wal_level` below what replicas and archiving need.
+pub fn owned_reason(name: &str, value: &str) -> Option<String> {
+    if let Some((_, why)) = OWNED.iter().find(|(owned, _)| *owned == name) {
+        Some(format!("{name} is set by pgwarden ({why})"))
+    } else if name == "wal_level"
+        && !matches!(value.to_ascii_lowercase().as_str(), "replica" | "logical")
+    {
+        Some(format!(
+            "wal_level = {value:?} is below replica; replicas and archiving need at least replica"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Checks that the fragment leaves pgwarden's parameters alone.
 pub fn check_owned(frag: &Fragment) -> Result<(), FragmentError> {
     let mut problems = Vec::new();
     for e in &frag.entries {
-        if let Some((_, why)) = OWNED.iter().find(|(name, _)| *name == e.name) {
-            problems.push((e.line, format!("{} is set by pgwarden ({why})", e.name)));
-        } else if e.name == "wal_level"
-            && !matches!(e.value.to_ascii_lowercase().as_str(), "replica" | "logical")
-        {
-            problems.push((
-                e.line,
-                format!("wal_level = {:?} is below replica; replicas and archiving need at least replica", e.value),
-            ));
+        if let Some(why) = owned_reason(&e.name, &e.value) {
+            problems.push((e.line, why));
         }
     }
     if problems.is_empty() {
@@ -144,6 +153,31 @@ pub fn check_owned(frag: &Fragment) -> Result<(), FragmentError> {
 
 /// Parses a postgresql.conf fragment.
 pub fn parse(text: &str) -> Result<Fragment, FragmentError> {
+    let (frag, problems) = parse_all(text);
+    if problems.is_empty() {
+        Ok(frag)
+    } else {
+        Err(FragmentError { problems })
+    }
+}
+
+/// Parses and checks a fragment, reporting every bad line at once: the lines that do
+/// not parse and the ones that set a parameter pgwarden owns, in line order.
+pub fn parse_checked(text: &str) -> Result<Fragment, FragmentError> {
+    let (frag, mut problems) = parse_all(text);
+    if let Err(owned) = check_owned(&frag) {
+        problems.extend(owned.problems);
+    }
+    problems.sort_by_key(|(line, _)| *line);
+    if problems.is_empty() {
+        Ok(frag)
+    } else {
+        Err(FragmentError { problems })
+    }
+}
+
+/// The entries that parse, and the problems of those that do not.
+fn parse_all(text: &str) -> (Fragment, Vec<(usize, String)>) {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
     for (idx, raw) in text.lines().enumerate() {
@@ -168,14 +202,12 @@ pub fn parse(text: &str) -> Result<Fragment, FragmentError> {
             Err(msg) => problems.push((line, msg)),
         }
     }
-    if problems.is_empty() {
-        Ok(Fragment { entries })
-    } else {
-        Err(FragmentError { problems })
-    }
+    (Fragment { entries }, problems)
 }
 
-fn parse_line(raw: &str) -> Result<Option<(String, String)>, String> {
+/// Parses one line: `Some((lower-cased name, unquoted value))`, `None` for a blank line
+/// or a comment.
+pub fn parse_line(raw: &str) -> Result<Option<(String, String)>, String> {
     let s = raw.trim_start();
     if s.is_empty() || s.starts_with('#') {
         return Ok(None);
@@ -285,6 +317,17 @@ mod tests {
         assert!(err
             .to_string()
             .contains("line 1: unterminated quoted value"));
+    }
+
+    #[test]
+    fn reports_malformed_and_owned_lines_together() {
+        let err = parse_checked(
+            "work_mem = '4MB\nport = 5433\nshared_buffers = 1GB\nx = 1 2\narchive_command = 'cp'\n",
+        )
+        .unwrap_err();
+        let lines: Vec<usize> = err.problems.iter().map(|p| p.0).collect();
+        assert_eq!(lines, vec![1, 2, 4, 5]);
+        assert!(parse_checked("work_mem = 4MB\n").is_ok());
     }
 
     #[test]

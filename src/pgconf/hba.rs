@@ -66,6 +66,48 @@ pub fn parse_rules(text: &str) -> Result<Vec<HbaRule>, String> {
     }
 }
 
+/// Parses and checks the user's pg_ident.conf maps (`MAPNAME SYSTEM-USERNAME
+/// PG-USERNAME`); every bad line is reported. The map pgwarden uses for itself is
+/// reserved, so that no user line can let another OS user in as the superuser.
+pub fn parse_ident(text: &str) -> Result<Vec<HbaRule>, String> {
+    let mut maps = Vec::new();
+    let mut problems = Vec::new();
+    for (idx, raw) in text.lines().enumerate() {
+        let line = idx + 1;
+        let checked = tokenize(raw).and_then(|t| {
+            if t.is_empty() {
+                return Ok(t);
+            }
+            if t.len() != 3 {
+                return Err(format!(
+                    "expected MAPNAME SYSTEM-USERNAME PG-USERNAME, found {} fields",
+                    t.len()
+                ));
+            }
+            if t[0].trim_matches('"') == super::IDENT_MAP {
+                return Err(format!(
+                    "the map name {:?} is pgwarden's own; choose another",
+                    super::IDENT_MAP
+                ));
+            }
+            if t[0].starts_with("include") {
+                return Err("include directives are not supported".into());
+            }
+            Ok(t)
+        });
+        match checked {
+            Ok(tokens) if tokens.is_empty() => {}
+            Ok(tokens) => maps.push(HbaRule { line, tokens }),
+            Err(msg) => problems.push(format!("line {line}: {msg}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(maps)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
 /// Splits a line into tokens, honouring double quotes and `#` comments.
 fn tokenize(raw: &str) -> Result<Vec<String>, String> {
     if raw.trim_end().ends_with('\\') {
@@ -305,5 +347,20 @@ mod tests {
         );
         assert!(parse_networks("10.0.0.1").is_err());
         assert!(parse_networks("").is_err());
+    }
+
+    #[test]
+    fn parses_ident_maps_and_reports_every_bad_line() {
+        let maps =
+            parse_ident("# comment\nops   alice   app_admin\nops /^(.*)@corp$ \\1\n\n").unwrap();
+        let rendered: Vec<String> = maps.iter().map(|m| m.render()).collect();
+        assert_eq!(rendered, ["ops alice app_admin", "ops /^(.*)@corp$ \\1"]);
+        let err = parse_ident("ops alice\npgwarden root postgres\nok a b\nx y z w\n").unwrap_err();
+        assert!(
+            err.contains("line 1:") && err.contains("line 2:") && err.contains("line 4:"),
+            "{err}"
+        );
+        assert!(!err.contains("line 3:"), "{err}");
+        assert!(err.contains("pgwarden's own"), "{err}");
     }
 }

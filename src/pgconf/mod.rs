@@ -4,6 +4,7 @@
 //! holding a newline is refused. [`write`] puts the files in place atomically and only
 //! when their content changed; [`validate`] asks postgres itself to parse the result.
 
+pub mod autoconf;
 pub mod fragment;
 pub mod hba;
 pub mod quote;
@@ -156,6 +157,10 @@ pub fn render_hba(s: &Settings) -> Result<String, NewlineError> {
          # pgwarden's own connection over the unix socket (peer, mapped in pg_ident.conf)\n",
     );
     out.push_str(&format!("local all {superuser} peer map={IDENT_MAP}\n"));
+    // So that a hand-run pg_basebackup or pg_receivewal over the socket works too.
+    out.push_str(&format!(
+        "local replication {superuser} peer map={IDENT_MAP}\n"
+    ));
     if s.replication_password.is_some() {
         let repl = quote::hba_name("PGWARDEN_REPLICATION_USER", &s.replication_user)?;
         out.push_str("\n# Streaming replication (PGWARDEN_ALLOWED_NETWORK)\n");
@@ -175,7 +180,7 @@ pub fn render_hba(s: &Settings) -> Result<String, NewlineError> {
 }
 
 /// Renders pg_ident.conf: the OS users pgwarden and postgres run as may log in as the
-/// superuser over the socket.
+/// superuser over the socket, then the user's maps.
 pub fn render_ident(s: &Settings) -> Result<String, NewlineError> {
     let superuser = quote::hba_name("POSTGRES_USER", &s.superuser)?;
     let mut os_users = vec![s.os_user.clone()];
@@ -188,6 +193,13 @@ pub fn render_ident(s: &Settings) -> Result<String, NewlineError> {
     for u in os_users {
         let u = quote::hba_name("OS user", &u)?;
         out.push_str(&format!("{IDENT_MAP} {u} {superuser}\n"));
+    }
+    out.push_str("\n# User maps (PGWARDEN_USER_IDENT)\n");
+    for map in &s.user_ident {
+        let text = map.render();
+        quote::conf_value("PGWARDEN_USER_IDENT", &text)?;
+        out.push_str(&text);
+        out.push('\n');
     }
     Ok(out)
 }

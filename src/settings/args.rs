@@ -106,6 +106,10 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGWARDEN_USER_HBA")]
     pub user_hba: Option<PathBuf>,
 
+    /// Extra pg_ident.conf maps, for `map=` options in PGWARDEN_USER_HBA.
+    #[arg(long, env = "PGWARDEN_USER_IDENT")]
+    pub user_ident: Option<PathBuf>,
+
     /// Upper bound on WAL that replication slots may hold back, so that a lost replica
     /// cannot fill the primary's disk (`max_slot_wal_keep_size`; -1 for no bound).
     #[arg(long, env = "PGWARDEN_MAX_SLOT_WAL_KEEP_SIZE", default_value = "4GB")]

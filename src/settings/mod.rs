@@ -51,6 +51,9 @@ pub enum SettingsError {
         /// What is wrong and, where it helps, what to do.
         message: String,
     },
+    /// Several settings are wrong (the user files), each reported.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Several(Vec<SettingsError>),
 }
 
 fn invalid(setting: &'static str, message: impl Into<String>) -> SettingsError {
@@ -111,6 +114,10 @@ pub struct Settings {
     pub user_hba_path: Option<PathBuf>,
     /// The parsed user pg_hba rules.
     pub user_hba: Vec<HbaRule>,
+    /// Path of the user pg_ident.conf maps.
+    pub user_ident_path: Option<PathBuf>,
+    /// The parsed user pg_ident.conf maps.
+    pub user_ident: Vec<HbaRule>,
     /// The fragments' text these settings were built from, to notice a change on disk.
     pub user_texts: UserTexts,
     /// `max_slot_wal_keep_size` default.
@@ -179,6 +186,7 @@ impl Settings {
             ("PGWARDEN_SOCKET_DIR", Some(&args.socket_dir)),
             ("PGWARDEN_USER_CONF", args.user_conf.as_ref()),
             ("PGWARDEN_USER_HBA", args.user_hba.as_ref()),
+            ("PGWARDEN_USER_IDENT", args.user_ident.as_ref()),
             ("PGWARDEN_PG_BINDIR", args.pg_bindir.as_ref()),
         ] {
             if let Some(p) = path {
@@ -293,8 +301,11 @@ impl Settings {
             ));
         }
 
-        let (user_conf, conf_text) = read_user_conf(args.user_conf.as_deref())?;
-        let (user_hba, hba_text) = read_user_hba(args.user_hba.as_deref())?;
+        let user = read_user_files(
+            args.user_conf.as_deref(),
+            args.user_hba.as_deref(),
+            args.user_ident.as_deref(),
+        )?;
 
         let allowed_networks = hba::parse_networks(&args.allowed_network)
             .map_err(|e| invalid("PGWARDEN_ALLOWED_NETWORK", e))?;
@@ -400,10 +411,12 @@ impl Settings {
             os_user,
             socket_dir: args.socket_dir.clone(),
             user_conf_path: args.user_conf.clone(),
-            user_conf,
+            user_conf: user.conf,
             user_hba_path: args.user_hba.clone(),
-            user_hba,
-            user_texts: (conf_text, hba_text),
+            user_hba: user.hba,
+            user_ident_path: args.user_ident.clone(),
+            user_ident: user.ident,
+            user_texts: user.texts,
             max_slot_wal_keep_size: args.max_slot_wal_keep_size.clone(),
             ready_max_lag: args.ready_max_lag,
             smart_shutdown_timeout: Duration::from_secs(args.smart_shutdown_timeout),
@@ -422,11 +435,15 @@ impl Settings {
     /// the setting, when a fragment became invalid.
     pub fn reload_user_files(&self) -> Result<Settings, SettingsError> {
         let mut next = self.clone();
-        let (conf, conf_text) = read_user_conf(self.user_conf_path.as_deref())?;
-        let (hba, hba_text) = read_user_hba(self.user_hba_path.as_deref())?;
-        next.user_conf = conf;
-        next.user_hba = hba;
-        next.user_texts = (conf_text, hba_text);
+        let user = read_user_files(
+            self.user_conf_path.as_deref(),
+            self.user_hba_path.as_deref(),
+            self.user_ident_path.as_deref(),
+        )?;
+        next.user_conf = user.conf;
+        next.user_hba = user.hba;
+        next.user_ident = user.ident;
+        next.user_texts = user.texts;
         Ok(next)
     }
 
@@ -460,7 +477,11 @@ impl Settings {
     /// The fragments' text on disk now (a missing file reads as none).
     pub fn user_texts_on_disk(&self) -> UserTexts {
         let read = |p: &Option<PathBuf>| p.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
-        (read(&self.user_conf_path), read(&self.user_hba_path))
+        (
+            read(&self.user_conf_path),
+            read(&self.user_hba_path),
+            read(&self.user_ident_path),
+        )
     }
 
     /// Path of a PostgreSQL executable in the bindir.
@@ -485,30 +506,75 @@ fn reject_control_chars(setting: &'static str, value: &str) -> Result<(), Settin
     Ok(())
 }
 
-/// The text of the user fragments, as read: what a configuration was built from.
-pub type UserTexts = (Option<String>, Option<String>);
+/// The text of the user files (fragment, hba rules, ident maps), as read: what a
+/// configuration was built from.
+pub type UserTexts = (Option<String>, Option<String>, Option<String>);
 
-fn read_user_conf(path: Option<&Path>) -> Result<(Fragment, Option<String>), SettingsError> {
-    let Some(path) = path else {
-        return Ok((Fragment::default(), None));
-    };
-    let bad = |e: fragment::FragmentError| {
-        invalid("PGWARDEN_USER_CONF", format!("{}: {e}", path.display()))
-    };
-    let text = read_text("PGWARDEN_USER_CONF", path)?;
-    let frag = fragment::parse(&text).map_err(bad)?;
-    fragment::check_owned(&frag).map_err(bad)?;
-    Ok((frag, Some(text)))
+/// The user files, parsed and checked.
+struct UserFiles {
+    conf: Fragment,
+    hba: Vec<HbaRule>,
+    ident: Vec<HbaRule>,
+    texts: UserTexts,
 }
 
-fn read_user_hba(path: Option<&Path>) -> Result<(Vec<HbaRule>, Option<String>), SettingsError> {
-    let Some(path) = path else {
-        return Ok((Vec::new(), None));
+/// Reads the three user files and reports every bad line of every one of them at once,
+/// so that fixing a ConfigMap takes one round, not one per mistake.
+fn read_user_files(
+    conf: Option<&Path>,
+    hba: Option<&Path>,
+    ident: Option<&Path>,
+) -> Result<UserFiles, SettingsError> {
+    let mut errors = Vec::new();
+    let mut out = UserFiles {
+        conf: Fragment::default(),
+        hba: Vec::new(),
+        ident: Vec::new(),
+        texts: (None, None, None),
     };
-    let text = read_text("PGWARDEN_USER_HBA", path)?;
-    let rules = hba::parse_rules(&text)
-        .map_err(|e| invalid("PGWARDEN_USER_HBA", format!("{}: {e}", path.display())))?;
-    Ok((rules, Some(text)))
+    if let Some(path) = conf {
+        match read_text("PGWARDEN_USER_CONF", path) {
+            Ok(text) => {
+                match fragment::parse_checked(&text) {
+                    Ok(frag) => out.conf = frag,
+                    Err(e) => errors.push(invalid(
+                        "PGWARDEN_USER_CONF",
+                        format!("{}: {e}", path.display()),
+                    )),
+                }
+                out.texts.0 = Some(text);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut rules = |setting: &'static str,
+                     path: Option<&Path>,
+                     parse: fn(&str) -> Result<Vec<HbaRule>, String>|
+     -> (Vec<HbaRule>, Option<String>) {
+        let Some(path) = path else {
+            return (Vec::new(), None);
+        };
+        match read_text(setting, path) {
+            Ok(text) => match parse(&text) {
+                Ok(r) => (r, Some(text)),
+                Err(e) => {
+                    errors.push(invalid(setting, format!("{}: {e}", path.display())));
+                    (Vec::new(), Some(text))
+                }
+            },
+            Err(e) => {
+                errors.push(e);
+                (Vec::new(), None)
+            }
+        }
+    };
+    (out.hba, out.texts.1) = rules("PGWARDEN_USER_HBA", hba, hba::parse_rules);
+    (out.ident, out.texts.2) = rules("PGWARDEN_USER_IDENT", ident, hba::parse_ident);
+    match errors.len() {
+        0 => Ok(out),
+        1 => Err(errors.remove(0)),
+        _ => Err(SettingsError::Several(errors)),
+    }
 }
 
 fn read_text(setting: &'static str, path: &Path) -> Result<String, SettingsError> {

@@ -1,5 +1,6 @@
 //! Supervising postgres: start, readiness, signals, reload, crash restarts, shutdown.
 
+mod autoconf;
 pub mod commands;
 mod crash;
 pub mod postgres;
@@ -108,7 +109,10 @@ impl Supervisor {
                         _ = tokio::time::sleep(delay) => {}
                         sig = wait_for_stop(signals) => {
                             info!(signal = ?sig, "shutdown requested while postgres was down");
-                            self.publish(|st| st.state = State::Stopped);
+                            self.publish(|st| {
+                                st.state = State::Stopped;
+                                st.exiting = true;
+                            });
                             stop_children(&self.reaper).await;
                             return 0;
                         }
@@ -125,6 +129,16 @@ impl Supervisor {
             st.pid = None;
         });
         let s = self.settings.clone();
+        // postgres is not running: the file can be fixed directly.
+        match crate::pgconf::autoconf::neutralise_file(
+            &s.pgdata,
+            s.run_as.as_ref().map(|u| u.owner()),
+        ) {
+            Ok(found) => self.report_overrides(found),
+            Err(e) => {
+                warn!(error = %e, "cannot check postgresql.auto.conf for parameters pgwarden owns")
+            }
+        }
         let mut pg = match postgres::spawn(&s, &self.runner(), &s.pgdata, &[]) {
             Ok(c) => c,
             Err(e) => {
@@ -171,7 +185,10 @@ impl Supervisor {
                     info!(signal = ?sig, mode = name, pid, "shutting postgres down");
                     let _ = pg.signal(pg_signal);
                     mode = Some(next);
-                    self.publish(|st| st.state = State::Stopping);
+                    self.publish(|st| {
+                        st.state = State::Stopping;
+                        st.exiting = true;
+                    });
                 }
                 Some(req) = self.commands.recv() => {
                     let answer = match req.command {
@@ -198,6 +215,10 @@ impl Supervisor {
                     let _ = req.reply.send(answer);
                 }
                 _ = watch_tick.tick(), if mode.is_none() => {
+                    // ALTER SYSTEM followed by pg_reload_conf() never goes through pgwarden.
+                    if ready {
+                        self.guard_auto_conf().await;
+                    }
                     let on_disk = self.settings.user_texts_on_disk();
                     // A change refused once is not retried (nor logged) every tick.
                     if on_disk != self.settings.user_texts && Some(&on_disk) != self.refused.as_ref() {
@@ -234,7 +255,10 @@ impl Supervisor {
             info!(exit = %exit, "postgres stopped as asked");
             Outcome::Planned
         } else if mode.is_some() {
-            self.publish(|st| st.state = State::Stopped);
+            self.publish(|st| {
+                st.state = State::Stopped;
+                st.exiting = true;
+            });
             Outcome::Stopped(exit)
         } else {
             error!(pid, exit = %exit, "postgres exited unexpectedly");
@@ -270,6 +294,7 @@ impl Supervisor {
             hba_changed = changed.hba,
             "configuration reloaded"
         );
+        self.guard_auto_conf().await;
         if self.restart_on_pending && changed.postgresql_conf {
             let (settings, commands) = (self.settings.clone(), self.self_commands.clone());
             tokio::spawn(async move { restart_if_pending(&settings, commands).await });
@@ -292,7 +317,10 @@ impl Supervisor {
             tokio::select! {
                 sig = wait_for_stop(signals) => {
                     info!(signal = ?sig, "shutdown requested while fenced");
-                    self.publish(|st| st.state = State::Stopped);
+                    self.publish(|st| {
+                        st.state = State::Stopped;
+                        st.exiting = true;
+                    });
                     stop_children(&self.reaper).await;
                     return Some(0);
                 }

@@ -44,6 +44,10 @@ pub fn spawn(s: &Settings, runner: &Runner, data_dir: &Path, extra: &[&str]) -> 
         cmd.envs(a.env());
         cmd.env("PGWARDEN_SOCKET_DIR", &s.socket_dir);
     }
+    // Children of postgres that are pgwarden (archive_command, restore_command) log
+    // JSON, whatever pgwarden's own format: [`crate::logging::postgres_line`] turns
+    // their records back into pgwarden records at their own level.
+    cmd.env("PGWARDEN_LOG_FORMAT", "json");
     run_as(&mut cmd, s.run_as.as_ref());
     let mut child = runner.spawn(&mut cmd)?;
     if let Some(out) = child.stdout.take() {
@@ -61,6 +65,7 @@ fn forward<R: Read + Send + 'static>(pipe: R) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
         let mut buf = Vec::new();
+        let mut redactor = crate::redact::Redactor::new();
         loop {
             buf.clear();
             match reader.read_until(b'\n', &mut buf) {
@@ -69,7 +74,7 @@ fn forward<R: Read + Send + 'static>(pipe: R) {
                     let line = String::from_utf8_lossy(&buf);
                     let line = line.trim_end();
                     if !line.is_empty() {
-                        crate::logging::postgres_line(line);
+                        crate::logging::postgres_line(&mut redactor, line);
                     }
                 }
             }
