@@ -8,6 +8,7 @@
 pub mod bootstrap;
 pub mod cli;
 pub mod db;
+pub mod entrypoint;
 pub mod fsutil;
 pub mod http;
 pub mod logging;

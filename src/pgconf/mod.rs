@@ -105,6 +105,12 @@ pub fn render_postgresql_conf(
     for e in &s.user_conf.entries {
         out += &line(&e.name, &e.value)?;
     }
+    if !s.command_line.entries.is_empty() {
+        out.push_str("\n# Command line (pgwarden postgres -c ...)\n");
+        for e in &s.command_line.entries {
+            out += &line(&e.name, &e.value)?;
+        }
+    }
 
     let data = data_dir.to_string_lossy();
     out.push_str("\n# Owned by pgwarden\n");
@@ -115,7 +121,7 @@ pub fn render_postgresql_conf(
     out += &line("ident_file", &format!("{data}/pg_ident.conf"))?;
     out += &line(
         "wal_level",
-        s.user_conf.get("wal_level").unwrap_or("replica"),
+        s.user_value("wal_level").unwrap_or("replica"),
     )?;
     out += &line("hot_standby", "on")?;
     out += &line("log_destination", "stderr")?;

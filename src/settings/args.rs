@@ -150,4 +150,8 @@ pub struct SettingsArgs {
     /// Length of the crash window, in seconds.
     #[arg(long, env = "PGWARDEN_CRASH_WINDOW", default_value_t = 300)]
     pub crash_window: u64,
+
+    /// Settings given on the command line as `pgwarden postgres -c name=value ...`.
+    #[arg(skip)]
+    pub command_line: Vec<(String, String)>,
 }

@@ -111,6 +111,9 @@ pub struct Settings {
     pub user_hba_path: Option<PathBuf>,
     /// The parsed user pg_hba rules.
     pub user_hba: Vec<HbaRule>,
+    /// Settings from the command line (`pgwarden postgres -c name=value`), checked like
+    /// the fragment; they come after it, so they win, as `-c` does over postgresql.conf.
+    pub command_line: Fragment,
     /// The fragments' text these settings were built from, to notice a change on disk.
     pub user_texts: UserTexts,
     /// `max_slot_wal_keep_size` default.
@@ -294,6 +297,8 @@ impl Settings {
         }
 
         let (user_conf, conf_text) = read_user_conf(args.user_conf.as_deref())?;
+        let command_line = fragment::from_command_line(&args.command_line)
+            .map_err(|problems| invalid("postgres -c", problems.join("; ")))?;
         let (user_hba, hba_text) = read_user_hba(args.user_hba.as_deref())?;
 
         let allowed_networks = hba::parse_networks(&args.allowed_network)
@@ -387,6 +392,7 @@ impl Settings {
             socket_dir: args.socket_dir.clone(),
             user_conf_path: args.user_conf.clone(),
             user_conf,
+            command_line,
             user_hba_path: args.user_hba.clone(),
             user_hba,
             user_texts: (conf_text, hba_text),
@@ -447,6 +453,13 @@ impl Settings {
     pub fn user_texts_on_disk(&self) -> UserTexts {
         let read = |p: &Option<PathBuf>| p.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
         (read(&self.user_conf_path), read(&self.user_hba_path))
+    }
+
+    /// The value the user layer gives `name`: the command line, else the fragment.
+    pub fn user_value(&self, name: &str) -> Option<&str> {
+        self.command_line
+            .get(name)
+            .or_else(|| self.user_conf.get(name))
     }
 
     /// Path of a PostgreSQL executable in the bindir.

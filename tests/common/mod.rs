@@ -185,6 +185,12 @@ impl Instance {
 
     /// Starts `pgwarden run` in a process group of its own, appending to the log.
     pub fn start(&mut self) -> &mut Self {
+        self.start_with(&["run"])
+    }
+
+    /// Starts `pgwarden <args>` (for example the official image's `postgres -c ...`
+    /// form) in a process group of its own, appending to the log.
+    pub fn start_with(&mut self, args: &[&str]) -> &mut Self {
         assert!(self.child.is_none(), "already running");
         self.runs += 1;
         let log = std::fs::OpenOptions::new()
@@ -192,7 +198,7 @@ impl Instance {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut cmd = self.command(&["run"]);
+        let mut cmd = self.command(args);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
