@@ -126,7 +126,10 @@ pub fn exec(argv: &[OsString]) -> i32 {
         return 0;
     };
     let err = std::process::Command::new(program).args(args).exec();
-    eprintln!("pgwarden: cannot execute {}: {err}", program.to_string_lossy());
+    eprintln!(
+        "pgwarden: cannot execute {}: {err}",
+        program.to_string_lossy()
+    );
     if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
@@ -153,7 +156,10 @@ mod tests {
                 &["pgwarden", "-c", "a=b"],
                 &["pgwarden", "postgres", "-c", "a=b"],
             ),
-            (&["pgwarden", "--fsync=off"], &["pgwarden", "postgres", "--fsync=off"]),
+            (
+                &["pgwarden", "--fsync=off"],
+                &["pgwarden", "postgres", "--fsync=off"],
+            ),
             (&["pgwarden", "run"], &["pgwarden", "run"]),
             (&["pgwarden", "--help"], &["pgwarden", "--help"]),
             (&["pgwarden", "-V"], &["pgwarden", "-V"]),
@@ -167,11 +173,15 @@ mod tests {
     #[test]
     fn parses_settings_as_postgres_does() {
         let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
-        let cases: &[(&[&str], Vec<(String, String)>)] = &[
+        type Case<'a> = (&'a [&'a str], Vec<(String, String)>);
+        let cases: &[Case] = &[
             (&[], vec![]),
             (
                 &["-c", "max_connections=200", "-cshared_buffers=1GB"],
-                vec![pair("max_connections", "200"), pair("shared_buffers", "1GB")],
+                vec![
+                    pair("max_connections", "200"),
+                    pair("shared_buffers", "1GB"),
+                ],
             ),
             (
                 &["--log-min-duration-statement=250", "--work_mem=8MB"],

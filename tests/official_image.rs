@@ -55,7 +55,10 @@ fn owned_or_invalid_command_line_settings_are_refused_before_pgdata_is_touched()
             &["postgres", "-c", "work_mem=banana"],
             &["PGWARDEN_USER_CONF", "work_mem"],
         ),
-        (&["postgres", "-c", "max_connections"], &["expected -c name=value"]),
+        (
+            &["postgres", "-c", "max_connections"],
+            &["expected -c name=value"],
+        ),
         (&["postgres", "-i"], &["-i", "-c name=value"]),
     ] {
         let (status, out) = pg.run_cli(args);

@@ -157,8 +157,13 @@ pub fn from_command_line(pairs: &[(String, String)]) -> Result<Fragment, Vec<Str
         if !valid_name {
             problems.push(format!("{given}: {name:?} is not a parameter name"));
         } else if value.contains(['\n', '\r', '\0']) {
-            problems.push(format!("{given}: the value contains a newline or NUL character"));
-        } else if matches!(name.as_str(), "include" | "include_if_exists" | "include_dir") {
+            problems.push(format!(
+                "{given}: the value contains a newline or NUL character"
+            ));
+        } else if matches!(
+            name.as_str(),
+            "include" | "include_if_exists" | "include_dir"
+        ) {
             problems.push(format!("{given}: {name} is not a setting"));
         } else {
             entries.push(Entry {
@@ -348,10 +353,12 @@ mod tests {
     #[test]
     fn checks_the_command_line_like_a_fragment() {
         let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+            v.iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
         };
-        let ok = from_command_line(&pairs(&[("max_connections", "200"), ("Work_Mem", "8MB")]))
-            .unwrap();
+        let ok =
+            from_command_line(&pairs(&[("max_connections", "200"), ("Work_Mem", "8MB")])).unwrap();
         assert_eq!(ok.get("max_connections"), Some("200"));
         assert_eq!(ok.get("work_mem"), Some("8MB"));
         let err = from_command_line(&pairs(&[
@@ -363,7 +370,11 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(err.len(), 4, "{err:?}");
-        assert!(err.iter().any(|m| m.starts_with("-c port=6000: port is set by pgwarden (set PGPORT")), "{err:?}");
+        assert!(
+            err.iter()
+                .any(|m| m.starts_with("-c port=6000: port is set by pgwarden (set PGPORT")),
+            "{err:?}"
+        );
         assert!(err.iter().any(|m| m.starts_with("-c 1x=y:")), "{err:?}");
         assert!(err.iter().any(|m| m.contains("newline")), "{err:?}");
         assert!(err.iter().any(|m| m.contains("below replica")), "{err:?}");

@@ -119,10 +119,7 @@ pub fn render_postgresql_conf(
     out += &line("unix_socket_directories", &s.socket_dir.to_string_lossy())?;
     out += &line("hba_file", &format!("{data}/pg_hba.conf"))?;
     out += &line("ident_file", &format!("{data}/pg_ident.conf"))?;
-    out += &line(
-        "wal_level",
-        s.user_value("wal_level").unwrap_or("replica"),
-    )?;
+    out += &line("wal_level", s.user_value("wal_level").unwrap_or("replica"))?;
     out += &line("hot_standby", "on")?;
     out += &line("log_destination", "stderr")?;
     out += &line("logging_collector", "off")?;

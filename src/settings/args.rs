@@ -115,9 +115,16 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGWARDEN_READY_MAX_LAG")]
     pub ready_max_lag: Option<u64>,
 
-    /// Seconds of smart shutdown on SIGTERM before switching to fast shutdown.
-    #[arg(long, env = "PGWARDEN_SMART_SHUTDOWN_TIMEOUT", default_value_t = 15)]
+    /// Seconds of smart shutdown on SIGTERM before switching to fast shutdown; 0 (the
+    /// default, as the official image's SIGINT) makes SIGTERM a fast shutdown at once.
+    #[arg(long, env = "PGWARDEN_SMART_SHUTDOWN_TIMEOUT", default_value_t = 0)]
     pub smart_shutdown_timeout: u64,
+
+    /// Seconds from a stop signal after which a shutdown still running turns immediate,
+    /// so that pgwarden exits before the platform's SIGKILL (docker stop: 10 s,
+    /// Kubernetes: 30 s); 0 never escalates.
+    #[arg(long, env = "PGWARDEN_STOP_TIMEOUT", default_value_t = 8)]
+    pub stop_timeout: u64,
 
     /// Bearer token for the HTTP control API (POST /promote, /restart, ...).
     #[arg(long, env = "PGWARDEN_API_TOKEN", hide_env_values = true)]

@@ -120,8 +120,10 @@ pub struct Settings {
     pub max_slot_wal_keep_size: String,
     /// Maximum replay lag, in bytes, for a replica to be ready.
     pub ready_max_lag: Option<u64>,
-    /// Smart shutdown bound before fast shutdown.
+    /// Smart shutdown bound before fast shutdown (zero: SIGTERM is fast at once).
     pub smart_shutdown_timeout: Duration,
+    /// Bound on any shutdown before it turns immediate; `None` never escalates.
+    pub stop_timeout: Option<Duration>,
     /// Crashes tolerated within `crash_window`.
     pub max_crashes: u32,
     /// Window for counting crashes.
@@ -296,6 +298,15 @@ impl Settings {
             ));
         }
 
+        if args.stop_timeout > 0 && args.smart_shutdown_timeout >= args.stop_timeout {
+            return Err(invalid(
+                "PGWARDEN_SMART_SHUTDOWN_TIMEOUT",
+                format!(
+                    "{} s is not below PGWARDEN_STOP_TIMEOUT ({} s), so a smart shutdown would never turn fast before it turns immediate",
+                    args.smart_shutdown_timeout, args.stop_timeout
+                ),
+            ));
+        }
         let (user_conf, conf_text) = read_user_conf(args.user_conf.as_deref())?;
         let command_line = fragment::from_command_line(&args.command_line)
             .map_err(|problems| invalid("postgres -c", problems.join("; ")))?;
@@ -399,6 +410,7 @@ impl Settings {
             max_slot_wal_keep_size: args.max_slot_wal_keep_size.clone(),
             ready_max_lag: args.ready_max_lag,
             smart_shutdown_timeout: Duration::from_secs(args.smart_shutdown_timeout),
+            stop_timeout: (args.stop_timeout > 0).then(|| Duration::from_secs(args.stop_timeout)),
             max_crashes: args.max_crashes.max(1),
             crash_window: Duration::from_secs(args.crash_window.max(1)),
             data_state,
