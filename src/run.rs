@@ -29,6 +29,13 @@ pub fn control_socket(socket_dir: &Path) -> PathBuf {
 pub async fn run(args: &SettingsArgs) -> Result<i32> {
     // Loaded before the reaper starts: it runs `postgres --version` the ordinary way.
     let settings = Arc::new(Settings::load(args)?);
+    if settings.host_auth_method == "trust" {
+        warn!(
+            "POSTGRES_HOST_AUTH_METHOD=trust: anyone who can reach port {} connects as any role without a password, \
+             even if POSTGRES_PASSWORD is set; set POSTGRES_PASSWORD and leave POSTGRES_HOST_AUTH_METHOD unset instead",
+            settings.port
+        );
+    }
     let resources = tuning::detect();
     let rendered = pgconf::render(&settings, &settings.pgdata, &resources)?;
     pgconf::validate(

@@ -87,3 +87,218 @@ fn any_other_command_is_executed_as_is() {
     assert!(out.contains("no-such-command-here"), "{out}");
     assert!(!pg.pgdata.exists());
 }
+
+fn write_file(path: &std::path::Path, bytes: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn xz(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("xz")
+        .args(["--compress", "--stdout"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("xz (xz-utils)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_environment_and_init_script_conventions_work() {
+    let tmp = test_dir();
+    let scratch = scratch_dir(tmp.path());
+    let mut pg = Instance::new(tmp.path(), "officialenv");
+    let secrets = pg.dir.join("secrets");
+    write_file(&secrets.join("user"), b"admin\n", 0o644);
+    write_file(&secrets.join("db"), b"appdb\n", 0o644);
+    write_file(
+        &secrets.join("password"),
+        format!("{PASSWORD}\n").as_bytes(),
+        0o644,
+    );
+    write_file(&secrets.join("initdb-args"), b"--wal-segsize=32\n", 0o644);
+    let waldir = scratch.join("wal");
+    pg.unset("POSTGRES_PASSWORD")
+        .set(
+            "POSTGRES_USER_FILE",
+            secrets.join("user").display().to_string(),
+        )
+        .set("POSTGRES_DB_FILE", secrets.join("db").display().to_string())
+        .set(
+            "POSTGRES_PASSWORD_FILE",
+            secrets.join("password").display().to_string(),
+        )
+        .set(
+            "POSTGRES_INITDB_ARGS_FILE",
+            secrets.join("initdb-args").display().to_string(),
+        )
+        .set("POSTGRES_INITDB_WALDIR", waldir.display().to_string());
+
+    let init = pg.dir.join("initdb.d");
+    write_file(
+        &init.join("01-role.sql"),
+        b"CREATE ROLE app LOGIN; CREATE SCHEMA app AUTHORIZATION app;\n",
+        0o644,
+    );
+    // Sourced, as the official image documents: its helpers, and other roles over the socket.
+    let seen = scratch.join("seen");
+    write_file(
+        &init.join("02-sourced.sh"),
+        format!(
+            "psql -v ON_ERROR_STOP=1 --username app --dbname \"$POSTGRES_DB\" -c 'CREATE TABLE app.owned_by_app (id int)'\n\
+             \"${{psql[@]}}\" <<-'EOSQL'\n\tCREATE TABLE via_psql_array (id int);\nEOSQL\n\
+             docker_process_sql -c 'CREATE TABLE via_helper (id int)'\n\
+             echo \"user=$POSTGRES_USER db=$POSTGRES_DB password=$POSTGRES_PASSWORD\" > {seen}\n",
+            seen = seen.display()
+        )
+        .as_bytes(),
+        0o644,
+    );
+    write_file(
+        &init.join("03-data.sql.xz"),
+        &xz("CREATE TABLE from_xz (id int);\n"),
+        0o644,
+    );
+    write_file(
+        &init.join("04-data.sql.zst"),
+        &zstd::encode_all(&b"CREATE TABLE from_zst (id int);\n"[..], 3).unwrap(),
+        0o644,
+    );
+    // A background job that holds the script's output open until the server is up: the
+    // bootstrap must not wait for it, or the server would never come up.
+    let release = scratch.join("release");
+    write_file(
+        &init.join("05-background.sh"),
+        format!(
+            "#!/bin/sh\n( while [ ! -e {release} ]; do sleep 0.1; done; echo background job done ) &\necho started a background job\n",
+            release = release.display()
+        )
+        .as_bytes(),
+        0o755,
+    );
+    pg.start();
+    // Ends the background job whatever happens below.
+    struct Release(std::path::PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
+    let _release = Release(release.clone());
+    pg.wait_ready();
+    std::fs::write(&release, "").unwrap();
+
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap().trim(),
+        format!("user=admin db=appdb password={PASSWORD}")
+    );
+    let client = pg.connect_as("admin", PASSWORD, "appdb").await.unwrap();
+    let tables: Vec<String> = client
+        .query(
+            "SELECT schemaname || '.' || tablename || ':' || tableowner FROM pg_tables \
+             WHERE schemaname IN ('public', 'app') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        tables,
+        vec![
+            "app.owned_by_app:app",
+            "public.from_xz:admin",
+            "public.from_zst:admin",
+            "public.via_helper:admin",
+            "public.via_psql_array:admin",
+        ]
+    );
+    let segsize: String = client
+        .query_one("SHOW wal_segment_size", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(segsize, "32MB", "POSTGRES_INITDB_ARGS_FILE was used");
+    assert_eq!(
+        std::fs::read_link(pg.pgdata.join("pg_wal")).unwrap(),
+        waldir
+    );
+    assert!(waldir.join("archive_status").is_dir());
+    // Other roles over the socket were for the bootstrap only.
+    assert!(!pg.pgdata.join("pg_hba.bootstrap.conf").exists());
+    let hba = std::fs::read_to_string(pg.pgdata.join("pg_hba.conf")).unwrap();
+    assert!(!hba.contains("trust"), "{hba}");
+    assert!(pg.connect_as("app", "", "appdb").await.is_err());
+    pg.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_auth_method_trust_needs_no_password_and_warns() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "trust");
+    pg.unset("POSTGRES_PASSWORD")
+        .set("POSTGRES_HOST_AUTH_METHOD", "trust");
+    pg.start().wait_ready();
+    let client = pg.connect_as("postgres", "", "postgres").await.unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+    assert!(
+        pg.log()
+            .contains("POSTGRES_HOST_AUTH_METHOD=trust: anyone who can reach port"),
+        "{}",
+        pg.log()
+    );
+    pg.stop();
+}
+
+#[test]
+fn wrong_official_variables_are_refused_before_pgdata_is_touched() {
+    let tmp = test_dir();
+    let user_file = tmp.path().join("user");
+    std::fs::write(&user_file, "admin\n").unwrap();
+    type Case<'a> = (Vec<(&'a str, String)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        (
+            vec![
+                ("POSTGRES_USER", "admin".into()),
+                ("POSTGRES_USER_FILE", user_file.display().to_string()),
+            ],
+            &["POSTGRES_USER", "POSTGRES_USER_FILE", "use one"],
+        ),
+        (
+            vec![("POSTGRES_DB_FILE", "/nonexistent/db".into())],
+            &["POSTGRES_DB", "/nonexistent/db"],
+        ),
+        (
+            vec![("POSTGRES_HOST_AUTH_METHOD", "banana".into())],
+            &["POSTGRES_HOST_AUTH_METHOD", "banana"],
+        ),
+        (
+            vec![("POSTGRES_INITDB_WALDIR", "relative/wal".into())],
+            &["POSTGRES_INITDB_WALDIR", "absolute"],
+        ),
+    ];
+    for (i, (vars, needles)) in cases.into_iter().enumerate() {
+        let mut pg = Instance::new(tmp.path(), &format!("badenv{i}"));
+        for (k, v) in &vars {
+            pg.set(k, v.clone());
+        }
+        let (status, out) = pg.run_cli(&["run"]);
+        assert!(!status.success(), "{vars:?} accepted:\n{out}");
+        for n in needles {
+            assert!(out.contains(n), "{vars:?}: expected {n:?} in:\n{out}");
+        }
+        assert!(!pg.pgdata.exists(), "{vars:?}");
+    }
+}

@@ -92,6 +92,7 @@ fn commit(staging: &Path, pgdata: &Path) -> Result<()> {
 fn clean_interrupted(pgdata: &Path) -> Result<()> {
     let staging = pgdata::staging_dir(pgdata);
     stop_stale_postmaster(&staging);
+    clean_interrupted_waldir(&staging)?;
     for entry in std::fs::read_dir(pgdata)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -107,6 +108,26 @@ fn clean_interrupted(pgdata: &Path) -> Result<()> {
         .with_context(|| format!("remove {}", path.display()))?;
     }
     fsutil::fsync_dir(pgdata)?;
+    Ok(())
+}
+
+/// With POSTGRES_INITDB_WALDIR, the interrupted initdb filled a directory outside
+/// PGDATA that a new initdb refuses to reuse. initdb only writes into an empty or new
+/// waldir, so what is in it is that bootstrap's.
+fn clean_interrupted_waldir(staging: &Path) -> Result<()> {
+    let Ok(target) = std::fs::read_link(staging.join("pg_wal")) else {
+        return Ok(());
+    };
+    warn!(waldir = %target.display(), "emptying the WAL directory of the interrupted bootstrap");
+    for entry in std::fs::read_dir(&target).with_context(|| format!("read {}", target.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .with_context(|| format!("remove {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -47,6 +47,11 @@ const METHODS: &[&str] = &[
     "bsd",
 ];
 
+/// True when `method` is an authentication method pg_hba.conf knows.
+pub fn is_method(method: &str) -> bool {
+    METHODS.contains(&method)
+}
+
 /// Parses and checks the user's rules; every bad line is reported.
 pub fn parse_rules(text: &str) -> Result<Vec<HbaRule>, String> {
     let mut rules = Vec::new();

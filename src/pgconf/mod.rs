@@ -173,7 +173,15 @@ pub fn render_hba(s: &Settings) -> Result<String, NewlineError> {
         out.push_str(&text);
         out.push('\n');
     }
-    out.push_str("\n# Everything else needs a password\nlocal all all scram-sha-256\nhost all all all scram-sha-256\n");
+    if s.host_auth_method == "trust" {
+        // As in the official image with POSTGRES_HOST_AUTH_METHOD=trust.
+        out.push_str("\n# WARNING: POSTGRES_HOST_AUTH_METHOD=trust: no password for anyone who can connect\nlocal all all trust\nhost all all all trust\n");
+    } else {
+        out.push_str(&format!(
+            "\n# Everything else needs a password (POSTGRES_HOST_AUTH_METHOD)\nlocal all all scram-sha-256\nhost all all all {}\n",
+            s.host_auth_method
+        ));
+    }
     Ok(out)
 }
 

@@ -18,9 +18,13 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGPORT", default_value_t = 5432)]
     pub port: u16,
 
-    /// Superuser name.
-    #[arg(long, env = "POSTGRES_USER", default_value = "postgres")]
-    pub postgres_user: String,
+    /// Superuser name (default: postgres).
+    #[arg(long, env = "POSTGRES_USER")]
+    pub postgres_user: Option<String>,
+
+    /// File holding the superuser name, as the official image's `POSTGRES_USER_FILE`.
+    #[arg(long, env = "POSTGRES_USER_FILE")]
+    pub postgres_user_file: Option<PathBuf>,
 
     /// Superuser password (prefer --postgres-password-file).
     #[arg(long, env = "POSTGRES_PASSWORD", hide_env_values = true)]
@@ -34,9 +38,26 @@ pub struct SettingsArgs {
     #[arg(long, env = "POSTGRES_DB")]
     pub postgres_db: Option<String>,
 
+    /// File holding the database name.
+    #[arg(long, env = "POSTGRES_DB_FILE")]
+    pub postgres_db_file: Option<PathBuf>,
+
     /// Extra initdb arguments, split on white space as the official image does.
     #[arg(long, env = "POSTGRES_INITDB_ARGS", allow_hyphen_values = true)]
     pub postgres_initdb_args: Option<String>,
+
+    /// File holding the extra initdb arguments.
+    #[arg(long, env = "POSTGRES_INITDB_ARGS_FILE")]
+    pub postgres_initdb_args_file: Option<PathBuf>,
+
+    /// Directory for the write-ahead log, outside PGDATA (initdb --waldir).
+    #[arg(long, env = "POSTGRES_INITDB_WALDIR")]
+    pub postgres_initdb_waldir: Option<PathBuf>,
+
+    /// Authentication method for connections over TCP (`host all all all`), as in the
+    /// official image; `trust` needs no password and is loudly warned about.
+    #[arg(long, env = "POSTGRES_HOST_AUTH_METHOD")]
+    pub postgres_host_auth_method: Option<String>,
 
     /// Directory of *.sql, *.sql.gz and *.sh files run once after initdb.
     #[arg(

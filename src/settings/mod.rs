@@ -75,6 +75,10 @@ pub struct Settings {
     pub database: String,
     /// Extra initdb arguments.
     pub initdb_args: Vec<String>,
+    /// Write-ahead log directory outside PGDATA, for initdb's `--waldir`.
+    pub initdb_waldir: Option<PathBuf>,
+    /// Method of the `host all all all` rule (`POSTGRES_HOST_AUTH_METHOD`).
+    pub host_auth_method: String,
     /// Init scripts directory.
     pub initdb_dir: PathBuf,
     /// Configured role.
@@ -145,6 +149,34 @@ pub struct Settings {
 impl Settings {
     /// Validates `args` and reads what they point to. Writes nothing.
     pub fn load(args: &SettingsArgs) -> Result<Settings, SettingsError> {
+        let superuser = read_file_env(
+            "POSTGRES_USER",
+            args.postgres_user.as_deref(),
+            args.postgres_user_file.as_deref(),
+        )?
+        .unwrap_or_else(|| "postgres".to_owned());
+        let database = read_file_env(
+            "POSTGRES_DB",
+            args.postgres_db.as_deref(),
+            args.postgres_db_file.as_deref(),
+        )?
+        .unwrap_or_else(|| superuser.clone());
+        let initdb_args = read_file_env(
+            "POSTGRES_INITDB_ARGS",
+            args.postgres_initdb_args.as_deref(),
+            args.postgres_initdb_args_file.as_deref(),
+        )?
+        .unwrap_or_default();
+        let host_auth_method = match args.postgres_host_auth_method.as_deref() {
+            None | Some("") => "scram-sha-256".to_owned(),
+            Some(m) if hba::is_method(m) && m != "peer" && m != "ident" => m.to_owned(),
+            Some(m) => {
+                return Err(invalid(
+                    "POSTGRES_HOST_AUTH_METHOD",
+                    format!("{m:?} is not an authentication method for TCP connections (such as scram-sha-256, md5, trust)"),
+                ))
+            }
+        };
         let role = match args.role.as_str() {
             "primary" => Role::Primary,
             "replica" => Role::Replica,
@@ -156,9 +188,9 @@ impl Settings {
             }
         };
         for (setting, value) in [
-            ("POSTGRES_USER", Some(args.postgres_user.as_str())),
-            ("POSTGRES_DB", args.postgres_db.as_deref()),
-            ("POSTGRES_INITDB_ARGS", args.postgres_initdb_args.as_deref()),
+            ("POSTGRES_USER", Some(superuser.as_str())),
+            ("POSTGRES_DB", Some(database.as_str())),
+            ("POSTGRES_INITDB_ARGS", Some(initdb_args.as_str())),
             ("PGWARDEN_PRIMARY_HOST", args.primary_host.as_deref()),
             (
                 "PGWARDEN_REPLICATION_USER",
@@ -185,6 +217,10 @@ impl Settings {
             ("PGWARDEN_USER_CONF", args.user_conf.as_ref()),
             ("PGWARDEN_USER_HBA", args.user_hba.as_ref()),
             ("PGWARDEN_PG_BINDIR", args.pg_bindir.as_ref()),
+            (
+                "POSTGRES_INITDB_WALDIR",
+                args.postgres_initdb_waldir.as_ref(),
+            ),
         ] {
             if let Some(p) = path {
                 reject_control_chars(setting, &p.to_string_lossy())?;
@@ -196,7 +232,7 @@ impl Settings {
                 }
             }
         }
-        if args.postgres_user.is_empty() {
+        if superuser.is_empty() {
             return Err(invalid("POSTGRES_USER", "must not be empty"));
         }
 
@@ -343,12 +379,13 @@ impl Settings {
         let initialized = matches!(data_state, DataDirState::Initialized { .. });
         if !initialized {
             match role {
-                Role::Primary if password.is_none() => {
+                Role::Primary if password.is_none() && host_auth_method != "trust" => {
                     return Err(invalid(
                         "POSTGRES_PASSWORD",
                         format!(
                             "{} is not initialised yet and no superuser password is set; \
-                             set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE",
+                             set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE \
+                             (or, not recommended, POSTGRES_HOST_AUTH_METHOD=trust)",
                             args.pgdata.display()
                         ),
                     ))
@@ -374,19 +411,12 @@ impl Settings {
         Ok(Settings {
             pgdata: args.pgdata.clone(),
             port: args.port,
-            superuser: args.postgres_user.clone(),
+            superuser,
             password,
-            database: args
-                .postgres_db
-                .clone()
-                .unwrap_or_else(|| args.postgres_user.clone()),
-            initdb_args: args
-                .postgres_initdb_args
-                .as_deref()
-                .unwrap_or("")
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
+            database,
+            initdb_args: initdb_args.split_whitespace().map(str::to_owned).collect(),
+            initdb_waldir: args.postgres_initdb_waldir.clone(),
+            host_auth_method,
             initdb_dir: args.initdb_dir.clone(),
             role,
             primary_host: args.primary_host.clone(),
@@ -525,6 +555,32 @@ fn read_user_hba(path: Option<&Path>) -> Result<(Vec<HbaRule>, Option<String>), 
 fn read_text(setting: &'static str, path: &Path) -> Result<String, SettingsError> {
     std::fs::read_to_string(path)
         .map_err(|e| invalid(setting, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Reads a plain setting from its variable or its `_FILE` twin, as the official image's
+/// `file_env` does (an empty variable counts as unset; the file's trailing newlines are
+/// not part of the value).
+fn read_file_env(
+    setting: &'static str,
+    value: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>, SettingsError> {
+    match (value.filter(|v| !v.is_empty()), file) {
+        (Some(_), Some(_)) => Err(invalid(
+            setting,
+            format!("both {setting} and {setting}_FILE are set; use one"),
+        )),
+        (Some(v), None) => Ok(Some(v.to_owned())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|t| Some(t.trim_end_matches(['\n', '\r']).to_owned()))
+            .map_err(|e| {
+                invalid(
+                    setting,
+                    format!("cannot read {setting}_FILE {}: {e}", path.display()),
+                )
+            }),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Reads a secret from its variable or its `_FILE` twin, as the official image does.
