@@ -117,6 +117,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         control = control.merge(http::wal::router(daemon));
     }
     serve_control(&settings, http::router(app).merge(control))?;
+    adopt_originals(&settings)?;
     // The text validated before anything was touched; writing it is all that is left.
     pgconf::write(
         &rendered,
@@ -141,6 +142,47 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         refused: None,
     };
     Ok(sup.run(&mut signals).await)
+}
+
+/// Keeps the PGDATA's own configuration files beside the rendered ones the first time,
+/// and says what of them is not in force.
+fn adopt_originals(s: &Settings) -> Result<()> {
+    use crate::pgconf::adopt;
+    let a = &s.adopted;
+    if !a.to_keep.is_empty() {
+        adopt::keep_originals(a, s.run_as.as_ref().map(|u| u.owner()))
+            .context("PGDATA: keep the original configuration files")?;
+        for (live, copy) in &a.to_keep {
+            warn!(
+                original = %live.display(),
+                kept_as = %copy.display(),
+                "this PGDATA's configuration was not written by pgwarden; adopting it (its settings and rules stay in force, the file is kept beside the rendered one)"
+            );
+        }
+        for n in &a.not_adopted {
+            warn!(setting = %n.what, reason = %n.why, "not carried over from the original configuration");
+        }
+    }
+    if !a.is_empty() {
+        info!(
+            settings = a.conf.entries.len(),
+            hba_rules = a.hba.len(),
+            "adopted configuration in force (from {} and {})",
+            adopt::ORIGINAL_CONF,
+            adopt::ORIGINAL_HBA
+        );
+    }
+    for (name, was, by, value) in adopt::overridden(&a.conf, &s.user_conf, &s.command_line) {
+        info!(
+            parameter = name,
+            adopted = was,
+            winner = by,
+            value,
+            "{by} wins over {}",
+            adopt::ORIGINAL_CONF
+        );
+    }
+    Ok(())
 }
 
 /// Serves the same routes on a unix socket that only the run-as user and root can open.

@@ -302,3 +302,104 @@ fn wrong_official_variables_are_refused_before_pgdata_is_touched() {
         assert!(!pg.pgdata.exists(), "{vars:?}");
     }
 }
+
+/// A PGDATA as the official image leaves it: initdb's files, then the settings and rules
+/// a user or an init script added by hand.
+fn official_pgdata(pg: &Instance) -> (String, String) {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(&pg.pgdata).unwrap();
+    let pwfile = pg.dir.join("pwfile");
+    std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+    let mut cmd = std::process::Command::new("/usr/lib/postgresql/15/bin/initdb");
+    cmd.arg("-D")
+        .arg(&pg.pgdata)
+        .arg("--username=postgres")
+        .arg("--pwfile")
+        .arg(&pwfile)
+        .stdout(std::process::Stdio::null());
+    if is_root() {
+        let u = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        for p in [&pg.pgdata, &pwfile] {
+            nix::unistd::chown(p.as_path(), Some(u.uid), Some(u.gid)).unwrap();
+        }
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw()).current_dir("/");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let append = |name: &str, text: &str| {
+        let p = pg.pgdata.join(name);
+        let mut all = std::fs::read_to_string(&p).unwrap();
+        all.push_str(text);
+        std::fs::write(&p, &all).unwrap();
+        all
+    };
+    let conf = append(
+        "postgresql.conf",
+        "listen_addresses = '*'\ntimezone = 'Europe/Paris'\nmax_connections = 300\n\
+         shared_preload_libraries = 'pg_stat_statements'\n",
+    );
+    let hba = append(
+        "pg_hba.conf",
+        "\nhost all all all scram-sha-256\nhost all app 10.0.0.0/8 scram-sha-256\n",
+    );
+    (conf, hba)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_pgdata_keeps_its_settings_and_rules() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "adopt");
+    let (conf, hba) = official_pgdata(&pg);
+    pg.unset("PGWARDEN_USER_CONF");
+    pg.start().wait_ready();
+    assert_eq!(show(&pg, "max_connections").await, "300");
+    assert_eq!(show(&pg, "timezone").await, "Europe/Paris");
+    assert_eq!(
+        show(&pg, "shared_preload_libraries").await,
+        "pg_stat_statements"
+    );
+    assert_eq!(show(&pg, "listen_addresses").await, "*");
+    // The originals are kept, byte for byte, beside the rendered files.
+    assert_eq!(
+        std::fs::read_to_string(pg.pgdata.join("postgresql.conf.orig")).unwrap(),
+        conf
+    );
+    assert_eq!(
+        std::fs::read_to_string(pg.pgdata.join("pg_hba.conf.orig")).unwrap(),
+        hba
+    );
+    let rendered_hba = std::fs::read_to_string(pg.pgdata.join("pg_hba.conf")).unwrap();
+    assert!(
+        rendered_hba.contains("host all app 10.0.0.0/8 scram-sha-256"),
+        "{rendered_hba}"
+    );
+    assert!(
+        !rendered_hba.contains("127.0.0.1/32 trust"),
+        "initdb's trust rules are not carried over:\n{rendered_hba}"
+    );
+    let log = pg.log();
+    assert!(log.contains("adopting it"), "{log}");
+    assert!(
+        log.contains("not carried over") && log.contains("listen_addresses = '*'"),
+        "{log}"
+    );
+    pg.stop();
+
+    // With a fragment, the fragment wins where both set a parameter, and the log says so.
+    pg.set("PGWARDEN_USER_CONF", pg.user_conf.display().to_string());
+    let from = pg.log().len();
+    pg.start().wait_ready();
+    assert_eq!(show(&pg, "max_connections").await, "40");
+    assert_eq!(show(&pg, "timezone").await, "Europe/Paris");
+    let second = pg.log()[from..].to_owned();
+    assert!(
+        second.contains("PGWARDEN_USER_CONF wins over postgresql.conf.orig"),
+        "{second}"
+    );
+    assert!(!second.contains("adopting it"), "adopted once:\n{second}");
+    pg.stop();
+}

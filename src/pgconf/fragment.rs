@@ -220,7 +220,7 @@ pub fn parse(text: &str) -> Result<Fragment, FragmentError> {
     }
 }
 
-fn parse_line(raw: &str) -> Result<Option<(String, String)>, String> {
+pub(crate) fn parse_line(raw: &str) -> Result<Option<(String, String)>, String> {
     let s = raw.trim_start();
     if s.is_empty() || s.starts_with('#') {
         return Ok(None);

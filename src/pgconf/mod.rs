@@ -4,6 +4,7 @@
 //! holding a newline is refused. [`write`] puts the files in place atomically and only
 //! when their content changed; [`validate`] asks postgres itself to parse the result.
 
+pub mod adopt;
 pub mod fragment;
 pub mod hba;
 pub mod quote;
@@ -95,6 +96,17 @@ pub fn render_postgresql_conf(
         out += &line(name, &value)?;
     }
 
+    if !s.adopted.conf.entries.is_empty() {
+        out.push_str(&format!(
+            "\n# Adopted from {}: this PGDATA's own settings from before pgwarden\n\
+             # (edit that file to change them; PGWARDEN_USER_CONF and the command line win)\n",
+            adopt::ORIGINAL_CONF
+        ));
+        for e in &s.adopted.conf.entries {
+            out += &line(&e.name, &e.value)?;
+        }
+    }
+
     match &s.user_conf_path {
         Some(p) => out.push_str(&format!(
             "\n# User fragment: {}\n",
@@ -172,6 +184,18 @@ pub fn render_hba(s: &Settings) -> Result<String, NewlineError> {
         quote::conf_value("PGWARDEN_USER_HBA", &text)?;
         out.push_str(&text);
         out.push('\n');
+    }
+    if !s.adopted.hba.is_empty() {
+        out.push_str(&format!(
+            "\n# Adopted from {}: this PGDATA's own rules from before pgwarden\n",
+            adopt::ORIGINAL_HBA
+        ));
+        for rule in &s.adopted.hba {
+            let text = rule.render();
+            quote::conf_value(adopt::ORIGINAL_HBA, &text)?;
+            out.push_str(&text);
+            out.push('\n');
+        }
     }
     if s.host_auth_method == "trust" {
         // As in the official image with POSTGRES_HOST_AUTH_METHOD=trust.

@@ -118,6 +118,9 @@ pub struct Settings {
     /// Settings from the command line (`pgwarden postgres -c name=value`), checked like
     /// the fragment; they come after it, so they win, as `-c` does over postgresql.conf.
     pub command_line: Fragment,
+    /// What an initialised PGDATA's own postgresql.conf and pg_hba.conf said before
+    /// pgwarden (see [`crate::pgconf::adopt`]).
+    pub adopted: crate::pgconf::adopt::Adopted,
     /// The fragments' text these settings were built from, to notice a change on disk.
     pub user_texts: UserTexts,
     /// `max_slot_wal_keep_size` default.
@@ -377,6 +380,11 @@ impl Settings {
         }
 
         let initialized = matches!(data_state, DataDirState::Initialized { .. });
+        let adopted = if initialized {
+            crate::pgconf::adopt::load(&args.pgdata).map_err(|e| invalid("PGDATA", e))?
+        } else {
+            Default::default()
+        };
         if !initialized {
             match role {
                 Role::Primary if password.is_none() && host_auth_method != "trust" => {
@@ -434,6 +442,7 @@ impl Settings {
             user_conf_path: args.user_conf.clone(),
             user_conf,
             command_line,
+            adopted,
             user_hba_path: args.user_hba.clone(),
             user_hba,
             user_texts: (conf_text, hba_text),
@@ -497,11 +506,13 @@ impl Settings {
         (read(&self.user_conf_path), read(&self.user_hba_path))
     }
 
-    /// The value the user layer gives `name`: the command line, else the fragment.
+    /// The value the user layer gives `name`: the command line, else the fragment, else
+    /// the adopted settings.
     pub fn user_value(&self, name: &str) -> Option<&str> {
         self.command_line
             .get(name)
             .or_else(|| self.user_conf.get(name))
+            .or_else(|| self.adopted.conf.get(name))
     }
 
     /// Path of a PostgreSQL executable in the bindir.
