@@ -2,7 +2,8 @@
 # Installs the Debian packages pgwarden's tests, `make run` and `make bench` need.
 # Idempotent and quick when everything is already there.
 set -euo pipefail
-packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud prometheus)
+# libnss-wrapper: the arbitrary-UID test; xz-utils: *.sql.xz init scripts.
+packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud prometheus libnss-wrapper xz-utils)
 [[ "${1:-}" == "--bench" ]] && packages+=(pgbackrest time)
 missing=()
 for p in "${packages[@]}"; do

@@ -83,6 +83,19 @@ pub struct LocalArgs {
 
 /// Runs the command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> i32 {
+    // Before the runtime starts any thread: this may set environment variables.
+    match &cli.command {
+        Command::Run(a) | Command::Config(a) => identity_for_children(&a.socket_dir, &a.pgdata),
+        Command::Postgres(_) => {
+            let env =
+                |k: &str, d: &str| PathBuf::from(std::env::var(k).unwrap_or_else(|_| d.to_owned()));
+            identity_for_children(
+                &env("PGWARDEN_SOCKET_DIR", "/var/run/postgresql"),
+                &env("PGDATA", "/var/lib/postgresql/data"),
+            )
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -117,6 +130,22 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Unfence(args) => local_call(&args, "POST", "/unfence"),
         Command::WalArchive(args) => runtime.block_on(crate::wal_cli::wal_archive(&args)),
         Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
+    }
+}
+
+/// Gives initdb and postgres a user name when pgwarden runs as a UID without one.
+fn identity_for_children(socket_dir: &std::path::Path, pgdata: &std::path::Path) {
+    use crate::identity::{self, Identity};
+    match identity::ensure(&[socket_dir.to_path_buf(), std::env::temp_dir()], pgdata) {
+        Identity::Known => {}
+        Identity::Wrapped { library, passwd } => tracing::info!(
+            uid = nix::unistd::geteuid().as_raw(),
+            library = %library.display(),
+            passwd = %passwd.display(),
+            "this user id has no passwd entry; giving postgres and initdb one through nss_wrapper"
+        ),
+        // Settings::load reports it, naming what to do.
+        Identity::Unknown => {}
     }
 }
 

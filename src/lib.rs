@@ -11,6 +11,7 @@ pub mod db;
 pub mod entrypoint;
 pub mod fsutil;
 pub mod http;
+pub mod identity;
 pub mod logging;
 pub mod monitor;
 pub mod pgconf;

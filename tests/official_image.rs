@@ -403,3 +403,70 @@ async fn an_existing_pgdata_keeps_its_settings_and_rules() {
     assert!(!second.contains("adopting it"), "adopted once:\n{second}");
     pg.stop();
 }
+
+/// OpenShift's restricted SCC: a random UID from the namespace's range, group 0, no
+/// passwd entry, and the image's `/var/run/postgresql` (mode 3777, not ours).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arbitrary_uid_without_a_passwd_entry_bootstraps_and_serves() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!("skipped: switching to an arbitrary UID needs root");
+        return;
+    }
+    assert!(
+        pgwarden::identity::find_library().is_some(),
+        "libnss_wrapper.so is missing: run scripts/install-deps.sh"
+    );
+    // A fresh UID each run, in OpenShift's range, that /etc/passwd does not know.
+    let uid = loop {
+        let candidate = 1_000_650_000 + (std::process::id() % 10_000) + rand_offset();
+        if nix::unistd::User::from_uid(candidate.into())
+            .unwrap()
+            .is_none()
+        {
+            break candidate;
+        }
+    };
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "arbitrary");
+    // The volume: group 0 writable, as OpenShift prepares it.
+    nix::unistd::chown(pg.dir.as_path(), Some(uid.into()), Some(0.into())).unwrap();
+    std::fs::set_permissions(&pg.dir, std::fs::Permissions::from_mode(0o770)).unwrap();
+    std::fs::set_permissions(&pg.user_conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::create_dir(&pg.socket_dir).unwrap();
+    std::fs::set_permissions(&pg.socket_dir, std::fs::Permissions::from_mode(0o3777)).unwrap();
+    pg.exec_prefix = [
+        "setpriv".to_owned(),
+        format!("--reuid={uid}"),
+        "--regid=0".to_owned(),
+        "--clear-groups".to_owned(),
+    ]
+    .to_vec();
+    pg.start().wait_ready();
+    assert_eq!(show(&pg, "max_connections").await, "40");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&pg.pgdata).unwrap().uid(), uid);
+    let log = pg.log();
+    assert!(log.contains("nss_wrapper"), "{log}");
+    assert!(
+        log.contains("using a socket directory of another user as it is"),
+        "{log}"
+    );
+    // The local verbs work too (peer authentication through the wrapper's name).
+    let (status, out) = pg.run_cli(&["status"]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains("\"running\""), "{out}");
+    pg.stop();
+    // And again on the existing PGDATA.
+    pg.start().wait_ready();
+    pg.stop();
+}
+
+/// A few bits of the clock, so that parallel runs pick different UIDs.
+fn rand_offset() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 10_000
+}

@@ -650,7 +650,17 @@ fn resolve_users(run_as: &str) -> Result<(Option<RunAs>, String), SettingsError>
             .ok()
             .flatten()
             .map(|u| u.name)
-            .unwrap_or_else(|| uid.to_string());
+            .or_else(|| crate::identity::wrapped_name(uid.as_raw()))
+            .ok_or_else(|| {
+                invalid(
+                    "user id",
+                    format!(
+                        "{uid} has no passwd entry and libnss_wrapper.so was not found; initdb and postgres's \
+                         peer authentication need a user name: install libnss-wrapper (Debian), as the image does, \
+                         or run with a user id that has an entry"
+                    ),
+                )
+            })?;
         Ok((None, name))
     }
 }

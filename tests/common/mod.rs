@@ -70,6 +70,9 @@ pub struct Instance {
     pub netns: Option<String>,
     /// Probe through the control socket even without a namespace (HTTPS tests).
     pub via_socket: bool,
+    /// A command that execs pgwarden in place (so the pid stays pgwarden's), such as
+    /// `setpriv --reuid=...` to run it as another user.
+    pub exec_prefix: Vec<String>,
     child: Option<Child>,
     runs: usize,
 }
@@ -114,6 +117,7 @@ impl Instance {
             env,
             netns: None,
             via_socket: false,
+            exec_prefix: Vec::new(),
             child: None,
             runs: 0,
         }
@@ -172,6 +176,11 @@ impl Instance {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, bin()]);
+                c
+            }
+            None if !self.exec_prefix.is_empty() => {
+                let mut c = Command::new(&self.exec_prefix[0]);
+                c.args(&self.exec_prefix[1..]).arg(bin());
                 c
             }
             None => Command::new(bin()),
