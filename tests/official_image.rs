@@ -248,7 +248,8 @@ async fn the_official_environment_and_init_script_conventions_work() {
 async fn host_auth_method_trust_needs_no_password_and_warns() {
     let tmp = test_dir();
     let mut pg = Instance::new(tmp.path(), "trust");
-    pg.unset("POSTGRES_PASSWORD")
+    // As with the official image: `-e POSTGRES_PASSWORD= -e POSTGRES_HOST_AUTH_METHOD=trust`.
+    pg.set("POSTGRES_PASSWORD", "")
         .set("POSTGRES_HOST_AUTH_METHOD", "trust");
     pg.start().wait_ready();
     let client = pg.connect_as("postgres", "", "postgres").await.unwrap();
@@ -442,6 +443,21 @@ async fn an_arbitrary_uid_without_a_passwd_entry_bootstraps_and_serves() {
         "--clear-groups".to_owned(),
     ]
     .to_vec();
+    // The official image's PGDATA (not ours, mode 1777) cannot be used: postgres must
+    // own it. Refused before anything is touched, saying what to do.
+    let theirs = pg.dir.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    pg.set("PGDATA", theirs.display().to_string());
+    let (status, out) = pg.run_cli(&["run"]);
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("PGDATA") && out.contains("subdirectory"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
+    pg.set("PGDATA", pg.pgdata.display().to_string());
+
     pg.start().wait_ready();
     assert_eq!(show(&pg, "max_connections").await, "40");
     use std::os::unix::fs::MetadataExt;

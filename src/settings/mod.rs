@@ -327,6 +327,9 @@ impl Settings {
         }
 
         let (run_as, os_user) = resolve_users(&args.run_as)?;
+        if run_as.is_none() {
+            check_pgdata_owner(&args.pgdata)?;
+        }
 
         let socket_len =
             args.socket_dir.as_os_str().len() + format!("/.s.PGSQL.{}", args.port).len();
@@ -600,7 +603,9 @@ fn read_secret(
     value: Option<&str>,
     file: Option<&Path>,
 ) -> Result<Option<Secret>, SettingsError> {
-    let raw = match (value, file) {
+    // As the official image's file_env: an empty variable counts as unset, so that
+    // `POSTGRES_PASSWORD=` with `POSTGRES_HOST_AUTH_METHOD=trust` works there and here.
+    let raw = match (value.filter(|v| !v.is_empty()), file) {
         (Some(_), Some(_)) => {
             return Err(invalid(
                 setting,
@@ -630,6 +635,26 @@ fn read_secret(
         ));
     }
     Ok(Some(Secret::new(raw)))
+}
+
+/// postgres must own its data directory, and only its owner may chmod it: a PGDATA of
+/// another user (the official image's `/var/lib/postgresql/data` under OpenShift's
+/// arbitrary UID) cannot work, so say so before anything is touched.
+fn check_pgdata_owner(pgdata: &Path) -> Result<(), SettingsError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    match std::fs::metadata(pgdata) {
+        Ok(meta) if meta.uid() != me => Err(invalid(
+            "PGDATA",
+            format!(
+                "{} belongs to user id {} but pgwarden runs as user id {me}, and postgres must own its data directory; \
+                 point PGDATA at a subdirectory of the volume (for example /var/lib/postgresql/data/pgdata), which pgwarden creates for itself",
+                pgdata.display(),
+                meta.uid()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Decides who children run as. Root drops to `run_as`; anyone else (OpenShift's
