@@ -486,3 +486,22 @@ fn rand_offset() -> u32 {
         .subsec_nanos()
         % 10_000
 }
+
+#[test]
+fn a_postgresql_conf_that_cannot_be_adopted_is_refused_untouched() {
+    let tmp = test_dir();
+    let pg = Instance::new(tmp.path(), "adopt-bad");
+    official_pgdata(&pg);
+    let conf = pg.pgdata.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("work_mem = '4MB\n");
+    std::fs::write(&conf, text).unwrap();
+    let before = tree(&pg.pgdata);
+    let (status, out) = pg.run_cli(&["run"]);
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("PGDATA") && out.contains("cannot be adopted") && out.contains("unterminated"),
+        "{out}"
+    );
+    assert_eq!(tree(&pg.pgdata), before, "PGDATA was touched:\n{out}");
+}
