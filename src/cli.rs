@@ -85,7 +85,9 @@ pub struct LocalArgs {
 pub fn dispatch(cli: Cli) -> i32 {
     // Before the runtime starts any thread: this may set environment variables.
     match &cli.command {
-        Command::Run(a) | Command::Config(a) => identity_for_children(&a.socket_dir, &a.pgdata),
+        Command::Run(a) => identity_for_children(&a.socket_dir, &a.pgdata),
+        // `config` writes nothing where `run` would: the temp dir only.
+        Command::Config(a) => identity_for_children(&std::env::temp_dir(), &a.pgdata),
         Command::Postgres(_) => {
             let env =
                 |k: &str, d: &str| PathBuf::from(std::env::var(k).unwrap_or_else(|_| d.to_owned()));

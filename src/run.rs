@@ -117,6 +117,19 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         control = control.merge(http::wal::router(daemon));
     }
     serve_control(&settings, http::router(app).merge(control))?;
+    // A base backup of an adopted primary brings its .orig files: a replica must run with
+    // the same settings (a hot standby refuses a lower max_connections, for one).
+    let (settings, rendered) = match reload_adopted(&settings)? {
+        Some(next) => {
+            let next = Arc::new(next);
+            let r = pgconf::render(&next, &next.pgdata, &resources)?;
+            pgconf::validate(&r, &next.bin("postgres"), next.run_as.as_ref(), &runner)
+                .await
+                .context("PGDATA: the adopted configuration the base backup brought")?;
+            (next, r)
+        }
+        None => (settings, rendered),
+    };
     adopt_originals(&settings)?;
     // The text validated before anything was touched; writing it is all that is left.
     pgconf::write(
@@ -142,6 +155,21 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         refused: None,
     };
     Ok(sup.run(&mut signals).await)
+}
+
+/// Settings with the adopted layer read again, when the bootstrap brought one.
+fn reload_adopted(s: &Settings) -> Result<Option<Settings>> {
+    if s.data_state.version().is_some() {
+        return Ok(None);
+    }
+    let adopted =
+        crate::pgconf::adopt::load(&s.pgdata).map_err(|e| anyhow::anyhow!("PGDATA: {e}"))?;
+    if adopted == s.adopted {
+        return Ok(None);
+    }
+    let mut next = s.clone();
+    next.adopted = adopted;
+    Ok(Some(next))
 }
 
 /// Keeps the PGDATA's own configuration files beside the rendered ones the first time,

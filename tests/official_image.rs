@@ -353,7 +353,7 @@ fn official_pgdata(pg: &Instance) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_pgdata_keeps_its_settings_and_rules() {
     let tmp = test_dir();
-    let mut pg = Instance::new(tmp.path(), "adopt");
+    let mut pg = Instance::primary(tmp.path(), "adopt");
     let (conf, hba) = official_pgdata(&pg);
     pg.unset("PGWARDEN_USER_CONF");
     pg.start().wait_ready();
@@ -388,6 +388,29 @@ async fn an_existing_pgdata_keeps_its_settings_and_rules() {
         log.contains("not carried over") && log.contains("listen_addresses = '*'"),
         "{log}"
     );
+
+    // A replica copies the adopted files with its base backup and runs with the same
+    // settings from its first start (a hot standby refuses fewer connections).
+    let mut replica = Instance::replica_of(tmp.path(), "adopt-replica", &pg);
+    replica.unset("PGWARDEN_USER_CONF");
+    replica.start().wait_ready();
+    let client = replica.connect().await;
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_connections'), current_setting('timezone'), pg_is_in_recovery()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, bool>(2)
+        ),
+        ("300".to_owned(), "Europe/Paris".to_owned(), true)
+    );
+    replica.stop();
     pg.stop();
 
     // With a fragment, the fragment wins where both set a parameter, and the log says so.
