@@ -98,11 +98,17 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
         _ => {}
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // postgres runs archive_command and restore_command once per file: the lightest
+    // runtime that does the job, one thread (CPU work goes to the blocking pool).
+    let one_shot = matches!(cli.command, Command::WalArchive(_) | Command::WalRestore(_));
+    let mut builder = if one_shot {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgwarden: cannot start the async runtime: {e}");

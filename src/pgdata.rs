@@ -124,9 +124,49 @@ pub fn postmaster_ready(pgdata: &Path, pid: i32) -> bool {
         && matches!(p.status.as_deref(), Some("ready") | Some("standby")))
 }
 
+/// The pid of a postmaster that is running on `pgdata` now, started by someone else
+/// (a second pgwarden on the same volume, a leftover of a killed one): its
+/// `postmaster.pid` names a live process whose working directory is this PGDATA
+/// (the postmaster works in its data directory), so a stale file whose pid was
+/// reused by an unrelated process is not taken for one.
+pub fn running_postmaster(pgdata: &Path) -> Option<i32> {
+    let pid = read_postmaster_pid(pgdata)?.pid;
+    if pid <= 0 || pid == std::process::id() as i32 {
+        return None;
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    let ours = pgdata.canonicalize().ok()?;
+    (cwd == ours).then_some(pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_process_working_elsewhere_is_not_a_postmaster_here() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(running_postmaster(dir.path()), None, "no postmaster.pid");
+        // A pid that is alive (ours, via the parent test harness) but works elsewhere.
+        let parent = nix::unistd::getppid().as_raw();
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{parent}\n/x\n")).unwrap();
+        assert_eq!(running_postmaster(dir.path()), None);
+        // A child working in this directory is taken for a running postmaster.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{}\n/x\n", child.id()),
+        )
+        .unwrap();
+        assert_eq!(running_postmaster(dir.path()), Some(child.id() as i32));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(running_postmaster(dir.path()), None, "gone");
+    }
 
     #[test]
     fn parses_postmaster_pid() {

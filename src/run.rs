@@ -36,6 +36,14 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             settings.port
         );
     }
+    // Before anything is touched (the control socket, the configuration): a second
+    // pgwarden on a volume whose postmaster still runs must not fight over it.
+    if let Some(pid) = crate::pgdata::running_postmaster(&settings.pgdata) {
+        anyhow::bail!(
+            "PGDATA: {} is in use by a running postmaster (pid {pid}), not started by this pgwarden;              is another instance using this volume? Refusing to start",
+            settings.pgdata.display()
+        );
+    }
     let resources = tuning::detect();
     let rendered = pgconf::render(&settings, &settings.pgdata, &resources)?;
     pgconf::validate(

@@ -1,9 +1,14 @@
 //! `pgwarden wal-archive` and `pgwarden wal-restore`: the commands postgres runs.
 
-use crate::http::client::{self, Response, Target};
-use crate::wal::{archive, restore, ArchiveArgs, ArchiveConfig, WalError};
+use crate::http::client::{self, Target};
+use crate::wal::archive::{self, Pushed};
+use crate::wal::local::LocalDir;
+use crate::wal::names::WalName;
+use crate::wal::storage::Retrying;
+use crate::wal::{exit_code, restore, ArchiveArgs, ArchiveConfig, Command, WalError};
 use clap::Args;
 use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
 
 /// What `wal-archive` and `wal-restore` share: inherited from `pgwarden run` through
 /// postgres's environment.
@@ -42,11 +47,6 @@ pub struct WalRestoreArgs {
     pub dest: PathBuf,
 }
 
-/// Exit code for a storage failure during restore outside standby mode. Above 125,
-/// postgres aborts recovery instead of taking the failure for "no more WAL", which
-/// would end a point-in-time recovery early, short of its target.
-pub const RESTORE_ABORT: i32 = 255;
-
 fn config(client: &WalClientArgs) -> Result<ArchiveConfig, String> {
     let host = nix::unistd::gethostname()
         .ok()
@@ -65,10 +65,11 @@ fn via_daemon(
     socket_dir: Option<&Path>,
     route: &str,
     timeout: std::time::Duration,
-) -> Option<Response> {
+) -> Option<Result<String, WalError>> {
     let socket = crate::run::control_socket(socket_dir?);
     match client::request_with_timeout(&Target::Unix(socket), "POST", route, &[], timeout) {
-        Ok(r) => Some(r),
+        Ok(r) if r.status == 200 => Some(Ok(r.body)),
+        Ok(r) => Some(Err(WalError::from_http(r.status, r.body))),
         Err(e)
             if matches!(
                 e.kind(),
@@ -90,6 +91,21 @@ fn absolute(p: &Path) -> PathBuf {
         .unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// The directory holding `path` and the file's name in it.
+fn split(path: &Path) -> Result<(LocalDir, String), WalError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| WalError::Invalid(format!("{} is not a file path", path.display())))?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    Ok((LocalDir::open(dir, None)?, name.to_owned()))
+}
+
+/// How long the client waits for the daemon: its whole retry budget, and more.
+fn daemon_wait(cfg: &ArchiveConfig) -> std::time::Duration {
+    cfg.timeout + std::time::Duration::from_secs(30)
+}
+
 /// Runs `wal-archive`; returns the exit code.
 pub async fn wal_archive(args: &WalArchiveArgs) -> i32 {
     let cfg = match config(&args.client) {
@@ -99,103 +115,94 @@ pub async fn wal_archive(args: &WalArchiveArgs) -> i32 {
             return 1;
         }
     };
+    let path = absolute(&args.path);
     let route = format!(
         "/wal/archive?path={}",
-        client::encode(&absolute(&args.path).to_string_lossy())
+        client::encode(&path.to_string_lossy())
     );
-    if let Some(r) = via_daemon(
-        args.client.socket_dir.as_deref(),
-        &route,
-        cfg.timeout + std::time::Duration::from_secs(30),
-    ) {
-        return if r.status == 200 {
-            tracing::info!(file = %args.path.display(), outcome = %r.body, via = "daemon", "archived");
-            0
-        } else {
-            tracing::error!(file = %args.path.display(), error = %r.body, "wal-archive failed; postgres will retry");
-            1
+    let (result, via) =
+        match via_daemon(args.client.socket_dir.as_deref(), &route, daemon_wait(&cfg)) {
+            Some(r) => (r, "daemon"),
+            None => (
+                archive_in_process(&cfg, &path)
+                    .await
+                    .map(|p| p.as_str().to_owned()),
+                "in-process",
+            ),
         };
+    let outcome = result.map(|pushed| {
+        tracing::info!(file = %args.path.display(), outcome = %pushed, via, "archived");
+    });
+    if let Err(e) = &outcome {
+        tracing::error!(file = %args.path.display(), error = %e, via, "wal-archive failed; postgres will retry");
     }
-    let result = match cfg.open().await {
-        Ok(storage) => archive::push(&cfg, &storage, &args.path).await,
-        Err(e) => Err(WalError::Storage(e)),
-    };
-    match result {
-        Ok(outcome) => {
-            tracing::info!(file = %args.path.display(), outcome = ?outcome, "archived");
-            0
-        }
-        Err(e) => {
-            tracing::error!(file = %args.path.display(), error = %e, "wal-archive failed; postgres will retry");
-            1
-        }
-    }
+    exit_code(Command::Archive, &outcome)
+}
+
+async fn archive_in_process(cfg: &ArchiveConfig, path: &Path) -> Result<Pushed, WalError> {
+    let (dir, file_name) = split(path)?;
+    let name = WalName::parse(&file_name)
+        .ok_or_else(|| WalError::Invalid(format!("{} is not a WAL file name", path.display())))?;
+    let file = dir.open_source(&file_name)?;
+    // PGDATA is pg_wal's parent: the note that the archive was checked lives there.
+    let pgdata = path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let storage = cfg.open(None).await?;
+    let policy = Retrying::new(&storage, cfg.timeout, CancellationToken::new());
+    archive::push(cfg, &policy, &name, file, pgdata).await
 }
 
 /// Runs `wal-restore`; returns the exit code: 0 restored, 1 not in the archive (or a
 /// failure on a standby, which falls back to streaming), 255 a failure during
 /// archive recovery.
 pub async fn wal_restore(args: &WalRestoreArgs) -> i32 {
+    // A standby (standby.signal in the working directory, which is PGDATA) falls back
+    // to streaming on exit 1; anything else must not read a failure as the end of
+    // the archive.
+    let command = Command::Restore {
+        standby: Path::new("standby.signal").exists(),
+    };
     let cfg = match config(&args.client) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "wal-restore: bad settings");
-            return failure_code();
+            return exit_code(command, &Err(WalError::Invalid(e)));
         }
     };
     // pg_rewind sets PGWARDEN_NO_PREFETCH: it asks for WAL backwards, once each.
     let prefetch = std::env::var_os("PGWARDEN_NO_PREFETCH").is_none();
+    let dest = absolute(&args.dest);
     let route = format!(
         "/wal/restore?name={}&dest={}&prefetch={prefetch}",
         client::encode(&args.file),
-        client::encode(&absolute(&args.dest).to_string_lossy())
+        client::encode(&dest.to_string_lossy())
     );
-    if let Some(r) = via_daemon(
-        args.client.socket_dir.as_deref(),
-        &route,
-        cfg.timeout + std::time::Duration::from_secs(30),
-    ) {
-        return match r.status {
-            200 => {
-                tracing::info!(file = %args.file, via = "daemon", "restored");
-                0
-            }
-            404 => 1,
-            _ => {
-                let code = failure_code();
-                tracing::error!(file = %args.file, error = %r.body, exit_code = code, "wal-restore failed");
-                code
-            }
+    let (result, via) =
+        match via_daemon(args.client.socket_dir.as_deref(), &route, daemon_wait(&cfg)) {
+            Some(r) => (r.map(|_| ()), "daemon"),
+            None => (
+                restore_in_process(&cfg, &args.file, &dest).await,
+                "in-process",
+            ),
         };
-    }
-    let result = match cfg.open().await {
-        Ok(storage) => restore::fetch(&cfg, &storage, &args.file, &args.dest).await,
-        Err(e) => Err(WalError::Storage(e)),
-    };
-    match result {
-        Ok(()) => {
-            tracing::info!(file = %args.file, "restored");
-            0
-        }
-        Err(WalError::NotFound(_)) => {
-            tracing::debug!(file = %args.file, "not in the archive");
-            1
-        }
+    let code = exit_code(command, &result);
+    match &result {
+        Ok(()) => tracing::info!(file = %args.file, via, "restored"),
+        Err(WalError::NotFound(_)) => tracing::debug!(file = %args.file, via, "not in the archive"),
         Err(e) => {
-            let code = failure_code();
-            tracing::error!(file = %args.file, error = %e, exit_code = code, "wal-restore failed");
-            code
+            tracing::error!(file = %args.file, error = %e, exit_code = code, via, "wal-restore failed")
         }
     }
+    code
 }
 
-/// A standby (standby.signal in the working directory, which is PGDATA) falls back to
-/// streaming on exit 1, so that is safe; anything else must not read a failure as the
-/// end of the archive.
-fn failure_code() -> i32 {
-    if Path::new("standby.signal").exists() {
-        1
-    } else {
-        RESTORE_ABORT
-    }
+async fn restore_in_process(cfg: &ArchiveConfig, file: &str, dest: &Path) -> Result<(), WalError> {
+    let wal = WalName::parse(file)
+        .ok_or_else(|| WalError::Invalid(format!("{file} is not a WAL file name")))?;
+    let (dir, dest_name) = split(dest)?;
+    let storage = cfg.open(None).await?;
+    let policy = Retrying::new(&storage, cfg.timeout, CancellationToken::new());
+    restore::fetch(cfg, &policy, &wal, &dir, &dest_name).await
 }

@@ -283,3 +283,53 @@ fn bad_tls_settings_are_refused() {
         .set("PGWARDEN_TLS_KEY", &not_pem);
     assert_mentions(&refused(&pg), &["PGWARDEN_TLS_CERT"]);
 }
+
+/// Each of these used to pass the checks and fail only at the first start after
+/// initdb, leaving a half-made cluster behind.
+#[test]
+fn errors_postgres_would_find_after_initdb_are_caught_before() {
+    let tmp = test_dir();
+
+    let pg = Instance::new(tmp.path(), "preload");
+    std::fs::write(
+        &pg.user_conf,
+        "shared_buffers = 16MB\nshared_preload_libraries = 'pg_stat_statements, no_such_extension'\n",
+    )
+    .unwrap();
+    let out = refused(&pg);
+    assert_mentions(
+        &out,
+        &["PGWARDEN_USER_CONF", "no_such_extension", "not installed"],
+    );
+    assert!(
+        !out.contains("pg_stat_statements,"),
+        "an installed library is fine:\n{out}"
+    );
+    assert!(!pg.pgdata.exists());
+
+    let mut pg = Instance::new(tmp.path(), "clientcert");
+    let hba = pg.dir.join("hba.conf");
+    std::fs::write(
+        &hba,
+        "hostssl all all 10.0.0.0/8 scram-sha-256 clientcert=bogus\n",
+    )
+    .unwrap();
+    pg.set("PGWARDEN_USER_HBA", hba.display().to_string());
+    assert_mentions(
+        &refused(&pg),
+        &["PGWARDEN_USER_HBA", "line 1", "clientcert=bogus"],
+    );
+    assert!(!pg.pgdata.exists());
+
+    let mut pg = Instance::new(tmp.path(), "noarchivedir");
+    let missing = tmp.path().join("not-mounted");
+    pg.set(
+        "PGWARDEN_ARCHIVE_URL",
+        format!("file://{}", missing.display()),
+    );
+    assert_mentions(
+        &refused(&pg),
+        &["PGWARDEN_ARCHIVE_URL", "not-mounted", "not a directory"],
+    );
+    assert!(!pg.pgdata.exists() && !missing.exists());
+}

@@ -237,9 +237,33 @@ pub fn registry(app: &AppState) -> Registry {
         );
         counter(
             &r,
+            "pgwarden_archive_uploads_total",
+            "Objects created in the archive, by the uploader or an archive_command call: one per archived file when nothing is pushed twice",
+            s.uploads,
+        );
+        counter(
+            &r,
+            "pgwarden_archive_calls_succeeded_total",
+            "archive_command calls that succeeded through the WAL daemon",
+            s.archived,
+        );
+        counter(
+            &r,
+            "pgwarden_archive_calls_answered_from_upload_total",
+            "archive_command calls answered at once because the file was already uploaded",
+            s.answered_from_upload,
+        );
+        counter(
+            &r,
             "pgwarden_restore_spool_hits_total",
             "restore_command calls served from the prefetch spool",
             s.spool_hits,
+        );
+        counter(
+            &r,
+            "pgwarden_restore_prefetch_failures_total",
+            "Segments the prefetcher failed to fetch (restore_command then fetched them itself)",
+            s.prefetch_failures,
         );
         for h in d.histograms() {
             let _ = r.register(Box::new(h));

@@ -1,7 +1,6 @@
 //! `POST /wal/archive` and `POST /wal/restore` on the control socket: what the thin
 //! `wal-archive` and `wal-restore` clients call when `pgwarden run` is there.
 
-use crate::wal::archive::Pushed;
 use crate::wal::daemon::Daemon;
 use crate::wal::WalError;
 use axum::extract::{Query, State};
@@ -20,15 +19,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .with_state(daemon)
 }
 
-/// The HTTP status the client turns back into an exit code.
+/// The HTTP status the client turns back into the same error, and so the same exit
+/// code, as the in-process path ([`WalError::from_http`]).
 fn status_of(e: &WalError) -> StatusCode {
-    match e {
-        WalError::NotFound(_) => StatusCode::NOT_FOUND,
-        WalError::Conflict(_) => StatusCode::CONFLICT,
-        WalError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        WalError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-        WalError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 #[derive(Deserialize)]
@@ -41,8 +35,7 @@ async fn archive(
     Query(q): Query<ArchiveQuery>,
 ) -> (StatusCode, String) {
     match d.archive(&q.path).await {
-        Ok(Pushed::Uploaded) => (StatusCode::OK, "Uploaded".into()),
-        Ok(Pushed::AlreadyArchived) => (StatusCode::OK, "AlreadyArchived".into()),
+        Ok(pushed) => (StatusCode::OK, pushed.as_str().into()),
         Err(e) => (status_of(&e), e.to_string()),
     }
 }

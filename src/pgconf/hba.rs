@@ -153,9 +153,37 @@ pub(crate) fn check_rule(t: &[String]) -> Result<(), String> {
         return Err("cert authentication needs a host connection".into());
     }
     for opt in &t[method_at + 1..] {
-        if !opt.contains('=') {
+        let Some((name, value)) = opt.split_once('=') else {
             return Err(format!("option {opt:?} is not name=value"));
+        };
+        check_option(name, value, kind)?;
+    }
+    Ok(())
+}
+
+/// Checks the options whose values postgres checks only when it loads pg_hba.conf,
+/// which would otherwise fail the first start after initdb.
+fn check_option(name: &str, value: &str, kind: &str) -> Result<(), String> {
+    match name {
+        "clientcert" => {
+            if !matches!(value, "verify-ca" | "verify-full") {
+                return Err(format!(
+                    "clientcert={value}: expected verify-ca or verify-full"
+                ));
+            }
+            if !kind.starts_with("hostssl") {
+                return Err("clientcert can only be configured for hostssl rows".into());
+            }
         }
+        "clientname" if !matches!(value, "CN" | "DN") => {
+            return Err(format!("clientname={value}: expected CN or DN"));
+        }
+        "include_realm" | "krb_realm_strip" | "ldaptls" | "compat_realm" | "upn_username"
+            if !matches!(value, "0" | "1") =>
+        {
+            return Err(format!("{name}={value}: expected 0 or 1"));
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -251,6 +279,11 @@ mod tests {
             ("hots all all 0.0.0.0/0 md5", "unknown connection type"),
             ("host all all 10.0.0.1 md5", "not a netmask"),
             ("host all all 0.0.0.0/0 md5 clientcert", "not name=value"),
+            (
+                "hostssl all all 0.0.0.0/0 md5 clientcert=bogus",
+                "verify-ca or verify-full",
+            ),
+            ("host all all 0.0.0.0/0 md5 clientcert=verify-ca", "hostssl"),
             ("host all all 999.1.1.1 md5", "not an address"),
         ] {
             let err = parse_rules(rule).unwrap_err();

@@ -40,16 +40,28 @@ pub async fn validate(
         nix::unistd::chown(&conf, Some(u.uid.into()), Some(u.gid.into()))
             .map_err(std::io::Error::from)?;
     }
+    // Asking for shared_preload_libraries parses the whole file like any parameter,
+    // and returns the list as postgres reads it: a missing library would otherwise
+    // only show when the server starts, after initdb.
     let mut cmd = Command::new(postgres);
     cmd.arg("-D")
         .arg(dir.path())
         .arg("-C")
-        .arg("port")
+        .arg("shared_preload_libraries")
         .env("LC_MESSAGES", "C");
     run_as(&mut cmd, user);
     let out = runner.output(&mut cmd, None).await?;
     if out.status.success() {
-        return Ok(());
+        let libdir = postgres
+            .parent()
+            .and_then(std::path::Path::parent)
+            .map(|p| p.join("lib"));
+        let listed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        return match libdir.filter(|d| d.is_dir()) {
+            Some(libdir) => missing_libraries(&listed, &libdir),
+            // Not a Debian-style layout: postgres will say at start.
+            None => Ok(()),
+        };
     }
     let complaints: Vec<String> = String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -70,4 +82,58 @@ pub async fn validate(
         complaints.join("; ")
     };
     Err(ValidationError::Rejected(detail))
+}
+
+/// Refuses a `shared_preload_libraries` entry whose file is not in `libdir` (or at
+/// its path), as postgres would at start.
+fn missing_libraries(listed: &str, libdir: &std::path::Path) -> Result<(), ValidationError> {
+    let missing: Vec<&str> = listed
+        .split(',')
+        .map(|l| l.trim().trim_matches('"'))
+        .filter(|l| !l.is_empty())
+        .filter(|lib| {
+            let path = match lib.strip_prefix("$libdir/") {
+                Some(rest) => libdir.join(rest),
+                None if lib.contains('/') => std::path::PathBuf::from(lib),
+                None => libdir.join(lib),
+            };
+            let with_so = path.with_file_name(format!(
+                "{}.so",
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+            ));
+            !path.is_file() && !with_so.is_file()
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationError::Rejected(format!(
+            "shared_preload_libraries names {} that is not installed in {}",
+            missing.join(", "),
+            libdir.display()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_missing_preload_library() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg_stat_statements.so"), b"").unwrap();
+        assert!(missing_libraries("", dir.path()).is_ok());
+        assert!(missing_libraries("pg_stat_statements", dir.path()).is_ok());
+        assert!(missing_libraries("$libdir/pg_stat_statements", dir.path()).is_ok());
+        let e = missing_libraries("pg_stat_statements, timescaledb", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("timescaledb") && !e.contains("pg_stat_statements,"),
+            "{e}"
+        );
+    }
 }

@@ -359,6 +359,20 @@ impl Settings {
 
         let archive = crate::wal::ArchiveConfig::from_args(&args.archive, &name)
             .map_err(|(setting, m)| invalid(setting, m))?;
+        if let Some(crate::wal::config::Location::Fs { root }) =
+            archive.as_ref().map(|a| &a.location)
+        {
+            // Caught now, not at the first archive_command after initdb.
+            if !root.is_dir() {
+                return Err(invalid(
+                    "PGWARDEN_ARCHIVE_URL",
+                    format!(
+                        "{} is not a directory (is the archive volume mounted?)",
+                        root.display()
+                    ),
+                ));
+            }
+        }
         let exe = std::env::current_exe().map_err(|e| {
             invalid(
                 "PGWARDEN_ARCHIVE_URL",

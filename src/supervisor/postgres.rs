@@ -8,12 +8,19 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Environment variables that hold secrets: postgres and its backends never need them.
+/// Environment variables that hold secrets: postgres and its backends never need
+/// them, and any SQL superuser could read them from `/proc/<pid>/environ`. The
+/// archive and restore commands reach the storage through the WAL daemon, which
+/// holds the credentials.
 const SECRET_ENV: &[&str] = &[
     "POSTGRES_PASSWORD",
     "PGWARDEN_REPLICATION_PASSWORD",
     "PGPASSWORD",
     "PGWARDEN_API_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
 ];
 
 /// Starts `postgres -D data_dir [extra]` as the run-as user, with its output forwarded to

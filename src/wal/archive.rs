@@ -1,9 +1,17 @@
-//! Pushing one file to the archive (`archive_command`).
+//! Pushing one file to the archive (`archive_command`), for the daemon and the
+//! one-shot command alike.
+//!
+//! The file is read once, in chunks, on a blocking thread: each chunk is hashed,
+//! checked (every page header of a segment), and compressed; only the compressed
+//! object is held in memory. Then one LIST (is this name archived under any codec?)
+//! and one conditional PUT; a HEAD only when the PUT finds the object already there.
 
 use super::compress::{split_codec, Codec};
 use super::names::{WalKind, WalName};
-use super::storage::{PutOutcome, Storage};
-use super::{header, sha256_hex, with_retries, ArchiveConfig, WalError};
+use super::storage::{Bytes, PutOutcome, Storage};
+use super::{header, identity, ArchiveConfig, WalError};
+use sha2::Digest;
+use std::fs::File;
 use std::path::Path;
 
 /// What a push did.
@@ -16,69 +24,108 @@ pub enum Pushed {
     AlreadyArchived,
 }
 
-/// Marker object recording which cluster's WAL a server name holds.
-const SYSTEM_MARKER: &str = "pgwarden-system-identifier";
-/// Local note, in PGDATA, that the marker was checked for this archive.
-const CHECKED_NOTE: &str = "pgwarden.archive-checked";
+impl Pushed {
+    /// The word the daemon answers with and the logs show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pushed::Uploaded => "Uploaded",
+            Pushed::AlreadyArchived => "AlreadyArchived",
+        }
+    }
+}
 
-/// Pushes `path` (as postgres's `%p`, relative to PGDATA, which is the working
-/// directory of archive_command). Retries transient failures within the timeout.
+/// A local file, read and compressed, ready to upload.
+struct Prepared {
+    body: Bytes,
+    sha: String,
+    system_id: Option<u64>,
+}
+
+/// Reads, checks, hashes and compresses `file` (named `name`) on a blocking thread.
+async fn prepare(codec: Codec, name: &WalName, file: File) -> Result<Prepared, WalError> {
+    let name = name.clone();
+    tokio::task::spawn_blocking(move || {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut hasher = sha2::Sha256::new();
+        let mut pages = (name.kind == WalKind::Segment).then(|| header::PageCheck::new(&name));
+        let mut reader = std::io::BufReader::with_capacity(super::compress::CHUNK, file);
+        let body = codec
+            .encode(&mut reader, len, &mut |chunk| {
+                hasher.update(chunk);
+                if let Some(p) = pages.as_mut() {
+                    p.feed(chunk)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                }
+                Ok(())
+            })
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData => {
+                    WalError::Invalid(format!("{}: {e}; not archiving it", name.name))
+                }
+                _ => WalError::Io(e),
+            })?;
+        let system_id = match pages {
+            Some(p) => Some(
+                p.finish()
+                    .map_err(|e| {
+                        WalError::Invalid(format!("{}: {e}; not archiving it", name.name))
+                    })?
+                    .system_id,
+            ),
+            None => None,
+        };
+        Ok(Prepared {
+            body: Bytes::from(body),
+            sha: super::hex(&hasher.finalize()),
+            system_id,
+        })
+    })
+    .await
+    .map_err(|e| WalError::Io(std::io::Error::other(e)))?
+}
+
+/// Pushes `file`, postgres's `name`, through `storage` (a [`super::storage::Retrying`]
+/// wrapper gives the whole push one deadline). `pgdata` holds the note that the
+/// archive's identity was checked; `force_identity` checks it again regardless.
 pub async fn push<S: Storage>(
     cfg: &ArchiveConfig,
     storage: &S,
-    path: &Path,
-) -> Result<Pushed, WalError> {
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let name = WalName::parse(file_name)
-        .ok_or_else(|| WalError::Invalid(format!("{} is not a WAL file name", path.display())))?;
-    let data = tokio::fs::read(path).await?;
-    let sha = sha256_hex(&data);
-    if name.kind == WalKind::Segment {
-        let h = header::verify(&name, &data)
-            .map_err(|e| WalError::Invalid(format!("{}: {e}; not archiving it", path.display())))?;
-        let pgdata = path
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(Path::new("."));
-        with_retries(cfg.timeout, "check the archive's system identifier", || {
-            check_system(cfg, storage, pgdata, h.system_id)
-        })
-        .await?;
-    }
-    let body = cfg.codec.compress(&data)?;
-    let key = format!("{}{}", name.key(&cfg.base()), cfg.codec.extension());
-    with_retries(cfg.timeout, &format!("archive {}", name.name), || async {
-        if let Some(existing) = find_existing(cfg, storage, &name).await? {
-            return same_content(storage, &name, &existing, &sha).await;
-        }
-        match storage.put_new(&key, body.clone(), &sha).await? {
-            PutOutcome::Created => Ok(Pushed::Uploaded),
-            PutOutcome::Exists(info) => same_content(storage, &name, &info.key, &sha).await,
-        }
-    })
-    .await
-}
-
-/// The key of an object already archived under this name, with any codec.
-async fn find_existing<S: Storage>(
-    cfg: &ArchiveConfig,
-    storage: &S,
     name: &WalName,
-) -> Result<Option<String>, WalError> {
+    file: File,
+    pgdata: &Path,
+) -> Result<Pushed, WalError> {
+    let prepared = prepare(cfg.codec, name, file).await?;
+    if let Some(sysid) = prepared.system_id {
+        identity::ensure(cfg, storage, pgdata, sysid, false).await?;
+    }
     let base = name.key(&cfg.base());
-    let found = storage.list(&base, 8).await?;
-    Ok(found.into_iter().map(|o| o.key).find(|k| {
-        k.strip_prefix(base.as_str())
-            .and_then(Codec::from_extension)
-            .is_some()
-    }))
+    // Under any codec: a name is archived once, whatever the setting was then.
+    let existing = storage
+        .list(&base, 8)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .find(|k| {
+            k.strip_prefix(base.as_str())
+                .and_then(Codec::from_extension)
+                .is_some()
+        });
+    if let Some(key) = existing {
+        return same_content(storage, name, &key, &prepared.sha).await;
+    }
+    let key = format!("{base}{}", cfg.codec.extension());
+    match storage.put_new(&key, prepared.body, &prepared.sha).await? {
+        PutOutcome::Created => Ok(Pushed::Uploaded),
+        PutOutcome::Exists(info) => match info.sha256 {
+            Some(theirs) => compare(name, &theirs, &prepared.sha),
+            None => same_content(storage, name, &key, &prepared.sha).await,
+        },
+    }
 }
 
-/// Decides whether the archived object at `key` holds `data`: by its recorded
-/// checksum, or (an object another tool wrote) by downloading it.
+/// Decides whether the archived object at `key` holds the content hashed as `sha`:
+/// by its recorded checksum, or (an object another tool wrote, or whose record is
+/// missing) by downloading and hashing it.
 async fn same_content<S: Storage>(
     storage: &S,
     name: &WalName,
@@ -93,7 +140,6 @@ async fn same_content<S: Storage>(
     let info = storage.head(key).await?.ok_or_else(vanished)?;
     let archived_sha = match info.sha256 {
         Some(s) => s,
-        // Written by another tool (barman-cloud records no checksum): compare contents.
         None => {
             let (body, _) = storage.get(key).await?.ok_or_else(vanished)?;
             let codec = key
@@ -102,75 +148,34 @@ async fn same_content<S: Storage>(
                 .and_then(split_codec)
                 .map(|(_, c)| c)
                 .unwrap_or(Codec::None);
-            sha256_hex(&codec.decompress(&body, 1 << 30)?)
+            tokio::task::spawn_blocking(move || {
+                let mut hasher = sha2::Sha256::new();
+                codec.decode(&mut &body[..], 1 << 30, &mut |c| {
+                    hasher.update(c);
+                    Ok(())
+                })?;
+                Ok::<_, std::io::Error>(super::hex(&hasher.finalize()))
+            })
+            .await
+            .map_err(|e| WalError::Io(std::io::Error::other(e)))?
+            .map_err(|e| {
+                WalError::Invalid(format!(
+                    "{key} does not decompress ({e}); the object is corrupt"
+                ))
+            })?
         }
     };
-    if archived_sha == sha {
+    compare(name, &archived_sha, sha)
+}
+
+fn compare(name: &WalName, archived: &str, ours: &str) -> Result<Pushed, WalError> {
+    if archived == ours {
         Ok(Pushed::AlreadyArchived)
     } else {
         Err(WalError::Conflict(format!(
-            "the archive already holds {} with different content (sha256 {archived_sha}, this file {sha}); refusing to overwrite it. \
+            "the archive already holds {} with different content (sha256 {archived}, this file {ours}); refusing to overwrite it. \
              Is another cluster archiving under the same PGWARDEN_ARCHIVE_NAME?",
             name.name
         )))
     }
-}
-
-/// Refuses an archive whose server name already holds another cluster's WAL. The
-/// result is noted in PGDATA so that later pushes skip the round trip.
-async fn check_system<S: Storage>(
-    cfg: &ArchiveConfig,
-    storage: &S,
-    pgdata: &Path,
-    sysid: u64,
-) -> Result<(), WalError> {
-    let note_path = pgdata.join(CHECKED_NOTE);
-    let note = format!("{} {} {sysid}\n", cfg.url, cfg.server);
-    if tokio::fs::read_to_string(&note_path).await.ok().as_deref() == Some(note.as_str()) {
-        return Ok(());
-    }
-    let marker_key = format!("{}/{SYSTEM_MARKER}", cfg.base());
-    let ours = sysid.to_string();
-    let recorded = match storage.get(&marker_key).await? {
-        Some((body, _)) => Some(String::from_utf8_lossy(&body).trim().to_owned()),
-        None => existing_system(cfg, storage).await?.map(|s| s.to_string()),
-    };
-    match recorded {
-        Some(theirs) if theirs != ours => {
-            return Err(WalError::Conflict(format!(
-                "{} already holds WAL of database system {theirs}, and this cluster is {ours}; refusing to mix them. \
-                 Use another PGWARDEN_ARCHIVE_NAME or prefix",
-                cfg.base()
-            )))
-        }
-        _ => {
-            storage.put_new(&marker_key, ours.clone().into_bytes(), &sha256_hex(ours.as_bytes())).await?;
-        }
-    }
-    // Best effort: without the note, the next push checks again.
-    let _ = tokio::fs::write(&note_path, note).await;
-    Ok(())
-}
-
-/// The system identifier in the first segment already archived, if any.
-async fn existing_system<S: Storage>(
-    cfg: &ArchiveConfig,
-    storage: &S,
-) -> Result<Option<u64>, WalError> {
-    let listed = storage.list(&format!("{}/wals/0", cfg.base()), 20).await?;
-    for obj in listed {
-        let Some((name, codec)) = obj.key.rsplit('/').next().and_then(split_codec) else {
-            continue;
-        };
-        if name.kind != WalKind::Segment {
-            continue;
-        }
-        if let Some((body, _)) = storage.get(&obj.key).await? {
-            let data = codec.decompress(&body, 1 << 30)?;
-            if let Ok(h) = header::verify(&name, &data) {
-                return Ok(Some(h.system_id));
-            }
-        }
-    }
-    Ok(None)
 }

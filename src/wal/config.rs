@@ -165,8 +165,8 @@ impl ArchiveConfig {
         }
     }
 
-    /// Opens the storage.
-    pub async fn open(&self) -> Result<Backend, StorageError> {
+    /// Opens the storage. Files a volume archive creates as root go to `owner`.
+    pub async fn open(&self, owner: Option<crate::fsutil::Owner>) -> Result<Backend, StorageError> {
         match &self.location {
             Location::S3 { bucket, .. } => {
                 let per_request = self.timeout.min(Duration::from_secs(20));
@@ -174,7 +174,7 @@ impl ArchiveConfig {
                     s3::S3Storage::new(bucket, self.sse.clone(), per_request).await,
                 ))
             }
-            Location::Fs { root } => Ok(Backend::Fs(FsStorage::new(root.clone())?)),
+            Location::Fs { root } => Ok(Backend::Fs(FsStorage::new(root.clone(), owner)?)),
         }
     }
 
@@ -184,12 +184,7 @@ impl ArchiveConfig {
             ("PGWARDEN_ARCHIVE_URL", self.url.clone()),
             (
                 "PGWARDEN_ARCHIVE_COMPRESSION",
-                match self.codec {
-                    Codec::None => "none",
-                    Codec::Gzip => "gzip",
-                    Codec::Zstd => "zstd",
-                }
-                .to_owned(),
+                self.codec.as_str().to_owned(),
             ),
             ("PGWARDEN_ARCHIVE_NAME", self.server.clone()),
             (

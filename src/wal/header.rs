@@ -40,11 +40,137 @@ pub fn parse(data: &[u8]) -> Option<SegmentHeader> {
     .filter(|_| u16_at(2).is_some_and(|info| info & XLP_LONG_HEADER != 0))
 }
 
-/// Verifies that `data` is a whole segment named `name`: a long header with a WAL
-/// magic, a plausible segment size equal to the file's length, the page address that
-/// the name implies, and a timeline no newer than the name's (the first segment of a
-/// new timeline is a copy of the old one's and keeps the old timeline in its header).
+/// Verifies that `data` is a whole segment named `name`: see [`PageCheck`].
 pub fn verify(name: &WalName, data: &[u8]) -> Result<SegmentHeader, String> {
+    let mut check = PageCheck::new(name);
+    check.feed(data)?;
+    check.finish()
+}
+
+/// Bits of `xlp_info` postgres defines (XLP_ALL_FLAGS); any other bit is corruption.
+const XLP_ALL_FLAGS: u16 = 0x000F;
+/// Size of the long page header.
+const LONG_HEADER: usize = 40;
+
+/// Checks a segment page by page as it streams past. The first page must carry a
+/// long header with a WAL magic, a plausible segment size, the page address the name
+/// implies, and a timeline no newer than the name's (the first segment of a new
+/// timeline is a copy of the old one's and keeps the old timeline in its header).
+/// Every later page must have the same magic, no long-header or unknown flag, a
+/// timeline that never goes back and never passes the name's, and an
+/// `xlp_pageaddr` that continues from the page before, until the first page that is
+/// all zeros: after an XLOG_SWITCH postgres zeroes the rest of the segment, headers
+/// included, so from there on every page must be zeros. The segment must be exactly
+/// as long as its header says. Only one page is buffered.
+pub struct PageCheck<'a> {
+    name: &'a WalName,
+    first: Option<SegmentHeader>,
+    page: Vec<u8>,
+    pos: u64,
+    timeline: u32,
+    zero_tail: bool,
+}
+
+impl<'a> PageCheck<'a> {
+    /// A check for the segment `name`.
+    pub fn new(name: &'a WalName) -> PageCheck<'a> {
+        PageCheck {
+            name,
+            first: None,
+            page: Vec::with_capacity(8192),
+            pos: 0,
+            timeline: 0,
+            zero_tail: false,
+        }
+    }
+
+    /// Takes the next bytes of the segment.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), String> {
+        while !chunk.is_empty() {
+            if self.first.is_none() && self.page.len() >= LONG_HEADER {
+                let h = verify_first_page(self.name, &self.page)?;
+                self.first = Some(h);
+                self.timeline = h.timeline;
+            }
+            let block = match self.first {
+                Some(h) => h.block_size as usize,
+                None => LONG_HEADER,
+            };
+            let take = (block - self.page.len()).min(chunk.len());
+            self.page.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if self.first.is_some() && self.page.len() == block {
+                if self.pos > 0 {
+                    self.check_page()?;
+                }
+                self.pos += block as u64;
+                self.page.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn check_page(&mut self) -> Result<(), String> {
+        let Some(first) = self.first else {
+            return Ok(());
+        };
+        let p = &self.page;
+        let all_zero = p.iter().all(|&b| b == 0);
+        if all_zero {
+            self.zero_tail = true;
+            return Ok(());
+        }
+        let at = format!("the page at offset {:#x}", self.pos);
+        if self.zero_tail {
+            return Err(format!(
+                "{at} is not zero, but follows the zeroed rest of a switched segment"
+            ));
+        }
+        let magic = u16::from_le_bytes([p[0], p[1]]);
+        let info = u16::from_le_bytes([p[2], p[3]]);
+        let tli = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+        let addr = u64::from_le_bytes([p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15]]);
+        if magic != first.magic {
+            return Err(format!(
+                "{at} has magic {magic:#06x}, the segment's is {:#06x}",
+                first.magic
+            ));
+        }
+        if info & !XLP_ALL_FLAGS != 0 || info & XLP_LONG_HEADER != 0 {
+            return Err(format!("{at} has bad flags {info:#06x}"));
+        }
+        if tli < self.timeline || tli > self.name.timeline {
+            return Err(format!("{at} has timeline {tli}, out of order"));
+        }
+        let expected = first.pageaddr + self.pos;
+        if addr != expected {
+            return Err(format!(
+                "{at} has page address {addr:X}, expected {expected:X}"
+            ));
+        }
+        self.timeline = tli;
+        Ok(())
+    }
+
+    /// Ends the check; returns the first page's header.
+    pub fn finish(self) -> Result<SegmentHeader, String> {
+        let first = match self.first {
+            Some(h) => h,
+            None => verify_first_page(self.name, &self.page)?,
+        };
+        let len = self.pos + self.page.len() as u64;
+        if len != first.seg_size as u64 {
+            return Err(format!(
+                "the file holds {len} bytes, but its header says segments are {}",
+                first.seg_size
+            ));
+        }
+        Ok(first)
+    }
+}
+
+/// The checks of the first page's long header.
+fn verify_first_page(name: &WalName, data: &[u8]) -> Result<SegmentHeader, String> {
     let h = parse(data).ok_or("no WAL long page header at the start of the file")?;
     if h.magic & 0xFF00 != 0xD000 && h.magic & 0xFF00 != 0xD100 {
         return Err(format!("bad WAL page magic {:#06x}", h.magic));
@@ -53,11 +179,11 @@ pub fn verify(name: &WalName, data: &[u8]) -> Result<SegmentHeader, String> {
     if !seg.is_power_of_two() || !(1 << 20..=1 << 30).contains(&seg) {
         return Err(format!("implausible WAL segment size {seg}"));
     }
-    if data.len() as u64 != seg {
-        return Err(format!(
-            "the file holds {} bytes, but its header says segments are {seg}",
-            data.len()
-        ));
+    if !h.block_size.is_power_of_two()
+        || !(1024..=65536).contains(&h.block_size)
+        || h.block_size as u64 > seg
+    {
+        return Err(format!("implausible WAL block size {}", h.block_size));
     }
     let segno = name.segno(seg).ok_or("not a segment name")?;
     if h.pageaddr != segno * seg {
@@ -86,6 +212,12 @@ pub(crate) fn fake_segment(name: &str, seg_size: usize, sysid: u64) -> Vec<u8> {
     d[24..32].copy_from_slice(&sysid.to_le_bytes());
     d[32..36].copy_from_slice(&(seg_size as u32).to_le_bytes());
     d[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    let start = n.segno(seg_size as u64).unwrap() * seg_size as u64;
+    for page in (8192..seg_size).step_by(8192) {
+        d[page..page + 2].copy_from_slice(&0xD110u16.to_le_bytes());
+        d[page + 4..page + 8].copy_from_slice(&n.timeline.to_le_bytes());
+        d[page + 8..page + 16].copy_from_slice(&(start + page as u64).to_le_bytes());
+    }
     d
 }
 
@@ -109,5 +241,29 @@ mod tests {
         bad[1] = 0;
         assert!(verify(&name, &bad).unwrap_err().contains("magic"));
         assert!(verify(&name, &[0u8; 10]).is_err());
+        // Later pages: a flipped bit in a page header, a page out of place.
+        let mut bad = seg.clone();
+        bad[8192 * 5 + 9] ^= 0x01;
+        assert!(verify(&name, &bad).unwrap_err().contains("page address"));
+        let mut bad = seg.clone();
+        bad[8192 * 7..8192 * 8].copy_from_slice(&seg[8192 * 6..8192 * 7]);
+        assert!(verify(&name, &bad).unwrap_err().contains("offset 0xe000"));
+        let mut bad = seg.clone();
+        bad[8192 * 3 + 2] = 0x40;
+        assert!(verify(&name, &bad).unwrap_err().contains("flags"));
+        // A switched segment: zeros from some page on, and only zeros.
+        let mut switched = seg.clone();
+        switched[8192 * 100..].fill(0);
+        assert!(verify(&name, &switched).is_ok());
+        switched[8192 * 110 + 3000] = 1;
+        assert!(verify(&name, &switched)
+            .unwrap_err()
+            .contains("zeroed rest"));
+        // Fed in odd-sized chunks, the verdict is the same.
+        let mut check = PageCheck::new(&name);
+        for c in seg.chunks(777) {
+            check.feed(c).unwrap();
+        }
+        assert_eq!(check.finish().unwrap().system_id, 42);
     }
 }

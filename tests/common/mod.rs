@@ -419,3 +419,31 @@ pub fn json_lines(log: &str) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// Polls `check` until it yields a value; panics with `what` (and the last reason
+/// `check` gave) after `timeout`. The one deadline loop for new tests.
+pub fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(why) if Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}: {why}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The postgres OS user's uid and gid, when the tests run as root.
+pub fn postgres_ids() -> Option<(u32, u32)> {
+    if !is_root() {
+        return None;
+    }
+    let u = nix::unistd::User::from_name("postgres").ok()??;
+    Some((u.uid.as_raw(), u.gid.as_raw()))
+}

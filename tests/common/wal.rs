@@ -65,7 +65,7 @@ impl Store {
         let cfg = pgwarden::wal::ArchiveConfig::from_args(&args, server)
             .unwrap()
             .unwrap();
-        let backend = cfg.open().await.unwrap();
+        let backend = cfg.open(None).await.unwrap();
         (cfg, backend)
     }
 }
@@ -145,6 +145,8 @@ pub async fn assert_all_restorable(store: &Store, server: &str) -> usize {
         .await
         .unwrap();
     let mut n = 0;
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = pgwarden::wal::local::LocalDir::open(scratch.path(), None).unwrap();
     for o in objects {
         let Some((name, _)) = o
             .key
@@ -154,7 +156,7 @@ pub async fn assert_all_restorable(store: &Store, server: &str) -> usize {
         else {
             continue;
         };
-        pgwarden::wal::restore::download(&cfg, &backend, &name)
+        pgwarden::wal::restore::fetch(&cfg, &backend, &name, &dir, "restored")
             .await
             .unwrap_or_else(|e| panic!("{} is not a valid archived file: {e}", o.key));
         n += 1;

@@ -1,16 +1,31 @@
 //! `file:///path`: a mounted volume (NFS, a PVC). Objects are files; each is written to
-//! a temp file, fsynced, and linked into place, which fails if the name exists, so an
-//! object is never overwritten and never seen half-written. The SHA-256 goes into a
-//! `<object>.sha256` file written before the object itself.
+//! a temp file, fsynced, and published with link(2), which fails if the name exists:
+//! of several writers of one name exactly one wins, atomically, and an object is
+//! never overwritten and never seen half-written. Only the winner then records the
+//! SHA-256 in `<object>.sha256` (temp file and rename), so the two can never
+//! disagree; an object whose record is missing (a crash in between) still verifies
+//! itself through its codec's checksum.
+//!
+//! Objects are 0640 and belong to the run-as user when one is given (else to the
+//! archive root's owner), so `wal-restore` run as postgres outside `pgwarden run`
+//! reads what the daemon, running as root, wrote.
 
-use super::{ObjectInfo, PutOutcome, Storage, StorageError};
+use super::{Bytes, ObjectInfo, PutOutcome, Storage, StorageError};
+use crate::fsutil::Owner;
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// Mode of archived objects and their checksum records.
+const OBJECT_MODE: u32 = 0o640;
+/// Mode of directories created in the archive.
+const DIR_MODE: u32 = 0o750;
 
 /// A directory tree used as the object store.
 #[derive(Debug, Clone)]
 pub struct FsStorage {
     root: PathBuf,
+    owner: Option<Owner>,
 }
 
 const META_SUFFIX: &str = ".sha256";
@@ -26,15 +41,58 @@ fn classify(what: &str, path: &Path, e: io::Error) -> StorageError {
 }
 
 impl FsStorage {
-    /// Uses `root` as the store; it must exist (a mounted volume).
-    pub fn new(root: PathBuf) -> Result<FsStorage, StorageError> {
-        if !root.is_dir() {
+    /// Uses `root` as the store; it must exist (a mounted volume). Files created as
+    /// root go to `owner`, or to the owner of `root` when none is given.
+    pub fn new(root: PathBuf, owner: Option<Owner>) -> Result<FsStorage, StorageError> {
+        let meta = std::fs::metadata(&root).map_err(|e| {
+            StorageError::Fatal(format!("{}: {e} (is the volume mounted?)", root.display()))
+        })?;
+        if !meta.is_dir() {
             return Err(StorageError::Fatal(format!(
                 "{} is not a directory (is the volume mounted?)",
                 root.display()
             )));
         }
-        Ok(FsStorage { root })
+        let owner = nix::unistd::geteuid().is_root().then(|| {
+            owner.unwrap_or(Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+            })
+        });
+        Ok(FsStorage { root, owner })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Gives a new file or directory its owner (when running as root) and mode.
+    fn settle(&self, file: &std::fs::File, path: &Path, mode: u32) -> Result<(), StorageError> {
+        if let Some(o) = self.owner {
+            nix::unistd::fchown(file, Some(o.uid.into()), Some(o.gid.into()))
+                .map_err(|e| classify("chown", path, e.into()))?;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| classify("chmod", path, e))
+    }
+
+    /// Creates the directories down to `dir`, each with the archive's owner.
+    fn make_dirs(&self, dir: &Path) -> Result<(), StorageError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent().filter(|p| p.starts_with(&self.root)) {
+            self.make_dirs(parent)?;
+        }
+        match std::fs::create_dir(dir) {
+            Ok(()) => {
+                let f = std::fs::File::open(dir).map_err(|e| classify("open", dir, e))?;
+                self.settle(&f, dir, DIR_MODE)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(classify("create", dir, e)),
+        }
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -104,50 +162,49 @@ impl FsStorage {
             return Ok(PutOutcome::Exists(self.info(key, meta.len())));
         }
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| classify("create", &dir, e))?;
-        write_synced(
-            &dir,
-            &self.path(&format!("{key}{META_SUFFIX}")),
-            sha256.as_bytes(),
-            true,
-        )?;
-        write_synced(&dir, &path, body, false)?;
+        self.make_dirs(&dir)?;
+        let tmp = self.write_temp(&dir, body)?;
+        match std::fs::hard_link(tmp.path(), &path) {
+            Ok(()) => {}
+            // Another writer won the race: theirs stands, the caller compares.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let meta = std::fs::metadata(&path).map_err(|e| classify("stat", &path, e))?;
+                return Ok(PutOutcome::Exists(self.info(key, meta.len())));
+            }
+            Err(e) => return Err(classify("link", &path, e)),
+        }
+        drop(tmp);
+        // Only the winner writes the checksum record, so it always matches the object.
+        let meta_tmp = self.write_temp(&dir, sha256.as_bytes())?;
+        let meta_path = self.path(&format!("{key}{META_SUFFIX}"));
+        meta_tmp
+            .persist(&meta_path)
+            .map_err(|e| classify("rename into", &meta_path, e.error))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| classify("fsync", &dir, e))?;
         Ok(PutOutcome::Created)
     }
-}
 
-/// Writes `data` to a temp file in `dir`, fsyncs it, then puts it at `dest`: by
-/// rename when `replace`, else by link, which refuses an existing name. Then fsyncs
-/// the directory.
-fn write_synced(dir: &Path, dest: &Path, data: &[u8], replace: bool) -> Result<(), StorageError> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".pgwarden-")
-        .tempfile_in(dir)
-        .map_err(|e| classify("create a temp file in", dir, e))?;
-    tmp.write_all(data)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| classify("write", tmp.path(), e))?;
-    if replace {
-        tmp.persist(dest)
-            .map_err(|e| classify("rename into", dest, e.error))?;
-    } else {
-        match std::fs::hard_link(tmp.path(), dest) {
-            Ok(()) => {}
-            // A concurrent writer won; the caller compares contents.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(classify("link", dest, e)),
-        }
+    /// A fsynced temp file in `dir` holding `data`, with the object's owner and mode.
+    fn write_temp(&self, dir: &Path, data: &[u8]) -> Result<tempfile::NamedTempFile, StorageError> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".pgwarden-")
+            .tempfile_in(dir)
+            .map_err(|e| classify("create a temp file in", dir, e))?;
+        tmp.write_all(data)
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(|e| classify("write", tmp.path(), e))?;
+        self.settle(tmp.as_file(), tmp.path(), OBJECT_MODE)?;
+        Ok(tmp)
     }
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| classify("fsync", dir, e))
 }
 
 impl Storage for FsStorage {
     async fn put_new(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
         sha256: &str,
     ) -> Result<PutOutcome, StorageError> {
         let (this, key, sha) = (self.clone(), key.to_owned(), sha256.to_owned());
@@ -165,16 +222,22 @@ impl Storage for FsStorage {
         }
     }
 
-    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ObjectInfo)>, StorageError> {
+    async fn get(&self, key: &str) -> Result<Option<(Bytes, ObjectInfo)>, StorageError> {
         let path = self.path(key);
         match tokio::fs::read(&path).await {
             Ok(data) => {
                 let info = self.info(key, data.len() as u64);
-                Ok(Some((data, info)))
+                Ok(Some((data.into(), info)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(classify("read", &path, e)),
         }
+    }
+
+    fn root_identity(&self) -> String {
+        std::fs::metadata(&self.root)
+            .map(|m| format!("{}:{}", m.dev(), m.ino()))
+            .unwrap_or_else(|_| "missing".to_owned())
     }
 
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<ObjectInfo>, StorageError> {

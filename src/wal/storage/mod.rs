@@ -5,8 +5,11 @@
 //! the same content (success) or a conflict (refused).
 
 pub mod fs;
+pub mod retry;
 pub mod s3;
 
+pub use bytes::Bytes;
+pub use retry::Retrying;
 use std::future::Future;
 
 /// Metadata key holding the SHA-256 of the uncompressed content.
@@ -42,6 +45,18 @@ pub enum StorageError {
     /// Access denied, no such bucket, bad configuration: retrying will not help.
     #[error("{0}")]
     Fatal(String),
+    /// The retry budget ran out before the storage answered.
+    #[error("{what}: no answer within {secs}s (PGWARDEN_ARCHIVE_TIMEOUT)")]
+    Timeout {
+        /// The operation.
+        what: String,
+        /// The budget.
+        secs: u64,
+    },
+    /// Given up on purpose: pgwarden is stopping. postgres keeps the file and asks
+    /// again after the restart.
+    #[error("{0}: pgwarden is stopping; postgres will ask again after the restart")]
+    Cancelled(String),
 }
 
 impl StorageError {
@@ -54,10 +69,12 @@ impl StorageError {
 /// An object store for archived WAL.
 pub trait Storage: Send + Sync {
     /// Creates `key` with `body` unless it exists, recording `sha256` with it.
+    /// Exactly one of several concurrent creations of one key wins; the others get
+    /// [`PutOutcome::Exists`].
     fn put_new(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
         sha256: &str,
     ) -> impl Future<Output = Result<PutOutcome, StorageError>> + Send;
     /// Reads an object's metadata; `None` when it does not exist.
@@ -65,17 +82,22 @@ pub trait Storage: Send + Sync {
         &self,
         key: &str,
     ) -> impl Future<Output = Result<Option<ObjectInfo>, StorageError>> + Send;
-    /// Reads an object; `None` when it does not exist.
+    /// Reads an object (as stored, compressed); `None` when it does not exist.
     fn get(
         &self,
         key: &str,
-    ) -> impl Future<Output = Result<Option<(Vec<u8>, ObjectInfo)>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Option<(Bytes, ObjectInfo)>, StorageError>> + Send;
     /// Lists up to `limit` objects whose key starts with `prefix`, in key order.
     fn list(
         &self,
         prefix: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ObjectInfo>, StorageError>> + Send;
+    /// What identifies the archive's root right now, cheaply: on a volume, the root
+    /// directory's device and inode, which change when the volume is not mounted.
+    fn root_identity(&self) -> String {
+        "-".to_owned()
+    }
 }
 
 /// The configured backend, dispatching statically to the concrete store.
@@ -91,7 +113,7 @@ impl Storage for Backend {
     async fn put_new(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
         sha256: &str,
     ) -> Result<PutOutcome, StorageError> {
         match self {
@@ -105,7 +127,7 @@ impl Storage for Backend {
             Backend::Fs(f) => f.head(key).await,
         }
     }
-    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ObjectInfo)>, StorageError> {
+    async fn get(&self, key: &str) -> Result<Option<(Bytes, ObjectInfo)>, StorageError> {
         match self {
             Backend::S3(s) => s.get(key).await,
             Backend::Fs(f) => f.get(key).await,
@@ -115,6 +137,12 @@ impl Storage for Backend {
         match self {
             Backend::S3(s) => s.list(prefix, limit).await,
             Backend::Fs(f) => f.list(prefix, limit).await,
+        }
+    }
+    fn root_identity(&self) -> String {
+        match self {
+            Backend::S3(s) => s.root_identity(),
+            Backend::Fs(f) => f.root_identity(),
         }
     }
 }

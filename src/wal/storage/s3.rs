@@ -5,11 +5,11 @@
 //! path-style addressing so that MinIO and Garage work without extra flags. Every
 //! request has a timeout; the SDK retries transient failures with jittered backoff.
 
-use super::{ObjectInfo, PutOutcome, Storage, StorageError, SHA256_META};
+use super::{Bytes, ObjectInfo, PutOutcome, Storage, StorageError, SHA256_META};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +28,14 @@ pub struct S3Storage {
     client: Client,
     bucket: String,
     sse: Sse,
-    /// Some S3-compatible servers reject `If-None-Match` on PUT; then pgwarden relies
-    /// on the HEAD it always does first.
-    conditional_put: Arc<AtomicBool>,
+    /// Whether the server enforces `If-None-Match: *` on PUT ([`UNKNOWN`] until the
+    /// first upload probes it). AWS S3 and MinIO do; Garage 2.5 ignores it.
+    conditional: Arc<AtomicU8>,
 }
+
+const UNKNOWN: u8 = 0;
+const ENFORCED: u8 = 1;
+const IGNORED: u8 = 2;
 
 impl S3Storage {
     /// Builds a client from the standard AWS configuration chain.
@@ -56,7 +60,7 @@ impl S3Storage {
             client: Client::from_conf(conf.build()),
             bucket: bucket.to_owned(),
             sse,
-            conditional_put: Arc::new(AtomicBool::new(true)),
+            conditional: Arc::new(AtomicU8::new(UNKNOWN)),
         }
     }
 
@@ -79,10 +83,65 @@ impl S3Storage {
         }
     }
 
+    /// Whether the server refuses a second `If-None-Match: *` PUT of one key, found
+    /// out once per process with a probe object beside the archive's objects (under
+    /// `<prefix>/<server>/`), then deleted. An inconclusive probe (an outage, a
+    /// permission) is not remembered, and the careful path is taken meanwhile.
+    async fn enforces_conditions(&self, near: &str) -> bool {
+        match self.conditional.load(Ordering::Relaxed) {
+            ENFORCED => return true,
+            IGNORED => return false,
+            _ => {}
+        }
+        let base = near
+            .split_once("/wals/")
+            .map(|(b, _)| b)
+            .unwrap_or_else(|| near.rsplit_once('/').map(|(d, _)| d).unwrap_or(""));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let probe = format!(
+            "{base}{}pgwarden-conditional-probe-{}-{nanos}",
+            if base.is_empty() { "" } else { "/" },
+            std::process::id()
+        );
+        let body = Bytes::from_static(b"probe");
+        let first = self.put(&probe, &body, "probe", true).await;
+        let second = match first {
+            Ok(()) => Some(self.put(&probe, &body, "probe", true).await),
+            Err(_) => None,
+        };
+        if first.is_ok() {
+            let _ = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&probe)
+                .send()
+                .await;
+        }
+        let verdict = match second {
+            Some(Err(e)) if status(&e) == Some(412) => ENFORCED,
+            Some(Ok(())) => {
+                tracing::warn!(
+                    bucket = %self.bucket,
+                    "the S3 server ignores If-None-Match on PUT: two writers of one WAL name can only be \
+                     detected after the fact, not excluded; give each cluster its own PGWARDEN_ARCHIVE_NAME"
+                );
+                IGNORED
+            }
+            Some(Err(e)) if matches!(status(&e), Some(400) | Some(501)) => IGNORED,
+            _ => UNKNOWN,
+        };
+        self.conditional.store(verdict, Ordering::Relaxed);
+        verdict == ENFORCED
+    }
+
     async fn put(
         &self,
         key: &str,
-        body: &[u8],
+        body: &Bytes,
         sha256: &str,
         conditional: bool,
     ) -> Result<(), SdkError<aws_sdk_s3::operation::put_object::PutObjectError>> {
@@ -91,7 +150,8 @@ impl S3Storage {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .body(ByteStream::from(body.to_vec()))
+            // Bytes is reference-counted: the SDK's own retries copy nothing.
+            .body(ByteStream::from(body.clone()))
             .metadata(SHA256_META, sha256);
         if conditional {
             req = req.if_none_match("*");
@@ -157,30 +217,56 @@ impl Storage for S3Storage {
     async fn put_new(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
         sha256: &str,
     ) -> Result<PutOutcome, StorageError> {
+        if self.enforces_conditions(key).await {
+            // The conditional PUT alone decides, atomically, who creates the object; a
+            // HEAD only when it reports the object is there.
+            return match self.put(key, &body, sha256, true).await {
+                Ok(()) => Ok(PutOutcome::Created),
+                // Another conditional write of this key is under way (AWS's
+                // ConditionalRequestConflict): try again, the next answer is 412 or 200.
+                Err(e) if status(&e) == Some(409) => Err(StorageError::Transient(format!(
+                    "S3 PUT {key}: a concurrent write of the same key: {}",
+                    error_chain(&e)
+                ))),
+                Err(e) if status(&e) == Some(412) => match self.head_object(key).await? {
+                    Some(info) => Ok(PutOutcome::Exists(info)),
+                    None => Err(StorageError::Transient(format!(
+                        "S3 PUT {key}: precondition failed, but the object is gone"
+                    ))),
+                },
+                Err(e) if matches!(status(&e), Some(400) | Some(501)) => {
+                    tracing::warn!(error = %error_chain(&e), "the S3 server rejects conditional PUTs; checking before and after each PUT instead");
+                    self.conditional.store(IGNORED, Ordering::Relaxed);
+                    Err(StorageError::Transient(format!(
+                        "S3 PUT {key}: conditional PUT rejected"
+                    )))
+                }
+                Err(e) => Err(classify("PUT", key, e)),
+            };
+        }
+        // A server that ignores If-None-Match (Garage 2.5) cannot refuse a second
+        // writer, so the race can only be narrowed: look before, write, let a racing
+        // write land, and look again. If what stands is not ours, a racer overwrote
+        // it: report the object as theirs, and the caller refuses our push.
         if let Some(info) = self.head_object(key).await? {
             return Ok(PutOutcome::Exists(info));
         }
-        let conditional = self.conditional_put.load(Ordering::Relaxed);
-        match self.put(key, &body, sha256, conditional).await {
-            Ok(()) => Ok(PutOutcome::Created),
-            Err(e) if status(&e) == Some(412) => match self.head_object(key).await? {
-                Some(info) => Ok(PutOutcome::Exists(info)),
-                None => Err(StorageError::Transient(format!(
-                    "S3 PUT {key}: precondition failed, but the object is gone"
-                ))),
-            },
-            Err(e) if conditional && matches!(status(&e), Some(400) | Some(501)) => {
-                tracing::warn!(error = %error_chain(&e), "the S3 server rejects conditional PUTs; relying on HEAD before PUT");
-                self.conditional_put.store(false, Ordering::Relaxed);
-                self.put(key, &body, sha256, false)
-                    .await
-                    .map_err(|e| classify("PUT", key, e))?;
-                Ok(PutOutcome::Created)
-            }
-            Err(e) => Err(classify("PUT", key, e)),
+        let started = std::time::Instant::now();
+        self.put(key, &body, sha256, false)
+            .await
+            .map_err(|e| classify("PUT", key, e))?;
+        let settle =
+            (started.elapsed() * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::time::sleep(settle).await;
+        match self.head_object(key).await? {
+            Some(info) if info.sha256.as_deref() == Some(sha256) => Ok(PutOutcome::Created),
+            Some(info) => Ok(PutOutcome::Exists(info)),
+            None => Err(StorageError::Transient(format!(
+                "S3 PUT {key}: the object vanished right after it was written"
+            ))),
         }
     }
 
@@ -188,7 +274,7 @@ impl Storage for S3Storage {
         self.head_object(key).await
     }
 
-    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ObjectInfo)>, StorageError> {
+    async fn get(&self, key: &str) -> Result<Option<(Bytes, ObjectInfo)>, StorageError> {
         let out = match self
             .client
             .get_object()
@@ -207,8 +293,7 @@ impl Storage for S3Storage {
             .collect()
             .await
             .map_err(|e| StorageError::Transient(format!("S3 GET {key}: reading the body: {e}")))?
-            .into_bytes()
-            .to_vec();
+            .into_bytes();
         let info = ObjectInfo {
             key: key.to_owned(),
             size: body.len() as u64,

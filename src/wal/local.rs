@@ -1,0 +1,342 @@
+//! The local files a push reads and a restore writes, confined to one directory.
+//!
+//! The WAL daemon runs inside `pgwarden run`, as root in most containers, and takes
+//! paths over its control socket from whoever can reach it (postgres, or a SQL
+//! superuser through `COPY … TO PROGRAM`). So every file is reached through a
+//! directory descriptor opened once (`PGDATA/pg_wal`), by a single name that is a WAL
+//! file name (no `/`, no `..`), without following symlinks, and with the file-system
+//! rights of the run-as user (`setfsuid`, on a blocking thread of its own). A source
+//! must also be a regular file owned by that user. A destination is written to a temp
+//! file in the same directory, fsynced and renamed into place: it never holds a
+//! partial file.
+
+use crate::fsutil::Owner;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A directory the daemon (or a one-shot command) reads and writes WAL files in.
+#[derive(Clone)]
+pub struct LocalDir {
+    fd: Arc<OwnedFd>,
+    path: PathBuf,
+    owner: Option<Owner>,
+}
+
+impl std::fmt::Debug for LocalDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalDir({})", self.path.display())
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: nix::Error) -> io::Error {
+    let e = io::Error::from(e);
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// Refuses anything but a plain WAL file name (or a temp name of ours).
+fn plain_name(name: &str) -> io::Result<&str> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{name:?} is not a file name in the WAL directory"),
+        ));
+    }
+    Ok(name)
+}
+
+impl LocalDir {
+    /// Opens `path` (symlinks on the way are followed: pg_wal may be one, made by
+    /// `initdb --waldir`). Files are handled with `owner`'s rights when given and
+    /// pgwarden is root.
+    pub fn open(path: &Path, owner: Option<Owner>) -> io::Result<LocalDir> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open the directory", path, e))?;
+        let owner = owner.filter(|_| nix::unistd::geteuid().is_root());
+        Ok(LocalDir {
+            fd: Arc::new(fd),
+            path: path.to_path_buf(),
+            owner,
+        })
+    }
+
+    /// The directory's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file name of `path` when `path` is directly in this directory; refuses
+    /// anything else: another directory, `..`, a symlinked parent.
+    pub fn name_in(&self, path: &Path) -> io::Result<String> {
+        let refuse = |why: &str| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is {why}; pgwarden only handles files directly in {}",
+                    path.display(),
+                    self.path.display()
+                ),
+            )
+        };
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| refuse("not a file name"))?;
+        let parent = path.parent().ok_or_else(|| refuse("not a file path"))?;
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(refuse("a path with .."));
+        }
+        let same = match (parent.canonicalize(), self.path.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if !same {
+            return Err(refuse("outside the WAL directory"));
+        }
+        Ok(plain_name(name)?.to_owned())
+    }
+
+    /// Runs `f` with the owner's file-system identity. Only call on a thread of its
+    /// own (`spawn_blocking`): the identity is per thread.
+    fn as_owner<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let Some(o) = self.owner else {
+            return f();
+        };
+        struct Restore;
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
+                nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
+            }
+        }
+        let _restore = Restore;
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(o.gid));
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(o.uid));
+        f()
+    }
+
+    /// Opens `name` for reading: a regular file, not a symlink, owned by the owner.
+    pub fn open_source(&self, name: &str) -> io::Result<File> {
+        let name = plain_name(name)?;
+        let path = self.path.join(name);
+        self.as_owner(|| {
+            let fd = nix::fcntl::openat(
+                self.fd.as_fd(),
+                name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                Mode::empty(),
+            )
+            .map_err(|e| match e {
+                nix::Error::ELOOP => io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{} is a symlink; refusing to follow it", path.display()),
+                ),
+                e => io_err("open", &path, e),
+            })?;
+            let st = nix::sys::stat::fstat(&fd).map_err(|e| io_err("stat", &path, e))?;
+            if st.st_mode & libc_s_ifmt() != libc_s_ifreg() {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{} is not a regular file", path.display()),
+                ));
+            }
+            if let Some(o) = self.owner {
+                if st.st_uid != o.uid {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{} belongs to uid {}, not to the postgres user ({}); refusing it",
+                            path.display(),
+                            st.st_uid,
+                            o.uid
+                        ),
+                    ));
+                }
+            }
+            Ok(File::from(fd))
+        })
+    }
+
+    /// Writes `name` through `fill`, which gets a fresh temp file in this directory;
+    /// (opened read-write, so `fill` may read back what it wrote); on success the file is fsynced and renamed onto `name` (replacing a symlink
+    /// there, never following it); on failure it is removed.
+    pub fn write<T>(
+        &self,
+        name: &str,
+        fill: impl FnOnce(&mut File) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let name = plain_name(name)?;
+        self.as_owner(|| {
+            let tmp = format!(".pgwarden-restore-{name}-{}", std::process::id());
+            let fd = nix::fcntl::openat(
+                self.fd.as_fd(),
+                tmp.as_str(),
+                OFlag::O_RDWR
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            );
+            // A temp file left by a killed run of this same pid: take its place.
+            let fd = match fd {
+                Err(nix::Error::EEXIST) => {
+                    let _ = nix::unistd::unlinkat(
+                        self.fd.as_fd(),
+                        tmp.as_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                    nix::fcntl::openat(
+                        self.fd.as_fd(),
+                        tmp.as_str(),
+                        OFlag::O_RDWR
+                            | OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o600),
+                    )
+                }
+                other => other,
+            }
+            .map_err(|e| io_err("create", &self.path.join(&tmp), e))?;
+            let mut file = File::from(fd);
+            let result = fill(&mut file).and_then(|v| {
+                file.flush()?;
+                file.sync_all()?;
+                nix::fcntl::renameat(self.fd.as_fd(), tmp.as_str(), self.fd.as_fd(), name)
+                    .map_err(|e| io_err("rename into", &self.path.join(name), e))?;
+                Ok(v)
+            });
+            if result.is_err() {
+                let _ = nix::unistd::unlinkat(
+                    self.fd.as_fd(),
+                    tmp.as_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+            }
+            result
+        })
+    }
+
+    /// Moves `name` from this directory to `to_name` in `to`, without following
+    /// symlinks at either end; `false` when there is no such file.
+    pub fn move_to(&self, name: &str, to: &LocalDir, to_name: &str) -> io::Result<bool> {
+        let (name, to_name) = (plain_name(name)?, plain_name(to_name)?);
+        self.as_owner(|| {
+            match nix::fcntl::renameat(self.fd.as_fd(), name, to.fd.as_fd(), to_name) {
+                Ok(()) => Ok(true),
+                Err(nix::Error::ENOENT) => Ok(false),
+                Err(e) => Err(io_err("rename", &self.path.join(name), e)),
+            }
+        })
+    }
+
+    /// `lstat` of `name` here.
+    pub fn stat(&self, name: &str) -> io::Result<nix::sys::stat::FileStat> {
+        let name = plain_name(name)?;
+        nix::sys::stat::fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| io_err("stat", &self.path.join(name), e))
+    }
+
+    /// True when `name` exists here (as anything, symlinks not followed).
+    pub fn contains(&self, name: &str) -> bool {
+        plain_name(name).is_ok()
+            && nix::sys::stat::fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+    }
+
+    /// Removes `name` if it is there.
+    pub fn remove(&self, name: &str) {
+        if plain_name(name).is_ok() {
+            let _ = nix::unistd::unlinkat(
+                self.fd.as_fd(),
+                name,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+
+    /// The names in this directory.
+    pub fn names(&self) -> Vec<String> {
+        std::fs::read_dir(&self.path)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn libc_s_ifmt() -> u32 {
+    nix::sys::stat::SFlag::S_IFMT.bits()
+}
+
+fn libc_s_ifreg() -> u32 {
+    nix::sys::stat::SFlag::S_IFREG.bits()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_files_directly_inside_are_reached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = tmp.path().join("pg_wal");
+        std::fs::create_dir(&wal).unwrap();
+        std::fs::write(wal.join("000000010000000000000001"), b"wal").unwrap();
+        std::fs::write(tmp.path().join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(
+            tmp.path().join("secret"),
+            wal.join("000000010000000000000002"),
+        )
+        .unwrap();
+        let dir = LocalDir::open(&wal, None).unwrap();
+        assert_eq!(
+            dir.name_in(&wal.join("000000010000000000000001")).unwrap(),
+            "000000010000000000000001"
+        );
+        for bad in [
+            tmp.path().join("secret"),
+            wal.join("../secret"),
+            PathBuf::from("/etc/passwd"),
+        ] {
+            let e = dir.name_in(&bad).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{bad:?}");
+        }
+        assert!(dir.open_source("000000010000000000000001").is_ok());
+        let e = dir.open_source("000000010000000000000002").unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert!(dir.open_source("../secret").is_err());
+
+        // A write replaces a symlink planted at the destination, not its target.
+        std::os::unix::fs::symlink(tmp.path().join("secret"), wal.join("RECOVERYXLOG")).unwrap();
+        dir.write("RECOVERYXLOG", |f| f.write_all(b"restored"))
+            .unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("secret")).unwrap(), b"secret");
+        assert_eq!(
+            std::fs::read(wal.join("RECOVERYXLOG")).unwrap(),
+            b"restored"
+        );
+        // A failed write leaves nothing behind.
+        let e = dir
+            .write("000000010000000000000009", |_| -> io::Result<()> {
+                Err(io::Error::other("corrupt"))
+            })
+            .unwrap_err();
+        assert_eq!(e.to_string(), "corrupt");
+        assert!(!wal.join("000000010000000000000009").exists());
+        assert_eq!(std::fs::read_dir(&wal).unwrap().count(), 3);
+    }
+}
