@@ -143,8 +143,8 @@ pub fn dispatch(cli: Cli) -> i32 {
 
 /// Gives initdb and postgres a user name when pgwarden runs as a UID without one.
 fn identity_for_children(socket_dir: &std::path::Path, pgdata: &std::path::Path) {
-    use crate::identity::{self, Identity};
-    match identity::ensure(&[socket_dir.to_path_buf(), std::env::temp_dir()], pgdata) {
+    use crate::nss::{self, Identity};
+    match nss::ensure(&[socket_dir.to_path_buf(), std::env::temp_dir()], pgdata) {
         Identity::Known => {}
         Identity::Wrapped { library, passwd } => tracing::info!(
             uid = nix::unistd::geteuid().as_raw(),

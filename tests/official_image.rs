@@ -438,7 +438,7 @@ async fn an_arbitrary_uid_without_a_passwd_entry_bootstraps_and_serves() {
         return;
     }
     assert!(
-        pgwarden::identity::find_library().is_some(),
+        pgwarden::nss::find_library().is_some(),
         "libnss_wrapper.so is missing: run scripts/install-deps.sh"
     );
     // A fresh UID each run, in OpenShift's range, that /etc/passwd does not know.

@@ -689,7 +689,7 @@ fn resolve_users(run_as: &str) -> Result<(Option<RunAs>, String), SettingsError>
             .ok()
             .flatten()
             .map(|u| u.name)
-            .or_else(|| crate::identity::wrapped_name(uid.as_raw()))
+            .or_else(|| crate::nss::wrapped_name(uid.as_raw()))
             .ok_or_else(|| {
                 invalid(
                     "user id",
