@@ -209,7 +209,7 @@ async fn config(args: &SettingsArgs) -> anyhow::Result<String> {
     let r = pgconf::render(&s, &s.pgdata, &tuning::detect())?;
     pgconf::validate(&r, &s.bin("postgres"), s.run_as.as_ref(), &Runner::Direct)
         .await
-        .map_err(|e| anyhow::anyhow!("PGWARDEN_USER_CONF: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", s.user_layer_name()))?;
     Ok(format!(
         "# ==> {pgdata}/postgresql.conf <==\n{}\n# ==> {pgdata}/pg_hba.conf <==\n{}\n# ==> {pgdata}/pg_ident.conf <==\n{}",
         r.postgresql_conf,

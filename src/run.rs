@@ -53,7 +53,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         &Runner::Direct,
     )
     .await
-    .context("PGWARDEN_USER_CONF")?;
+    .context(settings.user_layer_name())?;
 
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await

@@ -53,7 +53,7 @@ fn owned_or_invalid_command_line_settings_are_refused_before_pgdata_is_touched()
         ),
         (
             &["postgres", "-c", "work_mem=banana"],
-            &["PGWARDEN_USER_CONF", "work_mem"],
+            &["PGWARDEN_USER_CONF or postgres -c", "work_mem"],
         ),
         (
             &["postgres", "-c", "max_connections"],

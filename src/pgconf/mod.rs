@@ -265,7 +265,7 @@ pub async fn apply(
     let rendered = render(s, data_dir, resources)?;
     validate(&rendered, &s.bin("postgres"), s.run_as.as_ref(), runner)
         .await
-        .context("PGWARDEN_USER_CONF")?;
+        .context(s.user_layer_name())?;
     write(&rendered, data_dir, s.run_as.as_ref().map(|u| u.owner()))
         .with_context(|| format!("cannot write the configuration into {}", data_dir.display()))
 }

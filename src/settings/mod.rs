@@ -532,6 +532,19 @@ impl Settings {
             .or_else(|| self.adopted.conf.get(name))
     }
 
+    /// The settings a value postgres rejects may come from, to name in the error.
+    pub fn user_layer_name(&self) -> &'static str {
+        match (
+            self.command_line.entries.is_empty(),
+            self.adopted.conf.entries.is_empty(),
+        ) {
+            (true, true) => "PGWARDEN_USER_CONF",
+            (false, true) => "PGWARDEN_USER_CONF or postgres -c",
+            (true, false) => "PGWARDEN_USER_CONF or PGDATA/postgresql.conf.orig",
+            (false, false) => "PGWARDEN_USER_CONF, postgres -c or PGDATA/postgresql.conf.orig",
+        }
+    }
+
     /// Path of a PostgreSQL executable in the bindir.
     pub fn bin(&self, name: &str) -> PathBuf {
         self.bindir.join(name)
