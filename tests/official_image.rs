@@ -187,6 +187,13 @@ async fn the_official_environment_and_init_script_conventions_work() {
         .as_bytes(),
         0o755,
     );
+    // Edits of the configuration, as the official image's documentation shows them.
+    write_file(
+        &init.join("06-edit-conf.sh"),
+        b"echo \"shared_preload_libraries = 'pg_stat_statements'\" >> \"$PGDATA/postgresql.conf\"\n\
+          echo 'host all app 192.168.0.0/16 scram-sha-256' >> \"$PGDATA/pg_hba.conf\"\n",
+        0o644,
+    );
     pg.start();
     // Ends the background job whatever happens below.
     struct Release(std::path::PathBuf);
@@ -236,11 +243,38 @@ async fn the_official_environment_and_init_script_conventions_work() {
         waldir
     );
     assert!(waldir.join("archive_status").is_dir());
+    // The init script's configuration edits are in force, not overwritten.
+    client
+        .batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
+    let statements: i64 = client
+        .query_one("SELECT count(*) FROM pg_stat_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(statements > 0, "pg_stat_statements is preloaded");
+    assert!(pg.log().contains("init scripts changed the configuration"));
     // Other roles over the socket were for the bootstrap only.
     assert!(!pg.pgdata.join("pg_hba.bootstrap.conf").exists());
     let hba = std::fs::read_to_string(pg.pgdata.join("pg_hba.conf")).unwrap();
     assert!(!hba.contains("trust"), "{hba}");
+    assert!(
+        hba.contains("host all app 192.168.0.0/16 scram-sha-256"),
+        "{hba}"
+    );
     assert!(pg.connect_as("app", "", "appdb").await.is_err());
+    pg.stop();
+
+    // Still in force at the next start, when pgwarden renders everything again.
+    pg.start().wait_ready();
+    let client = pg.connect_as("admin", PASSWORD, "appdb").await.unwrap();
+    let preload: String = client
+        .query_one("SHOW shared_preload_libraries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(preload, "pg_stat_statements");
     pg.stop();
 }
 

@@ -65,6 +65,27 @@ pub async fn build(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> 
         bail!("the temporary server did not shut down cleanly ({exit})");
     }
     std::fs::remove_file(&bootstrap_hba).context("remove the bootstrap's pg_hba.conf")?;
+    keep_script_edits(s, staging)
+}
+
+/// Init scripts written for the official image append to `$PGDATA/postgresql.conf` and
+/// `pg_hba.conf`, which pgwarden renders again at every start: keep what they added in
+/// force, through the adopted layer, rather than lose it silently.
+fn keep_script_edits(s: &Settings, staging: &Path) -> Result<()> {
+    let rendered = pgconf::render(s, staging, &tuning::detect())?;
+    let kept = pgconf::adopt::keep_script_additions(
+        staging,
+        &rendered,
+        s.run_as.as_ref().map(|u| u.owner()),
+    )
+    .context("keep the init scripts' configuration changes")?;
+    for (path, lines) in kept {
+        tracing::warn!(
+            kept_in = %path.display(),
+            lines,
+            "init scripts changed the configuration during the bootstrap; their lines stay in force as adopted settings (prefer PGWARDEN_USER_CONF and PGWARDEN_USER_HBA)"
+        );
+    }
     Ok(())
 }
 

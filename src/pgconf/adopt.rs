@@ -192,6 +192,48 @@ pub fn adopt_hba(text: &str) -> (Vec<HbaRule>, Vec<NotAdopted>) {
     (kept, dropped)
 }
 
+/// What init scripts added to a file pgwarden rendered for the bootstrap (an `echo ... >>
+/// "$PGDATA/postgresql.conf"`, a `sed -i`): the setting or rule lines of `edited` that
+/// `rendered` does not have, in order, as a file to adopt; `None` when there are none.
+pub fn script_additions(rendered: &str, edited: &str) -> Option<String> {
+    let ours: std::collections::HashSet<&str> = rendered.lines().map(str::trim).collect();
+    let added: Vec<&str> = edited
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !ours.contains(l))
+        .collect();
+    if added.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "# Added by init scripts during pgwarden's bootstrap; in force through pgwarden's adopted layer.\n{}\n",
+        added.join("\n")
+    ))
+}
+
+/// Keeps what init scripts added to the staged postgresql.conf and pg_hba.conf as their
+/// `.orig` files, which the adopted layer reads at every start. Returns each file kept
+/// and how many lines it holds.
+pub fn keep_script_additions(
+    staging: &Path,
+    rendered: &super::Rendered,
+    owner: Option<crate::fsutil::Owner>,
+) -> io::Result<Vec<(PathBuf, usize)>> {
+    let mut kept = Vec::new();
+    for (live, ours, orig) in [
+        ("postgresql.conf", &rendered.postgresql_conf, ORIGINAL_CONF),
+        ("pg_hba.conf", &rendered.pg_hba, ORIGINAL_HBA),
+    ] {
+        let edited = std::fs::read_to_string(staging.join(live))?;
+        if let Some(text) = script_additions(ours, &edited) {
+            let path = staging.join(orig);
+            crate::fsutil::write_atomic(&path, text.as_bytes(), owner, 0o600)?;
+            kept.push((path, text.lines().count() - 1));
+        }
+    }
+    Ok(kept)
+}
+
 /// Adopted settings that the fragment or the command line set too, and so lose:
 /// `(name, adopted value, winning setting, its value)`.
 pub fn overridden<'a>(
@@ -284,6 +326,30 @@ mod tests {
                 ("work_mem", "4MB", "PGWARDEN_USER_CONF", "8MB"),
             ]
         );
+    }
+
+    #[test]
+    fn finds_what_init_scripts_added() {
+        let rendered = "# Written by pgwarden\nport = '5432'\nwork_mem = '4MB'\n";
+        assert_eq!(script_additions(rendered, rendered), None);
+        let cases = [
+            // Appended, as the official image's documentation shows.
+            (
+                format!("{rendered}shared_preload_libraries = 'pg_stat_statements'\n"),
+                vec!["shared_preload_libraries = 'pg_stat_statements'"],
+            ),
+            // Changed in place with sed; comments and blank lines do not count.
+            (
+                "# Written by pgwarden\nport = '5432'\nwork_mem = '64MB'\n\n# mine\n".to_owned(),
+                vec!["work_mem = '64MB'"],
+            ),
+        ];
+        for (edited, want) in cases {
+            let got = script_additions(rendered, &edited).unwrap();
+            let lines: Vec<&str> = got.lines().skip(1).collect();
+            assert_eq!(lines, want, "{edited}");
+            assert!(got.starts_with("# Added by init scripts"));
+        }
     }
 
     #[test]
