@@ -2,7 +2,10 @@
 # Installs the Debian packages pgwarden's tests, `make run` and `make bench` need.
 # Idempotent and quick when everything is already there.
 set -euo pipefail
-packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud prometheus haproxy)
+# libnss-wrapper: the arbitrary-UID test; xz-utils: *.sql.xz init scripts; haproxy: the
+# Patroni-style health checks and the Kubernetes manifests' router; python3-venv: the
+# manifests' schema validation.
+packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud prometheus libnss-wrapper xz-utils haproxy python3-venv)
 [[ "${1:-}" == "--bench" ]] && packages+=(pgbackrest time zstd)
 missing=()
 for p in "${packages[@]}"; do
@@ -14,4 +17,13 @@ if ((${#missing[@]})); then
   [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# kubernetes-validate (PyPI) ships the Kubernetes JSON schemas, so tests/manifests.rs
+# validates deploy/kubernetes offline. Pinned, in a virtualenv of its own.
+venv="${PGWARDEN_TOOLS_VENV:-$HOME/.cache/pgwarden/venv}"
+if [[ ! -x "$venv/bin/kubernetes-validate" ]]; then
+  echo "installing kubernetes-validate into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
 fi

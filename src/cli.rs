@@ -5,6 +5,7 @@ use crate::pgconf::{self, tuning};
 use crate::process::Runner;
 use crate::settings::{Settings, SettingsArgs};
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// pgwarden: PID 1 for PostgreSQL containers.
@@ -41,6 +42,31 @@ pub enum Command {
     WalArchive(crate::wal_cli::WalArchiveArgs),
     /// Fetch one file from the archive into a path (postgres's restore_command).
     WalRestore(crate::wal_cli::WalRestoreArgs),
+    /// The official image's form: `run` with `-c name=value` (or `--name=value`) settings
+    /// added to the user layer. Settings come from the environment only.
+    Postgres(PostgresArgs),
+    /// Any other command (`psql`, `bash`, `sh -c ...`) is executed as is, as the official
+    /// image's entrypoint does.
+    #[command(external_subcommand)]
+    Exec(Vec<OsString>),
+}
+
+/// The arguments after `postgres`, exactly as postgres would get them.
+#[derive(Args, Debug, Clone)]
+#[command(disable_help_flag = true, disable_version_flag = true)]
+pub struct PostgresArgs {
+    /// postgres's own arguments: `-c name=value`, `--name=value`, `-B`, `-N`, `-S`, `-F`;
+    /// `--help`, `--version` and `-C name` are answered by postgres itself.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
+}
+
+/// Every setting from the environment alone, for `pgwarden postgres ...`, whose
+/// arguments are postgres's.
+#[derive(Parser, Debug)]
+struct EnvOnly {
+    #[command(flatten)]
+    settings: SettingsArgs,
 }
 
 /// Arguments of the verbs that talk to a running pgwarden.
@@ -57,6 +83,21 @@ pub struct LocalArgs {
 
 /// Runs the command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> i32 {
+    // Before the runtime starts any thread: this may set environment variables.
+    match &cli.command {
+        Command::Run(a) => identity_for_children(&a.socket_dir, &a.pgdata),
+        // `config` writes nothing where `run` would: the temp dir only.
+        Command::Config(a) => identity_for_children(&std::env::temp_dir(), &a.pgdata),
+        Command::Postgres(_) => {
+            let env =
+                |k: &str, d: &str| PathBuf::from(std::env::var(k).unwrap_or_else(|_| d.to_owned()));
+            identity_for_children(
+                &env("PGWARDEN_SOCKET_DIR", "/var/run/postgresql"),
+                &env("PGDATA", "/var/lib/postgresql/data"),
+            )
+        }
+        _ => {}
+    }
     // postgres runs archive_command and restore_command once per file: the lightest
     // runtime that does the job, one thread (CPU work goes to the blocking pool).
     let one_shot = matches!(cli.command, Command::WalArchive(_) | Command::WalRestore(_));
@@ -75,13 +116,9 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
     };
     match cli.command {
-        Command::Run(args) => match runtime.block_on(crate::run::run(&args)) {
-            Ok(code) => code,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "pgwarden cannot continue");
-                1
-            }
-        },
+        Command::Run(args) => run(&runtime, &args),
+        Command::Postgres(args) => postgres(&runtime, &args.args),
+        Command::Exec(argv) => crate::entrypoint::exec(&argv),
         Command::Config(args) => match runtime.block_on(config(&args)) {
             Ok(text) => {
                 print!("{text}");
@@ -104,13 +141,75 @@ pub fn dispatch(cli: Cli) -> i32 {
     }
 }
 
+/// Gives initdb and postgres a user name when pgwarden runs as a UID without one.
+fn identity_for_children(socket_dir: &std::path::Path, pgdata: &std::path::Path) {
+    use crate::nss::{self, Identity};
+    match nss::ensure(&[socket_dir.to_path_buf(), std::env::temp_dir()], pgdata) {
+        Identity::Known => {}
+        Identity::Wrapped { library, passwd } => tracing::info!(
+            uid = nix::unistd::geteuid().as_raw(),
+            library = %library.display(),
+            passwd = %passwd.display(),
+            "this user id has no passwd entry; giving postgres and initdb one through nss_wrapper"
+        ),
+        // Settings::load reports it, naming what to do.
+        Identity::Unknown => {}
+    }
+}
+
+fn run(runtime: &tokio::runtime::Runtime, args: &SettingsArgs) -> i32 {
+    match runtime.block_on(crate::run::run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "pgwarden cannot continue");
+            1
+        }
+    }
+}
+
+/// `pgwarden postgres ...`: `run` with the command-line settings, or postgres itself
+/// for a question such as `--version`.
+fn postgres(runtime: &tokio::runtime::Runtime, argv: &[String]) -> i32 {
+    use crate::entrypoint::{parse_postgres_args, PostgresCall};
+    let mut settings = match EnvOnly::try_parse_from(["pgwarden"]) {
+        Ok(e) => e.settings,
+        Err(e) => {
+            eprintln!("pgwarden: {e}");
+            return 2;
+        }
+    };
+    match parse_postgres_args(argv) {
+        Ok(PostgresCall::Serve(pairs)) => {
+            settings.command_line = pairs;
+            run(runtime, &settings)
+        }
+        Ok(PostgresCall::Ask) => {
+            match crate::settings::resolve_bindir(settings.pg_bindir.as_deref(), None) {
+                Ok(dir) => {
+                    let mut cmd = vec![dir.join("postgres").into_os_string()];
+                    cmd.extend(argv.iter().map(OsString::from));
+                    crate::entrypoint::exec(&cmd)
+                }
+                Err(e) => {
+                    eprintln!("pgwarden: {e}");
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "pgwarden cannot continue");
+            1
+        }
+    }
+}
+
 /// Renders and validates the files `run` would write, touching nothing in PGDATA.
 async fn config(args: &SettingsArgs) -> anyhow::Result<String> {
     let s = Settings::load(args)?;
     let r = pgconf::render(&s, &s.pgdata, &tuning::detect())?;
     pgconf::validate(&r, &s.bin("postgres"), s.run_as.as_ref(), &Runner::Direct)
         .await
-        .map_err(|e| anyhow::anyhow!("PGWARDEN_USER_CONF: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", s.user_layer_name()))?;
     Ok(format!(
         "# ==> {pgdata}/postgresql.conf <==\n{}\n# ==> {pgdata}/pg_hba.conf <==\n{}\n# ==> {pgdata}/pg_ident.conf <==\n{}",
         r.postgresql_conf,

@@ -8,10 +8,12 @@
 pub mod bootstrap;
 pub mod cli;
 pub mod db;
+pub mod entrypoint;
 pub mod fsutil;
 pub mod http;
 pub mod logging;
 pub mod monitor;
+pub mod nss;
 pub mod pgconf;
 pub mod pgdata;
 pub mod process;

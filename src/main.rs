@@ -3,7 +3,8 @@
 use clap::Parser;
 
 fn main() {
-    let cli = pgwarden::cli::Cli::parse();
+    let argv = pgwarden::entrypoint::normalize(std::env::args_os().collect());
+    let cli = pgwarden::cli::Cli::parse_from(argv);
     pgwarden::logging::init();
     std::process::exit(pgwarden::cli::dispatch(cli));
 }

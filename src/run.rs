@@ -29,6 +29,13 @@ pub fn control_socket(socket_dir: &Path) -> PathBuf {
 pub async fn run(args: &SettingsArgs) -> Result<i32> {
     // Loaded before the reaper starts: it runs `postgres --version` the ordinary way.
     let settings = Arc::new(Settings::load(args)?);
+    if settings.host_auth_method == "trust" {
+        warn!(
+            "POSTGRES_HOST_AUTH_METHOD=trust: anyone who can reach port {} connects as any role without a password, \
+             even if POSTGRES_PASSWORD is set; set POSTGRES_PASSWORD and leave POSTGRES_HOST_AUTH_METHOD unset instead",
+            settings.port
+        );
+    }
     // Before anything is touched (the control socket, the configuration): a second
     // pgwarden on a volume whose postmaster still runs must not fight over it.
     if let Some(pid) = crate::pgdata::running_postmaster(&settings.pgdata) {
@@ -46,7 +53,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         &Runner::Direct,
     )
     .await
-    .context("PGWARDEN_USER_CONF")?;
+    .context(settings.user_layer_name())?;
 
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
@@ -118,6 +125,20 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         control = control.merge(http::wal::router(daemon));
     }
     serve_control(&settings, http::router(app).merge(control))?;
+    // A base backup of an adopted primary brings its .orig files: a replica must run with
+    // the same settings (a hot standby refuses a lower max_connections, for one).
+    let (settings, rendered) = match reload_adopted(&settings)? {
+        Some(next) => {
+            let next = Arc::new(next);
+            let r = pgconf::render(&next, &next.pgdata, &resources)?;
+            pgconf::validate(&r, &next.bin("postgres"), next.run_as.as_ref(), &runner)
+                .await
+                .context("PGDATA: the adopted configuration the base backup brought")?;
+            (next, r)
+        }
+        None => (settings, rendered),
+    };
+    adopt_originals(&settings)?;
     // The text validated before anything was touched; writing it is all that is left.
     pgconf::write(
         &rendered,
@@ -142,6 +163,62 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         refused: None,
     };
     Ok(sup.run(&mut signals).await)
+}
+
+/// Settings with the adopted layer read again, when the bootstrap brought one.
+fn reload_adopted(s: &Settings) -> Result<Option<Settings>> {
+    if s.data_state.version().is_some() {
+        return Ok(None);
+    }
+    let adopted =
+        crate::pgconf::adopt::load(&s.pgdata).map_err(|e| anyhow::anyhow!("PGDATA: {e}"))?;
+    if adopted == s.adopted {
+        return Ok(None);
+    }
+    let mut next = s.clone();
+    next.adopted = adopted;
+    Ok(Some(next))
+}
+
+/// Keeps the PGDATA's own configuration files beside the rendered ones the first time,
+/// and says what of them is not in force.
+fn adopt_originals(s: &Settings) -> Result<()> {
+    use crate::pgconf::adopt;
+    let a = &s.adopted;
+    if !a.to_keep.is_empty() {
+        adopt::keep_originals(a, s.run_as.as_ref().map(|u| u.owner()))
+            .context("PGDATA: keep the original configuration files")?;
+        for (live, copy) in &a.to_keep {
+            warn!(
+                original = %live.display(),
+                kept_as = %copy.display(),
+                "this PGDATA's configuration was not written by pgwarden; adopting it (its settings and rules stay in force, the file is kept beside the rendered one)"
+            );
+        }
+        for n in &a.not_adopted {
+            warn!(setting = %n.what, reason = %n.why, "not carried over from the original configuration");
+        }
+    }
+    if !a.is_empty() {
+        info!(
+            settings = a.conf.entries.len(),
+            hba_rules = a.hba.len(),
+            "adopted configuration in force (from {} and {})",
+            adopt::ORIGINAL_CONF,
+            adopt::ORIGINAL_HBA
+        );
+    }
+    for (name, was, by, value) in adopt::overridden(&a.conf, &s.user_conf, &s.command_line) {
+        info!(
+            parameter = name,
+            adopted = was,
+            winner = by,
+            value,
+            "{by} wins over {}",
+            adopt::ORIGINAL_CONF
+        );
+    }
+    Ok(())
 }
 
 /// Serves the same routes on a unix socket that only the run-as user and root can open.

@@ -25,12 +25,31 @@ pub async fn build(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> 
     .context("keep initdb's postgresql.conf as the base configuration")?;
     pgconf::apply(s, staging, &tuning::detect(), runner).await?;
 
+    // As in the official image, the init scripts may connect as any role over the
+    // socket: the temporary server listens on nothing else, and the socket directory is
+    // the run-as user's.
+    let bootstrap_hba = staging.join(BOOTSTRAP_HBA);
+    crate::fsutil::write_atomic(
+        &bootstrap_hba,
+        b"# pgwarden's bootstrap only: the temporary server listens on the unix socket alone\nlocal all all trust\n",
+        s.run_as.as_ref().map(|u| u.owner()),
+        0o600,
+    )
+    .context("write the bootstrap's pg_hba.conf")?;
+    let hba_arg = format!("hba_file={}", bootstrap_hba.display());
     info!("starting a temporary server on the unix socket to finish the bootstrap");
     let mut server = postgres::spawn(
         s,
         runner,
         staging,
-        &["-c", "listen_addresses=", "-c", "archive_mode=off"],
+        &[
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "archive_mode=off",
+            "-c",
+            &hba_arg,
+        ],
     )?;
     let result = async {
         postgres::wait_ready(&mut server, staging, Duration::from_secs(120)).await?;
@@ -45,8 +64,33 @@ pub async fn build(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> 
     if !exit.success() {
         bail!("the temporary server did not shut down cleanly ({exit})");
     }
+    std::fs::remove_file(&bootstrap_hba).context("remove the bootstrap's pg_hba.conf")?;
+    keep_script_edits(s, staging)
+}
+
+/// Init scripts written for the official image append to `$PGDATA/postgresql.conf` and
+/// `pg_hba.conf`, which pgwarden renders again at every start: keep what they added in
+/// force, through the adopted layer, rather than lose it silently.
+fn keep_script_edits(s: &Settings, staging: &Path) -> Result<()> {
+    let rendered = pgconf::render(s, staging, &tuning::detect())?;
+    let kept = pgconf::adopt::keep_script_additions(
+        staging,
+        &rendered,
+        s.run_as.as_ref().map(|u| u.owner()),
+    )
+    .context("keep the init scripts' configuration changes")?;
+    for (path, lines) in kept {
+        tracing::warn!(
+            kept_in = %path.display(),
+            lines,
+            "init scripts changed the configuration during the bootstrap; their lines stay in force as adopted settings (prefer PGWARDEN_USER_CONF and PGWARDEN_USER_HBA)"
+        );
+    }
     Ok(())
 }
+
+/// The temporary server's pg_hba.conf, removed before the cluster is committed.
+const BOOTSTRAP_HBA: &str = "pg_hba.bootstrap.conf";
 
 async fn run_initdb(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> {
     let mut cmd = Command::new(s.bin("initdb"));
@@ -57,9 +101,17 @@ async fn run_initdb(s: &Settings, runner: &Runner, staging: &Path) -> Result<()>
         .arg("--encoding=UTF8")
         .arg("--data-checksums")
         .arg("--auth-local=peer")
-        .arg("--auth-host=scram-sha-256")
-        // The user's arguments come last so that they win (initdb keeps the last value).
-        .args(&s.initdb_args);
+        .arg("--auth-host=scram-sha-256");
+    if let Some(waldir) = &s.initdb_waldir {
+        if let Some(u) = &s.run_as {
+            // As root, make it the run-as user's, as the official entrypoint does.
+            crate::fsutil::ensure_dir(waldir, 0o700, Some(u.owner()))
+                .context("POSTGRES_INITDB_WALDIR")?;
+        }
+        cmd.arg("--waldir").arg(waldir);
+    }
+    // The user's arguments come last so that they win (initdb keeps the last value).
+    cmd.args(&s.initdb_args);
     run_as(&mut cmd, s.run_as.as_ref());
     info!(args = ?s.initdb_args, "running initdb");
     let out = runner.output(&mut cmd, None).await?;

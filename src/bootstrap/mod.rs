@@ -21,7 +21,31 @@ use std::path::Path;
 use tracing::{info, warn};
 
 /// Creates the socket directory, where the control socket and the passfile live too.
+///
+/// Started as a user that does not own an existing socket directory (OpenShift's
+/// arbitrary UID, with the official image's `/var/run/postgresql`, mode 3777), pgwarden
+/// uses it as it is: it may not chmod it, and needs only to create its files there.
 pub fn ensure_socket_dir(s: &Settings) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid();
+    if !me.is_root() {
+        if let Ok(meta) = std::fs::metadata(&s.socket_dir) {
+            if meta.is_dir() && meta.uid() != me.as_raw() {
+                nix::unistd::access(
+                    &s.socket_dir,
+                    nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+                )
+                .with_context(|| {
+                    format!(
+                        "PGWARDEN_SOCKET_DIR: {} belongs to another user and is not writable by user id {me}",
+                        s.socket_dir.display()
+                    )
+                })?;
+                info!(socket_dir = %s.socket_dir.display(), mode = format!("{:o}", meta.mode() & 0o7777), "using a socket directory of another user as it is");
+                return Ok(());
+            }
+        }
+    }
     let owner = s.run_as.as_ref().map(|u| u.owner());
     fsutil::ensure_dir(&s.socket_dir, 0o700, owner).context("PGWARDEN_SOCKET_DIR")
 }
@@ -92,6 +116,7 @@ fn commit(staging: &Path, pgdata: &Path) -> Result<()> {
 fn clean_interrupted(pgdata: &Path) -> Result<()> {
     let staging = pgdata::staging_dir(pgdata);
     stop_stale_postmaster(&staging);
+    clean_interrupted_waldir(&staging)?;
     for entry in std::fs::read_dir(pgdata)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -107,6 +132,26 @@ fn clean_interrupted(pgdata: &Path) -> Result<()> {
         .with_context(|| format!("remove {}", path.display()))?;
     }
     fsutil::fsync_dir(pgdata)?;
+    Ok(())
+}
+
+/// With POSTGRES_INITDB_WALDIR, the interrupted initdb filled a directory outside
+/// PGDATA that a new initdb refuses to reuse. initdb only writes into an empty or new
+/// waldir, so what is in it is that bootstrap's.
+fn clean_interrupted_waldir(staging: &Path) -> Result<()> {
+    let Ok(target) = std::fs::read_link(staging.join("pg_wal")) else {
+        return Ok(());
+    };
+    warn!(waldir = %target.display(), "emptying the WAL directory of the interrupted bootstrap");
+    for entry in std::fs::read_dir(&target).with_context(|| format!("read {}", target.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .with_context(|| format!("remove {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -151,6 +151,51 @@ pub fn check_owned(frag: &Fragment) -> Result<(), FragmentError> {
     }
 }
 
+/// Builds the command-line layer (`pgwarden postgres -c name=value ...`) and checks it
+/// as a fragment is checked. On failure, one message per bad setting, each naming it as
+/// it was given.
+pub fn from_command_line(pairs: &[(String, String)]) -> Result<Fragment, Vec<String>> {
+    let mut entries = Vec::new();
+    let mut problems = Vec::new();
+    for (idx, (name, value)) in pairs.iter().enumerate() {
+        let given = format!("-c {name}={value}");
+        let valid_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid_name {
+            problems.push(format!("{given}: {name:?} is not a parameter name"));
+        } else if value.contains(['\n', '\r', '\0']) {
+            problems.push(format!(
+                "{given}: the value contains a newline or NUL character"
+            ));
+        } else if matches!(
+            name.as_str(),
+            "include" | "include_if_exists" | "include_dir"
+        ) {
+            problems.push(format!("{given}: {name} is not a setting"));
+        } else {
+            entries.push(Entry {
+                name: name.to_ascii_lowercase(),
+                value: value.clone(),
+                line: idx + 1,
+            });
+        }
+    }
+    let frag = Fragment { entries };
+    if let Err(e) = check_owned(&frag) {
+        for (line, msg) in e.problems {
+            let (name, value) = &pairs[line - 1];
+            problems.push(format!("-c {name}={value}: {msg}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(frag)
+    } else {
+        Err(problems)
+    }
+}
+
 /// Parses a postgresql.conf fragment.
 pub fn parse(text: &str) -> Result<Fragment, FragmentError> {
     let (frag, problems) = parse_all(text);
@@ -346,5 +391,35 @@ mod tests {
         assert!(msg.contains("line 1: port is set by pgwarden"), "{msg}");
         assert!(msg.contains("below replica"), "{msg}");
         assert!(check_owned(&parse("wal_level = logical\n").unwrap()).is_ok());
+    }
+
+    #[test]
+    fn checks_the_command_line_like_a_fragment() {
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let ok =
+            from_command_line(&pairs(&[("max_connections", "200"), ("Work_Mem", "8MB")])).unwrap();
+        assert_eq!(ok.get("max_connections"), Some("200"));
+        assert_eq!(ok.get("work_mem"), Some("8MB"));
+        let err = from_command_line(&pairs(&[
+            ("max_connections", "200"),
+            ("port", "6000"),
+            ("1x", "y"),
+            ("application_name", "a\nb"),
+            ("wal_level", "minimal"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.len(), 4, "{err:?}");
+        assert!(
+            err.iter()
+                .any(|m| m.starts_with("-c port=6000: port is set by pgwarden (set PGPORT")),
+            "{err:?}"
+        );
+        assert!(err.iter().any(|m| m.starts_with("-c 1x=y:")), "{err:?}");
+        assert!(err.iter().any(|m| m.contains("newline")), "{err:?}");
+        assert!(err.iter().any(|m| m.contains("below replica")), "{err:?}");
     }
 }

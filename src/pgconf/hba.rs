@@ -47,6 +47,11 @@ const METHODS: &[&str] = &[
     "bsd",
 ];
 
+/// True when `method` is an authentication method pg_hba.conf knows.
+pub fn is_method(method: &str) -> bool {
+    METHODS.contains(&method)
+}
+
 /// Parses and checks the user's rules; every bad line is reported.
 pub fn parse_rules(text: &str) -> Result<Vec<HbaRule>, String> {
     let mut rules = Vec::new();
@@ -109,7 +114,7 @@ pub fn parse_ident(text: &str) -> Result<Vec<HbaRule>, String> {
 }
 
 /// Splits a line into tokens, honouring double quotes and `#` comments.
-fn tokenize(raw: &str) -> Result<Vec<String>, String> {
+pub(crate) fn tokenize(raw: &str) -> Result<Vec<String>, String> {
     if raw.trim_end().ends_with('\\') {
         return Err("line continuations are not supported; write the rule on one line".into());
     }
@@ -140,7 +145,7 @@ fn tokenize(raw: &str) -> Result<Vec<String>, String> {
     Ok(tokens)
 }
 
-fn check_rule(t: &[String]) -> Result<(), String> {
+pub(crate) fn check_rule(t: &[String]) -> Result<(), String> {
     let Some(kind) = t.first() else { return Ok(()) };
     if !TYPES.contains(&kind.as_str()) {
         if kind.starts_with("include") {

@@ -4,6 +4,7 @@
 //! holding a newline is refused. [`write`] puts the files in place atomically and only
 //! when their content changed; [`validate`] asks postgres itself to parse the result.
 
+pub mod adopt;
 pub mod autoconf;
 pub mod fragment;
 pub mod hba;
@@ -96,6 +97,17 @@ pub fn render_postgresql_conf(
         out += &line(name, &value)?;
     }
 
+    if !s.adopted.conf.entries.is_empty() {
+        out.push_str(&format!(
+            "\n# Adopted from {}: this PGDATA's own settings from before pgwarden\n\
+             # (edit that file to change them; PGWARDEN_USER_CONF and the command line win)\n",
+            adopt::ORIGINAL_CONF
+        ));
+        for e in &s.adopted.conf.entries {
+            out += &line(&e.name, &e.value)?;
+        }
+    }
+
     match &s.user_conf_path {
         Some(p) => out.push_str(&format!(
             "\n# User fragment: {}\n",
@@ -106,6 +118,12 @@ pub fn render_postgresql_conf(
     for e in &s.user_conf.entries {
         out += &line(&e.name, &e.value)?;
     }
+    if !s.command_line.entries.is_empty() {
+        out.push_str("\n# Command line (pgwarden postgres -c ...)\n");
+        for e in &s.command_line.entries {
+            out += &line(&e.name, &e.value)?;
+        }
+    }
 
     let data = data_dir.to_string_lossy();
     out.push_str("\n# Owned by pgwarden\n");
@@ -114,10 +132,7 @@ pub fn render_postgresql_conf(
     out += &line("unix_socket_directories", &s.socket_dir.to_string_lossy())?;
     out += &line("hba_file", &format!("{data}/pg_hba.conf"))?;
     out += &line("ident_file", &format!("{data}/pg_ident.conf"))?;
-    out += &line(
-        "wal_level",
-        s.user_conf.get("wal_level").unwrap_or("replica"),
-    )?;
+    out += &line("wal_level", s.user_value("wal_level").unwrap_or("replica"))?;
     out += &line("hot_standby", "on")?;
     out += &line("log_destination", "stderr")?;
     out += &line("logging_collector", "off")?;
@@ -175,7 +190,27 @@ pub fn render_hba(s: &Settings) -> Result<String, NewlineError> {
         out.push_str(&text);
         out.push('\n');
     }
-    out.push_str("\n# Everything else needs a password\nlocal all all scram-sha-256\nhost all all all scram-sha-256\n");
+    if !s.adopted.hba.is_empty() {
+        out.push_str(&format!(
+            "\n# Adopted from {}: this PGDATA's own rules from before pgwarden\n",
+            adopt::ORIGINAL_HBA
+        ));
+        for rule in &s.adopted.hba {
+            let text = rule.render();
+            quote::conf_value(adopt::ORIGINAL_HBA, &text)?;
+            out.push_str(&text);
+            out.push('\n');
+        }
+    }
+    if s.host_auth_method == "trust" {
+        // As in the official image with POSTGRES_HOST_AUTH_METHOD=trust.
+        out.push_str("\n# WARNING: POSTGRES_HOST_AUTH_METHOD=trust: no password for anyone who can connect\nlocal all all trust\nhost all all all trust\n");
+    } else {
+        out.push_str(&format!(
+            "\n# Everything else needs a password (POSTGRES_HOST_AUTH_METHOD)\nlocal all all scram-sha-256\nhost all all all {}\n",
+            s.host_auth_method
+        ));
+    }
     Ok(out)
 }
 
@@ -242,7 +277,7 @@ pub async fn apply(
     let rendered = render(s, data_dir, resources)?;
     validate(&rendered, &s.bin("postgres"), s.run_as.as_ref(), runner)
         .await
-        .context("PGWARDEN_USER_CONF")?;
+        .context(s.user_layer_name())?;
     write(&rendered, data_dir, s.run_as.as_ref().map(|u| u.owner()))
         .with_context(|| format!("cannot write the configuration into {}", data_dir.display()))
 }

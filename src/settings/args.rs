@@ -18,9 +18,13 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGPORT", default_value_t = 5432)]
     pub port: u16,
 
-    /// Superuser name.
-    #[arg(long, env = "POSTGRES_USER", default_value = "postgres")]
-    pub postgres_user: String,
+    /// Superuser name (default: postgres).
+    #[arg(long, env = "POSTGRES_USER")]
+    pub postgres_user: Option<String>,
+
+    /// File holding the superuser name, as the official image's `POSTGRES_USER_FILE`.
+    #[arg(long, env = "POSTGRES_USER_FILE")]
+    pub postgres_user_file: Option<PathBuf>,
 
     /// Superuser password (prefer --postgres-password-file).
     #[arg(long, env = "POSTGRES_PASSWORD", hide_env_values = true)]
@@ -34,9 +38,26 @@ pub struct SettingsArgs {
     #[arg(long, env = "POSTGRES_DB")]
     pub postgres_db: Option<String>,
 
+    /// File holding the database name.
+    #[arg(long, env = "POSTGRES_DB_FILE")]
+    pub postgres_db_file: Option<PathBuf>,
+
     /// Extra initdb arguments, split on white space as the official image does.
     #[arg(long, env = "POSTGRES_INITDB_ARGS", allow_hyphen_values = true)]
     pub postgres_initdb_args: Option<String>,
+
+    /// File holding the extra initdb arguments.
+    #[arg(long, env = "POSTGRES_INITDB_ARGS_FILE")]
+    pub postgres_initdb_args_file: Option<PathBuf>,
+
+    /// Directory for the write-ahead log, outside PGDATA (initdb --waldir).
+    #[arg(long, env = "POSTGRES_INITDB_WALDIR")]
+    pub postgres_initdb_waldir: Option<PathBuf>,
+
+    /// Authentication method for connections over TCP (`host all all all`), as in the
+    /// official image; `trust` needs no password and is loudly warned about.
+    #[arg(long, env = "POSTGRES_HOST_AUTH_METHOD")]
+    pub postgres_host_auth_method: Option<String>,
 
     /// Directory of *.sql, *.sql.gz and *.sh files run once after initdb.
     #[arg(
@@ -119,9 +140,16 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGWARDEN_READY_MAX_LAG")]
     pub ready_max_lag: Option<u64>,
 
-    /// Seconds of smart shutdown on SIGTERM before switching to fast shutdown.
-    #[arg(long, env = "PGWARDEN_SMART_SHUTDOWN_TIMEOUT", default_value_t = 15)]
+    /// Seconds of smart shutdown on SIGTERM before switching to fast shutdown; 0 (the
+    /// default, as the official image's SIGINT) makes SIGTERM a fast shutdown at once.
+    #[arg(long, env = "PGWARDEN_SMART_SHUTDOWN_TIMEOUT", default_value_t = 0)]
     pub smart_shutdown_timeout: u64,
+
+    /// Seconds from a stop signal after which a shutdown still running turns immediate,
+    /// so that pgwarden exits before the platform's SIGKILL (docker stop: 10 s,
+    /// Kubernetes: 30 s); 0 never escalates.
+    #[arg(long, env = "PGWARDEN_STOP_TIMEOUT", default_value_t = 8)]
+    pub stop_timeout: u64,
 
     /// Bearer token for the HTTP control API (POST /promote, /restart, ...).
     #[arg(long, env = "PGWARDEN_API_TOKEN", hide_env_values = true)]
@@ -154,4 +182,8 @@ pub struct SettingsArgs {
     /// Length of the crash window, in seconds.
     #[arg(long, env = "PGWARDEN_CRASH_WINDOW", default_value_t = 300)]
     pub crash_window: u64,
+
+    /// Settings given on the command line as `pgwarden postgres -c name=value ...`.
+    #[arg(skip)]
+    pub command_line: Vec<(String, String)>,
 }

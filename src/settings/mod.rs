@@ -78,6 +78,10 @@ pub struct Settings {
     pub database: String,
     /// Extra initdb arguments.
     pub initdb_args: Vec<String>,
+    /// Write-ahead log directory outside PGDATA, for initdb's `--waldir`.
+    pub initdb_waldir: Option<PathBuf>,
+    /// Method of the `host all all all` rule (`POSTGRES_HOST_AUTH_METHOD`).
+    pub host_auth_method: String,
     /// Init scripts directory.
     pub initdb_dir: PathBuf,
     /// Configured role.
@@ -118,14 +122,22 @@ pub struct Settings {
     pub user_ident_path: Option<PathBuf>,
     /// The parsed user pg_ident.conf maps.
     pub user_ident: Vec<HbaRule>,
+    /// Settings from the command line (`pgwarden postgres -c name=value`), checked like
+    /// the fragment; they come after it, so they win, as `-c` does over postgresql.conf.
+    pub command_line: Fragment,
+    /// What an initialised PGDATA's own postgresql.conf and pg_hba.conf said before
+    /// pgwarden (see [`crate::pgconf::adopt`]).
+    pub adopted: crate::pgconf::adopt::Adopted,
     /// The fragments' text these settings were built from, to notice a change on disk.
     pub user_texts: UserTexts,
     /// `max_slot_wal_keep_size` default.
     pub max_slot_wal_keep_size: String,
     /// Maximum replay lag, in bytes, for a replica to be ready.
     pub ready_max_lag: Option<u64>,
-    /// Smart shutdown bound before fast shutdown.
+    /// Smart shutdown bound before fast shutdown (zero: SIGTERM is fast at once).
     pub smart_shutdown_timeout: Duration,
+    /// Bound on any shutdown before it turns immediate; `None` never escalates.
+    pub stop_timeout: Option<Duration>,
     /// Crashes tolerated within `crash_window`.
     pub max_crashes: u32,
     /// Window for counting crashes.
@@ -147,6 +159,34 @@ pub struct Settings {
 impl Settings {
     /// Validates `args` and reads what they point to. Writes nothing.
     pub fn load(args: &SettingsArgs) -> Result<Settings, SettingsError> {
+        let superuser = read_file_env(
+            "POSTGRES_USER",
+            args.postgres_user.as_deref(),
+            args.postgres_user_file.as_deref(),
+        )?
+        .unwrap_or_else(|| "postgres".to_owned());
+        let database = read_file_env(
+            "POSTGRES_DB",
+            args.postgres_db.as_deref(),
+            args.postgres_db_file.as_deref(),
+        )?
+        .unwrap_or_else(|| superuser.clone());
+        let initdb_args = read_file_env(
+            "POSTGRES_INITDB_ARGS",
+            args.postgres_initdb_args.as_deref(),
+            args.postgres_initdb_args_file.as_deref(),
+        )?
+        .unwrap_or_default();
+        let host_auth_method = match args.postgres_host_auth_method.as_deref() {
+            None | Some("") => "scram-sha-256".to_owned(),
+            Some(m) if hba::is_method(m) && m != "peer" && m != "ident" => m.to_owned(),
+            Some(m) => {
+                return Err(invalid(
+                    "POSTGRES_HOST_AUTH_METHOD",
+                    format!("{m:?} is not an authentication method for TCP connections (such as scram-sha-256, md5, trust)"),
+                ))
+            }
+        };
         let role = match args.role.as_str() {
             "primary" => Role::Primary,
             "replica" => Role::Replica,
@@ -158,9 +198,9 @@ impl Settings {
             }
         };
         for (setting, value) in [
-            ("POSTGRES_USER", Some(args.postgres_user.as_str())),
-            ("POSTGRES_DB", args.postgres_db.as_deref()),
-            ("POSTGRES_INITDB_ARGS", args.postgres_initdb_args.as_deref()),
+            ("POSTGRES_USER", Some(superuser.as_str())),
+            ("POSTGRES_DB", Some(database.as_str())),
+            ("POSTGRES_INITDB_ARGS", Some(initdb_args.as_str())),
             ("PGWARDEN_PRIMARY_HOST", args.primary_host.as_deref()),
             (
                 "PGWARDEN_REPLICATION_USER",
@@ -188,6 +228,10 @@ impl Settings {
             ("PGWARDEN_USER_HBA", args.user_hba.as_ref()),
             ("PGWARDEN_USER_IDENT", args.user_ident.as_ref()),
             ("PGWARDEN_PG_BINDIR", args.pg_bindir.as_ref()),
+            (
+                "POSTGRES_INITDB_WALDIR",
+                args.postgres_initdb_waldir.as_ref(),
+            ),
         ] {
             if let Some(p) = path {
                 reject_control_chars(setting, &p.to_string_lossy())?;
@@ -199,7 +243,7 @@ impl Settings {
                 }
             }
         }
-        if args.postgres_user.is_empty() {
+        if superuser.is_empty() {
             return Err(invalid("POSTGRES_USER", "must not be empty"));
         }
 
@@ -291,6 +335,9 @@ impl Settings {
         }
 
         let (run_as, os_user) = resolve_users(&args.run_as)?;
+        if run_as.is_none() {
+            check_pgdata_owner(&args.pgdata)?;
+        }
 
         let socket_len =
             args.socket_dir.as_os_str().len() + format!("/.s.PGSQL.{}", args.port).len();
@@ -301,11 +348,22 @@ impl Settings {
             ));
         }
 
+        if args.stop_timeout > 0 && args.smart_shutdown_timeout >= args.stop_timeout {
+            return Err(invalid(
+                "PGWARDEN_SMART_SHUTDOWN_TIMEOUT",
+                format!(
+                    "{} s is not below PGWARDEN_STOP_TIMEOUT ({} s), so a smart shutdown would never turn fast before it turns immediate",
+                    args.smart_shutdown_timeout, args.stop_timeout
+                ),
+            ));
+        }
         let user = read_user_files(
             args.user_conf.as_deref(),
             args.user_hba.as_deref(),
             args.user_ident.as_deref(),
         )?;
+        let command_line = fragment::from_command_line(&args.command_line)
+            .map_err(|problems| invalid("postgres -c", problems.join("; ")))?;
 
         let allowed_networks = hba::parse_networks(&args.allowed_network)
             .map_err(|e| invalid("PGWARDEN_ALLOWED_NETWORK", e))?;
@@ -350,14 +408,20 @@ impl Settings {
         }
 
         let initialized = matches!(data_state, DataDirState::Initialized { .. });
+        let adopted = if initialized {
+            crate::pgconf::adopt::load(&args.pgdata).map_err(|e| invalid("PGDATA", e))?
+        } else {
+            Default::default()
+        };
         if !initialized {
             match role {
-                Role::Primary if password.is_none() => {
+                Role::Primary if password.is_none() && host_auth_method != "trust" => {
                     return Err(invalid(
                         "POSTGRES_PASSWORD",
                         format!(
                             "{} is not initialised yet and no superuser password is set; \
-                             set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE",
+                             set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE \
+                             (or, not recommended, POSTGRES_HOST_AUTH_METHOD=trust)",
                             args.pgdata.display()
                         ),
                     ))
@@ -383,19 +447,12 @@ impl Settings {
         Ok(Settings {
             pgdata: args.pgdata.clone(),
             port: args.port,
-            superuser: args.postgres_user.clone(),
+            superuser,
             password,
-            database: args
-                .postgres_db
-                .clone()
-                .unwrap_or_else(|| args.postgres_user.clone()),
-            initdb_args: args
-                .postgres_initdb_args
-                .as_deref()
-                .unwrap_or("")
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
+            database,
+            initdb_args: initdb_args.split_whitespace().map(str::to_owned).collect(),
+            initdb_waldir: args.postgres_initdb_waldir.clone(),
+            host_auth_method,
             initdb_dir: args.initdb_dir.clone(),
             role,
             primary_host: args.primary_host.clone(),
@@ -412,6 +469,8 @@ impl Settings {
             socket_dir: args.socket_dir.clone(),
             user_conf_path: args.user_conf.clone(),
             user_conf: user.conf,
+            command_line,
+            adopted,
             user_hba_path: args.user_hba.clone(),
             user_hba: user.hba,
             user_ident_path: args.user_ident.clone(),
@@ -420,6 +479,7 @@ impl Settings {
             max_slot_wal_keep_size: args.max_slot_wal_keep_size.clone(),
             ready_max_lag: args.ready_max_lag,
             smart_shutdown_timeout: Duration::from_secs(args.smart_shutdown_timeout),
+            stop_timeout: (args.stop_timeout > 0).then(|| Duration::from_secs(args.stop_timeout)),
             max_crashes: args.max_crashes.max(1),
             crash_window: Duration::from_secs(args.crash_window.max(1)),
             data_state,
@@ -482,6 +542,28 @@ impl Settings {
             read(&self.user_hba_path),
             read(&self.user_ident_path),
         )
+    }
+
+    /// The value the user layer gives `name`: the command line, else the fragment, else
+    /// the adopted settings.
+    pub fn user_value(&self, name: &str) -> Option<&str> {
+        self.command_line
+            .get(name)
+            .or_else(|| self.user_conf.get(name))
+            .or_else(|| self.adopted.conf.get(name))
+    }
+
+    /// The settings a value postgres rejects may come from, to name in the error.
+    pub fn user_layer_name(&self) -> &'static str {
+        match (
+            self.command_line.entries.is_empty(),
+            self.adopted.conf.entries.is_empty(),
+        ) {
+            (true, true) => "PGWARDEN_USER_CONF",
+            (false, true) => "PGWARDEN_USER_CONF or postgres -c",
+            (true, false) => "PGWARDEN_USER_CONF or PGDATA/postgresql.conf.orig",
+            (false, false) => "PGWARDEN_USER_CONF, postgres -c or PGDATA/postgresql.conf.orig",
+        }
     }
 
     /// Path of a PostgreSQL executable in the bindir.
@@ -582,13 +664,41 @@ fn read_text(setting: &'static str, path: &Path) -> Result<String, SettingsError
         .map_err(|e| invalid(setting, format!("cannot read {}: {e}", path.display())))
 }
 
+/// Reads a plain setting from its variable or its `_FILE` twin, as the official image's
+/// `file_env` does (an empty variable counts as unset; the file's trailing newlines are
+/// not part of the value).
+fn read_file_env(
+    setting: &'static str,
+    value: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>, SettingsError> {
+    match (value.filter(|v| !v.is_empty()), file) {
+        (Some(_), Some(_)) => Err(invalid(
+            setting,
+            format!("both {setting} and {setting}_FILE are set; use one"),
+        )),
+        (Some(v), None) => Ok(Some(v.to_owned())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|t| Some(t.trim_end_matches(['\n', '\r']).to_owned()))
+            .map_err(|e| {
+                invalid(
+                    setting,
+                    format!("cannot read {setting}_FILE {}: {e}", path.display()),
+                )
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Reads a secret from its variable or its `_FILE` twin, as the official image does.
 fn read_secret(
     setting: &'static str,
     value: Option<&str>,
     file: Option<&Path>,
 ) -> Result<Option<Secret>, SettingsError> {
-    let raw = match (value, file) {
+    // As the official image's file_env: an empty variable counts as unset, so that
+    // `POSTGRES_PASSWORD=` with `POSTGRES_HOST_AUTH_METHOD=trust` works there and here.
+    let raw = match (value.filter(|v| !v.is_empty()), file) {
         (Some(_), Some(_)) => {
             return Err(invalid(
                 setting,
@@ -620,6 +730,26 @@ fn read_secret(
     Ok(Some(Secret::new(raw)))
 }
 
+/// postgres must own its data directory, and only its owner may chmod it: a PGDATA of
+/// another user (the official image's `/var/lib/postgresql/data` under OpenShift's
+/// arbitrary UID) cannot work, so say so before anything is touched.
+fn check_pgdata_owner(pgdata: &Path) -> Result<(), SettingsError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    match std::fs::metadata(pgdata) {
+        Ok(meta) if meta.uid() != me => Err(invalid(
+            "PGDATA",
+            format!(
+                "{} belongs to user id {} but pgwarden runs as user id {me}, and postgres must own its data directory; \
+                 point PGDATA at a subdirectory of the volume (for example /var/lib/postgresql/data/pgdata), which pgwarden creates for itself",
+                pgdata.display(),
+                meta.uid()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Decides who children run as. Root drops to `run_as`; anyone else (OpenShift's
 /// arbitrary UID) runs everything as itself.
 fn resolve_users(run_as: &str) -> Result<(Option<RunAs>, String), SettingsError> {
@@ -638,7 +768,17 @@ fn resolve_users(run_as: &str) -> Result<(Option<RunAs>, String), SettingsError>
             .ok()
             .flatten()
             .map(|u| u.name)
-            .unwrap_or_else(|| uid.to_string());
+            .or_else(|| crate::nss::wrapped_name(uid.as_raw()))
+            .ok_or_else(|| {
+                invalid(
+                    "user id",
+                    format!(
+                        "{uid} has no passwd entry and libnss_wrapper.so was not found; initdb and postgres's \
+                         peer authentication need a user name: install libnss-wrapper (Debian), as the image does, \
+                         or run with a user id that has an entry"
+                    ),
+                )
+            })?;
         Ok((None, name))
     }
 }

@@ -153,6 +153,8 @@ impl Supervisor {
             st.started = true;
         });
         let mut mode: Option<Mode> = None;
+        // When a shutdown still running turns immediate (set by the first stop signal).
+        let mut immediate_at: Option<Instant> = None;
         let mut ready = false;
         let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
         let exit = loop {
@@ -168,12 +170,14 @@ impl Supervisor {
                             let _ = self.reload(&pg).await;
                             continue;
                         }
+                        Sig::Term if s.smart_shutdown_timeout.is_zero() => Mode::Fast,
                         Sig::Term => Mode::Smart { fast_at: Instant::now() + s.smart_shutdown_timeout },
                         Sig::Int => Mode::Fast,
                         Sig::Quit => Mode::Immediate,
                     };
-                    // A second SIGTERM does not restart the smart-shutdown clock.
-                    if matches!((mode, next), (Some(Mode::Smart { .. } | Mode::Fast | Mode::Immediate), Mode::Smart { .. })) {
+                    // A second signal never restarts the smart-shutdown clock nor makes a
+                    // shutdown gentler.
+                    if !escalates(mode, next) {
                         continue;
                     }
                     let (pg_signal, name) = match next {
@@ -185,6 +189,9 @@ impl Supervisor {
                     info!(signal = ?sig, mode = name, pid, "shutting postgres down");
                     let _ = pg.signal(pg_signal);
                     mode = Some(next);
+                    if immediate_at.is_none() && next != Mode::Immediate {
+                        immediate_at = s.stop_timeout.map(|t| Instant::now() + t);
+                    }
                     self.publish(|st| {
                         st.state = State::Stopping;
                         st.exiting = true;
@@ -235,6 +242,14 @@ impl Supervisor {
                     );
                     let _ = pg.signal(Signal::SIGINT);
                     mode = Some(Mode::Fast);
+                }
+                _ = sleep_until_opt(immediate_at), if mode != Some(Mode::Immediate) => {
+                    warn!(
+                        timeout_seconds = s.stop_timeout.map_or(0, |t| t.as_secs()),
+                        "postgres has not stopped within PGWARDEN_STOP_TIMEOUT; switching to immediate shutdown before the platform kills it (crash recovery on the next start)"
+                    );
+                    let _ = pg.signal(Signal::SIGQUIT);
+                    mode = Some(Mode::Immediate);
                 }
                 _ = tokio::time::sleep(Duration::from_millis(10)), if !ready && mode.is_none() => {
                     if crate::pgdata::postmaster_ready(&s.pgdata, pid) {
@@ -388,6 +403,24 @@ async fn restart_if_pending(s: &Settings, commands: Commands) {
     }
 }
 
+/// How forceful a shutdown mode is; a planned stop is a fast one that pgwarden survives.
+fn severity(mode: Mode) -> u8 {
+    match mode {
+        Mode::Planned => 0,
+        Mode::Smart { .. } => 1,
+        Mode::Fast => 2,
+        Mode::Immediate => 3,
+    }
+}
+
+/// True when a stop signal asking for `next` should change the current shutdown.
+fn escalates(current: Option<Mode>, next: Mode) -> bool {
+    match current {
+        None | Some(Mode::Planned) => true,
+        Some(cur) => severity(next) > severity(cur),
+    }
+}
+
 enum Outcome {
     Stopped(Exit),
     Crashed(Exit),
@@ -458,5 +491,31 @@ pub fn exit_code(exit: Exit) -> i32 {
     match exit {
         Exit::Code(c) => c,
         Exit::Signal(s) => 128 + s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_signal_only_escalates() {
+        let smart = Mode::Smart {
+            fast_at: Instant::now(),
+        };
+        let cases = [
+            (None, smart, true),
+            (None, Mode::Fast, true),
+            (Some(Mode::Planned), Mode::Fast, true),
+            (Some(smart), smart, false),
+            (Some(smart), Mode::Fast, true),
+            (Some(Mode::Fast), smart, false),
+            (Some(Mode::Fast), Mode::Fast, false),
+            (Some(Mode::Fast), Mode::Immediate, true),
+            (Some(Mode::Immediate), Mode::Fast, false),
+        ];
+        for (current, next, want) in cases {
+            assert_eq!(escalates(current, next), want, "{current:?} then {next:?}");
+        }
     }
 }

@@ -70,6 +70,9 @@ pub struct Instance {
     pub netns: Option<String>,
     /// Probe through the control socket even without a namespace (HTTPS tests).
     pub via_socket: bool,
+    /// A command that execs pgwarden in place (so the pid stays pgwarden's), such as
+    /// `setpriv --reuid=...` to run it as another user.
+    pub exec_prefix: Vec<String>,
     child: Option<Child>,
     runs: usize,
 }
@@ -114,6 +117,7 @@ impl Instance {
             env,
             netns: None,
             via_socket: false,
+            exec_prefix: Vec::new(),
             child: None,
             runs: 0,
         }
@@ -174,6 +178,11 @@ impl Instance {
                 c.args(["netns", "exec", ns, bin()]);
                 c
             }
+            None if !self.exec_prefix.is_empty() => {
+                let mut c = Command::new(&self.exec_prefix[0]);
+                c.args(&self.exec_prefix[1..]).arg(bin());
+                c
+            }
             None => Command::new(bin()),
         };
         cmd.args(args)
@@ -185,6 +194,12 @@ impl Instance {
 
     /// Starts `pgwarden run` in a process group of its own, appending to the log.
     pub fn start(&mut self) -> &mut Self {
+        self.start_with(&["run"])
+    }
+
+    /// Starts `pgwarden <args>` (for example the official image's `postgres -c ...`
+    /// form) in a process group of its own, appending to the log.
+    pub fn start_with(&mut self, args: &[&str]) -> &mut Self {
         assert!(self.child.is_none(), "already running");
         self.runs += 1;
         let log = std::fs::OpenOptions::new()
@@ -192,7 +207,7 @@ impl Instance {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut cmd = self.command(&["run"]);
+        let mut cmd = self.command(args);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
