@@ -74,7 +74,8 @@ pub async fn run_all(s: &Settings, runner: &Runner, staging: &Path) -> Result<()
             (psql(s), Some(sql))
         } else if let Some(codec) = Codec::of(&name) {
             let sql = codec
-                .decompress(&path)
+                .decompress(&path, runner)
+                .await
                 .with_context(|| format!("decompress {}", path.display()))?;
             (psql(s), Some(sql))
         } else {
@@ -213,7 +214,7 @@ impl Codec {
         .map(|(_, c)| c)
     }
 
-    fn decompress(self, path: &Path) -> Result<Vec<u8>> {
+    async fn decompress(self, path: &Path, runner: &Runner) -> Result<Vec<u8>> {
         let file = std::fs::File::open(path)?;
         let mut sql = Vec::new();
         match self {
@@ -224,16 +225,20 @@ impl Codec {
                 zstd::stream::read::Decoder::new(file)?.read_to_end(&mut sql)?;
             }
             // No xz decoder is linked in; the official image uses xzcat too, and
-            // xz-utils is part of every Debian system.
+            // xz-utils is part of every Debian system. Spawned through the runner:
+            // pgwarden's reaper owns waitpid, so a plain Command would lose its
+            // child's exit status to it (ECHILD).
             Codec::Xz => {
-                let out = Command::new("xz")
-                    .args(["--decompress", "--stdout", "--"])
+                let mut cmd = Command::new("xz");
+                cmd.args(["--decompress", "--stdout", "--"])
                     .arg(path)
-                    .stdin(Stdio::null())
-                    .output()
+                    .stdin(Stdio::null());
+                let out = runner
+                    .output(&mut cmd, None)
+                    .await
                     .context("run xz (install xz-utils)")?;
                 if !out.status.success() {
-                    bail!("xz: {}", String::from_utf8_lossy(&out.stderr).trim());
+                    bail!("xz: {}", out.stderr_text().trim());
                 }
                 sql = out.stdout;
             }
