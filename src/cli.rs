@@ -42,6 +42,10 @@ pub enum Command {
     WalArchive(crate::wal_cli::WalArchiveArgs),
     /// Fetch one file from the archive into a path (postgres's restore_command).
     WalRestore(crate::wal_cli::WalRestoreArgs),
+    /// Take a base backup of the running local instance into the archive.
+    Backup(LocalArgs),
+    /// List the base backups in the archive, pgwarden's and barman-cloud's.
+    BackupList(BackupListArgs),
     /// The official image's form: `run` with `-c name=value` (or `--name=value`) settings
     /// added to the user layer. Settings come from the environment only.
     Postgres(PostgresArgs),
@@ -49,6 +53,17 @@ pub enum Command {
     /// image's entrypoint does.
     #[command(external_subcommand)]
     Exec(Vec<OsString>),
+}
+
+/// Arguments of `backup-list`.
+#[derive(Args, Debug, Clone)]
+pub struct BackupListArgs {
+    /// The archive, as for wal-archive.
+    #[command(flatten)]
+    pub client: crate::wal_cli::WalClientArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The arguments after `postgres`, exactly as postgres would get them.
@@ -136,6 +151,8 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Checkpoint(args) => local_call(&args, "POST", "/checkpoint"),
         Command::Fence(args) => local_call(&args, "POST", "/fence"),
         Command::Unfence(args) => local_call(&args, "POST", "/unfence"),
+        Command::Backup(args) => local_call(&args, "POST", "/backup"),
+        Command::BackupList(args) => runtime.block_on(backup_list(&args)),
         Command::WalArchive(args) => runtime.block_on(crate::wal_cli::wal_archive(&args)),
         Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
     }
@@ -217,6 +234,32 @@ async fn config(args: &SettingsArgs) -> anyhow::Result<String> {
         r.pg_ident,
         pgdata = s.pgdata.display()
     ))
+}
+
+/// `backup-list`: reads the catalogue with the archive settings, no daemon needed.
+async fn backup_list(args: &BackupListArgs) -> i32 {
+    let listed = async {
+        let cfg = crate::wal_cli::config(&args.client).map_err(anyhow::Error::msg)?;
+        let storage = cfg.open(None).await?;
+        anyhow::Ok(crate::backup::list::list(&storage, &cfg.base()).await?)
+    };
+    match listed.await {
+        Ok(backups) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&backups).unwrap_or_default()
+            );
+            0
+        }
+        Ok(backups) => {
+            print!("{}", crate::backup::list::render_table(&backups));
+            0
+        }
+        Err(e) => {
+            eprintln!("pgwarden: backup-list: {e:#}");
+            1
+        }
+    }
 }
 
 /// Calls the running pgwarden over its control socket and prints the answer.

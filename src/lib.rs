@@ -5,6 +5,7 @@
 //! [`settings`] → [`pgconf`] → [`bootstrap`] → [`supervisor`], with [`monitor`] and
 //! [`http`] beside them.
 
+pub mod backup;
 pub mod bootstrap;
 pub mod cli;
 pub mod db;

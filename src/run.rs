@@ -69,7 +69,16 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
 
     let (status_tx, status_rx) = watch::channel(SupervisorStatus::bootstrapping());
     let (daemon_tx, daemon_rx) = watch::channel(None);
+    let backup_status = Arc::new(std::sync::Mutex::new(crate::backup::BackupStatus::default()));
+    let backups = http::backup::BackupState {
+        settings: settings.clone(),
+        runner: runner.clone(),
+        daemon: daemon_rx.clone(),
+        status: backup_status.clone(),
+        one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
+    };
     let app = AppState {
+        backup: backup_status,
         daemon: daemon_rx,
         sup: status_rx.clone(),
         snap: monitor::spawn(settings.clone(), status_rx),
@@ -85,10 +94,15 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         runner: runner.clone(),
         commands: supervisor::Commands(command_tx.clone()),
     };
-    let tcp_router = http::router(app.clone()).merge(http::control::tcp_router(
-        ctl.clone(),
-        settings.api_token.clone(),
-    ));
+    let tcp_router = http::router(app.clone())
+        .merge(http::control::tcp_router(
+            ctl.clone(),
+            settings.api_token.clone(),
+        ))
+        .merge(http::control::protect(
+            http::backup::router(backups.clone()),
+            settings.api_token.clone(),
+        ));
     match &settings.tls {
         Some((cert, key)) => http::serve_tls(listener, tcp_router, cert, key).await?,
         None => http::serve_tcp(listener, tcp_router),
@@ -109,7 +123,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             return Ok(1);
         }
     }
-    let mut control = http::control::router(ctl);
+    let mut control = http::control::router(ctl).merge(http::backup::router(backups));
     if let Some(cfg) = &settings.archive {
         let owner = settings.run_as.as_ref().map(|u| u.owner());
         let daemon = crate::wal::daemon::Daemon::start(

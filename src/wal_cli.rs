@@ -47,7 +47,8 @@ pub struct WalRestoreArgs {
     pub dest: PathBuf,
 }
 
-fn config(client: &WalClientArgs) -> Result<ArchiveConfig, String> {
+/// The archive settings of a one-shot command; the error names the setting.
+pub fn config(client: &WalClientArgs) -> Result<ArchiveConfig, String> {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

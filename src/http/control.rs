@@ -53,7 +53,12 @@ pub fn router(state: ControlState) -> Router {
 /// the token guards these routes only, so a mistyped path is a 404 rather than a
 /// misleading "the control API is disabled".
 pub fn tcp_router(state: ControlState, token: Option<Secret>) -> Router {
-    router(state).route_layer(middleware::from_fn_with_state(Arc::new(token), authorize))
+    protect(router(state), token)
+}
+
+/// `routes` behind the bearer token, as every control route over TCP.
+pub fn protect(routes: Router, token: Option<Secret>) -> Router {
+    routes.route_layer(middleware::from_fn_with_state(Arc::new(token), authorize))
 }
 
 /// Equal length and equal bytes, looking at every byte whatever the answer.

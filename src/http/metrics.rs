@@ -278,6 +278,47 @@ pub fn registry(app: &AppState) -> Registry {
             n as f64,
         );
     }
+    let backup = app.backup.lock().map(|b| b.clone()).unwrap_or_default();
+    gauge(
+        &r,
+        "pgwarden_backup_running",
+        "1 while a base backup is being taken",
+        f64::from(u8::from(backup.running.is_some())),
+    );
+    if let Some(run) = &backup.running {
+        gauge(
+            &r,
+            "pgwarden_backup_streamed_bytes",
+            "Bytes of the running base backup read from postgres so far",
+            run.bytes as f64,
+        );
+    }
+    if let Some(last) = &backup.last {
+        gauge(
+            &r,
+            "pgwarden_backup_last_end_timestamp_seconds",
+            "When the last base backup ended, well or not",
+            last.ended_at,
+        );
+        gauge(
+            &r,
+            "pgwarden_backup_last_duration_seconds",
+            "How long the last base backup took",
+            last.duration_seconds,
+        );
+        gauge(
+            &r,
+            "pgwarden_backup_last_size_bytes",
+            "Bytes stored by the last base backup",
+            last.size_bytes as f64,
+        );
+        gauge(
+            &r,
+            "pgwarden_backup_last_failed",
+            "1 when the last base backup failed",
+            f64::from(u8::from(last.error.is_some())),
+        );
+    }
     if let Some(d) = app.daemon.borrow().as_ref() {
         let s = d.stats();
         gauge(

@@ -5,6 +5,7 @@
 //! balancers written for Patroni check with `OPTIONS` (HAProxy's `option httpchk
 //! OPTIONS /primary`). A path that does not exist is 404.
 
+pub mod backup;
 pub mod client;
 pub mod control;
 mod dashboard;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub instance: Arc<Instance>,
     /// The WAL daemon, once it runs.
     pub daemon: watch::Receiver<Option<Arc<crate::wal::daemon::Daemon>>>,
+    /// The backup under way and the last one.
+    pub backup: Arc<std::sync::Mutex<crate::backup::BackupStatus>>,
 }
 
 impl AppState {

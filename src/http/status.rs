@@ -99,6 +99,9 @@ pub struct StatusDoc {
     /// Why the last configuration change was refused (the running one is kept), or
     /// which owned parameters `ALTER SYSTEM` had set and pgwarden reset.
     pub config_error: Option<String>,
+    /// The base backup under way, and the last one.
+    #[serde(default)]
+    pub backup: crate::backup::BackupStatus,
 }
 
 impl StatusDoc {
@@ -145,6 +148,7 @@ impl StatusDoc {
                 error: snap.error.clone(),
             },
             config_error: sup.config_error.clone(),
+            backup: Default::default(),
         }
     }
 }
@@ -153,5 +157,6 @@ pub async fn get(State(app): State<AppState>) -> Json<StatusDoc> {
     let (sup, snap) = app.view();
     let mut doc = StatusDoc::build(&sup, &snap, &app.instance);
     doc.archiver.daemon = app.daemon.borrow().as_ref().map(|d| d.stats());
+    doc.backup = app.backup.lock().map(|b| b.clone()).unwrap_or_default();
     Json(doc)
 }

@@ -172,7 +172,8 @@ pub fn render_hba(s: &Settings) -> Result<String, NewlineError> {
          # pgwarden's own connection over the unix socket (peer, mapped in pg_ident.conf)\n",
     );
     out.push_str(&format!("local all {superuser} peer map={IDENT_MAP}\n"));
-    // So that a hand-run pg_basebackup or pg_receivewal over the socket works too.
+    // So that a hand-run pg_basebackup or pg_receivewal over the socket works too,
+    // and pgwarden backup.
     out.push_str(&format!(
         "local replication {superuser} peer map={IDENT_MAP}\n"
     ));

@@ -175,6 +175,10 @@ pub struct SettingsArgs {
     #[command(flatten)]
     pub archive: crate::wal::ArchiveArgs,
 
+    /// Base backup compression: `gzip` or `none` (barman-cloud restores no zstd).
+    #[arg(long, env = "PGWARDEN_BACKUP_COMPRESSION", default_value = "gzip")]
+    pub backup_compression: String,
+
     /// Crashes tolerated within the crash window before pgwarden exits non-zero.
     #[arg(long, env = "PGWARDEN_MAX_CRASHES", default_value_t = 5)]
     pub max_crashes: u32,

@@ -152,6 +152,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// WAL archiving, when PGWARDEN_ARCHIVE_URL is set.
     pub archive: Option<crate::wal::ArchiveConfig>,
+    /// How base backups are compressed.
+    pub backup_compression: crate::backup::BackupCompression,
     /// This binary, as archive_command and restore_command call it.
     pub exe: PathBuf,
 }
@@ -370,6 +372,9 @@ impl Settings {
 
         let archive = crate::wal::ArchiveConfig::from_args(&args.archive, &name)
             .map_err(|(setting, m)| invalid(setting, m))?;
+        let backup_compression =
+            crate::backup::BackupCompression::from_setting(&args.backup_compression)
+                .map_err(|(setting, m)| invalid(setting, m))?;
         if let Some(crate::wal::config::Location::Fs { root }) =
             archive.as_ref().map(|a| &a.location)
         {
@@ -484,6 +489,7 @@ impl Settings {
             crash_window: Duration::from_secs(args.crash_window.max(1)),
             data_state,
             archive,
+            backup_compression,
             exe,
             api_token,
             restart_on_pending: args.restart_on_pending,

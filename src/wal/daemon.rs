@@ -223,6 +223,16 @@ impl Daemon {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The archive settings.
+    pub fn config(&self) -> &ArchiveConfig {
+        &self.cfg
+    }
+
+    /// The warm storage client, for base backups.
+    pub fn storage(&self) -> &Backend {
+        &self.storage
+    }
+
     /// Current figures.
     pub fn stats(&self) -> DaemonStats {
         self.lock().stats.clone()

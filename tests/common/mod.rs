@@ -170,6 +170,11 @@ impl Instance {
         self
     }
 
+    /// `pgwarden <args>` with this instance's environment, not started yet.
+    pub fn command_for_test(&self, args: &[&str]) -> Command {
+        self.command(args)
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = match &self.netns {
             // `ip netns exec` execs in place: the pid stays pgwarden's.

@@ -200,6 +200,74 @@ impl FsStorage {
     }
 }
 
+/// A large object being written to a temp file beside its key.
+pub struct FsUpload {
+    storage: FsStorage,
+    key: String,
+    tmp: Option<tempfile::NamedTempFile>,
+}
+
+impl FsStorage {
+    /// Starts writing `key` in parts.
+    pub fn begin_upload(&self, key: &str) -> Result<FsUpload, StorageError> {
+        let path = self.path(key);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        self.make_dirs(&dir)?;
+        let tmp = self.write_temp(&dir, b"")?;
+        Ok(FsUpload {
+            storage: self.clone(),
+            key: key.to_owned(),
+            tmp: Some(tmp),
+        })
+    }
+}
+
+impl FsUpload {
+    /// Appends `data`, on a blocking thread.
+    pub async fn part(&mut self, data: Bytes) -> Result<(), StorageError> {
+        let Some(mut tmp) = self.tmp.take() else {
+            return Err(StorageError::Fatal("the upload was finished".into()));
+        };
+        let (tmp, result) = tokio::task::spawn_blocking(move || {
+            let r = tmp.write_all(&data);
+            (tmp, r)
+        })
+        .await
+        .map_err(|e| StorageError::Transient(e.to_string()))?;
+        let path = tmp.path().to_path_buf();
+        self.tmp = Some(tmp);
+        result.map_err(|e| classify("write", &path, e))
+    }
+
+    /// fsyncs the temp file and links it into place; fails if the key exists.
+    pub async fn finish(mut self) -> Result<u64, StorageError> {
+        let Some(tmp) = self.tmp.take() else {
+            return Err(StorageError::Fatal("the upload was finished".into()));
+        };
+        let (storage, key) = (self.storage.clone(), self.key.clone());
+        tokio::task::spawn_blocking(move || {
+            let path = storage.path(&key);
+            tmp.as_file()
+                .sync_all()
+                .map_err(|e| classify("fsync", tmp.path(), e))?;
+            let size = tmp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+            std::fs::hard_link(tmp.path(), &path).map_err(|e| classify("link", &path, e))?;
+            let dir = path.parent().unwrap_or(&storage.root).to_path_buf();
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| classify("fsync", &dir, e))?;
+            Ok(size)
+        })
+        .await
+        .map_err(|e| StorageError::Transient(e.to_string()))?
+    }
+
+    /// Removes the temp file.
+    pub async fn abort(mut self) {
+        self.tmp.take();
+    }
+}
+
 impl Storage for FsStorage {
     async fn put_new(
         &self,
@@ -232,6 +300,21 @@ impl Storage for FsStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(classify("read", &path, e)),
         }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key);
+        for p in [
+            format!("{}{META_SUFFIX}", path.display()),
+            path.display().to_string(),
+        ] {
+            match tokio::fs::remove_file(&p).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(classify("delete", Path::new(&p), e)),
+            }
+        }
+        Ok(())
     }
 
     fn root_identity(&self) -> String {

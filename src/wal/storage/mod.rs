@@ -98,6 +98,52 @@ pub trait Storage: Send + Sync {
     fn root_identity(&self) -> String {
         "-".to_owned()
     }
+    /// Deletes `key` if it is there.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+/// A large object (a base backup) written in parts: nothing is visible under its key
+/// until [`Upload::finish`], and an upload that is dropped or aborted leaves nothing
+/// a reader could take for the object.
+pub enum Upload {
+    /// An S3 multipart upload.
+    S3(s3::S3Upload),
+    /// A temp file beside the object on a volume.
+    Fs(fs::FsUpload),
+}
+
+impl Upload {
+    /// Appends a part (S3 wants at least 5 MiB for every part but the last).
+    pub async fn part(&mut self, data: Bytes) -> Result<(), StorageError> {
+        match self {
+            Upload::S3(u) => u.part(data).await,
+            Upload::Fs(u) => u.part(data).await,
+        }
+    }
+    /// Makes the object visible, whole. Fails if the key exists.
+    pub async fn finish(self) -> Result<u64, StorageError> {
+        match self {
+            Upload::S3(u) => u.finish().await,
+            Upload::Fs(u) => u.finish().await,
+        }
+    }
+    /// Gives up and removes what was written.
+    pub async fn abort(self) {
+        match self {
+            Upload::S3(u) => u.abort().await,
+            Upload::Fs(u) => u.abort().await,
+        }
+    }
+}
+
+impl Backend {
+    /// Starts a multipart upload of `key`.
+    pub async fn begin_upload(&self, key: &str) -> Result<Upload, StorageError> {
+        match self {
+            Backend::S3(s) => s.begin_upload(key).await.map(Upload::S3),
+            Backend::Fs(f) => f.begin_upload(key).map(Upload::Fs),
+        }
+    }
 }
 
 /// The configured backend, dispatching statically to the concrete store.
@@ -143,6 +189,12 @@ impl Storage for Backend {
         match self {
             Backend::S3(s) => s.root_identity(),
             Backend::Fs(f) => f.root_identity(),
+        }
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self {
+            Backend::S3(s) => s.delete(key).await,
+            Backend::Fs(f) => f.delete(key).await,
         }
     }
 }

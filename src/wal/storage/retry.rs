@@ -121,6 +121,11 @@ impl<S: Storage> Storage for Retrying<'_, S> {
     fn root_identity(&self) -> String {
         self.inner.root_identity()
     }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.run(format!("delete {key}"), || self.inner.delete(key))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +172,9 @@ mod tests {
             unimplemented!()
         }
         async fn list(&self, _: &str, _: usize) -> Result<Vec<ObjectInfo>, StorageError> {
+            unimplemented!()
+        }
+        async fn delete(&self, _: &str) -> Result<(), StorageError> {
             unimplemented!()
         }
     }

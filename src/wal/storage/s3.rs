@@ -213,6 +213,123 @@ fn error_chain<E: std::error::Error + 'static>(e: &SdkError<E>) -> String {
     s
 }
 
+/// An S3 multipart upload under way.
+pub struct S3Upload {
+    storage: S3Storage,
+    key: String,
+    upload_id: String,
+    parts: Vec<aws_sdk_s3::types::CompletedPart>,
+    size: u64,
+}
+
+impl S3Storage {
+    /// Starts a multipart upload of `key`.
+    pub async fn begin_upload(&self, key: &str) -> Result<S3Upload, StorageError> {
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key);
+        if let Some(alg) = &self.sse.algorithm {
+            req = req.server_side_encryption(alg.as_str().into());
+        }
+        if let Some(kms) = &self.sse.kms_key_id {
+            req = req.ssekms_key_id(kms);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify("CreateMultipartUpload", key, e))?;
+        let upload_id = out.upload_id().unwrap_or_default().to_owned();
+        Ok(S3Upload {
+            storage: self.clone(),
+            key: key.to_owned(),
+            upload_id,
+            parts: Vec::new(),
+            size: 0,
+        })
+    }
+
+    /// Deletes `key` (S3 answers success when it is not there).
+    async fn delete_object(&self, key: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("DELETE", key, e))
+    }
+}
+
+impl S3Upload {
+    /// Uploads the next part; the SDK retries it on transient errors.
+    pub async fn part(&mut self, data: Bytes) -> Result<(), StorageError> {
+        let number = self.parts.len() as i32 + 1;
+        let len = data.len() as u64;
+        let out = self
+            .storage
+            .client
+            .upload_part()
+            .bucket(&self.storage.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| classify("UploadPart", &self.key, e))?;
+        self.parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .build(),
+        );
+        self.size += len;
+        Ok(())
+    }
+
+    /// Completes the upload: the object appears whole.
+    pub async fn finish(self) -> Result<u64, StorageError> {
+        let done = aws_sdk_s3::types::CompletedMultipartUpload::builder()
+            .set_parts(Some(self.parts.clone()))
+            .build();
+        let result = self
+            .storage
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.storage.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(done)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(self.size),
+            Err(e) => {
+                let err = classify("CompleteMultipartUpload", &self.key, e);
+                self.abort().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Aborts the upload, so its parts do not linger (best effort: a bucket lifecycle
+    /// rule for incomplete uploads catches what a killed process leaves).
+    pub async fn abort(self) {
+        let _ = self
+            .storage
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.storage.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+    }
+}
+
 impl Storage for S3Storage {
     async fn put_new(
         &self,
@@ -272,6 +389,10 @@ impl Storage for S3Storage {
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
         self.head_object(key).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.delete_object(key).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<(Bytes, ObjectInfo)>, StorageError> {

@@ -1,0 +1,148 @@
+//! Base backups in the archive, in barman-cloud's layout, so that either tool
+//! restores the other's:
+//!
+//! ```text
+//! <prefix>/<server>/base/<backup_id>/data.tar[.gz]
+//! <prefix>/<server>/base/<backup_id>/backup.info      written last
+//! ```
+//!
+//! [`take`] streams a backup of the local instance, [`list`] reads the catalogue.
+
+pub mod info;
+pub mod list;
+pub mod take;
+pub mod tar;
+
+pub use info::{BackupInfo, Lsn};
+
+use serde::Serialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How base backups are compressed (barman-cloud restores gzip or plain tars, not
+/// zstd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupCompression {
+    /// `data.tar.gz`.
+    Gzip,
+    /// `data.tar`.
+    None,
+}
+
+impl BackupCompression {
+    /// Parses `PGWARDEN_BACKUP_COMPRESSION`; the error names the setting.
+    pub fn from_setting(s: &str) -> Result<BackupCompression, (&'static str, String)> {
+        match s {
+            "gzip" => Ok(BackupCompression::Gzip),
+            "none" => Ok(BackupCompression::None),
+            other => Err((
+                "PGWARDEN_BACKUP_COMPRESSION",
+                format!(
+                    "{other:?} is not gzip or none (barman-cloud restores no zstd base backups)"
+                ),
+            )),
+        }
+    }
+
+    /// The data object's name.
+    pub fn data_name(self) -> &'static str {
+        match self {
+            BackupCompression::Gzip => "data.tar.gz",
+            BackupCompression::None => "data.tar",
+        }
+    }
+}
+
+/// The key prefix of a server's backups.
+pub fn base_prefix(server_base: &str) -> String {
+    format!("{server_base}/base/")
+}
+
+/// Year, month, day, hour, minute, second and microsecond of `t`, in UTC.
+pub fn utc(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        month,
+        day,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+        d.subsec_micros(),
+    )
+}
+
+/// barman's backup id for `t`: `YYYYmmddTHHMMSS`, in UTC.
+pub fn backup_id(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s, _) = utc(t);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}")
+}
+
+/// barman's time format: `2026-11-24 03:50:40.455712+00:00`.
+pub fn barman_time(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s, us) = utc(t);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}+00:00")
+}
+
+/// A backup under way, and the last one, for `/status` and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct BackupStatus {
+    /// The backup under way.
+    pub running: Option<Running>,
+    /// The last backup that finished, well or not.
+    pub last: Option<Finished>,
+}
+
+/// A backup under way.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Running {
+    /// Its id.
+    pub backup_id: String,
+    /// Bytes read from postgres so far.
+    pub bytes: u64,
+}
+
+/// A backup that ended.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Finished {
+    /// Its id.
+    pub backup_id: String,
+    /// Unix time it ended.
+    pub ended_at: f64,
+    /// Seconds it took.
+    pub duration_seconds: f64,
+    /// Bytes stored.
+    pub size_bytes: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_like_barman() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_795_924_240_455_712);
+        assert_eq!(backup_id(t), "20261129T035040");
+        assert_eq!(barman_time(t), "2026-11-29 03:50:40.455712+00:00");
+        assert_eq!(
+            backup_id(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "20000229T000000"
+        );
+        assert!(
+            BackupCompression::from_setting("zstd").unwrap_err().0 == "PGWARDEN_BACKUP_COMPRESSION"
+        );
+    }
+}

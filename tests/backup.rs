@@ -1,0 +1,266 @@
+//! Base backups (issue 10): streamed into the archive in barman-cloud's layout, listed
+//! by pgwarden and by barman-cloud, restored by barman-cloud with every committed
+//! row, and never listed when interrupted.
+
+mod common;
+
+use common::wal::*;
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+/// `pgwarden backup` against the running instance.
+fn backup(pg: &Instance) -> (bool, String) {
+    let (code, out) = pg.run_cli(&["backup"]);
+    (code.success(), out)
+}
+
+/// `pgwarden backup-list --json` with the instance's archive settings.
+fn listed(pg: &Instance) -> Vec<serde_json::Value> {
+    let (code, out) = pg.run_cli(&["backup-list", "--json"]);
+    assert!(code.success(), "{out}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn barman(g: &common::garage::Garage, args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(["--endpoint-url", &g.endpoint()])
+        .args(&args[1..])
+        .envs(g.env())
+        .env("AWS_DEFAULT_REGION", "garage")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{args:?}: {text}");
+    text
+}
+
+async fn count(pg: &Instance) -> i64 {
+    pg.connect()
+        .await
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_is_listed_by_both_tools_and_barman_cloud_restores_it() {
+    let tmp = test_dir();
+    let store = Store::s3();
+    let Store::S3(g) = &store else { unreachable!() };
+    let mut pg = Instance::primary(tmp.path(), "bk");
+    store.configure(&mut pg, "bk");
+    // barman-cloud 3.4 reads gzip WAL, not zstd.
+    pg.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
+    pg.start().wait_ready();
+    pg.connect()
+        .await
+        .batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+
+    let (ok, out) = backup(&pg);
+    assert!(ok, "{out}");
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let id = info["backup_id"].as_str().unwrap().to_owned();
+    assert_eq!(info["status"], "DONE");
+    let st = pg.status();
+    let last = st.backup.last.expect("the last backup in /status");
+    assert_eq!(
+        (last.backup_id.as_str(), last.error.as_deref()),
+        (id.as_str(), None)
+    );
+    assert!(last.size_bytes > 0);
+    assert!(pg
+        .get("/metrics")
+        .body
+        .contains("pgwarden_backup_last_size_bytes"));
+
+    let ours = listed(&pg);
+    assert_eq!(ours.len(), 1);
+    assert_eq!(
+        (ours[0]["backup_id"].as_str(), ours[0]["made_by"].as_str()),
+        (Some(id.as_str()), Some("pgwarden"))
+    );
+    let url = format!("s3://{}/pgwarden-test", g.bucket);
+    let theirs = barman(g, &["barman-cloud-backup-list", &url, "bk"]);
+    assert!(theirs.contains(&id), "barman-cloud lists it: {theirs}");
+
+    // Rows committed after the backup come back through the archived WAL.
+    pg.connect()
+        .await
+        .batch_execute("INSERT INTO t SELECT g FROM generate_series(1001, 2000) g")
+        .await
+        .unwrap();
+    switch_and_wait_archived(&pg).await;
+
+    let dest = tmp.path().join("restored");
+    barman(
+        g,
+        &[
+            "barman-cloud-restore",
+            &url,
+            "bk",
+            &id,
+            &dest.display().to_string(),
+        ],
+    );
+    let port = free_port();
+    let sock = scratch_dir(tmp.path());
+    std::fs::write(
+        dest.join("postgresql.conf"),
+        format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             restore_command = 'barman-cloud-wal-restore --endpoint-url {} {url} bk %f %p'\n\
+             hba_file = '{}/pg_hba.conf'\nident_file = '{}/pg_ident.conf'\n",
+            sock.display(),
+            g.endpoint(),
+            dest.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dest.join("postgresql.auto.conf"), "").unwrap();
+    std::fs::write(dest.join("recovery.signal"), "").unwrap();
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut pg_ctl = Command::new(bindir().join("pg_ctl"));
+    pg_ctl
+        .args(["-D", &dest.display().to_string(), "-l"])
+        .arg(tmp.path().join("restored.log"))
+        .args(["-w", "-t", "120", "start"])
+        .envs(g.env())
+        .env("AWS_DEFAULT_REGION", "garage");
+    if let Some((uid, gid)) = postgres_ids() {
+        pgwarden::fsutil::chown_tree(&dest, pgwarden::fsutil::Owner { uid, gid }).unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        pg_ctl.uid(uid).gid(gid);
+    }
+    let out = pg_ctl.output().unwrap();
+    let log = || std::fs::read_to_string(tmp.path().join("restored.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "pg_ctl: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log()
+    );
+    let mut restored = Instance::new(tmp.path(), "restored-view");
+    restored.port = port;
+    let rows = {
+        let client = restored.connect().await;
+        eventually(Duration::from_secs(120), "recovery ends", || {
+            let r = futures_block(client.query_one("SELECT pg_is_in_recovery()", &[]));
+            match r {
+                Ok(row) if !row.get::<_, bool>(0) => Ok(()),
+                other => Err(format!("{other:?}\n{}", log())),
+            }
+        });
+        count(&restored).await
+    };
+    let pid: i32 = std::fs::read_to_string(dest.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
+    assert_eq!(
+        rows, 2000,
+        "every committed row, by barman-cloud's restore of pgwarden's backup"
+    );
+}
+
+/// Runs a future to completion from a synchronous closure (inside `eventually`).
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backup_is_never_listed_and_the_next_one_succeeds() {
+    let tmp = test_dir();
+    let store = Store::s3();
+    let Store::S3(g) = &store else { unreachable!() };
+    let mut pg = Instance::primary(tmp.path(), "killbk");
+    store.configure(&mut pg, "killbk");
+    pg.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
+    pg.start().wait_ready();
+    pgbench(&pg, &["-i", "-q", "-s", "15"]);
+    let mut running = pg
+        .command_for_test(&["backup"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(60), "the backup streams", || {
+        match pg.status().backup.running {
+            Some(r) if r.bytes > 20 << 20 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    // The pod dies: pgwarden, postgres and pg_basebackup at once.
+    let postmaster = pg.postmaster_pid().unwrap();
+    pg.kill_hard();
+    let _ = kill(Pid::from_raw(postmaster), Signal::SIGKILL);
+    let _ = running.wait();
+    eventually(Duration::from_secs(30), "postgres gone", || {
+        if std::path::Path::new(&format!("/proc/{postmaster}")).exists() {
+            Err("still there".into())
+        } else {
+            Ok(())
+        }
+    });
+    pg.start().wait_ready();
+    assert!(
+        listed(&pg).is_empty(),
+        "an interrupted backup is not listed"
+    );
+    let url = format!("s3://{}/pgwarden-test", g.bucket);
+    let theirs = barman(
+        g,
+        &[
+            "barman-cloud-backup-list",
+            "--format",
+            "json",
+            &url,
+            "killbk",
+        ],
+    );
+    assert!(!theirs.contains("DONE"), "nor by barman-cloud: {theirs}");
+
+    let (ok, out) = backup(&pg);
+    assert!(ok, "{out}");
+    assert_eq!(listed(&pg).len(), 1);
+}
+
+#[test]
+fn backup_settings_are_checked_before_anything_is_touched() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "badbk");
+    pg.set("PGWARDEN_BACKUP_COMPRESSION", "zstd");
+    let (code, out) = pg.run_cli(&["run"]);
+    assert!(!code.success());
+    assert!(
+        out.contains("PGWARDEN_BACKUP_COMPRESSION") && out.contains("gzip or none"),
+        "{out}"
+    );
+    assert!(!pg.pgdata.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_without_an_archive_is_refused_clearly() {
+    let tmp = test_dir();
+    let mut pg = Instance::primary(tmp.path(), "noarchive");
+    pg.start().wait_ready();
+    let (ok, out) = backup(&pg);
+    assert!(!ok);
+    assert!(out.contains("PGWARDEN_ARCHIVE_URL"), "{out}");
+}
