@@ -40,6 +40,8 @@ pub const STOPPING_BUDGET: Duration = Duration::from_secs(4);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The uploader also rescans this often, in case an inotify event was missed.
 const RESCAN: Duration = Duration::from_secs(2);
+/// How often a blocked archive (not this cluster's, or not mounted) is checked again.
+const RECHECK_BLOCKED: Duration = Duration::from_secs(30);
 
 /// Directory in PGDATA, outside pg_wal and on its file system, where prefetched
 /// segments wait to be renamed into place.
@@ -146,8 +148,9 @@ pub struct Daemon {
     cancel: Mutex<CancellationToken>,
     /// While stopping: when the shared stopping budget ends (set by the first call).
     stopping_until: Mutex<Option<Instant>>,
-    /// Why archiving is refused, when the archive is not this cluster's.
-    blocked: Mutex<Option<String>>,
+    /// Why archiving is refused, when the archive is not this cluster's, and when
+    /// that was last checked.
+    blocked: Mutex<Option<(String, Instant)>>,
 }
 
 /// A latency histogram; `None` only if prometheus rejected the constant options.
@@ -184,6 +187,12 @@ impl Daemon {
     ) -> Result<Arc<Daemon>, WalError> {
         let storage = cfg.open(owner).await?;
         let wal_dir = LocalDir::open(&pgdata.join("pg_wal"), owner)?;
+        // Temp files of restores a previous life was killed in the middle of.
+        for name in wal_dir.names() {
+            if name.starts_with(".pgwarden-restore-") {
+                wal_dir.remove(&name);
+            }
+        }
         let spool_path = pgdata.join(SPOOL_DIR);
         // Whatever a previous life prefetched may belong to a timeline since abandoned.
         let _ = std::fs::remove_dir_all(&spool_path);
@@ -258,20 +267,40 @@ impl Daemon {
         match identity::ensure(&self.cfg, &storage, &self.pgdata, sysid, true).await {
             Err(e @ WalError::Conflict(_)) => {
                 tracing::error!(error = %e, "archiving is blocked");
-                *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((e.to_string(), Instant::now()));
             }
             // An unreachable archive now is not a verdict: pushes check again.
-            Err(e) => tracing::warn!(error = %e, "could not check the archive's identity at start"),
-            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "could not check the archive's identity"),
+            Ok(()) => {
+                if self
+                    .blocked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .is_some()
+                {
+                    tracing::info!("the archive is this cluster's again; archiving resumes");
+                }
+            }
         }
     }
 
-    fn blocked(&self) -> Option<WalError> {
+    /// The reason archiving is blocked, if it is; checked again at most every
+    /// [`RECHECK_BLOCKED`], so that a volume mounted back is noticed without a restart.
+    async fn blocked(&self) -> Option<WalError> {
+        let due = match &*self.blocked.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => return None,
+            Some((_, at)) => at.elapsed() >= RECHECK_BLOCKED,
+        };
+        if due {
+            self.check_identity().await;
+        }
         self.blocked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .map(WalError::Conflict)
+            .as_ref()
+            .map(|(e, _)| WalError::Conflict(e.clone()))
     }
 
     /// Cancels storage calls under way when pgwarden starts stopping, and arms a
@@ -327,7 +356,7 @@ impl Daemon {
         name: &WalName,
         storage: &Retrying<'_, Backend>,
     ) -> Result<(Pushed, Fingerprint), WalError> {
-        if let Some(e) = self.blocked() {
+        if let Some(e) = self.blocked().await {
             return Err(e);
         }
         let (dir, file_name) = (self.wal_dir.clone(), name.name.clone());
@@ -555,7 +584,16 @@ impl Daemon {
             }
             notified.await;
         }
-        if self.spool.move_to(name, &self.wal_dir, &dest_name)? {
+        // A spool on another file system than pg_wal (initdb --waldir) cannot hand
+        // over by rename: fetch instead.
+        let from_spool = self
+            .spool
+            .move_to(name, &self.wal_dir, &dest_name)
+            .unwrap_or_else(|e| {
+                tracing::debug!(file = name, error = %e, "the prefetched file cannot be moved into pg_wal; fetching it");
+                false
+            });
+        if from_spool {
             self.lock().stats.spool_hits += 1;
         } else {
             let start = Instant::now();

@@ -19,6 +19,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Numbers temp files, so that concurrent writes in one process never share one.
+static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A directory the daemon (or a one-shot command) reads and writes WAL files in.
 #[derive(Clone)]
 pub struct LocalDir {
@@ -168,9 +171,10 @@ impl LocalDir {
         })
     }
 
-    /// Writes `name` through `fill`, which gets a fresh temp file in this directory;
-    /// (opened read-write, so `fill` may read back what it wrote); on success the file is fsynced and renamed onto `name` (replacing a symlink
-    /// there, never following it); on failure it is removed.
+    /// Writes `name` through `fill`, which gets a fresh temp file in this directory,
+    /// opened read-write so that `fill` may read back what it wrote. On success the
+    /// file is fsynced and renamed onto `name` (replacing a symlink there, never
+    /// following it); on failure it is removed.
     pub fn write<T>(
         &self,
         name: &str,
@@ -178,35 +182,26 @@ impl LocalDir {
     ) -> io::Result<T> {
         let name = plain_name(name)?;
         self.as_owner(|| {
-            let tmp = format!(".pgwarden-restore-{name}-{}", std::process::id());
-            let fd = nix::fcntl::openat(
-                self.fd.as_fd(),
-                tmp.as_str(),
-                OFlag::O_RDWR
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            );
-            // A temp file left by a killed run of this same pid: take its place.
-            let fd = match fd {
+            // Unique within this process; a leftover of a killed process that had the
+            // same pid is replaced.
+            let seq = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = format!(".pgwarden-restore-{name}-{}-{seq}", std::process::id());
+            let open = || {
+                nix::fcntl::openat(
+                    self.fd.as_fd(),
+                    tmp.as_str(),
+                    OFlag::O_RDWR
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+            };
+            let fd = match open() {
                 Err(nix::Error::EEXIST) => {
-                    let _ = nix::unistd::unlinkat(
-                        self.fd.as_fd(),
-                        tmp.as_str(),
-                        nix::unistd::UnlinkatFlags::NoRemoveDir,
-                    );
-                    nix::fcntl::openat(
-                        self.fd.as_fd(),
-                        tmp.as_str(),
-                        OFlag::O_RDWR
-                            | OFlag::O_CREAT
-                            | OFlag::O_EXCL
-                            | OFlag::O_NOFOLLOW
-                            | OFlag::O_CLOEXEC,
-                        Mode::from_bits_truncate(0o600),
-                    )
+                    self.remove(&tmp);
+                    open()
                 }
                 other => other,
             }
