@@ -472,6 +472,9 @@ fn restore_rows(
         .find(|(k, _)| k == "PGWARDEN_SOCKET_DIR")
         .map(|(_, v)| v.clone())
         .unwrap();
+    // The daemon writes only into its own instance's pg_wal (as postgres's
+    // restore_command does during recovery, under the name RECOVERYXLOG).
+    let recoveryxlog = w.pgdata.join("pg_wal/RECOVERYXLOG");
     let daemon_cpu_before = proc_cpu(child.id());
     let mut daemon: Vec<Cost> = names
         .iter()
@@ -479,7 +482,7 @@ fn restore_rows(
             timed(
                 Command::new(bin)
                     .args(["wal-restore", n])
-                    .arg(dest.join("y"))
+                    .arg(&recoveryxlog)
                     .envs(pw_env.iter().cloned())
                     .env("PGWARDEN_SOCKET_DIR", &sock),
             )
