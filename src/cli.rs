@@ -46,6 +46,9 @@ pub enum Command {
     Backup(LocalArgs),
     /// List the base backups in the archive, pgwarden's and barman-cloud's.
     BackupList(BackupListArgs),
+    /// Check that every WAL segment from the oldest backup to the newest archived
+    /// segment is in the archive, across timelines; exit 1 when one is missing.
+    WalVerify(BackupListArgs),
     /// The official image's form: `run` with `-c name=value` (or `--name=value`) settings
     /// added to the user layer. Settings come from the environment only.
     Postgres(PostgresArgs),
@@ -153,6 +156,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Unfence(args) => local_call(&args, "POST", "/unfence"),
         Command::Backup(args) => local_call(&args, "POST", "/backup"),
         Command::BackupList(args) => runtime.block_on(backup_list(&args)),
+        Command::WalVerify(args) => runtime.block_on(wal_verify(&args)),
         Command::WalArchive(args) => runtime.block_on(crate::wal_cli::wal_archive(&args)),
         Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
     }
@@ -258,6 +262,58 @@ async fn backup_list(args: &BackupListArgs) -> i32 {
         Err(e) => {
             eprintln!("pgwarden: backup-list: {e:#}");
             1
+        }
+    }
+}
+
+/// `wal-verify`: reads the catalogue and the WAL listing; exit 1 when a segment a
+/// restore needs is missing.
+async fn wal_verify(args: &BackupListArgs) -> i32 {
+    let checked = async {
+        use crate::wal::storage::Storage;
+        let cfg = crate::wal_cli::config(&args.client).map_err(anyhow::Error::msg)?;
+        let storage = cfg.open(None).await?;
+        let backups = crate::backup::list::list(&storage, &cfg.base()).await?;
+        let keys: Vec<String> = storage
+            .list(&format!("{}/wals/", cfg.base()), usize::MAX)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let mut histories = std::collections::BTreeMap::new();
+        for key in &keys {
+            let Some((name, codec)) = key
+                .rsplit('/')
+                .next()
+                .and_then(crate::wal::compress::split_codec)
+            else {
+                continue;
+            };
+            if name.kind != crate::wal::names::WalKind::History {
+                continue;
+            }
+            if let Some((body, _)) = storage.get(key).await? {
+                let text = codec.decompress(&body, 1 << 20)?;
+                histories.insert(name.timeline, String::from_utf8_lossy(&text).into_owned());
+            }
+        }
+        anyhow::Ok(crate::backup::verify::verify(&keys, &histories, &backups))
+    };
+    match checked.await {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", crate::backup::verify::render(&report));
+            }
+            i32::from(!report.missing.is_empty())
+        }
+        Err(e) => {
+            eprintln!("pgwarden: wal-verify: {e:#}");
+            2
         }
     }
 }

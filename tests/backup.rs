@@ -264,3 +264,57 @@ async fn a_backup_without_an_archive_is_refused_clearly() {
     assert!(!ok);
     assert!(out.contains("PGWARDEN_ARCHIVE_URL"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_verify_names_a_missing_segment_and_the_backup_it_breaks() {
+    let tmp = test_dir();
+    let store = Store::fs();
+    let Store::Fs(root) = &store else {
+        unreachable!()
+    };
+    let mut pg = Instance::primary(tmp.path(), "verify");
+    store.configure(&mut pg, "verify");
+    pg.start().wait_ready();
+    let client = pg.connect().await;
+    client
+        .batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    let (ok, out) = backup(&pg);
+    assert!(ok, "{out}");
+    let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (id, begin) = (
+        info["backup_id"].as_str().unwrap().to_owned(),
+        info["begin_wal"].as_str().unwrap().to_owned(),
+    );
+    for _ in 0..2 {
+        client
+            .batch_execute("INSERT INTO t SELECT g FROM generate_series(1, 1000) g")
+            .await
+            .unwrap();
+        switch_and_wait_archived(&pg).await;
+    }
+    let (code, out) = pg.run_cli(&["wal-verify"]);
+    assert!(code.success(), "{out}");
+    assert!(out.starts_with("OK:"), "{out}");
+
+    // The backup's first segment goes missing: the backup cannot be restored.
+    let object = root
+        .path()
+        .join("verify/wals")
+        .join(&begin[..16])
+        .join(format!("{begin}.zst"));
+    std::fs::remove_file(&object).unwrap();
+    let (code, out) = pg.run_cli(&["wal-verify", "--json"]);
+    assert_eq!(code.code(), Some(1), "{out}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["status"], "FAILURE");
+    assert_eq!(report["missing"][0]["segment"], begin.as_str());
+    assert_eq!(report["missing"][0]["unrestorable_backups"][0], id.as_str());
+    let (code, out) = pg.run_cli(&["wal-verify"]);
+    assert_eq!(code.code(), Some(1));
+    assert!(
+        out.contains(&format!("missing {begin}")) && out.contains(&id),
+        "{out}"
+    );
+}

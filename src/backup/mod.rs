@@ -6,12 +6,14 @@
 //! <prefix>/<server>/base/<backup_id>/backup.info      written last
 //! ```
 //!
-//! [`take`] streams a backup of the local instance, [`list`] reads the catalogue.
+//! [`take`] streams a backup of the local instance, [`list`] reads the catalogue,
+//! [`verify`] checks that the WAL the backups need is all there.
 
 pub mod info;
 pub mod list;
 pub mod take;
 pub mod tar;
+pub mod verify;
 
 pub use info::{BackupInfo, Lsn};
 
