@@ -264,7 +264,10 @@ mod tests {
             .cloned()
             .collect();
         // The newest archived is then 5: nothing after it is expected yet.
-        assert_eq!(verify(&gap, &BTreeMap::new(), &[b1.clone()]).status, "OK");
+        assert_eq!(
+            verify(&gap, &BTreeMap::new(), std::slice::from_ref(&b1)).status,
+            "OK"
+        );
         let gap: Vec<String> = all
             .iter()
             .filter(|k| !k.contains("0000000000000004"))
@@ -292,7 +295,7 @@ mod tests {
             "000000020000000000000006",
             "00000002.history",
         ]);
-        let r = verify(&names, &hist, &[b.clone()]);
+        let r = verify(&names, &hist, std::slice::from_ref(&b));
         assert_eq!((r.status, r.timeline, r.checked), ("OK", 2, 4), "{r:?}");
         names.retain(|k| !k.ends_with("000000020000000000000005.zst"));
         let r = verify(&names, &hist, &[b]);
