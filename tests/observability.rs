@@ -349,6 +349,10 @@ fn watch_liveness(
 async fn liveness_stays_up_through_a_restart_and_a_fence() {
     let tmp = test_dir();
     let mut pg = Instance::new(tmp.path(), "alive");
+    // A smart shutdown that waits for the open session below, so that the exiting
+    // pgwarden can be seen failing liveness (SIGTERM is otherwise a fast shutdown,
+    // over in a fraction of a second).
+    pg.set("PGWARDEN_SMART_SHUTDOWN_TIMEOUT", "5");
     pg.start().wait_ready();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = watch_liveness(&pg, stop.clone());
