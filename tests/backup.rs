@@ -52,16 +52,22 @@ async fn count(pg: &Instance) -> i64 {
         .get(0)
 }
 
+/// A running primary archiving to a fresh Garage bucket as server `name`, in gzip,
+/// which barman-cloud 3.4 reads (it has no zstd).
+fn primary_on_s3(tmp: &std::path::Path, name: &str) -> (Store, Instance) {
+    let store = Store::s3();
+    let mut pg = Instance::primary(tmp, name);
+    store.configure(&mut pg, name);
+    pg.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
+    pg.start().wait_ready();
+    (store, pg)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_is_listed_by_both_tools_and_barman_cloud_restores_it() {
     let tmp = test_dir();
-    let store = Store::s3();
+    let (store, pg) = primary_on_s3(tmp.path(), "bk");
     let Store::S3(g) = &store else { unreachable!() };
-    let mut pg = Instance::primary(tmp.path(), "bk");
-    store.configure(&mut pg, "bk");
-    // barman-cloud 3.4 reads gzip WAL, not zstd.
-    pg.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
-    pg.start().wait_ready();
     pg.connect()
         .await
         .batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
@@ -187,12 +193,8 @@ fn futures_block<F: std::future::Future>(f: F) -> F::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backup_is_never_listed_and_the_next_one_succeeds() {
     let tmp = test_dir();
-    let store = Store::s3();
+    let (store, mut pg) = primary_on_s3(tmp.path(), "killbk");
     let Store::S3(g) = &store else { unreachable!() };
-    let mut pg = Instance::primary(tmp.path(), "killbk");
-    store.configure(&mut pg, "killbk");
-    pg.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
-    pg.start().wait_ready();
     pgbench(&pg, &["-i", "-q", "-s", "15"]);
     let mut running = pg
         .command_for_test(&["backup"])
