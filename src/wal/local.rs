@@ -27,6 +27,8 @@ static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 pub struct LocalDir {
     fd: Arc<OwnedFd>,
     path: PathBuf,
+    /// `path` with symlinks resolved, once, for [`LocalDir::name_in`].
+    canonical: PathBuf,
     owner: Option<Owner>,
 }
 
@@ -67,6 +69,7 @@ impl LocalDir {
         Ok(LocalDir {
             fd: Arc::new(fd),
             path: path.to_path_buf(),
+            canonical: path.canonicalize()?,
             owner,
         })
     }
@@ -100,10 +103,7 @@ impl LocalDir {
         {
             return Err(refuse("a path with .."));
         }
-        let same = match (parent.canonicalize(), self.path.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
+        let same = parent.canonicalize().is_ok_and(|p| p == self.canonical);
         if !same {
             return Err(refuse("outside the WAL directory"));
         }
