@@ -134,9 +134,7 @@ async fn checkpoint(State(ctl): State<ControlState>) -> (StatusCode, Json<Value>
 async fn promote_route(State(ctl): State<ControlState>) -> (StatusCode, Json<Value>) {
     match promote(&ctl.settings).await {
         Ok(timeline) => {
-            tokio::spawn(async move {
-                crate::supervisor::after_start(&ctl.settings, &ctl.runner).await
-            });
+            tokio::spawn(async move { crate::supervisor::after_start(&ctl.settings).await });
             (
                 StatusCode::OK,
                 Json(json!({"promoted": true, "timeline": timeline})),

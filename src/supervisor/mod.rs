@@ -152,6 +152,13 @@ impl Supervisor {
             st.pid = Some(pid);
             st.started = true;
         });
+        // A standby's slot on the primary is made sure of now, not once postgres is
+        // ready: a standby rewound past its local WAL reaches consistency only by
+        // streaming, and streams only through its slot.
+        if crate::replica::is_standby(&s.pgdata) {
+            let (settings, runner) = (self.settings.clone(), self.runner());
+            tokio::spawn(async move { ensure_standby_slot(&settings, &runner).await });
+        }
         let mut mode: Option<Mode> = None;
         // When a shutdown still running turns immediate (set by the first stop signal).
         let mut immediate_at: Option<Instant> = None;
@@ -256,8 +263,10 @@ impl Supervisor {
                         ready = true;
                         info!(pid, "postgres accepts connections");
                         self.publish(|st| st.state = State::Running);
-                        let (settings, runner) = (self.settings.clone(), self.runner());
-                        tokio::spawn(async move { after_start(&settings, &runner).await });
+                        if !crate::replica::is_standby(&s.pgdata) {
+                            let settings = self.settings.clone();
+                            tokio::spawn(async move { after_start(&settings).await });
+                        }
                     }
                 }
             }
@@ -435,26 +444,29 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Work for each time postgres comes up: on a primary, the replication role; on a
-/// standby, its slot on the primary, retried while the primary is unreachable.
-pub async fn after_start(s: &Settings, runner: &Runner) {
-    if crate::replica::is_standby(&s.pgdata) {
-        for attempt in 1..=30 {
-            match crate::replica::remote::ensure_slot(s, runner).await {
-                Ok(()) => return,
-                Err(e) => warn!(
-                    attempt,
-                    error = format!("{e:#}"),
-                    "cannot make sure our slot exists on the primary; retrying"
-                ),
-            }
-            tokio::time::sleep(Duration::from_secs(10)).await;
-        }
-    } else if let Err(e) = crate::roles::ensure_replication_role(s).await {
+/// Work for each time a primary comes up: the replication role.
+pub async fn after_start(s: &Settings) {
+    if let Err(e) = crate::roles::ensure_replication_role(s).await {
         error!(
             error = format!("{e:#}"),
             "cannot set up the replication role"
         );
+    }
+}
+
+/// Each time a standby's postgres is started: its slot on the primary, retried while
+/// the primary is unreachable.
+pub async fn ensure_standby_slot(s: &Settings, runner: &Runner) {
+    for attempt in 1..=30 {
+        match crate::replica::remote::ensure_slot(s, runner).await {
+            Ok(()) => return,
+            Err(e) => warn!(
+                attempt,
+                error = format!("{e:#}"),
+                "cannot make sure our slot exists on the primary; retrying"
+            ),
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }
 
