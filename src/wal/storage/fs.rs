@@ -62,11 +62,6 @@ impl FsStorage {
         Ok(FsStorage { root, owner })
     }
 
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Gives a new file or directory its owner (when running as root) and mode.
     fn settle(&self, file: &std::fs::File, path: &Path, mode: u32) -> Result<(), StorageError> {
         if let Some(o) = self.owner {

@@ -35,11 +35,6 @@ impl<'a, S: Storage> Retrying<'a, S> {
         }
     }
 
-    /// The wrapped storage, for callers that need it without the policy.
-    pub fn inner(&self) -> &'a S {
-        self.inner
-    }
-
     async fn run<T, F, Fut>(&self, what: String, mut op: F) -> Result<T, StorageError>
     where
         F: FnMut() -> Fut,
