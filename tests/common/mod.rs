@@ -29,13 +29,39 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, never handed out twice by this process.
+///
+/// Not the kernel's `bind(0)`: that draws from the ephemeral range, which every outgoing
+/// connection also draws from, and a port freed by one test can be drawn again by the next.
+/// Two servers then share a number: postgres (which binds IPv6 with `IPV6_V6ONLY`) keeps
+/// only `[::]` and a client on 127.0.0.1 reaches another test's HTTP server instead. So
+/// ports come from below the ephemeral range, in order from a per-process start, and each
+/// is checked free on both families.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 15_000;
+    const SPAN: u32 = 17_000; // up to 31999, below Linux's ephemeral 32768
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        // One at a time: a held IPv4 listener would make the dual-stack bind fail.
+        let v4_free = TcpListener::bind(("0.0.0.0", port)).is_ok();
+        let v6_free = v4_free && (!ipv6_available() || TcpListener::bind(("::", port)).is_ok());
+        if v6_free {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
+}
+
+fn ipv6_available() -> bool {
+    TcpListener::bind(("::1", 0)).is_ok()
 }
 
 /// A temp dir the postgres user can traverse (tests run as root in CI).
