@@ -7,13 +7,20 @@
 //! ```
 //!
 //! [`take`] streams a backup of the local instance, [`list`] reads the catalogue,
-//! [`verify`] checks that the WAL the backups need is all there.
+//! [`verify`] checks that the WAL the backups need is all there, [`delete`] applies
+//! a retention [`policy`] (or deletes one backup) with barman's rules.
 
+pub mod catalogue;
+pub mod civil;
+pub mod delete;
 pub mod info;
 pub mod list;
+pub mod policy;
+pub mod retention;
 pub mod take;
 pub mod tar;
 pub mod verify;
+pub mod walclean;
 
 pub use info::{BackupInfo, Lsn};
 
@@ -64,16 +71,7 @@ pub fn utc(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil::civil_from_days(days);
     (
         year,
         month,
