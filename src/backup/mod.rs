@@ -12,11 +12,16 @@
 
 pub mod catalogue;
 pub mod civil;
+pub mod config;
+pub mod cron;
 pub mod delete;
 pub mod info;
 pub mod list;
 pub mod policy;
 pub mod retention;
+pub mod schedule;
+pub mod scheduler;
+pub mod service;
 pub mod take;
 pub mod tar;
 pub mod verify;
@@ -102,6 +107,31 @@ pub struct BackupStatus {
     pub running: Option<Running>,
     /// The last backup that finished, well or not.
     pub last: Option<Finished>,
+    /// `PGWARDEN_BACKUP_SCHEDULE`, when set.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// When the schedule takes the next backup (UTC, RFC 3339); in the past while
+    /// it waits for the instance to be ready as a primary.
+    #[serde(default)]
+    pub next_scheduled: Option<String>,
+    /// The last run of `PGWARDEN_BACKUP_RETENTION`.
+    #[serde(default)]
+    pub retention: Option<RetentionRun>,
+}
+
+/// One application of the retention policy, after a backup.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RetentionRun {
+    /// The policy, in barman's spelling.
+    pub policy: String,
+    /// When it ran (UTC, RFC 3339).
+    pub at: String,
+    /// The backups it deleted.
+    pub deleted_backups: Vec<String>,
+    /// WAL objects it deleted.
+    pub deleted_wal: usize,
+    /// Why it stopped, if it did.
+    pub error: Option<String>,
 }
 
 /// A backup under way.
