@@ -177,7 +177,12 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Checkpoint(args) => local_call(&args, "POST", "/checkpoint"),
         Command::Fence(args) => local_call(&args, "POST", "/fence"),
         Command::Unfence(args) => local_call(&args, "POST", "/unfence"),
-        Command::Backup(args) => local_call(&args, "POST", "/backup"),
+        Command::Backup(args) => local_call_within(
+            &args,
+            "POST",
+            "/backup",
+            std::time::Duration::from_secs(7 * 86_400),
+        ),
         Command::BackupList(args) => runtime.block_on(backup_list(&args)),
         Command::BackupDelete(args) => runtime.block_on(backup_delete(&args)),
         Command::WalVerify(args) => runtime.block_on(wal_verify(&args)),
@@ -400,8 +405,20 @@ async fn wal_verify(args: &BackupListArgs) -> i32 {
 
 /// Calls the running pgwarden over its control socket and prints the answer.
 fn local_call(args: &LocalArgs, method: &str, route: &str) -> i32 {
+    local_call_within(args, method, route, std::time::Duration::from_secs(120))
+}
+
+/// [`local_call`], waiting at most `timeout` for the answer. `pgwarden backup` answers
+/// when the backup (and the retention after it) is done, which for a large database
+/// is hours: the socket then stays silent far longer than any verb's two minutes.
+fn local_call_within(
+    args: &LocalArgs,
+    method: &str,
+    route: &str,
+    timeout: std::time::Duration,
+) -> i32 {
     let path = crate::run::control_socket(&args.socket_dir);
-    match client::request(&Target::Unix(path.clone()), method, route, &[]) {
+    match client::request_with_timeout(&Target::Unix(path.clone()), method, route, &[], timeout) {
         Ok(r) => {
             println!("{}", r.body.trim_end());
             if r.status == 200 {

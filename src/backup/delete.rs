@@ -248,8 +248,14 @@ pub async fn prepare<S: Storage>(
     let cat = super::catalogue::load(&reader, server_base)
         .await
         .context("read the catalogue")?;
-    let plan = plan(&cat, selection, now)?;
-    Ok((cat, plan))
+    // Names compared by the thousand on a large archive: off the async workers.
+    let selection = selection.clone();
+    tokio::task::spawn_blocking(move || {
+        let plan = plan(&cat, &selection, now)?;
+        anyhow::Ok((cat, plan))
+    })
+    .await
+    .context("the planning thread")?
 }
 
 /// The policy's verdicts, one line a backup: `backup <id> <VERDICT>`.
