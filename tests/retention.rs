@@ -541,6 +541,27 @@ async fn a_schedule_takes_backups_and_retention_runs_after_each() {
     assert!(code.success(), "{out}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_backup_applies_the_retention_policy_too() {
+    let tmp = test_dir();
+    let store = Store::fs();
+    let mut pg = Instance::primary(tmp.path(), "postret");
+    store.configure(&mut pg, "postret");
+    pg.set("PGWARDEN_BACKUP_RETENTION", "redundancy 1");
+    pg.start().wait_ready();
+    let (first, _) = backup(&pg);
+    switch_and_wait_archived(&pg).await;
+    let (second, _) = backup(&pg);
+    // `pgwarden backup` answers once the retention after the backup is done.
+    assert_eq!(listed(&pg), vec![second]);
+    let st = pg.status().backup;
+    let run = st.retention.expect("a retention run in /status");
+    assert_eq!(run.deleted_backups, vec![first]);
+    assert!(run.deleted_wal > 0, "{run:?}");
+    assert_eq!(st.schedule, None);
+    assert_eq!(st.next_scheduled, None);
+}
+
 #[test]
 fn bad_schedule_or_retention_settings_are_refused_at_start() {
     let tmp = test_dir();
