@@ -85,11 +85,15 @@ impl Entry {
             })?),
             None => None,
         };
-        let end_time = match get("end_time") {
-            Some(t) => Some(parse_barman_time(t).ok_or_else(|| {
-                format!("backup.info of {backup_id}: end_time {t:?} is not a time")
-            })?),
-            None => None,
+        // Only a DONE backup's end time is ever read (by a recovery window).
+        let end_time = match get("end_time").map(|t| (t, parse_barman_time(t))) {
+            Some((_, Some(t))) => Some(t),
+            Some((t, None)) if status == "DONE" => {
+                return Err(format!(
+                    "backup.info of {backup_id}: end_time {t:?} is not a time"
+                ))
+            }
+            _ => None,
         };
         let entry = Entry {
             backup_id: backup_id.to_owned(),
@@ -314,6 +318,10 @@ mod tests {
         assert!(Entry::parse("x", "status=DONE\ntimeline=1\n").is_err());
         assert!(Entry::parse("x", "timeline=1\n").is_err());
         assert!(Entry::parse("x", "status=DONE\ntimeline=one\nbegin_wal=0\n").is_err());
+        let odd_time = "status=DONE\ntimeline=1\nbegin_wal=0\nend_time=yesterday\n";
+        assert!(Entry::parse("x", odd_time).is_err());
+        let odd_failed = "status=FAILED\nend_time=yesterday\n";
+        assert_eq!(Entry::parse("x", odd_failed).unwrap().end_time, None);
         assert_eq!(Keep::from_annotation("standalone"), Keep::Standalone);
         assert_eq!(Keep::from_annotation("full"), Keep::Full);
         assert_eq!(Keep::from_annotation("something else"), Keep::Full);

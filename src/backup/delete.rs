@@ -207,8 +207,9 @@ pub async fn execute<S: Storage + Clone + 'static>(
             }
             done(key);
         }
+        // No log line here: the command line prints its own lines on stdout, where
+        // the log goes too, and `pgwarden run` logs the summary.
         summary.backups.push(step.backup_id.clone());
-        tracing::info!(backup_id = %step.backup_id, dry_run, wal = step.wal.len(), "backup deleted");
         if dry_run {
             step.wal.iter().for_each(|k| done(k));
         } else {
