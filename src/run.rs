@@ -141,7 +141,15 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     }
     serve_control(&settings, http::router(app.clone()).merge(control))?;
     if let Some(schedule) = settings.backups.schedule.clone() {
-        info!(schedule = ?settings.backups.schedule_text, retention = ?settings.backups.retention.map(|p| p.to_string()), "scheduled backups on");
+        info!(
+            schedule = settings
+                .backups
+                .schedule_text
+                .as_deref()
+                .unwrap_or_default(),
+            retention = settings.backups.retention.map(|p| p.to_string()),
+            "scheduled backups on"
+        );
         crate::backup::scheduler::Scheduler {
             schedule,
             backups: scheduled_backups,
