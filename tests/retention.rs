@@ -179,6 +179,16 @@ async fn retention_selects_what_barman_cloud_selects_and_deletes_it() {
     let mut ids = vec![backup(&pg).0];
     some_wal(&pg).await;
     let before: BTreeSet<String> = listed(&pg).into_iter().collect();
+    // barman-cloud names its backup after the current second, and would write into
+    // an existing directory of the same name.
+    eventually(
+        Duration::from_secs(5),
+        "the clock passes the last id",
+        || match pgwarden::backup::backup_id(std::time::SystemTime::now()) {
+            now if now > ids[0] => Ok(()),
+            now => Err(now),
+        },
+    );
     let port = pg.port.to_string();
     barman(
         g,
@@ -550,6 +560,13 @@ async fn a_requested_backup_applies_the_retention_policy_too() {
     pg.set("PGWARDEN_BACKUP_RETENTION", "redundancy 1");
     pg.start().wait_ready();
     let (first, _) = backup(&pg);
+    // Something to archive between the two: a switch with nothing written after a
+    // backup is no switch, and the helper would wait for a segment that never comes.
+    pg.connect()
+        .await
+        .batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
     switch_and_wait_archived(&pg).await;
     let (second, _) = backup(&pg);
     // `pgwarden backup` answers once the retention after the backup is done.
