@@ -124,17 +124,29 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         }
     }
     let mut control = http::control::router(ctl).merge(http::backup::router(backups));
-    if let Some(cfg) = &settings.archive {
+    if settings.archive.is_some() || settings.restore.is_some() {
         let owner = settings.run_as.as_ref().map(|u| u.owner());
+        let source = settings
+            .restore
+            .as_ref()
+            .map(|r| crate::wal::daemon::Source {
+                cfg: r.source.clone(),
+                always: settings.follows_archive(),
+            });
         let daemon = crate::wal::daemon::Daemon::start(
-            cfg.clone(),
+            settings.archive.clone(),
+            source,
             settings.pgdata.clone(),
             owner,
             status_tx.subscribe(),
         )
         .await
         .context("PGWARDEN_ARCHIVE_URL: start the WAL daemon")?;
-        info!(url = %cfg.url, server = %cfg.server, parallel = cfg.parallel, "WAL daemon started");
+        info!(
+            archive = ?settings.archive.as_ref().map(|c| c.url.as_str()),
+            restore_from = ?settings.restore.as_ref().map(|r| r.source.url.as_str()),
+            "WAL daemon started"
+        );
         daemon_tx.send_replace(Some(daemon.clone()));
         control = control.merge(http::wal::router(daemon));
     }

@@ -37,7 +37,8 @@ pub fn router(state: BackupState) -> Router {
 }
 
 async fn backup(State(b): State<BackupState>) -> (StatusCode, Json<Value>) {
-    let Some(daemon) = b.daemon.borrow().clone() else {
+    // A daemon that only restores has no archive of its own to take backups into.
+    let Some(daemon) = b.daemon.borrow().clone().filter(|d| d.archives()) else {
         return (
             StatusCode::CONFLICT,
             Json(

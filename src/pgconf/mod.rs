@@ -138,15 +138,38 @@ pub fn render_postgresql_conf(
     out += &line("logging_collector", "off")?;
     out += &line("log_line_prefix", crate::logging::POSTGRES_LOG_PREFIX)?;
     out += &line("restart_after_crash", "off")?;
+    let exe = quote::shell(&s.exe.to_string_lossy());
     match &s.archive {
         Some(_) => {
-            let exe = quote::shell(&s.exe.to_string_lossy());
             out += &line("archive_mode", "on")?;
             out += &line("archive_command", &format!("{exe} wal-archive %p"))?;
-            // Used only in recovery and on standbys.
-            out += &line("restore_command", &format!("{exe} wal-restore %f %p"))?;
         }
         None => out += &line("archive_mode", "off")?,
+    }
+    if s.archive.is_some() || s.restore.is_some() {
+        // Used only in recovery and on standbys; from the restore archive while
+        // recovering from a backup (the WAL daemon decides).
+        out += &line("restore_command", &format!("{exe} wal-restore %f %p"))?;
+    }
+    if let Some(r) = &s.restore {
+        // A target means something only to the recovery from the backup: it is written
+        // while PGDATA is about to be restored or still recovering, and dropped once
+        // postgres has promoted (and removed recovery.signal).
+        let recovering = !data_dir.join("PG_VERSION").exists()
+            || data_dir
+                .join(crate::backup::restore::RECOVERY_SIGNAL)
+                .exists();
+        let has_target = r.target != crate::backup::restore::RecoveryTarget::End;
+        if recovering && s.role == crate::settings::Role::Primary && has_target {
+            out.push_str(&format!(
+                "\n# Recovery from the backup ({})\n",
+                r.target.setting()
+            ));
+            for (name, value) in r.target.conf() {
+                out += &line(name, &value)?;
+            }
+            out += &line("recovery_target_action", "promote")?;
+        }
     }
     // Used only while standby.signal exists, so harmless on a primary; present whenever a
     // primary is configured so that a demoted instance needs no second render.

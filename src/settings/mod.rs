@@ -152,6 +152,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// WAL archiving, when PGWARDEN_ARCHIVE_URL is set.
     pub archive: Option<crate::wal::ArchiveConfig>,
+    /// Bootstrap from a backup in an archive, when PGWARDEN_RESTORE_URL is set.
+    pub restore: Option<crate::backup::restore::RestoreConfig>,
     /// How base backups are compressed.
     pub backup_compression: crate::backup::BackupCompression,
     /// This binary, as archive_command and restore_command call it.
@@ -372,6 +374,13 @@ impl Settings {
 
         let archive = crate::wal::ArchiveConfig::from_args(&args.archive, &name)
             .map_err(|(setting, m)| invalid(setting, m))?;
+        let restore = crate::backup::restore::RestoreConfig::from_args(
+            &args.restore,
+            &args.archive,
+            archive.as_ref(),
+            &name,
+        )
+        .map_err(|(setting, m)| invalid(setting, m))?;
         let backup_compression =
             crate::backup::BackupCompression::from_setting(&args.backup_compression)
                 .map_err(|(setting, m)| invalid(setting, m))?;
@@ -434,11 +443,13 @@ impl Settings {
                 _ => {}
             }
         }
-        if role == Role::Replica {
+        // A replica without a primary to stream from follows the restore archive.
+        if role == Role::Replica && !(args.primary_host.is_none() && restore.is_some()) {
             if args.primary_host.is_none() {
                 return Err(invalid(
                     "PGWARDEN_PRIMARY_HOST",
-                    "role replica needs the host name of the primary to stream from",
+                    "role replica needs the host name of the primary to stream from \
+                     (or PGWARDEN_RESTORE_URL, to follow an archive instead)",
                 ));
             }
             if replication_password.is_none() {
@@ -489,6 +500,7 @@ impl Settings {
             crash_window: Duration::from_secs(args.crash_window.max(1)),
             data_state,
             archive,
+            restore,
             backup_compression,
             exe,
             api_token,
@@ -517,6 +529,12 @@ impl Settings {
     /// lives beside the sockets, outside PGDATA, so that no base backup copies it.
     pub fn passfile(&self) -> PathBuf {
         self.socket_dir.join("pgwarden-replication.pgpass")
+    }
+
+    /// A standby with no primary to stream from, that replays the restore archive
+    /// (a disaster-recovery replica in another region).
+    pub fn follows_archive(&self) -> bool {
+        self.role == Role::Replica && self.primary_host.is_none() && self.restore.is_some()
     }
 
     /// The libpq connection string to the primary, without a password (see [`Settings::passfile`]).
