@@ -11,6 +11,7 @@
 
 pub mod info;
 pub mod list;
+pub mod pargz;
 pub mod restore;
 pub mod take;
 pub mod tar;
