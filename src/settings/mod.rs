@@ -429,7 +429,10 @@ impl Settings {
         };
         if !initialized {
             match role {
-                Role::Primary if password.is_none() && host_auth_method != "trust" => {
+                // A restored cluster keeps the source's roles and passwords.
+                Role::Primary
+                    if password.is_none() && host_auth_method != "trust" && restore.is_none() =>
+                {
                     return Err(invalid(
                         "POSTGRES_PASSWORD",
                         format!(

@@ -223,6 +223,14 @@ async fn data_objects<S: Storage>(
         .context("list the backup's objects")?
     {
         let name = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
+        if name
+            .split('.')
+            .next()
+            .is_some_and(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
+        {
+            // barman-cloud stores each tablespace as <oid>.tar[.gz].
+            bail!("backup {} has tablespaces ({name}); pgwarden restores only backups without (restore it with barman-cloud-restore --tablespace)", b.backup_id);
+        }
         if !name.starts_with("data") {
             continue;
         }
