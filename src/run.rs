@@ -153,13 +153,13 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     serve_control(&settings, http::router(app).merge(control))?;
     // A base backup of an adopted primary brings its .orig files: a replica must run with
     // the same settings (a hot standby refuses a lower max_connections, for one).
-    let (settings, rendered) = match reload_adopted(&settings)? {
+    let (settings, rendered) = match settle(&settings, &runner).await? {
         Some(next) => {
             let next = Arc::new(next);
             let r = pgconf::render(&next, &next.pgdata, &resources)?;
             pgconf::validate(&r, &next.bin("postgres"), next.run_as.as_ref(), &runner)
                 .await
-                .context("PGDATA: the adopted configuration the base backup brought")?;
+                .context("PGDATA: the configuration with what the bootstrap brought (adopted settings, the source's recovery parameters)")?;
             (next, r)
         }
         None => (settings, rendered),
@@ -189,6 +189,30 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         refused: None,
     };
     Ok(sup.run(&mut signals).await)
+}
+
+/// Settings with what PGDATA now holds, when that changes them: the adopted layer a
+/// base backup brought, and, while recovering from a restored backup, the source's
+/// values of the parameters recovery needs at least.
+async fn settle(s: &Settings, runner: &Runner) -> Result<Option<Settings>> {
+    let mut next = reload_adopted(s)?;
+    let recovering = [
+        crate::backup::restore::RECOVERY_SIGNAL,
+        replica::STANDBY_SIGNAL,
+    ]
+    .iter()
+    .any(|f| s.pgdata.join(f).exists());
+    if s.restore.is_some() && recovering {
+        let floor = replica::controldata::hot_standby_floor(s, runner, &s.pgdata)
+            .await
+            .context("PGDATA: read the restored cluster's control file")?;
+        if floor != s.recovery_floor {
+            let mut n = next.unwrap_or_else(|| s.clone());
+            n.recovery_floor = floor;
+            next = Some(n);
+        }
+    }
+    Ok(next)
 }
 
 /// Settings with the adopted layer read again, when the bootstrap brought one.

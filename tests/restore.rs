@@ -45,7 +45,20 @@ async fn timeline(pg: &Instance) -> String {
 /// A primary archiving into `store` as server `name`, with a table `t` of 1000 rows
 /// and one backup of it.
 async fn source(tmp: &std::path::Path, store: &Store, name: &str) -> (Instance, String) {
+    source_with(tmp, store, name, "").await
+}
+
+/// [`source`] with `conf` added to the instance's settings.
+async fn source_with(
+    tmp: &std::path::Path,
+    store: &Store,
+    name: &str,
+    conf: &str,
+) -> (Instance, String) {
     let mut pg = Instance::primary(tmp, name);
+    let mut text = std::fs::read_to_string(&pg.user_conf).unwrap();
+    text.push_str(conf);
+    std::fs::write(&pg.user_conf, text).unwrap();
     store.configure(&mut pg, name);
     pg.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
     pg.start().wait_ready();
@@ -292,9 +305,11 @@ fn archive_listing(store: &Store) -> Vec<(String, u64)> {
 async fn a_standby_follows_the_archive_then_promotes() {
     let tmp = test_dir();
     let store = Store::fs();
-    let (src, _) = source(tmp.path(), &store, "src").await;
+    let (src, _) = source_with(tmp.path(), &store, "src", "max_connections = 60\n").await;
     switch_and_wait_archived(&src).await;
 
+    // A smaller standby (max_connections 40, below the source's 60) still replays:
+    // pgwarden raises what recovery needs to the source's values.
     let mut dr = Instance::new(tmp.path(), "dr");
     dr.unset("POSTGRES_PASSWORD")
         .set("PGWARDEN_ROLE", "replica")
@@ -303,6 +318,14 @@ async fn a_standby_follows_the_archive_then_promotes() {
     dr.start();
     dr.wait_for("/replica", 200, Duration::from_secs(120));
     assert_eq!(count(&dr).await, 1000);
+    let max: String = dr
+        .connect()
+        .await
+        .query_one("SHOW max_connections", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(max, "60", "raised to the source's value for recovery");
 
     // Rows committed on the primary after the standby's bootstrap reach it through
     // the archive alone: there is no network path between them.

@@ -151,6 +151,7 @@ pub fn render_postgresql_conf(
         // recovering from a backup (the WAL daemon decides).
         out += &line("restore_command", &format!("{exe} wal-restore %f %p"))?;
     }
+    out += &recovery_floor(s, resources)?;
     if let Some(r) = &s.restore {
         // A target means something only to the recovery from the backup: it is written
         // while PGDATA is about to be restored or still recovering, and dropped once
@@ -179,6 +180,47 @@ pub fn render_postgresql_conf(
         out += &line("recovery_target_timeline", "latest")?;
     }
     Ok(out)
+}
+
+/// postgres's own defaults of the parameters in [`Settings::recovery_floor`].
+fn builtin_default(name: &str) -> i64 {
+    match name {
+        "max_connections" => 100,
+        "max_worker_processes" => 8,
+        "max_wal_senders" => 10,
+        "max_locks_per_transaction" => 64,
+        _ => 0,
+    }
+}
+
+/// Raises the parameters recovery needs to the source's values where what would be in
+/// force (the user's value, else pgwarden's default, else postgres's) is lower: a
+/// standby refuses to replay below them, so a lower value can only stop the restore.
+fn recovery_floor(s: &Settings, resources: &Resources) -> Result<String, NewlineError> {
+    let defaults = tuning::tune(resources);
+    let mut out = String::new();
+    for (name, floor) in &s.recovery_floor {
+        let configured = s
+            .user_value(name)
+            .or_else(|| {
+                defaults
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            })
+            .or((name == "max_wal_senders").then_some("10"))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or_else(|| builtin_default(name));
+        if *floor > configured {
+            out += &line(name, &floor.to_string())?;
+        }
+    }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    Ok(format!(
+        "\n# Raised to the source cluster's values, which recovery needs at least\n{out}"
+    ))
 }
 
 /// Name of the pg_ident.conf map that lets pgwarden in over the socket without a password.

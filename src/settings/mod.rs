@@ -154,6 +154,10 @@ pub struct Settings {
     pub archive: Option<crate::wal::ArchiveConfig>,
     /// Bootstrap from a backup in an archive, when PGWARDEN_RESTORE_URL is set.
     pub restore: Option<crate::backup::restore::RestoreConfig>,
+    /// While recovering from a backup: the source's values of the parameters a
+    /// standby may not run below (from pg_controldata), which pgwarden renders when
+    /// they are higher than the configured ones. Empty otherwise.
+    pub recovery_floor: Vec<(String, i64)>,
     /// How base backups are compressed.
     pub backup_compression: crate::backup::BackupCompression,
     /// This binary, as archive_command and restore_command call it.
@@ -504,6 +508,7 @@ impl Settings {
             data_state,
             archive,
             restore,
+            recovery_floor: Vec::new(),
             backup_compression,
             exe,
             api_token,
