@@ -64,7 +64,13 @@ impl Scheduler {
     /// (its storage client) runs.
     async fn newest_in_archive(&self) -> Option<SystemTime> {
         let daemon = loop {
-            if let Some(d) = self.backups.daemon.borrow().clone() {
+            if let Some(d) = self
+                .backups
+                .daemon
+                .borrow()
+                .clone()
+                .filter(|d| d.archives())
+            {
                 break d;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -45,7 +45,8 @@ impl Backups {
     /// retention failure does not fail the backup: it is logged and shown in
     /// `/status`, and the next backup's retention takes it up again.
     pub async fn take(&self, trigger: &'static str) -> Result<super::BackupInfo, BackupError> {
-        let Some(daemon) = self.daemon.borrow().clone() else {
+        // A daemon that only restores has no archive of its own to take backups into.
+        let Some(daemon) = self.daemon.borrow().clone().filter(|d| d.archives()) else {
             return Err(BackupError::NoArchive);
         };
         let Ok(_guard) = self.one_at_a_time.try_lock() else {

@@ -369,6 +369,22 @@ pub fn registry(app: &AppState) -> Registry {
             "Segments the prefetcher failed to fetch (restore_command then fetched them itself)",
             s.prefetch_failures,
         );
+        if let Some(t) = s.last_restored_unix {
+            gauge(
+                &r,
+                "pgwarden_restore_last_segment_timestamp_seconds",
+                "When restore_command last got a WAL segment from the archive (a standby following an archive: its replay progress)",
+                t,
+            );
+        }
+        if let Some(age) = s.last_restored_age_seconds {
+            gauge(
+                &r,
+                "pgwarden_restore_last_segment_age_seconds",
+                "Seconds since restore_command last got a WAL segment from the archive",
+                age,
+            );
+        }
         for h in d.histograms() {
             let _ = r.register(Box::new(h));
         }

@@ -175,6 +175,10 @@ pub struct SettingsArgs {
     #[command(flatten)]
     pub archive: crate::wal::ArchiveArgs,
 
+    /// Bootstrap from a backup, and recovery targets.
+    #[command(flatten)]
+    pub restore: crate::backup::restore::RestoreArgs,
+
     /// Base backup compression: `gzip` or `none` (barman-cloud restores no zstd).
     #[arg(long, env = "PGWARDEN_BACKUP_COMPRESSION", default_value = "gzip")]
     pub backup_compression: String,

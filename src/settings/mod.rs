@@ -152,6 +152,12 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// WAL archiving, when PGWARDEN_ARCHIVE_URL is set.
     pub archive: Option<crate::wal::ArchiveConfig>,
+    /// Bootstrap from a backup in an archive, when PGWARDEN_RESTORE_URL is set.
+    pub restore: Option<crate::backup::restore::RestoreConfig>,
+    /// While recovering from a backup: the source's values of the parameters a
+    /// standby may not run below (from pg_controldata), which pgwarden renders when
+    /// they are higher than the configured ones. Empty otherwise.
+    pub recovery_floor: Vec<(String, i64)>,
     /// How base backups are compressed.
     pub backup_compression: crate::backup::BackupCompression,
     /// Scheduled backups and retention.
@@ -374,6 +380,13 @@ impl Settings {
 
         let archive = crate::wal::ArchiveConfig::from_args(&args.archive, &name)
             .map_err(|(setting, m)| invalid(setting, m))?;
+        let restore = crate::backup::restore::RestoreConfig::from_args(
+            &args.restore,
+            &args.archive,
+            archive.as_ref(),
+            &name,
+        )
+        .map_err(|(setting, m)| invalid(setting, m))?;
         let backup_compression =
             crate::backup::BackupCompression::from_setting(&args.backup_compression)
                 .map_err(|(setting, m)| invalid(setting, m))?;
@@ -425,7 +438,10 @@ impl Settings {
         };
         if !initialized {
             match role {
-                Role::Primary if password.is_none() && host_auth_method != "trust" => {
+                // A restored cluster keeps the source's roles and passwords.
+                Role::Primary
+                    if password.is_none() && host_auth_method != "trust" && restore.is_none() =>
+                {
                     return Err(invalid(
                         "POSTGRES_PASSWORD",
                         format!(
@@ -439,11 +455,13 @@ impl Settings {
                 _ => {}
             }
         }
-        if role == Role::Replica {
+        // A replica without a primary to stream from follows the restore archive.
+        if role == Role::Replica && !(args.primary_host.is_none() && restore.is_some()) {
             if args.primary_host.is_none() {
                 return Err(invalid(
                     "PGWARDEN_PRIMARY_HOST",
-                    "role replica needs the host name of the primary to stream from",
+                    "role replica needs the host name of the primary to stream from \
+                     (or PGWARDEN_RESTORE_URL, to follow an archive instead)",
                 ));
             }
             if replication_password.is_none() {
@@ -494,6 +512,8 @@ impl Settings {
             crash_window: Duration::from_secs(args.crash_window.max(1)),
             data_state,
             archive,
+            restore,
+            recovery_floor: Vec::new(),
             backup_compression,
             backups,
             exe,
@@ -523,6 +543,12 @@ impl Settings {
     /// lives beside the sockets, outside PGDATA, so that no base backup copies it.
     pub fn passfile(&self) -> PathBuf {
         self.socket_dir.join("pgwarden-replication.pgpass")
+    }
+
+    /// A standby with no primary to stream from, that replays the restore archive
+    /// (a disaster-recovery replica in another region).
+    pub fn follows_archive(&self) -> bool {
+        self.role == Role::Replica && self.primary_host.is_none() && self.restore.is_some()
     }
 
     /// The libpq connection string to the primary, without a password (see [`Settings::passfile`]).

@@ -203,6 +203,16 @@ pub struct FsUpload {
 }
 
 impl FsStorage {
+    /// Opens `key` for reading in chunks; `None` when it does not exist.
+    pub async fn download(&self, key: &str) -> Result<Option<tokio::fs::File>, StorageError> {
+        let path = self.path(key);
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(classify("read", &path, e)),
+        }
+    }
+
     /// Starts writing `key` in parts.
     pub fn begin_upload(&self, key: &str) -> Result<FsUpload, StorageError> {
         let path = self.path(key);
