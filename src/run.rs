@@ -123,6 +123,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             return Ok(1);
         }
     }
+    let scheduled_backups = backups.clone();
     let mut control = http::control::router(ctl).merge(http::backup::router(backups));
     if settings.archive.is_some() || settings.restore.is_some() {
         let owner = settings.run_as.as_ref().map(|u| u.owner());
@@ -150,7 +151,24 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         daemon_tx.send_replace(Some(daemon.clone()));
         control = control.merge(http::wal::router(daemon));
     }
-    serve_control(&settings, http::router(app).merge(control))?;
+    serve_control(&settings, http::router(app.clone()).merge(control))?;
+    if let Some(schedule) = settings.backups.schedule.clone() {
+        info!(
+            schedule = settings
+                .backups
+                .schedule_text
+                .as_deref()
+                .unwrap_or_default(),
+            retention = settings.backups.retention.map(|p| p.to_string()),
+            "scheduled backups on"
+        );
+        crate::backup::scheduler::Scheduler {
+            schedule,
+            backups: scheduled_backups,
+            gate: scheduled_backup_gate(app),
+        }
+        .spawn();
+    }
     // A base backup of an adopted primary brings its .orig files: a replica must run with
     // the same settings (a hot standby refuses a lower max_connections, for one).
     let (settings, rendered) = match settle(&settings, &runner).await? {
@@ -189,6 +207,21 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         refused: None,
     };
     Ok(sup.run(&mut signals).await)
+}
+
+/// A scheduled backup runs on a ready primary only: replicas share the archive, and
+/// one backup a schedule is enough.
+fn scheduled_backup_gate(app: AppState) -> crate::backup::scheduler::Gate {
+    Arc::new(move || {
+        let (sup, snap) = app.view();
+        http::readiness(&sup, &snap, &app.instance)?;
+        match http::effective_role(&snap, &app.instance) {
+            crate::settings::Role::Primary => Ok(()),
+            crate::settings::Role::Replica => Err(
+                "this instance is a replica; the primary takes the scheduled backups".to_owned(),
+            ),
+        }
+    })
 }
 
 /// Settings with what PGDATA now holds, when that changes them: the adopted layer a

@@ -183,6 +183,10 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGWARDEN_BACKUP_COMPRESSION", default_value = "gzip")]
     pub backup_compression: String,
 
+    /// Scheduled backups and retention.
+    #[command(flatten)]
+    pub backup: crate::backup::config::BackupArgs,
+
     /// Crashes tolerated within the crash window before pgwarden exits non-zero.
     #[arg(long, env = "PGWARDEN_MAX_CRASHES", default_value_t = 5)]
     pub max_crashes: u32,

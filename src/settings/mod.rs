@@ -160,6 +160,8 @@ pub struct Settings {
     pub recovery_floor: Vec<(String, i64)>,
     /// How base backups are compressed.
     pub backup_compression: crate::backup::BackupCompression,
+    /// Scheduled backups and retention.
+    pub backups: crate::backup::config::BackupConfig,
     /// This binary, as archive_command and restore_command call it.
     pub exe: PathBuf,
 }
@@ -388,6 +390,9 @@ impl Settings {
         let backup_compression =
             crate::backup::BackupCompression::from_setting(&args.backup_compression)
                 .map_err(|(setting, m)| invalid(setting, m))?;
+        let backups =
+            crate::backup::config::BackupConfig::from_args(&args.backup, archive.is_some())
+                .map_err(|(setting, m)| invalid(setting, m))?;
         if let Some(crate::wal::config::Location::Fs { root }) =
             archive.as_ref().map(|a| &a.location)
         {
@@ -510,6 +515,7 @@ impl Settings {
             restore,
             recovery_floor: Vec::new(),
             backup_compression,
+            backups,
             exe,
             api_token,
             restart_on_pending: args.restart_on_pending,
