@@ -68,62 +68,90 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// an offset or `Z`. A time without an offset is taken as UTC (barman reads it in its
 /// local zone, which in a container is UTC).
 pub fn parse_barman_time(s: &str) -> Option<SystemTime> {
+    let micros = parse_timestamp(s)?.micros;
+    let secs = micros.div_euclid(1_000_000);
+    Some(from_unix_seconds(secs) + Duration::from_micros(micros.rem_euclid(1_000_000) as u64))
+}
+
+/// A parsed timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Microseconds since the epoch, UTC (local times are read as UTC).
+    pub micros: i64,
+    /// Whether a time zone was given.
+    pub zoned: bool,
+}
+
+/// Parses `YYYY-MM-DD[ T]HH:MM[:SS[.ffffff]][Z|±HH[:MM]]`, the forms people and
+/// barman's `backup.info` write.
+pub fn parse_timestamp(s: &str) -> Option<Stamp> {
     let s = s.trim();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        part.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| part.parse().ok())?
+    let num = |t: &str| -> Option<i64> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok())
+            .flatten()
     };
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b' ' || b[10] == b'T') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    if second > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut micros = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let scaled: String = frac[..digits]
-            .chars()
-            .chain("000000".chars())
-            .take(6)
-            .collect();
-        micros = scaled.parse().ok()?;
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "" | "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let hm = rest[1..].replace(':', "");
-            if hm.len() != 4 || !hm.bytes().all(|b| b.is_ascii_digit()) {
+    let (date, rest) = s.split_at_checked(10)?;
+    let mut d = date.split('-');
+    let (y, mo, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let rest = rest.strip_prefix([' ', 'T'])?;
+    // The zone starts at the first Z, + or - after the time.
+    let zone_at = rest.find(['Z', 'z', '+', '-']).unwrap_or(rest.len());
+    let (time, zone) = rest.split_at(zone_at);
+    let mut t = time.trim().split(':');
+    let (h, mi) = (num(t.next()?)?, num(t.next()?)?);
+    let (sec, frac) = match t.next() {
+        None => (0, 0),
+        Some(sf) => {
+            let (sec, frac) = sf.split_once('.').unwrap_or((sf, ""));
+            if frac.is_empty() && sf.contains('.') {
                 return None;
             }
-            let (h, m): (i64, i64) = (hm[..2].parse().ok()?, hm[2..].parse().ok()?);
-            sign * (h * 3600 + m * 60)
+            let frac = if frac.is_empty() {
+                0
+            } else {
+                if frac.is_empty() && sf.contains('.') {
+                    return None;
+                }
+                let digits = frac.get(..frac.len().min(6))?;
+                num(digits)? * 10i64.pow(6 - digits.len() as u32)
+            };
+            (num(sec)?, frac)
         }
     };
-    let days = days_from_civil(year, month as u32, day as u32);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    Some(from_unix_seconds(secs) + Duration::from_micros(micros as u64))
+    if t.next().is_some()
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&day)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
+        return None;
+    }
+    let (offset, zoned) = match zone.trim() {
+        "" => (0, false),
+        "Z" | "z" => (0, true),
+        z => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            let z = &z[1..];
+            let (zh, zm) = match z.split_once(':') {
+                Some((h, m)) if h.len() == 2 && m.len() == 2 => (num(h)?, num(m)?),
+                None if z.len() == 4 => (num(&z[..2])?, num(&z[2..])?),
+                None if z.len() == 2 => (num(z)?, 0),
+                _ => return None,
+            };
+            if zh > 15 || zm > 59 {
+                return None;
+            }
+            (sign * (zh * 3600 + zm * 60), true)
+        }
+    };
+    let days = days_from_civil(y, mo as u32, day as u32);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    Some(Stamp {
+        micros: secs * 1_000_000 + frac,
+        zoned,
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Which backup a restore starts from: a pure choice over the catalogue.
 
-use super::config::{parse_timestamp, RecoveryTarget};
+use super::config::RecoveryTarget;
+use crate::backup::civil::parse_timestamp;
 use crate::backup::{BackupInfo, Lsn};
 
 /// Whether `b` ends before `target`, so that recovery from it can reach the target.

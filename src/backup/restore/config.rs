@@ -4,6 +4,7 @@
 //! source, a target that does not parse, or archiving back into the very archive and
 //! server the cluster is restored from are refused with the setting named.
 
+use crate::backup::civil::{parse_timestamp, Stamp};
 use crate::backup::Lsn;
 use crate::wal::{ArchiveArgs, ArchiveConfig};
 use clap::Args;
@@ -255,91 +256,6 @@ fn target(a: &RestoreArgs) -> Result<RecoveryTarget, SettingError> {
             _ => bad("true or false"),
         },
     }
-}
-
-/// A parsed timestamp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    /// Microseconds since the epoch, UTC (local times are read as UTC).
-    pub micros: i64,
-    /// Whether a time zone was given.
-    pub zoned: bool,
-}
-
-/// Parses `YYYY-MM-DD[ T]HH:MM[:SS[.ffffff]][Z|±HH[:MM]]`, the forms people and
-/// barman's `backup.info` write.
-pub fn parse_timestamp(s: &str) -> Option<Stamp> {
-    let s = s.trim();
-    let num = |t: &str| -> Option<i64> {
-        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| t.parse().ok())
-            .flatten()
-    };
-    let (date, rest) = s.split_at_checked(10)?;
-    let mut d = date.split('-');
-    let (y, mo, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
-    let rest = rest.strip_prefix([' ', 'T'])?;
-    // The zone starts at the first Z, + or - after the time.
-    let zone_at = rest.find(['Z', 'z', '+', '-']).unwrap_or(rest.len());
-    let (time, zone) = rest.split_at(zone_at);
-    let mut t = time.trim().split(':');
-    let (h, mi) = (num(t.next()?)?, num(t.next()?)?);
-    let (sec, frac) = match t.next() {
-        None => (0, 0),
-        Some(sf) => {
-            let (sec, frac) = sf.split_once('.').unwrap_or((sf, ""));
-            let frac = if frac.is_empty() {
-                0
-            } else {
-                let digits = frac.get(..frac.len().min(6))?;
-                num(digits)? * 10i64.pow(6 - digits.len() as u32)
-            };
-            (num(sec)?, frac)
-        }
-    };
-    if t.next().is_some()
-        || !(1..=12).contains(&mo)
-        || !(1..=31).contains(&day)
-        || h > 23
-        || mi > 59
-        || sec > 60
-    {
-        return None;
-    }
-    let (offset, zoned) = match zone.trim() {
-        "" => (0, false),
-        "Z" | "z" => (0, true),
-        z => {
-            let sign = if z.starts_with('-') { -1 } else { 1 };
-            let z = &z[1..];
-            let (zh, zm) = match z.split_once(':') {
-                Some((h, m)) => (num(h)?, num(m)?),
-                None if z.len() == 4 => (num(&z[..2])?, num(&z[2..])?),
-                None => (num(z)?, 0),
-            };
-            if zh > 15 || zm > 59 {
-                return None;
-            }
-            (sign * (zh * 3600 + zm * 60), true)
-        }
-    };
-    let days = days_from_civil(y, mo, day);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
-    Some(Stamp {
-        micros: secs * 1_000_000 + frac,
-        zoned,
-    })
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's days_from_civil).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff+00`, which postgres reads the same in any time zone.
