@@ -319,6 +319,12 @@ impl Storage for FsStorage {
                 Err(e) => return Err(classify("delete", Path::new(&p), e)),
             }
         }
+        // A deleted backup or WAL directory left empty goes too (rmdir removes only an
+        // empty one): listings would otherwise walk ever more empty directories. A
+        // writer that loses the race to this finds its directory gone and retries.
+        if let Some(dir) = path.parent().filter(|d| *d != self.root.as_path()) {
+            let _ = tokio::fs::remove_dir(dir).await;
+        }
         Ok(())
     }
 
