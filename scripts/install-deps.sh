@@ -6,7 +6,9 @@ set -euo pipefail
 # Patroni-style health checks and the Kubernetes manifests' router; python3-venv: the
 # manifests' schema validation.
 packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud prometheus libnss-wrapper xz-utils haproxy python3-venv)
-[[ "${1:-}" == "--bench" ]] && packages+=(pgbackrest time zstd)
+# --bench: the reference tools and limits `make bench` measures against (pigz: gzip -1
+# on every core, the limit of a gzip base backup).
+[[ "${1:-}" == "--bench" ]] && packages+=(pgbackrest time zstd pigz)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -199,3 +199,76 @@ pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
+
+/// Wall seconds, CPU seconds and peak RSS (kB) of one command, from GNU time.
+pub struct Cost {
+    pub wall: f64,
+    pub cpu: f64,
+    pub rss_kb: u64,
+}
+
+pub fn timed(cmd: &mut Command) -> Cost {
+    try_timed(cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`timed`], with a failure returned instead of a panic.
+pub fn try_timed(cmd: &mut Command) -> Result<Cost, String> {
+    let prog = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let envs: Vec<_> = cmd
+        .get_envs()
+        .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+        .collect();
+    let mut t = Command::new("/usr/bin/time");
+    t.args(["-f", "PGWARDEN_TIME %e %U %S %M"])
+        .arg(prog)
+        .args(args);
+    for (k, v) in envs {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
+    let out = t.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!(
+            "{:?} failed: {err}",
+            t.get_args().collect::<Vec<_>>()
+        ));
+    }
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("PGWARDEN_TIME"))
+        .unwrap_or_default();
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Ok(Cost {
+        wall: f[0],
+        cpu: f[1] + f[2],
+        rss_kb: f[3] as u64,
+    })
+}
+
+/// CPU seconds (user + system) a running process has used, from /proc.
+pub fn proc_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}

@@ -1,8 +1,9 @@
 //! `make bench`: pgwarden's figures next to the reference tools', measured in one run on
 //! the same data. Prints a report; asserts nothing.
 //!
-//! Usage: `cargo run --release --example bench -- [startup|all]`
+//! Usage: `cargo run --release --example bench -- [startup|replica|wal|backup|all]`
 
+mod backup;
 mod harness;
 mod replica;
 mod startup;
@@ -23,6 +24,9 @@ fn main() {
     }
     if which == "all" || which == "wal" {
         wal::run(&bin);
+    }
+    if which == "all" || which == "backup" {
+        backup::run(&bin);
     }
     if which == "wal-daemon" {
         wal::run_daemon(&bin);

@@ -14,54 +14,6 @@ use std::time::{Duration, Instant};
 const SEGMENTS: usize = 48;
 const SEG_MB: f64 = 16.0;
 
-/// Wall seconds, CPU seconds and peak RSS (kB) of one command, from GNU time.
-struct Cost {
-    wall: f64,
-    cpu: f64,
-    rss_kb: u64,
-}
-
-fn timed(cmd: &mut Command) -> Cost {
-    let prog = cmd.get_program().to_owned();
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let envs: Vec<_> = cmd
-        .get_envs()
-        .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
-        .collect();
-    let mut t = Command::new("/usr/bin/time");
-    t.args(["-f", "PGWARDEN_TIME %e %U %S %M"])
-        .arg(prog)
-        .args(args);
-    for (k, v) in envs {
-        match v {
-            Some(v) => t.env(k, v),
-            None => t.env_remove(k),
-        };
-    }
-    let out = t.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{:?} failed: {err}",
-        t.get_args().collect::<Vec<_>>()
-    );
-    let line = err
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("PGWARDEN_TIME"))
-        .unwrap_or_default();
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    Cost {
-        wall: f[0],
-        cpu: f[1] + f[2],
-        rss_kb: f[3] as u64,
-    }
-}
-
 /// Prints a comparison table, each tool against barman-cloud's time per segment.
 fn print_rows(rows: &[Row], barman_per_seg: f64) {
     println!("| tool | s/segment | MB/s | CPU s (all) | peak RSS MB | vs barman-cloud |");
@@ -415,25 +367,6 @@ fn limit_rows(dir: &Path, corpus: &Path, names: &[String]) -> Vec<Row> {
         .collect();
     rows.push(row("limit: copy with fsync (dd conv=fsync)", &costs));
     rows
-}
-
-/// CPU seconds (user + system) a running process has used, from /proc.
-fn proc_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Sequential restore_command calls for every segment, in order.
