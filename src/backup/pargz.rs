@@ -7,7 +7,7 @@
 //! barman-cloud-restore reads `data.tar.gz` through Python's streaming tarfile, which
 //! stops at the end of the first member of a multi-member file.
 
-use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+use flate2::{Compress, Compression, FlushCompress, Status};
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::mpsc;
@@ -23,7 +23,15 @@ struct Job {
     dict: Vec<u8>,
     data: Vec<u8>,
     last: bool,
-    done: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    done: mpsc::SyncSender<io::Result<Deflated>>,
+}
+
+/// A block deflated, with the CRC-32 of its input (computed by the worker, combined
+/// in order by the writer, as pigz does: the reader thread has enough to do).
+struct Deflated {
+    bytes: Vec<u8>,
+    crc: crc32fast::Hasher,
+    len: u64,
 }
 
 /// A `Write` that gzips what it is given on `workers` threads into `out`.
@@ -31,10 +39,11 @@ pub struct ParGz<W: Write> {
     out: W,
     block: Vec<u8>,
     window: Vec<u8>,
-    crc: Crc,
+    crc: crc32fast::Hasher,
+    len: u64,
     jobs: Option<mpsc::SyncSender<Job>>,
     /// Results in input order; at most `2 × workers` blocks in flight.
-    pending: VecDeque<mpsc::Receiver<io::Result<Vec<u8>>>>,
+    pending: VecDeque<mpsc::Receiver<io::Result<Deflated>>>,
     in_flight: usize,
     /// Dropped unfinished (on an error), the job queue closes and the workers end
     /// by themselves once their block is done.
@@ -59,7 +68,15 @@ impl<W: Write> ParGz<W> {
                         Ok(Ok(job)) => job,
                         _ => return,
                     };
-                    let result = deflate(level, &job.dict, &job.data, job.last);
+                    let result = deflate(level, &job.dict, &job.data, job.last).map(|bytes| {
+                        let mut crc = crc32fast::Hasher::new();
+                        crc.update(&job.data);
+                        Deflated {
+                            bytes,
+                            crc,
+                            len: job.data.len() as u64,
+                        }
+                    });
                     let _ = job.done.send(result);
                 })?;
             threads.push(handle);
@@ -68,7 +85,8 @@ impl<W: Write> ParGz<W> {
             out,
             block: Vec::with_capacity(BLOCK),
             window: Vec::new(),
-            crc: Crc::new(),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
             jobs: Some(tx),
             pending: VecDeque::new(),
             in_flight: workers * 2,
@@ -111,10 +129,12 @@ impl<W: Write> ParGz<W> {
         let Some(rx) = self.pending.pop_front() else {
             return Ok(());
         };
-        let bytes = rx
+        let block = rx
             .recv()
             .map_err(|_| io::Error::other("a gzip worker stopped"))??;
-        self.out.write_all(&bytes)
+        self.crc.combine(&block.crc);
+        self.len += block.len;
+        self.out.write_all(&block.bytes)
     }
 
     /// Compresses what is left, writes the trailer, stops the workers; returns `out`.
@@ -127,7 +147,8 @@ impl<W: Write> ParGz<W> {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let (crc, size) = (self.crc.sum(), self.crc.amount());
+        // ISIZE is the length modulo 2^32.
+        let (crc, size) = (self.crc.clone().finalize(), self.len as u32);
         self.out.write_all(&crc.to_le_bytes())?;
         self.out.write_all(&size.to_le_bytes())?;
         Ok(self.out)
@@ -137,7 +158,6 @@ impl<W: Write> ParGz<W> {
 impl<W: Write> Write for ParGz<W> {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
         let n = data.len();
-        self.crc.update(data);
         while !data.is_empty() {
             let room = BLOCK - self.block.len();
             let take = room.min(data.len());

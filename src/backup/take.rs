@@ -26,8 +26,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Size of an uploaded part.
-const PART: usize = 16 << 20;
+/// Size of the first uploaded parts: small, so that the parts alive at once (one
+/// filling, one queued, two uploading) stay well under the 100 MB a backup may use.
+const PART: usize = 8 << 20;
+/// S3 allows 10,000 parts: after this many, parts grow so that an object can reach
+/// about 400 GB.
+const SMALL_PARTS: usize = 4_000;
+/// Size of the parts after [`SMALL_PARTS`].
+const LARGE_PART: usize = 64 << 20;
 
 /// What a backup needs.
 pub struct Job<'a> {
@@ -173,7 +179,8 @@ impl Job<'_> {
         });
 
         let mut upload = self.storage.begin_upload(&data_key).await?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        // One part queued: the upload itself keeps two in flight (S3).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
         let compression = self.compression;
         let status = self.status.clone();
         let reader = tokio::task::spawn_blocking(move || compress(stdout, compression, tx, status));
@@ -308,12 +315,13 @@ fn compress(
         buf: Vec<u8>,
         tx: tokio::sync::mpsc::Sender<Bytes>,
         sha: sha2::Sha256,
+        shipped: usize,
     }
     impl Write for Parts {
         fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
             self.buf.extend_from_slice(data);
             self.sha.update(data);
-            if self.buf.len() >= PART {
+            if self.buf.len() >= self.part_size() {
                 self.ship()?;
             }
             Ok(data.len())
@@ -323,11 +331,17 @@ fn compress(
         }
     }
     impl Parts {
+        fn part_size(&self) -> usize {
+            if self.shipped < SMALL_PARTS {
+                PART
+            } else {
+                LARGE_PART
+            }
+        }
         fn ship(&mut self) -> std::io::Result<()> {
-            let part = Bytes::from(std::mem::replace(
-                &mut self.buf,
-                Vec::with_capacity(PART + (1 << 20)),
-            ));
+            self.shipped += 1;
+            let next = Vec::with_capacity(self.part_size() + (1 << 20));
+            let part = Bytes::from(std::mem::replace(&mut self.buf, next));
             self.tx
                 .blocking_send(part)
                 .map_err(|_| std::io::Error::other("the upload stopped"))
@@ -337,6 +351,7 @@ fn compress(
         buf: Vec::with_capacity(PART + (1 << 20)),
         tx: parts,
         sha: sha2::Sha256::new(),
+        shipped: 0,
     };
     enum Sink {
         Gzip(Box<super::pargz::ParGz<Parts>>),

@@ -219,8 +219,16 @@ pub struct S3Upload {
     key: String,
     upload_id: String,
     parts: Vec<aws_sdk_s3::types::CompletedPart>,
+    /// Parts being uploaded, oldest first.
+    pending: std::collections::VecDeque<tokio::task::JoinHandle<PartResult>>,
+    next_number: i32,
     size: u64,
 }
+
+type PartResult = Result<aws_sdk_s3::types::CompletedPart, StorageError>;
+
+/// Parts uploaded at once: the next one goes while the server digests the last.
+const PARTS_IN_FLIGHT: usize = 2;
 
 impl S3Storage {
     /// Starts a multipart upload of `key`.
@@ -246,6 +254,8 @@ impl S3Storage {
             key: key.to_owned(),
             upload_id,
             parts: Vec::new(),
+            pending: Default::default(),
+            next_number: 1,
             size: 0,
         })
     }
@@ -264,34 +274,56 @@ impl S3Storage {
 }
 
 impl S3Upload {
-    /// Uploads the next part; the SDK retries it on transient errors.
+    /// Starts uploading the next part (the SDK retries it on transient errors), and
+    /// returns once fewer than [`PARTS_IN_FLIGHT`] are under way.
     pub async fn part(&mut self, data: Bytes) -> Result<(), StorageError> {
-        let number = self.parts.len() as i32 + 1;
-        let len = data.len() as u64;
-        let out = self
-            .storage
-            .client
-            .upload_part()
-            .bucket(&self.storage.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .part_number(number)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| classify("UploadPart", &self.key, e))?;
-        self.parts.push(
-            aws_sdk_s3::types::CompletedPart::builder()
+        let number = self.next_number;
+        self.next_number += 1;
+        self.size += data.len() as u64;
+        let (client, bucket) = (self.storage.client.clone(), self.storage.bucket.clone());
+        let (key, upload_id) = (self.key.clone(), self.upload_id.clone());
+        self.pending.push_back(tokio::spawn(async move {
+            let out = client
+                .upload_part()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .map_err(|e| classify("UploadPart", &key, e))?;
+            Ok(aws_sdk_s3::types::CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_owned))
-                .build(),
-        );
-        self.size += len;
+                .build())
+        }));
+        while self.pending.len() >= PARTS_IN_FLIGHT {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest part under way.
+    async fn settle_one(&mut self) -> Result<(), StorageError> {
+        let Some(handle) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let part = handle
+            .await
+            .map_err(|e| StorageError::Transient(format!("UploadPart {}: {e}", self.key)))??;
+        self.parts.push(part);
         Ok(())
     }
 
     /// Completes the upload: the object appears whole.
-    pub async fn finish(self) -> Result<u64, StorageError> {
+    pub async fn finish(mut self) -> Result<u64, StorageError> {
+        while !self.pending.is_empty() {
+            if let Err(e) = self.settle_one().await {
+                self.abort().await;
+                return Err(e);
+            }
+        }
         let done = aws_sdk_s3::types::CompletedMultipartUpload::builder()
             .set_parts(Some(self.parts.clone()))
             .build();
@@ -318,6 +350,9 @@ impl S3Upload {
     /// Aborts the upload, so its parts do not linger (best effort: a bucket lifecycle
     /// rule for incomplete uploads catches what a killed process leaves).
     pub async fn abort(self) {
+        for handle in &self.pending {
+            handle.abort();
+        }
         let _ = self
             .storage
             .client
