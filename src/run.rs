@@ -29,6 +29,11 @@ pub fn control_socket(socket_dir: &Path) -> PathBuf {
 pub async fn run(args: &SettingsArgs) -> Result<i32> {
     // Loaded before the reaper starts: it runs `postgres --version` the ordinary way.
     let settings = Arc::new(Settings::load(args)?);
+    // Until the HA loop runs, starting as a plain primary would ignore the leader key
+    // and could make a second writable primary: refuse instead.
+    if settings.ha.is_some() {
+        anyhow::bail!("PGWARDEN_HA: etcd is not supported by this build yet; unset PGWARDEN_HA");
+    }
     if settings.host_auth_method == "trust" {
         warn!(
             "POSTGRES_HOST_AUTH_METHOD=trust: anyone who can reach port {} connects as any role without a password, \

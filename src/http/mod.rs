@@ -10,7 +10,7 @@ pub mod client;
 pub mod control;
 mod dashboard;
 mod healthz;
-mod lag;
+pub(crate) mod lag;
 pub mod metrics;
 mod process;
 mod readiness;

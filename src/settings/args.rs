@@ -175,6 +175,10 @@ pub struct SettingsArgs {
     #[command(flatten)]
     pub archive: crate::wal::ArchiveArgs,
 
+    /// High-availability settings (`PGWARDEN_HA=etcd`).
+    #[command(flatten)]
+    pub ha: crate::ha::HaArgs,
+
     /// Base backup compression: `gzip` or `none` (barman-cloud restores no zstd).
     #[arg(long, env = "PGWARDEN_BACKUP_COMPRESSION", default_value = "gzip")]
     pub backup_compression: String,

@@ -152,6 +152,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// WAL archiving, when PGWARDEN_ARCHIVE_URL is set.
     pub archive: Option<crate::wal::ArchiveConfig>,
+    /// Automatic failover, when PGWARDEN_HA=etcd.
+    pub ha: Option<crate::ha::HaConfig>,
     /// How base backups are compressed.
     pub backup_compression: crate::backup::BackupCompression,
     /// This binary, as archive_command and restore_command call it.
@@ -288,13 +290,11 @@ impl Settings {
             args.replication_password_file.as_deref(),
         )?;
 
-        let name = match &args.name {
-            Some(n) => n.clone(),
-            None => nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_default(),
-        };
+        let host_name = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        let name = args.name.clone().unwrap_or_else(|| host_name.clone());
         crate::pgconf::slot_name(&name).map_err(|m| invalid("PGWARDEN_NAME", m))?;
 
         let http_addr: SocketAddr = args.http_addr.parse().map_err(|_| {
@@ -372,6 +372,8 @@ impl Settings {
 
         let archive = crate::wal::ArchiveConfig::from_args(&args.archive, &name)
             .map_err(|(setting, m)| invalid(setting, m))?;
+        let ha = crate::ha::HaConfig::from_args(&args.ha, &host_name)
+            .map_err(|(setting, m)| invalid(setting, m))?;
         let backup_compression =
             crate::backup::BackupCompression::from_setting(&args.backup_compression)
                 .map_err(|(setting, m)| invalid(setting, m))?;
@@ -434,7 +436,9 @@ impl Settings {
                 _ => {}
             }
         }
-        if role == Role::Replica {
+        if ha.is_some() {
+            check_ha_roles(role, args, replication_password.is_some())?;
+        } else if role == Role::Replica {
             if args.primary_host.is_none() {
                 return Err(invalid(
                     "PGWARDEN_PRIMARY_HOST",
@@ -489,6 +493,7 @@ impl Settings {
             crash_window: Duration::from_secs(args.crash_window.max(1)),
             data_state,
             archive,
+            ha,
             backup_compression,
             exe,
             api_token,
@@ -582,6 +587,35 @@ impl Settings {
         // Validated in load().
         crate::pgconf::slot_name(&self.name).unwrap_or_default()
     }
+}
+
+/// With HA on the store decides who is primary and whom replicas follow, so the fixed
+/// role settings would contradict it; and any member may have to clone another.
+fn check_ha_roles(
+    role: Role,
+    args: &SettingsArgs,
+    has_replication_password: bool,
+) -> Result<(), SettingsError> {
+    if role == Role::Replica {
+        return Err(invalid(
+            "PGWARDEN_ROLE",
+            "with PGWARDEN_HA=etcd the leader key decides the role; leave PGWARDEN_ROLE unset",
+        ));
+    }
+    if args.primary_host.is_some() {
+        return Err(invalid(
+            "PGWARDEN_PRIMARY_HOST",
+            "with PGWARDEN_HA=etcd replicas follow the leader found in the store; leave PGWARDEN_PRIMARY_HOST unset",
+        ));
+    }
+    if !has_replication_password {
+        return Err(invalid(
+            "PGWARDEN_REPLICATION_PASSWORD",
+            "PGWARDEN_HA=etcd needs the replication password, since any member may have to clone or follow another; \
+             set PGWARDEN_REPLICATION_PASSWORD or PGWARDEN_REPLICATION_PASSWORD_FILE",
+        ));
+    }
+    Ok(())
 }
 
 fn reject_control_chars(setting: &'static str, value: &str) -> Result<(), SettingsError> {
