@@ -6,5 +6,7 @@
 //! into one action.
 
 pub mod config;
+pub mod etcd;
+pub mod store;
 
 pub use config::{HaArgs, HaConfig, SyncMode};
