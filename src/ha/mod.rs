@@ -6,6 +6,7 @@
 //! into one action.
 
 pub mod config;
+pub mod decide;
 pub mod etcd;
 pub mod store;
 
