@@ -29,11 +29,6 @@ pub fn control_socket(socket_dir: &Path) -> PathBuf {
 pub async fn run(args: &SettingsArgs) -> Result<i32> {
     // Loaded before the reaper starts: it runs `postgres --version` the ordinary way.
     let settings = Arc::new(Settings::load(args)?);
-    // Until the HA loop runs, starting as a plain primary would ignore the leader key
-    // and could make a second writable primary: refuse instead.
-    if settings.ha.is_some() {
-        anyhow::bail!("PGWARDEN_HA: etcd is not supported by this build yet; unset PGWARDEN_HA");
-    }
     if settings.host_auth_method == "trust" {
         warn!(
             "POSTGRES_HOST_AUTH_METHOD=trust: anyone who can reach port {} connects as any role without a password, \
@@ -116,18 +111,43 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
 
     bootstrap::ensure_socket_dir(&settings)?;
     replica::write_passfile(&settings)?;
-    let prepare = async {
-        bootstrap::ensure(&settings, &runner).await?;
-        replica::prepare(&settings, &runner).await
+    let mut ha = match &settings.ha {
+        Some(cfg) => Some(crate::ha::Ha::connect(&settings, cfg).await?),
+        None => None,
     };
-    tokio::select! {
-        result = prepare => result?,
+    let prepare = async {
+        // With HA the store decides the role to bootstrap or start as.
+        let (settings, holder) = match ha.as_mut() {
+            Some(ha) => (Arc::new(ha.prepare(&settings).await?), ha.hold_lease()),
+            None => (settings.clone(), None),
+        };
+        let done = async {
+            bootstrap::ensure(&settings, &runner).await?;
+            replica::prepare(&settings, &runner).await
+        }
+        .await;
+        if let Some(h) = holder {
+            h.abort();
+        }
+        done?;
+        anyhow::Ok(settings)
+    };
+    let (settings, rendered) = tokio::select! {
+        result = prepare => {
+            let next = result?;
+            // HA chose the upstream after the first render: primary_conninfo changed.
+            let rendered = match next.ha {
+                Some(_) => pgconf::render(&next, &next.pgdata, &resources)?,
+                None => rendered,
+            };
+            (next, rendered)
+        }
         sig = supervisor::wait_for_stop(&mut signals) => {
             warn!(signal = ?sig, "stop requested during the bootstrap; it will be redone on the next start");
             supervisor::stop_children(&reaper).await;
             return Ok(1);
         }
-    }
+    };
     let mut control = http::control::router(ctl).merge(http::backup::router(backups));
     if let Some(cfg) = &settings.archive {
         let owner = settings.run_as.as_ref().map(|u| u.owner());
@@ -171,6 +191,13 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         )
     })?;
 
+    if let Some(ha) = ha {
+        ha.spawn(
+            settings.clone(),
+            status_tx.subscribe(),
+            supervisor::Commands(command_tx.clone()),
+        );
+    }
     let sup = Supervisor {
         restart_on_pending: settings.restart_on_pending,
         settings,

@@ -154,6 +154,9 @@ pub struct Settings {
     pub archive: Option<crate::wal::ArchiveConfig>,
     /// Automatic failover, when PGWARDEN_HA=etcd.
     pub ha: Option<crate::ha::HaConfig>,
+    /// The leader to stream from, as the HA loop chose it; it wins over
+    /// PGWARDEN_PRIMARY_HOST, which HA mode leaves unset.
+    pub upstream: crate::ha::upstream::Upstream,
     /// How base backups are compressed.
     pub backup_compression: crate::backup::BackupCompression,
     /// This binary, as archive_command and restore_command call it.
@@ -494,6 +497,7 @@ impl Settings {
             data_state,
             archive,
             ha,
+            upstream: Default::default(),
             backup_compression,
             exe,
             api_token,
@@ -526,12 +530,15 @@ impl Settings {
 
     /// The libpq connection string to the primary, without a password (see [`Settings::passfile`]).
     pub fn primary_conninfo(&self, dbname: &str) -> Option<String> {
-        let host = self.primary_host.as_deref()?;
+        let (host, port) = match self.upstream.get() {
+            Some(t) => (t.host, t.port),
+            None => (self.primary_host.clone()?, self.primary_port),
+        };
         let kv = |k: &str, v: &str| format!("{k}={}", crate::pgconf::quote::conninfo_value(v));
         Some(
             [
-                kv("host", host),
-                kv("port", &self.primary_port.to_string()),
+                kv("host", &host),
+                kv("port", &port.to_string()),
                 kv("user", &self.replication_user),
                 kv("dbname", dbname),
                 kv("application_name", &self.name),

@@ -1,0 +1,290 @@
+//! Automatic failover with three pgwarden instances and a real etcd. Each instance runs
+//! in a PID namespace of its own, as in a container: killing its pgwarden with SIGKILL
+//! takes postgres down with it, so no orphaned primary outlives it.
+
+mod common;
+
+use common::etcd::Etcd;
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Three members of cluster `c`, not started, with the tests' short timing.
+fn cluster(parent: &std::path::Path, etcd: &Etcd) -> Vec<Instance> {
+    ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| {
+            let mut pg = Instance::new(parent, name);
+            for (k, v) in [
+                ("PGWARDEN_HA", "etcd"),
+                ("PGWARDEN_CLUSTER", "c"),
+                ("PGWARDEN_ETCD_ENDPOINTS", etcd.url().as_str()),
+                ("PGWARDEN_HA_TTL", "6"),
+                ("PGWARDEN_HA_LOOP_WAIT", "1"),
+                ("PGWARDEN_HA_RETRY_TIMEOUT", "2"),
+                ("PGWARDEN_ADVERTISE_HOST", "127.0.0.1"),
+                ("PGWARDEN_REPLICATION_PASSWORD", REPLICATION_PASSWORD),
+            ] {
+                pg.set(k, v);
+            }
+            // pgwarden is PID 1 of a new PID namespace; SIGKILL of unshare kills it,
+            // and with it every process of the namespace.
+            pg.exec_prefix = ["unshare", "--pid", "--kill-child", "--mount-proc"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            pg
+        })
+        .collect()
+}
+
+/// Whether postgres on 127.0.0.1:`port` accepts writes, or `None` when it does not answer.
+async fn writable(port: u16) -> Option<bool> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .password(PASSWORD)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(1));
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(2), cfg.connect(tokio_postgres::NoTls))
+            .await
+            .ok()?
+            .ok()?;
+    tokio::spawn(conn);
+    let row = client
+        .query_one("SELECT NOT pg_is_in_recovery()", &[])
+        .await
+        .ok()?;
+    Some(row.get(0))
+}
+
+/// One sampling round: when it ended, and the members that accepted writes in it.
+type Round = (Instant, Vec<usize>);
+
+/// Samples every member in turn until stopped; each round records who was writable.
+struct Checker {
+    stop: Arc<AtomicBool>,
+    rounds: Arc<Mutex<Vec<Round>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Checker {
+    fn start(ports: Vec<u16>) -> Checker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (stop.clone(), rounds.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::SeqCst) {
+                let mut w = Vec::new();
+                for (idx, port) in ports.iter().enumerate() {
+                    if writable(*port).await == Some(true) {
+                        w.push(idx);
+                    }
+                }
+                r.lock().unwrap().push((Instant::now(), w));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Checker { stop, rounds, task }
+    }
+
+    /// Stops sampling; panics if two members were ever writable in one round.
+    async fn finish(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        let rounds = self.rounds.lock().unwrap();
+        for (at, w) in rounds.iter() {
+            assert!(
+                w.len() <= 1,
+                "two writable primaries at {at:?}: members {w:?}"
+            );
+        }
+        rounds.len()
+    }
+}
+
+fn primaries(members: &[Instance]) -> Vec<usize> {
+    (0..members.len())
+        .filter(|i| {
+            members[*i]
+                .try_get("/primary")
+                .is_some_and(|r| r.status == 200)
+        })
+        .collect()
+}
+
+fn logs(members: &[Instance]) -> String {
+    members
+        .iter()
+        .map(|m| format!("==== {}\n{}", m.dir.display(), m.log()))
+        .collect()
+}
+
+/// Waits until `primary` has `replica` streaming from it.
+fn wait_streaming(
+    rt: &tokio::runtime::Handle,
+    primary: &Instance,
+    replica: &str,
+    all: &[Instance],
+) {
+    eventually(
+        Duration::from_secs(90),
+        &format!("{replica} streams"),
+        || {
+            let n: i64 = rt.block_on(async {
+            let c = primary.connect().await;
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
+                &[&replica],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0)
+        });
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(format!("not streaming yet\n{}", logs(all)))
+            }
+        },
+    );
+}
+
+async fn count(pg: &Instance) -> Option<i64> {
+    let c = pg.connect_as("postgres", PASSWORD, "postgres").await.ok()?;
+    c.query_one("SELECT count(*) FROM t", &[])
+        .await
+        .ok()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_primary_promotes_one_replica_and_the_other_follows() {
+    if !is_root() {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let etcd = Etcd::start();
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd);
+    // Started together on empty volumes: exactly one runs initdb, the others clone it.
+    for m in members.iter_mut() {
+        m.start();
+    }
+    let rt = tokio::runtime::Handle::current();
+    let first = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(180),
+            "one primary and two replicas",
+            || {
+                let p = primaries(&members);
+                let replicas = members
+                    .iter()
+                    .filter(|m| m.try_get("/replica").is_some_and(|r| r.status == 200))
+                    .count();
+                match (p.as_slice(), replicas) {
+                    ([one], 2) => Ok(*one),
+                    _ => Err(format!(
+                        "primaries {p:?}, replicas {replicas}\n{}",
+                        logs(&members)
+                    )),
+                }
+            },
+        )
+    });
+    let initdbs = members
+        .iter()
+        .filter(|m| m.log().contains("running initdb"))
+        .count();
+    assert_eq!(initdbs, 1, "{}", logs(&members));
+    let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    tokio::task::block_in_place(|| {
+        for o in &others {
+            wait_streaming(&rt, &members[first], &format!("n{}", o + 1), &members);
+        }
+    });
+    let c = members[first].connect().await;
+    c.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)")
+        .await
+        .unwrap();
+    drop(c);
+    tokio::task::block_in_place(|| {
+        for o in &others {
+            eventually(
+                Duration::from_secs(30),
+                "the rows reach the replica",
+                || match rt.block_on(count(&members[*o])) {
+                    Some(100) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            );
+        }
+    });
+
+    let checker = Checker::start(members.iter().map(|m| m.port).collect());
+    // SIGKILL of the primary's pgwarden: its PID namespace, postgres included, dies.
+    kill(Pid::from_raw(members[first].pid()), Signal::SIGKILL).unwrap();
+    members[first].kill_hard();
+    let second = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(90),
+            "a replica takes over",
+            || match primaries(&members).as_slice() {
+                [one] if *one != first => Ok(*one),
+                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
+            },
+        )
+    });
+    let follower = others.iter().copied().find(|o| *o != second).unwrap();
+    tokio::task::block_in_place(|| {
+        wait_streaming(
+            &rt,
+            &members[second],
+            &format!("n{}", follower + 1),
+            &members,
+        )
+    });
+    let c = members[second].connect().await;
+    assert_eq!(
+        count(&members[second]).await,
+        Some(100),
+        "rows lost in the failover"
+    );
+    c.batch_execute("INSERT INTO t SELECT generate_series(101, 150)")
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(30),
+            "new rows reach the follower",
+            || match rt.block_on(count(&members[follower])) {
+                Some(150) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    });
+    if std::env::var("HA_TEST_LOGS").is_ok() {
+        eprintln!("{}", logs(&members));
+    }
+    let rounds = checker.finish().await;
+    assert!(rounds > 0);
+    // The new leader's term is recorded in the store's history.
+    let store = pgwarden::ha::etcd::EtcdStore::connect(&[etcd.url()], "c", Duration::from_secs(3))
+        .await
+        .unwrap();
+    use pgwarden::ha::store::Store;
+    let view = store.read().await.unwrap();
+    assert_eq!(
+        view.leader.map(|l| l.name),
+        Some(format!("n{}", second + 1))
+    );
+    assert_eq!(
+        view.history.last().map(|h| h.leader.clone()),
+        Some(format!("n{}", second + 1))
+    );
+}
