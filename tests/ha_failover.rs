@@ -163,16 +163,10 @@ async fn count(pg: &Instance) -> Option<i64> {
         .map(|r| r.get(0))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_the_primary_promotes_one_replica_and_the_other_follows() {
-    if !is_root() {
-        eprintln!("skipped: PID namespaces need root");
-        return;
-    }
-    let etcd = Etcd::start();
-    let tmp = test_dir();
-    let mut members = cluster(tmp.path(), &etcd);
-    // Started together on empty volumes: exactly one runs initdb, the others clone it.
+/// Starts the three members together on empty volumes and waits until one is primary
+/// with the two others streaming from it and holding table `t` (100 rows). Exactly one
+/// ran initdb. Returns the primary's index.
+async fn bring_up(members: &mut [Instance]) -> usize {
     for m in members.iter_mut() {
         m.start();
     }
@@ -182,7 +176,7 @@ async fn kill_9_of_the_primary_promotes_one_replica_and_the_other_follows() {
             Duration::from_secs(180),
             "one primary and two replicas",
             || {
-                let p = primaries(&members);
+                let p = primaries(members);
                 let replicas = members
                     .iter()
                     .filter(|m| m.try_get("/replica").is_some_and(|r| r.status == 200))
@@ -191,7 +185,7 @@ async fn kill_9_of_the_primary_promotes_one_replica_and_the_other_follows() {
                     ([one], 2) => Ok(*one),
                     _ => Err(format!(
                         "primaries {p:?}, replicas {replicas}\n{}",
-                        logs(&members)
+                        logs(members)
                     )),
                 }
             },
@@ -201,11 +195,11 @@ async fn kill_9_of_the_primary_promotes_one_replica_and_the_other_follows() {
         .iter()
         .filter(|m| m.log().contains("running initdb"))
         .count();
-    assert_eq!(initdbs, 1, "{}", logs(&members));
+    assert_eq!(initdbs, 1, "{}", logs(members));
     let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
     tokio::task::block_in_place(|| {
         for o in &others {
-            wait_streaming(&rt, &members[first], &format!("n{}", o + 1), &members);
+            wait_streaming(&rt, &members[first], &format!("n{}", o + 1), members);
         }
     });
     let c = members[first].connect().await;
@@ -225,6 +219,21 @@ async fn kill_9_of_the_primary_promotes_one_replica_and_the_other_follows() {
             );
         }
     });
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_primary_promotes_one_replica_and_the_other_follows() {
+    if !is_root() {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let etcd = Etcd::start();
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd);
+    let rt = tokio::runtime::Handle::current();
+    let first = bring_up(&mut members).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
 
     let checker = Checker::start(members.iter().map(|m| m.port).collect());
     // SIGKILL of the primary's pgwarden: its PID namespace, postgres included, dies.
@@ -287,4 +296,72 @@ async fn kill_9_of_the_primary_promotes_one_replica_and_the_other_follows() {
         view.history.last().map(|h| h.leader.clone()),
         Some(format!("n{}", second + 1))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it_returns() {
+    if !is_root() {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let etcd = Etcd::start();
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd);
+    let rt = tokio::runtime::Handle::current();
+    let first = bring_up(&mut members).await;
+    let checker = Checker::start(members.iter().map(|m| m.port).collect());
+    // A frozen etcd answers nothing (Patroni's way to test a store outage): the
+    // primary cannot renew, and must stop accepting writes on its own.
+    let etcd_pid = Pid::from_raw(etcd.pid());
+    kill(etcd_pid, Signal::SIGSTOP).unwrap();
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(60), "no member accepts writes", || {
+            let w: Vec<usize> = (0..3)
+                .filter(|i| rt.block_on(writable(members[*i].port)) == Some(true))
+                .collect();
+            if w.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("writable: {w:?}\n{}", logs(&members)))
+            }
+        })
+    });
+    assert!(
+        members[first].log().contains("HA: fencing"),
+        "{}",
+        members[first].log()
+    );
+    // Read-only, not down: the fenced member restarts as a standby.
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "the fenced member serves reads",
+            || match rt.block_on(writable(members[first].port)) {
+                Some(false) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    });
+    kill(etcd_pid, Signal::SIGCONT).unwrap();
+    // The store is back: one member leads again, the others follow it, nothing is lost.
+    let leader = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(90),
+            "a leader again",
+            || match primaries(&members).as_slice() {
+                [one] => Ok(*one),
+                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
+            },
+        )
+    });
+    tokio::task::block_in_place(|| {
+        for o in (0..3).filter(|i| *i != leader) {
+            wait_streaming(&rt, &members[leader], &format!("n{}", o + 1), &members);
+        }
+    });
+    assert_eq!(count(&members[leader]).await, Some(100), "rows lost");
+    if std::env::var("HA_TEST_LOGS").is_ok() {
+        eprintln!("{}", logs(&members));
+    }
+    assert!(checker.finish().await > 0);
 }

@@ -147,16 +147,20 @@ impl Ha {
         }))
     }
 
-    /// Runs the loop for the life of pgwarden, acting on the supervised postgres.
+    /// Runs the loop for the life of pgwarden, acting on the supervised postgres, and
+    /// beside it a watchdog that fences postgres at the lease deadline even when the
+    /// loop is stuck in a slow store call.
     pub fn spawn(
         mut self,
         s: Arc<Settings>,
         status: watch::Receiver<SupervisorStatus>,
         commands: Commands,
     ) -> tokio::task::JoinHandle<()> {
+        let deadline = Deadline::default();
+        tokio::spawn(watchdog(deadline.clone(), s.clone(), status.clone()));
         tokio::spawn(async move {
             loop {
-                let again = self.round(&s, &status, &commands).await;
+                let again = self.round(&s, &status, &commands, &deadline).await;
                 if !again {
                     self.wait().await;
                 }
@@ -170,23 +174,38 @@ impl Ha {
         s: &Settings,
         status: &watch::Receiver<SupervisorStatus>,
         commands: &Commands,
+        deadline: &Deadline,
     ) -> bool {
-        self.renew().await;
-        self.refresh().await;
+        // When the renewal fails the store is likely down: reading and publishing would
+        // each spend another retry_timeout before the decision to fence.
+        let renewed = self.renew().await;
+        if renewed {
+            self.refresh().await;
+        }
         let sup = status.borrow().clone();
         if sup.exiting || sup.state == State::Bootstrapping {
             return false;
         }
         let facts = match sup.state {
-            State::Running => local::facts(s).await,
+            State::Running => tokio::time::timeout(self.cfg.retry_timeout, local::facts(s))
+                .await
+                .ok()
+                .flatten(),
             _ => None,
         };
-        let postgres = match facts {
-            None => Postgres::Stopped,
-            Some(f) if !f.in_recovery => Postgres::Primary,
-            Some(_) => Postgres::Replica {
-                upstream: s.upstream.get().map(|t| t.name),
+        let upstream = || s.upstream.get().map(|t| t.name);
+        let postgres = match (facts, sup.pid) {
+            (Some(f), _) if !f.in_recovery => Postgres::Primary,
+            (Some(_), _) => Postgres::Replica {
+                upstream: upstream(),
             },
+            (None, None) => Postgres::Stopped,
+            // Running or starting, but it did not answer: without standby.signal it is
+            // or is about to be writable, and is treated so (it may have to be fenced).
+            (None, Some(_)) if crate::replica::is_standby(&s.pgdata) => Postgres::Replica {
+                upstream: upstream(),
+            },
+            (None, Some(_)) => Postgres::Primary,
         };
         if let Some(l) = self.view.leader.clone() {
             let following =
@@ -195,10 +214,19 @@ impl Ha {
                 self.saw_term(s, l.term);
             }
         }
-        self.publish(s, &postgres, facts).await;
+        if renewed {
+            self.publish(s, &postgres, facts).await;
+        }
         let me = self.me(true, postgres, facts);
         let action = decide(&self.view, &me, self.rules());
         self.note(&action);
+        // Armed while postgres may be writable on our lease's behalf.
+        deadline.set(match action {
+            Action::Lead | Action::Promote | Action::StartPrimary => {
+                self.renewed_at.map(|t| t + self.cfg.fence_deadline())
+            }
+            _ => None,
+        });
         self.act(action, s, &sup, facts, commands).await
     }
 
@@ -336,9 +364,9 @@ impl Ha {
         }
     }
 
-    /// Renews the session lease, or grants one. The renewal counts from when it was
-    /// sent: etcd cannot expire the lease earlier than that plus its TTL.
-    async fn renew(&mut self) {
+    /// Renews the session lease, or grants one; true on success. The renewal counts
+    /// from when it was sent: etcd cannot expire the lease earlier than that plus its TTL.
+    async fn renew(&mut self) -> bool {
         let sent = clock::now();
         let result = match self.lease {
             Some(lease) => self.store.keep_alive(lease).await.map(|()| lease),
@@ -348,6 +376,7 @@ impl Ha {
             Ok(lease) => {
                 self.lease = Some(lease);
                 self.renewed_at = Some(sent);
+                true
             }
             Err(StoreError::LeaseGone(lease)) => {
                 warn!(
@@ -356,8 +385,12 @@ impl Ha {
                 );
                 self.lease = None;
                 self.renewed_at = None;
+                false
             }
-            Err(e) => warn!(error = %e, "HA: cannot renew the session lease"),
+            Err(e) => {
+                warn!(error = %e, "HA: cannot renew the session lease");
+                false
+            }
         }
     }
 
@@ -476,6 +509,53 @@ impl Ha {
         if self.last_action.as_ref() != Some(action) {
             info!(action = ?action, "HA: next action");
             self.last_action = Some(action.clone());
+        }
+    }
+}
+
+/// The boot-clock time by which postgres must accept no more writes, while it may be
+/// writable on this member's lease; `None` otherwise.
+#[derive(Debug, Clone, Default)]
+struct Deadline(Arc<std::sync::Mutex<Option<Duration>>>);
+
+impl Deadline {
+    fn set(&self, at: Option<Duration>) {
+        match self.0.lock() {
+            Ok(mut g) => *g = at,
+            Err(p) => *p.into_inner() = at,
+        }
+    }
+
+    fn get(&self) -> Option<Duration> {
+        match self.0.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        }
+    }
+}
+
+/// Fences postgres when the deadline passes without the loop having moved it: the
+/// loop decides at `demote_after`, but a store call stuck until its timeout could make
+/// it late. A stalled pgwarden process is out of its reach.
+async fn watchdog(deadline: Deadline, s: Arc<Settings>, status: watch::Receiver<SupervisorStatus>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let Some(at) = deadline.get() else {
+            continue;
+        };
+        if clock::now() < at {
+            continue;
+        }
+        deadline.set(None);
+        let pid = status.borrow().pid;
+        error!("HA: the lease deadline passed without a renewal; fencing postgres now");
+        if let Err(e) = crate::replica::write_standby_signal(&s, &s.pgdata) {
+            error!(error = format!("{e:#}"), "HA: cannot write standby.signal");
+        }
+        s.upstream.set(None);
+        if let Some(pid) = pid {
+            local::stop_now(pid, Duration::ZERO).await;
         }
     }
 }
