@@ -223,7 +223,7 @@ async fn bring_up(members: &mut [Instance]) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_the_primary_promotes_one_replica_and_the_other_follows() {
+async fn kill_9_of_the_primary_promotes_one_replica_the_other_follows_and_the_old_one_rejoins() {
     if !is_root() {
         eprintln!("skipped: PID namespaces need root");
         return;
@@ -272,6 +272,20 @@ async fn kill_9_of_the_primary_promotes_one_replica_and_the_other_follows() {
             Duration::from_secs(30),
             "new rows reach the follower",
             || match rt.block_on(count(&members[follower])) {
+                Some(150) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    });
+    // The old primary comes back: it starts as a standby of the new leader, rewound
+    // past the fork if it had to be, and catches up.
+    members[first].start();
+    tokio::task::block_in_place(|| {
+        wait_streaming(&rt, &members[second], &format!("n{}", first + 1), &members);
+        eventually(
+            Duration::from_secs(30),
+            "the old primary catches up",
+            || match rt.block_on(count(&members[first])) {
                 Some(150) => Ok(()),
                 other => Err(format!("{other:?}")),
             },

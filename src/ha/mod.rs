@@ -263,21 +263,17 @@ impl Ha {
                     let budget = self.stop_budget();
                     local::stop_now(pid, budget).await;
                 }
+                // The standby it comes back as streams from no one until a leader is
+                // known (the reload is served once postgres runs again).
+                reload_later(commands);
             }
-            Action::Promote => self.promote(s).await,
+            Action::Promote => self.promote(s, commands).await,
             Action::Follow { leader, repoint } => {
                 if repoint {
                     if let Some(t) = self.target(&leader) {
                         info!(leader = %leader, host = %t.host, port = t.port, "HA: following the leader");
                         s.upstream.set(Some(t));
-                        // The supervisor re-renders primary_conninfo from the shared
-                        // upstream and reloads; not awaited, as it may be busy.
-                        let commands = commands.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = commands.send(Command::Reload).await {
-                                warn!(error = %e, "HA: cannot reload to follow the new leader");
-                            }
-                        });
+                        reload_later(commands);
                     }
                 }
             }
@@ -312,14 +308,20 @@ impl Ha {
 
     /// Promotes the local standby now that this member holds the key; on failure the
     /// key is released so that another member may take over.
-    async fn promote(&mut self, s: &Settings) {
+    async fn promote(&mut self, s: &Settings, commands: &Commands) {
         let Some(l) = self.view.leader.clone() else {
             return;
         };
         let before = local::facts(s).await;
+        // Slots first (a standby can create them): members re-pointed here the moment
+        // the key changed find theirs as soon as this member accepts connections.
+        self.ensure_slots(s).await;
         match crate::replica::promote::promote(s).await {
             Ok(timeline) => {
+                // primary_conninfo still names the old leader: a later fence must not
+                // bring this member back streaming from it.
                 s.upstream.set(None);
+                reload_later(commands);
                 let entry = HistoryEntry {
                     term: l.term,
                     timeline,
@@ -511,6 +513,18 @@ impl Ha {
             self.last_action = Some(action.clone());
         }
     }
+}
+
+/// Asks the supervisor to re-render the configuration (primary_conninfo follows the
+/// shared upstream) and reload. Not awaited: the supervisor serves requests only while
+/// postgres runs, and the loop must not wait for that.
+fn reload_later(commands: &Commands) {
+    let commands = commands.clone();
+    tokio::spawn(async move {
+        if let Err(e) = commands.send(Command::Reload).await {
+            warn!(error = %e, "HA: cannot reload the configuration");
+        }
+    });
 }
 
 /// The boot-clock time by which postgres must accept no more writes, while it may be
