@@ -5,6 +5,7 @@
 mod common;
 
 use common::etcd::Etcd;
+use common::router::Router;
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -12,8 +13,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Three members of cluster `c`, not started, with the tests' short timing.
-fn cluster(parent: &std::path::Path, etcd: &Etcd) -> Vec<Instance> {
+/// Three clusters at once are too much for a small CI machine: these tests take
+/// turns, whatever the test threads. Each test has a runtime of its own, so holding
+/// this lock across its awaits blocks only other tests (hence the clippy allows).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one may still run.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Three members of cluster `c`, not started, with the tests' short timing, on
+/// loopback (`net` None) or each in its network namespace of `net`.
+fn cluster(parent: &std::path::Path, etcd: &Etcd, net: Option<&Router>) -> Vec<Instance> {
     ["n1", "n2", "n3"]
         .iter()
         .map(|name| {
@@ -32,22 +44,29 @@ fn cluster(parent: &std::path::Path, etcd: &Etcd) -> Vec<Instance> {
             }
             // pgwarden is PID 1 of a new PID namespace; SIGKILL of unshare kills it,
             // and with it every process of the namespace.
-            pg.exec_prefix = ["unshare", "--pid", "--kill-child", "--mount-proc"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let mut prefix: Vec<String> = Vec::new();
+            if let Some(net) = net {
+                prefix.extend(["ip", "netns", "exec"].map(String::from));
+                prefix.push(net.ns(name));
+                pg.set("PGWARDEN_ADVERTISE_HOST", net.addr(name));
+                pg.set("PGWARDEN_ALLOWED_NETWORK", net.network());
+                // Probes go through the control socket, which no partition cuts.
+                pg.via_socket = true;
+            }
+            prefix.extend(["unshare", "--pid", "--kill-child", "--mount-proc"].map(String::from));
+            pg.exec_prefix = prefix;
             pg
         })
         .collect()
 }
 
-/// Whether postgres on 127.0.0.1:`port` accepts writes, or `None` when it does not answer.
-async fn writable(port: u16) -> Option<bool> {
+/// A superuser connection over the unix socket (peer authentication as root, mapped
+/// by pgwarden): it reaches a member whatever network namespace or partition it is in.
+async fn client(socket_dir: &std::path::Path, port: u16) -> Option<tokio_postgres::Client> {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
+    cfg.host_path(socket_dir)
         .port(port)
         .user("postgres")
-        .password(PASSWORD)
         .dbname("postgres")
         .connect_timeout(Duration::from_secs(1));
     let (client, conn) =
@@ -56,11 +75,34 @@ async fn writable(port: u16) -> Option<bool> {
             .ok()?
             .ok()?;
     tokio::spawn(conn);
+    Some(client)
+}
+
+/// Where a member's postgres answers: socket directory and port.
+type Addr = (std::path::PathBuf, u16);
+
+fn addr(pg: &Instance) -> Addr {
+    (pg.socket_dir.clone(), pg.port)
+}
+
+/// Whether postgres at `a` accepts writes, or `None` when it does not answer.
+async fn writable(a: &Addr) -> Option<bool> {
+    let client = client(&a.0, a.1).await?;
     let row = client
         .query_one("SELECT NOT pg_is_in_recovery()", &[])
         .await
         .ok()?;
     Some(row.get(0))
+}
+
+/// Runs `sql` on `pg`, which must answer.
+async fn execute(pg: &Instance, sql: &str) {
+    client(&pg.socket_dir, pg.port)
+        .await
+        .expect("connect over the socket")
+        .batch_execute(sql)
+        .await
+        .unwrap();
 }
 
 /// One sampling round: when it ended, and the members that accepted writes in it.
@@ -74,15 +116,15 @@ struct Checker {
 }
 
 impl Checker {
-    fn start(ports: Vec<u16>) -> Checker {
+    fn start(addrs: Vec<Addr>) -> Checker {
         let stop = Arc::new(AtomicBool::new(false));
         let rounds = Arc::new(Mutex::new(Vec::new()));
         let (s, r) = (stop.clone(), rounds.clone());
         let task = tokio::spawn(async move {
             while !s.load(Ordering::SeqCst) {
                 let mut w = Vec::new();
-                for (idx, port) in ports.iter().enumerate() {
-                    if writable(*port).await == Some(true) {
+                for (idx, a) in addrs.iter().enumerate() {
+                    if writable(a).await == Some(true) {
                         w.push(idx);
                     }
                 }
@@ -137,7 +179,9 @@ fn wait_streaming(
         &format!("{replica} streams"),
         || {
             let n: i64 = rt.block_on(async {
-            let c = primary.connect().await;
+            let Some(c) = client(&primary.socket_dir, primary.port).await else {
+                return 0;
+            };
             c.query_one(
                 "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
                 &[&replica],
@@ -156,7 +200,7 @@ fn wait_streaming(
 }
 
 async fn count(pg: &Instance) -> Option<i64> {
-    let c = pg.connect_as("postgres", PASSWORD, "postgres").await.ok()?;
+    let c = client(&pg.socket_dir, pg.port).await?;
     c.query_one("SELECT count(*) FROM t", &[])
         .await
         .ok()
@@ -202,11 +246,11 @@ async fn bring_up(members: &mut [Instance]) -> usize {
             wait_streaming(&rt, &members[first], &format!("n{}", o + 1), members);
         }
     });
-    let c = members[first].connect().await;
-    c.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)")
-        .await
-        .unwrap();
-    drop(c);
+    execute(
+        &members[first],
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)",
+    )
+    .await;
     tokio::task::block_in_place(|| {
         for o in &others {
             eventually(
@@ -223,19 +267,21 @@ async fn bring_up(members: &mut [Instance]) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
 async fn kill_9_of_the_primary_promotes_one_replica_the_other_follows_and_the_old_one_rejoins() {
+    let _turn = one_at_a_time();
     if !is_root() {
         eprintln!("skipped: PID namespaces need root");
         return;
     }
     let etcd = Etcd::start();
     let tmp = test_dir();
-    let mut members = cluster(tmp.path(), &etcd);
+    let mut members = cluster(tmp.path(), &etcd, None);
     let rt = tokio::runtime::Handle::current();
     let first = bring_up(&mut members).await;
     let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
 
-    let checker = Checker::start(members.iter().map(|m| m.port).collect());
+    let checker = Checker::start(members.iter().map(addr).collect());
     // SIGKILL of the primary's pgwarden: its PID namespace, postgres included, dies.
     kill(Pid::from_raw(members[first].pid()), Signal::SIGKILL).unwrap();
     members[first].kill_hard();
@@ -258,15 +304,16 @@ async fn kill_9_of_the_primary_promotes_one_replica_the_other_follows_and_the_ol
             &members,
         )
     });
-    let c = members[second].connect().await;
     assert_eq!(
         count(&members[second]).await,
         Some(100),
         "rows lost in the failover"
     );
-    c.batch_execute("INSERT INTO t SELECT generate_series(101, 150)")
-        .await
-        .unwrap();
+    execute(
+        &members[second],
+        "INSERT INTO t SELECT generate_series(101, 150)",
+    )
+    .await;
     tokio::task::block_in_place(|| {
         eventually(
             Duration::from_secs(30),
@@ -313,27 +360,30 @@ async fn kill_9_of_the_primary_promotes_one_replica_the_other_follows_and_the_ol
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
 async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it_returns() {
+    let _turn = one_at_a_time();
     if !is_root() {
         eprintln!("skipped: PID namespaces need root");
         return;
     }
     let etcd = Etcd::start();
     let tmp = test_dir();
-    let mut members = cluster(tmp.path(), &etcd);
+    let mut members = cluster(tmp.path(), &etcd, None);
     let rt = tokio::runtime::Handle::current();
     let first = bring_up(&mut members).await;
-    let checker = Checker::start(members.iter().map(|m| m.port).collect());
+    let checker = Checker::start(members.iter().map(addr).collect());
     // A frozen etcd answers nothing (Patroni's way to test a store outage): the
     // primary cannot renew, and must stop accepting writes on its own.
     let etcd_pid = Pid::from_raw(etcd.pid());
     kill(etcd_pid, Signal::SIGSTOP).unwrap();
     tokio::task::block_in_place(|| {
         eventually(Duration::from_secs(60), "no member accepts writes", || {
-            let w: Vec<usize> = (0..3)
-                .filter(|i| rt.block_on(writable(members[*i].port)) == Some(true))
+            // Every member must answer: one too slow to answer proves nothing.
+            let w: Vec<Option<bool>> = (0..3)
+                .map(|i| rt.block_on(writable(&addr(&members[i]))))
                 .collect();
-            if w.is_empty() {
+            if w.iter().all(|w| *w == Some(false)) {
                 Ok(())
             } else {
                 Err(format!("writable: {w:?}\n{}", logs(&members)))
@@ -341,7 +391,7 @@ async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it
         })
     });
     assert!(
-        members[first].log().contains("HA: fencing"),
+        members[first].log().contains("fencing"),
         "{}",
         members[first].log()
     );
@@ -350,7 +400,7 @@ async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it
         eventually(
             Duration::from_secs(60),
             "the fenced member serves reads",
-            || match rt.block_on(writable(members[first].port)) {
+            || match rt.block_on(writable(&addr(&members[first]))) {
                 Some(false) => Ok(()),
                 other => Err(format!("{other:?}")),
             },
@@ -374,6 +424,85 @@ async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it
         }
     });
     assert_eq!(count(&members[leader]).await, Some(100), "rows lost");
+    if std::env::var("HA_TEST_LOGS").is_ok() {
+        eprintln!("{}", logs(&members));
+    }
+    assert!(checker.finish().await > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn an_isolated_primary_fences_itself_while_the_majority_elects_another() {
+    let _turn = one_at_a_time();
+    if !is_root() {
+        eprintln!("skipped: network and PID namespaces need root");
+        return;
+    }
+    // Declared first, dropped last: the namespaces outlive the processes in them.
+    let mut net = Router::new(&["etcd", "n1", "n2", "n3"]);
+    let etcd = Etcd::start_at(Some(&net.ns("etcd")), &net.addr("etcd"));
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd, Some(&net));
+    let rt = tokio::runtime::Handle::current();
+    let first = bring_up(&mut members).await;
+    let checker = Checker::start(members.iter().map(addr).collect());
+    // Cut the primary off from etcd and both replicas: packets vanish, nothing is refused.
+    let old = format!("n{}", first + 1);
+    net.isolate(&old);
+    let second = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(90),
+            "the majority elects a leader",
+            || match primaries(&members).as_slice() {
+                [one] if *one != first => Ok(*one),
+                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
+            },
+        )
+    });
+    // The isolated member fenced itself: it serves reads, accepts no writes.
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(30),
+            "the old primary is read-only",
+            || match rt.block_on(writable(&addr(&members[first]))) {
+                Some(false) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    });
+    assert!(
+        members[first].log().contains("fencing"),
+        "{}",
+        members[first].log()
+    );
+    let follower = (0..3).find(|i| *i != first && *i != second).unwrap();
+    tokio::task::block_in_place(|| {
+        wait_streaming(
+            &rt,
+            &members[second],
+            &format!("n{}", follower + 1),
+            &members,
+        )
+    });
+    assert_eq!(count(&members[second]).await, Some(100), "rows lost");
+    execute(
+        &members[second],
+        "INSERT INTO t SELECT generate_series(101, 150)",
+    )
+    .await;
+    // Healed: the old primary follows the new leader.
+    net.heal();
+    tokio::task::block_in_place(|| {
+        wait_streaming(&rt, &members[second], &old, &members);
+        eventually(
+            Duration::from_secs(30),
+            "the old primary catches up",
+            || match rt.block_on(count(&members[first])) {
+                Some(150) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    });
     if std::env::var("HA_TEST_LOGS").is_ok() {
         eprintln!("{}", logs(&members));
     }

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct Etcd {
     pub dir: tempfile::TempDir,
     pub client_port: u16,
+    /// The address it listens on.
+    pub host: String,
     child: Option<Child>,
 }
 
@@ -25,7 +27,14 @@ pub fn etcd_bin() -> PathBuf {
 }
 
 impl Etcd {
+    /// On 127.0.0.1.
     pub fn start() -> Etcd {
+        Etcd::start_at(None, "127.0.0.1")
+    }
+
+    /// On `host`, inside network namespace `netns` if given (then readiness is read
+    /// from its log, as the test process cannot reach it).
+    pub fn start_at(netns: Option<&str>, host: &str) -> Etcd {
         // /dev/shm: etcd fsyncs its WAL on every write, which is slow on a shared disk.
         let dir = tempfile::Builder::new()
             .prefix("pgwarden-etcd-")
@@ -37,14 +46,23 @@ impl Etcd {
             .unwrap();
         let mut e = Etcd {
             client_port: super::free_port(),
+            host: host.to_owned(),
             dir,
             child: None,
         };
         let peer = super::free_port();
         let log = std::fs::File::create(e.dir.path().join("etcd.log")).unwrap();
         let client_url = e.url();
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(etcd_bin())
+        let peer_url = format!("http://{host}:{peer}");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(etcd_bin());
+                c
+            }
+            None => Command::new(etcd_bin()),
+        };
+        let child = cmd
             .args(["--name", "t", "--data-dir"])
             .arg(e.dir.path().join("data"))
             .args(["--listen-client-urls", &client_url])
@@ -60,6 +78,17 @@ impl Etcd {
             .spawn()
             .unwrap();
         e.child = Some(child);
+        if netns.is_some() {
+            super::eventually(Duration::from_secs(30), "etcd is ready", || {
+                let log = e.log();
+                if log.contains("ready to serve client requests") {
+                    Ok(())
+                } else {
+                    Err(log)
+                }
+            });
+            return e;
+        }
         use pgwarden::http::client::{request_with_timeout, Target};
         let target = Target::Tcp(([127, 0, 0, 1], e.client_port).into());
         super::eventually(Duration::from_secs(30), "etcd answers /health", || {
@@ -73,7 +102,7 @@ impl Etcd {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
     pub fn pid(&self) -> i32 {

@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod garage;
+pub mod router;
 pub mod wal;
 
 use nix::sys::signal::{kill, killpg, Signal};
