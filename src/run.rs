@@ -191,13 +191,13 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         )
     })?;
 
-    if let Some(ha) = ha {
+    let ha = ha.map(|ha| {
         ha.spawn(
             settings.clone(),
             status_tx.subscribe(),
             supervisor::Commands(command_tx.clone()),
-        );
-    }
+        )
+    });
     let sup = Supervisor {
         restart_on_pending: settings.restart_on_pending,
         settings,
@@ -208,7 +208,12 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         self_commands: supervisor::Commands(command_tx),
         refused: None,
     };
-    Ok(sup.run(&mut signals).await)
+    let code = sup.run(&mut signals).await;
+    // postgres has stopped: only now may the leader key go to another member.
+    if let Some(ha) = ha {
+        ha.retire().await;
+    }
+    Ok(code)
 }
 
 /// Settings with the adopted layer read again, when the bootstrap brought one.

@@ -10,6 +10,12 @@ use nix::unistd::Pid;
 use std::time::Duration;
 
 /// postgres's own answer about its role and position.
+///
+/// A standby has no function that names the timeline it replays: the WAL receiver's
+/// is gone with its primary, and the last restartpoint's may be older than a switch
+/// replayed since. So the newest of those, of the minimum recovery point's and of the
+/// timeline history files in pg_wal (fetched before streaming on a new timeline) is
+/// taken; GREATEST skips the ones that are NULL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facts {
     /// In recovery (a standby).
@@ -25,8 +31,11 @@ pub struct Facts {
 const FACTS: &str = "
 SELECT pg_is_in_recovery(),
   CASE WHEN pg_is_in_recovery()
-    THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
-                  (SELECT timeline_id FROM pg_control_checkpoint()))
+    THEN GREATEST((SELECT received_tli FROM pg_stat_wal_receiver),
+                  (SELECT min_recovery_end_timeline FROM pg_control_recovery()),
+                  (SELECT timeline_id FROM pg_control_checkpoint()),
+                  (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir()
+                    WHERE name ~ '^[0-9A-F]{8}[.]history$'))
     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
   END,
   pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()

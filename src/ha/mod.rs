@@ -49,6 +49,38 @@ pub struct Ha {
     term_written: Term,
     view: ClusterView,
     last_action: Option<Action>,
+    /// The current lease, for [`Running::retire`].
+    lease_tx: watch::Sender<Option<LeaseId>>,
+}
+
+/// The HA loop once spawned.
+pub struct Running {
+    loop_task: tokio::task::JoinHandle<()>,
+    watchdog_task: tokio::task::JoinHandle<()>,
+    store: EtcdStore,
+    lease: watch::Receiver<Option<LeaseId>>,
+    retry_timeout: Duration,
+}
+
+impl Running {
+    /// Leaves the cluster once postgres has stopped (pgwarden is exiting): the loop
+    /// stops and the lease is revoked, dropping the leader and member keys at once, so
+    /// that a planned stop of the leader hands over without waiting for the TTL.
+    pub async fn retire(self) {
+        self.loop_task.abort();
+        self.watchdog_task.abort();
+        let lease = *self.lease.borrow();
+        let Some(lease) = lease else {
+            return;
+        };
+        match tokio::time::timeout(self.retry_timeout, self.store.revoke(lease)).await {
+            Ok(Ok(())) => info!("HA: left the cluster: lease revoked, keys released"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "HA: cannot revoke the lease; its keys expire with its TTL")
+            }
+            Err(_) => warn!("HA: no answer revoking the lease; its keys expire with its TTL"),
+        }
+    }
 }
 
 impl Ha {
@@ -71,6 +103,7 @@ impl Ha {
             term_written: term_seen,
             view: ClusterView::default(),
             last_action: None,
+            lease_tx: watch::channel(None).0,
         })
     }
 
@@ -155,17 +188,29 @@ impl Ha {
         s: Arc<Settings>,
         status: watch::Receiver<SupervisorStatus>,
         commands: Commands,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> Running {
         let deadline = Deadline::default();
-        tokio::spawn(watchdog(deadline.clone(), s.clone(), status.clone()));
-        tokio::spawn(async move {
+        let watchdog_task = tokio::spawn(watchdog(deadline.clone(), s.clone(), status.clone()));
+        let (store, lease, retry_timeout) = (
+            self.store.clone(),
+            self.lease_tx.subscribe(),
+            self.cfg.retry_timeout,
+        );
+        let loop_task = tokio::spawn(async move {
             loop {
                 let again = self.round(&s, &status, &commands, &deadline).await;
                 if !again {
                     self.wait().await;
                 }
             }
-        })
+        });
+        Running {
+            loop_task,
+            watchdog_task,
+            store,
+            lease,
+            retry_timeout,
+        }
     }
 
     /// One round; true when the next one should follow at once.
@@ -378,6 +423,7 @@ impl Ha {
             Ok(lease) => {
                 self.lease = Some(lease);
                 self.renewed_at = Some(sent);
+                self.lease_tx.send_replace(self.lease);
                 true
             }
             Err(StoreError::LeaseGone(lease)) => {
@@ -387,6 +433,7 @@ impl Ha {
                 );
                 self.lease = None;
                 self.renewed_at = None;
+                self.lease_tx.send_replace(None);
                 false
             }
             Err(e) => {
