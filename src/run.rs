@@ -69,6 +69,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
 
     let (status_tx, status_rx) = watch::channel(SupervisorStatus::bootstrapping());
     let (daemon_tx, daemon_rx) = watch::channel(None);
+    let (ha_status_tx, ha_status_rx) = watch::channel(None);
     let backup_status = Arc::new(std::sync::Mutex::new(crate::backup::BackupStatus::default()));
     let backups = http::backup::BackupState {
         settings: settings.clone(),
@@ -86,7 +87,9 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             name: settings.name.clone(),
             configured_role: settings.role,
             ready_max_lag: settings.ready_max_lag,
+            ha: settings.ha.is_some(),
         }),
+        ha: ha_status_rx,
     };
     let (command_tx, command_rx) = tokio::sync::mpsc::channel(8);
     let ctl = http::control::ControlState {
@@ -112,7 +115,11 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     bootstrap::ensure_socket_dir(&settings)?;
     replica::write_passfile(&settings)?;
     let mut ha = match &settings.ha {
-        Some(cfg) => Some(crate::ha::Ha::connect(&settings, cfg).await?),
+        Some(cfg) => {
+            let mut ha = crate::ha::Ha::connect(&settings, cfg).await?;
+            ha.publish_to(ha_status_tx);
+            Some(ha)
+        }
         None => None,
     };
     let prepare = async {

@@ -362,6 +362,34 @@ async fn kill_9_fails_over_the_old_primary_rejoins_and_a_planned_stop_hands_over
         Some(name(second))
     );
 
+    // Each member shows the cluster as it read it: /status.ha, /cluster, /history.
+    let leader_status = members[second].status();
+    let ha = leader_status.ha.expect("/status has an ha section");
+    assert!(ha.is_leader && ha.last_renew_ok, "{ha:?}");
+    assert_eq!(ha.leader, Some(name(second)));
+    let cluster: serde_json::Value =
+        serde_json::from_str(&members[follower].get("/cluster").body).unwrap();
+    assert_eq!(cluster["leader"], name(second), "{cluster}");
+    let listed: Vec<&str> = cluster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert!(
+        listed.contains(&name(first).as_str()) && listed.len() == 3,
+        "{cluster}"
+    );
+    let history: serde_json::Value =
+        serde_json::from_str(&members[follower].get("/history").body).unwrap();
+    assert_eq!(
+        history
+            .as_array()
+            .and_then(|h| h.last())
+            .map(|e| e["leader"].clone()),
+        Some(serde_json::json!(name(second)))
+    );
+
     // A planned stop of the leader (SIGTERM, as a pod deletion): once postgres has
     // stopped, pgwarden revokes its lease, so the key does not wait for the TTL.
     kill(Pid::from_raw(inner_pid(&members[second])), Signal::SIGTERM).unwrap();

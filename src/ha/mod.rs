@@ -11,6 +11,7 @@ pub mod config;
 pub mod decide;
 pub mod etcd;
 pub mod local;
+pub mod status;
 pub mod store;
 pub mod upstream;
 
@@ -51,6 +52,9 @@ pub struct Ha {
     last_action: Option<Action>,
     /// The current lease, for [`Running::retire`].
     lease_tx: watch::Sender<Option<LeaseId>>,
+    /// What `/status`, `/cluster` and `/history` show.
+    status_tx: Option<watch::Sender<Option<status::HaStatus>>>,
+    last_renew_ok: bool,
 }
 
 /// The HA loop once spawned.
@@ -104,6 +108,8 @@ impl Ha {
             view: ClusterView::default(),
             last_action: None,
             lease_tx: watch::channel(None).0,
+            status_tx: None,
+            last_renew_ok: false,
         })
     }
 
@@ -180,6 +186,11 @@ impl Ha {
         }))
     }
 
+    /// Publishes the HA state on `tx` after every round.
+    pub fn publish_to(&mut self, tx: watch::Sender<Option<status::HaStatus>>) {
+        self.status_tx = Some(tx);
+    }
+
     /// Runs the loop for the life of pgwarden, acting on the supervised postgres, and
     /// beside it a watchdog that fences postgres at the lease deadline even when the
     /// loop is stuck in a slow store call.
@@ -224,6 +235,7 @@ impl Ha {
         // When the renewal fails the store is likely down: reading and publishing would
         // each spend another retry_timeout before the decision to fence.
         let renewed = self.renew().await;
+        self.last_renew_ok = renewed;
         if renewed {
             self.refresh().await;
         }
@@ -265,6 +277,7 @@ impl Ha {
         let me = self.me(true, postgres, facts);
         let action = decide(&self.view, &me, self.rules());
         self.note(&action);
+        self.show(&action);
         // Armed while postgres may be writable on our lease's behalf.
         deadline.set(match action {
             Action::Lead | Action::Promote | Action::StartPrimary => {
@@ -551,6 +564,37 @@ impl Ha {
             Ok(_) => self.term_written = self.term_seen,
             Err(e) => warn!(error = %e, "HA: cannot record the term seen"),
         }
+    }
+
+    /// Publishes what this round saw and decided.
+    fn show(&self, action: &Action) {
+        let Some(tx) = &self.status_tx else {
+            return;
+        };
+        let leader = self.view.leader.as_ref();
+        let is_leader = leader.is_some_and(|l| l.name == self.name && Some(l.lease) == self.lease);
+        let fence_deadline_in_ms = match (is_leader, self.renewed_at) {
+            (true, Some(t)) => Some(
+                (t + self.cfg.fence_deadline())
+                    .saturating_sub(clock::now())
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            ),
+            _ => None,
+        };
+        tx.send_replace(Some(status::HaStatus {
+            cluster: self.cfg.cluster.clone(),
+            leader: leader.map(|l| l.name.clone()),
+            term: leader.map(|l| l.term),
+            is_leader,
+            fence_deadline_in_ms,
+            last_renew_ok: self.last_renew_ok,
+            action: format!("{action:?}"),
+            members: self.view.members.clone(),
+            optime: self.view.optime,
+            history: self.view.history.clone(),
+        }));
     }
 
     /// Logs an action when it differs from the last one, so a steady state is quiet.
