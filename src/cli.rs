@@ -52,6 +52,9 @@ pub enum Command {
     /// The official image's form: `run` with `-c name=value` (or `--name=value`) settings
     /// added to the user layer. Settings come from the environment only.
     Postgres(PostgresArgs),
+    /// The HA dead-man switch `run` starts for itself (see src/ha/deadman.rs).
+    #[command(hide = true)]
+    HaDeadman(crate::ha::deadman::DeadmanArgs),
     /// Any other command (`psql`, `bash`, `sh -c ...`) is executed as is, as the official
     /// image's entrypoint does.
     #[command(external_subcommand)]
@@ -116,6 +119,10 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
         _ => {}
     }
+    // Blocking and tiny, with no runtime: it must keep working when pgwarden cannot.
+    if let Command::HaDeadman(args) = &cli.command {
+        return crate::ha::deadman::main(args);
+    }
     // postgres runs archive_command and restore_command once per file: the lightest
     // runtime that does the job, one thread (CPU work goes to the blocking pool).
     let one_shot = matches!(cli.command, Command::WalArchive(_) | Command::WalRestore(_));
@@ -159,6 +166,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::WalVerify(args) => runtime.block_on(wal_verify(&args)),
         Command::WalArchive(args) => runtime.block_on(crate::wal_cli::wal_archive(&args)),
         Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
+        Command::HaDeadman(args) => crate::ha::deadman::main(&args),
     }
 }
 

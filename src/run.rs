@@ -203,6 +203,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             settings.clone(),
             status_tx.subscribe(),
             supervisor::Commands(command_tx.clone()),
+            &runner,
         )
     });
     let sup = Supervisor {

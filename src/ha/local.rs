@@ -128,6 +128,20 @@ pub async fn stop_now(postmaster: i32, budget: Duration) {
     }
 }
 
+/// SIGKILLs a postmaster and each of its children at once, if `postmaster` still is a
+/// postgres process (a pid recycled since is left alone).
+pub fn kill_now(postmaster: i32) {
+    let cmdline = std::fs::read(format!("/proc/{postmaster}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains("postgres") || !alive(postmaster) {
+        return;
+    }
+    let children = children_of(postmaster);
+    let _ = kill(Pid::from_raw(postmaster), Signal::SIGKILL);
+    for c in children {
+        let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
+    }
+}
+
 /// Whether `pid` is a live process (a zombie counts as gone).
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod deadman;
 pub mod decide;
 pub mod etcd;
 pub mod local;
@@ -199,7 +200,15 @@ impl Ha {
         s: Arc<Settings>,
         status: watch::Receiver<SupervisorStatus>,
         commands: Commands,
+        runner: &crate::process::Runner,
     ) -> Running {
+        let mut deadman = match deadman::DeadMan::start(&s, runner) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!(error = %e, "HA: cannot start the dead-man switch; a stalled pgwarden would not be fenced");
+                None
+            }
+        };
         let deadline = Deadline::default();
         let watchdog_task = tokio::spawn(watchdog(deadline.clone(), s.clone(), status.clone()));
         let (store, lease, retry_timeout) = (
@@ -209,7 +218,9 @@ impl Ha {
         );
         let loop_task = tokio::spawn(async move {
             loop {
-                let again = self.round(&s, &status, &commands, &deadline).await;
+                let again = self
+                    .round(&s, &status, &commands, &deadline, &mut deadman)
+                    .await;
                 if !again {
                     self.wait().await;
                 }
@@ -231,6 +242,7 @@ impl Ha {
         status: &watch::Receiver<SupervisorStatus>,
         commands: &Commands,
         deadline: &Deadline,
+        deadman: &mut Option<deadman::DeadMan>,
     ) -> bool {
         // When the renewal fails the store is likely down: reading and publishing would
         // each spend another retry_timeout before the decision to fence.
@@ -279,12 +291,16 @@ impl Ha {
         self.note(&action);
         self.show(&action);
         // Armed while postgres may be writable on our lease's behalf.
-        deadline.set(match action {
+        let fence_at = match action {
             Action::Lead | Action::Promote | Action::StartPrimary => {
                 self.renewed_at.map(|t| t + self.cfg.fence_deadline())
             }
             _ => None,
-        });
+        };
+        deadline.set(fence_at);
+        if let Some(d) = deadman.as_mut() {
+            d.set(fence_at.zip(sup.pid).map(|(at, pid)| (pid, at)));
+        }
         self.act(action, s, &sup, facts, commands).await
     }
 
@@ -416,11 +432,14 @@ impl Ha {
             .filter(|m| m.name != self.name)
             .map(|m| m.name.clone())
             .collect();
-        if let Err(e) = local::ensure_slots(s, &others).await {
-            warn!(
+        // Bounded: a round that overstays delays the next renewal.
+        match tokio::time::timeout(self.cfg.retry_timeout, local::ensure_slots(s, &others)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(
                 error = format!("{e:#}"),
                 "HA: cannot create the members' replication slots"
-            );
+            ),
+            Err(_) => warn!("HA: creating the members' replication slots takes too long"),
         }
     }
 
