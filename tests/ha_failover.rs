@@ -363,6 +363,8 @@ async fn kill_9_fails_over_the_old_primary_rejoins_and_a_planned_stop_hands_over
     );
 
     // Each member shows the cluster as it read it: /status.ha, /cluster, /history.
+    let metrics = members[second].get("/metrics").body;
+    assert!(metrics.contains("pgwarden_ha_is_leader 1"), "{metrics}");
     let leader_status = members[second].status();
     let ha = leader_status.ha.expect("/status has an ha section");
     assert!(ha.is_leader && ha.last_renew_ok, "{ha:?}");
