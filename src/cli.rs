@@ -52,6 +52,8 @@ pub enum Command {
     /// The official image's form: `run` with `-c name=value` (or `--name=value`) settings
     /// added to the user layer. Settings come from the environment only.
     Postgres(PostgresArgs),
+    /// With PGWARDEN_HA: the cluster's members, the leader and its term.
+    List(ListArgs),
     /// The HA dead-man switch `run` starts for itself (see src/ha/deadman.rs).
     #[command(hide = true)]
     HaDeadman(crate::ha::deadman::DeadmanArgs),
@@ -88,6 +90,17 @@ pub struct PostgresArgs {
 struct EnvOnly {
     #[command(flatten)]
     settings: SettingsArgs,
+}
+
+/// Arguments of `list`.
+#[derive(Args, Debug, Clone)]
+pub struct ListArgs {
+    /// The running instance to ask.
+    #[command(flatten)]
+    pub local: LocalArgs,
+    /// Print the `GET /cluster` JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of the verbs that talk to a running pgwarden.
@@ -167,6 +180,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::WalArchive(args) => runtime.block_on(crate::wal_cli::wal_archive(&args)),
         Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
         Command::HaDeadman(args) => crate::ha::deadman::main(&args),
+        Command::List(args) => list(&args),
     }
 }
 
@@ -327,6 +341,36 @@ async fn wal_verify(args: &BackupListArgs) -> i32 {
 }
 
 /// Calls the running pgwarden over its control socket and prints the answer.
+/// `pgwarden list`: `GET /cluster` of the local instance, as a table.
+fn list(args: &ListArgs) -> i32 {
+    let path = crate::run::control_socket(&args.local.socket_dir);
+    match client::request(&Target::Unix(path.clone()), "GET", "/cluster", &[]) {
+        Ok(r) if r.status == 200 && !args.json => {
+            match serde_json::from_str::<crate::ha::status::ClusterDoc>(&r.body) {
+                Ok(doc) => {
+                    print!("{}", doc.table());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("pgwarden: unexpected /cluster answer ({e}): {}", r.body);
+                    1
+                }
+            }
+        }
+        Ok(r) => {
+            println!("{}", r.body.trim_end());
+            i32::from(r.status != 200)
+        }
+        Err(e) => {
+            eprintln!(
+                "pgwarden: cannot reach the running pgwarden at {}: {e}",
+                path.display()
+            );
+            1
+        }
+    }
+}
+
 fn local_call(args: &LocalArgs, method: &str, route: &str) -> i32 {
     let path = crate::run::control_socket(&args.socket_dir);
     match client::request(&Target::Unix(path.clone()), method, route, &[]) {

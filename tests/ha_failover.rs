@@ -394,6 +394,10 @@ async fn kill_9_fails_over_the_old_primary_rejoins_and_a_planned_stop_hands_over
             },
         )
     });
+    let (status, out) = members[follower].run_cli(&["list"]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains(&format!("leader {}", name(second))), "{out}");
+    assert!(out.contains(&format!("\n{} *", name(second))), "{out}");
     let history: serde_json::Value =
         serde_json::from_str(&members[follower].get("/history").body).unwrap();
     assert_eq!(
