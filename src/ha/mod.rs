@@ -56,6 +56,9 @@ pub struct Ha {
     /// What `/status`, `/cluster` and `/history` show.
     status_tx: Option<watch::Sender<Option<status::HaStatus>>>,
     last_renew_ok: bool,
+    /// The HTTP API of every member ever seen, by name: a former leader whose key
+    /// expired is asked too before racing.
+    known_apis: std::collections::BTreeMap<String, String>,
 }
 
 /// The HA loop once spawned.
@@ -111,6 +114,7 @@ impl Ha {
             lease_tx: watch::channel(None).0,
             status_tx: None,
             last_renew_ok: false,
+            known_apis: Default::default(),
         })
     }
 
@@ -355,6 +359,12 @@ impl Ha {
                 let Some(lease) = self.lease else {
                     return false;
                 };
+                // The store says nobody leads; a member that still answers as a
+                // primary says otherwise, and wins the argument (Patroni #2070).
+                if let Some(other) = self.a_primary_answers().await {
+                    warn!(member = %other, "HA: not racing: this member still answers as a primary");
+                    return false;
+                }
                 match self.store.acquire_leader(&self.name, lease).await {
                     Ok(Some(term)) => {
                         info!(term, "HA: acquired the leader key");
@@ -443,6 +453,45 @@ impl Ha {
         }
     }
 
+    /// The name of another member whose HTTP API answers `/primary` with 200, asking
+    /// every member ever seen at once, each for at most a second. Unreachable members
+    /// do not count: the leader key's compare-and-set decides among the rest.
+    async fn a_primary_answers(&self) -> Option<String> {
+        let mut asks = tokio::task::JoinSet::new();
+        for (name, url) in &self.known_apis {
+            if *name == self.name {
+                continue;
+            }
+            let Some(hostport) = url.strip_prefix("http://").map(str::to_owned) else {
+                continue;
+            };
+            let name = name.clone();
+            asks.spawn(async move {
+                let ask = tokio::task::spawn_blocking(move || {
+                    use std::net::ToSocketAddrs;
+                    let addr = hostport.to_socket_addrs().ok()?.next()?;
+                    let target = crate::http::client::Target::Tcp(addr);
+                    crate::http::client::request_with_timeout(
+                        &target,
+                        "GET",
+                        "/primary",
+                        &[],
+                        Duration::from_secs(1),
+                    )
+                    .ok()
+                });
+                let answer = tokio::time::timeout(Duration::from_secs(1), ask).await;
+                matches!(answer, Ok(Ok(Some(r))) if r.status == 200).then_some(name)
+            });
+        }
+        while let Some(done) = asks.join_next().await {
+            if let Ok(Some(name)) = done {
+                return Some(name);
+            }
+        }
+        None
+    }
+
     /// Renews the session lease, or grants one; true on success. The renewal counts
     /// from when it was sent: etcd cannot expire the lease earlier than that plus its TTL.
     async fn renew(&mut self) -> bool {
@@ -480,6 +529,9 @@ impl Ha {
     async fn refresh(&mut self) -> bool {
         match self.store.read().await {
             Ok(v) => {
+                for m in &v.members {
+                    self.known_apis.insert(m.name.clone(), m.api_url.clone());
+                }
                 self.view = v;
                 true
             }
