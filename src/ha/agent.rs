@@ -85,7 +85,13 @@ impl Ha {
             crate::replica::write_standby_signal(s, &s.pgdata)?;
             self.renew().await;
             self.refresh().await;
-            let target = self.view.leader.as_ref().and_then(|l| self.target(&l.name));
+            // Never itself: the key may still be bound to an earlier run's lease.
+            let target = self
+                .view
+                .leader
+                .as_ref()
+                .filter(|l| l.name != self.name)
+                .and_then(|l| self.target(&l.name));
             info!(leader = ?target.as_ref().map(|t| &t.name), "HA: existing PGDATA starts as a standby");
             s.upstream.set(target);
             next.role = Role::Replica;
@@ -283,6 +289,13 @@ impl Ha {
                 };
                 if let Err(e) = self.store.put_optime(&self.name, optime).await {
                     warn!(error = %e, "HA: cannot record the leader position");
+                }
+                // A cluster adopted from an existing PGDATA has no initialize key: claim
+                // it, so that an empty member never runs initdb beside this one.
+                if self.view.initialize.is_none() {
+                    if let Err(e) = self.store.initialize(&self.name).await {
+                        warn!(error = %e, "HA: cannot record the initialize key");
+                    }
                 }
                 self.ensure_slots(s).await;
             }

@@ -188,15 +188,19 @@ fn stopped_or(me: &Me, leader: Option<&String>, otherwise: impl FnOnce() -> Acti
 
 /// Rule 1: an empty PGDATA.
 fn bootstrap(view: &ClusterView, me: &Me) -> Action {
-    match (&view.initialize, &view.leader) {
-        (None, _) => Action::RaceInitialize,
-        (Some(winner), _) if *winner == me.name => Action::Initdb,
-        (Some(_), Some(l)) if l.name != me.name && view.member(&l.name).is_some() => {
-            Action::Clone {
+    // A leader that is not this member is cloned whatever the initialize key says: a
+    // cluster adopted from an existing PGDATA may never have written one.
+    if let Some(l) = &view.leader {
+        if l.name != me.name && view.member(&l.name).is_some() {
+            return Action::Clone {
                 from: l.name.clone(),
-            }
+            };
         }
-        (Some(winner), _) => wait(format!(
+    }
+    match &view.initialize {
+        None => Action::RaceInitialize,
+        Some(winner) if *winner == me.name => Action::Initdb,
+        Some(winner) => wait(format!(
             "{winner} initializes the cluster; waiting for a leader to clone"
         )),
     }
@@ -403,6 +407,18 @@ mod tests {
             (
                 "lost initialize, leader up: clone it",
                 view(),
+                Me {
+                    has_data: false,
+                    ..me(Postgres::Stopped)
+                },
+                Action::Clone { from: "a".into() },
+            ),
+            (
+                "leader up, no initialize key (an adopted cluster): clone it",
+                ClusterView {
+                    initialize: None,
+                    ..view()
+                },
                 Me {
                     has_data: false,
                     ..me(Postgres::Stopped)
