@@ -46,6 +46,9 @@ pub enum Command {
     Backup(LocalArgs),
     /// List the base backups in the archive, pgwarden's and barman-cloud's.
     BackupList(BackupListArgs),
+    /// Delete the backups a retention policy finds obsolete (or one backup), then the
+    /// WAL no remaining backup needs, with barman's rules.
+    BackupDelete(BackupDeleteArgs),
     /// Check that every WAL segment from the oldest backup to the newest archived
     /// segment is in the archive, across timelines; exit 1 when one is missing.
     WalVerify(BackupListArgs),
@@ -72,6 +75,26 @@ pub struct BackupListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `backup-delete`.
+#[derive(Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["retention", "backup_id"])))]
+pub struct BackupDeleteArgs {
+    /// The archive, as for wal-archive.
+    #[command(flatten)]
+    pub client: crate::wal_cli::WalClientArgs,
+    /// A barman retention policy: `REDUNDANCY n` or `RECOVERY WINDOW OF n
+    /// {DAYS|WEEKS|MONTHS}`. Not read from PGWARDEN_BACKUP_RETENTION: deleting is
+    /// asked for explicitly.
+    #[arg(long, value_name = "POLICY")]
+    pub retention: Option<String>,
+    /// One backup to delete.
+    #[arg(long, value_name = "ID")]
+    pub backup_id: Option<String>,
+    /// Print what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The arguments after `postgres`, exactly as postgres would get them.
@@ -174,8 +197,14 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Checkpoint(args) => local_call(&args, "POST", "/checkpoint"),
         Command::Fence(args) => local_call(&args, "POST", "/fence"),
         Command::Unfence(args) => local_call(&args, "POST", "/unfence"),
-        Command::Backup(args) => local_call(&args, "POST", "/backup"),
+        Command::Backup(args) => local_call_within(
+            &args,
+            "POST",
+            "/backup",
+            std::time::Duration::from_secs(7 * 86_400),
+        ),
         Command::BackupList(args) => runtime.block_on(backup_list(&args)),
+        Command::BackupDelete(args) => runtime.block_on(backup_delete(&args)),
         Command::WalVerify(args) => runtime.block_on(wal_verify(&args)),
         Command::WalArchive(args) => runtime.block_on(crate::wal_cli::wal_archive(&args)),
         Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
@@ -288,6 +317,62 @@ async fn backup_list(args: &BackupListArgs) -> i32 {
     }
 }
 
+/// `backup-delete`: plans from the catalogue, prints the plan, deletes (unless a dry
+/// run). Exit 2 when the request is refused before anything is deleted, 1 when a
+/// deletion fails part-way.
+async fn backup_delete(args: &BackupDeleteArgs) -> i32 {
+    use crate::backup::delete::{self, Selection};
+    let selection = match (&args.retention, &args.backup_id) {
+        (Some(p), _) => match crate::backup::policy::Policy::parse(p) {
+            Ok(p) => Selection::Policy(p),
+            Err(e) => {
+                eprintln!("pgwarden: backup-delete: --retention: {e}; nothing was deleted");
+                return 2;
+            }
+        },
+        (None, Some(id)) => Selection::BackupId(id.clone()),
+        (None, None) => {
+            eprintln!("pgwarden: backup-delete: give --retention POLICY or --backup-id ID");
+            return 2;
+        }
+    };
+    let prepared = async {
+        let cfg = crate::wal_cli::config(&args.client).map_err(anyhow::Error::msg)?;
+        let storage = cfg.open(None).await?;
+        let now = std::time::SystemTime::now();
+        let (_, plan) =
+            delete::prepare(&storage, &cfg.base(), &selection, now, cfg.timeout).await?;
+        anyhow::Ok((cfg, storage, plan, now))
+    };
+    let (cfg, storage, plan, now) = match prepared.await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pgwarden: backup-delete: {e:#}");
+            return 2;
+        }
+    };
+    if let Selection::Policy(p) = &selection {
+        println!("policy {p} at {}", crate::backup::civil::rfc3339(now));
+        print!("{}", delete::render_report(&plan));
+    }
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    let mut show = |key: &str| println!("{verb} {key}");
+    match delete::execute(&storage, &plan, args.dry_run, cfg.timeout, &mut show).await {
+        Ok(_) => {
+            print!("{}", delete::render_summary(&plan, args.dry_run));
+            0
+        }
+        Err(e) => {
+            eprintln!("pgwarden: backup-delete: {e:#}; run it again to finish");
+            1
+        }
+    }
+}
+
 /// `wal-verify`: reads the catalogue and the WAL listing; exit 1 when a segment a
 /// restore needs is missing.
 async fn wal_verify(args: &BackupListArgs) -> i32 {
@@ -372,8 +457,20 @@ fn list(args: &ListArgs) -> i32 {
 }
 
 fn local_call(args: &LocalArgs, method: &str, route: &str) -> i32 {
+    local_call_within(args, method, route, std::time::Duration::from_secs(120))
+}
+
+/// [`local_call`], waiting at most `timeout` for the answer. `pgwarden backup` answers
+/// when the backup (and the retention after it) is done, which for a large database
+/// is hours: the socket then stays silent far longer than any verb's two minutes.
+fn local_call_within(
+    args: &LocalArgs,
+    method: &str,
+    route: &str,
+    timeout: std::time::Duration,
+) -> i32 {
     let path = crate::run::control_socket(&args.socket_dir);
-    match client::request(&Target::Unix(path.clone()), method, route, &[]) {
+    match client::request_with_timeout(&Target::Unix(path.clone()), method, route, &[], timeout) {
         Ok(r) => {
             println!("{}", r.body.trim_end());
             if r.status == 200 {

@@ -155,31 +155,61 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             return Ok(1);
         }
     };
+    let scheduled_backups = backups.clone();
     let mut control = http::control::router(ctl).merge(http::backup::router(backups));
-    if let Some(cfg) = &settings.archive {
+    if settings.archive.is_some() || settings.restore.is_some() {
         let owner = settings.run_as.as_ref().map(|u| u.owner());
+        let source = settings
+            .restore
+            .as_ref()
+            .map(|r| crate::wal::daemon::Source {
+                cfg: r.source.clone(),
+                always: settings.follows_archive(),
+            });
         let daemon = crate::wal::daemon::Daemon::start(
-            cfg.clone(),
+            settings.archive.clone(),
+            source,
             settings.pgdata.clone(),
             owner,
             status_tx.subscribe(),
         )
         .await
         .context("PGWARDEN_ARCHIVE_URL: start the WAL daemon")?;
-        info!(url = %cfg.url, server = %cfg.server, parallel = cfg.parallel, "WAL daemon started");
+        info!(
+            archive = ?settings.archive.as_ref().map(|c| c.url.as_str()),
+            restore_from = ?settings.restore.as_ref().map(|r| r.source.url.as_str()),
+            "WAL daemon started"
+        );
         daemon_tx.send_replace(Some(daemon.clone()));
         control = control.merge(http::wal::router(daemon));
     }
-    serve_control(&settings, http::router(app).merge(control))?;
+    serve_control(&settings, http::router(app.clone()).merge(control))?;
+    if let Some(schedule) = settings.backups.schedule.clone() {
+        info!(
+            schedule = settings
+                .backups
+                .schedule_text
+                .as_deref()
+                .unwrap_or_default(),
+            retention = settings.backups.retention.map(|p| p.to_string()),
+            "scheduled backups on"
+        );
+        crate::backup::scheduler::Scheduler {
+            schedule,
+            backups: scheduled_backups,
+            gate: scheduled_backup_gate(app),
+        }
+        .spawn();
+    }
     // A base backup of an adopted primary brings its .orig files: a replica must run with
     // the same settings (a hot standby refuses a lower max_connections, for one).
-    let (settings, rendered) = match reload_adopted(&settings)? {
+    let (settings, rendered) = match settle(&settings, &runner).await? {
         Some(next) => {
             let next = Arc::new(next);
             let r = pgconf::render(&next, &next.pgdata, &resources)?;
             pgconf::validate(&r, &next.bin("postgres"), next.run_as.as_ref(), &runner)
                 .await
-                .context("PGDATA: the adopted configuration the base backup brought")?;
+                .context("PGDATA: the configuration with what the bootstrap brought (adopted settings, the source's recovery parameters)")?;
             (next, r)
         }
         None => (settings, rendered),
@@ -222,6 +252,45 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         ha.retire().await;
     }
     Ok(code)
+}
+
+/// A scheduled backup runs on a ready primary only: replicas share the archive, and
+/// one backup a schedule is enough.
+fn scheduled_backup_gate(app: AppState) -> crate::backup::scheduler::Gate {
+    Arc::new(move || {
+        let (sup, snap) = app.view();
+        http::readiness(&sup, &snap, &app.instance)?;
+        match http::effective_role(&snap, &app.instance) {
+            crate::settings::Role::Primary => Ok(()),
+            crate::settings::Role::Replica => Err(
+                "this instance is a replica; the primary takes the scheduled backups".to_owned(),
+            ),
+        }
+    })
+}
+
+/// Settings with what PGDATA now holds, when that changes them: the adopted layer a
+/// base backup brought, and, while recovering from a restored backup, the source's
+/// values of the parameters recovery needs at least.
+async fn settle(s: &Settings, runner: &Runner) -> Result<Option<Settings>> {
+    let mut next = reload_adopted(s)?;
+    let recovering = [
+        crate::backup::restore::RECOVERY_SIGNAL,
+        replica::STANDBY_SIGNAL,
+    ]
+    .iter()
+    .any(|f| s.pgdata.join(f).exists());
+    if s.restore.is_some() && recovering {
+        let floor = replica::controldata::hot_standby_floor(s, runner, &s.pgdata)
+            .await
+            .context("PGDATA: read the restored cluster's control file")?;
+        if floor != s.recovery_floor {
+            let mut n = next.unwrap_or_else(|| s.clone());
+            n.recovery_floor = floor;
+            next = Some(n);
+        }
+    }
+    Ok(next)
 }
 
 /// Settings with the adopted layer read again, when the bootstrap brought one.

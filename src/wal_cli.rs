@@ -165,13 +165,9 @@ pub async fn wal_restore(args: &WalRestoreArgs) -> i32 {
     let command = Command::Restore {
         standby: Path::new("standby.signal").exists(),
     };
-    let cfg = match config(&args.client) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "wal-restore: bad settings");
-            return exit_code(command, &Err(WalError::Invalid(e)));
-        }
-    };
+    // Without an archive of its own (an instance restored from another one, or a
+    // standby following it) only the daemon knows where to restore from.
+    let cfg = config(&args.client);
     // pg_rewind sets PGWARDEN_NO_PREFETCH: it asks for WAL backwards, once each.
     let prefetch = std::env::var_os("PGWARDEN_NO_PREFETCH").is_none();
     let dest = absolute(&args.dest);
@@ -180,14 +176,23 @@ pub async fn wal_restore(args: &WalRestoreArgs) -> i32 {
         client::encode(&args.file),
         client::encode(&dest.to_string_lossy())
     );
-    let (result, via) =
-        match via_daemon(args.client.socket_dir.as_deref(), &route, daemon_wait(&cfg)) {
-            Some(r) => (r.map(|_| ()), "daemon"),
-            None => (
-                restore_in_process(&cfg, &args.file, &dest).await,
+    let wait = cfg
+        .as_ref()
+        .map(daemon_wait)
+        .unwrap_or(std::time::Duration::from_secs(90));
+    let (result, via) = match via_daemon(args.client.socket_dir.as_deref(), &route, wait) {
+        Some(r) => (r.map(|_| ()), "daemon"),
+        None => match &cfg {
+            Ok(cfg) => (
+                restore_in_process(cfg, &args.file, &dest).await,
                 "in-process",
             ),
-        };
+            Err(e) => {
+                tracing::error!(error = %e, "wal-restore: bad settings");
+                return exit_code(command, &Err(WalError::Invalid(e.clone())));
+            }
+        },
+    };
     let code = exit_code(command, &result);
     match &result {
         Ok(()) => tracing::info!(file = %args.file, via, "restored"),

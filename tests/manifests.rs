@@ -13,6 +13,7 @@ use std::process::Command;
 const MANIFESTS: &[&str] = &[
     "deploy/kubernetes/cluster.yaml",
     "deploy/kubernetes/router.yaml",
+    "deploy/kubernetes/restore.yaml",
 ];
 
 fn repo(path: &str) -> PathBuf {
@@ -79,7 +80,7 @@ fn manifests_pass_the_kubernetes_schema_strictly() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches(" passed for resource ").count(), 10, "{text}");
+    assert_eq!(text.matches(" passed for resource ").count(), 12, "{text}");
 }
 
 /// The checks of the Pod Security Standards' "restricted" profile that a manifest can
@@ -171,7 +172,10 @@ fn every_pod_passes_pod_security_restricted() {
             ));
         }
     }
-    assert_eq!(pods, 3, "pg-primary, pg-replica and pg-router");
+    assert_eq!(
+        pods, 5,
+        "pg-primary, pg-replica, pg-router, pg-restored and pg-dr"
+    );
     assert!(bad.is_empty(), "{bad:#?}");
 
     // The checker itself catches what it should.

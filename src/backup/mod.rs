@@ -7,13 +7,27 @@
 //! ```
 //!
 //! [`take`] streams a backup of the local instance, [`list`] reads the catalogue,
-//! [`verify`] checks that the WAL the backups need is all there.
+//! [`verify`] checks that the WAL the backups need is all there, [`delete`] applies
+//! a retention [`policy`] (or deletes one backup) with barman's rules.
 
+pub mod catalogue;
+pub mod civil;
+pub mod config;
+pub mod cron;
+pub mod delete;
 pub mod info;
 pub mod list;
+pub mod pargz;
+pub mod policy;
+pub mod restore;
+pub mod retention;
+pub mod schedule;
+pub mod scheduler;
+pub mod service;
 pub mod take;
 pub mod tar;
 pub mod verify;
+pub mod walclean;
 
 pub use info::{BackupInfo, Lsn};
 
@@ -64,16 +78,7 @@ pub fn utc(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil::civil_from_days(days);
     (
         year,
         month,
@@ -104,6 +109,31 @@ pub struct BackupStatus {
     pub running: Option<Running>,
     /// The last backup that finished, well or not.
     pub last: Option<Finished>,
+    /// `PGWARDEN_BACKUP_SCHEDULE`, when set.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// When the schedule takes the next backup (UTC, RFC 3339); in the past while
+    /// it waits for the instance to be ready as a primary.
+    #[serde(default)]
+    pub next_scheduled: Option<String>,
+    /// The last run of `PGWARDEN_BACKUP_RETENTION`.
+    #[serde(default)]
+    pub retention: Option<RetentionRun>,
+}
+
+/// One application of the retention policy, after a backup.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RetentionRun {
+    /// The policy, in barman's spelling.
+    pub policy: String,
+    /// When it ran (UTC, RFC 3339).
+    pub at: String,
+    /// The backups it deleted.
+    pub deleted_backups: Vec<String>,
+    /// WAL objects it deleted.
+    pub deleted_wal: usize,
+    /// Why it stopped, if it did.
+    pub error: Option<String>,
 }
 
 /// A backup under way.

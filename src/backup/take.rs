@@ -339,16 +339,20 @@ fn compress(
         sha: sha2::Sha256::new(),
     };
     enum Sink {
-        Gzip(Box<flate2::write::GzEncoder<Parts>>),
+        Gzip(Box<super::pargz::ParGz<Parts>>),
         Plain(Parts),
     }
     let mut sink = match compression {
         // Level 1: a base backup is mostly table pages, where higher levels buy little
         // for much more CPU.
-        BackupCompression::Gzip => Sink::Gzip(Box::new(flate2::write::GzEncoder::new(
-            out,
-            flate2::Compression::new(1),
-        ))),
+        BackupCompression::Gzip => Sink::Gzip(Box::new(
+            super::pargz::ParGz::new(
+                out,
+                flate2::Compression::new(1),
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )
+            .context("start the gzip workers")?,
+        )),
         BackupCompression::None => Sink::Plain(out),
     };
     let mut label = super::tar::Capture::new("backup_label");

@@ -76,12 +76,22 @@ pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
 }
 
 async fn bootstrap(s: &Settings, runner: &Runner) -> Result<()> {
+    use crate::backup::restore::{self, Then};
+    // A restore is planned and checked (backup, version, WAL) before PGDATA is created.
+    let restore = match (&s.restore, s.role) {
+        (Some(r), Role::Primary) => Some(restore::plan(s, r, Then::Promote).await?),
+        (Some(r), Role::Replica) if s.follows_archive() => {
+            Some(restore::plan(s, r, Then::FollowArchive).await?)
+        }
+        _ => None,
+    };
     let owner = s.run_as.as_ref().map(|u| u.owner());
     fsutil::ensure_dir(&s.pgdata, 0o700, owner).context("PGDATA")?;
     let staging = pgdata::staging_dir(&s.pgdata);
-    match s.role {
-        Role::Primary => initdb::build(s, runner, &staging).await?,
-        Role::Replica => basebackup::build(s, runner, &staging).await?,
+    match (restore, s.role) {
+        (Some(plan), _) => restore::build(s, plan, runner, &staging).await?,
+        (None, Role::Primary) => initdb::build(s, runner, &staging).await?,
+        (None, Role::Replica) => basebackup::build(s, runner, &staging).await?,
     }
     commit(&staging, &s.pgdata)?;
     info!(pgdata = %s.pgdata.display(), "bootstrap complete");

@@ -319,6 +319,32 @@ pub fn registry(app: &AppState) -> Registry {
             f64::from(u8::from(last.error.is_some())),
         );
     }
+    if let Some(run) = &backup.retention {
+        gauge(
+            &r,
+            "pgwarden_backup_retention_failed",
+            "1 when the last run of PGWARDEN_BACKUP_RETENTION stopped on an error",
+            f64::from(u8::from(run.error.is_some())),
+        );
+        gauge(
+            &r,
+            "pgwarden_backup_retention_last_deleted_backups",
+            "Backups the last run of PGWARDEN_BACKUP_RETENTION deleted",
+            run.deleted_backups.len() as f64,
+        );
+    }
+    if let Some(next) = backup
+        .next_scheduled
+        .as_deref()
+        .and_then(crate::backup::civil::parse_barman_time)
+    {
+        gauge(
+            &r,
+            "pgwarden_backup_next_scheduled_timestamp_seconds",
+            "When PGWARDEN_BACKUP_SCHEDULE takes the next backup (in the past while it waits for a ready primary)",
+            crate::backup::civil::unix_seconds(next) as f64,
+        );
+    }
     if let Some(d) = app.daemon.borrow().as_ref() {
         let s = d.stats();
         gauge(
@@ -369,6 +395,22 @@ pub fn registry(app: &AppState) -> Registry {
             "Segments the prefetcher failed to fetch (restore_command then fetched them itself)",
             s.prefetch_failures,
         );
+        if let Some(t) = s.last_restored_unix {
+            gauge(
+                &r,
+                "pgwarden_restore_last_segment_timestamp_seconds",
+                "When restore_command last got a WAL segment from the archive (a standby following an archive: its replay progress)",
+                t,
+            );
+        }
+        if let Some(age) = s.last_restored_age_seconds {
+            gauge(
+                &r,
+                "pgwarden_restore_last_segment_age_seconds",
+                "Seconds since restore_command last got a WAL segment from the archive",
+                age,
+            );
+        }
         for h in d.histograms() {
             let _ = r.register(Box::new(h));
         }

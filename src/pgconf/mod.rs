@@ -138,15 +138,39 @@ pub fn render_postgresql_conf(
     out += &line("logging_collector", "off")?;
     out += &line("log_line_prefix", crate::logging::POSTGRES_LOG_PREFIX)?;
     out += &line("restart_after_crash", "off")?;
+    let exe = quote::shell(&s.exe.to_string_lossy());
     match &s.archive {
         Some(_) => {
-            let exe = quote::shell(&s.exe.to_string_lossy());
             out += &line("archive_mode", "on")?;
             out += &line("archive_command", &format!("{exe} wal-archive %p"))?;
-            // Used only in recovery and on standbys.
-            out += &line("restore_command", &format!("{exe} wal-restore %f %p"))?;
         }
         None => out += &line("archive_mode", "off")?,
+    }
+    if s.archive.is_some() || s.restore.is_some() {
+        // Used only in recovery and on standbys; from the restore archive while
+        // recovering from a backup (the WAL daemon decides).
+        out += &line("restore_command", &format!("{exe} wal-restore %f %p"))?;
+    }
+    out += &recovery_floor(s, resources)?;
+    if let Some(r) = &s.restore {
+        // A target means something only to the recovery from the backup: it is written
+        // while PGDATA is about to be restored or still recovering, and dropped once
+        // postgres has promoted (and removed recovery.signal).
+        let recovering = !data_dir.join("PG_VERSION").exists()
+            || data_dir
+                .join(crate::backup::restore::RECOVERY_SIGNAL)
+                .exists();
+        let has_target = r.target != crate::backup::restore::RecoveryTarget::End;
+        if recovering && s.role == crate::settings::Role::Primary && has_target {
+            out.push_str(&format!(
+                "\n# Recovery from the backup ({})\n",
+                r.target.setting()
+            ));
+            for (name, value) in r.target.conf() {
+                out += &line(name, &value)?;
+            }
+            out += &line("recovery_target_action", "promote")?;
+        }
     }
     // Used only while standby.signal exists, so harmless on a primary; present whenever a
     // primary is configured so that a demoted instance needs no second render.
@@ -160,6 +184,47 @@ pub fn render_postgresql_conf(
         out += &line("recovery_target_timeline", "latest")?;
     }
     Ok(out)
+}
+
+/// postgres's own defaults of the parameters in [`Settings::recovery_floor`].
+fn builtin_default(name: &str) -> i64 {
+    match name {
+        "max_connections" => 100,
+        "max_worker_processes" => 8,
+        "max_wal_senders" => 10,
+        "max_locks_per_transaction" => 64,
+        _ => 0,
+    }
+}
+
+/// Raises the parameters recovery needs to the source's values where what would be in
+/// force (the user's value, else pgwarden's default, else postgres's) is lower: a
+/// standby refuses to replay below them, so a lower value can only stop the restore.
+fn recovery_floor(s: &Settings, resources: &Resources) -> Result<String, NewlineError> {
+    let defaults = tuning::tune(resources);
+    let mut out = String::new();
+    for (name, floor) in &s.recovery_floor {
+        let configured = s
+            .user_value(name)
+            .or_else(|| {
+                defaults
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            })
+            .or((name == "max_wal_senders").then_some("10"))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or_else(|| builtin_default(name));
+        if *floor > configured {
+            out += &line(name, &floor.to_string())?;
+        }
+    }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    Ok(format!(
+        "\n# Raised to the source cluster's values, which recovery needs at least\n{out}"
+    ))
 }
 
 /// Name of the pg_ident.conf map that lets pgwarden in over the socket without a password.

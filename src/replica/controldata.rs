@@ -46,6 +46,49 @@ pub async fn read(s: &Settings, runner: &Runner, data_dir: &Path) -> Result<Cont
         .context("pg_controldata printed something unexpected")
 }
 
+/// The parameters a standby must run with at least the primary's values of, as
+/// pg_controldata names them and as postgresql.conf does.
+const HOT_STANDBY_PARAMETERS: &[(&str, &str)] = &[
+    ("max_connections setting", "max_connections"),
+    ("max_worker_processes setting", "max_worker_processes"),
+    ("max_wal_senders setting", "max_wal_senders"),
+    ("max_prepared_xacts setting", "max_prepared_transactions"),
+    ("max_locks_per_xact setting", "max_locks_per_transaction"),
+];
+
+/// The values of the parameters recovery of `data_dir` needs at least.
+pub async fn hot_standby_floor(
+    s: &Settings,
+    runner: &Runner,
+    data_dir: &Path,
+) -> Result<Vec<(String, i64)>> {
+    let mut cmd = Command::new(s.bin("pg_controldata"));
+    cmd.arg(data_dir).env("LC_ALL", "C");
+    run_as(&mut cmd, s.run_as.as_ref());
+    let out = runner.output(&mut cmd, None).await?;
+    if !out.status.success() {
+        bail!(
+            "pg_controldata {} failed ({}): {}",
+            data_dir.display(),
+            out.status,
+            out.stderr_text()
+        );
+    }
+    Ok(parse_floor(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_floor(text: &str) -> Vec<(String, i64)> {
+    HOT_STANDBY_PARAMETERS
+        .iter()
+        .filter_map(|(label, guc)| {
+            let v = text
+                .lines()
+                .find_map(|l| l.strip_prefix(label)?.strip_prefix(':'))?;
+            Some((guc.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 fn parse(text: &str) -> Option<ControlData> {
     let field = |name: &str| {
         text.lines().find_map(|l| {
@@ -68,6 +111,25 @@ fn parse(text: &str) -> Option<ControlData> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_hot_standby_parameters() {
+        let text = "max_connections setting:              100\nmax_worker_processes setting:         8\n\
+                    max_wal_senders setting:              10\nmax_prepared_xacts setting:           0\n\
+                    max_locks_per_xact setting:           64\nwal_level setting:                    replica\n";
+        let floor = parse_floor(text);
+        assert_eq!(
+            floor,
+            [
+                ("max_connections", 100),
+                ("max_worker_processes", 8),
+                ("max_wal_senders", 10),
+                ("max_prepared_transactions", 0),
+                ("max_locks_per_transaction", 64)
+            ]
+            .map(|(k, v)| (k.to_owned(), v))
+        );
+    }
 
     #[test]
     fn parses_pg_controldata() {

@@ -77,6 +77,10 @@ pub async fn prepare(s: &Settings, runner: &Runner) -> Result<()> {
         }
         return Ok(());
     }
+    if s.primary_host.is_none() {
+        // A standby following the restore archive: nothing to reach, nothing to rewind.
+        return Ok(());
+    }
     let local = controldata::read(s, runner, &s.pgdata).await?;
     let standby = is_standby(&s.pgdata) || local.was_standby();
     let remote = match remote::identify(s, runner).await {

@@ -179,9 +179,17 @@ pub struct SettingsArgs {
     #[command(flatten)]
     pub ha: crate::ha::HaArgs,
 
+    /// Bootstrap from a backup, and recovery targets.
+    #[command(flatten)]
+    pub restore: crate::backup::restore::RestoreArgs,
+
     /// Base backup compression: `gzip` or `none` (barman-cloud restores no zstd).
     #[arg(long, env = "PGWARDEN_BACKUP_COMPRESSION", default_value = "gzip")]
     pub backup_compression: String,
+
+    /// Scheduled backups and retention.
+    #[command(flatten)]
+    pub backup: crate::backup::config::BackupArgs,
 
     /// Crashes tolerated within the crash window before pgwarden exits non-zero.
     #[arg(long, env = "PGWARDEN_MAX_CRASHES", default_value_t = 5)]

@@ -157,8 +157,16 @@ pub struct Settings {
     /// The leader to stream from, as the HA loop chose it; it wins over
     /// PGWARDEN_PRIMARY_HOST, which HA mode leaves unset.
     pub upstream: crate::ha::upstream::Upstream,
+    /// Bootstrap from a backup in an archive, when PGWARDEN_RESTORE_URL is set.
+    pub restore: Option<crate::backup::restore::RestoreConfig>,
+    /// While recovering from a backup: the source's values of the parameters a
+    /// standby may not run below (from pg_controldata), which pgwarden renders when
+    /// they are higher than the configured ones. Empty otherwise.
+    pub recovery_floor: Vec<(String, i64)>,
     /// How base backups are compressed.
     pub backup_compression: crate::backup::BackupCompression,
+    /// Scheduled backups and retention.
+    pub backups: crate::backup::config::BackupConfig,
     /// This binary, as archive_command and restore_command call it.
     pub exe: PathBuf,
 }
@@ -377,8 +385,18 @@ impl Settings {
             .map_err(|(setting, m)| invalid(setting, m))?;
         let ha = crate::ha::HaConfig::from_args(&args.ha, &host_name)
             .map_err(|(setting, m)| invalid(setting, m))?;
+        let restore = crate::backup::restore::RestoreConfig::from_args(
+            &args.restore,
+            &args.archive,
+            archive.as_ref(),
+            &name,
+        )
+        .map_err(|(setting, m)| invalid(setting, m))?;
         let backup_compression =
             crate::backup::BackupCompression::from_setting(&args.backup_compression)
+                .map_err(|(setting, m)| invalid(setting, m))?;
+        let backups =
+            crate::backup::config::BackupConfig::from_args(&args.backup, archive.is_some())
                 .map_err(|(setting, m)| invalid(setting, m))?;
         if let Some(crate::wal::config::Location::Fs { root }) =
             archive.as_ref().map(|a| &a.location)
@@ -425,7 +443,10 @@ impl Settings {
         };
         if !initialized {
             match role {
-                Role::Primary if password.is_none() && host_auth_method != "trust" => {
+                // A restored cluster keeps the source's roles and passwords.
+                Role::Primary
+                    if password.is_none() && host_auth_method != "trust" && restore.is_none() =>
+                {
                     return Err(invalid(
                         "POSTGRES_PASSWORD",
                         format!(
@@ -441,11 +462,13 @@ impl Settings {
         }
         if ha.is_some() {
             check_ha_roles(role, args, replication_password.is_some())?;
-        } else if role == Role::Replica {
+        } else if role == Role::Replica && !(args.primary_host.is_none() && restore.is_some()) {
+            // A replica without a primary to stream from follows the restore archive.
             if args.primary_host.is_none() {
                 return Err(invalid(
                     "PGWARDEN_PRIMARY_HOST",
-                    "role replica needs the host name of the primary to stream from",
+                    "role replica needs the host name of the primary to stream from \
+                     (or PGWARDEN_RESTORE_URL, to follow an archive instead)",
                 ));
             }
             if replication_password.is_none() {
@@ -498,7 +521,10 @@ impl Settings {
             archive,
             ha,
             upstream: Default::default(),
+            restore,
+            recovery_floor: Vec::new(),
             backup_compression,
+            backups,
             exe,
             api_token,
             restart_on_pending: args.restart_on_pending,
@@ -526,6 +552,12 @@ impl Settings {
     /// lives beside the sockets, outside PGDATA, so that no base backup copies it.
     pub fn passfile(&self) -> PathBuf {
         self.socket_dir.join("pgwarden-replication.pgpass")
+    }
+
+    /// A standby with no primary to stream from, that replays the restore archive
+    /// (a disaster-recovery replica in another region).
+    pub fn follows_archive(&self) -> bool {
+        self.role == Role::Replica && self.primary_host.is_none() && self.restore.is_some()
     }
 
     /// The libpq connection string to the primary, without a password (see [`Settings::passfile`]).

@@ -87,6 +87,12 @@ impl Supervisor {
                 }
                 Outcome::Crashed(exit) => exit,
             };
+            if let Some(why) = self.failed_recovery().await {
+                error!(last_exit = %exit, "{why}");
+                self.publish(|st| st.gave_up = true);
+                stop_children(&self.reaper).await;
+                return 1;
+            }
             self.publish(|st| {
                 st.state = State::Crashed;
                 st.restarts += 1;
@@ -122,6 +128,22 @@ impl Supervisor {
         }
     }
 
+    /// Why recovery from a backup cannot succeed, when postgres just said so: starting
+    /// it again would fail the same way, and must not look like a crash to retry.
+    async fn failed_recovery(&self) -> Option<String> {
+        let r = self.settings.restore.as_ref()?;
+        let signal = self
+            .settings
+            .pgdata
+            .join(crate::backup::restore::RECOVERY_SIGNAL);
+        if !signal.exists() {
+            return None;
+        }
+        // The postmaster's last lines may still be on their way through the pipe.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        crate::backup::restore::explain_failure(&postgres::last_fatal()?, &r.target)
+    }
+
     /// Starts postgres once and follows it until it exits.
     async fn run_once(&mut self, signals: &mut Signals) -> Outcome {
         self.publish(|st| {
@@ -155,7 +177,7 @@ impl Supervisor {
         // A standby's slot on the primary is made sure of now, not once postgres is
         // ready: a standby rewound past its local WAL reaches consistency only by
         // streaming, and streams only through its slot.
-        if crate::replica::is_standby(&s.pgdata) {
+        if crate::replica::is_standby(&s.pgdata) && s.primary_host.is_some() {
             let (settings, runner) = (self.settings.clone(), self.runner());
             tokio::spawn(async move { ensure_standby_slot(&settings, &runner).await });
         }
@@ -446,6 +468,14 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 /// Work for each time a primary comes up: the replication role.
 pub async fn after_start(s: &Settings) {
+    // A cluster recovering from a backup is read-only until it promotes at its target.
+    while s
+        .pgdata
+        .join(crate::backup::restore::RECOVERY_SIGNAL)
+        .exists()
+    {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     if let Err(e) = crate::roles::ensure_replication_role(s).await {
         error!(
             error = format!("{e:#}"),

@@ -42,6 +42,8 @@ pub fn spawn(s: &Settings, runner: &Runner, data_dir: &Path, extra: &[&str]) -> 
     // settings from the environment, however pgwarden itself was configured.
     if let Some(a) = &s.archive {
         cmd.envs(a.env());
+    }
+    if s.archive.is_some() || s.restore.is_some() {
         cmd.env("PGWARDEN_SOCKET_DIR", &s.socket_dir);
     }
     // Children of postgres that are pgwarden (archive_command, restore_command) log
@@ -59,6 +61,21 @@ pub fn spawn(s: &Settings, runner: &Runner, data_dir: &Path, extra: &[&str]) -> 
     Ok(child)
 }
 
+/// postgres's last FATAL message, so that a start that fails for a reason pgwarden
+/// can name (a recovery target past the archive's end) is told apart from a crash.
+static LAST_FATAL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The last FATAL message postgres printed, if any.
+pub fn last_fatal() -> Option<String> {
+    LAST_FATAL.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn note_fatal(line: &str) {
+    if let Some((_, msg)) = line.split_once("FATAL:") {
+        *LAST_FATAL.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.trim().to_owned());
+    }
+}
+
 /// Forwards lines on a thread of its own: the pipe is shared by every backend and stays
 /// open until the last one exits, which may be after the postmaster.
 fn forward<R: Read + Send + 'static>(pipe: R) {
@@ -74,6 +91,7 @@ fn forward<R: Read + Send + 'static>(pipe: R) {
                     let line = String::from_utf8_lossy(&buf);
                     let line = line.trim_end();
                     if !line.is_empty() {
+                        note_fatal(line);
                         crate::logging::postgres_line(&mut redactor, line);
                     }
                 }

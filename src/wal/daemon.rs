@@ -78,6 +78,16 @@ pub struct DaemonStats {
     pub prefetch_failures: u64,
     /// restore_command calls served from the spool.
     pub spool_hits: u64,
+    /// The last segment restore_command got (on a standby following an archive, the
+    /// replay position to the segment).
+    #[serde(default)]
+    pub last_restored: Option<String>,
+    /// When it got it (seconds since the epoch).
+    #[serde(default)]
+    pub last_restored_unix: Option<f64>,
+    /// Seconds since then, as of this report.
+    #[serde(default)]
+    pub last_restored_age_seconds: Option<f64>,
 }
 
 /// Identity of a local file when it was hashed: if none of this changed, neither did
@@ -133,6 +143,11 @@ struct Inner {
 pub struct Daemon {
     cfg: ArchiveConfig,
     storage: Backend,
+    /// False when the daemon only restores: `cfg` is then the restore source, and
+    /// nothing is ever written to it.
+    archives: bool,
+    /// The archive PGDATA was restored from, when it is not `cfg`.
+    source: Option<OpenSource>,
     pgdata: PathBuf,
     wal_dir: LocalDir,
     spool: LocalDir,
@@ -176,15 +191,49 @@ fn backoff(attempts: u32) -> Duration {
     jitter(base.min(MAX_BACKOFF))
 }
 
+/// The archive a restored instance recovers from (`PGWARDEN_RESTORE_URL`), read only.
+pub struct Source {
+    /// Its settings.
+    pub cfg: ArchiveConfig,
+    /// Restore from it always (a standby following it), or only while recovering
+    /// from the backup (recovery.signal in PGDATA).
+    pub always: bool,
+}
+
+struct OpenSource {
+    cfg: ArchiveConfig,
+    storage: Backend,
+    always: bool,
+}
+
 impl Daemon {
     /// Opens the storage once, checks that the archive is this cluster's, cleans the
-    /// spool, and starts the uploader.
+    /// spool, and starts the uploader. With no `archive`, the daemon only restores,
+    /// from `source`.
     pub async fn start(
-        cfg: ArchiveConfig,
+        archive: Option<ArchiveConfig>,
+        source: Option<Source>,
         pgdata: PathBuf,
         owner: Option<Owner>,
         supervisor: watch::Receiver<SupervisorStatus>,
     ) -> Result<Arc<Daemon>, WalError> {
+        let (cfg, archives, source) = match (archive, source) {
+            (Some(a), src) => (a, true, src),
+            (None, Some(src)) => (src.cfg, false, None),
+            (None, None) => {
+                return Err(WalError::Invalid(
+                    "the WAL daemon needs PGWARDEN_ARCHIVE_URL or PGWARDEN_RESTORE_URL".into(),
+                ))
+            }
+        };
+        let source = match source {
+            Some(src) => Some(OpenSource {
+                storage: src.cfg.open(None).await?,
+                cfg: src.cfg,
+                always: src.always,
+            }),
+            None => None,
+        };
         let storage = cfg.open(owner).await?;
         let wal_dir = LocalDir::open(&pgdata.join("pg_wal"), owner)?;
         // Temp files of restores a previous life was killed in the middle of.
@@ -203,6 +252,8 @@ impl Daemon {
             prefetch: cfg.prefetch,
             cfg,
             storage,
+            archives,
+            source,
             pgdata,
             wal_dir,
             spool,
@@ -222,10 +273,35 @@ impl Daemon {
             stopping_until: Mutex::new(None),
             blocked: Mutex::new(None),
         });
-        d.check_identity().await;
         tokio::spawn(d.clone().follow_supervisor());
-        tokio::spawn(d.clone().upload_loop());
+        if archives {
+            d.check_identity().await;
+            tokio::spawn(d.clone().upload_loop());
+        }
         Ok(d)
+    }
+
+    /// Whether the daemon archives (it has an archive of its own, not only a restore
+    /// source): base backups go there.
+    pub fn archives(&self) -> bool {
+        self.archives
+    }
+
+    /// Where restore_command reads now: the restore source while recovering from its
+    /// backup (or always, for a standby that follows it), else the own archive.
+    fn restore_from(&self) -> (&ArchiveConfig, &Backend) {
+        match &self.source {
+            Some(src)
+                if src.always
+                    || self
+                        .pgdata
+                        .join(crate::backup::restore::RECOVERY_SIGNAL)
+                        .exists() =>
+            {
+                (&src.cfg, &src.storage)
+            }
+            _ => (&self.cfg, &self.storage),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -244,7 +320,9 @@ impl Daemon {
 
     /// Current figures.
     pub fn stats(&self) -> DaemonStats {
-        self.lock().stats.clone()
+        let mut st = self.lock().stats.clone();
+        st.last_restored_age_seconds = st.last_restored_unix.map(|t| (unix_now() - t).max(0.0));
+        st
     }
 
     /// Upload and download latency histograms, for /metrics.
@@ -332,6 +410,11 @@ impl Daemon {
     /// budget, which nothing cancels (postgres's last archive calls during a shutdown
     /// still go through when the archive is healthy).
     fn policy(&self) -> Retrying<'_, Backend> {
+        self.policy_on(&self.storage, self.cfg.timeout)
+    }
+
+    /// [`Daemon::policy`] over `storage`, with `timeout` as the full budget.
+    fn policy_on<'a>(&'a self, storage: &'a Backend, timeout: Duration) -> Retrying<'a, Backend> {
         let token = self
             .cancel
             .lock()
@@ -344,9 +427,9 @@ impl Daemon {
                 .unwrap_or_else(|p| p.into_inner())
                 .get_or_insert_with(|| Instant::now() + STOPPING_BUDGET);
             let left = until.saturating_duration_since(Instant::now());
-            Retrying::new(&self.storage, left, CancellationToken::new())
+            Retrying::new(storage, left, CancellationToken::new())
         } else {
-            Retrying::new(&self.storage, self.cfg.timeout, token)
+            Retrying::new(storage, timeout, token)
         }
     }
 
@@ -512,6 +595,11 @@ impl Daemon {
     /// uploaded and has not changed since; waits for an upload under way; otherwise
     /// pushes now, marking the file so the uploader does not push it too.
     pub async fn archive(&self, path: &Path) -> Result<Pushed, WalError> {
+        if !self.archives {
+            return Err(WalError::Invalid(
+                "archiving is off (PGWARDEN_ARCHIVE_URL is not set); the restore archive is never written to".into(),
+            ));
+        }
         let name = self
             .wal_dir
             .name_in(path)
@@ -597,8 +685,15 @@ impl Daemon {
             self.lock().stats.spool_hits += 1;
         } else {
             let start = Instant::now();
-            restore::fetch(&self.cfg, &self.policy(), &wal, &self.wal_dir, &dest_name).await?;
+            let (cfg, storage) = self.restore_from();
+            let policy = self.policy_on(storage, cfg.timeout);
+            restore::fetch(cfg, &policy, &wal, &self.wal_dir, &dest_name).await?;
             observe(&self.download_seconds, start);
+        }
+        if wal.kind == WalKind::Segment {
+            let mut inner = self.lock();
+            inner.stats.last_restored = Some(wal.name.clone());
+            inner.stats.last_restored_unix = Some(unix_now());
         }
         if prefetch && wal.kind == WalKind::Segment && self.prefetch > 0 {
             let seg_size = std::fs::metadata(self.wal_dir.path().join(&dest_name))
@@ -632,7 +727,9 @@ impl Daemon {
             let d = self.clone();
             tokio::spawn(async move {
                 let start = Instant::now();
-                let result = restore::fetch(&d.cfg, &d.policy(), &next, &d.spool, &next.name).await;
+                let (cfg, storage) = d.restore_from();
+                let policy = d.policy_on(storage, cfg.timeout);
+                let result = restore::fetch(cfg, &policy, &next, &d.spool, &next.name).await;
                 observe(&d.download_seconds, start);
                 {
                     let mut inner = d.lock();
@@ -651,6 +748,13 @@ impl Daemon {
             });
         }
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// A spooled file is stale once postgres asks for a segment of a newer timeline (after

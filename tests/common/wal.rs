@@ -124,7 +124,9 @@ pub async fn switch_and_wait_archived_within(pg: &Instance, timeout: Duration) -
             .await
             .unwrap();
         let last: String = row.get(0);
-        if last.as_str() >= seg.as_str() && last.len() == 24 {
+        // After a backup the last archived file may be its `.backup` file, named after
+        // the segment it started in and archived after that segment.
+        if last.get(..24).is_some_and(|l| l >= seg.as_str()) {
             return seg;
         }
         assert!(

@@ -203,6 +203,16 @@ pub struct FsUpload {
 }
 
 impl FsStorage {
+    /// Opens `key` for reading in chunks; `None` when it does not exist.
+    pub async fn download(&self, key: &str) -> Result<Option<tokio::fs::File>, StorageError> {
+        let path = self.path(key);
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(classify("read", &path, e)),
+        }
+    }
+
     /// Starts writing `key` in parts.
     pub fn begin_upload(&self, key: &str) -> Result<FsUpload, StorageError> {
         let path = self.path(key);
@@ -308,6 +318,12 @@ impl Storage for FsStorage {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(classify("delete", Path::new(&p), e)),
             }
+        }
+        // A deleted backup or WAL directory left empty goes too (rmdir removes only an
+        // empty one): listings would otherwise walk ever more empty directories. A
+        // writer that loses the race to this finds its directory gone and retries.
+        if let Some(dir) = path.parent().filter(|d| *d != self.root.as_path()) {
+            let _ = tokio::fs::remove_dir(dir).await;
         }
         Ok(())
     }

@@ -137,11 +137,51 @@ impl Upload {
 }
 
 impl Backend {
+    /// Opens `key` for reading in chunks; `None` when it does not exist.
+    pub async fn download(&self, key: &str) -> Result<Option<Download>, StorageError> {
+        match self {
+            Backend::S3(s) => Ok(s.download(key).await?.map(Download::S3)),
+            Backend::Fs(f) => Ok(f.download(key).await?.map(Download::Fs)),
+        }
+    }
+
     /// Starts a multipart upload of `key`.
     pub async fn begin_upload(&self, key: &str) -> Result<Upload, StorageError> {
         match self {
             Backend::S3(s) => s.begin_upload(key).await.map(Upload::S3),
             Backend::Fs(f) => f.begin_upload(key).map(Upload::Fs),
+        }
+    }
+}
+
+/// A large object (a base backup) read in chunks, never whole in memory.
+pub enum Download {
+    /// An S3 object's body.
+    S3(aws_sdk_s3::primitives::ByteStream),
+    /// A file on a volume.
+    Fs(tokio::fs::File),
+}
+
+impl Download {
+    /// The next chunk; `None` at the end of the object.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, StorageError> {
+        match self {
+            Download::S3(body) => match body.next().await {
+                None => Ok(None),
+                Some(Ok(b)) => Ok(Some(b)),
+                Some(Err(e)) => Err(StorageError::Transient(format!(
+                    "S3 GET: reading the body: {e}"
+                ))),
+            },
+            Download::Fs(f) => {
+                use tokio::io::AsyncReadExt;
+                let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+                match f.read_buf(&mut buf).await {
+                    Ok(0) => Ok(None),
+                    Ok(_) => Ok(Some(buf.freeze())),
+                    Err(e) => Err(StorageError::Transient(format!("read: {e}"))),
+                }
+            }
         }
     }
 }

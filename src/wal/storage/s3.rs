@@ -330,6 +330,24 @@ impl S3Upload {
     }
 }
 
+impl S3Storage {
+    /// Opens `key` for reading in chunks; `None` when it does not exist.
+    pub async fn download(&self, key: &str) -> Result<Option<ByteStream>, StorageError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.body)),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(classify("GET", key, e)),
+        }
+    }
+}
+
 impl Storage for S3Storage {
     async fn put_new(
         &self,

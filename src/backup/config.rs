@@ -1,0 +1,131 @@
+//! The settings of scheduled backups and retention under `pgwarden run`.
+
+use super::policy::Policy;
+use super::schedule::Schedule;
+use clap::Args;
+
+/// The settings as flags and environment variables.
+#[derive(Args, Debug, Clone, Default)]
+pub struct BackupArgs {
+    /// How often `run` takes a base backup: an interval (`6h`, `30m`, `1d`) or a cron
+    /// expression in UTC (`0 3 * * *`, `@daily`).
+    #[arg(long, env = "PGWARDEN_BACKUP_SCHEDULE")]
+    pub backup_schedule: Option<String>,
+    /// barman retention policy applied after each backup `run` takes:
+    /// `REDUNDANCY n` or `RECOVERY WINDOW OF n {DAYS|WEEKS|MONTHS}`.
+    #[arg(long, env = "PGWARDEN_BACKUP_RETENTION")]
+    pub backup_retention: Option<String>,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackupConfig {
+    /// When backups are due, if they are scheduled.
+    pub schedule: Option<Schedule>,
+    /// The schedule as written, for `/status`.
+    pub schedule_text: Option<String>,
+    /// What to delete after each backup.
+    pub retention: Option<Policy>,
+}
+
+impl BackupConfig {
+    /// Validates the arguments; `archive` says whether `PGWARDEN_ARCHIVE_URL` is set,
+    /// which both need. Errors name the setting.
+    pub fn from_args(
+        a: &BackupArgs,
+        archive: bool,
+    ) -> Result<BackupConfig, (&'static str, String)> {
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let schedule_text = set(&a.backup_schedule);
+        let schedule = schedule_text
+            .as_deref()
+            .map(Schedule::parse)
+            .transpose()
+            .map_err(|m| ("PGWARDEN_BACKUP_SCHEDULE", m))?;
+        let retention = set(&a.backup_retention)
+            .as_deref()
+            .map(Policy::parse)
+            .transpose()
+            .map_err(|e| ("PGWARDEN_BACKUP_RETENTION", e.to_string()))?;
+        if !archive {
+            if schedule.is_some() {
+                return Err((
+                    "PGWARDEN_BACKUP_SCHEDULE",
+                    "backups go to the archive, and none is set: set PGWARDEN_ARCHIVE_URL".into(),
+                ));
+            }
+            if retention.is_some() {
+                return Err((
+                    "PGWARDEN_BACKUP_RETENTION",
+                    "applies to the archive's backups, and no archive is set: set PGWARDEN_ARCHIVE_URL".into(),
+                ));
+            }
+        }
+        Ok(BackupConfig {
+            schedule,
+            schedule_text: schedule_text.map(|s| s.trim().to_owned()),
+            retention,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(schedule: Option<&str>, retention: Option<&str>) -> BackupArgs {
+        BackupArgs {
+            backup_schedule: schedule.map(Into::into),
+            backup_retention: retention.map(Into::into),
+        }
+    }
+
+    /// Schedule, retention, whether an archive is set, and the setting an error names.
+    type Case<'a> = (Option<&'a str>, Option<&'a str>, bool, Option<&'a str>);
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases: &[Case] = &[
+            (None, None, false, None),
+            (Some(""), Some(" "), false, None),
+            (Some("6h"), Some("REDUNDANCY 2"), true, None),
+            (Some("0 3 * * *"), None, true, None),
+            (
+                Some("every day"),
+                None,
+                true,
+                Some("PGWARDEN_BACKUP_SCHEDULE"),
+            ),
+            (
+                None,
+                Some("KEEP 3"),
+                true,
+                Some("PGWARDEN_BACKUP_RETENTION"),
+            ),
+            (
+                None,
+                Some("REDUNDANCY 0"),
+                true,
+                Some("PGWARDEN_BACKUP_RETENTION"),
+            ),
+            (Some("6h"), None, false, Some("PGWARDEN_BACKUP_SCHEDULE")),
+            (
+                None,
+                Some("REDUNDANCY 1"),
+                false,
+                Some("PGWARDEN_BACKUP_RETENTION"),
+            ),
+        ];
+        for (schedule, retention, archive, want) in cases {
+            let got = BackupConfig::from_args(&args(*schedule, *retention), *archive);
+            assert_eq!(
+                got.as_ref().err().map(|e| e.0),
+                *want,
+                "{schedule:?} {retention:?} {got:?}"
+            );
+        }
+        let c = BackupConfig::from_args(&args(Some(" 6h "), Some("redundancy 2")), true).unwrap();
+        assert_eq!(c.schedule_text.as_deref(), Some("6h"));
+        assert_eq!(c.retention, Some(Policy::Redundancy(2)));
+    }
+}

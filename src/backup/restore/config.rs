@@ -1,0 +1,459 @@
+//! The restore settings: where to bootstrap from, which backup, and how far to recover.
+//!
+//! All of it is checked before anything is touched: two targets, a target without a
+//! source, a target that does not parse, or archiving back into the very archive and
+//! server the cluster is restored from are refused with the setting named.
+
+use crate::backup::civil::{parse_timestamp, Stamp};
+use crate::backup::Lsn;
+use crate::wal::{ArchiveArgs, ArchiveConfig};
+use clap::Args;
+
+/// The restore settings as flags and environment variables.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RestoreArgs {
+    /// Archive to bootstrap an empty PGDATA from (read only): `s3://bucket/prefix` or
+    /// `file:///path`.
+    #[arg(long, env = "PGWARDEN_RESTORE_URL")]
+    pub restore_url: Option<String>,
+    /// Server name in that archive (default: PGWARDEN_ARCHIVE_NAME, then PGWARDEN_NAME).
+    #[arg(long, env = "PGWARDEN_RESTORE_NAME")]
+    pub restore_name: Option<String>,
+    /// The backup to restore (default: the latest that ends before the target).
+    #[arg(long, env = "PGWARDEN_RESTORE_BACKUP_ID")]
+    pub restore_backup_id: Option<String>,
+    /// Recover up to this time (with a time zone, as `2026-11-24 08:00:00+00`).
+    #[arg(long, env = "PGWARDEN_RECOVERY_TARGET_TIME")]
+    pub recovery_target_time: Option<String>,
+    /// Recover up to this WAL position (`X/X`).
+    #[arg(long, env = "PGWARDEN_RECOVERY_TARGET_LSN")]
+    pub recovery_target_lsn: Option<String>,
+    /// Recover up to this transaction id.
+    #[arg(long, env = "PGWARDEN_RECOVERY_TARGET_XID")]
+    pub recovery_target_xid: Option<String>,
+    /// Recover up to this restore point (`pg_create_restore_point`).
+    #[arg(long, env = "PGWARDEN_RECOVERY_TARGET_NAME")]
+    pub recovery_target_name: Option<String>,
+    /// Recover only until the backup is consistent (`true`).
+    #[arg(long, env = "PGWARDEN_RECOVERY_TARGET_IMMEDIATE")]
+    pub recovery_target_immediate: Option<String>,
+}
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// The end of the archive: every archived segment is replayed.
+    End,
+    /// A time, in microseconds since the epoch, UTC.
+    Time(i64),
+    /// A WAL position.
+    Lsn(Lsn),
+    /// A transaction id.
+    Xid(u64),
+    /// A restore point.
+    Name(String),
+    /// The moment the backup is consistent.
+    Immediate,
+}
+
+impl RecoveryTarget {
+    /// The setting that set it, for messages.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            RecoveryTarget::End => "PGWARDEN_RESTORE_URL",
+            RecoveryTarget::Time(_) => "PGWARDEN_RECOVERY_TARGET_TIME",
+            RecoveryTarget::Lsn(_) => "PGWARDEN_RECOVERY_TARGET_LSN",
+            RecoveryTarget::Xid(_) => "PGWARDEN_RECOVERY_TARGET_XID",
+            RecoveryTarget::Name(_) => "PGWARDEN_RECOVERY_TARGET_NAME",
+            RecoveryTarget::Immediate => "PGWARDEN_RECOVERY_TARGET_IMMEDIATE",
+        }
+    }
+
+    /// postgresql.conf lines for this target (none for the end of the archive).
+    pub fn conf(&self) -> Vec<(&'static str, String)> {
+        match self {
+            RecoveryTarget::End => vec![],
+            RecoveryTarget::Time(t) => vec![("recovery_target_time", format_utc(*t))],
+            RecoveryTarget::Lsn(l) => vec![("recovery_target_lsn", l.to_string())],
+            RecoveryTarget::Xid(x) => vec![("recovery_target_xid", x.to_string())],
+            RecoveryTarget::Name(n) => vec![("recovery_target_name", n.clone())],
+            RecoveryTarget::Immediate => vec![("recovery_target", "immediate".to_owned())],
+        }
+    }
+}
+
+/// Validated restore settings.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    /// The source archive, read only.
+    pub source: ArchiveConfig,
+    /// An explicit backup id.
+    pub backup_id: Option<String>,
+    /// Where recovery stops.
+    pub target: RecoveryTarget,
+}
+
+/// A settings error: the setting, and what is wrong with it.
+pub type SettingError = (&'static str, String);
+
+impl RestoreConfig {
+    /// Validates the restore settings; `Ok(None)` without `PGWARDEN_RESTORE_URL`.
+    /// `archive` is the destination archive's settings: the source inherits its timeout
+    /// and prefetch, and must not be the same archive and server.
+    pub fn from_args(
+        a: &RestoreArgs,
+        archive_args: &ArchiveArgs,
+        archive: Option<&ArchiveConfig>,
+        instance_name: &str,
+    ) -> Result<Option<RestoreConfig>, SettingError> {
+        let target = target(a)?;
+        let Some(url) = a.restore_url.clone().filter(|u| !u.is_empty()) else {
+            if target != RecoveryTarget::End {
+                return Err((
+                    target.setting(),
+                    "a recovery target needs PGWARDEN_RESTORE_URL, the archive to recover from"
+                        .to_owned(),
+                ));
+            }
+            if a.restore_backup_id.is_some() || a.restore_name.is_some() {
+                let which = if a.restore_backup_id.is_some() {
+                    "PGWARDEN_RESTORE_BACKUP_ID"
+                } else {
+                    "PGWARDEN_RESTORE_NAME"
+                };
+                return Err((
+                    which,
+                    "needs PGWARDEN_RESTORE_URL, the archive to restore from".to_owned(),
+                ));
+            }
+            return Ok(None);
+        };
+        let source_args = ArchiveArgs {
+            archive_url: Some(url),
+            archive_name: a
+                .restore_name
+                .clone()
+                .or_else(|| archive_args.archive_name.clone()),
+            // The source is only read: the codec is whatever its objects say.
+            archive_compression: "none".to_owned(),
+            ..archive_args.clone()
+        };
+        let source = match ArchiveConfig::from_args(&source_args, instance_name) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(("PGWARDEN_RESTORE_URL", "is empty".to_owned())),
+            Err((setting, m)) => return Err((rename(setting), m)),
+        };
+        if let Some(id) = &a.restore_backup_id {
+            if !is_backup_id(id) {
+                return Err((
+                    "PGWARDEN_RESTORE_BACKUP_ID",
+                    format!("{id:?} is not a backup id (YYYYmmddTHHMMSS, as `pgwarden backup-list` shows)"),
+                ));
+            }
+        }
+        if matches!(target, RecoveryTarget::Xid(_) | RecoveryTarget::Name(_))
+            && a.restore_backup_id.is_none()
+        {
+            // Nothing in backup.info says which backup precedes a transaction id or a
+            // restore point; a wrong guess replays past the target and fails at the end.
+            return Err((
+                target.setting(),
+                "needs PGWARDEN_RESTORE_BACKUP_ID too: pick a backup that ends before the target with `pgwarden backup-list`".to_owned(),
+            ));
+        }
+        if let Some(dest) = archive {
+            if dest.location == source.location && dest.server == source.server {
+                return Err((
+                    "PGWARDEN_ARCHIVE_NAME",
+                    format!(
+                        "a cluster restored from server {:?} in {} must archive under another server name or into another archive: \
+                         its new timeline would collide with the history of the cluster it was restored from",
+                        source.server, source.url
+                    ),
+                ));
+            }
+        }
+        Ok(Some(RestoreConfig {
+            source,
+            backup_id: a.restore_backup_id.clone(),
+            target,
+        }))
+    }
+}
+
+/// The archive settings' names, as the restore source's.
+fn rename(setting: &'static str) -> &'static str {
+    match setting {
+        "PGWARDEN_ARCHIVE_URL" => "PGWARDEN_RESTORE_URL",
+        "PGWARDEN_ARCHIVE_NAME" => "PGWARDEN_RESTORE_NAME",
+        other => other,
+    }
+}
+
+fn is_backup_id(id: &str) -> bool {
+    id.len() == 15
+        && id
+            .char_indices()
+            .all(|(i, c)| if i == 8 { c == 'T' } else { c.is_ascii_digit() })
+}
+
+/// The one recovery target set, or the end of the archive.
+fn target(a: &RestoreArgs) -> Result<RecoveryTarget, SettingError> {
+    let set: Vec<(&'static str, &str)> = [
+        ("PGWARDEN_RECOVERY_TARGET_TIME", &a.recovery_target_time),
+        ("PGWARDEN_RECOVERY_TARGET_LSN", &a.recovery_target_lsn),
+        ("PGWARDEN_RECOVERY_TARGET_XID", &a.recovery_target_xid),
+        ("PGWARDEN_RECOVERY_TARGET_NAME", &a.recovery_target_name),
+        (
+            "PGWARDEN_RECOVERY_TARGET_IMMEDIATE",
+            &a.recovery_target_immediate,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_deref().filter(|v| !v.is_empty()).map(|v| (k, v)))
+    .collect();
+    let (setting, value) = match set.as_slice() {
+        [] => return Ok(RecoveryTarget::End),
+        [one] => *one,
+        [first, rest @ ..] => {
+            return Err((
+                first.0,
+                format!(
+                    "at most one recovery target may be set, but {} is set too",
+                    rest.iter()
+                        .map(|(k, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            ))
+        }
+    };
+    if value.contains(['\n', '\r', '\0']) {
+        return Err((setting, "must be one line".to_owned()));
+    }
+    let bad = |what: &str| Err((setting, format!("{value:?} is not {what}")));
+    match setting {
+        "PGWARDEN_RECOVERY_TARGET_TIME" => match parse_timestamp(value) {
+            Some(Stamp { micros, zoned: true }) => Ok(RecoveryTarget::Time(micros)),
+            Some(_) => Err((
+                setting,
+                format!("{value:?} has no time zone; add one, as in \"{value}+00\" for UTC, so that it means the same everywhere"),
+            )),
+            None => bad("a time such as \"2026-11-24 08:00:00+00\""),
+        },
+        "PGWARDEN_RECOVERY_TARGET_LSN" => match Lsn::parse(value) {
+            Some(l) => Ok(RecoveryTarget::Lsn(l)),
+            None => bad("a WAL position such as 0/3000060"),
+        },
+        "PGWARDEN_RECOVERY_TARGET_XID" => match value.trim().parse::<u64>() {
+            Ok(x) if x >= 3 => Ok(RecoveryTarget::Xid(x)),
+            _ => bad("a transaction id (a number, 3 or more)"),
+        },
+        "PGWARDEN_RECOVERY_TARGET_NAME" => Ok(RecoveryTarget::Name(value.to_owned())),
+        _ => match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "on" | "yes" | "1" => Ok(RecoveryTarget::Immediate),
+            "false" | "off" | "no" | "0" => Ok(RecoveryTarget::End),
+            _ => bad("true or false"),
+        },
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff+00`, which postgres reads the same in any time zone.
+pub fn format_utc(micros: i64) -> String {
+    let t = std::time::UNIX_EPOCH
+        + std::time::Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+    let (y, mo, d, h, mi, s, us) = crate::backup::utc(t);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}+00")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, &str)]) -> RestoreArgs {
+        let mut a = RestoreArgs::default();
+        for (k, v) in pairs {
+            let v = Some(v.to_string());
+            match *k {
+                "url" => a.restore_url = v,
+                "name" => a.restore_name = v,
+                "id" => a.restore_backup_id = v,
+                "time" => a.recovery_target_time = v,
+                "lsn" => a.recovery_target_lsn = v,
+                "xid" => a.recovery_target_xid = v,
+                "rp" => a.recovery_target_name = v,
+                "immediate" => a.recovery_target_immediate = v,
+                _ => panic!("{k}"),
+            }
+        }
+        a
+    }
+
+    fn check(
+        pairs: &[(&str, &str)],
+        dest: Option<(&str, &str)>,
+    ) -> Result<Option<RestoreConfig>, SettingError> {
+        let archive_args = ArchiveArgs {
+            archive_url: dest.map(|d| d.0.to_owned()),
+            archive_name: dest.map(|d| d.1.to_owned()),
+            archive_compression: "zstd".into(),
+            archive_timeout: 60,
+            ..Default::default()
+        };
+        let dest = ArchiveConfig::from_args(&archive_args, "pg-0").unwrap();
+        RestoreConfig::from_args(&args(pairs), &archive_args, dest.as_ref(), "pg-0")
+    }
+
+    /// Settings, the destination archive (URL, server), and the target or the setting
+    /// an error names.
+    type Case = (
+        Vec<(&'static str, &'static str)>,
+        Option<(&'static str, &'static str)>,
+        Result<Option<RecoveryTarget>, &'static str>,
+    );
+
+    #[test]
+    fn settings_table() {
+        let url = ("url", "s3://bkt/prod");
+        // (settings, destination, Ok(target) or Err(setting named))
+        let cases: Vec<Case> = vec![
+            (vec![], None, Ok(None)),
+            (vec![url], None, Ok(Some(RecoveryTarget::End))),
+            (
+                vec![url, ("lsn", "0/3000060")],
+                None,
+                Ok(Some(RecoveryTarget::Lsn(Lsn(0x3000060)))),
+            ),
+            (
+                vec![url, ("time", "2026-11-24 08:00:00+00")],
+                None,
+                Ok(Some(RecoveryTarget::Time(1_795_507_200_000_000))),
+            ),
+            (
+                vec![url, ("immediate", "true")],
+                None,
+                Ok(Some(RecoveryTarget::Immediate)),
+            ),
+            (
+                vec![url, ("xid", "1234"), ("id", "20261124T080000")],
+                None,
+                Ok(Some(RecoveryTarget::Xid(1234))),
+            ),
+            (
+                vec![url, ("rp", "before-upgrade"), ("id", "20261124T080000")],
+                None,
+                Ok(Some(RecoveryTarget::Name("before-upgrade".into()))),
+            ),
+            (
+                vec![url, ("name", "pg-old")],
+                Some(("s3://bkt/prod", "pg-new")),
+                Ok(Some(RecoveryTarget::End)),
+            ),
+            (
+                vec![url],
+                Some(("s3://bkt/other", "pg-0")),
+                Ok(Some(RecoveryTarget::End)),
+            ),
+            // Refusals, each naming its setting.
+            (
+                vec![("lsn", "0/3000060")],
+                None,
+                Err("PGWARDEN_RECOVERY_TARGET_LSN"),
+            ),
+            (
+                vec![("id", "20261124T080000")],
+                None,
+                Err("PGWARDEN_RESTORE_BACKUP_ID"),
+            ),
+            (
+                vec![url, ("lsn", "0/1"), ("time", "2026-11-24 08:00:00+00")],
+                None,
+                Err("PGWARDEN_RECOVERY_TARGET_TIME"),
+            ),
+            (
+                vec![url, ("time", "2026-11-24 08:00:00")],
+                None,
+                Err("PGWARDEN_RECOVERY_TARGET_TIME"),
+            ),
+            (
+                vec![url, ("time", "yesterday")],
+                None,
+                Err("PGWARDEN_RECOVERY_TARGET_TIME"),
+            ),
+            (
+                vec![url, ("lsn", "3000060")],
+                None,
+                Err("PGWARDEN_RECOVERY_TARGET_LSN"),
+            ),
+            (
+                vec![url, ("xid", "12")],
+                None,
+                Err("PGWARDEN_RECOVERY_TARGET_XID"),
+            ),
+            (
+                vec![url, ("xid", "x"), ("id", "20261124T080000")],
+                None,
+                Err("PGWARDEN_RECOVERY_TARGET_XID"),
+            ),
+            (
+                vec![url, ("immediate", "maybe")],
+                None,
+                Err("PGWARDEN_RECOVERY_TARGET_IMMEDIATE"),
+            ),
+            (
+                vec![url, ("id", "latest")],
+                None,
+                Err("PGWARDEN_RESTORE_BACKUP_ID"),
+            ),
+            (vec![("url", "http://x")], None, Err("PGWARDEN_RESTORE_URL")),
+            (
+                vec![url, ("rp", "a\nb"), ("id", "20261124T080000")],
+                None,
+                Err("PGWARDEN_RECOVERY_TARGET_NAME"),
+            ),
+            (
+                vec![url, ("name", "pg-0")],
+                Some(("s3://bkt/prod/", "pg-0")),
+                Err("PGWARDEN_ARCHIVE_NAME"),
+            ),
+            (
+                vec![url],
+                Some(("s3://bkt/prod", "pg-0")),
+                Err("PGWARDEN_ARCHIVE_NAME"),
+            ),
+        ];
+        for (pairs, dest, want) in cases {
+            let got = check(&pairs, dest);
+            match (&got, &want) {
+                (Ok(c), Ok(t)) => assert_eq!(c.as_ref().map(|c| c.target.clone()), *t, "{pairs:?}"),
+                (Err((setting, _)), Err(w)) => assert_eq!(setting, w, "{pairs:?}: {got:?}"),
+                _ => panic!("{pairs:?} {dest:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_parse_as_postgres_and_barman_write_them() {
+        let base = 1_795_478_400_000_000; // 2026-11-24 00:00:00 UTC
+        let cases = [
+            ("2026-11-24 00:00:00+00", Some((base, true))),
+            ("2026-11-24T00:00:00Z", Some((base, true))),
+            ("2026-11-24 01:00:00+01:00", Some((base, true))),
+            ("2026-11-23 19:00:00-0500", Some((base, true))),
+            ("2026-11-24 00:00:00.5+00", Some((base + 500_000, true))),
+            (
+                "2026-11-24 03:50:40.455712+00:00",
+                Some((base + 13_840_455_712, true)),
+            ),
+            ("2026-11-24 00:00", Some((base, false))),
+            ("2026-13-24 00:00:00+00", None),
+            ("2026-11-24", None),
+            ("24/11/2026 00:00:00", None),
+        ];
+        for (text, want) in cases {
+            let got = parse_timestamp(text).map(|s| (s.micros, s.zoned));
+            assert_eq!(got, want, "{text}");
+        }
+        assert_eq!(format_utc(base + 1), "2026-11-24 00:00:00.000001+00");
+    }
+}

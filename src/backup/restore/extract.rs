@@ -1,0 +1,203 @@
+//! Streaming a base backup's data objects out of the archive and into a directory:
+//! download, decompress and untar in one pass, a bounded number of chunks in flight,
+//! so that memory stays flat whatever the size of the backup.
+
+use crate::wal::storage::{Backend, Bytes, StorageError};
+use anyhow::{bail, Context, Result};
+use sha2::Digest;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// Chunks between the download and the extraction (about 1 MiB each).
+const IN_FLIGHT: usize = 8;
+
+/// How a data object is compressed, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TarCompression {
+    /// `.tar.gz`.
+    Gzip,
+    /// `.tar`.
+    None,
+}
+
+impl TarCompression {
+    /// From the object's file name; `Err` names a compression pgwarden cannot read.
+    pub fn of(name: &str) -> Result<TarCompression, String> {
+        if name.ends_with(".tar.gz") {
+            Ok(TarCompression::Gzip)
+        } else if name.ends_with(".tar") {
+            Ok(TarCompression::None)
+        } else {
+            Err(format!(
+                "{name}: pgwarden restores gzip or uncompressed tars (take backups with barman-cloud-backup --gzip, or without compression)"
+            ))
+        }
+    }
+}
+
+/// What flows from the download to the extraction.
+enum Msg {
+    Data(Bytes),
+    End,
+}
+
+/// Reads the chunks the download sends; a download that stops without saying it
+/// ended is an error, never a short file.
+struct Chunks {
+    rx: tokio::sync::mpsc::Receiver<Msg>,
+    cur: Bytes,
+    ended: bool,
+    sha: sha2::Sha256,
+    total: u64,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Msg::Data(b)) => self.cur = b,
+                Some(Msg::End) => self.ended = true,
+                None => return Err(io::Error::other("the download stopped")),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        let chunk = self.cur.split_to(n);
+        self.sha.update(&chunk);
+        self.total += n as u64;
+        out[..n].copy_from_slice(&chunk);
+        Ok(n)
+    }
+}
+
+/// Extracts the object `key` into `dest`; returns the SHA-256 (hex) and size of the
+/// object as stored.
+pub async fn extract(
+    storage: &Backend,
+    key: &str,
+    compression: TarCompression,
+    dest: &Path,
+) -> Result<(String, u64)> {
+    let mut download = storage
+        .download(key)
+        .await
+        .with_context(|| format!("read {key}"))?
+        .with_context(|| format!("{key} is not in the archive"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    let dest_dir = dest.to_path_buf();
+    let key_owned = key.to_owned();
+    let untar = tokio::task::spawn_blocking(move || {
+        untar(
+            Chunks {
+                rx,
+                cur: Bytes::new(),
+                ended: false,
+                sha: sha2::Sha256::new(),
+                total: 0,
+            },
+            compression,
+            &dest_dir,
+        )
+        .with_context(|| format!("extract {key_owned}"))
+    });
+    let fed = feed(&mut download, tx).await;
+    let extracted = untar.await.context("the extraction thread failed")?;
+    // A failed download cuts the extraction short: its own error says more.
+    fed.with_context(|| format!("read {key}"))?;
+    extracted
+}
+
+/// Sends the download's chunks until its end, or until the extraction stops reading.
+async fn feed(
+    download: &mut crate::wal::storage::Download,
+    tx: tokio::sync::mpsc::Sender<Msg>,
+) -> Result<(), StorageError> {
+    loop {
+        let msg = match download.chunk().await? {
+            Some(b) => Msg::Data(b),
+            None => Msg::End,
+        };
+        let end = matches!(msg, Msg::End);
+        if tx.send(msg).await.is_err() || end {
+            return Ok(());
+        }
+    }
+}
+
+/// Untars `input` into `dest`, then reads it to its end so that the gzip trailer's CRC
+/// and the whole object's SHA-256 are checked.
+fn untar(input: Chunks, compression: TarCompression, dest: &Path) -> Result<(String, u64)> {
+    let finish = |mut c: Chunks| -> (String, u64) {
+        let sha = std::mem::take(&mut c.sha);
+        (crate::wal::hex(&sha.finalize()), c.total)
+    };
+    match compression {
+        TarCompression::Gzip => {
+            let mut ar = archive(flate2::read::MultiGzDecoder::new(input));
+            ar.unpack(dest)?;
+            let mut gz = ar.into_inner();
+            io::copy(&mut gz, &mut io::sink()).context("the gzip stream is damaged")?;
+            Ok(finish(gz.into_inner()))
+        }
+        TarCompression::None => {
+            let mut ar = archive(input);
+            ar.unpack(dest)?;
+            let mut rest = ar.into_inner();
+            io::copy(&mut rest, &mut io::sink())?;
+            Ok(finish(rest))
+        }
+    }
+}
+
+fn archive<R: Read>(r: R) -> ::tar::Archive<R> {
+    let mut ar = ::tar::Archive::new(r);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_mtime(true);
+    ar.set_unpack_xattrs(false);
+    ar.set_overwrite(false);
+    ar
+}
+
+/// Files of the source instance that must not carry over into a restored one: its
+/// signal files (the restore writes its own), and pgwarden's notes about the source's
+/// own archive and fencing.
+pub const NOT_RESTORED: &[&str] = &[
+    "standby.signal",
+    "recovery.signal",
+    "postmaster.pid",
+    "postmaster.opts",
+    crate::wal::identity::CHECKED_NOTE,
+    crate::supervisor::commands::FENCE_MARKER,
+];
+
+/// Checks that `dir` holds a base backup of PostgreSQL `major` and tidies it for
+/// recovery: the source's signal files and notes removed, `pg_wal/archive_status` there.
+pub fn prepare(dir: &Path, major: u32) -> Result<()> {
+    let version = std::fs::read_to_string(dir.join("PG_VERSION"))
+        .context("the backup has no PG_VERSION: is it a base backup?")?;
+    let version = version.trim();
+    if version != major.to_string() {
+        bail!("the backup is of PostgreSQL {version} but the binaries are PostgreSQL {major}; point PGWARDEN_PG_BINDIR at PostgreSQL {version} binaries");
+    }
+    for needed in ["global/pg_control", "backup_label"] {
+        if !dir.join(needed).is_file() {
+            bail!("the backup has no {needed}; it cannot be recovered");
+        }
+    }
+    for name in NOT_RESTORED {
+        let p: PathBuf = dir.join(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) => tracing::info!(
+                file = name,
+                "not restored: it belongs to the source instance"
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {}", p.display())),
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir.join(crate::wal::daemon::SPOOL_DIR));
+    std::fs::create_dir_all(dir.join("pg_wal/archive_status")).context("create pg_wal")?;
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! Bootstrapping an empty PGDATA from a base backup in an archive
+//! (`PGWARDEN_RESTORE_URL`), to a point in time or to the end of the archive.
+//!
+//! 1. Choose the backup ([`choose`]) and check, before anything is written, that it is
+//!    of this PostgreSQL major version, of the cluster whose WAL the archive holds, and
+//!    that every WAL segment it needs to become consistent is archived.
+//! 2. Stream its data objects into the staging directory ([`extract`]), checking the
+//!    SHA-256 pgwarden recorded and, for pgwarden's backups, every file against the
+//!    backup manifest with `pg_verifybackup`.
+//! 3. Write `recovery.signal` (recover, then promote) or `standby.signal` (a standby
+//!    that follows the archive). The caller moves the staging directory into place,
+//!    `PG_VERSION` last; postgres then fetches WAL through pgwarden's restore path,
+//!    from the source archive, and stops at the target (see `pgconf::render`).
+
+pub mod choose;
+pub mod config;
+pub mod extract;
+
+pub use config::{RecoveryTarget, RestoreArgs, RestoreConfig};
+
+use crate::backup::list;
+use crate::backup::BackupInfo;
+use crate::process::Runner;
+use crate::settings::Settings;
+use crate::wal::names::WalName;
+use crate::wal::storage::{Backend, Retrying, Storage};
+use crate::wal::ArchiveConfig;
+use anyhow::{bail, Context, Result};
+use extract::TarCompression;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// The signal file recovery from a backup starts with.
+pub const RECOVERY_SIGNAL: &str = "recovery.signal";
+
+/// How the restored instance runs once the backup is in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Recover to the target, promote, and run as a primary.
+    Promote,
+    /// Stay a standby that replays the archive as it grows.
+    FollowArchive,
+}
+
+/// What a restore will do, decided and checked before anything is written.
+pub struct Plan {
+    storage: Backend,
+    backup: BackupInfo,
+    objects: Vec<(String, TarCompression)>,
+    then: Then,
+}
+
+/// Chooses the backup and checks everything that can be checked before PGDATA is
+/// touched: the catalogue, the backup's version and cluster, its WAL, its objects.
+pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then) -> Result<Plan> {
+    let storage = r
+        .source
+        .open(None)
+        .await
+        .context("PGWARDEN_RESTORE_URL: open the archive")?;
+    let policy = Retrying::new(&storage, r.source.timeout, CancellationToken::new());
+    let base = r.source.base();
+    let backups = list::list(&policy, &base)
+        .await
+        .with_context(|| format!("PGWARDEN_RESTORE_URL: list the backups of {base}"))?;
+    let target = match then {
+        Then::Promote => &r.target,
+        Then::FollowArchive => &RecoveryTarget::End,
+    };
+    let b = choose::choose(&backups, r.backup_id.as_deref(), target).map_err(anyhow::Error::msg)?;
+    info!(backup_id = %b.backup_id, made_by = %b.made_by, end_time = %b.end_time, end_lsn = %b.end_xlog, target = ?target, "restoring a base backup");
+    check_version(b, s.major_version)?;
+    check_cluster(&policy, &r.source, b).await?;
+    check_wal(&policy, &base, b).await?;
+    let objects = data_objects(&policy, &base, b).await?;
+    let backup = b.clone();
+    Ok(Plan {
+        storage,
+        backup,
+        objects,
+        then,
+    })
+}
+
+/// Builds the cluster in `staging` from the planned backup.
+pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) -> Result<()> {
+    let Plan {
+        storage,
+        backup: b,
+        objects,
+        then,
+    } = plan;
+    std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
+    let started = std::time::Instant::now();
+    let mut stored = 0u64;
+    for (key, compression) in &objects {
+        let (sha, size) = extract::extract(&storage, key, *compression, staging).await?;
+        stored += size;
+        if let (Some(want), 1) = (b.extra.get("data_sha256"), objects.len()) {
+            if *want != sha {
+                bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with PGWARDEN_RESTORE_BACKUP_ID");
+            }
+        }
+    }
+    info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
+    // Before prepare(), which removes files the manifest lists.
+    verify_manifest(s, runner, staging).await?;
+    extract::prepare(staging, s.major_version)?;
+    let signal = match then {
+        Then::Promote => RECOVERY_SIGNAL,
+        Then::FollowArchive => crate::replica::STANDBY_SIGNAL,
+    };
+    std::fs::write(staging.join(signal), b"").with_context(|| format!("write {signal}"))?;
+    if let Some(u) = &s.run_as {
+        crate::fsutil::chown_tree(staging, u.owner())
+            .context("give the restored files to the run-as user")?;
+    }
+    // The tar's files were written without fsync: make them durable before the
+    // commit mark (PG_VERSION) goes into place.
+    let dir = std::fs::File::open(staging)?;
+    nix::unistd::syncfs(&dir).context("sync the restored files")?;
+    Ok(())
+}
+
+fn check_version(b: &BackupInfo, major: u32) -> Result<()> {
+    let theirs = b.version / 10_000;
+    if theirs != major {
+        bail!(
+            "PGWARDEN_RESTORE_BACKUP_ID: backup {} is of PostgreSQL {theirs} (version {}), but the binaries are PostgreSQL {major}; \
+             restore it with PostgreSQL {theirs} binaries (PGWARDEN_PG_BINDIR), then upgrade",
+            b.backup_id,
+            b.version
+        );
+    }
+    Ok(())
+}
+
+/// The archive's WAL must be this backup's cluster's: a backup copied in from another
+/// cluster would replay WAL that is not its own.
+async fn check_cluster<S: Storage>(
+    storage: &S,
+    source: &ArchiveConfig,
+    b: &BackupInfo,
+) -> Result<()> {
+    let key = format!("{}/{}", source.base(), crate::wal::identity::SYSTEM_MARKER);
+    if let Some((body, _)) = storage
+        .get(&key)
+        .await
+        .context("PGWARDEN_RESTORE_URL: read the archive's system identifier")?
+    {
+        let archive = String::from_utf8_lossy(&body).trim().to_owned();
+        if archive != b.systemid {
+            bail!(
+                "PGWARDEN_RESTORE_BACKUP_ID: backup {} is of another cluster (system identifier {}) than the WAL archived under {} ({archive}); \
+                 check PGWARDEN_RESTORE_NAME",
+                b.backup_id,
+                b.systemid,
+                source.base()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every segment from the backup's start to its end must be archived, or recovery
+/// cannot reach a consistent state.
+async fn check_wal<S: Storage>(storage: &S, base: &str, b: &BackupInfo) -> Result<()> {
+    let (Some(first), Some(last)) = (WalName::parse(&b.begin_wal), WalName::parse(&b.end_wal))
+    else {
+        bail!(
+            "backup {}: begin_wal {:?} or end_wal {:?} is not a WAL file name",
+            b.backup_id,
+            b.begin_wal,
+            b.end_wal
+        );
+    };
+    let mut wal = first;
+    for _ in 0..=1_000_000u32 {
+        let key = wal.key(base);
+        let found = storage
+            .list(&key, 4)
+            .await
+            .context("PGWARDEN_RESTORE_URL: list the archived WAL")?
+            .iter()
+            .any(|o| o.key == key || o.key.starts_with(&format!("{key}.")));
+        if !found {
+            bail!(
+                "PGWARDEN_RESTORE_URL: WAL segment {} is missing from the archive, and backup {} needs it to become consistent; \
+                 restore another backup (PGWARDEN_RESTORE_BACKUP_ID) or put the segment back",
+                wal.name,
+                b.backup_id
+            );
+        }
+        if wal.name == last.name {
+            return Ok(());
+        }
+        wal = wal
+            .next_segment(1, b.xlog_segment_size)
+            .with_context(|| format!("backup {}: no segment after {}", b.backup_id, wal.name))?;
+    }
+    bail!(
+        "backup {}: {} does not follow {}",
+        b.backup_id,
+        b.end_wal,
+        b.begin_wal
+    )
+}
+
+/// The backup's data objects, `data.tar[.gz]` first (barman splits large ones into
+/// `data_0001.tar.gz`, ...).
+async fn data_objects<S: Storage>(
+    storage: &S,
+    base: &str,
+    b: &BackupInfo,
+) -> Result<Vec<(String, TarCompression)>> {
+    let prefix = format!("{}{}/", crate::backup::base_prefix(base), b.backup_id);
+    let mut out = Vec::new();
+    for o in storage
+        .list(&prefix, 10_000)
+        .await
+        .context("list the backup's objects")?
+    {
+        let name = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
+        if name
+            .split('.')
+            .next()
+            .is_some_and(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
+        {
+            // barman-cloud stores each tablespace as <oid>.tar[.gz].
+            bail!("backup {} has tablespaces ({name}); pgwarden restores only backups without (restore it with barman-cloud-restore --tablespace)", b.backup_id);
+        }
+        if !name.starts_with("data") {
+            continue;
+        }
+        let c =
+            TarCompression::of(name).map_err(|e| anyhow::anyhow!("backup {}: {e}", b.backup_id))?;
+        out.push((o.key.clone(), c));
+    }
+    out.sort_by_key(|(k, _)| {
+        (
+            !k.ends_with("/data.tar.gz") && !k.ends_with("/data.tar"),
+            k.clone(),
+        )
+    });
+    if out.is_empty() {
+        bail!("backup {} has no data object under {prefix}", b.backup_id);
+    }
+    Ok(out)
+}
+
+/// pgwarden's backups carry pg_basebackup's manifest: check every restored file
+/// against it (barman's backups have none).
+async fn verify_manifest(s: &Settings, runner: &Runner, dir: &Path) -> Result<()> {
+    if !dir.join("backup_manifest").is_file() {
+        return Ok(());
+    }
+    let mut cmd = Command::new(s.bin("pg_verifybackup"));
+    cmd.args(["--no-parse-wal", "--exit-on-error", "--quiet"])
+        .arg(dir)
+        .env("LC_MESSAGES", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = runner
+        .output(&mut cmd, None)
+        .await
+        .context("run pg_verifybackup")?;
+    if !out.status.success() {
+        bail!(
+            "the restored files do not match the backup's manifest: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    info!("every restored file matches the backup manifest");
+    Ok(())
+}
+
+/// A clear account of postgres's `fatal` message when it means that recovery from the
+/// backup cannot succeed as configured; `None` for anything else.
+pub fn explain_failure(fatal: &str, target: &RecoveryTarget) -> Option<String> {
+    let setting = target.setting();
+    if fatal.contains("recovery ended before configured recovery target was reached") {
+        return Some(format!(
+            "{setting}: the archive ends before the recovery target: recovery replayed every archived segment without reaching it. \
+             Nothing was promoted and PGDATA stays in recovery: set an earlier target (and empty PGDATA), or restart once the WAL up to the target is archived"
+        ));
+    }
+    if fatal.contains("before consistent recovery point") && fatal.contains("stop point") {
+        return Some(format!(
+            "{setting}: the target is before the end of the backup, where the restored cluster first becomes consistent; \
+             restore an older backup (PGWARDEN_RESTORE_BACKUP_ID) after emptying PGDATA"
+        ));
+    }
+    if fatal.contains("WAL ends before") {
+        return Some(format!(
+            "PGWARDEN_RESTORE_URL: WAL the backup needs is missing from the archive ({fatal}); \
+             nothing was promoted: restore another backup, or put the missing segments back and restart"
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_recovery_failures_are_explained() {
+        let t = RecoveryTarget::Time(0);
+        let cases = [
+            (
+                "recovery ended before configured recovery target was reached",
+                Some("PGWARDEN_RECOVERY_TARGET_TIME: the archive ends before"),
+            ),
+            (
+                "requested recovery stop point is before consistent recovery point",
+                Some("PGWARDEN_RECOVERY_TARGET_TIME: the target is before the end of the backup"),
+            ),
+            (
+                "WAL ends before end of online backup",
+                Some("PGWARDEN_RESTORE_URL: WAL the backup needs is missing"),
+            ),
+            (
+                "WAL ends before consistent recovery point",
+                Some("PGWARDEN_RESTORE_URL: WAL the backup needs is missing"),
+            ),
+            ("the database system is shutting down", None),
+        ];
+        for (fatal, want) in cases {
+            let got = explain_failure(fatal, &t);
+            match want {
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.starts_with(w)),
+                    "{fatal}: {got:?}"
+                ),
+                None => assert_eq!(got, None, "{fatal}"),
+            }
+        }
+    }
+}
