@@ -399,4 +399,10 @@ fn ha_timing_that_breaks_the_ttl_rule_is_refused() {
     pg.set("PGWARDEN_HA_TTL", "30");
     pg.set("PGWARDEN_ROLE", "replica");
     assert_mentions(&refused(&pg), &["PGWARDEN_ROLE", "leader key"]);
+    pg.unset("PGWARDEN_ROLE");
+    pg.set(
+        "PGWARDEN_RESTORE_URL",
+        format!("file://{}", tmp.path().display()),
+    );
+    assert_mentions(&refused(&pg), &["PGWARDEN_RESTORE_URL", "PGWARDEN_HA=etcd"]);
 }

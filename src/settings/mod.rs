@@ -461,7 +461,12 @@ impl Settings {
             }
         }
         if ha.is_some() {
-            check_ha_roles(role, args, replication_password.is_some())?;
+            check_ha_roles(
+                role,
+                args,
+                replication_password.is_some(),
+                restore.is_some(),
+            )?;
         } else if role == Role::Replica && !(args.primary_host.is_none() && restore.is_some()) {
             // A replica without a primary to stream from follows the restore archive.
             if args.primary_host.is_none() {
@@ -634,7 +639,17 @@ fn check_ha_roles(
     role: Role,
     args: &SettingsArgs,
     has_replication_password: bool,
+    has_restore: bool,
 ) -> Result<(), SettingsError> {
+    // Untested together: every member would take the restore archive for its source,
+    // and one without a primary host would follow the archive instead of the leader.
+    if has_restore {
+        return Err(invalid(
+            "PGWARDEN_RESTORE_URL",
+            "bootstrapping from a backup is not supported with PGWARDEN_HA=etcd yet; restore one \
+             instance without HA, then start the cluster on its PGDATA",
+        ));
+    }
     if role == Role::Replica {
         return Err(invalid(
             "PGWARDEN_ROLE",
