@@ -4,8 +4,11 @@
 set -euo pipefail
 # libnss-wrapper: the arbitrary-UID test; xz-utils: *.sql.xz init scripts; haproxy: the
 # Patroni-style health checks and the Kubernetes manifests' router; python3-venv: the
-# manifests' schema validation.
-packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud prometheus libnss-wrapper xz-utils haproxy python3-venv)
+# manifests' schema validation; etcd-server: the HA tests' store; protobuf-compiler and
+# libprotobuf-dev: the etcd-client crate compiles etcd's .proto files at build time
+# (protoc alone fails on google/protobuf/*.proto imports).
+packages=(postgresql postgresql-contrib iproute2 barman-cli-cloud prometheus libnss-wrapper xz-utils haproxy python3-venv
+  etcd-server protobuf-compiler libprotobuf-dev)
 # --bench: the reference tools and limits `make bench` measures against (pigz: gzip -1
 # on every core, the limit of a gzip base backup).
 [[ "${1:-}" == "--bench" ]] && packages+=(pgbackrest time zstd pigz)
@@ -13,12 +16,17 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
-  SUDO=""
-  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# etcd-server enables a system etcd on 2379. The tests start their own on free ports and
+# never use it; on a machine running systemd, stop it rather than leave a stray store.
+if [[ -d /run/systemd/system ]] && systemctl is-enabled --quiet etcd 2>/dev/null; then
+  $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 
 # kubernetes-validate (PyPI) ships the Kubernetes JSON schemas, so tests/manifests.rs

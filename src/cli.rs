@@ -55,6 +55,11 @@ pub enum Command {
     /// The official image's form: `run` with `-c name=value` (or `--name=value`) settings
     /// added to the user layer. Settings come from the environment only.
     Postgres(PostgresArgs),
+    /// With PGWARDEN_HA: the cluster's members, the leader and its term.
+    List(ListArgs),
+    /// The HA dead-man switch `run` starts for itself (see src/ha/deadman.rs).
+    #[command(hide = true)]
+    HaDeadman(crate::ha::deadman::DeadmanArgs),
     /// Any other command (`psql`, `bash`, `sh -c ...`) is executed as is, as the official
     /// image's entrypoint does.
     #[command(external_subcommand)]
@@ -110,6 +115,17 @@ struct EnvOnly {
     settings: SettingsArgs,
 }
 
+/// Arguments of `list`.
+#[derive(Args, Debug, Clone)]
+pub struct ListArgs {
+    /// The running instance to ask.
+    #[command(flatten)]
+    pub local: LocalArgs,
+    /// Print the `GET /cluster` JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Arguments of the verbs that talk to a running pgwarden.
 #[derive(Args, Debug, Clone)]
 pub struct LocalArgs {
@@ -138,6 +154,10 @@ pub fn dispatch(cli: Cli) -> i32 {
             )
         }
         _ => {}
+    }
+    // Blocking and tiny, with no runtime: it must keep working when pgwarden cannot.
+    if let Command::HaDeadman(args) = &cli.command {
+        return crate::ha::deadman::main(args);
     }
     // postgres runs archive_command and restore_command once per file: the lightest
     // runtime that does the job, one thread (CPU work goes to the blocking pool).
@@ -188,6 +208,8 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::WalVerify(args) => runtime.block_on(wal_verify(&args)),
         Command::WalArchive(args) => runtime.block_on(crate::wal_cli::wal_archive(&args)),
         Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
+        Command::HaDeadman(args) => crate::ha::deadman::main(&args),
+        Command::List(args) => list(&args),
     }
 }
 
@@ -404,6 +426,36 @@ async fn wal_verify(args: &BackupListArgs) -> i32 {
 }
 
 /// Calls the running pgwarden over its control socket and prints the answer.
+/// `pgwarden list`: `GET /cluster` of the local instance, as a table.
+fn list(args: &ListArgs) -> i32 {
+    let path = crate::run::control_socket(&args.local.socket_dir);
+    match client::request(&Target::Unix(path.clone()), "GET", "/cluster", &[]) {
+        Ok(r) if r.status == 200 && !args.json => {
+            match serde_json::from_str::<crate::ha::status::ClusterDoc>(&r.body) {
+                Ok(doc) => {
+                    print!("{}", doc.table());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("pgwarden: unexpected /cluster answer ({e}): {}", r.body);
+                    1
+                }
+            }
+        }
+        Ok(r) => {
+            println!("{}", r.body.trim_end());
+            i32::from(r.status != 200)
+        }
+        Err(e) => {
+            eprintln!(
+                "pgwarden: cannot reach the running pgwarden at {}: {e}",
+                path.display()
+            );
+            1
+        }
+    }
+}
+
 fn local_call(args: &LocalArgs, method: &str, route: &str) -> i32 {
     local_call_within(args, method, route, std::time::Duration::from_secs(120))
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod db;
 pub mod entrypoint;
 pub mod fsutil;
+pub mod ha;
 pub mod http;
 pub mod logging;
 pub mod monitor;

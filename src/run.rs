@@ -69,6 +69,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
 
     let (status_tx, status_rx) = watch::channel(SupervisorStatus::bootstrapping());
     let (daemon_tx, daemon_rx) = watch::channel(None);
+    let (ha_status_tx, ha_status_rx) = watch::channel(None);
     let backup_status = Arc::new(std::sync::Mutex::new(crate::backup::BackupStatus::default()));
     let backups = http::backup::BackupState {
         settings: settings.clone(),
@@ -86,7 +87,9 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             name: settings.name.clone(),
             configured_role: settings.role,
             ready_max_lag: settings.ready_max_lag,
+            ha: settings.ha.is_some(),
         }),
+        ha: ha_status_rx,
     };
     let (command_tx, command_rx) = tokio::sync::mpsc::channel(8);
     let ctl = http::control::ControlState {
@@ -111,18 +114,47 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
 
     bootstrap::ensure_socket_dir(&settings)?;
     replica::write_passfile(&settings)?;
-    let prepare = async {
-        bootstrap::ensure(&settings, &runner).await?;
-        replica::prepare(&settings, &runner).await
+    let mut ha = match &settings.ha {
+        Some(cfg) => {
+            let mut ha = crate::ha::Ha::connect(&settings, cfg).await?;
+            ha.publish_to(ha_status_tx);
+            Some(ha)
+        }
+        None => None,
     };
-    tokio::select! {
-        result = prepare => result?,
+    let prepare = async {
+        // With HA the store decides the role to bootstrap or start as.
+        let (settings, holder) = match ha.as_mut() {
+            Some(ha) => (Arc::new(ha.prepare(&settings).await?), ha.hold_lease()),
+            None => (settings.clone(), None),
+        };
+        let done = async {
+            bootstrap::ensure(&settings, &runner).await?;
+            replica::prepare(&settings, &runner).await
+        }
+        .await;
+        if let Some(h) = holder {
+            h.abort();
+        }
+        done?;
+        anyhow::Ok(settings)
+    };
+    let (settings, rendered) = tokio::select! {
+        result = prepare => {
+            let next = result?;
+            // HA chose the upstream after the first render: primary_conninfo changed.
+            let rendered = match next.ha {
+                Some(_) => pgconf::render(&next, &next.pgdata, &resources)?,
+                None => rendered,
+            };
+            (next, rendered)
+        }
         sig = supervisor::wait_for_stop(&mut signals) => {
             warn!(signal = ?sig, "stop requested during the bootstrap; it will be redone on the next start");
             supervisor::stop_children(&reaper).await;
             return Ok(1);
         }
-    }
+    };
     let scheduled_backups = backups.clone();
     let mut control = http::control::router(ctl).merge(http::backup::router(backups));
     if settings.archive.is_some() || settings.restore.is_some() {
@@ -196,6 +228,14 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         )
     })?;
 
+    let ha = ha.map(|ha| {
+        ha.spawn(
+            settings.clone(),
+            status_tx.subscribe(),
+            supervisor::Commands(command_tx.clone()),
+            &runner,
+        )
+    });
     let sup = Supervisor {
         restart_on_pending: settings.restart_on_pending,
         settings,
@@ -206,7 +246,12 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         self_commands: supervisor::Commands(command_tx),
         refused: None,
     };
-    Ok(sup.run(&mut signals).await)
+    let code = sup.run(&mut signals).await;
+    // postgres has stopped: only now may the leader key go to another member.
+    if let Some(ha) = ha {
+        ha.retire().await;
+    }
+    Ok(code)
 }
 
 /// A scheduled backup runs on a ready primary only: replicas share the archive, and

@@ -374,3 +374,35 @@ fn every_bad_line_of_every_user_file_is_reported_at_once() {
     );
     assert!(!out.contains("line 3: shared_buffers"), "{out}");
 }
+
+#[test]
+fn ha_timing_that_breaks_the_ttl_rule_is_refused() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "hattl");
+    for (k, v) in [
+        ("PGWARDEN_HA", "etcd"),
+        ("PGWARDEN_CLUSTER", "c1"),
+        // Nothing listens there: the settings are refused before any connection.
+        ("PGWARDEN_ETCD_ENDPOINTS", "http://127.0.0.1:9"),
+        ("PGWARDEN_REPLICATION_PASSWORD", "rep"),
+        ("PGWARDEN_HA_TTL", "20"),
+    ] {
+        pg.set(k, v);
+    }
+    assert_mentions(
+        &refused(&pg),
+        &[
+            "PGWARDEN_HA_TTL",
+            "PGWARDEN_HA_LOOP_WAIT + 2 × PGWARDEN_HA_RETRY_TIMEOUT",
+        ],
+    );
+    pg.set("PGWARDEN_HA_TTL", "30");
+    pg.set("PGWARDEN_ROLE", "replica");
+    assert_mentions(&refused(&pg), &["PGWARDEN_ROLE", "leader key"]);
+    pg.unset("PGWARDEN_ROLE");
+    pg.set(
+        "PGWARDEN_RESTORE_URL",
+        format!("file://{}", tmp.path().display()),
+    );
+    assert_mentions(&refused(&pg), &["PGWARDEN_RESTORE_URL", "PGWARDEN_HA=etcd"]);
+}

@@ -415,6 +415,9 @@ pub fn registry(app: &AppState) -> Registry {
             let _ = r.register(Box::new(h));
         }
     }
+    if let Some(ha) = app.ha.borrow().as_ref() {
+        ha_metrics(&r, ha);
+    }
     r
 }
 
@@ -425,4 +428,41 @@ pub async fn get(State(app): State<AppState>) -> impl IntoResponse {
     let encoder = TextEncoder::new();
     let _ = encoder.encode(&r.gather(), &mut buf);
     ([(CONTENT_TYPE, encoder.format_type().to_owned())], buf)
+}
+
+/// The HA loop's last round, with PGWARDEN_HA on: summing `pgwarden_ha_is_leader`
+/// over a cluster's members must never exceed 1.
+fn ha_metrics(r: &Registry, ha: &crate::ha::status::HaStatus) {
+    gauge(
+        r,
+        "pgwarden_ha_is_leader",
+        "1 while this member holds the leader key",
+        ha.is_leader as u8 as f64,
+    );
+    gauge(
+        r,
+        "pgwarden_ha_term",
+        "Term of the current leader key (its etcd creation revision), 0 when none",
+        ha.term.unwrap_or(0) as f64,
+    );
+    gauge(
+        r,
+        "pgwarden_ha_last_renew_ok",
+        "1 when the last renewal of the session lease succeeded",
+        ha.last_renew_ok as u8 as f64,
+    );
+    gauge(
+        r,
+        "pgwarden_ha_members",
+        "Member keys in the store at the last read",
+        ha.members.len() as f64,
+    );
+    if let Some(ms) = ha.fence_deadline_in_ms {
+        gauge(
+            r,
+            "pgwarden_ha_fence_deadline_seconds",
+            "On the leader: seconds left before postgres must accept no more writes without a renewal",
+            ms as f64 / 1000.0,
+        );
+    }
 }

@@ -9,8 +9,9 @@ pub mod backup;
 pub mod client;
 pub mod control;
 mod dashboard;
+mod ha;
 mod healthz;
-mod lag;
+pub(crate) mod lag;
 pub mod metrics;
 mod process;
 mod readiness;
@@ -41,6 +42,8 @@ pub struct Instance {
     pub configured_role: Role,
     /// PGWARDEN_READY_MAX_LAG.
     pub ready_max_lag: Option<u64>,
+    /// PGWARDEN_HA is on.
+    pub ha: bool,
 }
 
 /// What every handler reads.
@@ -56,6 +59,8 @@ pub struct AppState {
     pub daemon: watch::Receiver<Option<Arc<crate::wal::daemon::Daemon>>>,
     /// The backup under way and the last one.
     pub backup: Arc<std::sync::Mutex<crate::backup::BackupStatus>>,
+    /// The HA loop's last round, when PGWARDEN_HA is on.
+    pub ha: watch::Receiver<Option<crate::ha::status::HaStatus>>,
 }
 
 impl AppState {
@@ -92,6 +97,8 @@ pub fn router(state: AppState) -> Router {
         .route("/standby", check(role::replica))
         .route("/read-only", check(role::read_only))
         .route("/status", check(status::get))
+        .route("/cluster", check(ha::cluster))
+        .route("/history", check(ha::history))
         .route("/metrics", check(metrics::get))
         .with_state(state)
 }

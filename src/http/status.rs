@@ -102,6 +102,9 @@ pub struct StatusDoc {
     /// The base backup under way, and the last one.
     #[serde(default)]
     pub backup: crate::backup::BackupStatus,
+    /// Automatic failover, when PGWARDEN_HA is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<crate::ha::status::HaStatus>,
 }
 
 impl StatusDoc {
@@ -149,6 +152,7 @@ impl StatusDoc {
             },
             config_error: sup.config_error.clone(),
             backup: Default::default(),
+            ha: None,
         }
     }
 }
@@ -158,5 +162,6 @@ pub async fn get(State(app): State<AppState>) -> Json<StatusDoc> {
     let mut doc = StatusDoc::build(&sup, &snap, &app.instance);
     doc.archiver.daemon = app.daemon.borrow().as_ref().map(|d| d.stats());
     doc.backup = app.backup.lock().map(|b| b.clone()).unwrap_or_default();
+    doc.ha = app.ha.borrow().clone();
     Json(doc)
 }

@@ -178,6 +178,10 @@ pub fn render_postgresql_conf(
         out += &line("primary_conninfo", &conninfo)?;
         out += &line("primary_slot_name", &s.slot_name())?;
         out += &line("recovery_target_timeline", "latest")?;
+    } else if s.ha.is_some() {
+        // A postmaster-level parameter: with HA the upstream comes and goes with the
+        // leader, and dropping this line on a reload would leave it pending a restart.
+        out += &line("recovery_target_timeline", "latest")?;
     }
     Ok(out)
 }

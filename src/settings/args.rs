@@ -175,6 +175,10 @@ pub struct SettingsArgs {
     #[command(flatten)]
     pub archive: crate::wal::ArchiveArgs,
 
+    /// High-availability settings (`PGWARDEN_HA=etcd`).
+    #[command(flatten)]
+    pub ha: crate::ha::HaArgs,
+
     /// Bootstrap from a backup, and recovery targets.
     #[command(flatten)]
     pub restore: crate::backup::restore::RestoreArgs,

@@ -152,6 +152,11 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// WAL archiving, when PGWARDEN_ARCHIVE_URL is set.
     pub archive: Option<crate::wal::ArchiveConfig>,
+    /// Automatic failover, when PGWARDEN_HA=etcd.
+    pub ha: Option<crate::ha::HaConfig>,
+    /// The leader to stream from, as the HA loop chose it; it wins over
+    /// PGWARDEN_PRIMARY_HOST, which HA mode leaves unset.
+    pub upstream: crate::ha::upstream::Upstream,
     /// Bootstrap from a backup in an archive, when PGWARDEN_RESTORE_URL is set.
     pub restore: Option<crate::backup::restore::RestoreConfig>,
     /// While recovering from a backup: the source's values of the parameters a
@@ -296,13 +301,11 @@ impl Settings {
             args.replication_password_file.as_deref(),
         )?;
 
-        let name = match &args.name {
-            Some(n) => n.clone(),
-            None => nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_default(),
-        };
+        let host_name = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        let name = args.name.clone().unwrap_or_else(|| host_name.clone());
         crate::pgconf::slot_name(&name).map_err(|m| invalid("PGWARDEN_NAME", m))?;
 
         let http_addr: SocketAddr = args.http_addr.parse().map_err(|_| {
@@ -380,6 +383,8 @@ impl Settings {
 
         let archive = crate::wal::ArchiveConfig::from_args(&args.archive, &name)
             .map_err(|(setting, m)| invalid(setting, m))?;
+        let ha = crate::ha::HaConfig::from_args(&args.ha, &host_name)
+            .map_err(|(setting, m)| invalid(setting, m))?;
         let restore = crate::backup::restore::RestoreConfig::from_args(
             &args.restore,
             &args.archive,
@@ -455,8 +460,15 @@ impl Settings {
                 _ => {}
             }
         }
-        // A replica without a primary to stream from follows the restore archive.
-        if role == Role::Replica && !(args.primary_host.is_none() && restore.is_some()) {
+        if ha.is_some() {
+            check_ha_roles(
+                role,
+                args,
+                replication_password.is_some(),
+                restore.is_some(),
+            )?;
+        } else if role == Role::Replica && !(args.primary_host.is_none() && restore.is_some()) {
+            // A replica without a primary to stream from follows the restore archive.
             if args.primary_host.is_none() {
                 return Err(invalid(
                     "PGWARDEN_PRIMARY_HOST",
@@ -512,6 +524,8 @@ impl Settings {
             crash_window: Duration::from_secs(args.crash_window.max(1)),
             data_state,
             archive,
+            ha,
+            upstream: Default::default(),
             restore,
             recovery_floor: Vec::new(),
             backup_compression,
@@ -553,12 +567,15 @@ impl Settings {
 
     /// The libpq connection string to the primary, without a password (see [`Settings::passfile`]).
     pub fn primary_conninfo(&self, dbname: &str) -> Option<String> {
-        let host = self.primary_host.as_deref()?;
+        let (host, port) = match self.upstream.get() {
+            Some(t) => (t.host, t.port),
+            None => (self.primary_host.clone()?, self.primary_port),
+        };
         let kv = |k: &str, v: &str| format!("{k}={}", crate::pgconf::quote::conninfo_value(v));
         Some(
             [
-                kv("host", host),
-                kv("port", &self.primary_port.to_string()),
+                kv("host", &host),
+                kv("port", &port.to_string()),
                 kv("user", &self.replication_user),
                 kv("dbname", dbname),
                 kv("application_name", &self.name),
@@ -614,6 +631,45 @@ impl Settings {
         // Validated in load().
         crate::pgconf::slot_name(&self.name).unwrap_or_default()
     }
+}
+
+/// With HA on the store decides who is primary and whom replicas follow, so the fixed
+/// role settings would contradict it; and any member may have to clone another.
+fn check_ha_roles(
+    role: Role,
+    args: &SettingsArgs,
+    has_replication_password: bool,
+    has_restore: bool,
+) -> Result<(), SettingsError> {
+    // Untested together: every member would take the restore archive for its source,
+    // and one without a primary host would follow the archive instead of the leader.
+    if has_restore {
+        return Err(invalid(
+            "PGWARDEN_RESTORE_URL",
+            "bootstrapping from a backup is not supported with PGWARDEN_HA=etcd yet; restore one \
+             instance without HA, then start the cluster on its PGDATA",
+        ));
+    }
+    if role == Role::Replica {
+        return Err(invalid(
+            "PGWARDEN_ROLE",
+            "with PGWARDEN_HA=etcd the leader key decides the role; leave PGWARDEN_ROLE unset",
+        ));
+    }
+    if args.primary_host.is_some() {
+        return Err(invalid(
+            "PGWARDEN_PRIMARY_HOST",
+            "with PGWARDEN_HA=etcd replicas follow the leader found in the store; leave PGWARDEN_PRIMARY_HOST unset",
+        ));
+    }
+    if !has_replication_password {
+        return Err(invalid(
+            "PGWARDEN_REPLICATION_PASSWORD",
+            "PGWARDEN_HA=etcd needs the replication password, since any member may have to clone or follow another; \
+             set PGWARDEN_REPLICATION_PASSWORD or PGWARDEN_REPLICATION_PASSWORD_FILE",
+        ));
+    }
+    Ok(())
 }
 
 fn reject_control_chars(setting: &'static str, value: &str) -> Result<(), SettingsError> {

@@ -2,7 +2,9 @@
 //! in its own temp dir with its own ports, and cleans up the processes it started, by pid.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod garage;
+pub mod router;
 pub mod wal;
 
 use nix::sys::signal::{kill, killpg, Signal};

@@ -1,0 +1,688 @@
+//! The HA loop: one pgwarden's store session, what it has seen, and the actions it
+//! performs on its postgres.
+
+use super::decide::{decide, Action, Me, Postgres, Rules};
+use super::etcd::EtcdStore;
+use super::store::{
+    ClusterView, HistoryEntry, LeaseId, MemberRole, MemberState, Optime, Store, StoreError, Term,
+};
+use super::upstream::Target;
+use super::watchdog::{watchdog, Deadline};
+use super::{clock, deadman, local, status, HaConfig};
+use crate::pgdata::DataDirState;
+use crate::settings::{Role, Settings};
+use crate::state::{State, SupervisorStatus};
+use crate::supervisor::{Command, Commands};
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// File in PGDATA that keeps the last term this member saw, across restarts: without
+/// it a whole-cluster restart would leave nobody eligible.
+const TERM_FILE: &str = "pgwarden.ha-term";
+
+/// The HA side of one pgwarden: its store session and what it has seen.
+pub struct Ha {
+    cfg: HaConfig,
+    store: EtcdStore,
+    name: String,
+    lease: Option<LeaseId>,
+    /// Boot-clock time at which the last successful keep-alive (or grant) was sent.
+    renewed_at: Option<Duration>,
+    term_seen: Term,
+    /// The term last written to [`TERM_FILE`].
+    term_written: Term,
+    view: ClusterView,
+    last_action: Option<Action>,
+    /// The current lease, for [`Running::retire`].
+    lease_tx: watch::Sender<Option<LeaseId>>,
+    /// What `/status`, `/cluster` and `/history` show.
+    status_tx: Option<watch::Sender<Option<status::HaStatus>>>,
+    last_renew_ok: bool,
+    /// The HTTP API of every member ever seen, by name: a former leader whose key
+    /// expired is asked too before racing.
+    known_apis: std::collections::BTreeMap<String, String>,
+}
+
+impl Ha {
+    /// Opens the store client. etcd being down is not an error here: the loop waits.
+    pub async fn connect(s: &Settings, cfg: &HaConfig) -> Result<Ha> {
+        let store = EtcdStore::connect(&cfg.endpoints, &cfg.cluster, cfg.retry_timeout)
+            .await
+            .context("PGWARDEN_ETCD_ENDPOINTS")?;
+        let term_seen = std::fs::read_to_string(s.pgdata.join(TERM_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        Ok(Ha {
+            cfg: cfg.clone(),
+            store,
+            name: s.name.clone(),
+            lease: None,
+            renewed_at: None,
+            term_seen,
+            term_written: term_seen,
+            view: ClusterView::default(),
+            last_action: None,
+            lease_tx: watch::channel(None).0,
+            status_tx: None,
+            last_renew_ok: false,
+            known_apis: Default::default(),
+        })
+    }
+
+    /// Before the bootstrap: decides what this member starts as. An existing PGDATA
+    /// always starts as a standby (following the leader if one is known); an empty one
+    /// races for the initialize key, and either runs initdb holding the leader key or
+    /// waits for a leader and clones it. Returns the settings to bootstrap with.
+    pub async fn prepare(&mut self, s: &Settings) -> Result<Settings> {
+        local::write_passfile(s)?;
+        let state = crate::pgdata::inspect(&s.pgdata).context("PGDATA")?;
+        let mut next = s.clone();
+        if matches!(state, DataDirState::Initialized { .. }) {
+            crate::replica::write_standby_signal(s, &s.pgdata)?;
+            self.renew().await;
+            self.refresh().await;
+            // Never itself: the key may still be bound to an earlier run's lease.
+            let target = self
+                .view
+                .leader
+                .as_ref()
+                .filter(|l| l.name != self.name)
+                .and_then(|l| self.target(&l.name));
+            info!(leader = ?target.as_ref().map(|t| &t.name), "HA: existing PGDATA starts as a standby");
+            s.upstream.set(target);
+            next.role = Role::Replica;
+            return Ok(next);
+        }
+        loop {
+            self.renew().await;
+            if !self.refresh().await {
+                tokio::time::sleep(self.cfg.loop_wait).await;
+                continue;
+            }
+            let me = self.me(false, Postgres::Stopped, None);
+            let action = decide(&self.view, &me, self.rules());
+            self.note(&action);
+            match action {
+                Action::RaceInitialize => {
+                    match self.store.initialize(&self.name).await {
+                        Ok(won) => info!(won, "HA: raced for the initialize key"),
+                        Err(e) => warn!(error = %e, "HA: cannot race for the initialize key"),
+                    }
+                    continue;
+                }
+                Action::Initdb => {
+                    if let Some(lease) = self.lease {
+                        if let Ok(Some(term)) = self.store.acquire_leader(&self.name, lease).await {
+                            info!(term, "HA: initializing the cluster as its first leader");
+                            self.saw_term(s, term);
+                            next.role = Role::Primary;
+                            return Ok(next);
+                        }
+                    }
+                }
+                Action::Clone { from } => {
+                    if let Some(t) = self.target(&from) {
+                        info!(leader = %from, "HA: cloning the leader");
+                        s.upstream.set(Some(t));
+                        next.role = Role::Replica;
+                        return Ok(next);
+                    }
+                }
+                _ => {}
+            }
+            self.wait().await;
+        }
+    }
+
+    /// Keeps the session lease alive while the bootstrap runs (initdb or pg_basebackup
+    /// may outlast the TTL); abort it when the loop takes over.
+    pub fn hold_lease(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let (store, lease, every) = (self.store.clone(), self.lease?, self.cfg.loop_wait);
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = store.keep_alive(lease).await {
+                    warn!(error = %e, "HA: cannot renew the session lease during the bootstrap");
+                }
+            }
+        }))
+    }
+
+    /// Publishes the HA state on `tx` after every round.
+    pub fn publish_to(&mut self, tx: watch::Sender<Option<status::HaStatus>>) {
+        self.status_tx = Some(tx);
+    }
+
+    /// Runs the loop for the life of pgwarden, acting on the supervised postgres, and
+    /// beside it a watchdog that fences postgres at the lease deadline even when the
+    /// loop is stuck in a slow store call.
+    pub fn spawn(
+        mut self,
+        s: Arc<Settings>,
+        status: watch::Receiver<SupervisorStatus>,
+        commands: Commands,
+        runner: &crate::process::Runner,
+    ) -> Running {
+        let mut deadman = match deadman::DeadMan::start(&s, runner) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!(error = %e, "HA: cannot start the dead-man switch; a stalled pgwarden would not be fenced");
+                None
+            }
+        };
+        let deadline = Deadline::default();
+        let watchdog_task = tokio::spawn(watchdog(deadline.clone(), s.clone(), status.clone()));
+        let (store, lease, retry_timeout) = (
+            self.store.clone(),
+            self.lease_tx.subscribe(),
+            self.cfg.retry_timeout,
+        );
+        let loop_task = tokio::spawn(async move {
+            loop {
+                let again = self
+                    .round(&s, &status, &commands, &deadline, &mut deadman)
+                    .await;
+                if !again {
+                    self.wait().await;
+                }
+            }
+        });
+        Running {
+            loop_task,
+            watchdog_task,
+            store,
+            lease,
+            retry_timeout,
+        }
+    }
+
+    /// One round; true when the next one should follow at once.
+    async fn round(
+        &mut self,
+        s: &Settings,
+        status: &watch::Receiver<SupervisorStatus>,
+        commands: &Commands,
+        deadline: &Deadline,
+        deadman: &mut Option<deadman::DeadMan>,
+    ) -> bool {
+        // When the renewal fails the store is likely down: reading and publishing would
+        // each spend another retry_timeout before the decision to fence.
+        let renewed = self.renew().await;
+        self.last_renew_ok = renewed;
+        if renewed {
+            self.refresh().await;
+        }
+        let sup = status.borrow().clone();
+        if sup.exiting || sup.state == State::Bootstrapping {
+            return false;
+        }
+        let facts = match sup.state {
+            State::Running => tokio::time::timeout(self.cfg.retry_timeout, local::facts(s))
+                .await
+                .ok()
+                .flatten(),
+            _ => None,
+        };
+        let upstream = || s.upstream.get().map(|t| t.name);
+        let postgres = match (facts, sup.pid) {
+            (Some(f), _) if !f.in_recovery => Postgres::Primary,
+            (Some(_), _) => Postgres::Replica {
+                upstream: upstream(),
+            },
+            (None, None) => Postgres::Stopped,
+            // Running or starting, but it did not answer: without standby.signal it is
+            // or is about to be writable, and is treated so (it may have to be fenced).
+            (None, Some(_)) if crate::replica::is_standby(&s.pgdata) => Postgres::Replica {
+                upstream: upstream(),
+            },
+            (None, Some(_)) => Postgres::Primary,
+        };
+        if let Some(l) = self.view.leader.clone() {
+            let following =
+                matches!(&postgres, Postgres::Replica { upstream: Some(u) } if *u == l.name);
+            if following || (l.name == self.name && Some(l.lease) == self.lease) {
+                self.saw_term(s, l.term);
+            }
+        }
+        if renewed {
+            self.publish(s, &postgres, facts).await;
+        }
+        let me = self.me(true, postgres, facts);
+        let action = decide(&self.view, &me, self.rules());
+        self.note(&action);
+        self.show(&action);
+        // Armed while postgres may be writable on our lease's behalf.
+        let fence_at = match action {
+            Action::Lead | Action::Promote | Action::StartPrimary => {
+                self.renewed_at.map(|t| t + self.cfg.fence_deadline())
+            }
+            _ => None,
+        };
+        deadline.set(fence_at);
+        if let Some(d) = deadman.as_mut() {
+            d.set(fence_at.zip(sup.pid).map(|(at, pid)| (pid, at)));
+        }
+        self.act(action, s, &sup, facts, commands).await
+    }
+
+    async fn act(
+        &mut self,
+        action: Action,
+        s: &Settings,
+        sup: &SupervisorStatus,
+        facts: Option<local::Facts>,
+        commands: &Commands,
+    ) -> bool {
+        match action {
+            Action::Lead => {
+                let (Some(l), Some(f)) = (self.view.leader.clone(), facts) else {
+                    return false;
+                };
+                let optime = Optime {
+                    term: l.term,
+                    timeline: f.timeline.unwrap_or(0),
+                    lsn: f.received.unwrap_or(0),
+                };
+                if let Err(e) = self.store.put_optime(&self.name, optime).await {
+                    warn!(error = %e, "HA: cannot record the leader position");
+                }
+                // A cluster adopted from an existing PGDATA has no initialize key: claim
+                // it, so that an empty member never runs initdb beside this one.
+                if self.view.initialize.is_none() {
+                    if let Err(e) = self.store.initialize(&self.name).await {
+                        warn!(error = %e, "HA: cannot record the initialize key");
+                    }
+                }
+                self.ensure_slots(s).await;
+            }
+            Action::Fence { why } => {
+                error!(reason = %why, "HA: fencing: stopping postgres at once, to start again as a standby");
+                if let Err(e) = crate::replica::write_standby_signal(s, &s.pgdata) {
+                    error!(error = format!("{e:#}"), "HA: cannot write standby.signal");
+                }
+                s.upstream.set(None);
+                if let Some(pid) = sup.pid {
+                    let budget = self.stop_budget();
+                    local::stop_now(pid, budget).await;
+                }
+                // The standby it comes back as streams from no one until a leader is
+                // known (the reload is served once postgres runs again).
+                reload_later(commands);
+            }
+            Action::Promote => self.promote(s, commands).await,
+            Action::Follow { leader, repoint } => {
+                if repoint {
+                    if let Some(t) = self.target(&leader) {
+                        info!(leader = %leader, host = %t.host, port = t.port, "HA: following the leader");
+                        s.upstream.set(Some(t));
+                        reload_later(commands);
+                    }
+                }
+            }
+            Action::Acquire => {
+                let Some(lease) = self.lease else {
+                    return false;
+                };
+                // The store says nobody leads; a member that still answers as a
+                // primary says otherwise, and wins the argument (Patroni #2070).
+                if let Some(other) = self.a_primary_answers().await {
+                    warn!(member = %other, "HA: not racing: this member still answers as a primary");
+                    return false;
+                }
+                match self.store.acquire_leader(&self.name, lease).await {
+                    Ok(Some(term)) => {
+                        info!(term, "HA: acquired the leader key");
+                        self.saw_term(s, term);
+                        return true;
+                    }
+                    Ok(None) => info!("HA: another member acquired the leader key first"),
+                    Err(e) => warn!(error = %e, "HA: cannot race for the leader key"),
+                }
+            }
+            Action::Rejoin { leader } => {
+                warn!(leader = %leader, "HA: this member diverged from the leader; restart pgwarden to rejoin through pg_rewind");
+            }
+            // The supervisor restarts a stopped postgres by itself; the bootstrap
+            // actions belong to `prepare`.
+            Action::StartPrimary
+            | Action::StartStandby { .. }
+            | Action::Wait { .. }
+            | Action::RaceInitialize
+            | Action::Initdb
+            | Action::Clone { .. } => {}
+        }
+        false
+    }
+
+    /// Promotes the local standby now that this member holds the key; on failure the
+    /// key is released so that another member may take over.
+    async fn promote(&mut self, s: &Settings, commands: &Commands) {
+        let Some(l) = self.view.leader.clone() else {
+            return;
+        };
+        let before = local::facts(s).await;
+        // Slots first (a standby can create them): members re-pointed here the moment
+        // the key changed find theirs as soon as this member accepts connections.
+        self.ensure_slots(s).await;
+        match crate::replica::promote::promote(s).await {
+            Ok(timeline) => {
+                // primary_conninfo still names the old leader: a later fence must not
+                // bring this member back streaming from it.
+                s.upstream.set(None);
+                reload_later(commands);
+                let entry = HistoryEntry {
+                    term: l.term,
+                    timeline,
+                    lsn: before.and_then(|f| f.received).unwrap_or(0),
+                    leader: self.name.clone(),
+                    time: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                };
+                info!(term = l.term, timeline, "HA: promoted");
+                if let Err(e) = self.store.append_history(&entry).await {
+                    warn!(error = %e, "HA: cannot record the promotion in the history");
+                }
+                self.ensure_slots(s).await;
+            }
+            Err(e) => {
+                error!(
+                    error = format!("{e:#}"),
+                    "HA: promotion failed; releasing the leader key"
+                );
+                if let Err(e) = self.store.release_leader(&self.name).await {
+                    warn!(error = %e, "HA: cannot release the leader key");
+                }
+            }
+        }
+    }
+
+    async fn ensure_slots(&self, s: &Settings) {
+        let others: Vec<String> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| m.name != self.name)
+            .map(|m| m.name.clone())
+            .collect();
+        // Bounded: a round that overstays delays the next renewal.
+        match tokio::time::timeout(self.cfg.retry_timeout, local::ensure_slots(s, &others)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(
+                error = format!("{e:#}"),
+                "HA: cannot create the members' replication slots"
+            ),
+            Err(_) => warn!("HA: creating the members' replication slots takes too long"),
+        }
+    }
+
+    /// The name of another member whose HTTP API answers `/primary` with 200, asking
+    /// every member ever seen at once, each for at most a second. Unreachable members
+    /// do not count: the leader key's compare-and-set decides among the rest.
+    async fn a_primary_answers(&self) -> Option<String> {
+        let mut asks = tokio::task::JoinSet::new();
+        for (name, url) in &self.known_apis {
+            if *name == self.name {
+                continue;
+            }
+            let Some(hostport) = url.strip_prefix("http://").map(str::to_owned) else {
+                continue;
+            };
+            let name = name.clone();
+            asks.spawn(async move {
+                let ask = tokio::task::spawn_blocking(move || {
+                    use std::net::ToSocketAddrs;
+                    let addr = hostport.to_socket_addrs().ok()?.next()?;
+                    let target = crate::http::client::Target::Tcp(addr);
+                    crate::http::client::request_with_timeout(
+                        &target,
+                        "GET",
+                        "/primary",
+                        &[],
+                        Duration::from_secs(1),
+                    )
+                    .ok()
+                });
+                let answer = tokio::time::timeout(Duration::from_secs(1), ask).await;
+                matches!(answer, Ok(Ok(Some(r))) if r.status == 200).then_some(name)
+            });
+        }
+        while let Some(done) = asks.join_next().await {
+            if let Ok(Some(name)) = done {
+                return Some(name);
+            }
+        }
+        None
+    }
+
+    /// Renews the session lease, or grants one; true on success. The renewal counts
+    /// from when it was sent: etcd cannot expire the lease earlier than that plus its TTL.
+    async fn renew(&mut self) -> bool {
+        let sent = clock::now();
+        let result = match self.lease {
+            Some(lease) => self.store.keep_alive(lease).await.map(|()| lease),
+            None => self.store.grant(self.cfg.ttl).await,
+        };
+        match result {
+            Ok(lease) => {
+                self.lease = Some(lease);
+                self.renewed_at = Some(sent);
+                self.lease_tx.send_replace(self.lease);
+                true
+            }
+            Err(StoreError::LeaseGone(lease)) => {
+                warn!(
+                    lease = format!("{lease:x}"),
+                    "HA: the session lease expired; granting a new one"
+                );
+                self.lease = None;
+                self.renewed_at = None;
+                self.lease_tx.send_replace(None);
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "HA: cannot renew the session lease");
+                false
+            }
+        }
+    }
+
+    /// Reads the cluster; on failure the previous view stays (decisions then rest on
+    /// the age of the last renewal, which keeps growing).
+    async fn refresh(&mut self) -> bool {
+        match self.store.read().await {
+            Ok(v) => {
+                for m in &v.members {
+                    self.known_apis.insert(m.name.clone(), m.api_url.clone());
+                }
+                self.view = v;
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "HA: cannot read the cluster state");
+                false
+            }
+        }
+    }
+
+    /// Sleeps until the next round: `loop_wait`, or sooner when the leader key changes.
+    async fn wait(&self) {
+        let revision = self.view.revision;
+        let started = tokio::time::Instant::now();
+        match self
+            .store
+            .wait_leader_change(revision, self.cfg.loop_wait)
+            .await
+        {
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep_until(started + self.cfg.loop_wait).await,
+        }
+    }
+
+    async fn publish(&self, s: &Settings, postgres: &Postgres, facts: Option<local::Facts>) {
+        let Some(lease) = self.lease else {
+            return;
+        };
+        let state = MemberState {
+            name: self.name.clone(),
+            host: self.cfg.advertise_host.clone(),
+            port: s.port,
+            api_url: format!("http://{}:{}", self.cfg.advertise_host, s.http_addr.port()),
+            role: match postgres {
+                Postgres::Primary => MemberRole::Primary,
+                Postgres::Replica { .. } => MemberRole::Replica,
+                Postgres::Stopped => MemberRole::Stopped,
+            },
+            timeline: facts.and_then(|f| f.timeline),
+            received_lsn: facts.and_then(|f| f.received),
+            replayed_lsn: facts.and_then(|f| f.replayed),
+            term: self.term_seen,
+        };
+        if let Err(e) = self.store.put_member(&state, lease).await {
+            warn!(error = %e, "HA: cannot publish this member's state");
+        }
+    }
+
+    fn me(&self, has_data: bool, postgres: Postgres, facts: Option<local::Facts>) -> Me {
+        Me {
+            name: self.name.clone(),
+            lease: self.lease,
+            since_renewal: self.renewed_at.map(|t| clock::now().saturating_sub(t)),
+            has_data,
+            postgres,
+            timeline: facts.and_then(|f| f.timeline),
+            received_lsn: facts.and_then(|f| f.received),
+            term_seen: self.term_seen,
+            // Found by pg_rewind at the next start; not detected while running yet.
+            diverged: false,
+        }
+    }
+
+    fn rules(&self) -> Rules {
+        Rules {
+            demote_after: self.cfg.demote_after(),
+            max_lag: self.cfg.max_lag_on_failover,
+        }
+    }
+
+    /// What is left of the fence deadline for postgres to stop in, at least a moment.
+    fn stop_budget(&self) -> Duration {
+        let deadline = self.renewed_at.map(|t| t + self.cfg.fence_deadline());
+        deadline
+            .map(|d| d.saturating_sub(clock::now()))
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_millis(100))
+    }
+
+    fn target(&self, name: &str) -> Option<Target> {
+        self.view.member(name).map(|m| Target {
+            name: m.name.clone(),
+            host: m.host.clone(),
+            port: m.port,
+        })
+    }
+
+    /// Remembers a term this member followed or led, on disk too.
+    fn saw_term(&mut self, s: &Settings, term: Term) {
+        self.term_seen = self.term_seen.max(term);
+        // Before the bootstrap PGDATA does not exist yet; a later round writes it.
+        if self.term_written >= self.term_seen || !s.pgdata.join("PG_VERSION").exists() {
+            return;
+        }
+        match crate::fsutil::write_atomic(
+            &s.pgdata.join(TERM_FILE),
+            format!("{}\n", self.term_seen).as_bytes(),
+            s.run_as.as_ref().map(|u| u.owner()),
+            0o600,
+        ) {
+            Ok(_) => self.term_written = self.term_seen,
+            Err(e) => warn!(error = %e, "HA: cannot record the term seen"),
+        }
+    }
+
+    /// Publishes what this round saw and decided.
+    fn show(&self, action: &Action) {
+        let Some(tx) = &self.status_tx else {
+            return;
+        };
+        let leader = self.view.leader.as_ref();
+        let is_leader = leader.is_some_and(|l| l.name == self.name && Some(l.lease) == self.lease);
+        let fence_deadline_in_ms = match (is_leader, self.renewed_at) {
+            (true, Some(t)) => Some(
+                (t + self.cfg.fence_deadline())
+                    .saturating_sub(clock::now())
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            ),
+            _ => None,
+        };
+        tx.send_replace(Some(status::HaStatus {
+            cluster: self.cfg.cluster.clone(),
+            leader: leader.map(|l| l.name.clone()),
+            term: leader.map(|l| l.term),
+            is_leader,
+            fence_deadline_in_ms,
+            last_renew_ok: self.last_renew_ok,
+            action: format!("{action:?}"),
+            members: self.view.members.clone(),
+            optime: self.view.optime,
+            history: self.view.history.clone(),
+        }));
+    }
+
+    /// Logs an action when it differs from the last one, so a steady state is quiet.
+    fn note(&mut self, action: &Action) {
+        if self.last_action.as_ref() != Some(action) {
+            info!(action = ?action, "HA: next action");
+            self.last_action = Some(action.clone());
+        }
+    }
+}
+
+/// Asks the supervisor to re-render the configuration (primary_conninfo follows the
+/// shared upstream) and reload. Not awaited: the supervisor serves requests only while
+/// postgres runs, and the loop must not wait for that.
+fn reload_later(commands: &Commands) {
+    let commands = commands.clone();
+    tokio::spawn(async move {
+        if let Err(e) = commands.send(Command::Reload).await {
+            warn!(error = %e, "HA: cannot reload the configuration");
+        }
+    });
+}
+
+/// The HA loop once spawned.
+pub struct Running {
+    loop_task: tokio::task::JoinHandle<()>,
+    watchdog_task: tokio::task::JoinHandle<()>,
+    store: EtcdStore,
+    lease: watch::Receiver<Option<LeaseId>>,
+    retry_timeout: Duration,
+}
+
+impl Running {
+    /// Leaves the cluster once postgres has stopped (pgwarden is exiting): the loop
+    /// stops and the lease is revoked, dropping the leader and member keys at once, so
+    /// that a planned stop of the leader hands over without waiting for the TTL.
+    pub async fn retire(self) {
+        self.loop_task.abort();
+        self.watchdog_task.abort();
+        let lease = *self.lease.borrow();
+        let Some(lease) = lease else {
+            return;
+        };
+        match tokio::time::timeout(self.retry_timeout, self.store.revoke(lease)).await {
+            Ok(Ok(())) => info!("HA: left the cluster: lease revoked, keys released"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "HA: cannot revoke the lease; its keys expire with its TTL")
+            }
+            Err(_) => warn!("HA: no answer revoking the lease; its keys expire with its TTL"),
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! High-availability settings (`PGWARDEN_HA=etcd` and its companions), validated before
+//! anything is touched. With `PGWARDEN_HA` unset or `off` nothing here is used.
+
+use clap::Args;
+use std::time::Duration;
+
+/// The HA settings as flags and environment variables.
+#[derive(Args, Debug, Clone)]
+pub struct HaArgs {
+    /// `off` (default) or `etcd`: automatic failover, the role decided by the leader key.
+    #[arg(long, env = "PGWARDEN_HA", default_value = "off")]
+    pub ha: String,
+    /// Cluster name: the key prefix in the store, shared by every member.
+    #[arg(long, env = "PGWARDEN_CLUSTER")]
+    pub cluster: Option<String>,
+    /// etcd client URLs, comma-separated: `http://host:2379,...`.
+    #[arg(long, env = "PGWARDEN_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// Seconds the leader key lives without renewal.
+    #[arg(long, env = "PGWARDEN_HA_TTL", default_value_t = 30)]
+    pub ha_ttl: u64,
+    /// Seconds between two rounds of the HA loop.
+    #[arg(long, env = "PGWARDEN_HA_LOOP_WAIT", default_value_t = 10)]
+    pub ha_loop_wait: u64,
+    /// Seconds a store operation may spend retrying before the round counts as failed.
+    #[arg(long, env = "PGWARDEN_HA_RETRY_TIMEOUT", default_value_t = 10)]
+    pub ha_retry_timeout: u64,
+    /// Address other members and clients use for this instance (default: the host name).
+    #[arg(long, env = "PGWARDEN_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// A replica further behind the last leader position never promotes itself (bytes,
+    /// or a size such as 1MB).
+    #[arg(long, env = "PGWARDEN_MAX_LAG_ON_FAILOVER", default_value = "1MB")]
+    pub max_lag_on_failover: String,
+    /// `off`, `on` or `strict`: only a synchronous standby may be promoted.
+    #[arg(long, env = "PGWARDEN_SYNC_MODE", default_value = "off")]
+    pub sync_mode: String,
+    /// Number of synchronous standbys (`FIRST n`).
+    #[arg(long, env = "PGWARDEN_SYNC_NODE_COUNT", default_value_t = 1)]
+    pub sync_node_count: u32,
+}
+
+impl Default for HaArgs {
+    /// The documented defaults, as clap would fill them in.
+    fn default() -> Self {
+        HaArgs {
+            ha: "off".into(),
+            cluster: None,
+            etcd_endpoints: None,
+            ha_ttl: 30,
+            ha_loop_wait: 10,
+            ha_retry_timeout: 10,
+            advertise_host: None,
+            max_lag_on_failover: "1MB".into(),
+            sync_mode: "off".into(),
+            sync_node_count: 1,
+        }
+    }
+}
+
+/// Synchronous replication mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Asynchronous replication.
+    Off,
+    /// Synchronous when a standby is there, standalone otherwise.
+    On,
+    /// Writes block rather than go unreplicated.
+    Strict,
+}
+
+/// Validated HA settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// Cluster name, the key prefix.
+    pub cluster: String,
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// Lease time to live.
+    pub ttl: Duration,
+    /// Time between two rounds of the loop.
+    pub loop_wait: Duration,
+    /// Bound on one store operation with its retries.
+    pub retry_timeout: Duration,
+    /// Host other members connect to.
+    pub advertise_host: String,
+    /// Largest lag, in bytes, behind the last leader position a replica may promote with.
+    pub max_lag_on_failover: u64,
+    /// Synchronous replication.
+    pub sync_mode: SyncMode,
+    /// Synchronous standbys wanted.
+    pub sync_node_count: u32,
+}
+
+/// Time a fenced primary keeps in hand before its lease can expire anywhere: it must have
+/// stopped accepting writes by then (Patroni's watchdog `safety_margin`, 5 s at the
+/// default ttl, scaled down for the short ttls of tests).
+fn safety_margin(ttl: Duration) -> Duration {
+    (ttl / 6).min(Duration::from_secs(5))
+}
+
+impl HaConfig {
+    /// Validates the arguments; `Ok(None)` when HA is off. Errors name the setting.
+    /// `host_name` is the default advertised address.
+    pub fn from_args(
+        a: &HaArgs,
+        host_name: &str,
+    ) -> Result<Option<HaConfig>, (&'static str, String)> {
+        match a.ha.as_str() {
+            "" | "off" => return Ok(None),
+            "etcd" => {}
+            other => return Err(("PGWARDEN_HA", format!("{other:?} is not off or etcd"))),
+        }
+        let cluster = a.cluster.clone().unwrap_or_default();
+        if cluster.is_empty() {
+            return Err((
+                "PGWARDEN_CLUSTER",
+                "PGWARDEN_HA=etcd needs a cluster name, shared by every member".into(),
+            ));
+        }
+        // The name becomes one path segment of every key: keep it plain.
+        if !cluster
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err((
+                "PGWARDEN_CLUSTER",
+                format!("{cluster:?} may hold only letters, digits, '-', '_' and '.'"),
+            ));
+        }
+        let endpoints = parse_endpoints(a.etcd_endpoints.as_deref().unwrap_or(""))
+            .map_err(|m| ("PGWARDEN_ETCD_ENDPOINTS", m))?;
+        for (setting, v) in [
+            ("PGWARDEN_HA_TTL", a.ha_ttl),
+            ("PGWARDEN_HA_LOOP_WAIT", a.ha_loop_wait),
+            ("PGWARDEN_HA_RETRY_TIMEOUT", a.ha_retry_timeout),
+        ] {
+            if v == 0 {
+                return Err((setting, "must be at least 1 second".into()));
+            }
+            // etcd keeps lease TTLs in an int64 of seconds; a day is plenty.
+            if v > 86_400 {
+                return Err((setting, format!("{v} s is more than a day")));
+            }
+        }
+        let (ttl, lw, rt) = (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout);
+        if lw + 2 * rt > ttl {
+            return Err((
+                "PGWARDEN_HA_TTL",
+                format!(
+                    "{ttl} s is less than PGWARDEN_HA_LOOP_WAIT + 2 × PGWARDEN_HA_RETRY_TIMEOUT \
+                     ({lw} + 2 × {rt} = {} s): a primary could not tell it lost its lease before \
+                     the lease expired",
+                    lw + 2 * rt
+                ),
+            ));
+        }
+        let ttl = Duration::from_secs(ttl);
+        let config = HaConfig {
+            cluster,
+            endpoints,
+            ttl,
+            loop_wait: Duration::from_secs(lw),
+            retry_timeout: Duration::from_secs(rt),
+            advertise_host: String::new(),
+            max_lag_on_failover: 0,
+            sync_mode: SyncMode::Off,
+            sync_node_count: 1,
+        };
+        if config.stop_budget() < Duration::from_secs(1) {
+            return Err((
+                "PGWARDEN_HA_TTL",
+                format!(
+                    "{} s leaves a fenced primary {} ms to stop postgres (ttl − loop_wait − \
+                     retry_timeout − {} ms safety margin); at least 1 s is needed",
+                    ttl.as_secs(),
+                    config.stop_budget().as_millis(),
+                    safety_margin(ttl).as_millis()
+                ),
+            ));
+        }
+        let advertise_host = a
+            .advertise_host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| host_name.to_owned());
+        if advertise_host.is_empty()
+            || advertise_host.contains(|c: char| c.is_whitespace() || c.is_control())
+            || advertise_host.contains(['/', '\'', '\\', '"'])
+        {
+            return Err((
+                "PGWARDEN_ADVERTISE_HOST",
+                format!("{advertise_host:?} is not a host name or address"),
+            ));
+        }
+        let max_lag_on_failover =
+            crate::http::lag::parse_lag(&a.max_lag_on_failover).map_err(|_| {
+                (
+                    "PGWARDEN_MAX_LAG_ON_FAILOVER",
+                    format!(
+                        "{:?} is not bytes or a size such as 1MB",
+                        a.max_lag_on_failover
+                    ),
+                )
+            })?;
+        let sync_mode = match a.sync_mode.as_str() {
+            "" | "off" => SyncMode::Off,
+            "on" => SyncMode::On,
+            "strict" => SyncMode::Strict,
+            other => {
+                return Err((
+                    "PGWARDEN_SYNC_MODE",
+                    format!("{other:?} is not off, on or strict"),
+                ))
+            }
+        };
+        if a.sync_node_count == 0 {
+            return Err(("PGWARDEN_SYNC_NODE_COUNT", "must be at least 1".into()));
+        }
+        Ok(Some(HaConfig {
+            advertise_host,
+            max_lag_on_failover,
+            sync_mode,
+            sync_node_count: a.sync_node_count,
+            ..config
+        }))
+    }
+
+    /// Time from the last successful renewal after which a primary starts fencing: one
+    /// loop and one full retry have failed (Patroni's budget).
+    pub fn demote_after(&self) -> Duration {
+        self.loop_wait + self.retry_timeout
+    }
+
+    /// Time from the last successful renewal by which postgres must accept no more
+    /// writes: the lease cannot have expired in etcd before `ttl`, less a margin.
+    pub fn fence_deadline(&self) -> Duration {
+        self.ttl.saturating_sub(safety_margin(self.ttl))
+    }
+
+    /// What a fencing primary has to stop postgres in.
+    pub fn stop_budget(&self) -> Duration {
+        self.fence_deadline().saturating_sub(self.demote_after())
+    }
+}
+
+/// Splits and checks `PGWARDEN_ETCD_ENDPOINTS`.
+fn parse_endpoints(text: &str) -> Result<Vec<String>, String> {
+    let endpoints: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if endpoints.is_empty() {
+        return Err(
+            "PGWARDEN_HA=etcd needs at least one etcd URL, such as http://etcd:2379".into(),
+        );
+    }
+    for e in &endpoints {
+        if e.starts_with("https://") {
+            return Err(format!(
+                "{e:?}: TLS to etcd is not supported yet; use http://"
+            ));
+        }
+        let Some(rest) = e.strip_prefix("http://") else {
+            return Err(format!("{e:?} is not an http://host:port URL"));
+        };
+        let hostport = rest.trim_end_matches('/');
+        let port_ok = hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok || hostport.contains(['/', '@']) {
+            return Err(format!("{e:?} is not an http://host:port URL"));
+        }
+    }
+    Ok(endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on() -> HaArgs {
+        HaArgs {
+            ha: "etcd".into(),
+            cluster: Some("pg".into()),
+            etcd_endpoints: Some("http://127.0.0.1:2379".into()),
+            ..HaArgs::default()
+        }
+    }
+
+    #[test]
+    fn off_is_none() {
+        for v in ["", "off"] {
+            let a = HaArgs {
+                ha: v.into(),
+                ..HaArgs::default()
+            };
+            assert_eq!(HaConfig::from_args(&a, "h"), Ok(None), "{v:?}");
+        }
+        // With HA off nothing else is looked at, even nonsense.
+        let a = HaArgs {
+            ha_ttl: 0,
+            sync_mode: "banana".into(),
+            ..HaArgs::default()
+        };
+        assert_eq!(HaConfig::from_args(&a, "h"), Ok(None));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = HaConfig::from_args(&on(), "pg-0").unwrap().unwrap();
+        assert_eq!(c.cluster, "pg");
+        assert_eq!(c.endpoints, vec!["http://127.0.0.1:2379".to_owned()]);
+        assert_eq!(c.ttl, Duration::from_secs(30));
+        assert_eq!(c.loop_wait, Duration::from_secs(10));
+        assert_eq!(c.retry_timeout, Duration::from_secs(10));
+        assert_eq!(c.advertise_host, "pg-0");
+        assert_eq!(c.max_lag_on_failover, 1 << 20);
+        assert_eq!(c.sync_mode, SyncMode::Off);
+        assert_eq!(c.sync_node_count, 1);
+        // 30 s ttl: fence from 20 s, stopped by 25 s.
+        assert_eq!(c.demote_after(), Duration::from_secs(20));
+        assert_eq!(c.fence_deadline(), Duration::from_secs(25));
+        assert_eq!(c.stop_budget(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn table() {
+        type Edit = fn(&mut HaArgs);
+        // (what, edit, Ok or the variable the error names)
+        let cases: &[(&str, Edit, Result<(), &str>)] = &[
+            ("etcd", |_| {}, Ok(())),
+            (
+                "unknown backend",
+                |a| a.ha = "consul".into(),
+                Err("PGWARDEN_HA"),
+            ),
+            ("no cluster", |a| a.cluster = None, Err("PGWARDEN_CLUSTER")),
+            (
+                "empty cluster",
+                |a| a.cluster = Some("".into()),
+                Err("PGWARDEN_CLUSTER"),
+            ),
+            (
+                "slash in cluster",
+                |a| a.cluster = Some("a/b".into()),
+                Err("PGWARDEN_CLUSTER"),
+            ),
+            (
+                "no endpoints",
+                |a| a.etcd_endpoints = None,
+                Err("PGWARDEN_ETCD_ENDPOINTS"),
+            ),
+            (
+                "blank endpoints",
+                |a| a.etcd_endpoints = Some(" , ".into()),
+                Err("PGWARDEN_ETCD_ENDPOINTS"),
+            ),
+            (
+                "no scheme",
+                |a| a.etcd_endpoints = Some("etcd:2379".into()),
+                Err("PGWARDEN_ETCD_ENDPOINTS"),
+            ),
+            (
+                "https",
+                |a| a.etcd_endpoints = Some("https://etcd:2379".into()),
+                Err("PGWARDEN_ETCD_ENDPOINTS"),
+            ),
+            (
+                "no port",
+                |a| a.etcd_endpoints = Some("http://etcd".into()),
+                Err("PGWARDEN_ETCD_ENDPOINTS"),
+            ),
+            (
+                "bad port",
+                |a| a.etcd_endpoints = Some("http://etcd:99999".into()),
+                Err("PGWARDEN_ETCD_ENDPOINTS"),
+            ),
+            (
+                "userinfo",
+                |a| a.etcd_endpoints = Some("http://u:p@etcd:2379".into()),
+                Err("PGWARDEN_ETCD_ENDPOINTS"),
+            ),
+            (
+                "three endpoints",
+                |a| {
+                    a.etcd_endpoints =
+                        Some("http://a:2379, http://b:2379,http://[::1]:2379/".into())
+                },
+                Ok(()),
+            ),
+            ("ttl 0", |a| a.ha_ttl = 0, Err("PGWARDEN_HA_TTL")),
+            (
+                "loop_wait 0",
+                |a| a.ha_loop_wait = 0,
+                Err("PGWARDEN_HA_LOOP_WAIT"),
+            ),
+            (
+                "retry 0",
+                |a| a.ha_retry_timeout = 0,
+                Err("PGWARDEN_HA_RETRY_TIMEOUT"),
+            ),
+            ("ttl huge", |a| a.ha_ttl = 1 << 40, Err("PGWARDEN_HA_TTL")),
+            // loop_wait + 2 × retry_timeout ≤ ttl: 10 + 2 × 10 = 30.
+            ("rule at the edge", |a| a.ha_ttl = 30, Ok(())),
+            (
+                "rule broken by ttl",
+                |a| a.ha_ttl = 29,
+                Err("PGWARDEN_HA_TTL"),
+            ),
+            (
+                "rule broken by loop_wait",
+                |a| a.ha_loop_wait = 11,
+                Err("PGWARDEN_HA_TTL"),
+            ),
+            (
+                "rule broken by retry",
+                |a| a.ha_retry_timeout = 11,
+                Err("PGWARDEN_HA_TTL"),
+            ),
+            // Stop budget = ttl − ttl/6 (at most 5 s) − loop_wait − retry_timeout ≥ 1 s.
+            // The tests' timing, 6/1/2: 6 − 1 − 3 = 2 s.
+            (
+                "test timing",
+                |a| (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout) = (6, 1, 2),
+                Ok(()),
+            ),
+            // 6/2/2: 6 − 1 − 4 = 1 s, just enough.
+            (
+                "budget one second",
+                |a| (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout) = (6, 2, 2),
+                Ok(()),
+            ),
+            // 6/4/1 keeps the rule (4 + 2 ≤ 6) but leaves 6 − 1 − 5 = 0 s.
+            (
+                "no stop budget",
+                |a| (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout) = (6, 4, 1),
+                Err("PGWARDEN_HA_TTL"),
+            ),
+            // 3/1/1: 3 − 0.5 − 2 = 0.5 s.
+            (
+                "half a second",
+                |a| (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout) = (3, 1, 1),
+                Err("PGWARDEN_HA_TTL"),
+            ),
+            (
+                "advertise host",
+                |a| a.advertise_host = Some("10.0.0.5".into()),
+                Ok(()),
+            ),
+            (
+                "advertise blank",
+                |a| a.advertise_host = Some("".into()),
+                Ok(()),
+            ),
+            (
+                "advertise space",
+                |a| a.advertise_host = Some("a b".into()),
+                Err("PGWARDEN_ADVERTISE_HOST"),
+            ),
+            (
+                "advertise quote",
+                |a| a.advertise_host = Some("a'b".into()),
+                Err("PGWARDEN_ADVERTISE_HOST"),
+            ),
+            (
+                "advertise newline",
+                |a| a.advertise_host = Some("a\nb".into()),
+                Err("PGWARDEN_ADVERTISE_HOST"),
+            ),
+            ("lag bytes", |a| a.max_lag_on_failover = "0".into(), Ok(())),
+            (
+                "lag unit",
+                |a| a.max_lag_on_failover = "16MB".into(),
+                Ok(()),
+            ),
+            (
+                "lag bad",
+                |a| a.max_lag_on_failover = "lots".into(),
+                Err("PGWARDEN_MAX_LAG_ON_FAILOVER"),
+            ),
+            (
+                "lag negative",
+                |a| a.max_lag_on_failover = "-1".into(),
+                Err("PGWARDEN_MAX_LAG_ON_FAILOVER"),
+            ),
+            ("sync on", |a| a.sync_mode = "on".into(), Ok(())),
+            ("sync strict", |a| a.sync_mode = "strict".into(), Ok(())),
+            (
+                "sync bad",
+                |a| a.sync_mode = "quorum".into(),
+                Err("PGWARDEN_SYNC_MODE"),
+            ),
+            (
+                "sync count 0",
+                |a| a.sync_node_count = 0,
+                Err("PGWARDEN_SYNC_NODE_COUNT"),
+            ),
+        ];
+        for (what, edit, want) in cases {
+            let mut a = on();
+            edit(&mut a);
+            let got = HaConfig::from_args(&a, "pg-0");
+            match (want, &got) {
+                (Ok(()), Ok(Some(_))) => {}
+                (Err(setting), Err((named, message))) => {
+                    assert_eq!(setting, named, "{what}: {message}");
+                    assert!(!message.is_empty(), "{what}");
+                }
+                _ => panic!("{what}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn test_timing_budget() {
+        let mut a = on();
+        (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout) = (6, 1, 2);
+        let c = HaConfig::from_args(&a, "h").unwrap().unwrap();
+        assert_eq!(c.demote_after(), Duration::from_secs(3));
+        assert_eq!(c.fence_deadline(), Duration::from_secs(5));
+        assert_eq!(c.stop_budget(), Duration::from_secs(2));
+        assert_eq!(c.advertise_host, "h");
+    }
+}

@@ -1,0 +1,758 @@
+//! One round of the HA loop as a pure function: the published cluster state plus what
+//! this member knows about its own postgres, in; one action, out. Everything that can
+//! make two primaries is decided here, so it is tested here, case by case.
+//!
+//! The rules, in the order they apply:
+//! 1. An empty PGDATA races for the initialize key; the winner runs initdb, the others
+//!    clone the leader once there is one.
+//! 2. A writable postgres must hold the leader key with this process's lease and have
+//!    renewed it within `demote_after`; otherwise it is fenced at once.
+//! 3. The key holder leads (promoting or starting postgres writable first).
+//! 4. With a leader elsewhere, follow it (re-point, or rejoin through pg_rewind).
+//! 5. With no leader, race only if eligible (timeline, term and WAL position against the
+//!    last recorded optime), no primary is running, and no eligible peer is ahead.
+
+use super::store::{ClusterView, LeaseId, MemberRole, MemberState, Optime, Term};
+use std::time::Duration;
+
+/// What postgres is doing on this member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Postgres {
+    /// Not running (starting up, crashed, being cloned, stopped by a fence).
+    Stopped,
+    /// Running and accepting writes.
+    Primary,
+    /// Running in recovery, streaming from `upstream` (a member name) if set.
+    Replica {
+        /// The member whose address is in primary_conninfo.
+        upstream: Option<String>,
+    },
+}
+
+/// This member's own facts for one round.
+#[derive(Debug, Clone)]
+pub struct Me {
+    /// Instance name.
+    pub name: String,
+    /// The session lease, when one is granted and not known to be gone.
+    pub lease: Option<LeaseId>,
+    /// Time since the keep-alive that last succeeded was sent; `None` when none has.
+    pub since_renewal: Option<Duration>,
+    /// Whether PGDATA holds a cluster.
+    pub has_data: bool,
+    /// postgres's state.
+    pub postgres: Postgres,
+    /// postgres's timeline, when known.
+    pub timeline: Option<u32>,
+    /// WAL received (or written, on a primary), when known.
+    pub received_lsn: Option<u64>,
+    /// The latest term whose leader this member followed or was.
+    pub term_seen: Term,
+    /// This member's WAL went past where the leader's timeline forked from it, so
+    /// streaming cannot resume without pg_rewind.
+    pub diverged: bool,
+}
+
+/// The settings decisions depend on.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// A primary that has not renewed for this long stops accepting writes.
+    pub demote_after: Duration,
+    /// A replica further behind the last optime never promotes itself.
+    pub max_lag: u64,
+}
+
+/// What to do this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Empty PGDATA, nobody initialized the cluster: race for the initialize key.
+    RaceInitialize,
+    /// This member won the initialize key: run initdb.
+    Initdb,
+    /// Empty PGDATA: clone the leader with pg_basebackup.
+    Clone {
+        /// The leader to copy.
+        from: String,
+    },
+    /// Stop accepting writes now: immediate shutdown, start again as a standby.
+    Fence {
+        /// Why, for the log.
+        why: String,
+    },
+    /// Hold the key: postgres is writable, keep renewing and publishing the optime.
+    Lead,
+    /// The key is ours but postgres is in recovery: promote it.
+    Promote,
+    /// The key is ours and postgres is down: start it writable.
+    StartPrimary,
+    /// postgres is down: start it as a standby, following `leader` if one is known.
+    StartStandby {
+        /// The member to stream from.
+        leader: Option<String>,
+    },
+    /// Stream from `leader`; `repoint` when primary_conninfo names someone else.
+    Follow {
+        /// The leader.
+        leader: String,
+        /// primary_conninfo must be rewritten and reloaded.
+        repoint: bool,
+    },
+    /// This member diverged from `leader`: stop, pg_rewind, start as its standby.
+    Rejoin {
+        /// The leader to rewind from.
+        leader: String,
+    },
+    /// Try to take the leader key; promote on success.
+    Acquire,
+    /// Nothing to do but wait; `why` says what for.
+    Wait {
+        /// Why, for the log and /status.
+        why: String,
+    },
+}
+
+fn wait(why: impl Into<String>) -> Action {
+    Action::Wait { why: why.into() }
+}
+
+/// Decides this round's action.
+pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
+    if !me.has_data {
+        return bootstrap(view, me);
+    }
+    let holds_key = match (&view.leader, me.lease) {
+        (Some(l), Some(lease)) => l.name == me.name && l.lease == lease,
+        _ => false,
+    };
+    let renewed = me.since_renewal.is_some_and(|d| d < rules.demote_after);
+    if me.postgres == Postgres::Primary {
+        if !holds_key {
+            return Action::Fence {
+                why: match &view.leader {
+                    Some(l) if l.name != me.name => format!("{} holds the leader key", l.name),
+                    Some(_) => "the leader key is bound to another lease of this member".into(),
+                    None => "this member does not hold the leader key".into(),
+                },
+            };
+        }
+        if !renewed {
+            return Action::Fence {
+                why: "the leader lease was not renewed in time".into(),
+            };
+        }
+        return Action::Lead;
+    }
+    if holds_key {
+        // Not writable yet. Without a fresh renewal the lease may be about to expire:
+        // promoting now could outlive it.
+        if !renewed {
+            return wait("the leader lease was not renewed in time");
+        }
+        return match me.postgres {
+            Postgres::Stopped => Action::StartPrimary,
+            _ => Action::Promote,
+        };
+    }
+    match &view.leader {
+        Some(l) if l.name == me.name => {
+            // A lease of an earlier run of this member: it expires by itself.
+            stopped_or(me, None, || {
+                wait("an earlier run of this member still holds the leader key")
+            })
+        }
+        Some(l) => match view.member(&l.name) {
+            None => stopped_or(me, None, || {
+                wait(format!("leader {} has not published its address", l.name))
+            }),
+            Some(_) if me.diverged => Action::Rejoin {
+                leader: l.name.clone(),
+            },
+            Some(_) => stopped_or(me, Some(&l.name), || Action::Follow {
+                leader: l.name.clone(),
+                repoint: !matches!(&me.postgres, Postgres::Replica { upstream: Some(u) } if *u == l.name),
+            }),
+        },
+        None => stopped_or(me, None, || race(view, me, rules)),
+    }
+}
+
+/// A stopped postgres is started as a standby first, whatever else would follow.
+fn stopped_or(me: &Me, leader: Option<&String>, otherwise: impl FnOnce() -> Action) -> Action {
+    match me.postgres {
+        Postgres::Stopped => Action::StartStandby {
+            leader: leader.cloned(),
+        },
+        _ => otherwise(),
+    }
+}
+
+/// Rule 1: an empty PGDATA.
+fn bootstrap(view: &ClusterView, me: &Me) -> Action {
+    // A leader that is not this member is cloned whatever the initialize key says: a
+    // cluster adopted from an existing PGDATA may never have written one.
+    if let Some(l) = &view.leader {
+        if l.name != me.name && view.member(&l.name).is_some() {
+            return Action::Clone {
+                from: l.name.clone(),
+            };
+        }
+    }
+    match &view.initialize {
+        None => Action::RaceInitialize,
+        Some(winner) if *winner == me.name => Action::Initdb,
+        Some(winner) => wait(format!(
+            "{winner} initializes the cluster; waiting for a leader to clone"
+        )),
+    }
+}
+
+/// Why a member may not promote itself, if it may not.
+fn ineligible(
+    timeline: Option<u32>,
+    lsn: Option<u64>,
+    term: Term,
+    optime: Option<&Optime>,
+    max_lag: u64,
+) -> Option<String> {
+    // No position recorded yet: a new cluster, where anyone with data may race.
+    let o = optime?;
+    let (Some(tl), Some(lsn)) = (timeline, lsn) else {
+        return Some("its timeline and WAL position are unknown".into());
+    };
+    if term < o.term {
+        return Some(format!("it missed term {} (last saw {term})", o.term));
+    }
+    if tl < o.timeline {
+        return Some(format!(
+            "it is on timeline {tl}, behind the leader's {}",
+            o.timeline
+        ));
+    }
+    if lsn.saturating_add(max_lag) < o.lsn {
+        return Some(format!(
+            "it is {} bytes behind the last leader position",
+            o.lsn - lsn
+        ));
+    }
+    None
+}
+
+/// Rule 5: nobody holds the key.
+fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
+    let optime = view.optime.as_ref();
+    if let Some(why) = ineligible(
+        me.timeline,
+        me.received_lsn,
+        me.term_seen,
+        optime,
+        rules.max_lag,
+    ) {
+        return wait(format!("not eligible for promotion: {why}"));
+    }
+    let peers = view.members.iter().filter(|m| m.name != me.name);
+    for p in peers {
+        if p.role == MemberRole::Primary {
+            return wait(format!("{} still runs as a primary", p.name));
+        }
+        if p.role == MemberRole::Replica
+            && ineligible(p.timeline, p.received_lsn, p.term, optime, rules.max_lag).is_none()
+            && ahead(p, me)
+        {
+            return wait(format!("{} has received more WAL", p.name));
+        }
+    }
+    Action::Acquire
+}
+
+/// Whether `p` beats `me`: more WAL received, or as much and a lower name, so that
+/// members with equal positions agree on one candidate.
+fn ahead(p: &MemberState, me: &Me) -> bool {
+    let (theirs, mine) = (p.received_lsn.unwrap_or(0), me.received_lsn.unwrap_or(0));
+    theirs > mine || (theirs == mine && p.name < me.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::store::Leader;
+
+    const LEASE: LeaseId = 42;
+    const RULES: Rules = Rules {
+        demote_after: Duration::from_secs(20),
+        max_lag: 1000,
+    };
+
+    fn me(postgres: Postgres) -> Me {
+        Me {
+            name: "b".into(),
+            lease: Some(LEASE),
+            since_renewal: Some(Duration::from_secs(1)),
+            has_data: true,
+            postgres,
+            timeline: Some(2),
+            received_lsn: Some(10_000),
+            term_seen: 7,
+            diverged: false,
+        }
+    }
+
+    fn replica(upstream: Option<&str>) -> Postgres {
+        Postgres::Replica {
+            upstream: upstream.map(str::to_owned),
+        }
+    }
+
+    fn member(name: &str, role: MemberRole, lsn: u64) -> MemberState {
+        MemberState {
+            name: name.into(),
+            host: format!("{name}.local"),
+            port: 5432,
+            api_url: format!("http://{name}.local:8008"),
+            role,
+            timeline: Some(2),
+            received_lsn: Some(lsn),
+            replayed_lsn: Some(lsn),
+            term: 7,
+        }
+    }
+
+    fn leader(name: &str, lease: LeaseId) -> Option<Leader> {
+        Some(Leader {
+            name: name.into(),
+            term: 7,
+            lease,
+        })
+    }
+
+    /// a, b and c published; a leads in term 7 at 10 000 on timeline 2.
+    fn view() -> ClusterView {
+        ClusterView {
+            revision: 100,
+            leader: leader("a", 1),
+            members: vec![
+                member("a", MemberRole::Primary, 10_000),
+                member("b", MemberRole::Replica, 10_000),
+                member("c", MemberRole::Replica, 9_500),
+            ],
+            optime: Some(Optime {
+                term: 7,
+                timeline: 2,
+                lsn: 10_000,
+            }),
+            initialize: Some("a".into()),
+            history: vec![],
+        }
+    }
+
+    /// The view once a's key expired and a is gone.
+    fn leaderless() -> ClusterView {
+        let mut v = view();
+        v.leader = None;
+        v.members.retain(|m| m.name != "a");
+        v
+    }
+
+    fn fence() -> Action {
+        Action::Fence { why: String::new() }
+    }
+
+    /// Compares actions, ignoring the `why` texts.
+    fn same(a: &Action, b: &Action) -> bool {
+        match (a, b) {
+            (Action::Fence { .. }, Action::Fence { .. })
+            | (Action::Wait { .. }, Action::Wait { .. }) => true,
+            _ => a == b,
+        }
+    }
+
+    #[test]
+    fn table() {
+        let w = || wait("");
+        type Case = (&'static str, ClusterView, Me, Action);
+        let cases: Vec<Case> = vec![
+            // Rule 1: empty PGDATA.
+            (
+                "empty cluster: race for initialize",
+                ClusterView::default(),
+                Me {
+                    has_data: false,
+                    ..me(Postgres::Stopped)
+                },
+                Action::RaceInitialize,
+            ),
+            (
+                "won initialize: initdb",
+                ClusterView {
+                    initialize: Some("b".into()),
+                    ..ClusterView::default()
+                },
+                Me {
+                    has_data: false,
+                    ..me(Postgres::Stopped)
+                },
+                Action::Initdb,
+            ),
+            (
+                "lost initialize, no leader yet: wait",
+                ClusterView {
+                    initialize: Some("a".into()),
+                    ..ClusterView::default()
+                },
+                Me {
+                    has_data: false,
+                    ..me(Postgres::Stopped)
+                },
+                w(),
+            ),
+            (
+                "lost initialize, leader up: clone it",
+                view(),
+                Me {
+                    has_data: false,
+                    ..me(Postgres::Stopped)
+                },
+                Action::Clone { from: "a".into() },
+            ),
+            (
+                "leader up, no initialize key (an adopted cluster): clone it",
+                ClusterView {
+                    initialize: None,
+                    ..view()
+                },
+                Me {
+                    has_data: false,
+                    ..me(Postgres::Stopped)
+                },
+                Action::Clone { from: "a".into() },
+            ),
+            (
+                "leader without an address: wait",
+                ClusterView {
+                    members: vec![],
+                    ..view()
+                },
+                Me {
+                    has_data: false,
+                    ..me(Postgres::Stopped)
+                },
+                w(),
+            ),
+            // Rules 2-3: the leader.
+            (
+                "leader renews",
+                ClusterView {
+                    leader: leader("b", LEASE),
+                    ..view()
+                },
+                me(Postgres::Primary),
+                Action::Lead,
+            ),
+            (
+                "leader past its deadline fences",
+                ClusterView {
+                    leader: leader("b", LEASE),
+                    ..view()
+                },
+                Me {
+                    since_renewal: Some(Duration::from_secs(20)),
+                    ..me(Postgres::Primary)
+                },
+                fence(),
+            ),
+            (
+                "leader never renewed fences",
+                ClusterView {
+                    leader: leader("b", LEASE),
+                    ..view()
+                },
+                Me {
+                    since_renewal: None,
+                    ..me(Postgres::Primary)
+                },
+                fence(),
+            ),
+            (
+                "lost lease fences",
+                ClusterView {
+                    leader: leader("b", LEASE),
+                    ..view()
+                },
+                Me {
+                    lease: None,
+                    ..me(Postgres::Primary)
+                },
+                fence(),
+            ),
+            (
+                "primary while another holds the key fences",
+                view(),
+                me(Postgres::Primary),
+                fence(),
+            ),
+            (
+                "primary with no key at all fences",
+                leaderless(),
+                me(Postgres::Primary),
+                fence(),
+            ),
+            (
+                "primary whose key is on an old lease fences",
+                ClusterView {
+                    leader: leader("b", 1),
+                    ..view()
+                },
+                me(Postgres::Primary),
+                fence(),
+            ),
+            (
+                "key won, in recovery: promote",
+                ClusterView {
+                    leader: leader("b", LEASE),
+                    ..view()
+                },
+                me(replica(None)),
+                Action::Promote,
+            ),
+            (
+                "key won, postgres down: start writable",
+                ClusterView {
+                    leader: leader("b", LEASE),
+                    ..view()
+                },
+                me(Postgres::Stopped),
+                Action::StartPrimary,
+            ),
+            (
+                "key won but renewal stale: no promotion",
+                ClusterView {
+                    leader: leader("b", LEASE),
+                    ..view()
+                },
+                Me {
+                    since_renewal: Some(Duration::from_secs(30)),
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            // Rule 4: a leader elsewhere.
+            (
+                "replica already follows the leader",
+                view(),
+                me(replica(Some("a"))),
+                Action::Follow {
+                    leader: "a".into(),
+                    repoint: false,
+                },
+            ),
+            (
+                "replica of the old leader re-points",
+                view(),
+                me(replica(Some("x"))),
+                Action::Follow {
+                    leader: "a".into(),
+                    repoint: true,
+                },
+            ),
+            (
+                "standby with no upstream re-points",
+                view(),
+                me(replica(None)),
+                Action::Follow {
+                    leader: "a".into(),
+                    repoint: true,
+                },
+            ),
+            (
+                "diverged replica rejoins",
+                view(),
+                Me {
+                    diverged: true,
+                    ..me(replica(None))
+                },
+                Action::Rejoin { leader: "a".into() },
+            ),
+            (
+                "existing PGDATA starts as a standby of the leader",
+                view(),
+                me(Postgres::Stopped),
+                Action::StartStandby {
+                    leader: Some("a".into()),
+                },
+            ),
+            (
+                "existing PGDATA with no leader starts with no upstream",
+                leaderless(),
+                me(Postgres::Stopped),
+                Action::StartStandby { leader: None },
+            ),
+            (
+                "my earlier run's key: wait for it to expire",
+                ClusterView {
+                    leader: leader("b", 1),
+                    ..view()
+                },
+                me(replica(None)),
+                w(),
+            ),
+            // Rule 5: no leader.
+            (
+                "best eligible replica acquires",
+                leaderless(),
+                me(replica(Some("a"))),
+                Action::Acquire,
+            ),
+            (
+                "within max lag acquires",
+                ClusterView {
+                    members: vec![member("c", MemberRole::Replica, 8_000)],
+                    ..leaderless()
+                },
+                Me {
+                    received_lsn: Some(9_000),
+                    ..me(replica(None))
+                },
+                Action::Acquire,
+            ),
+            (
+                "beyond max lag waits",
+                leaderless(),
+                Me {
+                    received_lsn: Some(8_999),
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "a peer with more WAL wins",
+                leaderless(),
+                Me {
+                    received_lsn: Some(9_400),
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "equal WAL: the lower name wins",
+                ClusterView {
+                    members: vec![member("a2", MemberRole::Replica, 10_000)],
+                    ..leaderless()
+                },
+                me(replica(None)),
+                w(),
+            ),
+            (
+                "equal WAL: a higher name loses to me",
+                ClusterView {
+                    members: vec![member("c", MemberRole::Replica, 10_000)],
+                    ..leaderless()
+                },
+                me(replica(None)),
+                Action::Acquire,
+            ),
+            (
+                "an ineligible peer ahead does not block",
+                ClusterView {
+                    members: vec![MemberState {
+                        term: 6,
+                        ..member("a2", MemberRole::Replica, 20_000)
+                    }],
+                    ..leaderless()
+                },
+                me(replica(None)),
+                Action::Acquire,
+            ),
+            (
+                "missed a term: never promotes",
+                leaderless(),
+                Me {
+                    term_seen: 6,
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "older timeline: never promotes",
+                leaderless(),
+                Me {
+                    timeline: Some(1),
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "unknown position: never promotes",
+                leaderless(),
+                Me {
+                    received_lsn: None,
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "a running primary blocks the race",
+                ClusterView {
+                    leader: None,
+                    ..view()
+                },
+                me(replica(None)),
+                w(),
+            ),
+            (
+                "a stopped peer does not block",
+                ClusterView {
+                    members: vec![MemberState {
+                        role: MemberRole::Stopped,
+                        ..member("a", MemberRole::Replica, 20_000)
+                    }],
+                    ..leaderless()
+                },
+                me(replica(None)),
+                Action::Acquire,
+            ),
+            (
+                "bootstrapper without optime acquires",
+                ClusterView {
+                    initialize: Some("b".into()),
+                    ..ClusterView::default()
+                },
+                Me {
+                    timeline: Some(1),
+                    received_lsn: Some(100),
+                    term_seen: 0,
+                    ..me(replica(None))
+                },
+                Action::Acquire,
+            ),
+        ];
+        for (what, view, me, want) in cases {
+            let got = decide(&view, &me, RULES);
+            assert!(same(&got, &want), "{what}: want {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn every_fence_and_wait_says_why() {
+        for (view, me) in [
+            (view(), me(Postgres::Primary)),
+            (
+                leaderless(),
+                Me {
+                    term_seen: 6,
+                    ..me(replica(None))
+                },
+            ),
+            (
+                leaderless(),
+                Me {
+                    received_lsn: Some(1),
+                    ..me(replica(None))
+                },
+            ),
+        ] {
+            match decide(&view, &me, RULES) {
+                Action::Fence { why } | Action::Wait { why } => assert!(!why.is_empty()),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

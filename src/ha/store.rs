@@ -1,0 +1,216 @@
+//! What the HA loop needs from the distributed store, independent of etcd.
+//!
+//! Safety rests on the store's compare-and-set writes and lease keep-alives: a member
+//! holds the leader key only while its lease lives, and a lease lasts at least its TTL
+//! after the last keep-alive the store acknowledged. Reads are a view, never a promise.
+
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::time::Duration;
+
+/// A lease id, as the store hands it out.
+pub type LeaseId = i64;
+
+/// A leadership term: the store revision at which the leader key was created. Every
+/// acquisition gets a higher one, so it orders terms and serves as a fencing token.
+pub type Term = i64;
+
+/// Why a store call failed, as far as the caller needs to branch.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer in time or refused; the result of a write is unknown.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The lease expired (or was revoked): every key bound to it is gone.
+    #[error("lease {0:x} is gone")]
+    LeaseGone(LeaseId),
+}
+
+/// What a member is running as, from its own point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    /// postgres accepts writes.
+    Primary,
+    /// postgres is in recovery.
+    Replica,
+    /// postgres is not running (starting, stopped, being cloned or fenced).
+    Stopped,
+}
+
+/// One member's state as it publishes it under `members/<name>`, bound to its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
+    /// Instance name (`PGWARDEN_NAME`).
+    pub name: String,
+    /// Host other members connect to (`PGWARDEN_ADVERTISE_HOST`).
+    pub host: String,
+    /// postgres port.
+    pub port: u16,
+    /// Base URL of its HTTP API.
+    pub api_url: String,
+    /// What it runs as.
+    pub role: MemberRole,
+    /// postgres's timeline, when running.
+    #[serde(default)]
+    pub timeline: Option<u32>,
+    /// WAL received (a replica) or written (a primary), as a byte position.
+    #[serde(default)]
+    pub received_lsn: Option<u64>,
+    /// WAL replayed (a replica), as a byte position.
+    #[serde(default)]
+    pub replayed_lsn: Option<u64>,
+    /// The latest term whose leader this member followed or was.
+    #[serde(default)]
+    pub term: Term,
+}
+
+/// The leader key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// The holder's name.
+    pub name: String,
+    /// The term: the key's creation revision.
+    pub term: Term,
+    /// The lease the key is bound to.
+    pub lease: LeaseId,
+}
+
+/// The last position the leader recorded (Patroni's `status`/`optime`): a replica too
+/// far behind it never promotes itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Optime {
+    /// Term of the leader that wrote it.
+    pub term: Term,
+    /// Its timeline.
+    pub timeline: u32,
+    /// Its WAL position.
+    pub lsn: u64,
+}
+
+/// One promotion, as `GET /history` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The term that promoted.
+    pub term: Term,
+    /// The timeline the promotion started.
+    pub timeline: u32,
+    /// Where the previous timeline ended.
+    pub lsn: u64,
+    /// Who promoted.
+    pub leader: String,
+    /// When, in seconds since the epoch.
+    pub time: u64,
+}
+
+/// Everything under the cluster's prefix, read at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The store revision of the read.
+    pub revision: i64,
+    /// The leader key, when someone holds it.
+    pub leader: Option<Leader>,
+    /// Every member key, sorted by name. Unreadable entries are left out.
+    pub members: Vec<MemberState>,
+    /// The last leader position recorded.
+    pub optime: Option<Optime>,
+    /// Who won the bootstrap race, when someone did.
+    pub initialize: Option<String>,
+    /// Promotions, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+impl ClusterView {
+    /// The member key of `name`.
+    pub fn member(&self, name: &str) -> Option<&MemberState> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+/// The store operations of the HA loop. Writes that may be retried after an unknown
+/// result are idempotent, so a retry reports what actually happened.
+pub trait Store: Send + Sync {
+    /// Grants this process's session lease, `ttl` long.
+    fn grant(&self, ttl: Duration) -> impl Future<Output = Result<LeaseId, StoreError>> + Send;
+
+    /// Renews the lease. [`StoreError::LeaseGone`] once it has expired: the caller must
+    /// grant a new one, and has lost the leader key if it held it.
+    fn keep_alive(&self, lease: LeaseId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Revokes the lease, dropping every key bound to it at once.
+    fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reads the whole cluster state, linearizably.
+    fn read(&self) -> impl Future<Output = Result<ClusterView, StoreError>> + Send;
+
+    /// Creates the leader key for `name`, bound to `lease`, if nobody holds it. Returns
+    /// the term when this call (or an earlier attempt of it) won.
+    fn acquire_leader(
+        &self,
+        name: &str,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<Option<Term>, StoreError>> + Send;
+
+    /// Deletes the leader key if `name` holds it; true when it did (or nobody held it).
+    fn release_leader(&self, name: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Publishes `state` under `members/<name>`, bound to `lease`.
+    fn put_member(
+        &self,
+        state: &MemberState,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates the initialize key with `value` if absent; true when this caller's value
+    /// is (now) the one there, so exactly one member runs initdb.
+    fn initialize(&self, value: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records the leader's position, only while `name` holds the leader key with
+    /// `term`; false otherwise.
+    fn put_optime(
+        &self,
+        name: &str,
+        optime: Optime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Appends a promotion to the history.
+    fn append_history(
+        &self,
+        entry: &HistoryEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Waits until the leader key changes after `revision`, or `timeout` passes; true on
+    /// a change. A wake-up only: the caller reads the view again.
+    fn wait_leader_change(
+        &self,
+        revision: i64,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_state_round_trips_and_tolerates_missing_fields() {
+        let m = MemberState {
+            name: "pg-0".into(),
+            host: "10.0.0.1".into(),
+            port: 5432,
+            api_url: "http://10.0.0.1:8008".into(),
+            role: MemberRole::Replica,
+            timeline: Some(2),
+            received_lsn: Some(0x3000060),
+            replayed_lsn: Some(0x3000000),
+            term: 7,
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<MemberState>(&text).unwrap(), m);
+        let old: MemberState = serde_json::from_str(
+            r#"{"name":"a","host":"h","port":1,"api_url":"u","role":"stopped"}"#,
+        )
+        .unwrap();
+        assert_eq!((old.timeline, old.received_lsn, old.term), (None, None, 0));
+    }
+}

@@ -1,0 +1,124 @@
+//! A real single-member etcd on 127.0.0.1, one per test, with its own data dir and
+//! ports. Killed by pid on drop. The binary comes from Debian's `etcd-server`
+//! (scripts/install-deps.sh); the system service it may install is never used.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Etcd {
+    pub dir: tempfile::TempDir,
+    pub client_port: u16,
+    /// The address it listens on.
+    pub host: String,
+    child: Option<Child>,
+}
+
+/// The etcd binary: `PGWARDEN_ETCD_BIN`, or Debian's.
+pub fn etcd_bin() -> PathBuf {
+    let p = std::env::var("PGWARDEN_ETCD_BIN")
+        .map_or_else(|_| PathBuf::from("/usr/bin/etcd"), PathBuf::from);
+    assert!(
+        p.exists(),
+        "etcd is not installed at {}; run `bash scripts/install-deps.sh`",
+        p.display()
+    );
+    p
+}
+
+impl Etcd {
+    /// On 127.0.0.1.
+    pub fn start() -> Etcd {
+        Etcd::start_at(None, "127.0.0.1")
+    }
+
+    /// On `host`, inside network namespace `netns` if given (then readiness is read
+    /// from its log, as the test process cannot reach it).
+    pub fn start_at(netns: Option<&str>, host: &str) -> Etcd {
+        // /dev/shm: etcd fsyncs its WAL on every write, which is slow on a shared disk.
+        let dir = tempfile::Builder::new()
+            .prefix("pgwarden-etcd-")
+            .tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
+                "/dev/shm"
+            } else {
+                "/tmp"
+            })
+            .unwrap();
+        let mut e = Etcd {
+            client_port: super::free_port(),
+            host: host.to_owned(),
+            dir,
+            child: None,
+        };
+        let peer = super::free_port();
+        let log = std::fs::File::create(e.dir.path().join("etcd.log")).unwrap();
+        let client_url = e.url();
+        let peer_url = format!("http://{host}:{peer}");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(etcd_bin());
+                c
+            }
+            None => Command::new(etcd_bin()),
+        };
+        let child = cmd
+            .args(["--name", "t", "--data-dir"])
+            .arg(e.dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("t={peer_url}")])
+            // The environment of a developer's shell must not reconfigure it.
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        e.child = Some(child);
+        if netns.is_some() {
+            super::eventually(Duration::from_secs(30), "etcd is ready", || {
+                let log = e.log();
+                if log.contains("ready to serve client requests") {
+                    Ok(())
+                } else {
+                    Err(log)
+                }
+            });
+            return e;
+        }
+        use pgwarden::http::client::{request_with_timeout, Target};
+        let target = Target::Tcp(([127, 0, 0, 1], e.client_port).into());
+        super::eventually(Duration::from_secs(30), "etcd answers /health", || {
+            match request_with_timeout(&target, "GET", "/health", &[], Duration::from_secs(2)) {
+                Ok(r) if r.status == 200 && r.body.contains("true") => Ok(()),
+                Ok(r) => Err(format!("{} {}", r.status, r.body)),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        e
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}:{}", self.host, self.client_port)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

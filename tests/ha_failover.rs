@@ -1,0 +1,644 @@
+//! Automatic failover with three pgwarden instances and a real etcd. Each instance runs
+//! in a PID namespace of its own, as in a container: killing its pgwarden with SIGKILL
+//! takes postgres down with it, so no orphaned primary outlives it.
+
+mod common;
+
+use common::etcd::Etcd;
+use common::router::Router;
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pgwarden::ha::store::Store;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Three clusters at once are too much for a small CI machine: these tests take
+/// turns, whatever the test threads. Each test has a runtime of its own, so holding
+/// this lock across its awaits blocks only other tests (hence the clippy allows).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one may still run.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Three members of cluster `c`, not started, with the tests' short timing, on
+/// loopback (`net` None) or each in its network namespace of `net`.
+fn cluster(parent: &std::path::Path, etcd: &Etcd, net: Option<&Router>) -> Vec<Instance> {
+    ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| {
+            let mut pg = Instance::new(parent, name);
+            for (k, v) in [
+                ("PGWARDEN_HA", "etcd"),
+                ("PGWARDEN_CLUSTER", "c"),
+                ("PGWARDEN_ETCD_ENDPOINTS", etcd.url().as_str()),
+                ("PGWARDEN_HA_TTL", "6"),
+                ("PGWARDEN_HA_LOOP_WAIT", "1"),
+                ("PGWARDEN_HA_RETRY_TIMEOUT", "2"),
+                ("PGWARDEN_ADVERTISE_HOST", "127.0.0.1"),
+                ("PGWARDEN_REPLICATION_PASSWORD", REPLICATION_PASSWORD),
+            ] {
+                pg.set(k, v);
+            }
+            // pgwarden is PID 1 of a new PID namespace; SIGKILL of unshare kills it,
+            // and with it every process of the namespace.
+            let mut prefix: Vec<String> = Vec::new();
+            if let Some(net) = net {
+                prefix.extend(["ip", "netns", "exec"].map(String::from));
+                prefix.push(net.ns(name));
+                pg.set("PGWARDEN_ADVERTISE_HOST", net.addr(name));
+                pg.set("PGWARDEN_ALLOWED_NETWORK", net.network());
+                // Probes go through the control socket, which no partition cuts.
+                pg.via_socket = true;
+            }
+            prefix.extend(["unshare", "--pid", "--kill-child", "--mount-proc"].map(String::from));
+            pg.exec_prefix = prefix;
+            pg
+        })
+        .collect()
+}
+
+/// A superuser connection over the unix socket (peer authentication as root, mapped
+/// by pgwarden): it reaches a member whatever network namespace or partition it is in.
+async fn client(socket_dir: &std::path::Path, port: u16) -> Option<tokio_postgres::Client> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host_path(socket_dir)
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(1));
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(2), cfg.connect(tokio_postgres::NoTls))
+            .await
+            .ok()?
+            .ok()?;
+    tokio::spawn(conn);
+    Some(client)
+}
+
+/// Where a member's postgres answers: socket directory and port.
+type Addr = (std::path::PathBuf, u16);
+
+fn addr(pg: &Instance) -> Addr {
+    (pg.socket_dir.clone(), pg.port)
+}
+
+/// The pid of pgwarden itself, the child of the `unshare` the harness started: signals
+/// other than SIGKILL must go to it, as unshare does not forward them.
+fn inner_pid(pg: &Instance) -> i32 {
+    let p = pg.pid();
+    let children = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap();
+    children.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Whether postgres at `a` accepts writes, or `None` when it does not answer.
+async fn writable(a: &Addr) -> Option<bool> {
+    let client = client(&a.0, a.1).await?;
+    let row = client
+        .query_one("SELECT NOT pg_is_in_recovery()", &[])
+        .await
+        .ok()?;
+    Some(row.get(0))
+}
+
+/// Runs `sql` on `pg`, which must answer.
+async fn execute(pg: &Instance, sql: &str) {
+    client(&pg.socket_dir, pg.port)
+        .await
+        .expect("connect over the socket")
+        .batch_execute(sql)
+        .await
+        .unwrap();
+}
+
+/// One sampling round: when it ended, and the members that accepted writes in it.
+type Round = (Instant, Vec<usize>);
+
+/// Samples every member in turn until stopped; each round records who was writable.
+struct Checker {
+    stop: Arc<AtomicBool>,
+    rounds: Arc<Mutex<Vec<Round>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Checker {
+    fn start(addrs: Vec<Addr>) -> Checker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (stop.clone(), rounds.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::SeqCst) {
+                let mut w = Vec::new();
+                for (idx, a) in addrs.iter().enumerate() {
+                    if writable(a).await == Some(true) {
+                        w.push(idx);
+                    }
+                }
+                r.lock().unwrap().push((Instant::now(), w));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Checker { stop, rounds, task }
+    }
+
+    /// Stops sampling; panics if two members were ever writable in one round.
+    async fn finish(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        let rounds = self.rounds.lock().unwrap();
+        for (at, w) in rounds.iter() {
+            assert!(
+                w.len() <= 1,
+                "two writable primaries at {at:?}: members {w:?}"
+            );
+        }
+        rounds.len()
+    }
+}
+
+fn primaries(members: &[Instance]) -> Vec<usize> {
+    (0..members.len())
+        .filter(|i| {
+            members[*i]
+                .try_get("/primary")
+                .is_some_and(|r| r.status == 200)
+        })
+        .collect()
+}
+
+fn logs(members: &[Instance]) -> String {
+    members
+        .iter()
+        .map(|m| format!("==== {}\n{}", m.dir.display(), m.log()))
+        .collect()
+}
+
+/// Waits until `primary` has `replica` streaming from it.
+fn wait_streaming(
+    rt: &tokio::runtime::Handle,
+    primary: &Instance,
+    replica: &str,
+    all: &[Instance],
+) {
+    eventually(
+        Duration::from_secs(90),
+        &format!("{replica} streams"),
+        || {
+            let n: i64 = rt.block_on(async {
+            let Some(c) = client(&primary.socket_dir, primary.port).await else {
+                return 0;
+            };
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
+                &[&replica],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0)
+        });
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(format!("not streaming yet\n{}", logs(all)))
+            }
+        },
+    );
+}
+
+async fn count(pg: &Instance) -> Option<i64> {
+    let c = client(&pg.socket_dir, pg.port).await?;
+    c.query_one("SELECT count(*) FROM t", &[])
+        .await
+        .ok()
+        .map(|r| r.get(0))
+}
+
+/// Starts the three members together on empty volumes and waits until one is primary
+/// with the two others streaming from it and holding table `t` (100 rows). Exactly one
+/// ran initdb. Returns the primary's index.
+async fn bring_up(members: &mut [Instance]) -> usize {
+    for m in members.iter_mut() {
+        m.start();
+    }
+    let rt = tokio::runtime::Handle::current();
+    let first = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(180),
+            "one primary and two replicas",
+            || {
+                let p = primaries(members);
+                let replicas = members
+                    .iter()
+                    .filter(|m| m.try_get("/replica").is_some_and(|r| r.status == 200))
+                    .count();
+                match (p.as_slice(), replicas) {
+                    ([one], 2) => Ok(*one),
+                    _ => Err(format!(
+                        "primaries {p:?}, replicas {replicas}\n{}",
+                        logs(members)
+                    )),
+                }
+            },
+        )
+    });
+    let initdbs = members
+        .iter()
+        .filter(|m| m.log().contains("running initdb"))
+        .count();
+    assert_eq!(initdbs, 1, "{}", logs(members));
+    let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    tokio::task::block_in_place(|| {
+        for o in &others {
+            wait_streaming(&rt, &members[first], &format!("n{}", o + 1), members);
+        }
+    });
+    execute(
+        &members[first],
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)",
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        for o in &others {
+            eventually(
+                Duration::from_secs(30),
+                "the rows reach the replica",
+                || match rt.block_on(count(&members[*o])) {
+                    Some(100) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            );
+        }
+    });
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn kill_9_fails_over_the_old_primary_rejoins_and_a_planned_stop_hands_over() {
+    let _turn = one_at_a_time();
+    if !is_root() {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let etcd = Etcd::start();
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd, None);
+    let rt = tokio::runtime::Handle::current();
+    let first = bring_up(&mut members).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+
+    let checker = Checker::start(members.iter().map(addr).collect());
+    // SIGKILL of the primary's pgwarden: its PID namespace, postgres included, dies.
+    kill(Pid::from_raw(members[first].pid()), Signal::SIGKILL).unwrap();
+    members[first].kill_hard();
+    let second = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(90),
+            "a replica takes over",
+            || match primaries(&members).as_slice() {
+                [one] if *one != first => Ok(*one),
+                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
+            },
+        )
+    });
+    let follower = others.iter().copied().find(|o| *o != second).unwrap();
+    tokio::task::block_in_place(|| {
+        wait_streaming(
+            &rt,
+            &members[second],
+            &format!("n{}", follower + 1),
+            &members,
+        )
+    });
+    assert_eq!(
+        count(&members[second]).await,
+        Some(100),
+        "rows lost in the failover"
+    );
+    execute(
+        &members[second],
+        "INSERT INTO t SELECT generate_series(101, 150)",
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(30),
+            "new rows reach the follower",
+            || match rt.block_on(count(&members[follower])) {
+                Some(150) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    });
+    // The old primary comes back: it starts as a standby of the new leader, rewound
+    // past the fork if it had to be, and catches up.
+    members[first].start();
+    tokio::task::block_in_place(|| {
+        wait_streaming(&rt, &members[second], &format!("n{}", first + 1), &members);
+        eventually(
+            Duration::from_secs(30),
+            "the old primary catches up",
+            || match rt.block_on(count(&members[first])) {
+                Some(150) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    });
+    if std::env::var("HA_TEST_LOGS").is_ok() {
+        eprintln!("{}", logs(&members));
+    }
+    // The new leader's term is recorded in the store's history.
+    let store = pgwarden::ha::etcd::EtcdStore::connect(&[etcd.url()], "c", Duration::from_secs(3))
+        .await
+        .unwrap();
+    let name = |i: usize| format!("n{}", i + 1);
+    let view = store.read().await.unwrap();
+    assert_eq!(view.leader.map(|l| l.name), Some(name(second)));
+    assert_eq!(
+        view.history.last().map(|h| h.leader.clone()),
+        Some(name(second))
+    );
+
+    // Each member shows the cluster as it read it: /status.ha, /cluster, /history.
+    let metrics = members[second].get("/metrics").body;
+    assert!(metrics.contains("pgwarden_ha_is_leader 1"), "{metrics}");
+    let leader_status = members[second].status();
+    let ha = leader_status.ha.expect("/status has an ha section");
+    assert!(ha.is_leader && ha.last_renew_ok, "{ha:?}");
+    assert_eq!(ha.leader, Some(name(second)));
+    // The follower shows its last read, a round old at most: the rejoined member
+    // appears in it by the next round.
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(30),
+            "/cluster lists every member",
+            || {
+                let cluster: serde_json::Value =
+                    serde_json::from_str(&members[follower].get("/cluster").body).unwrap();
+                let listed: Vec<String> = cluster["members"]
+                    .as_array()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|m| m["name"].as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if cluster["leader"] == name(second) && listed.len() == 3 {
+                    Ok(())
+                } else {
+                    Err(cluster.to_string())
+                }
+            },
+        )
+    });
+    let (status, out) = members[follower].run_cli(&["list"]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains(&format!("leader {}", name(second))), "{out}");
+    assert!(out.contains(&format!("\n{} *", name(second))), "{out}");
+    let history: serde_json::Value =
+        serde_json::from_str(&members[follower].get("/history").body).unwrap();
+    assert_eq!(
+        history
+            .as_array()
+            .and_then(|h| h.last())
+            .map(|e| e["leader"].clone()),
+        Some(serde_json::json!(name(second)))
+    );
+
+    // A planned stop of the leader (SIGTERM, as a pod deletion): once postgres has
+    // stopped, pgwarden revokes its lease, so the key does not wait for the TTL.
+    kill(Pid::from_raw(inner_pid(&members[second])), Signal::SIGTERM).unwrap();
+    let status = members[second].wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", members[second].log());
+    assert!(members[second].log().contains("HA: left the cluster"));
+    let leader = store.read().await.unwrap().leader.map(|l| l.name);
+    assert_ne!(
+        leader,
+        Some(name(second)),
+        "the stopped leader still holds the key"
+    );
+    let third = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(90),
+            "another member leads",
+            || match primaries(&members).as_slice() {
+                [one] if *one != second => Ok(*one),
+                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
+            },
+        )
+    });
+    assert_eq!(count(&members[third]).await, Some(150), "rows lost");
+    let rounds = checker.finish().await;
+    assert!(rounds > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it_returns() {
+    let _turn = one_at_a_time();
+    if !is_root() {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let etcd = Etcd::start();
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd, None);
+    let rt = tokio::runtime::Handle::current();
+    let first = bring_up(&mut members).await;
+    let checker = Checker::start(members.iter().map(addr).collect());
+    // A frozen etcd answers nothing (Patroni's way to test a store outage): the
+    // primary cannot renew, and must stop accepting writes on its own.
+    let etcd_pid = Pid::from_raw(etcd.pid());
+    kill(etcd_pid, Signal::SIGSTOP).unwrap();
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(60), "no member accepts writes", || {
+            // Every member must answer: one too slow to answer proves nothing.
+            let w: Vec<Option<bool>> = (0..3)
+                .map(|i| rt.block_on(writable(&addr(&members[i]))))
+                .collect();
+            if w.iter().all(|w| *w == Some(false)) {
+                Ok(())
+            } else {
+                Err(format!("writable: {w:?}\n{}", logs(&members)))
+            }
+        })
+    });
+    assert!(
+        members[first].log().contains("fencing"),
+        "{}",
+        members[first].log()
+    );
+    // Read-only, not down: the fenced member restarts as a standby.
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "the fenced member serves reads",
+            || match rt.block_on(writable(&addr(&members[first]))) {
+                Some(false) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    });
+    kill(etcd_pid, Signal::SIGCONT).unwrap();
+    // The store is back: one member leads again, the others follow it, nothing is lost.
+    let leader = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(90),
+            "a leader again",
+            || match primaries(&members).as_slice() {
+                [one] => Ok(*one),
+                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
+            },
+        )
+    });
+    tokio::task::block_in_place(|| {
+        for o in (0..3).filter(|i| *i != leader) {
+            wait_streaming(&rt, &members[leader], &format!("n{}", o + 1), &members);
+        }
+    });
+    assert_eq!(count(&members[leader]).await, Some(100), "rows lost");
+    if std::env::var("HA_TEST_LOGS").is_ok() {
+        eprintln!("{}", logs(&members));
+    }
+    assert!(checker.finish().await > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn an_isolated_primary_fences_itself_while_the_majority_elects_another() {
+    let _turn = one_at_a_time();
+    if !is_root() {
+        eprintln!("skipped: network and PID namespaces need root");
+        return;
+    }
+    // Declared first, dropped last: the namespaces outlive the processes in them.
+    let mut net = Router::new(&["etcd", "n1", "n2", "n3"]);
+    let etcd = Etcd::start_at(Some(&net.ns("etcd")), &net.addr("etcd"));
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd, Some(&net));
+    let rt = tokio::runtime::Handle::current();
+    let first = bring_up(&mut members).await;
+    let checker = Checker::start(members.iter().map(addr).collect());
+    // Cut the primary off from etcd and both replicas: packets vanish, nothing is refused.
+    let old = format!("n{}", first + 1);
+    net.isolate(&old);
+    let second = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(90),
+            "the majority elects a leader",
+            || match primaries(&members).as_slice() {
+                [one] if *one != first => Ok(*one),
+                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
+            },
+        )
+    });
+    // The isolated member fenced itself: it serves reads, accepts no writes.
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(30),
+            "the old primary is read-only",
+            || match rt.block_on(writable(&addr(&members[first]))) {
+                Some(false) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    });
+    assert!(
+        members[first].log().contains("fencing"),
+        "{}",
+        members[first].log()
+    );
+    let follower = (0..3).find(|i| *i != first && *i != second).unwrap();
+    tokio::task::block_in_place(|| {
+        wait_streaming(
+            &rt,
+            &members[second],
+            &format!("n{}", follower + 1),
+            &members,
+        )
+    });
+    assert_eq!(count(&members[second]).await, Some(100), "rows lost");
+    execute(
+        &members[second],
+        "INSERT INTO t SELECT generate_series(101, 150)",
+    )
+    .await;
+    // Healed: the old primary follows the new leader.
+    net.heal();
+    tokio::task::block_in_place(|| {
+        wait_streaming(&rt, &members[second], &old, &members);
+        eventually(
+            Duration::from_secs(30),
+            "the old primary catches up",
+            || match rt.block_on(count(&members[first])) {
+                Some(150) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    });
+    if std::env::var("HA_TEST_LOGS").is_ok() {
+        eprintln!("{}", logs(&members));
+    }
+    assert!(checker.finish().await > 0);
+}
+
+/// The members whose postgres accepts writes, asked over their sockets (a stopped
+/// pgwarden cannot answer HTTP).
+async fn writable_members(members: &[Instance]) -> Vec<usize> {
+    let mut w = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        if writable(&addr(m)).await == Some(true) {
+            w.push(i);
+        }
+    }
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn a_stalled_leader_is_fenced_by_its_dead_man_switch() {
+    let _turn = one_at_a_time();
+    if !is_root() {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let etcd = Etcd::start();
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd, None);
+    let rt = tokio::runtime::Handle::current();
+    let first = bring_up(&mut members).await;
+    let checker = Checker::start(members.iter().map(addr).collect());
+    // pgwarden itself stalls (a stopped process, a starved VM): it can neither renew nor
+    // fence. Its dead-man switch, a process of its own, kills postgres at the deadline.
+    let stalled = Pid::from_raw(inner_pid(&members[first]));
+    kill(stalled, Signal::SIGSTOP).unwrap();
+    let second = tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(90), "another member leads", || match rt
+            .block_on(writable_members(&members))
+            .as_slice()
+        {
+            [one] if *one != first => Ok(*one),
+            w => Err(format!("writable {w:?}\n{}", logs(&members))),
+        })
+    });
+    assert!(
+        members[first]
+            .log()
+            .contains("ha-deadman: the fence deadline passed"),
+        "{}",
+        members[first].log()
+    );
+    kill(stalled, Signal::SIGCONT).unwrap();
+    // Woken, it finds its lease gone and follows the new leader.
+    tokio::task::block_in_place(|| {
+        wait_streaming(&rt, &members[second], &format!("n{}", first + 1), &members)
+    });
+    assert_eq!(count(&members[second]).await, Some(100), "rows lost");
+    if std::env::var("HA_TEST_LOGS").is_ok() {
+        eprintln!("{}", logs(&members));
+    }
+    assert!(checker.finish().await > 0);
+}
