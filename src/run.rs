@@ -40,7 +40,8 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     // pgwarden on a volume whose postmaster still runs must not fight over it.
     if let Some(pid) = crate::pgdata::running_postmaster(&settings.pgdata) {
         anyhow::bail!(
-            "PGDATA: {} is in use by a running postmaster (pid {pid}), not started by this pgwarden;              is another instance using this volume? Refusing to start",
+            "PGDATA: {} is in use by a running postmaster (pid {pid}), not started by this pgwarden; \
+             is another instance using this volume? Refusing to start",
             settings.pgdata.display()
         );
     }
