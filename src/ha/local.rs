@@ -1,8 +1,6 @@
 //! What the HA loop does to and asks of the local postgres: its position, the leader's
 //! slots for the other members, the passfile, and the hard stop of a fence.
 
-use crate::fsutil;
-use crate::pgconf::quote;
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -89,22 +87,7 @@ pub async fn ensure_slots(s: &Settings, members: &[String]) -> Result<()> {
 /// The replication passfile for any member: in HA mode the upstream changes, so the
 /// line matches every host and port.
 pub fn write_passfile(s: &Settings) -> Result<()> {
-    let Some(password) = &s.replication_password else {
-        return Ok(());
-    };
-    let line = format!(
-        "*:*:*:{}:{}\n",
-        quote::pgpass_field(&s.replication_user),
-        quote::pgpass_field(password.expose())
-    );
-    fsutil::write_atomic(
-        &s.passfile(),
-        line.as_bytes(),
-        s.run_as.as_ref().map(|u| u.owner()),
-        0o600,
-    )
-    .context("write the replication passfile")?;
-    Ok(())
+    crate::replica::write_passfile_for(s, "*", "*")
 }
 
 /// Stops a postmaster that must accept no more writes: an immediate shutdown (SIGQUIT,
@@ -112,6 +95,9 @@ pub fn write_passfile(s: &Settings) -> Result<()> {
 /// it is still there after `budget`. Every postgres child calls setsid(), so a signal
 /// to the postmaster's process group would miss them: they are found by parent pid.
 pub async fn stop_now(postmaster: i32, budget: Duration) {
+    // The exit that follows is a fence, not a crash: it must not count towards
+    // PGWARDEN_MAX_CRASHES nor wait out a crash backoff.
+    crate::supervisor::expect_exit();
     let pm = Pid::from_raw(postmaster);
     let _ = kill(pm, Signal::SIGQUIT);
     let deadline = tokio::time::Instant::now() + budget;

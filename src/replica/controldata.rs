@@ -30,6 +30,11 @@ impl ControlData {
 
 /// Runs pg_controldata on `data_dir`.
 pub async fn read(s: &Settings, runner: &Runner, data_dir: &Path) -> Result<ControlData> {
+    parse(&run(s, runner, data_dir).await?).context("pg_controldata printed something unexpected")
+}
+
+/// pg_controldata's output for `data_dir`, in the C locale.
+async fn run(s: &Settings, runner: &Runner, data_dir: &Path) -> Result<String> {
     let mut cmd = Command::new(s.bin("pg_controldata"));
     cmd.arg(data_dir).env("LC_ALL", "C");
     run_as(&mut cmd, s.run_as.as_ref());
@@ -42,8 +47,7 @@ pub async fn read(s: &Settings, runner: &Runner, data_dir: &Path) -> Result<Cont
             out.stderr_text()
         );
     }
-    parse(&String::from_utf8_lossy(&out.stdout))
-        .context("pg_controldata printed something unexpected")
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The parameters a standby must run with at least the primary's values of, as
@@ -62,19 +66,7 @@ pub async fn hot_standby_floor(
     runner: &Runner,
     data_dir: &Path,
 ) -> Result<Vec<(String, i64)>> {
-    let mut cmd = Command::new(s.bin("pg_controldata"));
-    cmd.arg(data_dir).env("LC_ALL", "C");
-    run_as(&mut cmd, s.run_as.as_ref());
-    let out = runner.output(&mut cmd, None).await?;
-    if !out.status.success() {
-        bail!(
-            "pg_controldata {} failed ({}): {}",
-            data_dir.display(),
-            out.status,
-            out.stderr_text()
-        );
-    }
-    Ok(parse_floor(&String::from_utf8_lossy(&out.stdout)))
+    Ok(parse_floor(&run(s, runner, data_dir).await?))
 }
 
 fn parse_floor(text: &str) -> Vec<(String, i64)> {

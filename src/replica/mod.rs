@@ -21,13 +21,22 @@ pub const STANDBY_SIGNAL: &str = "standby.signal";
 /// pg_rewind read the replication password from, so it never appears in a
 /// connection string, a command line or postgresql.conf.
 pub fn write_passfile(s: &Settings) -> Result<()> {
-    let (Some(host), Some(password)) = (&s.primary_host, &s.replication_password) else {
+    match &s.primary_host {
+        Some(host) => {
+            write_passfile_for(s, &quote::pgpass_field(host), &s.primary_port.to_string())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Writes the passfile with one line for `host` and `port` as they go into it (`*`
+/// matches any: in HA mode the upstream changes).
+pub fn write_passfile_for(s: &Settings, host: &str, port: &str) -> Result<()> {
+    let Some(password) = &s.replication_password else {
         return Ok(());
     };
     let line = format!(
-        "{}:{}:*:{}:{}\n",
-        quote::pgpass_field(host),
-        s.primary_port,
+        "{host}:{port}:*:{}:{}\n",
         quote::pgpass_field(&s.replication_user),
         quote::pgpass_field(password.expose())
     );

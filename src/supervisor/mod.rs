@@ -59,6 +59,25 @@ enum Mode {
     Planned,
 }
 
+/// When a part of pgwarden other than the supervisor last stopped postgres on purpose
+/// (the HA loop fencing a primary): the exit that follows is not a crash.
+static EXPECTED_EXIT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+/// Says that postgres is about to be stopped on purpose, outside the supervisor.
+pub fn expect_exit() {
+    *EXPECTED_EXIT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+}
+
+/// Whether the exit just seen was announced by [`expect_exit`] (recently: a stale
+/// announcement must not excuse a real crash later).
+fn took_expected_exit() -> bool {
+    EXPECTED_EXIT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+}
+
 impl Supervisor {
     fn runner(&self) -> Runner {
         Runner::Reaped(self.reaper.clone())
@@ -87,6 +106,10 @@ impl Supervisor {
                 }
                 Outcome::Crashed(exit) => exit,
             };
+            if took_expected_exit() {
+                info!(exit = %exit, "postgres was stopped on purpose (HA fencing); starting it again, read-only");
+                continue;
+            }
             if let Some(why) = self.failed_recovery().await {
                 error!(last_exit = %exit, "{why}");
                 self.publish(|st| st.gave_up = true);

@@ -368,6 +368,14 @@ impl S3Upload {
 impl S3Storage {
     /// Opens `key` for reading in chunks; `None` when it does not exist.
     pub async fn download(&self, key: &str) -> Result<Option<ByteStream>, StorageError> {
+        Ok(self.get_object(key).await?.map(|out| out.body))
+    }
+
+    /// GET of `key`, the body not read yet; `None` when it does not exist.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, StorageError> {
         match self
             .client
             .get_object()
@@ -376,7 +384,7 @@ impl S3Storage {
             .send()
             .await
         {
-            Ok(out) => Ok(Some(out.body)),
+            Ok(out) => Ok(Some(out)),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(classify("GET", key, e)),
         }
@@ -449,17 +457,8 @@ impl Storage for S3Storage {
     }
 
     async fn get(&self, key: &str) -> Result<Option<(Bytes, ObjectInfo)>, StorageError> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if status(&e) == Some(404) => return Ok(None),
-            Err(e) => return Err(classify("GET", key, e)),
+        let Some(out) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let sha256 = out.metadata().and_then(|m| m.get(SHA256_META)).cloned();
         let body = out
