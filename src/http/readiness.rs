@@ -48,7 +48,7 @@ pub fn within_lag(facts: &PgFacts, max: u64, setting: &str) -> Result<(), String
     Ok(())
 }
 
-/// Ready means: [`running`], and on a standby with `PGWARDEN_READY_MAX_LAG`, streaming
+/// Ready means: `running`, and on a standby with `PGWARDEN_READY_MAX_LAG`, streaming
 /// within it.
 pub fn readiness(sup: &SupervisorStatus, snap: &Snapshot, inst: &Instance) -> Result<(), String> {
     let facts = running(sup, snap)?;

@@ -1,7 +1,7 @@
 //! Rendering postgresql.conf, pg_hba.conf and pg_ident.conf from settings.
 //!
 //! Renderers are pure: settings in, file text out. Every value is quoted and a value
-//! holding a newline is refused. [`write`] puts the files in place atomically and only
+//! holding a newline is refused. [`write()`] puts the files in place atomically and only
 //! when their content changed; [`validate`] asks postgres itself to parse the result.
 
 pub mod adopt;
@@ -36,7 +36,7 @@ pub struct Rendered {
     pub pg_ident: String,
 }
 
-/// Which files [`write`] changed.
+/// Which files [`write()`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Changed {
     /// postgresql.conf changed.

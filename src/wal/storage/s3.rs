@@ -275,7 +275,7 @@ impl S3Storage {
 
 impl S3Upload {
     /// Starts uploading the next part (the SDK retries it on transient errors), and
-    /// returns once fewer than [`PARTS_IN_FLIGHT`] are under way.
+    /// returns once fewer than `PARTS_IN_FLIGHT` are under way.
     pub async fn part(&mut self, data: Bytes) -> Result<(), StorageError> {
         let number = self.next_number;
         self.next_number += 1;
