@@ -162,6 +162,9 @@ pub fn dispatch(cli: Cli) -> i32 {
     // postgres runs archive_command and restore_command once per file: the lightest
     // runtime that does the job, one thread (CPU work goes to the blocking pool).
     let one_shot = matches!(cli.command, Command::WalArchive(_) | Command::WalRestore(_));
+    if !one_shot {
+        crate::process::memory::limit_arenas();
+    }
     let mut builder = if one_shot {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -109,6 +109,8 @@ impl Job<'_> {
             st.running = None;
             st.last = Some(finished);
         });
+        // The parts and gzip blocks are freed; give the memory back.
+        crate::process::memory::trim();
         match &result {
             Ok(i) => {
                 tracing::info!(backup_id = %id, size = i.size.unwrap_or(0), seconds = started.elapsed().as_secs_f64(), "backup done")

@@ -5,6 +5,7 @@
 //! library in tests) [`Runner::Direct`] uses std's own waiting instead, because a reaper
 //! that called `waitpid(-1)` in someone else's process would steal their children.
 
+pub mod memory;
 mod reaper;
 
 pub use reaper::Reaper;
