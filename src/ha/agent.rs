@@ -4,11 +4,12 @@
 use super::decide::{decide, Action, Me, Postgres, Rules};
 use super::etcd::EtcdStore;
 use super::store::{
-    ClusterView, HistoryEntry, LeaseId, MemberRole, MemberState, Optime, Store, StoreError, Term,
+    ClusterView, FailoverRequest, HistoryEntry, LeaseId, MemberRole, MemberState, Optime, Store,
+    StoreError, Term,
 };
 use super::upstream::Target;
 use super::watchdog::{watchdog, Deadline};
-use super::{clock, deadman, local, status, HaConfig};
+use super::{clock, deadman, handover, local, status, HaConfig};
 use crate::pgdata::DataDirState;
 use crate::settings::{Role, Settings};
 use crate::state::{State, SupervisorStatus};
@@ -44,6 +45,8 @@ pub struct Ha {
     /// The HTTP API of every member ever seen, by name: a former leader whose key
     /// expired is asked too before racing.
     known_apis: std::collections::BTreeMap<String, String>,
+    /// Spawns pg_controldata during a switchover; set by [`Ha::spawn`].
+    runner: Option<crate::process::Runner>,
 }
 
 impl Ha {
@@ -70,6 +73,7 @@ impl Ha {
             status_tx: None,
             last_renew_ok: false,
             known_apis: Default::default(),
+            runner: None,
         })
     }
 
@@ -152,6 +156,20 @@ impl Ha {
         }))
     }
 
+    /// What `POST /switchover` needs to ask this cluster for a new leader.
+    pub fn switchover(
+        &self,
+        status: watch::Receiver<Option<status::HaStatus>>,
+    ) -> super::Switchover {
+        super::Switchover {
+            store: self.store.clone(),
+            status,
+            name: self.name.clone(),
+            max_lag: self.cfg.max_lag_on_failover,
+            within: self.cfg.ttl * 4,
+        }
+    }
+
     /// Publishes the HA state on `tx` after every round.
     pub fn publish_to(&mut self, tx: watch::Sender<Option<status::HaStatus>>) {
         self.status_tx = Some(tx);
@@ -174,6 +192,7 @@ impl Ha {
                 None
             }
         };
+        self.runner = Some(runner.clone());
         let deadline = Deadline::default();
         let watchdog_task = tokio::spawn(watchdog(deadline.clone(), s.clone(), status.clone()));
         let (store, lease, retry_timeout) = (
@@ -257,7 +276,7 @@ impl Ha {
         self.show(&action);
         // Armed while postgres may be writable on our lease's behalf.
         let fence_at = match action {
-            Action::Lead | Action::Promote | Action::StartPrimary => {
+            Action::Lead | Action::Promote | Action::StartPrimary | Action::HandOver { .. } => {
                 self.renewed_at.map(|t| t + self.cfg.fence_deadline())
             }
             _ => None,
@@ -265,6 +284,10 @@ impl Ha {
         deadline.set(fence_at);
         if let Some(d) = deadman.as_mut() {
             d.set(fence_at.zip(sup.pid).map(|(at, pid)| (pid, at)));
+        }
+        if let Action::HandOver { candidate } = action {
+            self.hand_over(candidate, s, status, commands).await;
+            return true;
         }
         self.act(action, s, &sup, facts, commands).await
     }
@@ -343,6 +366,12 @@ impl Ha {
                     Err(e) => warn!(error = %e, "HA: cannot race for the leader key"),
                 }
             }
+            Action::ClearFailover { why } => {
+                info!(reason = %why, "HA: dropping the switchover request");
+                if let Err(e) = self.store.clear_failover().await {
+                    warn!(error = %e, "HA: cannot drop the switchover request");
+                }
+            }
             Action::Rejoin { leader } => {
                 warn!(leader = %leader, "HA: this member diverged from the leader; restart pgwarden to rejoin through pg_rewind");
             }
@@ -353,9 +382,134 @@ impl Ha {
             | Action::Wait { .. }
             | Action::RaceInitialize
             | Action::Initdb
-            | Action::Clone { .. } => {}
+            | Action::Clone { .. }
+            | Action::HandOver { .. } => {}
         }
         false
+    }
+
+    /// Switchover, on the leader: postgres stops cleanly (a checkpoint first, then a
+    /// fast shutdown, during which the WAL senders send the shutdown checkpoint), the
+    /// candidate is seen to have received it, and only then is the key released and
+    /// postgres started again as the candidate's standby: its WAL ends where the
+    /// candidate's new timeline starts, so it follows without pg_rewind. Anything
+    /// that fails before the release gives up the switchover and starts postgres
+    /// writable again under the key this member still holds.
+    async fn hand_over(
+        &mut self,
+        candidate: String,
+        s: &Settings,
+        status: &watch::Receiver<SupervisorStatus>,
+        commands: &Commands,
+    ) {
+        // The others stand aside for a named candidate only.
+        if self
+            .view
+            .failover
+            .as_ref()
+            .is_some_and(|f| f.candidate.is_none())
+        {
+            let named = FailoverRequest {
+                leader: self.name.clone(),
+                candidate: Some(candidate.clone()),
+            };
+            let renamed = match self.store.clear_failover().await {
+                Ok(()) => self.store.request_failover(&named).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = renamed {
+                warn!(error = %e, "HA: switchover: cannot name the candidate; giving up");
+                return;
+            }
+        }
+        info!(candidate = %candidate, "HA: switchover: stopping postgres cleanly");
+        if let Err(e) = commands.send(Command::Fence).await {
+            warn!(error = %e, "HA: switchover: cannot stop postgres; giving up");
+            self.give_up_switchover(commands, None).await;
+            return;
+        }
+        if !handover::wait_stopped(status, self.cfg.ttl).await {
+            warn!("HA: switchover: postgres did not stop in time; giving up");
+            self.give_up_switchover(commands, Some(status)).await;
+            return;
+        }
+        let runner = self
+            .runner
+            .clone()
+            .unwrap_or(crate::process::Runner::Direct);
+        let checkpoint = match handover::shutdown_checkpoint(s, &runner).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    "HA: switchover: cannot read the shutdown checkpoint; giving up"
+                );
+                self.give_up_switchover(commands, Some(status)).await;
+                return;
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let caught_up = loop {
+            // The lease must outlive the wait: the key is still ours to release.
+            self.renew().await;
+            self.refresh().await;
+            let received = self.view.member(&candidate).and_then(|m| m.received_lsn);
+            if received.is_some_and(|r| r >= checkpoint) {
+                break true;
+            }
+            if started.elapsed() >= self.cfg.ttl {
+                warn!(candidate = %candidate, checkpoint, received, "HA: switchover: the candidate did not receive the shutdown checkpoint in time; giving up");
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if !caught_up {
+            self.give_up_switchover(commands, Some(status)).await;
+            return;
+        }
+        if let Err(e) = crate::replica::write_standby_signal(s, &s.pgdata) {
+            error!(
+                error = format!("{e:#}"),
+                "HA: switchover: cannot write standby.signal; giving up"
+            );
+            self.give_up_switchover(commands, Some(status)).await;
+            return;
+        }
+        s.upstream.set(self.target(&candidate));
+        match self.store.release_leader(&self.name).await {
+            Ok(true) => {
+                info!(candidate = %candidate, checkpoint, "HA: switchover: the candidate has the shutdown checkpoint; leader key released")
+            }
+            Ok(false) => warn!("HA: switchover: the leader key was no longer this member's"),
+            // Still ours, perhaps: postgres comes back a standby and, under the key,
+            // is promoted again on a new timeline.
+            Err(e) => warn!(error = %e, "HA: switchover: cannot release the leader key"),
+        }
+        if let Err(e) = commands.send(Command::Unfence).await {
+            error!(error = %e, "HA: switchover: cannot start postgres again");
+        }
+        // postgresql.conf was rendered while this member led: primary_conninfo must
+        // now name the candidate.
+        reload_later(commands);
+    }
+
+    /// Drops the switchover request and, when postgres was stopped for it, starts it
+    /// again (writable: standby.signal is written only once the handover is certain).
+    async fn give_up_switchover(
+        &mut self,
+        commands: &Commands,
+        status: Option<&watch::Receiver<SupervisorStatus>>,
+    ) {
+        if let Err(e) = self.store.clear_failover().await {
+            warn!(error = %e, "HA: cannot drop the switchover request");
+        }
+        if let Some(status) = status {
+            // A fence still under way can be lifted only once postgres is down.
+            handover::wait_stopped(status, self.cfg.ttl).await;
+            if let Err(e) = commands.send(Command::Unfence).await {
+                error!(error = %e, "HA: switchover given up, but postgres cannot be started again");
+            }
+        }
     }
 
     /// Promotes the local standby now that this member holds the key; on failure the
@@ -631,6 +785,7 @@ impl Ha {
             last_renew_ok: self.last_renew_ok,
             action: format!("{action:?}"),
             members: self.view.members.clone(),
+            failover: self.view.failover.clone(),
             optime: self.view.optime,
             history: self.view.history.clone(),
         }));

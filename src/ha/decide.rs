@@ -11,8 +11,12 @@
 //! 4. With a leader elsewhere, follow it (re-point, or rejoin through pg_rewind).
 //! 5. With no leader, race only if eligible (timeline, term and WAL position against the
 //!    last recorded optime), no primary is running, and no eligible peer is ahead.
+//!
+//! A switchover request (the `failover` key) changes rules 3 and 5: the leader hands
+//! over to an eligible candidate (or drops a request it cannot honour), and with no
+//! leader only the candidate races, whatever its peers received, while it can.
 
-use super::store::{ClusterView, LeaseId, MemberRole, MemberState, Optime, Term};
+use super::store::{ClusterView, FailoverRequest, LeaseId, MemberRole, MemberState, Optime, Term};
 use std::time::Duration;
 
 /// What postgres is doing on this member.
@@ -104,6 +108,18 @@ pub enum Action {
     },
     /// Try to take the leader key; promote on success.
     Acquire,
+    /// Switchover: stop postgres cleanly, wait until `candidate` has received its
+    /// shutdown checkpoint, release the key and come back as `candidate`'s standby.
+    HandOver {
+        /// The member that is to lead.
+        candidate: String,
+    },
+    /// Drop the switchover request: done (this member leads now), stale, or one this
+    /// leader cannot honour (`why`).
+    ClearFailover {
+        /// Why, for the log.
+        why: String,
+    },
     /// Nothing to do but wait; `why` says what for.
     Wait {
         /// Why, for the log and /status.
@@ -140,6 +156,9 @@ pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
                 why: "the leader lease was not renewed in time".into(),
             };
         }
+        if let Some(req) = &view.failover {
+            return switchover(view, me, req, rules);
+        }
         return Action::Lead;
     }
     if holds_key {
@@ -174,6 +193,68 @@ pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
         },
         None => stopped_or(me, None, || race(view, me, rules)),
     }
+}
+
+/// Rules 3 with a switchover request, on the writable key holder.
+fn switchover(view: &ClusterView, me: &Me, req: &FailoverRequest, rules: Rules) -> Action {
+    if req.leader != me.name {
+        return Action::ClearFailover {
+            why: format!("done or stale: it was made against {}", req.leader),
+        };
+    }
+    match candidate(
+        &me.name,
+        &view.members,
+        view.optime.as_ref(),
+        req.candidate.as_deref(),
+        rules.max_lag,
+    ) {
+        Ok(candidate) => Action::HandOver { candidate },
+        Err(why) => Action::ClearFailover { why },
+    }
+}
+
+/// The member a switchover from `leader` hands over to: `wanted` if it is an eligible
+/// replica, else (when no member was named) the eligible replica with the most WAL.
+/// `Err` says why there is none. The HTTP handler checks a request with it too, so a
+/// request the leader would refuse is refused at once.
+pub fn candidate(
+    leader: &str,
+    members: &[MemberState],
+    optime: Option<&Optime>,
+    wanted: Option<&str>,
+    max_lag: u64,
+) -> Result<String, String> {
+    let eligible = |m: &MemberState| -> Result<(), String> {
+        if m.role != MemberRole::Replica {
+            return Err(format!("{} is not running as a replica", m.name));
+        }
+        match ineligible(m.timeline, m.received_lsn, m.term, optime, max_lag) {
+            Some(why) => Err(format!("{} is not eligible: {why}", m.name)),
+            None => Ok(()),
+        }
+    };
+    if let Some(name) = wanted {
+        if name == leader {
+            return Err(format!("{name} already is the leader"));
+        }
+        let m = members
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| format!("{name} is not a member of the cluster"))?;
+        eligible(m)?;
+        return Ok(name.to_owned());
+    }
+    members
+        .iter()
+        .filter(|m| m.name != leader && eligible(m).is_ok())
+        .max_by(|a, b| {
+            // Most WAL first; on a tie the lower name, as in the race.
+            (a.received_lsn.unwrap_or(0), std::cmp::Reverse(&a.name))
+                .cmp(&(b.received_lsn.unwrap_or(0), std::cmp::Reverse(&b.name)))
+        })
+        .map(|m| m.name.clone())
+        .ok_or_else(|| "no replica is eligible to take over".to_owned())
 }
 
 /// A stopped postgres is started as a standby first, whatever else would follow.
@@ -250,6 +331,28 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
         return wait(format!("not eligible for promotion: {why}"));
     }
     let peers = view.members.iter().filter(|m| m.name != me.name);
+    // A switchover names who takes over: the others stand aside while it can.
+    let handed_to = view
+        .failover
+        .as_ref()
+        .and_then(|f| f.candidate.as_deref())
+        .filter(|c| {
+            view.member(c).is_some_and(|m| {
+                m.role == MemberRole::Replica
+                    && ineligible(m.timeline, m.received_lsn, m.term, optime, rules.max_lag)
+                        .is_none()
+            })
+        });
+    match handed_to {
+        Some(c) if c == me.name => {
+            return match peers.clone().find(|p| p.role == MemberRole::Primary) {
+                Some(p) => wait(format!("{} still runs as a primary", p.name)),
+                None => Action::Acquire,
+            }
+        }
+        Some(c) => return wait(format!("a switchover hands over to {c}")),
+        None => {}
+    }
     for p in peers {
         if p.role == MemberRole::Primary {
             return wait(format!("{} still runs as a primary", p.name));
@@ -341,6 +444,7 @@ mod tests {
             }),
             initialize: Some("a".into()),
             history: vec![],
+            failover: None,
         }
     }
 
@@ -352,6 +456,35 @@ mod tests {
         v
     }
 
+    /// The view with b leading (lease LEASE) and a, c replicas.
+    fn view_led_by_b() -> ClusterView {
+        ClusterView {
+            leader: leader("b", LEASE),
+            members: vec![
+                member("a", MemberRole::Replica, 10_000),
+                member("b", MemberRole::Primary, 10_000),
+                member("c", MemberRole::Replica, 9_500),
+            ],
+            ..view()
+        }
+    }
+
+    /// `v` with a switchover request from its leader to `to`.
+    fn switching(to: Option<&str>, v: ClusterView) -> ClusterView {
+        let from = v
+            .leader
+            .as_ref()
+            .map_or("a", |l| l.name.as_str())
+            .to_owned();
+        ClusterView {
+            failover: Some(FailoverRequest {
+                leader: from,
+                candidate: to.map(str::to_owned),
+            }),
+            ..v
+        }
+    }
+
     fn fence() -> Action {
         Action::Fence { why: String::new() }
     }
@@ -360,7 +493,8 @@ mod tests {
     fn same(a: &Action, b: &Action) -> bool {
         match (a, b) {
             (Action::Fence { .. }, Action::Fence { .. })
-            | (Action::Wait { .. }, Action::Wait { .. }) => true,
+            | (Action::Wait { .. }, Action::Wait { .. })
+            | (Action::ClearFailover { .. }, Action::ClearFailover { .. }) => true,
             _ => a == b,
         }
     }
@@ -708,6 +842,128 @@ mod tests {
                 },
                 me(replica(None)),
                 Action::Acquire,
+            ),
+            // Switchover.
+            (
+                "leader hands over to the named candidate",
+                switching(Some("c"), view_led_by_b()),
+                me(Postgres::Primary),
+                Action::HandOver {
+                    candidate: "c".into(),
+                },
+            ),
+            (
+                "leader picks the replica with the most WAL",
+                switching(None, view_led_by_b()),
+                me(Postgres::Primary),
+                Action::HandOver {
+                    candidate: "a".into(),
+                },
+            ),
+            (
+                "leader drops a request for an unknown member",
+                switching(Some("zz"), view_led_by_b()),
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "leader drops a request for a lagging member",
+                switching(
+                    Some("c"),
+                    ClusterView {
+                        members: vec![
+                            member("b", MemberRole::Primary, 10_000),
+                            member("c", MemberRole::Replica, 1_000),
+                        ],
+                        ..view_led_by_b()
+                    },
+                ),
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "leader drops a request for a stopped member",
+                switching(
+                    Some("c"),
+                    ClusterView {
+                        members: vec![MemberState {
+                            role: MemberRole::Stopped,
+                            ..member("c", MemberRole::Replica, 10_000)
+                        }],
+                        ..view_led_by_b()
+                    },
+                ),
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "the new leader drops the request it fulfilled",
+                ClusterView {
+                    failover: Some(FailoverRequest {
+                        leader: "a".into(),
+                        candidate: Some("b".into()),
+                    }),
+                    ..view_led_by_b()
+                },
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "a leader that lost its lease fences, switchover or not",
+                switching(Some("c"), view_led_by_b()),
+                Me {
+                    since_renewal: None,
+                    ..me(Postgres::Primary)
+                },
+                fence(),
+            ),
+            (
+                "the candidate acquires although a peer has more WAL",
+                switching(Some("b"), leaderless()),
+                Me {
+                    received_lsn: Some(9_400),
+                    ..me(replica(None))
+                },
+                Action::Acquire,
+            ),
+            (
+                "the candidate waits while a primary still runs",
+                ClusterView {
+                    leader: None,
+                    ..switching(Some("b"), view())
+                },
+                me(replica(None)),
+                w(),
+            ),
+            (
+                "the others stand aside for the candidate",
+                switching(Some("c"), leaderless()),
+                me(replica(None)),
+                w(),
+            ),
+            (
+                "a candidate that is gone no longer holds the others back",
+                switching(Some("zz"), leaderless()),
+                me(replica(None)),
+                Action::Acquire,
+            ),
+            (
+                "an ineligible candidate does not acquire",
+                switching(Some("b"), leaderless()),
+                Me {
+                    term_seen: 6,
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "a replica follows the leader while a switchover is pending",
+                switching(Some("c"), view()),
+                me(replica(Some("a"))),
+                Action::Follow {
+                    leader: "a".into(),
+                    repoint: false,
+                },
             ),
             (
                 "bootstrapper without optime acquires",

@@ -6,7 +6,8 @@
 //! which it still leads (Patroni #308). Each call is retried until `retry_timeout`.
 
 use super::store::{
-    ClusterView, HistoryEntry, Leader, LeaseId, MemberState, Optime, Store, StoreError, Term,
+    ClusterView, FailoverRequest, HistoryEntry, Leader, LeaseId, MemberState, Optime, Store,
+    StoreError, Term,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
@@ -186,6 +187,7 @@ impl Store for EtcdStore {
                 "initialize" => view.initialize = Some(String::from_utf8_lossy(value).into_owned()),
                 "optime" => view.optime = parse(&name, value),
                 "history" => view.history = parse(&name, value).unwrap_or_default(),
+                "failover" => view.failover = parse(&name, value),
                 n if n.starts_with("members/") => {
                     if let Some(m) = parse::<MemberState>(&name, value) {
                         view.members.push(m);
@@ -337,6 +339,42 @@ impl Store for EtcdStore {
                         return Ok(());
                     }
                 }
+            }
+        })
+        .await
+    }
+
+    async fn request_failover(&self, request: &FailoverRequest) -> Result<bool, StoreError> {
+        let key = self.key("failover");
+        let value = serde_json::to_vec(request).map_err(unavailable)?;
+        self.retry("request failover", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                    .or_else([TxnOp::get(key.clone(), None)]);
+                let r = c.txn(txn).await.map_err(unavailable)?;
+                if r.succeeded() {
+                    return Ok(true);
+                }
+                // A retry of an attempt that did write (answer lost) finds its own value.
+                Ok(r.op_responses().iter().any(|op| match op {
+                    TxnOpResponse::Get(g) => g.kvs().iter().any(|kv| kv.value() == value),
+                    _ => false,
+                }))
+            }
+        })
+        .await
+    }
+
+    async fn clear_failover(&self) -> Result<(), StoreError> {
+        let key = self.key("failover");
+        self.retry("clear failover", |mut c| {
+            let key = key.clone();
+            async move {
+                c.delete(key, None).await.map_err(unavailable)?;
+                Ok(())
             }
         })
         .await

@@ -103,6 +103,19 @@ pub struct HistoryEntry {
     pub time: u64,
 }
 
+/// A planned change of leader (`pgwarden switchover`, or `pgwarden promote` in HA mode),
+/// as recorded under `failover` (Patroni's key of the same name). Created only when
+/// absent, so two requests never race; the new leader deletes it once it leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRequest {
+    /// The leader the request was made against; a request found under another leader
+    /// is stale and dropped.
+    pub leader: String,
+    /// The member to hand over to; `None` lets the leader pick the best replica.
+    #[serde(default)]
+    pub candidate: Option<String>,
+}
+
 /// Everything under the cluster's prefix, read at one revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
@@ -118,6 +131,8 @@ pub struct ClusterView {
     pub initialize: Option<String>,
     /// Promotions, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// A switchover under way.
+    pub failover: Option<FailoverRequest>,
 }
 
 impl ClusterView {
@@ -178,6 +193,15 @@ pub trait Store: Send + Sync {
         &self,
         entry: &HistoryEntry,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records a switchover request if none is under way; false when one already is.
+    fn request_failover(
+        &self,
+        request: &FailoverRequest,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes the switchover request, whatever it says.
+    fn clear_failover(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Waits until the leader key changes after `revision`, or `timeout` passes; true on
     /// a change. A wake-up only: the caller reads the view again.
