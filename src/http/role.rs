@@ -1,7 +1,12 @@
 //! Role checks for load balancers and Services, with Patroni's names so that an
 //! HAProxy configuration written for Patroni works unchanged:
 //!
-//! - `/primary`, `/master`, `/leader`, `/read-write`: ready, and a primary;
+//! - `/primary`, `/master`, `/read-write`: ready, and a primary;
+//! - `/leader`: the same with HA off; with HA on, this member holds the leader key
+//!   (Patroni's meaning: the key, whatever postgres is doing at the moment);
+//! - `/sync`, `/synchronous`: a synchronous standby of the leader; none until
+//!   synchronous mode exists, so always 503;
+//! - `/async`, `/asynchronous`: ready, a standby, and (with HA) following a leader;
 //! - `/replica`, `/standby`: ready, and a standby;
 //! - `/read-only`: ready, either role;
 //! - `/health`: postgres is up and running, whatever its role or lag.
@@ -63,6 +68,46 @@ fn answer(app: &AppState, want: Want, q: &CheckQuery) -> (StatusCode, String) {
 /// `/primary` and its aliases.
 pub async fn primary(State(app): State<AppState>) -> impl IntoResponse {
     probe(check(&app, Want::Primary, None))
+}
+
+/// `/leader`: the leader key's holder with HA on, else `/primary`.
+pub async fn leader(State(app): State<AppState>) -> impl IntoResponse {
+    if !app.instance.ha {
+        return probe(check(&app, Want::Primary, None));
+    }
+    let ha = app.ha.borrow().clone();
+    probe(match ha {
+        Some(h) if h.is_leader => Ok(()),
+        Some(h) => Err(format!(
+            "this member does not hold the leader key (the leader is {})",
+            h.leader.as_deref().unwrap_or("nobody")
+        )),
+        None => Err("the HA loop has not read the cluster yet".to_owned()),
+    })
+}
+
+/// `/sync`: no member is a synchronous standby until synchronous mode is built.
+pub async fn sync(State(_app): State<AppState>) -> impl IntoResponse {
+    probe(Err(
+        "this member is not a synchronous standby (synchronous mode is not available)".to_owned(),
+    ))
+}
+
+/// `/async`: a standby, streaming from the leader when HA is on.
+pub async fn asynchronous(
+    State(app): State<AppState>,
+    Query(q): Query<CheckQuery>,
+) -> impl IntoResponse {
+    let (code, body) = answer(&app, Want::Replica, &q);
+    if code != StatusCode::OK || !app.instance.ha {
+        return (code, body);
+    }
+    let ha = app.ha.borrow().clone();
+    probe(match ha {
+        Some(h) if h.leader.is_some() && !h.is_leader => Ok(()),
+        Some(_) => Err("no leader to be a standby of".to_owned()),
+        None => Err("the HA loop has not read the cluster yet".to_owned()),
+    })
 }
 
 /// `/replica` and `/standby`.
