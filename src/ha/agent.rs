@@ -783,6 +783,7 @@ impl Ha {
             is_leader,
             fence_deadline_in_ms,
             last_renew_ok: self.last_renew_ok,
+            store_errors: self.store.errors(),
             action: format!("{action:?}"),
             members: self.view.members.clone(),
             failover: self.view.failover.clone(),

@@ -14,6 +14,8 @@ use etcd_client::{
     TxnOpResponse, WatchOptions,
 };
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
@@ -23,6 +25,8 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     retry_timeout: Duration,
+    /// Calls that failed after their retries, shared by every clone of this client.
+    errors: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -62,7 +66,14 @@ impl EtcdStore {
             client,
             prefix: prefix(cluster),
             retry_timeout,
+            errors: Arc::default(),
         })
+    }
+
+    /// How many calls failed after their retries (a lost lease is not counted: it is
+    /// an answer, not an outage), for `pgwarden_ha_store_errors_total`.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 
     fn key(&self, name: &str) -> String {
@@ -89,6 +100,7 @@ impl EtcdStore {
                 }
             };
             if Instant::now() + pause >= deadline {
+                self.errors.fetch_add(1, Ordering::Relaxed);
                 return Err(error);
             }
             debug!(op = what, error = %error, "etcd call failed; retrying");

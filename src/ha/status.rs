@@ -20,6 +20,9 @@ pub struct HaStatus {
     pub fence_deadline_in_ms: Option<u64>,
     /// The last renewal of the session lease succeeded.
     pub last_renew_ok: bool,
+    /// etcd calls that failed after their retries since pgwarden started.
+    #[serde(default)]
+    pub store_errors: u64,
     /// The last decision, for humans ("Follow { leader: .. }").
     pub action: String,
     /// Every member key, sorted by name.
