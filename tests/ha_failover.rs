@@ -836,6 +836,11 @@ async fn a_switchover_under_load_loses_nothing_and_the_old_primary_follows_witho
     let view = store.read().await.unwrap();
     assert_eq!(view.leader.map(|l| l.name), Some(name(to)));
     assert_eq!(view.failover, None, "the request stays in the store");
+    let metrics = members[to].get("/metrics").body;
+    assert!(
+        metrics.contains("pgwarden_ha_store_errors_total "),
+        "{metrics}"
+    );
     tokio::task::block_in_place(|| {
         eventually(Duration::from_secs(30), "health codes after", || {
             match (
