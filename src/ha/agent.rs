@@ -1,15 +1,17 @@
 //! The HA loop: one pgwarden's store session, what it has seen, and the actions it
 //! performs on its postgres.
 
+use super::config::SyncMode;
 use super::decide::{decide, Action, Me, Postgres, Rules};
 use super::etcd::EtcdStore;
+use super::store::SyncState;
 use super::store::{
     ClusterView, FailoverRequest, HistoryEntry, LeaseId, MemberRole, MemberState, Optime, Store,
     StoreError, Term,
 };
 use super::upstream::Target;
 use super::watchdog::{watchdog, Deadline};
-use super::{clock, deadman, handover, local, status, HaConfig};
+use super::{clock, deadman, handover, local, status, sync, HaConfig};
 use crate::pgdata::DataDirState;
 use crate::settings::{Role, Settings};
 use crate::state::{State, SupervisorStatus};
@@ -47,6 +49,9 @@ pub struct Ha {
     known_apis: std::collections::BTreeMap<String, String>,
     /// Spawns pg_controldata during a switchover; set by [`Ha::spawn`].
     runner: Option<crate::process::Runner>,
+    /// Synchronous mode, on the leader: the end of WAL when each standby was first
+    /// seen synchronous (see [`sync::record`]).
+    sync_since: std::collections::BTreeMap<String, u64>,
 }
 
 impl Ha {
@@ -74,6 +79,7 @@ impl Ha {
             last_renew_ok: false,
             known_apis: Default::default(),
             runner: None,
+            sync_since: Default::default(),
         })
     }
 
@@ -166,6 +172,7 @@ impl Ha {
             status,
             name: self.name.clone(),
             max_lag: self.cfg.max_lag_on_failover,
+            sync: self.cfg.sync_mode != SyncMode::Off,
             within: self.cfg.ttl * 4,
         }
     }
@@ -321,6 +328,7 @@ impl Ha {
                     }
                 }
                 self.ensure_slots(s).await;
+                self.manage_sync(s, commands, l.term).await;
             }
             Action::Fence { why } => {
                 error!(reason = %why, "HA: fencing: stopping postgres at once, to start again as a standby");
@@ -519,6 +527,16 @@ impl Ha {
             return;
         };
         let before = local::facts(s).await;
+        if self.cfg.sync_mode != SyncMode::Off {
+            // From its first commit the new primary names no standby it has not seen
+            // synchronous: `*` in strict mode, standalone in `on` mode (the record still
+            // names no other member, so none can be promoted in between).
+            self.sync_since.clear();
+            s.sync_named.set(Some(Vec::new()));
+            if let Err(e) = commands.send(Command::Reload).await {
+                warn!(error = %e, "HA: cannot apply synchronous_standby_names before promoting");
+            }
+        }
         // Slots first (a standby can create them): members re-pointed here the moment
         // the key changed find theirs as soon as this member accepts connections.
         self.ensure_slots(s).await;
@@ -552,6 +570,81 @@ impl Ha {
                 if let Err(e) = self.store.release_leader(&self.name).await {
                     warn!(error = %e, "HA: cannot release the leader key");
                 }
+            }
+        }
+    }
+
+    /// Synchronous mode, on the leader, in the safe order of [`sync`]: shrink the record,
+    /// then name the standbys; record a named one once postgres confirms it.
+    async fn manage_sync(&mut self, s: &Settings, commands: &Commands, term: Term) {
+        if self.cfg.sync_mode == SyncMode::Off {
+            return;
+        }
+        let (streaming, end) =
+            match tokio::time::timeout(self.cfg.retry_timeout, local::standbys(s)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "HA: cannot read the synchronous standbys"
+                    );
+                    return;
+                }
+                Err(_) => return,
+            };
+        let ours = self.view.sync.as_ref().filter(|k| k.leader == self.name);
+        let recorded = ours.map(|k| k.members.clone()).unwrap_or_default();
+        let members: Vec<String> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| m.name != self.name)
+            .map(|m| m.name.clone())
+            .collect();
+        let named = sync::choose(self.cfg.sync_node_count, &recorded, &streaming, &members);
+        let kept: Vec<String> = recorded
+            .iter()
+            .filter(|r| named.contains(r))
+            .cloned()
+            .collect();
+        // Shrunk in the store before a standby leaves the setting.
+        let stale = ours.is_none() || kept != recorded;
+        if stale && !self.put_sync(kept.clone(), term).await {
+            return;
+        }
+        self.sync_since
+            .retain(|n, _| named.contains(n) && streaming.iter().any(|s| s.name == *n && s.sync));
+        for st in streaming
+            .iter()
+            .filter(|st| st.sync && named.contains(&st.name))
+        {
+            self.sync_since.entry(st.name.clone()).or_insert(end);
+        }
+        if s.sync_named.set(Some(named.clone())) {
+            info!(standbys = ?named, "HA: naming the synchronous standbys");
+            if let Err(e) = commands.send(Command::Reload).await {
+                warn!(error = %e, "HA: cannot apply synchronous_standby_names");
+            }
+            return;
+        }
+        let next = sync::record(&kept, &named, &streaming, &self.sync_since);
+        if next != kept {
+            info!(standbys = ?next, "HA: recording the synchronous standbys");
+            self.put_sync(next, term).await;
+        }
+    }
+
+    async fn put_sync(&self, members: Vec<String>, term: Term) -> bool {
+        let state = SyncState {
+            leader: self.name.clone(),
+            members,
+        };
+        match self.store.put_sync(&state, term).await {
+            Ok(true) => true,
+            Ok(false) => false,
+            Err(e) => {
+                warn!(error = %e, "HA: cannot record the synchronous standbys");
+                false
             }
         }
     }
@@ -721,6 +814,7 @@ impl Ha {
         Rules {
             demote_after: self.cfg.demote_after(),
             max_lag: self.cfg.max_lag_on_failover,
+            sync: self.cfg.sync_mode != SyncMode::Off,
         }
     }
 
@@ -787,6 +881,7 @@ impl Ha {
             action: format!("{action:?}"),
             members: self.view.members.clone(),
             failover: self.view.failover.clone(),
+            sync: self.view.sync.clone(),
             optime: self.view.optime,
             history: self.view.history.clone(),
         }));

@@ -64,6 +64,9 @@ pub struct Rules {
     pub demote_after: Duration,
     /// A replica further behind the last optime never promotes itself.
     pub max_lag: u64,
+    /// Synchronous mode is on: with a `sync` key, only the members it names may be
+    /// promoted.
+    pub sync: bool,
 }
 
 /// What to do this round.
@@ -208,26 +211,40 @@ fn switchover(view: &ClusterView, me: &Me, req: &FailoverRequest, rules: Rules) 
         view.optime.as_ref(),
         req.candidate.as_deref(),
         rules.max_lag,
+        sync_only(view, rules),
     ) {
         Ok(candidate) => Action::HandOver { candidate },
         Err(why) => Action::ClearFailover { why },
     }
 }
 
+/// With synchronous mode and a `sync` key: the only members that may be promoted.
+pub fn sync_only(view: &ClusterView, rules: Rules) -> Option<&[String]> {
+    view.sync
+        .as_ref()
+        .filter(|_| rules.sync)
+        .map(|s| s.members.as_slice())
+}
+
 /// The member a switchover from `leader` hands over to: `wanted` if it is an eligible
 /// replica, else (when no member was named) the eligible replica with the most WAL.
-/// `Err` says why there is none. The HTTP handler checks a request with it too, so a
-/// request the leader would refuse is refused at once.
+/// With `sync` (synchronous mode), only those members are eligible. `Err` says why
+/// there is none. The HTTP handler checks a request with it too, so a request the
+/// leader would refuse is refused at once.
 pub fn candidate(
     leader: &str,
     members: &[MemberState],
     optime: Option<&Optime>,
     wanted: Option<&str>,
     max_lag: u64,
+    sync: Option<&[String]>,
 ) -> Result<String, String> {
     let eligible = |m: &MemberState| -> Result<(), String> {
         if m.role != MemberRole::Replica {
             return Err(format!("{} is not running as a replica", m.name));
+        }
+        if sync.is_some_and(|s| !s.contains(&m.name)) {
+            return Err(format!("{} is not a synchronous standby", m.name));
         }
         match ineligible(m.timeline, m.received_lsn, m.term, optime, max_lag) {
             Some(why) => Err(format!("{} is not eligible: {why}", m.name)),
@@ -330,6 +347,10 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     ) {
         return wait(format!("not eligible for promotion: {why}"));
     }
+    let sync = sync_only(view, rules);
+    if sync.is_some_and(|s| !s.contains(&me.name)) {
+        return wait("not eligible for promotion: not a synchronous standby");
+    }
     let peers = view.members.iter().filter(|m| m.name != me.name);
     // A switchover names who takes over: the others stand aside while it can.
     let handed_to = view
@@ -337,11 +358,12 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
         .as_ref()
         .and_then(|f| f.candidate.as_deref())
         .filter(|c| {
-            view.member(c).is_some_and(|m| {
-                m.role == MemberRole::Replica
-                    && ineligible(m.timeline, m.received_lsn, m.term, optime, rules.max_lag)
-                        .is_none()
-            })
+            sync.is_none_or(|s| s.iter().any(|n| n == c))
+                && view.member(c).is_some_and(|m| {
+                    m.role == MemberRole::Replica
+                        && ineligible(m.timeline, m.received_lsn, m.term, optime, rules.max_lag)
+                            .is_none()
+                })
         });
     match handed_to {
         Some(c) if c == me.name => {
@@ -358,6 +380,7 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
             return wait(format!("{} still runs as a primary", p.name));
         }
         if p.role == MemberRole::Replica
+            && sync.is_none_or(|s| s.contains(&p.name))
             && ineligible(p.timeline, p.received_lsn, p.term, optime, rules.max_lag).is_none()
             && ahead(p, me)
         {
@@ -383,6 +406,7 @@ mod tests {
     const RULES: Rules = Rules {
         demote_after: Duration::from_secs(20),
         max_lag: 1000,
+        sync: false,
     };
 
     fn me(postgres: Postgres) -> Me {
@@ -445,6 +469,7 @@ mod tests {
             initialize: Some("a".into()),
             history: vec![],
             failover: None,
+            sync: None,
         }
     }
 
@@ -982,6 +1007,92 @@ mod tests {
         ];
         for (what, view, me, want) in cases {
             let got = decide(&view, &me, RULES);
+            assert!(same(&got, &want), "{what}: want {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn synchronous_mode_promotes_only_a_recorded_standby() {
+        let rules = Rules {
+            sync: true,
+            ..RULES
+        };
+        let with_sync = |names: &[&str], v: ClusterView| ClusterView {
+            sync: Some(crate::ha::store::SyncState {
+                leader: "a".into(),
+                members: names.iter().map(|n| n.to_string()).collect(),
+            }),
+            ..v
+        };
+        type Case = (&'static str, ClusterView, Me, Rules, Action);
+        let cases: Vec<Case> = vec![
+            (
+                "the recorded standby acquires",
+                with_sync(&["b"], leaderless()),
+                me(replica(None)),
+                rules,
+                Action::Acquire,
+            ),
+            (
+                "an unrecorded standby never promotes, even the best",
+                with_sync(&["c"], leaderless()),
+                Me {
+                    received_lsn: Some(20_000),
+                    ..me(replica(None))
+                },
+                rules,
+                wait(""),
+            ),
+            (
+                "nobody recorded: nobody promotes",
+                with_sync(&[], leaderless()),
+                me(replica(None)),
+                rules,
+                wait(""),
+            ),
+            (
+                "an unrecorded peer with more WAL does not hold the recorded one back",
+                with_sync(&["b"], leaderless()),
+                Me {
+                    received_lsn: Some(9_600),
+                    ..me(replica(None))
+                },
+                rules,
+                Action::Acquire,
+            ),
+            (
+                "no sync key yet: the usual race",
+                leaderless(),
+                me(replica(None)),
+                rules,
+                Action::Acquire,
+            ),
+            (
+                "sync mode off: the key is ignored",
+                with_sync(&["c"], leaderless()),
+                me(replica(None)),
+                RULES,
+                Action::Acquire,
+            ),
+            (
+                "a switchover to an unrecorded standby is dropped",
+                with_sync(&["a"], switching(Some("c"), view_led_by_b())),
+                me(Postgres::Primary),
+                rules,
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "a switchover picks the recorded standby",
+                with_sync(&["c"], switching(None, view_led_by_b())),
+                me(Postgres::Primary),
+                rules,
+                Action::HandOver {
+                    candidate: "c".into(),
+                },
+            ),
+        ];
+        for (what, view, me, rules, want) in cases {
+            let got = decide(&view, &me, rules);
             assert!(same(&got, &want), "{what}: want {want:?}, got {got:?}");
         }
     }

@@ -7,7 +7,7 @@
 
 use super::store::{
     ClusterView, FailoverRequest, HistoryEntry, Leader, LeaseId, MemberState, Optime, Store,
-    StoreError, Term,
+    StoreError, SyncState, Term,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
@@ -200,6 +200,7 @@ impl Store for EtcdStore {
                 "optime" => view.optime = parse(&name, value),
                 "history" => view.history = parse(&name, value).unwrap_or_default(),
                 "failover" => view.failover = parse(&name, value),
+                "sync" => view.sync = parse(&name, value),
                 n if n.starts_with("members/") => {
                     if let Some(m) = parse::<MemberState>(&name, value) {
                         view.members.push(m);
@@ -314,6 +315,26 @@ impl Store for EtcdStore {
                     .when([
                         Compare::value(leader.clone(), CompareOp::Equal, name),
                         Compare::create_revision(leader, CompareOp::Equal, optime.term),
+                    ])
+                    .and_then([TxnOp::put(key, value, None)]);
+                Ok(c.txn(txn).await.map_err(unavailable)?.succeeded())
+            }
+        })
+        .await
+    }
+
+    async fn put_sync(&self, state: &SyncState, term: Term) -> Result<bool, StoreError> {
+        let (leader, key) = (self.key("leader"), self.key("sync"));
+        let value = serde_json::to_vec(state).map_err(unavailable)?;
+        let name = state.leader.clone();
+        self.retry("put sync", |mut c| {
+            let (leader, key, value, name) =
+                (leader.clone(), key.clone(), value.clone(), name.clone());
+            async move {
+                let txn = Txn::new()
+                    .when([
+                        Compare::value(leader.clone(), CompareOp::Equal, name),
+                        Compare::create_revision(leader, CompareOp::Equal, term),
                     ])
                     .and_then([TxnOp::put(key, value, None)]);
                 Ok(c.txn(txn).await.map_err(unavailable)?.succeeded())

@@ -17,6 +17,7 @@ pub mod local;
 pub mod status;
 pub mod store;
 mod switchover;
+pub mod sync;
 pub mod upstream;
 mod watchdog;
 

@@ -1,7 +1,7 @@
 //! What the HA loop shows: the `ha` section of `/status`, `GET /cluster` and
 //! `GET /history`. Published by the loop after every round; handlers only read it.
 
-use super::store::{FailoverRequest, HistoryEntry, MemberState, Optime, Term};
+use super::store::{FailoverRequest, HistoryEntry, MemberState, Optime, SyncState, Term};
 use serde::{Deserialize, Serialize};
 
 /// The HA state of this member and the cluster as it last read it.
@@ -30,6 +30,9 @@ pub struct HaStatus {
     /// The switchover under way, if any.
     #[serde(default)]
     pub failover: Option<FailoverRequest>,
+    /// The synchronous standbys recorded, with synchronous mode.
+    #[serde(default)]
+    pub sync: Option<SyncState>,
     /// The last recorded leader position.
     pub optime: Option<Optime>,
     /// Promotions, oldest first.

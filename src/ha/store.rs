@@ -116,6 +116,18 @@ pub struct FailoverRequest {
     pub candidate: Option<String>,
 }
 
+/// The synchronous standbys as the leader recorded them (the `sync` key, Patroni's):
+/// with synchronous mode on, only these may be promoted. Written by the leader only
+/// after postgres confirmed them synchronous, and shrunk before they are dropped from
+/// `synchronous_standby_names`, so it never names fewer members than hold every commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// The leader that wrote it.
+    pub leader: String,
+    /// The synchronous standbys.
+    pub members: Vec<String>,
+}
+
 /// Everything under the cluster's prefix, read at one revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
@@ -133,6 +145,8 @@ pub struct ClusterView {
     pub history: Vec<HistoryEntry>,
     /// A switchover under way.
     pub failover: Option<FailoverRequest>,
+    /// The synchronous standbys recorded, with synchronous mode on.
+    pub sync: Option<SyncState>,
 }
 
 impl ClusterView {
@@ -193,6 +207,14 @@ pub trait Store: Send + Sync {
         &self,
         entry: &HistoryEntry,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records the synchronous standbys, only while `state.leader` holds the leader key
+    /// with `term`; false otherwise.
+    fn put_sync(
+        &self,
+        state: &SyncState,
+        term: Term,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Records a switchover request if none is under way; false when one already is.
     fn request_failover(

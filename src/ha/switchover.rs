@@ -38,6 +38,7 @@ pub struct Switchover {
     pub(super) status: watch::Receiver<Option<HaStatus>>,
     pub(super) name: String,
     pub(super) max_lag: u64,
+    pub(super) sync: bool,
     pub(super) within: Duration,
 }
 
@@ -65,8 +66,20 @@ impl Switchover {
         if ha.failover.is_some() {
             return Err(SwitchoverError::UnderWay);
         }
-        let chosen = candidate(&leader, &ha.members, ha.optime.as_ref(), to, self.max_lag)
-            .map_err(SwitchoverError::Refused)?;
+        let sync = ha
+            .sync
+            .as_ref()
+            .filter(|_| self.sync)
+            .map(|s| s.members.as_slice());
+        let chosen = candidate(
+            &leader,
+            &ha.members,
+            ha.optime.as_ref(),
+            to,
+            self.max_lag,
+            sync,
+        )
+        .map_err(SwitchoverError::Refused)?;
         let request = FailoverRequest {
             leader: leader.clone(),
             candidate: Some(chosen.clone()),

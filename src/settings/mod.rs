@@ -157,6 +157,8 @@ pub struct Settings {
     /// The leader to stream from, as the HA loop chose it; it wins over
     /// PGWARDEN_PRIMARY_HOST, which HA mode leaves unset.
     pub upstream: crate::ha::upstream::Upstream,
+    /// With synchronous mode, on the leader: the standbys in synchronous_standby_names.
+    pub sync_named: crate::ha::sync::Named,
     /// Bootstrap from a backup in an archive, when PGWARDEN_RESTORE_URL is set.
     pub restore: Option<crate::backup::restore::RestoreConfig>,
     /// While recovering from a backup: the source's values of the parameters a
@@ -526,6 +528,7 @@ impl Settings {
             archive,
             ha,
             upstream: Default::default(),
+            sync_named: Default::default(),
             restore,
             recovery_floor: Vec::new(),
             backup_compression,
