@@ -4,9 +4,10 @@
 //! - `/primary`, `/master`, `/read-write`: ready, and a primary;
 //! - `/leader`: the same with HA off; with HA on, this member holds the leader key
 //!   (Patroni's meaning: the key, whatever postgres is doing at the moment);
-//! - `/sync`, `/synchronous`: a synchronous standby of the leader; none until
-//!   synchronous mode exists, so always 503;
-//! - `/async`, `/asynchronous`: ready, a standby, and (with HA) following a leader;
+//! - `/sync`, `/synchronous`: ready, a standby, and one the leader recorded as
+//!   synchronous (`PGWARDEN_SYNC_MODE`); 503 everywhere else;
+//! - `/async`, `/asynchronous`: ready, a standby, following a leader (with HA), and
+//!   not recorded as synchronous;
 //! - `/replica`, `/standby`: ready, and a standby;
 //! - `/read-only`: ready, either role;
 //! - `/health`: postgres is up and running, whatever its role or lag.
@@ -86,14 +87,33 @@ pub async fn leader(State(app): State<AppState>) -> impl IntoResponse {
     })
 }
 
-/// `/sync`: no member is a synchronous standby until synchronous mode is built.
-pub async fn sync(State(_app): State<AppState>) -> impl IntoResponse {
-    probe(Err(
-        "this member is not a synchronous standby (synchronous mode is not available)".to_owned(),
-    ))
+/// Whether this member is a standby of the current leader, and a synchronous one.
+fn standby_of_leader(app: &AppState) -> Result<bool, String> {
+    let ha = app.ha.borrow().clone();
+    let Some(h) = ha else {
+        return Err("the HA loop has not read the cluster yet".to_owned());
+    };
+    let Some(leader) = h.leader.filter(|_| !h.is_leader) else {
+        return Err("no leader to be a standby of".to_owned());
+    };
+    Ok(h.sync
+        .is_some_and(|s| s.leader == leader && s.members.iter().any(|m| *m == app.instance.name)))
 }
 
-/// `/async`: a standby, streaming from the leader when HA is on.
+/// `/sync`: a standby the leader recorded as synchronous.
+pub async fn sync(State(app): State<AppState>, Query(q): Query<CheckQuery>) -> impl IntoResponse {
+    let (code, body) = answer(&app, Want::Replica, &q);
+    if code != StatusCode::OK {
+        return (code, body);
+    }
+    probe(match standby_of_leader(&app) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("this member is not a synchronous standby".to_owned()),
+        Err(e) => Err(e),
+    })
+}
+
+/// `/async`: a standby, of the leader when HA is on, and not a synchronous one.
 pub async fn asynchronous(
     State(app): State<AppState>,
     Query(q): Query<CheckQuery>,
@@ -102,11 +122,10 @@ pub async fn asynchronous(
     if code != StatusCode::OK || !app.instance.ha {
         return (code, body);
     }
-    let ha = app.ha.borrow().clone();
-    probe(match ha {
-        Some(h) if h.leader.is_some() && !h.is_leader => Ok(()),
-        Some(_) => Err("no leader to be a standby of".to_owned()),
-        None => Err("the HA loop has not read the cluster yet".to_owned()),
+    probe(match standby_of_leader(&app) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err("this member is a synchronous standby".to_owned()),
+        Err(e) => Err(e),
     })
 }
 
