@@ -885,3 +885,130 @@ async fn a_switchover_under_load_loses_nothing_and_the_old_primary_follows_witho
         eprintln!("{}", logs(&members));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn strict_synchronous_mode_loses_no_acknowledged_row_when_the_primary_is_killed() {
+    let _turn = one_at_a_time();
+    if !is_root() {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let etcd = Etcd::start();
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd, None);
+    for m in members.iter_mut() {
+        m.set("PGWARDEN_SYNC_MODE", "strict");
+    }
+    let rt = tokio::runtime::Handle::current();
+    let first = bring_up(&mut members).await;
+    let name = |i: usize| format!("n{}", i + 1);
+    let store = pgwarden::ha::etcd::EtcdStore::connect(&[etcd.url()], "c", Duration::from_secs(3))
+        .await
+        .unwrap();
+    // The leader records one synchronous standby once postgres confirms it.
+    let synchronous = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "a synchronous standby recorded",
+            || {
+                let view = rt.block_on(store.read()).map_err(|e| e.to_string())?;
+                match view.sync {
+                    Some(s) if s.leader == name(first) && s.members.len() == 1 => {
+                        Ok((0..3).find(|i| name(*i) == s.members[0]).unwrap())
+                    }
+                    other => Err(format!("{other:?}\n{}", logs(&members))),
+                }
+            },
+        )
+    });
+    let other = (0..3).find(|i| *i != first && *i != synchronous).unwrap();
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "/sync and /async", || {
+            match (
+                code(&members[synchronous], "/sync"),
+                code(&members[synchronous], "/async"),
+                code(&members[other], "/sync"),
+                code(&members[other], "/async"),
+                code(&members[first], "/sync"),
+            ) {
+                (200, 503, 503, 200, 503) => Ok(()),
+                got => Err(format!("{got:?}")),
+            }
+        })
+    });
+    let sync_setting = client(&members[first].socket_dir, members[first].port)
+        .await
+        .unwrap()
+        .query_one("SHOW synchronous_standby_names", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    assert_eq!(sync_setting, format!("FIRST 1 (\"{}\")", name(synchronous)));
+
+    execute(&members[first], "CREATE TABLE w (id int PRIMARY KEY)").await;
+    let checker = Checker::start(members.iter().map(addr).collect());
+    let writer = Writer::start(members.iter().map(addr).collect());
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "rows written", || {
+            match rt.block_on(ids(&members[first])).len() {
+                n if n >= 50 => Ok(()),
+                n => Err(format!("{n} rows")),
+            }
+        })
+    });
+    // SIGKILL of the primary's pgwarden, postgres with it, in the middle of the load.
+    kill(Pid::from_raw(members[first].pid()), Signal::SIGKILL).unwrap();
+    members[first].kill_hard();
+    let second = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(90),
+            "a replica takes over",
+            || match primaries(&members).as_slice() {
+                [one] => Ok(*one),
+                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
+            },
+        )
+    });
+    assert_eq!(
+        second, synchronous,
+        "only the synchronous standby may be promoted"
+    );
+    // Writes go on once the other member streams from the new leader (strict mode:
+    // a commit waits for a standby).
+    tokio::task::block_in_place(|| {
+        wait_streaming(&rt, &members[second], &name(other), &members);
+    });
+    let before = ids(&members[second]).await.len();
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "writes on the new leader",
+            || match rt.block_on(ids(&members[second])).len() {
+                n if n > before => Ok(()),
+                n => Err(format!("{n} rows\n{}", logs(&members))),
+            },
+        )
+    });
+    let acked = writer.finish().await;
+    assert!(checker.finish().await > 0);
+    let present = ids(&members[second]).await;
+    let lost: Vec<&i32> = acked
+        .iter()
+        .filter(|i| present.binary_search(i).is_err())
+        .collect();
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    // The new leader records the remaining member as its synchronous standby.
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(60), "the new leader's sync key", || {
+            let view = rt.block_on(store.read()).map_err(|e| e.to_string())?;
+            match view.sync {
+                Some(s) if s.leader == name(second) && s.members == vec![name(other)] => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    });
+    if std::env::var("HA_TEST_LOGS").is_ok() {
+        eprintln!("{}", logs(&members));
+    }
+}
