@@ -2,12 +2,13 @@
 //! performs on its postgres.
 
 use super::config::SyncMode;
+mod switching;
+mod sync_leader;
+
 use super::decide::{decide, Action, Me, Postgres, Rules};
 use super::etcd::EtcdStore;
-use super::store::SyncState;
 use super::store::{
-    ClusterView, FailoverRequest, HistoryEntry, LeaseId, MemberRole, MemberState, Optime, Store,
-    StoreError, Term,
+    ClusterView, HistoryEntry, LeaseId, MemberRole, MemberState, Optime, Store, StoreError, Term,
 };
 use super::upstream::Target;
 use super::watchdog::{watchdog, Deadline};
@@ -293,7 +294,8 @@ impl Ha {
             d.set(fence_at.zip(sup.pid).map(|(at, pid)| (pid, at)));
         }
         if let Action::HandOver { candidate } = action {
-            self.hand_over(candidate, s, status, commands).await;
+            self.hand_over(candidate, s, status, commands, deadline)
+                .await;
             return true;
         }
         self.act(action, s, &sup, facts, commands).await
@@ -396,130 +398,6 @@ impl Ha {
         false
     }
 
-    /// Switchover, on the leader: postgres stops cleanly (a checkpoint first, then a
-    /// fast shutdown, during which the WAL senders send the shutdown checkpoint), the
-    /// candidate is seen to have received it, and only then is the key released and
-    /// postgres started again as the candidate's standby: its WAL ends where the
-    /// candidate's new timeline starts, so it follows without pg_rewind. Anything
-    /// that fails before the release gives up the switchover and starts postgres
-    /// writable again under the key this member still holds.
-    async fn hand_over(
-        &mut self,
-        candidate: String,
-        s: &Settings,
-        status: &watch::Receiver<SupervisorStatus>,
-        commands: &Commands,
-    ) {
-        // The others stand aside for a named candidate only.
-        if self
-            .view
-            .failover
-            .as_ref()
-            .is_some_and(|f| f.candidate.is_none())
-        {
-            let named = FailoverRequest {
-                leader: self.name.clone(),
-                candidate: Some(candidate.clone()),
-            };
-            let renamed = match self.store.clear_failover().await {
-                Ok(()) => self.store.request_failover(&named).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = renamed {
-                warn!(error = %e, "HA: switchover: cannot name the candidate; giving up");
-                return;
-            }
-        }
-        info!(candidate = %candidate, "HA: switchover: stopping postgres cleanly");
-        if let Err(e) = commands.send(Command::Fence).await {
-            warn!(error = %e, "HA: switchover: cannot stop postgres; giving up");
-            self.give_up_switchover(commands, None).await;
-            return;
-        }
-        if !handover::wait_stopped(status, self.cfg.ttl).await {
-            warn!("HA: switchover: postgres did not stop in time; giving up");
-            self.give_up_switchover(commands, Some(status)).await;
-            return;
-        }
-        let runner = self
-            .runner
-            .clone()
-            .unwrap_or(crate::process::Runner::Direct);
-        let checkpoint = match handover::shutdown_checkpoint(s, &runner).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(
-                    error = format!("{e:#}"),
-                    "HA: switchover: cannot read the shutdown checkpoint; giving up"
-                );
-                self.give_up_switchover(commands, Some(status)).await;
-                return;
-            }
-        };
-        let started = tokio::time::Instant::now();
-        let caught_up = loop {
-            // The lease must outlive the wait: the key is still ours to release.
-            self.renew().await;
-            self.refresh().await;
-            let received = self.view.member(&candidate).and_then(|m| m.received_lsn);
-            if received.is_some_and(|r| r >= checkpoint) {
-                break true;
-            }
-            if started.elapsed() >= self.cfg.ttl {
-                warn!(candidate = %candidate, checkpoint, received, "HA: switchover: the candidate did not receive the shutdown checkpoint in time; giving up");
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        if !caught_up {
-            self.give_up_switchover(commands, Some(status)).await;
-            return;
-        }
-        if let Err(e) = crate::replica::write_standby_signal(s, &s.pgdata) {
-            error!(
-                error = format!("{e:#}"),
-                "HA: switchover: cannot write standby.signal; giving up"
-            );
-            self.give_up_switchover(commands, Some(status)).await;
-            return;
-        }
-        s.upstream.set(self.target(&candidate));
-        match self.store.release_leader(&self.name).await {
-            Ok(true) => {
-                info!(candidate = %candidate, checkpoint, "HA: switchover: the candidate has the shutdown checkpoint; leader key released")
-            }
-            Ok(false) => warn!("HA: switchover: the leader key was no longer this member's"),
-            // Still ours, perhaps: postgres comes back a standby and, under the key,
-            // is promoted again on a new timeline.
-            Err(e) => warn!(error = %e, "HA: switchover: cannot release the leader key"),
-        }
-        if let Err(e) = commands.send(Command::Unfence).await {
-            error!(error = %e, "HA: switchover: cannot start postgres again");
-        }
-        // postgresql.conf was rendered while this member led: primary_conninfo must
-        // now name the candidate.
-        reload_later(commands);
-    }
-
-    /// Drops the switchover request and, when postgres was stopped for it, starts it
-    /// again (writable: standby.signal is written only once the handover is certain).
-    async fn give_up_switchover(
-        &mut self,
-        commands: &Commands,
-        status: Option<&watch::Receiver<SupervisorStatus>>,
-    ) {
-        if let Err(e) = self.store.clear_failover().await {
-            warn!(error = %e, "HA: cannot drop the switchover request");
-        }
-        if let Some(status) = status {
-            // A fence still under way can be lifted only once postgres is down.
-            handover::wait_stopped(status, self.cfg.ttl).await;
-            if let Err(e) = commands.send(Command::Unfence).await {
-                error!(error = %e, "HA: switchover given up, but postgres cannot be started again");
-            }
-        }
-    }
-
     /// Promotes the local standby now that this member holds the key; on failure the
     /// key is released so that another member may take over.
     async fn promote(&mut self, s: &Settings, commands: &Commands) {
@@ -570,81 +448,6 @@ impl Ha {
                 if let Err(e) = self.store.release_leader(&self.name).await {
                     warn!(error = %e, "HA: cannot release the leader key");
                 }
-            }
-        }
-    }
-
-    /// Synchronous mode, on the leader, in the safe order of [`sync`]: shrink the record,
-    /// then name the standbys; record a named one once postgres confirms it.
-    async fn manage_sync(&mut self, s: &Settings, commands: &Commands, term: Term) {
-        if self.cfg.sync_mode == SyncMode::Off {
-            return;
-        }
-        let (streaming, end) =
-            match tokio::time::timeout(self.cfg.retry_timeout, local::standbys(s)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    warn!(
-                        error = format!("{e:#}"),
-                        "HA: cannot read the synchronous standbys"
-                    );
-                    return;
-                }
-                Err(_) => return,
-            };
-        let ours = self.view.sync.as_ref().filter(|k| k.leader == self.name);
-        let recorded = ours.map(|k| k.members.clone()).unwrap_or_default();
-        let members: Vec<String> = self
-            .view
-            .members
-            .iter()
-            .filter(|m| m.name != self.name)
-            .map(|m| m.name.clone())
-            .collect();
-        let named = sync::choose(self.cfg.sync_node_count, &recorded, &streaming, &members);
-        let kept: Vec<String> = recorded
-            .iter()
-            .filter(|r| named.contains(r))
-            .cloned()
-            .collect();
-        // Shrunk in the store before a standby leaves the setting.
-        let stale = ours.is_none() || kept != recorded;
-        if stale && !self.put_sync(kept.clone(), term).await {
-            return;
-        }
-        self.sync_since
-            .retain(|n, _| named.contains(n) && streaming.iter().any(|s| s.name == *n && s.sync));
-        for st in streaming
-            .iter()
-            .filter(|st| st.sync && named.contains(&st.name))
-        {
-            self.sync_since.entry(st.name.clone()).or_insert(end);
-        }
-        if s.sync_named.set(Some(named.clone())) {
-            info!(standbys = ?named, "HA: naming the synchronous standbys");
-            if let Err(e) = commands.send(Command::Reload).await {
-                warn!(error = %e, "HA: cannot apply synchronous_standby_names");
-            }
-            return;
-        }
-        let next = sync::record(&kept, &named, &streaming, &self.sync_since);
-        if next != kept {
-            info!(standbys = ?next, "HA: recording the synchronous standbys");
-            self.put_sync(next, term).await;
-        }
-    }
-
-    async fn put_sync(&self, members: Vec<String>, term: Term) -> bool {
-        let state = SyncState {
-            leader: self.name.clone(),
-            members,
-        };
-        match self.store.put_sync(&state, term).await {
-            Ok(true) => true,
-            Ok(false) => false,
-            Err(e) => {
-                warn!(error = %e, "HA: cannot record the synchronous standbys");
-                false
             }
         }
     }
