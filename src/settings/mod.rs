@@ -486,7 +486,7 @@ impl Settings {
             }
         }
 
-        Ok(Settings {
+        let settings = Settings {
             pgdata: args.pgdata.clone(),
             port: args.port,
             superuser,
@@ -537,7 +537,9 @@ impl Settings {
             api_token,
             restart_on_pending: args.restart_on_pending,
             tls,
-        })
+        };
+        check_sync_owned(&settings)?;
+        Ok(settings)
     }
 
     /// A copy with the user fragments read again from disk, for a reload. Fails, naming
@@ -553,6 +555,7 @@ impl Settings {
         next.user_hba = user.hba;
         next.user_ident = user.ident;
         next.user_texts = user.texts;
+        check_sync_owned(&next)?;
         Ok(next)
     }
 
@@ -638,6 +641,22 @@ impl Settings {
 
 /// With HA on the store decides who is primary and whom replicas follow, so the fixed
 /// role settings would contradict it; and any member may have to clone another.
+/// With synchronous mode the leader sets synchronous_standby_names itself; a user
+/// value would win over it unseen (the record would then never be written).
+fn check_sync_owned(s: &Settings) -> Result<(), SettingsError> {
+    let sync =
+        s.ha.as_ref()
+            .is_some_and(|h| h.sync_mode != crate::ha::SyncMode::Off);
+    if sync && s.user_value("synchronous_standby_names").is_some() {
+        return Err(invalid(
+            s.user_layer_name(),
+            "synchronous_standby_names is set by pgwarden with PGWARDEN_SYNC_MODE on or strict; \
+             remove it, and set PGWARDEN_SYNC_NODE_COUNT instead",
+        ));
+    }
+    Ok(())
+}
+
 fn check_ha_roles(
     role: Role,
     args: &SettingsArgs,
