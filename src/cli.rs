@@ -57,6 +57,9 @@ pub enum Command {
     Postgres(PostgresArgs),
     /// With PGWARDEN_HA: the cluster's members, the leader and its term.
     List(ListArgs),
+    /// With PGWARDEN_HA: hand the leadership over to another member, without losing a
+    /// transaction; prints the new leader.
+    Switchover(SwitchoverArgs),
     /// The HA dead-man switch `run` starts for itself (see src/ha/deadman.rs).
     #[command(hide = true)]
     HaDeadman(crate::ha::deadman::DeadmanArgs),
@@ -124,6 +127,17 @@ pub struct ListArgs {
     /// Print the `GET /cluster` JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `switchover`.
+#[derive(Args, Debug, Clone)]
+pub struct SwitchoverArgs {
+    /// The running instance to ask.
+    #[command(flatten)]
+    pub local: LocalArgs,
+    /// The member to hand over to; the replica with the most WAL when absent.
+    #[arg(long)]
+    pub to: Option<String>,
 }
 
 /// Arguments of the verbs that talk to a running pgwarden.
@@ -213,6 +227,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
         Command::HaDeadman(args) => crate::ha::deadman::main(&args),
         Command::List(args) => list(&args),
+        Command::Switchover(args) => switchover(&args),
     }
 }
 
@@ -457,6 +472,24 @@ fn list(args: &ListArgs) -> i32 {
             1
         }
     }
+}
+
+/// `pgwarden switchover [--to NAME]`: `POST /switchover` on the local instance.
+fn switchover(args: &SwitchoverArgs) -> i32 {
+    let route = match &args.to {
+        // Member names are host-like; anything else would need escaping in a URL.
+        Some(to)
+            if !to
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+        {
+            eprintln!("pgwarden: switchover: {to:?} is not a member name");
+            return 2;
+        }
+        Some(to) => format!("/switchover?candidate={to}"),
+        None => "/switchover".to_owned(),
+    };
+    local_call(&args.local, "POST", &route)
 }
 
 fn local_call(args: &LocalArgs, method: &str, route: &str) -> i32 {

@@ -97,6 +97,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         settings: settings.clone(),
         runner: runner.clone(),
         commands: supervisor::Commands(command_tx.clone()),
+        switchover: Default::default(),
     };
     let tcp_router = http::router(app.clone())
         .merge(http::control::tcp_router(
@@ -119,6 +120,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         Some(cfg) => {
             let mut ha = crate::ha::Ha::connect(&settings, cfg).await?;
             ha.publish_to(ha_status_tx);
+            let _ = ctl.switchover.set(ha.switchover(app.ha.clone()));
             Some(ha)
         }
         None => None,

@@ -405,4 +405,13 @@ fn ha_timing_that_breaks_the_ttl_rule_is_refused() {
         format!("file://{}", tmp.path().display()),
     );
     assert_mentions(&refused(&pg), &["PGWARDEN_RESTORE_URL", "PGWARDEN_HA=etcd"]);
+    pg.unset("PGWARDEN_RESTORE_URL");
+    pg.set("PGWARDEN_SYNC_MODE", "strict");
+    let conf = tmp.path().join("sync.conf");
+    std::fs::write(&conf, "synchronous_standby_names = '*'\n").unwrap();
+    pg.set("PGWARDEN_USER_CONF", conf.display().to_string());
+    assert_mentions(
+        &refused(&pg),
+        &["synchronous_standby_names", "PGWARDEN_SYNC_NODE_COUNT"],
+    );
 }

@@ -642,3 +642,373 @@ async fn a_stalled_leader_is_fenced_by_its_dead_man_switch() {
     }
     assert!(checker.finish().await > 0);
 }
+
+/// Inserts rows 1, 2, 3... one by one into table `w` of whichever member accepts
+/// them, until stopped; returns the ids whose INSERT was acknowledged.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<i32>>,
+}
+
+impl Writer {
+    fn start(addrs: Vec<Addr>) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut clients: Vec<Option<tokio_postgres::Client>> =
+                addrs.iter().map(|_| None).collect();
+            let mut id = 1;
+            while !s.load(Ordering::SeqCst) {
+                for (i, a) in addrs.iter().enumerate() {
+                    if clients[i].is_none() {
+                        clients[i] = client(&a.0, a.1).await;
+                    }
+                    let Some(c) = &clients[i] else { continue };
+                    match c.execute("INSERT INTO w VALUES ($1)", &[&id]).await {
+                        Ok(_) => {
+                            acked.push(id);
+                            break;
+                        }
+                        // Read-only, or gone: reconnect next time.
+                        Err(_) => clients[i] = None,
+                    }
+                }
+                id += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        });
+        Writer { stop, task }
+    }
+
+    async fn finish(self) -> Vec<i32> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+}
+
+/// The ids in table `w` of `pg`.
+async fn ids(pg: &Instance) -> Vec<i32> {
+    let c = client(&pg.socket_dir, pg.port).await.expect("connect");
+    c.query("SELECT id FROM w ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn code(pg: &Instance, path: &str) -> u16 {
+    pg.get(path).status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn a_switchover_under_load_loses_nothing_and_the_old_primary_follows_without_rewind() {
+    let _turn = one_at_a_time();
+    if !is_root() {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let etcd = Etcd::start();
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd, None);
+    let rt = tokio::runtime::Handle::current();
+    let first = bring_up(&mut members).await;
+    let name = |i: usize| format!("n{}", i + 1);
+    let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+
+    // Patroni's health checks: the key holder is /leader, every streaming replica is
+    // /async, nobody is /sync without synchronous mode.
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "health codes", || {
+            let got: Vec<(u16, u16, u16)> = members
+                .iter()
+                .map(|m| (code(m, "/leader"), code(m, "/sync"), code(m, "/async")))
+                .collect();
+            let want: Vec<(u16, u16, u16)> = (0..3)
+                .map(|i| {
+                    if i == first {
+                        (200, 503, 503)
+                    } else {
+                        (503, 503, 200)
+                    }
+                })
+                .collect();
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        })
+    });
+
+    // Refused at once, naming why, and nothing changes.
+    let (status, out) = members[first].run_cli(&["switchover", "--to", "nobody"]);
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("nobody is not a member"), "{out}");
+    let (status, out) = members[first].run_cli(&["switchover", "--to", &name(first)]);
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("already is the leader"), "{out}");
+    // A fenced replica is not eligible.
+    let fenced = others[1];
+    let (status, out) = members[fenced].run_cli(&["fence"]);
+    assert!(status.success(), "{out}");
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(30),
+            "the fenced member shows as stopped",
+            || {
+                let c: serde_json::Value =
+                    serde_json::from_str(&members[first].get("/cluster").body).unwrap();
+                let role = c["members"]
+                    .as_array()
+                    .and_then(|m| m.iter().find(|m| m["name"] == name(fenced)))
+                    .map(|m| m["role"].clone());
+                match role {
+                    Some(r) if r == "stopped" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+    });
+    let (status, out) = members[first].run_cli(&["switchover", "--to", &name(fenced)]);
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("is not running as a replica"), "{out}");
+    let (status, out) = members[fenced].run_cli(&["unfence"]);
+    assert!(status.success(), "{out}");
+    tokio::task::block_in_place(|| {
+        wait_streaming(&rt, &members[first], &name(fenced), &members);
+    });
+
+    // The switchover itself, under a write load.
+    execute(&members[first], "CREATE TABLE w (id int PRIMARY KEY)").await;
+    let rewinds_before: Vec<usize> = members
+        .iter()
+        .map(|m| m.log().matches("pg_rewind").count())
+        .collect();
+    let checker = Checker::start(members.iter().map(addr).collect());
+    let writer = Writer::start(members.iter().map(addr).collect());
+    let to = others[0];
+    let started = Instant::now();
+    let (status, out) = members[first].run_cli(&["switchover", "--to", &name(to)]);
+    eprintln!("switchover took {:?}", started.elapsed());
+    assert!(status.success(), "{out}\n{}", logs(&members));
+    assert!(
+        out.contains(&format!("{} is the new leader", name(to))),
+        "{out}"
+    );
+    // Writes resume on the new leader.
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "writes on the new leader",
+            || match rt.block_on(writable(&addr(&members[to]))) {
+                Some(true) => Ok(()),
+                other => Err(format!("{other:?}\n{}", logs(&members))),
+            },
+        )
+    });
+    // The old primary streams from the new one, never rewound.
+    tokio::task::block_in_place(|| {
+        wait_streaming(&rt, &members[to], &name(first), &members);
+        wait_streaming(&rt, &members[to], &name(fenced), &members);
+    });
+    let acked = writer.finish().await;
+    let rounds = checker.finish().await;
+    assert!(rounds > 0);
+    let rewinds_after: Vec<usize> = members
+        .iter()
+        .map(|m| m.log().matches("pg_rewind").count())
+        .collect();
+    assert_eq!(rewinds_before, rewinds_after, "{}", logs(&members));
+    let present = ids(&members[to]).await;
+    let lost: Vec<&i32> = acked
+        .iter()
+        .filter(|i| present.binary_search(i).is_err())
+        .collect();
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    assert!(!acked.is_empty());
+    let store = pgwarden::ha::etcd::EtcdStore::connect(&[etcd.url()], "c", Duration::from_secs(3))
+        .await
+        .unwrap();
+    let view = store.read().await.unwrap();
+    assert_eq!(view.leader.map(|l| l.name), Some(name(to)));
+    assert_eq!(view.failover, None, "the request stays in the store");
+    let metrics = members[to].get("/metrics").body;
+    assert!(
+        metrics.contains("pgwarden_ha_store_errors_total "),
+        "{metrics}"
+    );
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "health codes after", || {
+            match (
+                code(&members[to], "/leader"),
+                code(&members[first], "/leader"),
+                code(&members[first], "/async"),
+            ) {
+                (200, 503, 200) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    });
+
+    // `pgwarden promote` on a replica in HA mode is a switchover to it, once the
+    // member has published that it is on the new timeline (it is not eligible before).
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "n1 on the new timeline", || {
+            let c: serde_json::Value =
+                serde_json::from_str(&members[first].get("/cluster").body).unwrap();
+            let tl = c["members"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["name"] == name(first)))
+                .map(|m| m["timeline"].clone());
+            match tl {
+                Some(tl) if tl == c["optime"]["timeline"] => Ok(()),
+                other => Err(format!("{other:?} {c}")),
+            }
+        })
+    });
+    let (status, out) = members[first].run_cli(&["promote"]);
+    assert!(status.success(), "{out}\n{}", logs(&members));
+    assert!(
+        out.contains(&format!("{} is the new leader", name(first))),
+        "{out}"
+    );
+    tokio::task::block_in_place(|| {
+        wait_streaming(&rt, &members[first], &name(to), &members);
+    });
+    let present = ids(&members[first]).await;
+    assert!(acked.iter().all(|i| present.binary_search(i).is_ok()));
+    if std::env::var("HA_TEST_LOGS").is_ok() {
+        eprintln!("{}", logs(&members));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn strict_synchronous_mode_loses_no_acknowledged_row_when_the_primary_is_killed() {
+    let _turn = one_at_a_time();
+    if !is_root() {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let etcd = Etcd::start();
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd, None);
+    for m in members.iter_mut() {
+        m.set("PGWARDEN_SYNC_MODE", "strict");
+    }
+    let rt = tokio::runtime::Handle::current();
+    let first = bring_up(&mut members).await;
+    let name = |i: usize| format!("n{}", i + 1);
+    let store = pgwarden::ha::etcd::EtcdStore::connect(&[etcd.url()], "c", Duration::from_secs(3))
+        .await
+        .unwrap();
+    // The leader records one synchronous standby once postgres confirms it.
+    let synchronous = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "a synchronous standby recorded",
+            || {
+                let view = rt.block_on(store.read()).map_err(|e| e.to_string())?;
+                match view.sync {
+                    Some(s) if s.leader == name(first) && s.members.len() == 1 => {
+                        Ok((0..3).find(|i| name(*i) == s.members[0]).unwrap())
+                    }
+                    other => Err(format!("{other:?}\n{}", logs(&members))),
+                }
+            },
+        )
+    });
+    let other = (0..3).find(|i| *i != first && *i != synchronous).unwrap();
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "/sync and /async", || {
+            match (
+                code(&members[synchronous], "/sync"),
+                code(&members[synchronous], "/async"),
+                code(&members[other], "/sync"),
+                code(&members[other], "/async"),
+                code(&members[first], "/sync"),
+            ) {
+                (200, 503, 503, 200, 503) => Ok(()),
+                got => Err(format!("{got:?}")),
+            }
+        })
+    });
+    let sync_setting = client(&members[first].socket_dir, members[first].port)
+        .await
+        .unwrap()
+        .query_one("SHOW synchronous_standby_names", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    assert_eq!(sync_setting, format!("FIRST 1 (\"{}\")", name(synchronous)));
+
+    execute(&members[first], "CREATE TABLE w (id int PRIMARY KEY)").await;
+    let checker = Checker::start(members.iter().map(addr).collect());
+    let writer = Writer::start(members.iter().map(addr).collect());
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(30), "rows written", || {
+            match rt.block_on(ids(&members[first])).len() {
+                n if n >= 50 => Ok(()),
+                n => Err(format!("{n} rows")),
+            }
+        })
+    });
+    // SIGKILL of the primary's pgwarden, postgres with it, in the middle of the load.
+    kill(Pid::from_raw(members[first].pid()), Signal::SIGKILL).unwrap();
+    members[first].kill_hard();
+    let second = tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(90),
+            "a replica takes over",
+            || match primaries(&members).as_slice() {
+                [one] => Ok(*one),
+                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
+            },
+        )
+    });
+    assert_eq!(
+        second, synchronous,
+        "only the synchronous standby may be promoted"
+    );
+    // Writes go on once the other member streams from the new leader (strict mode:
+    // a commit waits for a standby).
+    tokio::task::block_in_place(|| {
+        wait_streaming(&rt, &members[second], &name(other), &members);
+    });
+    let before = ids(&members[second]).await.len();
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "writes on the new leader",
+            || match rt.block_on(ids(&members[second])).len() {
+                n if n > before => Ok(()),
+                n => Err(format!("{n} rows\n{}", logs(&members))),
+            },
+        )
+    });
+    let acked = writer.finish().await;
+    assert!(checker.finish().await > 0);
+    let present = ids(&members[second]).await;
+    let lost: Vec<&i32> = acked
+        .iter()
+        .filter(|i| present.binary_search(i).is_err())
+        .collect();
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    // The new leader records the remaining member as its synchronous standby.
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(60), "the new leader's sync key", || {
+            let view = rt.block_on(store.read()).map_err(|e| e.to_string())?;
+            match view.sync {
+                Some(s) if s.leader == name(second) && s.members == vec![name(other)] => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    });
+    if std::env::var("HA_TEST_LOGS").is_ok() {
+        eprintln!("{}", logs(&members));
+    }
+}

@@ -6,7 +6,9 @@ mod common;
 use common::etcd::Etcd;
 use common::*;
 use pgwarden::ha::etcd::EtcdStore;
-use pgwarden::ha::store::{HistoryEntry, MemberRole, MemberState, Optime, Store, StoreError};
+use pgwarden::ha::store::{
+    FailoverRequest, HistoryEntry, MemberRole, MemberState, Optime, Store, StoreError,
+};
 use std::time::Duration;
 
 const RETRY: Duration = Duration::from_secs(3);
@@ -287,4 +289,23 @@ async fn an_unreachable_store_is_unavailable_not_a_hang() {
         s.keep_alive(1).await,
         Err(StoreError::Unavailable(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_switchover_request_at_a_time() {
+    let etcd = Etcd::start();
+    let (a, b) = (store(&etcd, "c").await, store(&etcd, "c").await);
+    let to = |c: &str| FailoverRequest {
+        leader: "n1".into(),
+        candidate: Some(c.into()),
+    };
+    assert!(a.request_failover(&to("n2")).await.unwrap());
+    // A retry of the same request (its answer lost) reports it was recorded.
+    assert!(a.request_failover(&to("n2")).await.unwrap());
+    // Another request while one is under way is refused.
+    assert!(!b.request_failover(&to("n3")).await.unwrap());
+    assert_eq!(b.read().await.unwrap().failover, Some(to("n2")));
+    a.clear_failover().await.unwrap();
+    assert_eq!(b.read().await.unwrap().failover, None);
+    assert!(b.request_failover(&to("n3")).await.unwrap());
 }

@@ -133,6 +133,19 @@ async fn the_control_api_needs_the_token_and_secrets_stay_secret() {
     let auth = format!("Bearer {token}");
     assert_eq!(call(&[("Authorization", &auth)]), 200);
     assert_eq!(pg.get("/readyz").status, 200, "probes need no token");
+    // /switchover is a control route like the others; with HA off there is no cluster.
+    let switchover = |headers: &[(&str, &str)]| {
+        request(&tcp, "POST", "/switchover", headers)
+            .unwrap()
+            .status
+    };
+    assert_eq!(switchover(&[]), 401);
+    assert_eq!(switchover(&[("Authorization", &auth)]), 404);
+    let (code, out) = pg.run_cli(&["switchover"]);
+    assert!(
+        !code.success() && out.contains("PGWARDEN_HA is off"),
+        "{out}"
+    );
 
     // Without a token configured the control API is off, the probes on.
     let mut open = Instance::new(tmp.path(), "noapi");

@@ -1,6 +1,10 @@
 //! The HA loop: one pgwarden's store session, what it has seen, and the actions it
 //! performs on its postgres.
 
+use super::config::SyncMode;
+mod switching;
+mod sync_leader;
+
 use super::decide::{decide, Action, Me, Postgres, Rules};
 use super::etcd::EtcdStore;
 use super::store::{
@@ -8,7 +12,7 @@ use super::store::{
 };
 use super::upstream::Target;
 use super::watchdog::{watchdog, Deadline};
-use super::{clock, deadman, local, status, HaConfig};
+use super::{clock, deadman, handover, local, status, sync, HaConfig};
 use crate::pgdata::DataDirState;
 use crate::settings::{Role, Settings};
 use crate::state::{State, SupervisorStatus};
@@ -44,6 +48,11 @@ pub struct Ha {
     /// The HTTP API of every member ever seen, by name: a former leader whose key
     /// expired is asked too before racing.
     known_apis: std::collections::BTreeMap<String, String>,
+    /// Spawns pg_controldata during a switchover; set by [`Ha::spawn`].
+    runner: Option<crate::process::Runner>,
+    /// Synchronous mode, on the leader: the end of WAL when each standby was first
+    /// seen synchronous (see [`sync::record`]).
+    sync_since: std::collections::BTreeMap<String, u64>,
 }
 
 impl Ha {
@@ -70,6 +79,8 @@ impl Ha {
             status_tx: None,
             last_renew_ok: false,
             known_apis: Default::default(),
+            runner: None,
+            sync_since: Default::default(),
         })
     }
 
@@ -152,6 +163,21 @@ impl Ha {
         }))
     }
 
+    /// What `POST /switchover` needs to ask this cluster for a new leader.
+    pub fn switchover(
+        &self,
+        status: watch::Receiver<Option<status::HaStatus>>,
+    ) -> super::Switchover {
+        super::Switchover {
+            store: self.store.clone(),
+            status,
+            name: self.name.clone(),
+            max_lag: self.cfg.max_lag_on_failover,
+            sync: self.cfg.sync_mode != SyncMode::Off,
+            within: self.cfg.ttl * 4,
+        }
+    }
+
     /// Publishes the HA state on `tx` after every round.
     pub fn publish_to(&mut self, tx: watch::Sender<Option<status::HaStatus>>) {
         self.status_tx = Some(tx);
@@ -174,6 +200,7 @@ impl Ha {
                 None
             }
         };
+        self.runner = Some(runner.clone());
         let deadline = Deadline::default();
         let watchdog_task = tokio::spawn(watchdog(deadline.clone(), s.clone(), status.clone()));
         let (store, lease, retry_timeout) = (
@@ -257,7 +284,7 @@ impl Ha {
         self.show(&action);
         // Armed while postgres may be writable on our lease's behalf.
         let fence_at = match action {
-            Action::Lead | Action::Promote | Action::StartPrimary => {
+            Action::Lead | Action::Promote | Action::StartPrimary | Action::HandOver { .. } => {
                 self.renewed_at.map(|t| t + self.cfg.fence_deadline())
             }
             _ => None,
@@ -265,6 +292,11 @@ impl Ha {
         deadline.set(fence_at);
         if let Some(d) = deadman.as_mut() {
             d.set(fence_at.zip(sup.pid).map(|(at, pid)| (pid, at)));
+        }
+        if let Action::HandOver { candidate } = action {
+            self.hand_over(candidate, s, status, commands, deadline)
+                .await;
+            return true;
         }
         self.act(action, s, &sup, facts, commands).await
     }
@@ -298,6 +330,7 @@ impl Ha {
                     }
                 }
                 self.ensure_slots(s).await;
+                self.manage_sync(s, commands, l.term).await;
             }
             Action::Fence { why } => {
                 error!(reason = %why, "HA: fencing: stopping postgres at once, to start again as a standby");
@@ -343,6 +376,12 @@ impl Ha {
                     Err(e) => warn!(error = %e, "HA: cannot race for the leader key"),
                 }
             }
+            Action::ClearFailover { why } => {
+                info!(reason = %why, "HA: dropping the switchover request");
+                if let Err(e) = self.store.clear_failover().await {
+                    warn!(error = %e, "HA: cannot drop the switchover request");
+                }
+            }
             Action::Rejoin { leader } => {
                 warn!(leader = %leader, "HA: this member diverged from the leader; restart pgwarden to rejoin through pg_rewind");
             }
@@ -353,7 +392,8 @@ impl Ha {
             | Action::Wait { .. }
             | Action::RaceInitialize
             | Action::Initdb
-            | Action::Clone { .. } => {}
+            | Action::Clone { .. }
+            | Action::HandOver { .. } => {}
         }
         false
     }
@@ -365,6 +405,16 @@ impl Ha {
             return;
         };
         let before = local::facts(s).await;
+        if self.cfg.sync_mode != SyncMode::Off {
+            // From its first commit the new primary names no standby it has not seen
+            // synchronous: `*` in strict mode, standalone in `on` mode (the record still
+            // names no other member, so none can be promoted in between).
+            self.sync_since.clear();
+            s.sync_named.set(Some(Vec::new()));
+            if let Err(e) = commands.send(Command::Reload).await {
+                warn!(error = %e, "HA: cannot apply synchronous_standby_names before promoting");
+            }
+        }
         // Slots first (a standby can create them): members re-pointed here the moment
         // the key changed find theirs as soon as this member accepts connections.
         self.ensure_slots(s).await;
@@ -567,6 +617,7 @@ impl Ha {
         Rules {
             demote_after: self.cfg.demote_after(),
             max_lag: self.cfg.max_lag_on_failover,
+            sync: self.cfg.sync_mode != SyncMode::Off,
         }
     }
 
@@ -629,8 +680,11 @@ impl Ha {
             is_leader,
             fence_deadline_in_ms,
             last_renew_ok: self.last_renew_ok,
+            store_errors: self.store.errors(),
             action: format!("{action:?}"),
             members: self.view.members.clone(),
+            failover: self.view.failover.clone(),
+            sync: self.view.sync.clone(),
             optime: self.view.optime,
             history: self.view.history.clone(),
         }));

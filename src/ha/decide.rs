@@ -11,8 +11,12 @@
 //! 4. With a leader elsewhere, follow it (re-point, or rejoin through pg_rewind).
 //! 5. With no leader, race only if eligible (timeline, term and WAL position against the
 //!    last recorded optime), no primary is running, and no eligible peer is ahead.
+//!
+//! A switchover request (the `failover` key) changes rules 3 and 5: the leader hands
+//! over to an eligible candidate (or drops a request it cannot honour), and with no
+//! leader only the candidate races, whatever its peers received, while it can.
 
-use super::store::{ClusterView, LeaseId, MemberRole, MemberState, Optime, Term};
+use super::store::{ClusterView, FailoverRequest, LeaseId, MemberRole, MemberState, Optime, Term};
 use std::time::Duration;
 
 /// What postgres is doing on this member.
@@ -60,6 +64,9 @@ pub struct Rules {
     pub demote_after: Duration,
     /// A replica further behind the last optime never promotes itself.
     pub max_lag: u64,
+    /// Synchronous mode is on: with a `sync` key, only the members it names may be
+    /// promoted.
+    pub sync: bool,
 }
 
 /// What to do this round.
@@ -104,6 +111,18 @@ pub enum Action {
     },
     /// Try to take the leader key; promote on success.
     Acquire,
+    /// Switchover: stop postgres cleanly, wait until `candidate` has received its
+    /// shutdown checkpoint, release the key and come back as `candidate`'s standby.
+    HandOver {
+        /// The member that is to lead.
+        candidate: String,
+    },
+    /// Drop the switchover request: done (this member leads now), stale, or one this
+    /// leader cannot honour (`why`).
+    ClearFailover {
+        /// Why, for the log.
+        why: String,
+    },
     /// Nothing to do but wait; `why` says what for.
     Wait {
         /// Why, for the log and /status.
@@ -140,6 +159,9 @@ pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
                 why: "the leader lease was not renewed in time".into(),
             };
         }
+        if let Some(req) = &view.failover {
+            return switchover(view, me, req, rules);
+        }
         return Action::Lead;
     }
     if holds_key {
@@ -174,6 +196,82 @@ pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
         },
         None => stopped_or(me, None, || race(view, me, rules)),
     }
+}
+
+/// Rules 3 with a switchover request, on the writable key holder.
+fn switchover(view: &ClusterView, me: &Me, req: &FailoverRequest, rules: Rules) -> Action {
+    if req.leader != me.name {
+        return Action::ClearFailover {
+            why: format!("done or stale: it was made against {}", req.leader),
+        };
+    }
+    match candidate(
+        &me.name,
+        &view.members,
+        view.optime.as_ref(),
+        req.candidate.as_deref(),
+        rules.max_lag,
+        sync_only(view, rules),
+    ) {
+        Ok(candidate) => Action::HandOver { candidate },
+        Err(why) => Action::ClearFailover { why },
+    }
+}
+
+/// With synchronous mode and a `sync` key: the only members that may be promoted.
+pub fn sync_only(view: &ClusterView, rules: Rules) -> Option<&[String]> {
+    view.sync
+        .as_ref()
+        .filter(|_| rules.sync)
+        .map(|s| s.members.as_slice())
+}
+
+/// The member a switchover from `leader` hands over to: `wanted` if it is an eligible
+/// replica, else (when no member was named) the eligible replica with the most WAL.
+/// With `sync` (synchronous mode), only those members are eligible. `Err` says why
+/// there is none. The HTTP handler checks a request with it too, so a request the
+/// leader would refuse is refused at once.
+pub fn candidate(
+    leader: &str,
+    members: &[MemberState],
+    optime: Option<&Optime>,
+    wanted: Option<&str>,
+    max_lag: u64,
+    sync: Option<&[String]>,
+) -> Result<String, String> {
+    let eligible = |m: &MemberState| -> Result<(), String> {
+        if m.role != MemberRole::Replica {
+            return Err(format!("{} is not running as a replica", m.name));
+        }
+        if sync.is_some_and(|s| !s.contains(&m.name)) {
+            return Err(format!("{} is not a synchronous standby", m.name));
+        }
+        match ineligible(m.timeline, m.received_lsn, m.term, optime, max_lag) {
+            Some(why) => Err(format!("{} is not eligible: {why}", m.name)),
+            None => Ok(()),
+        }
+    };
+    if let Some(name) = wanted {
+        if name == leader {
+            return Err(format!("{name} already is the leader"));
+        }
+        let m = members
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| format!("{name} is not a member of the cluster"))?;
+        eligible(m)?;
+        return Ok(name.to_owned());
+    }
+    members
+        .iter()
+        .filter(|m| m.name != leader && eligible(m).is_ok())
+        .max_by(|a, b| {
+            // Most WAL first; on a tie the lower name, as in the race.
+            (a.received_lsn.unwrap_or(0), std::cmp::Reverse(&a.name))
+                .cmp(&(b.received_lsn.unwrap_or(0), std::cmp::Reverse(&b.name)))
+        })
+        .map(|m| m.name.clone())
+        .ok_or_else(|| "no replica is eligible to take over".to_owned())
 }
 
 /// A stopped postgres is started as a standby first, whatever else would follow.
@@ -249,12 +347,40 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     ) {
         return wait(format!("not eligible for promotion: {why}"));
     }
+    let sync = sync_only(view, rules);
+    if sync.is_some_and(|s| !s.contains(&me.name)) {
+        return wait("not eligible for promotion: not a synchronous standby");
+    }
     let peers = view.members.iter().filter(|m| m.name != me.name);
+    // A switchover names who takes over: the others stand aside while it can.
+    let handed_to = view
+        .failover
+        .as_ref()
+        .and_then(|f| f.candidate.as_deref())
+        .filter(|c| {
+            sync.is_none_or(|s| s.iter().any(|n| n == c))
+                && view.member(c).is_some_and(|m| {
+                    m.role == MemberRole::Replica
+                        && ineligible(m.timeline, m.received_lsn, m.term, optime, rules.max_lag)
+                            .is_none()
+                })
+        });
+    match handed_to {
+        Some(c) if c == me.name => {
+            return match peers.clone().find(|p| p.role == MemberRole::Primary) {
+                Some(p) => wait(format!("{} still runs as a primary", p.name)),
+                None => Action::Acquire,
+            }
+        }
+        Some(c) => return wait(format!("a switchover hands over to {c}")),
+        None => {}
+    }
     for p in peers {
         if p.role == MemberRole::Primary {
             return wait(format!("{} still runs as a primary", p.name));
         }
         if p.role == MemberRole::Replica
+            && sync.is_none_or(|s| s.contains(&p.name))
             && ineligible(p.timeline, p.received_lsn, p.term, optime, rules.max_lag).is_none()
             && ahead(p, me)
         {
@@ -280,6 +406,7 @@ mod tests {
     const RULES: Rules = Rules {
         demote_after: Duration::from_secs(20),
         max_lag: 1000,
+        sync: false,
     };
 
     fn me(postgres: Postgres) -> Me {
@@ -341,6 +468,8 @@ mod tests {
             }),
             initialize: Some("a".into()),
             history: vec![],
+            failover: None,
+            sync: None,
         }
     }
 
@@ -352,6 +481,35 @@ mod tests {
         v
     }
 
+    /// The view with b leading (lease LEASE) and a, c replicas.
+    fn view_led_by_b() -> ClusterView {
+        ClusterView {
+            leader: leader("b", LEASE),
+            members: vec![
+                member("a", MemberRole::Replica, 10_000),
+                member("b", MemberRole::Primary, 10_000),
+                member("c", MemberRole::Replica, 9_500),
+            ],
+            ..view()
+        }
+    }
+
+    /// `v` with a switchover request from its leader to `to`.
+    fn switching(to: Option<&str>, v: ClusterView) -> ClusterView {
+        let from = v
+            .leader
+            .as_ref()
+            .map_or("a", |l| l.name.as_str())
+            .to_owned();
+        ClusterView {
+            failover: Some(FailoverRequest {
+                leader: from,
+                candidate: to.map(str::to_owned),
+            }),
+            ..v
+        }
+    }
+
     fn fence() -> Action {
         Action::Fence { why: String::new() }
     }
@@ -360,7 +518,8 @@ mod tests {
     fn same(a: &Action, b: &Action) -> bool {
         match (a, b) {
             (Action::Fence { .. }, Action::Fence { .. })
-            | (Action::Wait { .. }, Action::Wait { .. }) => true,
+            | (Action::Wait { .. }, Action::Wait { .. })
+            | (Action::ClearFailover { .. }, Action::ClearFailover { .. }) => true,
             _ => a == b,
         }
     }
@@ -709,6 +868,128 @@ mod tests {
                 me(replica(None)),
                 Action::Acquire,
             ),
+            // Switchover.
+            (
+                "leader hands over to the named candidate",
+                switching(Some("c"), view_led_by_b()),
+                me(Postgres::Primary),
+                Action::HandOver {
+                    candidate: "c".into(),
+                },
+            ),
+            (
+                "leader picks the replica with the most WAL",
+                switching(None, view_led_by_b()),
+                me(Postgres::Primary),
+                Action::HandOver {
+                    candidate: "a".into(),
+                },
+            ),
+            (
+                "leader drops a request for an unknown member",
+                switching(Some("zz"), view_led_by_b()),
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "leader drops a request for a lagging member",
+                switching(
+                    Some("c"),
+                    ClusterView {
+                        members: vec![
+                            member("b", MemberRole::Primary, 10_000),
+                            member("c", MemberRole::Replica, 1_000),
+                        ],
+                        ..view_led_by_b()
+                    },
+                ),
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "leader drops a request for a stopped member",
+                switching(
+                    Some("c"),
+                    ClusterView {
+                        members: vec![MemberState {
+                            role: MemberRole::Stopped,
+                            ..member("c", MemberRole::Replica, 10_000)
+                        }],
+                        ..view_led_by_b()
+                    },
+                ),
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "the new leader drops the request it fulfilled",
+                ClusterView {
+                    failover: Some(FailoverRequest {
+                        leader: "a".into(),
+                        candidate: Some("b".into()),
+                    }),
+                    ..view_led_by_b()
+                },
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "a leader that lost its lease fences, switchover or not",
+                switching(Some("c"), view_led_by_b()),
+                Me {
+                    since_renewal: None,
+                    ..me(Postgres::Primary)
+                },
+                fence(),
+            ),
+            (
+                "the candidate acquires although a peer has more WAL",
+                switching(Some("b"), leaderless()),
+                Me {
+                    received_lsn: Some(9_400),
+                    ..me(replica(None))
+                },
+                Action::Acquire,
+            ),
+            (
+                "the candidate waits while a primary still runs",
+                ClusterView {
+                    leader: None,
+                    ..switching(Some("b"), view())
+                },
+                me(replica(None)),
+                w(),
+            ),
+            (
+                "the others stand aside for the candidate",
+                switching(Some("c"), leaderless()),
+                me(replica(None)),
+                w(),
+            ),
+            (
+                "a candidate that is gone no longer holds the others back",
+                switching(Some("zz"), leaderless()),
+                me(replica(None)),
+                Action::Acquire,
+            ),
+            (
+                "an ineligible candidate does not acquire",
+                switching(Some("b"), leaderless()),
+                Me {
+                    term_seen: 6,
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "a replica follows the leader while a switchover is pending",
+                switching(Some("c"), view()),
+                me(replica(Some("a"))),
+                Action::Follow {
+                    leader: "a".into(),
+                    repoint: false,
+                },
+            ),
             (
                 "bootstrapper without optime acquires",
                 ClusterView {
@@ -726,6 +1007,92 @@ mod tests {
         ];
         for (what, view, me, want) in cases {
             let got = decide(&view, &me, RULES);
+            assert!(same(&got, &want), "{what}: want {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn synchronous_mode_promotes_only_a_recorded_standby() {
+        let rules = Rules {
+            sync: true,
+            ..RULES
+        };
+        let with_sync = |names: &[&str], v: ClusterView| ClusterView {
+            sync: Some(crate::ha::store::SyncState {
+                leader: "a".into(),
+                members: names.iter().map(|n| n.to_string()).collect(),
+            }),
+            ..v
+        };
+        type Case = (&'static str, ClusterView, Me, Rules, Action);
+        let cases: Vec<Case> = vec![
+            (
+                "the recorded standby acquires",
+                with_sync(&["b"], leaderless()),
+                me(replica(None)),
+                rules,
+                Action::Acquire,
+            ),
+            (
+                "an unrecorded standby never promotes, even the best",
+                with_sync(&["c"], leaderless()),
+                Me {
+                    received_lsn: Some(20_000),
+                    ..me(replica(None))
+                },
+                rules,
+                wait(""),
+            ),
+            (
+                "nobody recorded: nobody promotes",
+                with_sync(&[], leaderless()),
+                me(replica(None)),
+                rules,
+                wait(""),
+            ),
+            (
+                "an unrecorded peer with more WAL does not hold the recorded one back",
+                with_sync(&["b"], leaderless()),
+                Me {
+                    received_lsn: Some(9_600),
+                    ..me(replica(None))
+                },
+                rules,
+                Action::Acquire,
+            ),
+            (
+                "no sync key yet: the usual race",
+                leaderless(),
+                me(replica(None)),
+                rules,
+                Action::Acquire,
+            ),
+            (
+                "sync mode off: the key is ignored",
+                with_sync(&["c"], leaderless()),
+                me(replica(None)),
+                RULES,
+                Action::Acquire,
+            ),
+            (
+                "a switchover to an unrecorded standby is dropped",
+                with_sync(&["a"], switching(Some("c"), view_led_by_b())),
+                me(Postgres::Primary),
+                rules,
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "a switchover picks the recorded standby",
+                with_sync(&["c"], switching(None, view_led_by_b())),
+                me(Postgres::Primary),
+                rules,
+                Action::HandOver {
+                    candidate: "c".into(),
+                },
+            ),
+        ];
+        for (what, view, me, rules, want) in cases {
+            let got = decide(&view, &me, rules);
             assert!(same(&got, &want), "{what}: want {want:?}, got {got:?}");
         }
     }

@@ -6,13 +6,16 @@
 //! which it still leads (Patroni #308). Each call is retried until `retry_timeout`.
 
 use super::store::{
-    ClusterView, HistoryEntry, Leader, LeaseId, MemberState, Optime, Store, StoreError, Term,
+    ClusterView, FailoverRequest, HistoryEntry, Leader, LeaseId, MemberState, Optime, Store,
+    StoreError, SyncState, Term,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     TxnOpResponse, WatchOptions,
 };
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
@@ -22,6 +25,8 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     retry_timeout: Duration,
+    /// Calls that failed after their retries, shared by every clone of this client.
+    errors: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -61,7 +66,14 @@ impl EtcdStore {
             client,
             prefix: prefix(cluster),
             retry_timeout,
+            errors: Arc::default(),
         })
+    }
+
+    /// How many calls failed after their retries (a lost lease is not counted: it is
+    /// an answer, not an outage), for `pgwarden_ha_store_errors_total`.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 
     fn key(&self, name: &str) -> String {
@@ -88,6 +100,7 @@ impl EtcdStore {
                 }
             };
             if Instant::now() + pause >= deadline {
+                self.errors.fetch_add(1, Ordering::Relaxed);
                 return Err(error);
             }
             debug!(op = what, error = %error, "etcd call failed; retrying");
@@ -186,6 +199,8 @@ impl Store for EtcdStore {
                 "initialize" => view.initialize = Some(String::from_utf8_lossy(value).into_owned()),
                 "optime" => view.optime = parse(&name, value),
                 "history" => view.history = parse(&name, value).unwrap_or_default(),
+                "failover" => view.failover = parse(&name, value),
+                "sync" => view.sync = parse(&name, value),
                 n if n.starts_with("members/") => {
                     if let Some(m) = parse::<MemberState>(&name, value) {
                         view.members.push(m);
@@ -308,6 +323,26 @@ impl Store for EtcdStore {
         .await
     }
 
+    async fn put_sync(&self, state: &SyncState, term: Term) -> Result<bool, StoreError> {
+        let (leader, key) = (self.key("leader"), self.key("sync"));
+        let value = serde_json::to_vec(state).map_err(unavailable)?;
+        let name = state.leader.clone();
+        self.retry("put sync", |mut c| {
+            let (leader, key, value, name) =
+                (leader.clone(), key.clone(), value.clone(), name.clone());
+            async move {
+                let txn = Txn::new()
+                    .when([
+                        Compare::value(leader.clone(), CompareOp::Equal, name),
+                        Compare::create_revision(leader, CompareOp::Equal, term),
+                    ])
+                    .and_then([TxnOp::put(key, value, None)]);
+                Ok(c.txn(txn).await.map_err(unavailable)?.succeeded())
+            }
+        })
+        .await
+    }
+
     async fn append_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
         let key = self.key("history");
         self.retry("append history", |mut c| {
@@ -337,6 +372,42 @@ impl Store for EtcdStore {
                         return Ok(());
                     }
                 }
+            }
+        })
+        .await
+    }
+
+    async fn request_failover(&self, request: &FailoverRequest) -> Result<bool, StoreError> {
+        let key = self.key("failover");
+        let value = serde_json::to_vec(request).map_err(unavailable)?;
+        self.retry("request failover", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                    .or_else([TxnOp::get(key.clone(), None)]);
+                let r = c.txn(txn).await.map_err(unavailable)?;
+                if r.succeeded() {
+                    return Ok(true);
+                }
+                // A retry of an attempt that did write (answer lost) finds its own value.
+                Ok(r.op_responses().iter().any(|op| match op {
+                    TxnOpResponse::Get(g) => g.kvs().iter().any(|kv| kv.value() == value),
+                    _ => false,
+                }))
+            }
+        })
+        .await
+    }
+
+    async fn clear_failover(&self) -> Result<(), StoreError> {
+        let key = self.key("failover");
+        self.retry("clear failover", |mut c| {
+            let key = key.clone();
+            async move {
+                c.delete(key, None).await.map_err(unavailable)?;
+                Ok(())
             }
         })
         .await

@@ -62,6 +62,36 @@ pub async fn facts(s: &Settings) -> Option<Facts> {
     })
 }
 
+/// On the leader: the streaming standbys, and the end of WAL, read together.
+pub async fn standbys(s: &Settings) -> Result<(Vec<crate::ha::sync::Standby>, u64)> {
+    let client = crate::db::connect_local(s, &s.socket_dir, "postgres")
+        .await
+        .context("connect to the local postgres")?;
+    let rows = client
+        .query(
+            "SELECT application_name, sync_state IN ('sync', 'quorum'),
+                    COALESCE(pg_wal_lsn_diff(flush_lsn, '0/0'), 0)::bigint,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint
+             FROM pg_stat_replication RIGHT JOIN (SELECT 1) one ON state = 'streaming'",
+            &[],
+        )
+        .await
+        .context("read pg_stat_replication")?;
+    let mut end = 0;
+    let mut out = Vec::new();
+    for r in rows {
+        end = u64::try_from(r.get::<_, i64>(3)).unwrap_or(0);
+        if let Some(name) = r.get::<_, Option<String>>(0) {
+            out.push(crate::ha::sync::Standby {
+                name,
+                sync: r.get::<_, Option<bool>>(1).unwrap_or(false),
+                flush: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+            });
+        }
+    }
+    Ok((out, end))
+}
+
 /// On the leader: a physical slot for every other member, so that each can stream from
 /// it at once (a member re-pointed here asks for its slot by its own name).
 pub async fn ensure_slots(s: &Settings, members: &[String]) -> Result<()> {

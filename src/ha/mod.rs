@@ -12,11 +12,15 @@ pub mod config;
 pub mod deadman;
 pub mod decide;
 pub mod etcd;
+mod handover;
 pub mod local;
 pub mod status;
 pub mod store;
+mod switchover;
+pub mod sync;
 pub mod upstream;
 mod watchdog;
 
 pub use agent::{Ha, Running};
 pub use config::{HaArgs, HaConfig, SyncMode};
+pub use switchover::{Switchover, SwitchoverError};

@@ -1,7 +1,7 @@
 //! What the HA loop shows: the `ha` section of `/status`, `GET /cluster` and
 //! `GET /history`. Published by the loop after every round; handlers only read it.
 
-use super::store::{HistoryEntry, MemberState, Optime, Term};
+use super::store::{FailoverRequest, HistoryEntry, MemberState, Optime, SyncState, Term};
 use serde::{Deserialize, Serialize};
 
 /// The HA state of this member and the cluster as it last read it.
@@ -20,10 +20,19 @@ pub struct HaStatus {
     pub fence_deadline_in_ms: Option<u64>,
     /// The last renewal of the session lease succeeded.
     pub last_renew_ok: bool,
+    /// etcd calls that failed after their retries since pgwarden started.
+    #[serde(default)]
+    pub store_errors: u64,
     /// The last decision, for humans ("Follow { leader: .. }").
     pub action: String,
     /// Every member key, sorted by name.
     pub members: Vec<MemberState>,
+    /// The switchover under way, if any.
+    #[serde(default)]
+    pub failover: Option<FailoverRequest>,
+    /// The synchronous standbys recorded, with synchronous mode.
+    #[serde(default)]
+    pub sync: Option<SyncState>,
     /// The last recorded leader position.
     pub optime: Option<Optime>,
     /// Promotions, oldest first.

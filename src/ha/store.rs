@@ -103,6 +103,31 @@ pub struct HistoryEntry {
     pub time: u64,
 }
 
+/// A planned change of leader (`pgwarden switchover`, or `pgwarden promote` in HA mode),
+/// as recorded under `failover` (Patroni's key of the same name). Created only when
+/// absent, so two requests never race; the new leader deletes it once it leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRequest {
+    /// The leader the request was made against; a request found under another leader
+    /// is stale and dropped.
+    pub leader: String,
+    /// The member to hand over to; `None` lets the leader pick the best replica.
+    #[serde(default)]
+    pub candidate: Option<String>,
+}
+
+/// The synchronous standbys as the leader recorded them (the `sync` key, Patroni's):
+/// with synchronous mode on, only these may be promoted. Written by the leader only
+/// after postgres confirmed them synchronous, and shrunk before they are dropped from
+/// `synchronous_standby_names`, so it never names fewer members than hold every commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// The leader that wrote it.
+    pub leader: String,
+    /// The synchronous standbys.
+    pub members: Vec<String>,
+}
+
 /// Everything under the cluster's prefix, read at one revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
@@ -118,6 +143,10 @@ pub struct ClusterView {
     pub initialize: Option<String>,
     /// Promotions, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// A switchover under way.
+    pub failover: Option<FailoverRequest>,
+    /// The synchronous standbys recorded, with synchronous mode on.
+    pub sync: Option<SyncState>,
 }
 
 impl ClusterView {
@@ -178,6 +207,23 @@ pub trait Store: Send + Sync {
         &self,
         entry: &HistoryEntry,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records the synchronous standbys, only while `state.leader` holds the leader key
+    /// with `term`; false otherwise.
+    fn put_sync(
+        &self,
+        state: &SyncState,
+        term: Term,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records a switchover request if none is under way; false when one already is.
+    fn request_failover(
+        &self,
+        request: &FailoverRequest,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes the switchover request, whatever it says.
+    fn clear_failover(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Waits until the leader key changes after `revision`, or `timeout` passes; true on
     /// a change. A wake-up only: the caller reads the view again.

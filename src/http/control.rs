@@ -1,4 +1,4 @@
-//! The control API: `POST /promote`, `/restart`, `/reload`, `/checkpoint`, `/fence`,
+//! The control API: `POST /promote`, `/switchover`, `/restart`, `/reload`, `/checkpoint`, `/fence`,
 //! `/unfence`.
 //!
 //! On the local unix socket, file permissions are the authentication, so
@@ -29,12 +29,16 @@ pub struct ControlState {
     pub runner: Runner,
     /// The supervisor's command queue.
     pub commands: Commands,
+    /// With PGWARDEN_HA, once the store client is up: switchovers, and what
+    /// `POST /promote` becomes.
+    pub switchover: Arc<std::sync::OnceLock<crate::ha::Switchover>>,
 }
 
 /// The control routes, without authentication (for the unix socket).
 pub fn router(state: ControlState) -> Router {
     Router::new()
         .route("/promote", post(promote_route))
+        .route("/switchover", post(super::switchover::post))
         .route(
             "/restart",
             post(|s| supervisor_command(s, Command::Restart)),
@@ -132,6 +136,19 @@ async fn checkpoint(State(ctl): State<ControlState>) -> (StatusCode, Json<Value>
 }
 
 async fn promote_route(State(ctl): State<ControlState>) -> (StatusCode, Json<Value>) {
+    // In HA mode only the leader key's holder may be writable: a promotion is a
+    // switchover to this member, never a local pg_ctl promote.
+    if ctl.settings.ha.is_some() {
+        return match ctl.switchover.get() {
+            Some(sw) => super::switchover::promote(sw).await,
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    json!({"promoted": false, "error": "refused: in HA mode a promotion is a switchover to this member, and the HA loop is not connected to the store yet"}),
+                ),
+            ),
+        };
+    }
     match promote(&ctl.settings).await {
         Ok(timeline) => {
             tokio::spawn(async move { crate::supervisor::after_start(&ctl.settings).await });

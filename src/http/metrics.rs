@@ -451,6 +451,12 @@ fn ha_metrics(r: &Registry, ha: &crate::ha::status::HaStatus) {
         "1 when the last renewal of the session lease succeeded",
         ha.last_renew_ok as u8 as f64,
     );
+    counter(
+        r,
+        "pgwarden_ha_store_errors_total",
+        "etcd calls that failed after their retries",
+        ha.store_errors,
+    );
     gauge(
         r,
         "pgwarden_ha_members",

@@ -19,6 +19,7 @@ mod readyz;
 mod role;
 mod startupz;
 mod status;
+mod switchover;
 pub mod wal;
 
 pub use readiness::{effective_role, readiness};
@@ -91,7 +92,11 @@ pub fn router(state: AppState) -> Router {
         .route("/health", check(role::health))
         .route("/primary", check(role::primary))
         .route("/master", check(role::primary))
-        .route("/leader", check(role::primary))
+        .route("/leader", check(role::leader))
+        .route("/sync", check(role::sync))
+        .route("/synchronous", check(role::sync))
+        .route("/async", check(role::asynchronous))
+        .route("/asynchronous", check(role::asynchronous))
         .route("/read-write", check(role::primary))
         .route("/replica", check(role::replica))
         .route("/standby", check(role::replica))

@@ -1,7 +1,13 @@
 //! Role checks for load balancers and Services, with Patroni's names so that an
 //! HAProxy configuration written for Patroni works unchanged:
 //!
-//! - `/primary`, `/master`, `/leader`, `/read-write`: ready, and a primary;
+//! - `/primary`, `/master`, `/read-write`: ready, and a primary;
+//! - `/leader`: the same with HA off; with HA on, this member holds the leader key
+//!   (Patroni's meaning: the key, whatever postgres is doing at the moment);
+//! - `/sync`, `/synchronous`: ready, a standby, and one the leader recorded as
+//!   synchronous (`PGWARDEN_SYNC_MODE`); 503 everywhere else;
+//! - `/async`, `/asynchronous`: ready, a standby, following a leader (with HA), and
+//!   not recorded as synchronous;
 //! - `/replica`, `/standby`: ready, and a standby;
 //! - `/read-only`: ready, either role;
 //! - `/health`: postgres is up and running, whatever its role or lag.
@@ -63,6 +69,64 @@ fn answer(app: &AppState, want: Want, q: &CheckQuery) -> (StatusCode, String) {
 /// `/primary` and its aliases.
 pub async fn primary(State(app): State<AppState>) -> impl IntoResponse {
     probe(check(&app, Want::Primary, None))
+}
+
+/// `/leader`: the leader key's holder with HA on, else `/primary`.
+pub async fn leader(State(app): State<AppState>) -> impl IntoResponse {
+    if !app.instance.ha {
+        return probe(check(&app, Want::Primary, None));
+    }
+    let ha = app.ha.borrow().clone();
+    probe(match ha {
+        Some(h) if h.is_leader => Ok(()),
+        Some(h) => Err(format!(
+            "this member does not hold the leader key (the leader is {})",
+            h.leader.as_deref().unwrap_or("nobody")
+        )),
+        None => Err("the HA loop has not read the cluster yet".to_owned()),
+    })
+}
+
+/// Whether this member is a standby of the current leader, and a synchronous one.
+fn standby_of_leader(app: &AppState) -> Result<bool, String> {
+    let ha = app.ha.borrow().clone();
+    let Some(h) = ha else {
+        return Err("the HA loop has not read the cluster yet".to_owned());
+    };
+    let Some(leader) = h.leader.filter(|_| !h.is_leader) else {
+        return Err("no leader to be a standby of".to_owned());
+    };
+    Ok(h.sync
+        .is_some_and(|s| s.leader == leader && s.members.iter().any(|m| *m == app.instance.name)))
+}
+
+/// `/sync`: a standby the leader recorded as synchronous.
+pub async fn sync(State(app): State<AppState>, Query(q): Query<CheckQuery>) -> impl IntoResponse {
+    let (code, body) = answer(&app, Want::Replica, &q);
+    if code != StatusCode::OK {
+        return (code, body);
+    }
+    probe(match standby_of_leader(&app) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("this member is not a synchronous standby".to_owned()),
+        Err(e) => Err(e),
+    })
+}
+
+/// `/async`: a standby, of the leader when HA is on, and not a synchronous one.
+pub async fn asynchronous(
+    State(app): State<AppState>,
+    Query(q): Query<CheckQuery>,
+) -> impl IntoResponse {
+    let (code, body) = answer(&app, Want::Replica, &q);
+    if code != StatusCode::OK || !app.instance.ha {
+        return (code, body);
+    }
+    probe(match standby_of_leader(&app) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err("this member is a synchronous standby".to_owned()),
+        Err(e) => Err(e),
+    })
 }
 
 /// `/replica` and `/standby`.

@@ -183,6 +183,13 @@ pub fn render_postgresql_conf(
         // leader, and dropping this line on a reload would leave it pending a restart.
         out += &line("recovery_target_timeline", "latest")?;
     }
+    // Ignored on a standby; on the leader the HA loop names the standbys.
+    if let Some(value) =
+        s.ha.as_ref()
+            .and_then(|h| crate::ha::sync::setting(h.sync_mode, s.sync_named.get().as_deref()))
+    {
+        out += &line("synchronous_standby_names", &value)?;
+    }
     Ok(out)
 }
 

@@ -157,6 +157,8 @@ pub struct Settings {
     /// The leader to stream from, as the HA loop chose it; it wins over
     /// PGWARDEN_PRIMARY_HOST, which HA mode leaves unset.
     pub upstream: crate::ha::upstream::Upstream,
+    /// With synchronous mode, on the leader: the standbys in synchronous_standby_names.
+    pub sync_named: crate::ha::sync::Named,
     /// Bootstrap from a backup in an archive, when PGWARDEN_RESTORE_URL is set.
     pub restore: Option<crate::backup::restore::RestoreConfig>,
     /// While recovering from a backup: the source's values of the parameters a
@@ -484,7 +486,7 @@ impl Settings {
             }
         }
 
-        Ok(Settings {
+        let settings = Settings {
             pgdata: args.pgdata.clone(),
             port: args.port,
             superuser,
@@ -526,6 +528,7 @@ impl Settings {
             archive,
             ha,
             upstream: Default::default(),
+            sync_named: Default::default(),
             restore,
             recovery_floor: Vec::new(),
             backup_compression,
@@ -534,7 +537,9 @@ impl Settings {
             api_token,
             restart_on_pending: args.restart_on_pending,
             tls,
-        })
+        };
+        check_sync_owned(&settings)?;
+        Ok(settings)
     }
 
     /// A copy with the user fragments read again from disk, for a reload. Fails, naming
@@ -550,6 +555,7 @@ impl Settings {
         next.user_hba = user.hba;
         next.user_ident = user.ident;
         next.user_texts = user.texts;
+        check_sync_owned(&next)?;
         Ok(next)
     }
 
@@ -635,6 +641,22 @@ impl Settings {
 
 /// With HA on the store decides who is primary and whom replicas follow, so the fixed
 /// role settings would contradict it; and any member may have to clone another.
+/// With synchronous mode the leader sets synchronous_standby_names itself; a user
+/// value would win over it unseen (the record would then never be written).
+fn check_sync_owned(s: &Settings) -> Result<(), SettingsError> {
+    let sync =
+        s.ha.as_ref()
+            .is_some_and(|h| h.sync_mode != crate::ha::SyncMode::Off);
+    if sync && s.user_value("synchronous_standby_names").is_some() {
+        return Err(invalid(
+            s.user_layer_name(),
+            "synchronous_standby_names is set by pgwarden with PGWARDEN_SYNC_MODE on or strict; \
+             remove it, and set PGWARDEN_SYNC_NODE_COUNT instead",
+        ));
+    }
+    Ok(())
+}
+
 fn check_ha_roles(
     role: Role,
     args: &SettingsArgs,

@@ -1,0 +1,86 @@
+//! Synchronous mode on the leader, as actions of the loop (the choices are in
+//! `ha/sync.rs`).
+
+use super::{local, sync, Ha};
+use crate::ha::config::SyncMode;
+use crate::ha::store::{Store, SyncState, Term};
+use crate::settings::Settings;
+use crate::supervisor::{Command, Commands};
+use tracing::{info, warn};
+
+impl Ha {
+    /// Synchronous mode, on the leader, in the safe order of [`sync`]: shrink the record,
+    /// then name the standbys; record a named one once postgres confirms it.
+    pub(super) async fn manage_sync(&mut self, s: &Settings, commands: &Commands, term: Term) {
+        if self.cfg.sync_mode == SyncMode::Off {
+            return;
+        }
+        let (streaming, end) =
+            match tokio::time::timeout(self.cfg.retry_timeout, local::standbys(s)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "HA: cannot read the synchronous standbys"
+                    );
+                    return;
+                }
+                Err(_) => return,
+            };
+        let ours = self.view.sync.as_ref().filter(|k| k.leader == self.name);
+        let recorded = ours.map(|k| k.members.clone()).unwrap_or_default();
+        let members: Vec<String> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| m.name != self.name)
+            .map(|m| m.name.clone())
+            .collect();
+        let named = sync::choose(self.cfg.sync_node_count, &recorded, &streaming, &members);
+        let kept: Vec<String> = recorded
+            .iter()
+            .filter(|r| named.contains(r))
+            .cloned()
+            .collect();
+        // Shrunk in the store before a standby leaves the setting.
+        let stale = ours.is_none() || kept != recorded;
+        if stale && !self.put_sync(kept.clone(), term).await {
+            return;
+        }
+        self.sync_since
+            .retain(|n, _| named.contains(n) && streaming.iter().any(|s| s.name == *n && s.sync));
+        for st in streaming
+            .iter()
+            .filter(|st| st.sync && named.contains(&st.name))
+        {
+            self.sync_since.entry(st.name.clone()).or_insert(end);
+        }
+        if s.sync_named.set(Some(named.clone())) {
+            info!(standbys = ?named, "HA: naming the synchronous standbys");
+            if let Err(e) = commands.send(Command::Reload).await {
+                warn!(error = %e, "HA: cannot apply synchronous_standby_names");
+            }
+            return;
+        }
+        let next = sync::record(&kept, &named, &streaming, &self.sync_since);
+        if next != kept {
+            info!(standbys = ?next, "HA: recording the synchronous standbys");
+            self.put_sync(next, term).await;
+        }
+    }
+
+    async fn put_sync(&self, members: Vec<String>, term: Term) -> bool {
+        let state = SyncState {
+            leader: self.name.clone(),
+            members,
+        };
+        match self.store.put_sync(&state, term).await {
+            Ok(true) => true,
+            Ok(false) => false,
+            Err(e) => {
+                warn!(error = %e, "HA: cannot record the synchronous standbys");
+                false
+            }
+        }
+    }
+}

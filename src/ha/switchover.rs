@@ -1,0 +1,115 @@
+//! Asking for a switchover (`POST /switchover`, `pgwarden switchover`, and
+//! `pgwarden promote` in HA mode): the request is checked against the cluster as this
+//! member last read it, recorded under the `failover` key, and answered once another
+//! member holds the leader key. The leader performs it (see `Ha::hand_over`).
+
+use super::decide::candidate;
+use super::etcd::EtcdStore;
+use super::status::HaStatus;
+use super::store::{FailoverRequest, Store, StoreError};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Why a switchover was not done; each maps to its own HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchoverError {
+    /// The HA loop has not read the cluster yet, or nobody holds the leader key.
+    #[error("no leader: {0}")]
+    NoLeader(String),
+    /// The cluster is not in a state to hand over (an ineligible or unknown candidate,
+    /// no eligible replica at all).
+    #[error("{0}")]
+    Refused(String),
+    /// Another switchover is under way.
+    #[error("a switchover is already under way")]
+    UnderWay,
+    /// The store did not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The leader dropped the request, or it did not complete in time.
+    #[error("{0}")]
+    NotDone(String),
+}
+
+/// What a member needs to ask its cluster for a switchover.
+#[derive(Clone)]
+pub struct Switchover {
+    pub(super) store: EtcdStore,
+    pub(super) status: watch::Receiver<Option<HaStatus>>,
+    pub(super) name: String,
+    pub(super) max_lag: u64,
+    pub(super) sync: bool,
+    pub(super) within: Duration,
+}
+
+impl Switchover {
+    /// This member's name (`pgwarden promote` asks for a switchover to it).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The leader key's holder as this member last read it.
+    pub fn leader(&self) -> Option<String> {
+        self.status.borrow().as_ref().and_then(|h| h.leader.clone())
+    }
+
+    /// Hands the leadership over to `to` (or to the best replica) and returns the name
+    /// of the new leader.
+    pub async fn request(&self, to: Option<&str>) -> Result<String, SwitchoverError> {
+        let ha = self.status.borrow().clone().ok_or_else(|| {
+            SwitchoverError::NoLeader("the HA loop has not read the cluster yet".into())
+        })?;
+        let leader = ha
+            .leader
+            .clone()
+            .ok_or_else(|| SwitchoverError::NoLeader("nobody holds the leader key".into()))?;
+        if ha.failover.is_some() {
+            return Err(SwitchoverError::UnderWay);
+        }
+        let sync = ha
+            .sync
+            .as_ref()
+            .filter(|_| self.sync)
+            .map(|s| s.members.as_slice());
+        let chosen = candidate(
+            &leader,
+            &ha.members,
+            ha.optime.as_ref(),
+            to,
+            self.max_lag,
+            sync,
+        )
+        .map_err(SwitchoverError::Refused)?;
+        let request = FailoverRequest {
+            leader: leader.clone(),
+            candidate: Some(chosen.clone()),
+        };
+        if !self.store.request_failover(&request).await? {
+            return Err(SwitchoverError::UnderWay);
+        }
+        tracing::info!(leader = %leader, candidate = %chosen, "HA: switchover requested");
+        let mut status = self.status.clone();
+        let mut seen = false;
+        let done = status.wait_for(|ha| {
+            let Some(ha) = ha else { return false };
+            seen |= ha.failover.as_ref() == Some(&request);
+            let moved = ha.leader.as_ref().is_some_and(|l| *l != leader);
+            // Dropped by the leader: seen, then gone, with the leader unchanged.
+            moved || (seen && ha.failover.is_none())
+        });
+        let outcome = match tokio::time::timeout(self.within, done).await {
+            Ok(Ok(ha)) => (*ha).as_ref().and_then(|h| h.leader.clone()).filter(|l| *l != leader),
+            _ => {
+                return Err(SwitchoverError::NotDone(format!(
+                    "no new leader after {:?}; the request stays in the store until {leader} takes it or drops it",
+                    self.within
+                )))
+            }
+        };
+        outcome.ok_or_else(|| {
+            SwitchoverError::NotDone(format!(
+                "{leader} dropped the request (see its log); it is still the leader"
+            ))
+        })
+    }
+}
