@@ -43,23 +43,12 @@ fn barman(g: &common::garage::Garage, args: &[&str]) -> String {
     text
 }
 
-async fn count(pg: &Instance) -> i64 {
-    pg.connect()
-        .await
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
 
 /// A running primary archiving to a fresh Garage bucket as server `name`, in gzip,
 /// which barman-cloud 3.4 reads (it has no zstd).
 fn primary_on_s3(tmp: &std::path::Path, name: &str) -> (Store, Instance) {
     let store = Store::s3();
-    let mut pg = Instance::primary(tmp, name);
-    store.configure(&mut pg, name);
-    pg.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
-    pg.start().wait_ready();
+    let pg = gzip_primary(tmp, &store, name, "");
     (store, pg)
 }
 
@@ -169,7 +158,7 @@ async fn a_backup_is_listed_by_both_tools_and_barman_cloud_restores_it() {
                 other => Err(format!("{other:?}\n{}", log())),
             }
         });
-        count(&restored).await
+        count_t(&restored).await
     };
     let pid: i32 = std::fs::read_to_string(dest.join("postmaster.pid"))
         .unwrap()

@@ -12,14 +12,6 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
-async fn count(pg: &Instance) -> i64 {
-    pg.connect()
-        .await
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
 
 /// `pgwarden backup` on `pg`; returns the backup id.
 fn backup(pg: &Instance) -> String {
@@ -55,18 +47,8 @@ async fn source_with(
     name: &str,
     conf: &str,
 ) -> (Instance, String) {
-    let mut pg = Instance::primary(tmp, name);
-    let mut text = std::fs::read_to_string(&pg.user_conf).unwrap();
-    text.push_str(conf);
-    std::fs::write(&pg.user_conf, text).unwrap();
-    store.configure(&mut pg, name);
-    pg.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
-    pg.start().wait_ready();
-    pg.connect()
-        .await
-        .batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
-        .await
-        .unwrap();
+    let pg = gzip_primary(tmp, store, name, conf);
+    create_t(&pg, 1000).await;
     let id = backup(&pg);
     (pg, id)
 }
@@ -114,7 +96,7 @@ async fn pitr_to_a_time_between_two_batches_gives_exactly_the_rows_before_it() {
     wait_primary(&mut pg);
     pg.wait_ready();
     assert_eq!(
-        count(&pg).await,
+        count_t(&pg).await,
         1100,
         "exactly the rows committed before {after_first}"
     );
@@ -139,7 +121,7 @@ async fn pitr_to_a_time_between_two_batches_gives_exactly_the_rows_before_it() {
     pg.stop();
     pg.start().wait_ready();
     wait_primary(&mut pg);
-    assert_eq!(count(&pg).await, 1101);
+    assert_eq!(count_t(&pg).await, 1101);
     let conf = std::fs::read_to_string(pg.pgdata.join("postgresql.conf")).unwrap();
     assert!(!conf.contains("recovery_target_time"), "{conf}");
 }
@@ -168,7 +150,7 @@ async fn restore_to_the_end_of_the_archive_has_every_committed_row() {
     pg.start();
     wait_primary(&mut pg);
     pg.wait_ready();
-    assert_eq!(count(&pg).await, 5000);
+    assert_eq!(count_t(&pg).await, 5000);
     let restored_accounts: i64 = pg
         .connect()
         .await
@@ -317,7 +299,7 @@ async fn a_standby_follows_the_archive_then_promotes() {
         .set("PGWARDEN_RESTORE_NAME", "src");
     dr.start();
     dr.wait_for("/replica", 200, Duration::from_secs(120));
-    assert_eq!(count(&dr).await, 1000);
+    assert_eq!(count_t(&dr).await, 1000);
     let max: String = dr
         .connect()
         .await
@@ -339,7 +321,7 @@ async fn a_standby_follows_the_archive_then_promotes() {
         Duration::from_secs(90),
         "the standby replays the archived rows",
         || {
-            let n = block_on(count(&dr));
+            let n = block_on(count_t(&dr));
             (n == 1500).then_some(()).ok_or(format!("{n} rows"))
         },
     );
@@ -363,7 +345,7 @@ async fn a_standby_follows_the_archive_then_promotes() {
         .batch_execute("INSERT INTO t VALUES (-1)")
         .await
         .unwrap();
-    assert_eq!(count(&dr).await, 1501);
+    assert_eq!(count_t(&dr).await, 1501);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,15 +353,8 @@ async fn pgwarden_bootstraps_from_a_barman_cloud_backup() {
     let tmp = test_dir();
     let store = Store::s3();
     let Store::S3(g) = &store else { unreachable!() };
-    let mut src = Instance::primary(tmp.path(), "bsrc");
-    store.configure(&mut src, "bsrc");
-    src.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
-    src.start().wait_ready();
-    src.connect()
-        .await
-        .batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 3000) g")
-        .await
-        .unwrap();
+    let src = gzip_primary(tmp.path(), &store, "bsrc", "");
+    create_t(&src, 3000).await;
     // barman-cloud-backup reads PGDATA itself, as root beside the instance.
     let out = std::process::Command::new("barman-cloud-backup")
         .args(["--endpoint-url", &g.endpoint(), "--gzip"])
@@ -415,6 +390,6 @@ async fn pgwarden_bootstraps_from_a_barman_cloud_backup() {
     pg.start();
     wait_primary(&mut pg);
     pg.wait_ready();
-    assert_eq!(count(&pg).await, 3500);
+    assert_eq!(count_t(&pg).await, 3500);
     assert!(pg.log().contains("barman-cloud"), "the backup was barman's");
 }

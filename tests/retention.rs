@@ -142,15 +142,8 @@ async fn some_wal(pg: &Instance) {
 
 /// A primary archiving in gzip (barman-cloud 3.4 reads no zstd) with a table.
 async fn primary(tmp: &std::path::Path, store: &Store, name: &str) -> Instance {
-    let mut pg = Instance::primary(tmp, name);
-    store.configure(&mut pg, name);
-    pg.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
-    pg.start().wait_ready();
-    pg.connect()
-        .await
-        .batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
-        .await
-        .unwrap();
+    let pg = gzip_primary(tmp, store, name, "");
+    create_t(&pg, 1000).await;
     pg
 }
 

@@ -255,3 +255,37 @@ pub async fn raw_put(g: &Garage, key: &str, body: Vec<u8>) {
         .await
         .unwrap();
 }
+
+/// A running primary archiving into `store` as server `name`, in gzip (barman-cloud
+/// 3.4 reads no zstd), with `conf` added to its settings.
+pub fn gzip_primary(tmp: &Path, store: &Store, name: &str, conf: &str) -> Instance {
+    let mut pg = Instance::primary(tmp, name);
+    let mut text = std::fs::read_to_string(&pg.user_conf).unwrap();
+    text.push_str(conf);
+    std::fs::write(&pg.user_conf, text).unwrap();
+    store.configure(&mut pg, name);
+    pg.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
+    pg.start().wait_ready();
+    pg
+}
+
+/// Creates table `t` holding 1 to `rows`.
+pub async fn create_t(pg: &Instance, rows: i64) {
+    pg.connect()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE t AS SELECT g FROM generate_series(1, {rows}) g"
+        ))
+        .await
+        .unwrap();
+}
+
+/// The rows in table `t`.
+pub async fn count_t(pg: &Instance) -> i64 {
+    pg.connect()
+        .await
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
