@@ -405,6 +405,30 @@ impl Ha {
             return;
         };
         let before = local::facts(s).await;
+        // The new term is on record before the first write it may accept: postgres
+        // accepts writes as soon as it is promoted, before the history entry below, and
+        // a member that stops in between (or fails the checkpoint) must still make any
+        // member that missed this term ineligible (Patroni #2175). Unrecorded, no promotion.
+        self.saw_term(s, l.term);
+        let claim = Optime {
+            term: l.term,
+            timeline: before.as_ref().and_then(|f| f.timeline).unwrap_or(0),
+            lsn: before.as_ref().and_then(|f| f.received).unwrap_or(0),
+        };
+        match self.store.put_optime(&self.name, claim).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!("HA: the leader key is no longer ours; not promoting");
+                return;
+            }
+            Err(e) => {
+                error!(error = %e, "HA: cannot record the new term; releasing the leader key");
+                if let Err(e) = self.store.release_leader(&self.name).await {
+                    warn!(error = %e, "HA: cannot release the leader key");
+                }
+                return;
+            }
+        }
         if self.cfg.sync_mode != SyncMode::Off {
             // From its first commit the new primary names no standby it has not seen
             // synchronous: `*` in strict mode, standalone in `on` mode (the record still
