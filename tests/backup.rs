@@ -43,7 +43,6 @@ fn barman(g: &common::garage::Garage, args: &[&str]) -> String {
     text
 }
 
-
 /// A running primary archiving to a fresh Garage bucket as server `name`, in gzip,
 /// which barman-cloud 3.4 reads (it has no zstd).
 fn primary_on_s3(tmp: &std::path::Path, name: &str) -> (Store, Instance) {

@@ -12,7 +12,6 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
-
 /// `pgwarden backup` on `pg`; returns the backup id.
 fn backup(pg: &Instance) -> String {
     let (code, out) = pg.run_cli(&["backup"]);
