@@ -107,20 +107,33 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
     info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
     // Before prepare(), which removes files the manifest lists.
     verify_manifest(s, runner, staging).await?;
-    extract::prepare(staging, s.major_version)?;
     let signal = match then {
         Then::Promote => RECOVERY_SIGNAL,
         Then::FollowArchive => crate::replica::STANDBY_SIGNAL,
     };
-    std::fs::write(staging.join(signal), b"").with_context(|| format!("write {signal}"))?;
-    if let Some(u) = &s.run_as {
-        crate::fsutil::chown_tree(staging, u.owner())
+    let (dir, major, owner) = (
+        staging.to_path_buf(),
+        s.major_version,
+        s.run_as.as_ref().map(|u| u.owner()),
+    );
+    // A walk of the whole tree and a sync of its file system: not on the async workers.
+    tokio::task::spawn_blocking(move || finish(&dir, major, signal, owner))
+        .await
+        .context("the restore's last step failed")?
+}
+
+/// Tidies the extracted backup, writes `signal`, gives the files to `owner` and makes
+/// them durable before the commit mark (PG_VERSION) goes into place: the tar's files
+/// were written without fsync.
+fn finish(dir: &Path, major: u32, signal: &str, owner: Option<crate::fsutil::Owner>) -> Result<()> {
+    extract::prepare(dir, major)?;
+    std::fs::write(dir.join(signal), b"").with_context(|| format!("write {signal}"))?;
+    if let Some(owner) = owner {
+        crate::fsutil::chown_tree(dir, owner)
             .context("give the restored files to the run-as user")?;
     }
-    // The tar's files were written without fsync: make them durable before the
-    // commit mark (PG_VERSION) goes into place.
-    let dir = std::fs::File::open(staging)?;
-    nix::unistd::syncfs(&dir).context("sync the restored files")?;
+    let handle = std::fs::File::open(dir)?;
+    nix::unistd::syncfs(&handle).context("sync the restored files")?;
     Ok(())
 }
 
