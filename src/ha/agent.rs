@@ -476,14 +476,18 @@ impl Ha {
         }
     }
 
-    async fn ensure_slots(&self, s: &Settings) {
-        let others: Vec<String> = self
-            .view
+    /// The names of the other members in the last read of the cluster.
+    fn other_members(&self) -> Vec<String> {
+        self.view
             .members
             .iter()
             .filter(|m| m.name != self.name)
             .map(|m| m.name.clone())
-            .collect();
+            .collect()
+    }
+
+    async fn ensure_slots(&self, s: &Settings) {
+        let others = self.other_members();
         // Bounded: a round that overstays delays the next renewal.
         match tokio::time::timeout(self.cfg.retry_timeout, local::ensure_slots(s, &others)).await {
             Ok(Ok(())) => {}

@@ -29,13 +29,7 @@ impl Ha {
             };
         let ours = self.view.sync.as_ref().filter(|k| k.leader == self.name);
         let recorded = ours.map(|k| k.members.clone()).unwrap_or_default();
-        let members: Vec<String> = self
-            .view
-            .members
-            .iter()
-            .filter(|m| m.name != self.name)
-            .map(|m| m.name.clone())
-            .collect();
+        let members = self.other_members();
         let named = sync::choose(self.cfg.sync_node_count, &recorded, &streaming, &members);
         let kept: Vec<String> = recorded
             .iter()
