@@ -516,14 +516,11 @@ async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it
     assert!(checker.finish().await > 0);
 }
 
-// Ignored in the default run: in about one run in three, one replica had received a
-// few kB more from the isolated primary than the other when the cut came, the other
-// won the race (the member keys it compares predate those bytes), and the replica left
-// ahead of the winner's fork cannot stream until it is rewound, which pgwarden does
-// only at a restart (docs/high-availability.md, "Not yet": rejoin while running).
-// Run it with `cargo test --test ha_failover -- --ignored`.
+// One replica may have received a few kB more from the isolated primary than the other
+// when the cut came, and the other may win the race; the old primary may have written
+// WAL nobody received (a checkpoint, its immediate shutdown's recovery). Either member
+// then replays past the winner's fork and rejoins through pg_rewind while it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky until a member rejoins through pg_rewind while running"]
 #[allow(clippy::await_holding_lock)]
 async fn an_isolated_primary_fences_itself_while_the_majority_elects_another() {
     let _turn = one_at_a_time();
@@ -542,6 +539,13 @@ async fn an_isolated_primary_fences_itself_while_the_majority_elects_another() {
     // Cut the primary off from etcd and both replicas: packets vanish, nothing is refused.
     let old = format!("n{}", first + 1);
     net.isolate(&old);
+    // Committed where nobody receives it, before the primary fences itself (its lease
+    // was renewed at most a loop_wait ago): it must rejoin through pg_rewind.
+    execute(
+        &members[first],
+        "INSERT INTO t SELECT generate_series(1001, 1010)",
+    )
+    .await;
     let second = tokio::task::block_in_place(|| {
         eventually(
             Duration::from_secs(90),
@@ -583,15 +587,9 @@ async fn an_isolated_primary_fences_itself_while_the_majority_elects_another() {
         "INSERT INTO t SELECT generate_series(101, 150)",
     )
     .await;
-    // Healed: the old primary follows the new leader. Before it fenced itself it may
-    // have written WAL its peers never received (a checkpoint, the crash recovery of
-    // its immediate shutdown), and a member that diverged from the new timeline
-    // rejoins through pg_rewind only when it restarts (docs/high-availability.md,
-    // "Not yet"): restart it as its pod would be, which covers both cases.
+    // Healed: the old primary follows the new leader, without a restart of pgwarden.
+    let pid_before = members[first].pid();
     net.heal();
-    kill(Pid::from_raw(members[first].pid()), Signal::SIGKILL).unwrap();
-    members[first].kill_hard();
-    members[first].start();
     tokio::task::block_in_place(|| {
         wait_streaming(&rt, &members[second], &old, &members);
         eventually(
@@ -603,6 +601,12 @@ async fn an_isolated_primary_fences_itself_while_the_majority_elects_another() {
             },
         )
     });
+    assert_eq!(members[first].pid(), pid_before, "pgwarden was restarted");
+    assert!(
+        members[first].log().contains("rewinding this standby"),
+        "{}",
+        members[first].log()
+    );
     if std::env::var("HA_TEST_LOGS").is_ok() {
         eprintln!("{}", logs(&members));
     }

@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// File in PGDATA that keeps the last term this member saw, across restarts: without
 /// it a whole-cluster restart would leave nobody eligible.
@@ -53,6 +53,8 @@ pub struct Ha {
     /// Synchronous mode, on the leader: the end of WAL when each standby was first
     /// seen synchronous (see [`sync::record`]).
     sync_since: std::collections::BTreeMap<String, u64>,
+    /// Rounds in a row that found this standby past the leader's fork.
+    divergent_rounds: u32,
 }
 
 impl Ha {
@@ -81,6 +83,7 @@ impl Ha {
             known_apis: Default::default(),
             runner: None,
             sync_since: Default::default(),
+            divergent_rounds: 0,
         })
     }
 
@@ -278,7 +281,9 @@ impl Ha {
         if renewed {
             self.publish(s, &postgres, facts).await;
         }
-        let me = self.me(true, postgres, facts);
+        let diverged = self.diverged(s, &postgres, facts).await;
+        let mut me = self.me(true, postgres, facts);
+        me.diverged = diverged;
         let action = decide(&self.view, &me, self.rules());
         self.note(&action);
         self.show(&action);
@@ -383,7 +388,15 @@ impl Ha {
                 }
             }
             Action::Rejoin { leader } => {
-                warn!(leader = %leader, "HA: this member diverged from the leader; restart pgwarden to rejoin through pg_rewind");
+                warn!(leader = %leader, "HA: this member replayed past the point where the leader's timeline forked from it; rewinding to rejoin");
+                self.divergent_rounds = 0;
+                match tokio::time::timeout(self.cfg.retry_timeout, commands.send(Command::Rejoin))
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "HA: the supervisor refused the rejoin"),
+                    Err(_) => warn!("HA: the supervisor did not answer the rejoin request"),
+                }
             }
             // The supervisor restarts a stopped postgres by itself; the bootstrap
             // actions belong to `prepare`.
@@ -474,6 +487,44 @@ impl Ha {
                 }
             }
         }
+    }
+
+    /// Whether this standby replayed past the point where the timeline of the leader it
+    /// follows forked from its own. Asked only while it does not stream (a streaming
+    /// standby is on the leader's branch), and believed after two rounds in a row: a
+    /// standby caught between two queries while it replays a timeline switch is not
+    /// rewound for nothing.
+    async fn diverged(
+        &mut self,
+        s: &Settings,
+        postgres: &Postgres,
+        facts: Option<local::Facts>,
+    ) -> bool {
+        let following = match (postgres, &self.view.leader) {
+            (Postgres::Replica { upstream: Some(u) }, Some(l)) => {
+                *u == l.name && l.name != self.name
+            }
+            _ => false,
+        };
+        let idle = facts.is_some_and(|f| f.in_recovery && !f.streaming);
+        let Some(runner) = self.runner.clone().filter(|_| following && idle) else {
+            self.divergent_rounds = 0;
+            return false;
+        };
+        let check = crate::replica::diverge::check(s, &runner);
+        match tokio::time::timeout(self.cfg.retry_timeout, check).await {
+            Ok(Ok(true)) => self.divergent_rounds += 1,
+            Ok(Ok(false)) => self.divergent_rounds = 0,
+            Ok(Err(e)) => {
+                debug!(
+                    error = format!("{e:#}"),
+                    "HA: cannot tell whether this standby diverged from the leader"
+                );
+                self.divergent_rounds = 0;
+            }
+            Err(_) => self.divergent_rounds = 0,
+        }
+        self.divergent_rounds >= 2
     }
 
     /// The names of the other members in the last read of the cluster.
@@ -636,7 +687,7 @@ impl Ha {
             timeline: facts.and_then(|f| f.timeline),
             received_lsn: facts.and_then(|f| f.received),
             term_seen: self.term_seen,
-            // Found by pg_rewind at the next start; not detected while running yet.
+            // Set by the round, which asks postgres and the leader (see `diverged`).
             diverged: false,
         }
     }

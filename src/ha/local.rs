@@ -24,6 +24,8 @@ pub struct Facts {
     pub received: Option<u64>,
     /// WAL replayed (standby); the write position on a primary.
     pub replayed: Option<u64>,
+    /// A standby's WAL receiver is streaming.
+    pub streaming: bool,
 }
 
 const FACTS: &str = "
@@ -40,7 +42,8 @@ SELECT pg_is_in_recovery(),
     THEN COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
     ELSE pg_current_wal_lsn() END, '0/0')::bigint,
   pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()
-    THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, '0/0')::bigint";
+    THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, '0/0')::bigint,
+  EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')";
 
 /// Asks the local postgres; `None` when it does not answer.
 pub async fn facts(s: &Settings) -> Option<Facts> {
@@ -59,6 +62,7 @@ pub async fn facts(s: &Settings) -> Option<Facts> {
             .and_then(|v| u32::try_from(v).ok()),
         received: pos(2),
         replayed: pos(3),
+        streaming: row.get(4),
     })
 }
 

@@ -2,6 +2,7 @@
 //! comes up as a standby, stays a primary, or must rejoin through pg_rewind.
 
 pub mod controldata;
+pub mod diverge;
 pub mod promote;
 pub mod remote;
 
@@ -128,6 +129,13 @@ pub async fn prepare(s: &Settings, runner: &Runner) -> Result<()> {
         rewind(s, runner).await?;
     }
     // The slot on the primary is checked once postgres runs (supervisor::after_start).
+    write_standby_signal(s, &s.pgdata)
+}
+
+/// Rewinds a stopped standby that went past the fork of the primary now in
+/// primary_conninfo (see [`diverge`]), and makes it that primary's standby again.
+pub async fn rejoin(s: &Settings, runner: &Runner) -> Result<()> {
+    rewind(s, runner).await?;
     write_standby_signal(s, &s.pgdata)
 }
 

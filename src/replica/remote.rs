@@ -34,6 +34,12 @@ pub async fn identify(s: &Settings, runner: &Runner) -> Result<RemoteSystem> {
     let Some(conninfo) = s.primary_conninfo("replication") else {
         bail!("PGWARDEN_PRIMARY_HOST is not set")
     };
+    identify_at(s, runner, &conninfo).await
+}
+
+/// `IDENTIFY_SYSTEM` on the server `conninfo` names. On a standby it answers the
+/// timeline it replays and how far it has WAL.
+pub async fn identify_at(s: &Settings, runner: &Runner, conninfo: &str) -> Result<RemoteSystem> {
     let mut cmd = Command::new(s.bin("psql"));
     cmd.args([
         "-XAtq",
@@ -60,6 +66,30 @@ pub async fn identify(s: &Settings, runner: &Runner) -> Result<RemoteSystem> {
             lsn: lsn.to_string(),
         }),
         _ => bail!("unexpected IDENTIFY_SYSTEM answer {:?}", text.trim()),
+    }
+}
+
+/// The history file of `timeline` on the primary (`TIMELINE_HISTORY`), as text: the
+/// timelines it descends from, and where each ended.
+pub async fn timeline_history(s: &Settings, runner: &Runner, timeline: u32) -> Result<String> {
+    let Some(conninfo) = s.primary_conninfo("replication") else {
+        bail!("PGWARDEN_PRIMARY_HOST is not set")
+    };
+    let mut cmd = Command::new(s.bin("psql"));
+    cmd.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-F", "|", "-c"])
+        .arg(format!("TIMELINE_HISTORY {timeline}"))
+        .arg("-d")
+        .arg(format!("{conninfo} replication=true"));
+    with_primary_env(s, &mut cmd);
+    let out = runner.output(&mut cmd, None).await?;
+    if !out.status.success() {
+        bail!("{}", out.stderr_text());
+    }
+    // One row: the file name, then its content (which spans lines).
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_once('|') {
+        Some((_, content)) => Ok(content.to_owned()),
+        None => bail!("unexpected TIMELINE_HISTORY answer {:?}", text.trim()),
     }
 }
 

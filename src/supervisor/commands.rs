@@ -13,6 +13,9 @@ pub enum Command {
     Fence,
     /// Lift a fence and start postgres.
     Unfence,
+    /// Stop the standby, rewind it from the primary in primary_conninfo, and start it
+    /// again as that primary's standby (the HA loop, when this member diverged).
+    Rejoin,
 }
 
 /// A command with the channel its answer goes back on.

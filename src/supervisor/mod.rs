@@ -98,7 +98,11 @@ impl Supervisor {
                 }
             }
             let exit = match self.run_once(signals).await {
-                Outcome::Planned => continue,
+                Outcome::Planned { rejoin: false } => continue,
+                Outcome::Planned { rejoin: true } => match self.rejoin().await {
+                    Ok(()) => continue,
+                    Err(code) => return code,
+                },
                 Outcome::Stopped(exit) => {
                     stop_children(&self.reaper).await;
                     info!(exit = %exit, "postgres stopped; exiting");
@@ -167,6 +171,38 @@ impl Supervisor {
         crate::backup::restore::explain_failure(&postgres::last_fatal()?, &r.target)
     }
 
+    /// Rewinds the stopped standby from the primary it diverged from, and renders the
+    /// configuration again (pg_rewind copies the primary's files over ours). A failed
+    /// rewind may leave PGDATA half-copied, so postgres is not started on it: pgwarden
+    /// exits with pg_rewind's explanation, as it does when the rewind at start-up fails,
+    /// and the next start tries again.
+    async fn rejoin(&mut self) -> Result<(), i32> {
+        self.publish(|st| st.state = State::Starting);
+        let s = self.settings.clone();
+        info!(primary = ?s.upstream.get().map(|t| t.name), "rewinding this standby to rejoin the primary");
+        let done = async {
+            crate::replica::rejoin(&s, &self.runner()).await?;
+            crate::pgconf::apply(&s, &s.pgdata, &self.resources, &self.runner()).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match done {
+            Ok(()) => {
+                info!("rewound; starting postgres as the primary's standby");
+                Ok(())
+            }
+            Err(e) => {
+                error!(
+                    error = format!("{e:#}"),
+                    "cannot rejoin the primary; exiting"
+                );
+                self.publish(|st| st.gave_up = true);
+                stop_children(&self.reaper).await;
+                Err(1)
+            }
+        }
+    }
+
     /// Starts postgres once and follows it until it exits.
     async fn run_once(&mut self, signals: &mut Signals) -> Outcome {
         self.publish(|st| {
@@ -205,6 +241,7 @@ impl Supervisor {
             tokio::spawn(async move { ensure_standby_slot(&settings, &runner).await });
         }
         let mut mode: Option<Mode> = None;
+        let mut rejoin = false;
         // When a shutdown still running turns immediate (set by the first stop signal).
         let mut immediate_at: Option<Instant> = None;
         let mut ready = false;
@@ -254,7 +291,11 @@ impl Supervisor {
                         _ if mode.is_some() => Err("postgres is stopping".to_owned()),
                         Command::Reload => self.reload(&pg).await,
                         Command::Unfence => Err("this instance is not fenced".to_owned()),
-                        Command::Restart | Command::Fence => {
+                        Command::Rejoin if !crate::replica::is_standby(&s.pgdata) => {
+                            Err("only a standby rejoins a primary".to_owned())
+                        }
+                        Command::Restart | Command::Fence | Command::Rejoin => {
+                            rejoin = req.command == Command::Rejoin;
                             if req.command == Command::Fence {
                                 if let Err(e) = self.write_fence_marker() {
                                     let _ = req.reply.send(Err(e));
@@ -322,7 +363,7 @@ impl Supervisor {
         });
         if mode == Some(Mode::Planned) {
             info!(exit = %exit, "postgres stopped as asked");
-            Outcome::Planned
+            Outcome::Planned { rejoin }
         } else if mode.is_some() {
             self.publish(|st| {
                 st.state = State::Stopped;
@@ -478,8 +519,11 @@ fn escalates(current: Option<Mode>, next: Mode) -> bool {
 enum Outcome {
     Stopped(Exit),
     Crashed(Exit),
-    /// A restart or fence asked for: go round again.
-    Planned,
+    /// A restart, fence or rejoin asked for: go round again (after the rewind).
+    Planned {
+        /// Rewind before starting again.
+        rejoin: bool,
+    },
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
