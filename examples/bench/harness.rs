@@ -5,6 +5,11 @@
 #[path = "../../tests/common/garage.rs"]
 pub mod garage;
 
+/// The same etcd harness the HA tests use.
+#[allow(dead_code)]
+#[path = "../../tests/common/etcd.rs"]
+pub mod etcd;
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -97,8 +102,13 @@ impl Warden {
     }
 
     pub fn spawn(&self, bin: &Path) -> Child {
-        Command::new(bin)
-            .arg("run")
+        self.spawn_command(Command::new(bin))
+    }
+
+    /// Spawns `cmd run` (`cmd` being pgwarden, or a command that execs it) with this
+    /// instance's environment, appending to its log.
+    pub fn spawn_command(&self, mut cmd: Command) -> Child {
+        cmd.arg("run")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(
@@ -271,4 +281,23 @@ pub fn proc_cpu(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Polls `check` until it yields a value; panics with `what` (and the last reason
+/// `check` gave) after `timeout`.
+pub fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(why) if Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}: {why}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }

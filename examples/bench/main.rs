@@ -1,9 +1,10 @@
 //! `make bench`: pgwarden's figures next to the reference tools', measured in one run on
 //! the same data. Prints a report; asserts nothing.
 //!
-//! Usage: `cargo run --release --example bench -- [startup|replica|wal|backup|all]`
+//! Usage: `cargo run --release --example bench -- [startup|replica|wal|backup|ha|all]`
 
 mod backup;
+mod ha;
 mod harness;
 mod replica;
 mod startup;
@@ -27,6 +28,9 @@ fn main() {
     }
     if which == "all" || which == "backup" {
         backup::run(&bin);
+    }
+    if which == "all" || which == "ha" {
+        ha::run(&bin);
     }
     if which == "wal-daemon" {
         wal::run_daemon(&bin);

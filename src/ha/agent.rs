@@ -383,8 +383,11 @@ impl Ha {
             }
             Action::ClearFailover { why } => {
                 info!(reason = %why, "HA: dropping the switchover request");
-                if let Err(e) = self.store.clear_failover().await {
-                    warn!(error = %e, "HA: cannot drop the switchover request");
+                match self.store.clear_failover().await {
+                    // At once, so that /status (which a new request is checked
+                    // against) stops showing it a loop_wait early.
+                    Ok(()) => return true,
+                    Err(e) => warn!(error = %e, "HA: cannot drop the switchover request"),
                 }
             }
             Action::Rejoin { leader } => {
