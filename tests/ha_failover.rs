@@ -1078,6 +1078,7 @@ async fn a_switchover_under_load_loses_nothing_and_the_old_primary_follows_witho
         .unwrap();
     let view = store.read().await.unwrap();
     assert_eq!(view.leader.map(|l| l.name), Some(name(to)));
+    // The new leader drops the request once it is writable.
     assert_eq!(view.failover, None, "the request stays in the store");
     let metrics = members[to].get("/metrics").body;
     assert!(

@@ -303,7 +303,7 @@ impl Ha {
                 .await;
             return true;
         }
-        self.act(action, s, &sup, facts, commands).await
+        self.act(action, s, &sup, &me, facts, commands).await
     }
 
     async fn act(
@@ -311,6 +311,7 @@ impl Ha {
         action: Action,
         s: &Settings,
         sup: &SupervisorStatus,
+        me: &Me,
         facts: Option<local::Facts>,
         commands: &Commands,
     ) -> bool {
@@ -369,6 +370,10 @@ impl Ha {
                 // primary says otherwise, and wins the argument (Patroni #2070).
                 if let Some(other) = self.a_primary_answers().await {
                     warn!(member = %other, "HA: not racing: this member still answers as a primary");
+                    return false;
+                }
+                if let Some((other, lsn)) = self.a_rival_is_ahead(me).await {
+                    info!(member = %other, received = lsn, "HA: not racing: this member has received more WAL than its member key said");
                     return false;
                 }
                 match self.store.acquire_leader(&self.name, lease).await {
@@ -478,6 +483,14 @@ impl Ha {
                 if let Err(e) = self.store.append_history(&entry).await {
                     warn!(error = %e, "HA: cannot record the promotion in the history");
                 }
+                // A switchover that brought this member here is done now that it is
+                // writable (a request it cannot honour is dropped by a later round).
+                if self.view.failover.is_some() {
+                    match self.store.clear_failover().await {
+                        Ok(()) => self.view.failover = None,
+                        Err(e) => warn!(error = %e, "HA: cannot drop the switchover request"),
+                    }
+                }
                 self.ensure_slots(s).await;
             }
             Err(e) => {
@@ -557,39 +570,40 @@ impl Ha {
     /// every member ever seen at once, each for at most a second. Unreachable members
     /// do not count: the leader key's compare-and-set decides among the rest.
     async fn a_primary_answers(&self) -> Option<String> {
-        let mut asks = tokio::task::JoinSet::new();
-        for (name, url) in &self.known_apis {
-            if *name == self.name {
-                continue;
-            }
-            let Some(hostport) = url.strip_prefix("http://").map(str::to_owned) else {
-                continue;
-            };
-            let name = name.clone();
-            asks.spawn(async move {
-                let ask = tokio::task::spawn_blocking(move || {
-                    use std::net::ToSocketAddrs;
-                    let addr = hostport.to_socket_addrs().ok()?.next()?;
-                    let target = crate::http::client::Target::Tcp(addr);
-                    crate::http::client::request_with_timeout(
-                        &target,
-                        "GET",
-                        "/primary",
-                        &[],
-                        Duration::from_secs(1),
-                    )
-                    .ok()
-                });
-                let answer = tokio::time::timeout(Duration::from_secs(1), ask).await;
-                matches!(answer, Ok(Ok(Some(r))) if r.status == 200).then_some(name)
-            });
+        let others = self
+            .known_apis
+            .iter()
+            .filter(|(name, _)| **name != self.name)
+            .map(|(n, u)| (n.clone(), u.clone()));
+        ask(others, "/primary")
+            .await
+            .into_iter()
+            .find(|(_, r)| r.status == 200)
+            .map(|(name, _)| name)
+    }
+
+    /// A rival (see [`super::decide::rivals`]) whose current position, asked over its
+    /// HTTP API, beats this member's: its member key may be a round old. Skipped for
+    /// the candidate of a switchover, which was chosen with the leader's knowledge.
+    async fn a_rival_is_ahead(&self, me: &Me) -> Option<(String, u64)> {
+        let handed_to_me = self
+            .view
+            .failover
+            .as_ref()
+            .is_some_and(|f| f.candidate.as_deref() == Some(self.name.as_str()));
+        if handed_to_me {
+            return None;
         }
-        while let Some(done) = asks.join_next().await {
-            if let Ok(Some(name)) = done {
-                return Some(name);
-            }
-        }
-        None
+        let rivals = super::decide::rivals(&self.view, me, self.rules())
+            .into_iter()
+            .map(|m| (m.name.clone(), m.api_url.clone()));
+        ask(rivals, "/status")
+            .await
+            .into_iter()
+            .find_map(|(name, r)| {
+                let lsn = received_in_status(&r.body)?;
+                super::decide::beats(&name, Some(lsn), me).then_some((name, lsn))
+            })
     }
 
     /// Renews the session lease, or grants one; true on success. The renewal counts
@@ -781,6 +795,53 @@ impl Ha {
     }
 }
 
+/// GETs `path` from every member's HTTP API at once, each for at most a second;
+/// returns the answers that came back with a status code.
+async fn ask(
+    members: impl Iterator<Item = (String, String)>,
+    path: &'static str,
+) -> Vec<(String, crate::http::client::Response)> {
+    let mut asks = tokio::task::JoinSet::new();
+    for (name, url) in members {
+        let Some(hostport) = url.strip_prefix("http://").map(str::to_owned) else {
+            continue;
+        };
+        asks.spawn(async move {
+            let ask = tokio::task::spawn_blocking(move || {
+                use std::net::ToSocketAddrs;
+                let addr = hostport.to_socket_addrs().ok()?.next()?;
+                let target = crate::http::client::Target::Tcp(addr);
+                crate::http::client::request_with_timeout(
+                    &target,
+                    "GET",
+                    path,
+                    &[],
+                    Duration::from_secs(1),
+                )
+                .ok()
+            });
+            match tokio::time::timeout(Duration::from_secs(1), ask).await {
+                Ok(Ok(Some(r))) => Some((name, r)),
+                _ => None,
+            }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = asks.join_next().await {
+        if let Ok(Some(answer)) = done {
+            out.push(answer);
+        }
+    }
+    out
+}
+
+/// The WAL received that a member's `/status` reports (`lsn.received`).
+fn received_in_status(body: &str) -> Option<u64> {
+    let doc: serde_json::Value = serde_json::from_str(body).ok()?;
+    let text = doc.get("lsn")?.get("received")?.as_str()?;
+    crate::backup::info::Lsn::parse(text).map(|l| l.0)
+}
+
 /// Asks the supervisor to re-render the configuration (primary_conninfo follows the
 /// shared upstream) and reload. Not awaited: the supervisor serves requests only while
 /// postgres runs, and the loop must not wait for that.
@@ -820,5 +881,18 @@ impl Running {
             }
             Err(_) => warn!("HA: no answer revoking the lease; its keys expire with its TTL"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::received_in_status;
+
+    #[test]
+    fn the_received_position_is_read_from_a_members_status() {
+        let body = r#"{"role":"replica","lsn":{"current":null,"received":"0/3000148","replayed":"0/3000100"}}"#;
+        assert_eq!(received_in_status(body), Some(0x3000148));
+        assert_eq!(received_in_status(r#"{"lsn":{"received":null}}"#), None);
+        assert_eq!(received_in_status("not json"), None);
     }
 }

@@ -375,32 +375,47 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
         Some(c) => return wait(format!("a switchover hands over to {c}")),
         None => {}
     }
-    for p in peers {
-        if p.role == MemberRole::Primary {
-            return wait(format!("{} still runs as a primary", p.name));
-        }
-        if p.role == MemberRole::Replica
-            && sync.is_none_or(|s| s.contains(&p.name))
-            && ineligible(p.timeline, p.received_lsn, p.term, optime, rules.max_lag).is_none()
-            && ahead(p, me)
-        {
-            return wait(format!("{} has received more WAL", p.name));
-        }
+    if let Some(p) = peers.clone().find(|p| p.role == MemberRole::Primary) {
+        return wait(format!("{} still runs as a primary", p.name));
+    }
+    if let Some(p) = rivals(view, me, rules)
+        .into_iter()
+        .find(|p| beats(&p.name, p.received_lsn, me))
+    {
+        return wait(format!("{} has received more WAL", p.name));
     }
     Action::Acquire
 }
 
-/// Whether `p` beats `me`: more WAL received, or as much and a lower name, so that
-/// members with equal positions agree on one candidate.
-fn ahead(p: &MemberState, me: &Me) -> bool {
-    let (theirs, mine) = (p.received_lsn.unwrap_or(0), me.received_lsn.unwrap_or(0));
-    theirs > mine || (theirs == mine && p.name < me.name)
+/// The other members a candidate must not overtake: the published replicas eligible
+/// for promotion (and synchronous, with synchronous mode). The race compares their
+/// member keys; just before racing the loop asks each for its current position too,
+/// as a key can be a round old (a clean stop of the leader starts the race at once).
+pub fn rivals<'v>(view: &'v ClusterView, me: &Me, rules: Rules) -> Vec<&'v MemberState> {
+    let optime = view.optime.as_ref();
+    let sync = sync_only(view, rules);
+    view.members
+        .iter()
+        .filter(|p| {
+            p.name != me.name
+                && p.role == MemberRole::Replica
+                && sync.is_none_or(|s| s.contains(&p.name))
+                && ineligible(p.timeline, p.received_lsn, p.term, optime, rules.max_lag).is_none()
+        })
+        .collect()
+}
+
+/// Whether member `name`, having received up to `lsn`, beats `me`: more WAL, or as
+/// much and a lower name, so that members with equal positions agree on one candidate.
+pub fn beats(name: &str, lsn: Option<u64>, me: &Me) -> bool {
+    let (theirs, mine) = (lsn.unwrap_or(0), me.received_lsn.unwrap_or(0));
+    theirs > mine || (theirs == mine && name < me.name.as_str())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ha::store::Leader;
+    use crate::ha::store::{Leader, SyncState};
 
     const LEASE: LeaseId = 42;
     const RULES: Rules = Rules {
@@ -1094,6 +1109,41 @@ mod tests {
         for (what, view, me, rules, want) in cases {
             let got = decide(&view, &me, rules);
             assert!(same(&got, &want), "{what}: want {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn rivals_are_the_eligible_replicas_and_beating_one_takes_more_wal_or_a_lower_name() {
+        let mut v = leaderless();
+        v.members.push(MemberState {
+            term: 6,
+            ..member("d", MemberRole::Replica, 20_000)
+        });
+        v.members.push(member("e", MemberRole::Stopped, 20_000));
+        let me = me(replica(None));
+        let names: Vec<&str> = rivals(&v, &me, RULES)
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        // b is me, d missed a term, e is not a running replica.
+        assert_eq!(names, ["c"]);
+        let with_sync = Rules {
+            sync: true,
+            ..RULES
+        };
+        v.sync = Some(SyncState {
+            leader: "a".into(),
+            members: vec!["b".into()],
+        });
+        assert!(rivals(&v, &me, with_sync).is_empty());
+        for (name, lsn, want) in [
+            ("c", Some(10_001), true),
+            ("c", Some(10_000), false),
+            ("a", Some(10_000), true),
+            ("c", Some(9_999), false),
+            ("a", None, false),
+        ] {
+            assert_eq!(beats(name, lsn, &me), want, "{name} at {lsn:?}");
         }
     }
 

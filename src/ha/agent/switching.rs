@@ -80,7 +80,21 @@ impl Ha {
                 deadline.set(self.renewed_at.map(|t| t + self.cfg.fence_deadline()));
             }
             self.refresh().await;
-            let received = self.view.member(&candidate).and_then(|m| m.received_lsn);
+            // The member key is published once a round; the candidate's /status is at
+            // most a second old, which keeps a switchover short whatever loop_wait.
+            let member = self.view.member(&candidate);
+            let published = member.and_then(|m| m.received_lsn);
+            let asked = match member {
+                Some(m) => super::ask(
+                    std::iter::once((m.name.clone(), m.api_url.clone())),
+                    "/status",
+                )
+                .await
+                .into_iter()
+                .find_map(|(_, r)| super::received_in_status(&r.body)),
+                None => None,
+            };
+            let received = published.max(asked);
             if received.is_some_and(|r| r >= checkpoint) {
                 break true;
             }
