@@ -4,6 +4,12 @@
 //! member's lease, `optime`, `initialize` and `history` not. Every read is linearizable
 //! (etcd's default): a partitioned etcd member must not feed a primary a stale view in
 //! which it still leads (Patroni #308). Each call is retried until `retry_timeout`.
+//!
+//! There is one client per endpoint, and a call that fails or does not answer in its
+//! share of `retry_timeout` goes to the next endpoint: a frozen or partitioned etcd
+//! member holds a connection open and answers nothing, and one client balancing over
+//! every endpoint kept sending to it until the leader fenced itself, though the two
+//! other members still formed a quorum.
 
 use super::store::{
     ClusterView, FailoverRequest, HistoryEntry, Leader, LeaseId, MemberState, Optime, Store,
@@ -22,7 +28,10 @@ use tracing::{debug, warn};
 /// An etcd-backed store for one cluster.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    /// One client per endpoint, in the order given.
+    clients: Arc<Vec<Client>>,
+    /// The endpoint that answered last: the next call starts there.
+    current: Arc<std::sync::atomic::AtomicUsize>,
     prefix: String,
     retry_timeout: Duration,
     /// Calls that failed after their retries, shared by every clone of this client.
@@ -59,11 +68,17 @@ impl EtcdStore {
             // HTTP/2 pings notice a dead connection without waiting for a call.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(unavailable)?;
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            let options = Some(options.clone());
+            clients.push(Client::connect([e], options).await.map_err(unavailable)?);
+        }
+        if clients.is_empty() {
+            return Err(StoreError::Unavailable("no etcd endpoint".into()));
+        }
         Ok(EtcdStore {
-            client,
+            clients: Arc::new(clients),
+            current: Arc::default(),
             prefix: prefix(cluster),
             retry_timeout,
             errors: Arc::default(),
@@ -80,32 +95,59 @@ impl EtcdStore {
         format!("{}{name}", self.prefix)
     }
 
-    /// Runs `op` until it succeeds or `retry_timeout` has passed. Only transport
-    /// failures are retried; every operation given here is idempotent.
+    /// The client of the endpoint that answered last.
+    fn client(&self) -> Client {
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        self.clients[i].clone()
+    }
+
+    /// Runs `op` until it succeeds or `retry_timeout` has passed, each attempt on the
+    /// next endpoint and within its share of the time (at least half a second), so
+    /// that every endpoint is tried before the time is up. Only transport failures are
+    /// retried; every operation given here is idempotent.
     async fn retry<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, StoreError>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let deadline = Instant::now() + self.retry_timeout;
+        let n = self.clients.len();
+        let share = (self.retry_timeout / n as u32).max(Duration::from_millis(500));
         let mut pause = Duration::from_millis(100);
+        let mut tried = 0;
         loop {
+            let i = self.current.load(Ordering::Relaxed) % n;
             let left = deadline.saturating_duration_since(Instant::now());
-            let error = match tokio::time::timeout(left, op(self.client.clone())).await {
+            let attempt = op(self.clients[i].clone());
+            let error = match tokio::time::timeout(left.min(share), attempt).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e @ StoreError::LeaseGone(_))) => return Err(e),
                 Ok(Err(e)) => e,
                 Err(_) => {
-                    StoreError::Unavailable(format!("no answer within {:?}", self.retry_timeout))
+                    StoreError::Unavailable(format!("no answer within {:?}", left.min(share)))
                 }
             };
-            if Instant::now() + pause >= deadline {
+            // Next time (and next attempt), the next endpoint; unless another call
+            // moved on already.
+            let _ =
+                self.current
+                    .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+            tried += 1;
+            // Pause only once every endpoint failed in a row.
+            let wait = if tried % n == 0 {
+                pause
+            } else {
+                Duration::ZERO
+            };
+            if Instant::now() + wait >= deadline {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 return Err(error);
             }
-            debug!(op = what, error = %error, "etcd call failed; retrying");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
+            debug!(op = what, endpoint = i, error = %error, "etcd call failed; retrying");
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }
@@ -419,7 +461,7 @@ impl Store for EtcdStore {
         timeout: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.key("leader");
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let wait = async move {
             let mut stream = client
                 .watch(

@@ -35,6 +35,53 @@ impl Etcd {
     /// On `host`, inside network namespace `netns` if given (then readiness is read
     /// from its log, as the test process cannot reach it).
     pub fn start_at(netns: Option<&str>, host: &str) -> Etcd {
+        let (client, peer) = (super::free_port(), super::free_port());
+        let peer_url = format!("http://{host}:{peer}");
+        let e = Etcd::spawn("t", netns, host, client, peer, &format!("t={peer_url}"));
+        e.wait_ready(netns.is_some());
+        e
+    }
+
+    /// A cluster of `n` members on 127.0.0.1, started together (each waits for the
+    /// others to form the first quorum).
+    pub fn start_cluster(n: usize) -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (super::free_port(), super::free_port()))
+            .collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("t{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                Etcd::spawn(
+                    &format!("t{i}"),
+                    None,
+                    "127.0.0.1",
+                    *client,
+                    *peer,
+                    &initial,
+                )
+            })
+            .collect();
+        for m in &members {
+            m.wait_ready(false);
+        }
+        members
+    }
+
+    fn spawn(
+        name: &str,
+        netns: Option<&str>,
+        host: &str,
+        client_port: u16,
+        peer: u16,
+        initial_cluster: &str,
+    ) -> Etcd {
         // /dev/shm: etcd fsyncs its WAL on every write, which is slow on a shared disk.
         let dir = tempfile::Builder::new()
             .prefix("pgwarden-etcd-")
@@ -45,12 +92,11 @@ impl Etcd {
             })
             .unwrap();
         let mut e = Etcd {
-            client_port: super::free_port(),
+            client_port,
             host: host.to_owned(),
             dir,
             child: None,
         };
-        let peer = super::free_port();
         let log = std::fs::File::create(e.dir.path().join("etcd.log")).unwrap();
         let client_url = e.url();
         let peer_url = format!("http://{host}:{peer}");
@@ -63,13 +109,13 @@ impl Etcd {
             None => Command::new(etcd_bin()),
         };
         let child = cmd
-            .args(["--name", "t", "--data-dir"])
+            .args(["--name", name, "--data-dir"])
             .arg(e.dir.path().join("data"))
             .args(["--listen-client-urls", &client_url])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
+            .args(["--initial-cluster", initial_cluster])
             // The environment of a developer's shell must not reconfigure it.
             .env_clear()
             .stdin(Stdio::null())
@@ -78,19 +124,25 @@ impl Etcd {
             .spawn()
             .unwrap();
         e.child = Some(child);
-        if netns.is_some() {
+        e
+    }
+
+    /// Waits until it serves clients: from its log when `from_log` (another network
+    /// namespace), else by its /health.
+    fn wait_ready(&self, from_log: bool) {
+        if from_log {
             super::eventually(Duration::from_secs(30), "etcd is ready", || {
-                let log = e.log();
+                let log = self.log();
                 if log.contains("ready to serve client requests") {
                     Ok(())
                 } else {
                     Err(log)
                 }
             });
-            return e;
+            return;
         }
         use pgwarden::http::client::{request_with_timeout, Target};
-        let target = Target::Tcp(([127, 0, 0, 1], e.client_port).into());
+        let target = Target::Tcp(([127, 0, 0, 1], self.client_port).into());
         super::eventually(Duration::from_secs(30), "etcd answers /health", || {
             match request_with_timeout(&target, "GET", "/health", &[], Duration::from_secs(2)) {
                 Ok(r) if r.status == 200 && r.body.contains("true") => Ok(()),
@@ -98,7 +150,6 @@ impl Etcd {
                 Err(e) => Err(e.to_string()),
             }
         });
-        e
     }
 
     pub fn url(&self) -> String {
