@@ -1,5 +1,6 @@
-//! `POST /switchover[?candidate=NAME][&leader=NAME]`: hands the leadership over, in
-//! Patroni's spirit (its `POST /switchover` takes the same two names in a JSON body).
+//! `POST /switchover[?candidate=NAME][&leader=NAME]`, or with Patroni's JSON body
+//! (`{"leader": ..., "candidate": ...}`), so that its tooling works unchanged: hands
+//! the leadership over.
 //! Answers 200 with the new leader once it holds the key; 412 when the cluster cannot
 //! hand over as asked, 409 when a switchover is already under way, 503 when there is
 //! no leader or the store does not answer, 404 with HA off.
@@ -12,22 +13,51 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// The query string.
+/// The query string, or the JSON body.
 #[derive(Debug, Default, Deserialize)]
 pub struct SwitchoverQuery {
     /// The member to hand over to; the best replica when absent.
     candidate: Option<String>,
     /// The leader the caller expects; refused when another member leads.
     leader: Option<String>,
+    /// Patroni's scheduled switchover: not supported, refused rather than done now.
+    scheduled_at: Option<String>,
+}
+
+/// The request's names: the JSON body's where given, else the query string's.
+fn request(q: SwitchoverQuery, body: &[u8]) -> Result<SwitchoverQuery, String> {
+    let b: SwitchoverQuery = match body.iter().all(u8::is_ascii_whitespace) {
+        true => SwitchoverQuery::default(),
+        false => serde_json::from_slice(body)
+            .map_err(|e| format!("the body is not a switchover request: {e}"))?,
+    };
+    if q.scheduled_at.is_some() || b.scheduled_at.is_some() {
+        return Err("scheduled switchovers (scheduled_at) are not supported".into());
+    }
+    Ok(SwitchoverQuery {
+        candidate: b.candidate.or(q.candidate),
+        leader: b.leader.or(q.leader),
+        scheduled_at: None,
+    })
 }
 
 /// `POST /switchover`.
 pub async fn post(
     State(ctl): State<ControlState>,
     Query(q): Query<SwitchoverQuery>,
+    body: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
     let Some(sw) = ctl.switchover.get() else {
         return off();
+    };
+    let q = match request(q, &body) {
+        Ok(q) => q,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"ok": false, "error": e})),
+            )
+        }
     };
     if let Some(expected) = &q.leader {
         let leader = sw.leader();
@@ -82,5 +112,45 @@ fn answer(result: Result<String, SwitchoverError>) -> (StatusCode, Json<Value>) 
             };
             (code, Json(json!({"ok": false, "error": e.to_string()})))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(candidate: Option<&str>, leader: Option<&str>) -> SwitchoverQuery {
+        SwitchoverQuery {
+            candidate: candidate.map(str::to_owned),
+            leader: leader.map(str::to_owned),
+            scheduled_at: None,
+        }
+    }
+
+    #[test]
+    fn the_names_come_from_patronis_json_body_or_the_query_string() {
+        let r = request(q(Some("n3"), None), b"").unwrap();
+        assert_eq!(
+            (r.candidate.as_deref(), r.leader.as_deref()),
+            (Some("n3"), None)
+        );
+        let r = request(q(None, None), br#"{"leader": "n1", "candidate": "n2"}"#).unwrap();
+        assert_eq!(
+            (r.candidate.as_deref(), r.leader.as_deref()),
+            (Some("n2"), Some("n1"))
+        );
+        let r = request(q(Some("n3"), Some("n1")), br#"{"candidate": "n2"}"#).unwrap();
+        assert_eq!(
+            (r.candidate.as_deref(), r.leader.as_deref()),
+            (Some("n2"), Some("n1"))
+        );
+        let e = request(q(None, None), b"candidate=n2").unwrap_err();
+        assert!(e.contains("not a switchover request"), "{e}");
+        let e = request(
+            q(None, None),
+            br#"{"scheduled_at": "2026-11-25T01:00+00:00"}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("scheduled_at"), "{e}");
     }
 }
