@@ -523,6 +523,35 @@ async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)]
+async fn an_initialize_winner_that_died_before_leading_does_not_block_the_bootstrap() {
+    let _turn = one_at_a_time();
+    if !is_root() {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let etcd = Etcd::start();
+    // A member won the initialize race and died before it took the leader key.
+    let store = pgwarden::ha::etcd::EtcdStore::connect(&[etcd.url()], "c", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(store.initialize("ghost").await.unwrap());
+    let tmp = test_dir();
+    let mut members = cluster(tmp.path(), &etcd, None);
+    // bring_up checks that exactly one member ran initdb and the others cloned it.
+    let first = bring_up(&mut members).await;
+    assert!(
+        members
+            .iter()
+            .any(|m| m.log().contains("abandoning its claim")),
+        "{}",
+        logs(&members)
+    );
+    let view = store.read().await.unwrap();
+    assert_eq!(view.initialize, Some(format!("n{}", first + 1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
 async fn one_etcd_member_of_three_lost_changes_nothing_and_the_quorum_lost_fences_the_primary() {
     let _turn = one_at_a_time();
     if !is_root() {

@@ -255,22 +255,33 @@ async fn a_watch_wakes_on_a_leader_change() {
     let rev = a.read().await.unwrap().revision;
     // Nothing happens: the wait ends by its timeout and says so.
     assert!(!a
-        .wait_leader_change(rev, Duration::from_millis(300))
+        .wait_change(rev, Duration::from_millis(300))
         .await
         .unwrap());
     let waiter = tokio::spawn({
         let a = a.clone();
-        async move { a.wait_leader_change(rev, Duration::from_secs(60)).await }
+        async move { a.wait_change(rev, Duration::from_secs(60)).await }
     });
     let lb = b.grant(Duration::from_secs(60)).await.unwrap();
     b.acquire_leader("b", lb).await.unwrap().unwrap();
     assert!(waiter.await.unwrap().unwrap());
     // A change before the wait started is seen too: it starts from `rev`.
     b.release_leader("b").await.unwrap();
-    assert!(a
-        .wait_leader_change(rev, Duration::from_secs(60))
+    assert!(a.wait_change(rev, Duration::from_secs(60)).await.unwrap());
+    // A member key, rewritten every round by every member, does not wake anyone; a
+    // switchover request does.
+    let rev = a.read().await.unwrap().revision;
+    b.put_member(&member("b"), lb).await.unwrap();
+    assert!(!a
+        .wait_change(rev, Duration::from_millis(300))
         .await
         .unwrap());
+    let request = FailoverRequest {
+        leader: "a".into(),
+        candidate: Some("b".into()),
+    };
+    assert!(b.request_failover(&request).await.unwrap());
+    assert!(a.wait_change(rev, Duration::from_secs(60)).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,8 @@
 //! performs on its postgres.
 
 use super::config::SyncMode;
+mod peers;
+mod rejoin;
 mod switching;
 mod sync_leader;
 
@@ -21,7 +23,7 @@ use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 /// File in PGDATA that keeps the last term this member saw, across restarts: without
 /// it a whole-cluster restart would leave nobody eligible.
@@ -55,6 +57,9 @@ pub struct Ha {
     sync_since: std::collections::BTreeMap<String, u64>,
     /// Rounds in a row that found this standby past the leader's fork.
     divergent_rounds: u32,
+    /// Before the bootstrap: the initialize winner seen holding no leader key in a
+    /// cluster that never had a leader, and since when (boot clock).
+    initialize_stall: Option<(String, Duration)>,
 }
 
 impl Ha {
@@ -84,6 +89,7 @@ impl Ha {
             runner: None,
             sync_since: Default::default(),
             divergent_rounds: 0,
+            initialize_stall: None,
         })
     }
 
@@ -117,6 +123,7 @@ impl Ha {
                 tokio::time::sleep(self.cfg.loop_wait).await;
                 continue;
             }
+            self.note_initialize_stall();
             let me = self.me(false, Postgres::Stopped, None);
             let action = decide(&self.view, &me, self.rules());
             self.note(&action);
@@ -126,6 +133,14 @@ impl Ha {
                         Ok(won) => info!(won, "HA: raced for the initialize key"),
                         Err(e) => warn!(error = %e, "HA: cannot race for the initialize key"),
                     }
+                    continue;
+                }
+                Action::AbandonInitialize { winner } => {
+                    warn!(winner = %winner, "HA: the initialize winner has held no leader key for a TTL and the cluster never had a leader; abandoning its claim");
+                    if let Err(e) = self.store.clear_initialize(&winner).await {
+                        warn!(error = %e, "HA: cannot delete the initialize key");
+                    }
+                    self.initialize_stall = None;
                     continue;
                 }
                 Action::Initdb => {
@@ -413,6 +428,7 @@ impl Ha {
             | Action::Wait { .. }
             | Action::RaceInitialize
             | Action::Initdb
+            | Action::AbandonInitialize { .. }
             | Action::Clone { .. }
             | Action::HandOver { .. } => {}
         }
@@ -505,44 +521,6 @@ impl Ha {
         }
     }
 
-    /// Whether this standby replayed past the point where the timeline of the leader it
-    /// follows forked from its own. Asked only while it does not stream (a streaming
-    /// standby is on the leader's branch), and believed after two rounds in a row: a
-    /// standby caught between two queries while it replays a timeline switch is not
-    /// rewound for nothing.
-    async fn diverged(
-        &mut self,
-        s: &Settings,
-        postgres: &Postgres,
-        facts: Option<local::Facts>,
-    ) -> bool {
-        let following = match (postgres, &self.view.leader) {
-            (Postgres::Replica { upstream: Some(u) }, Some(l)) => {
-                *u == l.name && l.name != self.name
-            }
-            _ => false,
-        };
-        let idle = facts.is_some_and(|f| f.in_recovery && !f.streaming);
-        let Some(runner) = self.runner.clone().filter(|_| following && idle) else {
-            self.divergent_rounds = 0;
-            return false;
-        };
-        let check = crate::replica::diverge::check(s, &runner);
-        match tokio::time::timeout(self.cfg.retry_timeout, check).await {
-            Ok(Ok(true)) => self.divergent_rounds += 1,
-            Ok(Ok(false)) => self.divergent_rounds = 0,
-            Ok(Err(e)) => {
-                debug!(
-                    error = format!("{e:#}"),
-                    "HA: cannot tell whether this standby diverged from the leader"
-                );
-                self.divergent_rounds = 0;
-            }
-            Err(_) => self.divergent_rounds = 0,
-        }
-        self.divergent_rounds >= 2
-    }
-
     /// The names of the other members in the last read of the cluster.
     fn other_members(&self) -> Vec<String> {
         self.view
@@ -564,46 +542,6 @@ impl Ha {
             ),
             Err(_) => warn!("HA: creating the members' replication slots takes too long"),
         }
-    }
-
-    /// The name of another member whose HTTP API answers `/primary` with 200, asking
-    /// every member ever seen at once, each for at most a second. Unreachable members
-    /// do not count: the leader key's compare-and-set decides among the rest.
-    async fn a_primary_answers(&self) -> Option<String> {
-        let others = self
-            .known_apis
-            .iter()
-            .filter(|(name, _)| **name != self.name)
-            .map(|(n, u)| (n.clone(), u.clone()));
-        ask(others, "/primary")
-            .await
-            .into_iter()
-            .find(|(_, r)| r.status == 200)
-            .map(|(name, _)| name)
-    }
-
-    /// A rival (see [`super::decide::rivals`]) whose current position, asked over its
-    /// HTTP API, beats this member's: its member key may be a round old. Skipped for
-    /// the candidate of a switchover, which was chosen with the leader's knowledge.
-    async fn a_rival_is_ahead(&self, me: &Me) -> Option<(String, u64)> {
-        let handed_to_me = self
-            .view
-            .failover
-            .as_ref()
-            .is_some_and(|f| f.candidate.as_deref() == Some(self.name.as_str()));
-        if handed_to_me {
-            return None;
-        }
-        let rivals = super::decide::rivals(&self.view, me, self.rules())
-            .into_iter()
-            .map(|m| (m.name.clone(), m.api_url.clone()));
-        ask(rivals, "/status")
-            .await
-            .into_iter()
-            .find_map(|(name, r)| {
-                let lsn = received_in_status(&r.body)?;
-                super::decide::beats(&name, Some(lsn), me).then_some((name, lsn))
-            })
     }
 
     /// Renews the session lease, or grants one; true on success. The renewal counts
@@ -656,15 +594,12 @@ impl Ha {
         }
     }
 
-    /// Sleeps until the next round: `loop_wait`, or sooner when the leader key changes.
+    /// Sleeps until the next round: `loop_wait`, or sooner when the leader key or a
+    /// switchover request changes (a switchover then starts at once, not a round later).
     async fn wait(&self) {
         let revision = self.view.revision;
         let started = tokio::time::Instant::now();
-        match self
-            .store
-            .wait_leader_change(revision, self.cfg.loop_wait)
-            .await
-        {
+        match self.store.wait_change(revision, self.cfg.loop_wait).await {
             Ok(_) => {}
             Err(_) => tokio::time::sleep_until(started + self.cfg.loop_wait).await,
         }
@@ -706,6 +641,12 @@ impl Ha {
             term_seen: self.term_seen,
             // Set by the round, which asks postgres and the leader (see `diverged`).
             diverged: false,
+            initialize_stalled_for: match &self.initialize_stall {
+                Some((winner, since)) if self.view.initialize.as_ref() == Some(winner) => {
+                    clock::now().saturating_sub(*since)
+                }
+                _ => Duration::ZERO,
+            },
         }
     }
 
@@ -714,6 +655,7 @@ impl Ha {
             demote_after: self.cfg.demote_after(),
             max_lag: self.cfg.max_lag_on_failover,
             sync: self.cfg.sync_mode != SyncMode::Off,
+            initialize_abandoned_after: self.cfg.ttl,
         }
     }
 
@@ -795,53 +737,6 @@ impl Ha {
     }
 }
 
-/// GETs `path` from every member's HTTP API at once, each for at most a second;
-/// returns the answers that came back with a status code.
-async fn ask(
-    members: impl Iterator<Item = (String, String)>,
-    path: &'static str,
-) -> Vec<(String, crate::http::client::Response)> {
-    let mut asks = tokio::task::JoinSet::new();
-    for (name, url) in members {
-        let Some(hostport) = url.strip_prefix("http://").map(str::to_owned) else {
-            continue;
-        };
-        asks.spawn(async move {
-            let ask = tokio::task::spawn_blocking(move || {
-                use std::net::ToSocketAddrs;
-                let addr = hostport.to_socket_addrs().ok()?.next()?;
-                let target = crate::http::client::Target::Tcp(addr);
-                crate::http::client::request_with_timeout(
-                    &target,
-                    "GET",
-                    path,
-                    &[],
-                    Duration::from_secs(1),
-                )
-                .ok()
-            });
-            match tokio::time::timeout(Duration::from_secs(1), ask).await {
-                Ok(Ok(Some(r))) => Some((name, r)),
-                _ => None,
-            }
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(done) = asks.join_next().await {
-        if let Ok(Some(answer)) = done {
-            out.push(answer);
-        }
-    }
-    out
-}
-
-/// The WAL received that a member's `/status` reports (`lsn.received`).
-fn received_in_status(body: &str) -> Option<u64> {
-    let doc: serde_json::Value = serde_json::from_str(body).ok()?;
-    let text = doc.get("lsn")?.get("received")?.as_str()?;
-    crate::backup::info::Lsn::parse(text).map(|l| l.0)
-}
-
 /// Asks the supervisor to re-render the configuration (primary_conninfo follows the
 /// shared upstream) and reload. Not awaited: the supervisor serves requests only while
 /// postgres runs, and the loop must not wait for that.
@@ -881,18 +776,5 @@ impl Running {
             }
             Err(_) => warn!("HA: no answer revoking the lease; its keys expire with its TTL"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::received_in_status;
-
-    #[test]
-    fn the_received_position_is_read_from_a_members_status() {
-        let body = r#"{"role":"replica","lsn":{"current":null,"received":"0/3000148","replayed":"0/3000100"}}"#;
-        assert_eq!(received_in_status(body), Some(0x3000148));
-        assert_eq!(received_in_status(r#"{"lsn":{"received":null}}"#), None);
-        assert_eq!(received_in_status("not json"), None);
     }
 }

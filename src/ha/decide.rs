@@ -55,6 +55,9 @@ pub struct Me {
     /// This member's WAL went past where the leader's timeline forked from it, so
     /// streaming cannot resume without pg_rewind.
     pub diverged: bool,
+    /// How long this member, with an empty PGDATA, has seen the same initialize winner
+    /// hold no leader key in a cluster that never had a leader.
+    pub initialize_stalled_for: Duration,
 }
 
 /// The settings decisions depend on.
@@ -67,6 +70,9 @@ pub struct Rules {
     /// Synchronous mode is on: with a `sync` key, only the members it names may be
     /// promoted.
     pub sync: bool,
+    /// An initialize winner that has held no leader key for this long (the TTL: it
+    /// takes the key right after winning and keeps it through initdb) is gone.
+    pub initialize_abandoned_after: Duration,
 }
 
 /// What to do this round.
@@ -76,6 +82,12 @@ pub enum Action {
     RaceInitialize,
     /// This member won the initialize key: run initdb.
     Initdb,
+    /// The initialize key names a member that died before the cluster ever had a
+    /// leader: delete it (if it still names `winner`) so that the race starts again.
+    AbandonInitialize {
+        /// The member it names.
+        winner: String,
+    },
     /// Empty PGDATA: clone the leader with pg_basebackup.
     Clone {
         /// The leader to copy.
@@ -137,7 +149,7 @@ fn wait(why: impl Into<String>) -> Action {
 /// Decides this round's action.
 pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     if !me.has_data {
-        return bootstrap(view, me);
+        return bootstrap(view, me, rules);
     }
     let holds_key = match (&view.leader, me.lease) {
         (Some(l), Some(lease)) => l.name == me.name && l.lease == lease,
@@ -285,7 +297,7 @@ fn stopped_or(me: &Me, leader: Option<&String>, otherwise: impl FnOnce() -> Acti
 }
 
 /// Rule 1: an empty PGDATA.
-fn bootstrap(view: &ClusterView, me: &Me) -> Action {
+fn bootstrap(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     // A leader that is not this member is cloned whatever the initialize key says: a
     // cluster adopted from an existing PGDATA may never have written one.
     if let Some(l) = &view.leader {
@@ -298,10 +310,24 @@ fn bootstrap(view: &ClusterView, me: &Me) -> Action {
     match &view.initialize {
         None => Action::RaceInitialize,
         Some(winner) if *winner == me.name => Action::Initdb,
+        Some(winner)
+            if never_led(view) && me.initialize_stalled_for >= rules.initialize_abandoned_after =>
+        {
+            Action::AbandonInitialize {
+                winner: winner.clone(),
+            }
+        }
         Some(winner) => wait(format!(
             "{winner} initializes the cluster; waiting for a leader to clone"
         )),
     }
+}
+
+/// No leader now and no trace of one ever (no optime, no promotion in the history):
+/// the only state in which an initialize winner's data can be given up, as nobody can
+/// have written to it. A cluster whose members are all down keeps its key.
+pub fn never_led(view: &ClusterView) -> bool {
+    view.leader.is_none() && view.optime.is_none() && view.history.is_empty()
 }
 
 /// Why a member may not promote itself, if it may not.
@@ -422,6 +448,7 @@ mod tests {
         demote_after: Duration::from_secs(20),
         max_lag: 1000,
         sync: false,
+        initialize_abandoned_after: Duration::from_secs(30),
     };
 
     fn me(postgres: Postgres) -> Me {
@@ -435,6 +462,7 @@ mod tests {
             received_lsn: Some(10_000),
             term_seen: 7,
             diverged: false,
+            initialize_stalled_for: Duration::ZERO,
         }
     }
 
@@ -565,6 +593,33 @@ mod tests {
                     ..me(Postgres::Stopped)
                 },
                 Action::Initdb,
+            ),
+            (
+                "the initialize winner held no leader key for a TTL: abandon its claim",
+                ClusterView {
+                    initialize: Some("a".into()),
+                    ..ClusterView::default()
+                },
+                Me {
+                    has_data: false,
+                    initialize_stalled_for: Duration::from_secs(30),
+                    ..me(Postgres::Stopped)
+                },
+                Action::AbandonInitialize { winner: "a".into() },
+            ),
+            (
+                "a cluster that once had a leader keeps its initialize key",
+                ClusterView {
+                    leader: None,
+                    members: vec![],
+                    ..view()
+                },
+                Me {
+                    has_data: false,
+                    initialize_stalled_for: Duration::from_secs(300),
+                    ..me(Postgres::Stopped)
+                },
+                w(),
             ),
             (
                 "lost initialize, no leader yet: wait",

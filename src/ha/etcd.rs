@@ -347,6 +347,27 @@ impl Store for EtcdStore {
         .await
     }
 
+    async fn clear_initialize(&self, winner: &str) -> Result<bool, StoreError> {
+        let key = self.key("initialize");
+        self.retry("clear initialize", |mut c| {
+            let key = key.clone();
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::value(key.clone(), CompareOp::Equal, winner)])
+                    .and_then([TxnOp::delete(key.clone(), None)])
+                    .or_else([TxnOp::get(key.clone(), None)]);
+                let r = c.txn(txn).await.map_err(unavailable)?;
+                // Not deleted: fine if it is gone anyway (a retry after our delete).
+                Ok(r.succeeded()
+                    || r.op_responses().iter().all(|op| match op {
+                        TxnOpResponse::Get(g) => g.kvs().is_empty(),
+                        _ => true,
+                    }))
+            }
+        })
+        .await
+    }
+
     async fn put_optime(&self, name: &str, optime: Optime) -> Result<bool, StoreError> {
         let (leader, key) = (self.key("leader"), self.key("optime"));
         let value = serde_json::to_vec(&optime).map_err(unavailable)?;
@@ -455,18 +476,22 @@ impl Store for EtcdStore {
         .await
     }
 
-    async fn wait_leader_change(
-        &self,
-        revision: i64,
-        timeout: Duration,
-    ) -> Result<bool, StoreError> {
-        let key = self.key("leader");
+    async fn wait_change(&self, revision: i64, timeout: Duration) -> Result<bool, StoreError> {
+        // One watch on the range from `failover` to `leader` inclusive: between them sort
+        // only `history` and `initialize`, which change as rarely and matter as much;
+        // `members/`, `optime` and `sync`, rewritten every round, are outside it.
+        let (from, mut to) = (self.key("failover"), self.key("leader").into_bytes());
+        to.push(0);
         let mut client = self.client();
         let wait = async move {
             let mut stream = client
                 .watch(
-                    key,
-                    Some(WatchOptions::new().with_start_revision(revision + 1)),
+                    from,
+                    Some(
+                        WatchOptions::new()
+                            .with_range(to)
+                            .with_start_revision(revision + 1),
+                    ),
                 )
                 .await
                 .map_err(unavailable)?;

@@ -194,6 +194,12 @@ pub trait Store: Send + Sync {
     /// is (now) the one there, so exactly one member runs initdb.
     fn initialize(&self, value: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Deletes the initialize key if it still names `winner`; true when it is gone.
+    fn clear_initialize(
+        &self,
+        winner: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Records the leader's position, only while `name` holds the leader key with
     /// `term`; false otherwise.
     fn put_optime(
@@ -225,9 +231,10 @@ pub trait Store: Send + Sync {
     /// Deletes the switchover request, whatever it says.
     fn clear_failover(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Waits until the leader key changes after `revision`, or `timeout` passes; true on
-    /// a change. A wake-up only: the caller reads the view again.
-    fn wait_leader_change(
+    /// Waits until the leader key or the switchover request changes after `revision`,
+    /// or `timeout` passes; true on a change (member keys, rewritten every round, do
+    /// not count). A wake-up only: the caller reads the view again.
+    fn wait_change(
         &self,
         revision: i64,
         timeout: Duration,

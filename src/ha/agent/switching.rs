@@ -85,13 +85,13 @@ impl Ha {
             let member = self.view.member(&candidate);
             let published = member.and_then(|m| m.received_lsn);
             let asked = match member {
-                Some(m) => super::ask(
+                Some(m) => super::peers::ask(
                     std::iter::once((m.name.clone(), m.api_url.clone())),
                     "/status",
                 )
                 .await
                 .into_iter()
-                .find_map(|(_, r)| super::received_in_status(&r.body)),
+                .find_map(|(_, r)| super::peers::received_in_status(&r.body)),
                 None => None,
             };
             let received = published.max(asked);

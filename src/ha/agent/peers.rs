@@ -1,0 +1,109 @@
+//! What the loop asks the other members over their HTTP API: whether one still runs
+//! as a primary, and how far each has received WAL (their member keys can be a round
+//! old).
+
+use super::Ha;
+use crate::ha::decide::Me;
+use std::time::Duration;
+
+impl Ha {
+    /// The name of another member whose HTTP API answers `/primary` with 200, asking
+    /// every member ever seen at once, each for at most a second. Unreachable members
+    /// do not count: the leader key's compare-and-set decides among the rest.
+    pub(super) async fn a_primary_answers(&self) -> Option<String> {
+        let others = self
+            .known_apis
+            .iter()
+            .filter(|(name, _)| **name != self.name)
+            .map(|(n, u)| (n.clone(), u.clone()));
+        ask(others, "/primary")
+            .await
+            .into_iter()
+            .find(|(_, r)| r.status == 200)
+            .map(|(name, _)| name)
+    }
+
+    /// A rival (see [`crate::ha::decide::rivals`]) whose current position, asked over its
+    /// HTTP API, beats this member's: its member key may be a round old. Skipped for
+    /// the candidate of a switchover, which was chosen with the leader's knowledge.
+    pub(super) async fn a_rival_is_ahead(&self, me: &Me) -> Option<(String, u64)> {
+        let handed_to_me = self
+            .view
+            .failover
+            .as_ref()
+            .is_some_and(|f| f.candidate.as_deref() == Some(self.name.as_str()));
+        if handed_to_me {
+            return None;
+        }
+        let rivals = crate::ha::decide::rivals(&self.view, me, self.rules())
+            .into_iter()
+            .map(|m| (m.name.clone(), m.api_url.clone()));
+        ask(rivals, "/status")
+            .await
+            .into_iter()
+            .find_map(|(name, r)| {
+                let lsn = received_in_status(&r.body)?;
+                crate::ha::decide::beats(&name, Some(lsn), me).then_some((name, lsn))
+            })
+    }
+}
+
+/// GETs `path` from every member's HTTP API at once, each for at most a second;
+/// returns the answers that came back with a status code.
+pub(super) async fn ask(
+    members: impl Iterator<Item = (String, String)>,
+    path: &'static str,
+) -> Vec<(String, crate::http::client::Response)> {
+    let mut asks = tokio::task::JoinSet::new();
+    for (name, url) in members {
+        let Some(hostport) = url.strip_prefix("http://").map(str::to_owned) else {
+            continue;
+        };
+        asks.spawn(async move {
+            let ask = tokio::task::spawn_blocking(move || {
+                use std::net::ToSocketAddrs;
+                let addr = hostport.to_socket_addrs().ok()?.next()?;
+                let target = crate::http::client::Target::Tcp(addr);
+                crate::http::client::request_with_timeout(
+                    &target,
+                    "GET",
+                    path,
+                    &[],
+                    Duration::from_secs(1),
+                )
+                .ok()
+            });
+            match tokio::time::timeout(Duration::from_secs(1), ask).await {
+                Ok(Ok(Some(r))) => Some((name, r)),
+                _ => None,
+            }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = asks.join_next().await {
+        if let Ok(Some(answer)) = done {
+            out.push(answer);
+        }
+    }
+    out
+}
+
+/// The WAL received that a member's `/status` reports (`lsn.received`).
+pub(super) fn received_in_status(body: &str) -> Option<u64> {
+    let doc: serde_json::Value = serde_json::from_str(body).ok()?;
+    let text = doc.get("lsn")?.get("received")?.as_str()?;
+    crate::backup::info::Lsn::parse(text).map(|l| l.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::received_in_status;
+
+    #[test]
+    fn the_received_position_is_read_from_a_members_status() {
+        let body = r#"{"role":"replica","lsn":{"current":null,"received":"0/3000148","replayed":"0/3000100"}}"#;
+        assert_eq!(received_in_status(body), Some(0x3000148));
+        assert_eq!(received_in_status(r#"{"lsn":{"received":null}}"#), None);
+        assert_eq!(received_in_status("not json"), None);
+    }
+}
