@@ -14,6 +14,7 @@ const MANIFESTS: &[&str] = &[
     "deploy/kubernetes/cluster.yaml",
     "deploy/kubernetes/router.yaml",
     "deploy/kubernetes/restore.yaml",
+    "deploy/kubernetes/ha.yaml",
 ];
 
 fn repo(path: &str) -> PathBuf {
@@ -80,7 +81,7 @@ fn manifests_pass_the_kubernetes_schema_strictly() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches(" passed for resource ").count(), 12, "{text}");
+    assert_eq!(text.matches(" passed for resource ").count(), 17, "{text}");
 }
 
 /// The checks of the Pod Security Standards' "restricted" profile that a manifest can
@@ -173,8 +174,8 @@ fn every_pod_passes_pod_security_restricted() {
         }
     }
     assert_eq!(
-        pods, 5,
-        "pg-primary, pg-replica, pg-router, pg-restored and pg-dr"
+        pods, 7,
+        "pg-primary, pg-replica, pg-router, pg-restored, pg-dr, etcd and pg-ha"
     );
     assert!(bad.is_empty(), "{bad:#?}");
 
@@ -243,6 +244,69 @@ fn a_primary_two_replicas_and_their_services() {
             "pg-router"
         );
     }
+}
+
+#[test]
+fn an_ha_cluster_on_a_three_member_etcd() {
+    let docs = documents("deploy/kubernetes/ha.yaml");
+    let etcd = named(&docs, "StatefulSet", "etcd");
+    let pg = named(&docs, "StatefulSet", "pg-ha");
+    assert_eq!(etcd["spec"]["replicas"], 3);
+    assert_eq!(pg["spec"]["replicas"], 3);
+    // Members started one by one would wait for a quorum (etcd) or for the initialize
+    // race (pgwarden) that needs the others.
+    for sts in [etcd, pg] {
+        assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+        let svc = named(
+            &docs,
+            "Service",
+            sts["spec"]["serviceName"].as_str().unwrap(),
+        );
+        assert_eq!(svc["spec"]["clusterIP"], "None");
+        assert_eq!(svc["spec"]["publishNotReadyAddresses"], true);
+    }
+    let c = &pg["spec"]["template"]["spec"]["containers"][0];
+    let env = |name: &str| -> String {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{name} not set"))
+            .to_owned()
+    };
+    assert_eq!(env("PGWARDEN_HA"), "etcd");
+    assert!(c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["name"] != "PGWARDEN_ROLE" && e["name"] != "PGWARDEN_PRIMARY_HOST"));
+    // Every etcd member is listed, by the names its StatefulSet gives them.
+    let endpoints = env("PGWARDEN_ETCD_ENDPOINTS");
+    for i in 0..3 {
+        assert!(
+            endpoints.contains(&format!("http://etcd-{i}.etcd:2379")),
+            "{endpoints}"
+        );
+    }
+    assert_eq!(env("PGWARDEN_ADVERTISE_HOST"), "$(PGWARDEN_NAME).pg-ha");
+    // The timing pgwarden itself would accept: loop_wait + 2 × retry_timeout ≤ ttl.
+    let n = |k: &str| env(k).parse::<u64>().unwrap();
+    assert!(
+        n("PGWARDEN_HA_LOOP_WAIT") + 2 * n("PGWARDEN_HA_RETRY_TIMEOUT") <= n("PGWARDEN_HA_TTL")
+    );
+    let args: Vec<&str> = etcd["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let initial = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--initial-cluster="))
+        .unwrap();
+    assert_eq!(initial.split(',').count(), 3, "{initial}");
 }
 
 /// The router's configuration, as HAProxy will read it.
