@@ -223,6 +223,43 @@ fn wait_streaming(
     );
 }
 
+/// Waits until every member answers and none accepts writes (one too slow to answer
+/// proves nothing).
+fn wait_none_writable(rt: &tokio::runtime::Handle, members: &[Instance]) {
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(60), "no member accepts writes", || {
+            let w: Vec<Option<bool>> = members
+                .iter()
+                .map(|m| rt.block_on(writable(&addr(m))))
+                .collect();
+            if w.iter().all(|w| *w == Some(false)) {
+                Ok(())
+            } else {
+                Err(format!("writable: {w:?}\n{}", logs(members)))
+            }
+        })
+    });
+}
+
+/// Waits for exactly one primary with every other member streaming from it; returns
+/// its index.
+fn wait_one_leader_followed(rt: &tokio::runtime::Handle, members: &[Instance]) -> usize {
+    tokio::task::block_in_place(|| {
+        let leader = eventually(
+            Duration::from_secs(90),
+            "a leader again",
+            || match primaries(members).as_slice() {
+                [one] => Ok(*one),
+                p => Err(format!("primaries {p:?}\n{}", logs(members))),
+            },
+        );
+        for o in (0..members.len()).filter(|i| *i != leader) {
+            wait_streaming(rt, &members[leader], &format!("n{}", o + 1), members);
+        }
+        leader
+    })
+}
+
 async fn count(pg: &Instance) -> Option<i64> {
     let c = client(&pg.socket_dir, pg.port).await?;
     c.query_one("SELECT count(*) FROM t", &[])
@@ -468,19 +505,7 @@ async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it
     // primary cannot renew, and must stop accepting writes on its own.
     let etcd_pid = Pid::from_raw(etcd.pid());
     kill(etcd_pid, Signal::SIGSTOP).unwrap();
-    tokio::task::block_in_place(|| {
-        eventually(Duration::from_secs(60), "no member accepts writes", || {
-            // Every member must answer: one too slow to answer proves nothing.
-            let w: Vec<Option<bool>> = (0..3)
-                .map(|i| rt.block_on(writable(&addr(&members[i]))))
-                .collect();
-            if w.iter().all(|w| *w == Some(false)) {
-                Ok(())
-            } else {
-                Err(format!("writable: {w:?}\n{}", logs(&members)))
-            }
-        })
-    });
+    wait_none_writable(&rt, &members);
     assert!(
         members[first].log().contains("fencing"),
         "{}",
@@ -499,21 +524,7 @@ async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it
     });
     kill(etcd_pid, Signal::SIGCONT).unwrap();
     // The store is back: one member leads again, the others follow it, nothing is lost.
-    let leader = tokio::task::block_in_place(|| {
-        eventually(
-            Duration::from_secs(90),
-            "a leader again",
-            || match primaries(&members).as_slice() {
-                [one] => Ok(*one),
-                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
-            },
-        )
-    });
-    tokio::task::block_in_place(|| {
-        for o in (0..3).filter(|i| *i != leader) {
-            wait_streaming(&rt, &members[leader], &format!("n{}", o + 1), &members);
-        }
-    });
+    let leader = wait_one_leader_followed(&rt, &members);
     assert_eq!(count(&members[leader]).await, Some(100), "rows lost");
     if std::env::var("HA_TEST_LOGS").is_ok() {
         eprintln!("{}", logs(&members));
@@ -584,18 +595,7 @@ async fn one_etcd_member_of_three_lost_changes_nothing_and_the_quorum_lost_fence
     // A second one frozen: no quorum, so no renewal anywhere. The primary fences
     // itself and nobody promotes.
     kill(frozen[1], Signal::SIGSTOP).unwrap();
-    tokio::task::block_in_place(|| {
-        eventually(Duration::from_secs(60), "no member accepts writes", || {
-            let w: Vec<Option<bool>> = (0..3)
-                .map(|i| rt.block_on(writable(&addr(&members[i]))))
-                .collect();
-            if w.iter().all(|w| *w == Some(false)) {
-                Ok(())
-            } else {
-                Err(format!("writable: {w:?}\n{}", logs(&members)))
-            }
-        })
-    });
+    wait_none_writable(&rt, &members);
     assert!(
         members[first].log().contains("fencing"),
         "{}",
@@ -604,21 +604,7 @@ async fn one_etcd_member_of_three_lost_changes_nothing_and_the_quorum_lost_fence
     // The quorum is back: one leader, the others streaming from it, no row lost.
     kill(frozen[0], Signal::SIGCONT).unwrap();
     kill(frozen[1], Signal::SIGCONT).unwrap();
-    let leader = tokio::task::block_in_place(|| {
-        eventually(
-            Duration::from_secs(90),
-            "a leader again",
-            || match primaries(&members).as_slice() {
-                [one] => Ok(*one),
-                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
-            },
-        )
-    });
-    tokio::task::block_in_place(|| {
-        for o in (0..3).filter(|i| *i != leader) {
-            wait_streaming(&rt, &members[leader], &format!("n{}", o + 1), &members);
-        }
-    });
+    let leader = wait_one_leader_followed(&rt, &members);
     assert_eq!(count(&members[leader]).await, Some(101), "rows lost");
     assert!(checker.finish().await > 0);
 }

@@ -11,10 +11,11 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// Production-like timing, short enough for a bench: the bound is `TTL + LOOP_WAIT`.
-const TTL: u64 = 10;
-const LOOP_WAIT: u64 = 2;
-const RETRY_TIMEOUT: u64 = 3;
+/// The defaults of PGWARDEN_HA_TTL, _LOOP_WAIT and _RETRY_TIMEOUT: the bound is
+/// `TTL + LOOP_WAIT`.
+const TTL: u64 = 30;
+const LOOP_WAIT: u64 = 10;
+const RETRY_TIMEOUT: u64 = 10;
 const RUNS: usize = 3;
 
 struct Member {

@@ -5,6 +5,11 @@
 #[path = "../../tests/common/garage.rs"]
 pub mod garage;
 
+/// The tests' deadline loop, which the etcd harness uses too.
+#[path = "../../tests/common/poll.rs"]
+mod poll;
+pub use poll::eventually;
+
 /// The same etcd harness the HA tests use.
 #[allow(dead_code)]
 #[path = "../../tests/common/etcd.rs"]
@@ -281,23 +286,4 @@ pub fn proc_cpu(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
     (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Polls `check` until it yields a value; panics with `what` (and the last reason
-/// `check` gave) after `timeout`.
-pub fn eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(why) if Instant::now() >= deadline => {
-                panic!("{what}: not within {timeout:?}: {why}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
 }

@@ -40,24 +40,7 @@ pub async fn identify(s: &Settings, runner: &Runner) -> Result<RemoteSystem> {
 /// `IDENTIFY_SYSTEM` on the server `conninfo` names. On a standby it answers the
 /// timeline it replays and how far it has WAL.
 pub async fn identify_at(s: &Settings, runner: &Runner, conninfo: &str) -> Result<RemoteSystem> {
-    let mut cmd = Command::new(s.bin("psql"));
-    cmd.args([
-        "-XAtq",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-F",
-        "|",
-        "-c",
-        "IDENTIFY_SYSTEM",
-        "-d",
-    ])
-    .arg(format!("{conninfo} replication=true"));
-    with_primary_env(s, &mut cmd);
-    let out = runner.output(&mut cmd, None).await?;
-    if !out.status.success() {
-        bail!("{}", out.stderr_text());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = replication_command(s, runner, conninfo, "IDENTIFY_SYSTEM").await?;
     let fields: Vec<&str> = text.trim().split('|').collect();
     match fields.as_slice() {
         [sysid, tli, lsn, ..] => Ok(RemoteSystem {
@@ -75,22 +58,41 @@ pub async fn timeline_history(s: &Settings, runner: &Runner, timeline: u32) -> R
     let Some(conninfo) = s.primary_conninfo("replication") else {
         bail!("PGWARDEN_PRIMARY_HOST is not set")
     };
+    let command = format!("TIMELINE_HISTORY {timeline}");
+    let text = replication_command(s, runner, &conninfo, &command).await?;
+    // One row: the file name, then its content (which spans lines).
+    match text.split_once('|') {
+        Some((_, content)) => Ok(content.to_owned()),
+        None => bail!("unexpected TIMELINE_HISTORY answer {:?}", text.trim()),
+    }
+}
+
+/// Runs one replication command through psql on a replication connection to
+/// `conninfo`; returns its rows, fields separated by `|`.
+async fn replication_command(
+    s: &Settings,
+    runner: &Runner,
+    conninfo: &str,
+    command: &str,
+) -> Result<String> {
     let mut cmd = Command::new(s.bin("psql"));
-    cmd.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-F", "|", "-c"])
-        .arg(format!("TIMELINE_HISTORY {timeline}"))
-        .arg("-d")
-        .arg(format!("{conninfo} replication=true"));
+    cmd.args([
+        "-XAtq",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-F",
+        "|",
+        "-c",
+        command,
+        "-d",
+    ])
+    .arg(format!("{conninfo} replication=true"));
     with_primary_env(s, &mut cmd);
     let out = runner.output(&mut cmd, None).await?;
     if !out.status.success() {
         bail!("{}", out.stderr_text());
     }
-    // One row: the file name, then its content (which spans lines).
-    let text = String::from_utf8_lossy(&out.stdout);
-    match text.split_once('|') {
-        Some((_, content)) => Ok(content.to_owned()),
-        None => bail!("unexpected TIMELINE_HISTORY answer {:?}", text.trim()),
-    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Makes sure our physical slot exists on the primary, creating it if it is gone.

@@ -4,8 +4,11 @@
 
 pub mod etcd;
 pub mod garage;
+mod poll;
 pub mod router;
 pub mod wal;
+
+pub use poll::eventually;
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -451,25 +454,6 @@ pub fn json_lines(log: &str) -> Vec<serde_json::Value> {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
         })
         .collect()
-}
-
-/// Polls `check` until it yields a value; panics with `what` (and the last reason
-/// `check` gave) after `timeout`. The one deadline loop for new tests.
-pub fn eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(why) if Instant::now() >= deadline => {
-                panic!("{what}: not within {timeout:?}: {why}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
 }
 
 /// The postgres OS user's uid and gid, when the tests run as root.

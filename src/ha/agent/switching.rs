@@ -117,6 +117,10 @@ impl Ha {
             return;
         }
         s.upstream.set(self.target(&candidate));
+        // The member key still says primary (it was published while leading): the
+        // candidate, woken by the release, would wait a round for it to change.
+        self.publish(s, &crate::ha::decide::Postgres::Stopped, None)
+            .await;
         match self.store.release_leader(&self.name).await {
             Ok(true) => {
                 info!(candidate = %candidate, checkpoint, "HA: switchover: the candidate has the shutdown checkpoint; leader key released")
