@@ -127,19 +127,34 @@ async fn feed(
 }
 
 /// Untars `input` into `dest`, then reads it to its end so that the gzip trailer's CRC
-/// and the whole object's SHA-256 are checked.
+/// and the whole object's SHA-256 are checked. A gzip object is inflated on a thread of
+/// its own, a few chunks ahead of the untarring (file creation and writes): each is
+/// about half the work, and one thread doing both left a core idle.
 fn untar(input: Chunks, compression: TarCompression, dest: &Path) -> Result<(String, u64)> {
-    let finish = |mut c: Chunks| -> (String, u64) {
-        let sha = std::mem::take(&mut c.sha);
-        (crate::wal::hex(&sha.finalize()), c.total)
-    };
     match compression {
         TarCompression::Gzip => {
-            let mut ar = archive(flate2::read::MultiGzDecoder::new(input));
-            ar.unpack(dest)?;
-            let mut gz = ar.into_inner();
-            io::copy(&mut gz, &mut io::sink()).context("the gzip stream is damaged")?;
-            Ok(finish(gz.into_inner()))
+            let (tx, rx) = std::sync::mpsc::sync_channel(INFLATED_IN_FLIGHT);
+            let inflater = std::thread::Builder::new()
+                .name("pgwarden-inflate".into())
+                .spawn(move || inflate(input, tx))
+                .context("start the inflating thread")?;
+            let mut ar = archive(Inflated {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            });
+            let unpacked = ar.unpack(dest);
+            // The rest (the tar's end blocks), so that the inflater reaches the trailer.
+            let drained =
+                unpacked.and_then(|()| io::copy(&mut ar.into_inner(), &mut io::sink()).map(|_| ()));
+            let inflated = inflater
+                .join()
+                .map_err(|_| anyhow::anyhow!("the inflating thread panicked"))?;
+            // The inflater's error says more (a damaged gzip stream, a cut download)
+            // than what the untarring saw of it.
+            let (sha, total) = inflated.context("the gzip stream is damaged")?;
+            drained?;
+            Ok((sha, total))
         }
         TarCompression::None => {
             let mut ar = archive(input);
@@ -148,6 +163,75 @@ fn untar(input: Chunks, compression: TarCompression, dest: &Path) -> Result<(Str
             io::copy(&mut rest, &mut io::sink())?;
             Ok(finish(rest))
         }
+    }
+}
+
+/// Inflated chunks between the inflating thread and the untarring one (1 MiB each).
+const INFLATED_IN_FLIGHT: usize = 4;
+const INFLATED_CHUNK: usize = 1 << 20;
+
+/// The SHA-256 (hex) and size of what `c` read.
+fn finish(mut c: Chunks) -> (String, u64) {
+    let sha = std::mem::take(&mut c.sha);
+    (crate::wal::hex(&sha.finalize()), c.total)
+}
+
+/// Inflates `input` to its end into `tx`; stops early, without error, when the
+/// untarring stops reading. An error is sent on too, so that the reader fails rather
+/// than see a short stream.
+fn inflate(
+    input: Chunks,
+    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+) -> io::Result<(String, u64)> {
+    let mut gz = flate2::read::MultiGzDecoder::new(input);
+    loop {
+        let mut buf = vec![0u8; INFLATED_CHUNK];
+        let mut n = 0;
+        while n < buf.len() {
+            match gz.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(finish(gz.into_inner()));
+        }
+        buf.truncate(n);
+        if tx.send(Ok(buf)).is_err() {
+            // The untarring failed and said why; the object's checks no longer matter.
+            return Ok(finish(gz.into_inner()));
+        }
+    }
+}
+
+/// Reads what the inflating thread sends.
+struct Inflated {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Inflated {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.cur = chunk?;
+                    self.pos = 0;
+                }
+                // The inflater ended: after its last chunk, or on an error it sent.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
