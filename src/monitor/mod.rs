@@ -20,8 +20,13 @@ use tokio::sync::watch;
 /// How often the snapshot is refreshed.
 pub const REFRESH: Duration = Duration::from_secs(1);
 
-/// Database sizes are read once every this many refreshes.
-pub const SIZES_EVERY: u32 = 15;
+/// How often while recovering from a backup (`recovery.signal`): postgres promotes
+/// itself at the end, and `/primary`, read from the snapshot, should say so at once
+/// rather than up to a second later. A cheap query; recovery is a passing state.
+pub const RECOVERING_REFRESH: Duration = Duration::from_millis(100);
+
+/// Database sizes are read at most this often: `pg_database_size` walks every file.
+pub const SIZES_EVERY: Duration = Duration::from_secs(15);
 
 /// Starts the monitor task; its snapshots arrive on the returned receiver.
 pub fn spawn(
@@ -73,9 +78,16 @@ async fn run(
                 continue;
             }
         };
-        let mut round: u32 = 0;
+        let mut sizes_read: Option<Instant> = None;
         loop {
-            if round % SIZES_EVERY == 0 {
+            // Looked at before the query: postgres removes the file as it promotes, and
+            // the round that saw it in recovery must be followed quickly.
+            let recovering = settings
+                .pgdata
+                .join(crate::backup::restore::RECOVERY_SIGNAL)
+                .exists();
+            if sizes_read.is_none_or(|at| at.elapsed() >= SIZES_EVERY) {
+                sizes_read = Some(Instant::now());
                 // Best effort: a failure here leaves the last sizes in place, and the
                 // main query below notices a broken connection.
                 if let Ok(Ok(row)) =
@@ -94,7 +106,6 @@ async fn run(
                     }
                 }
             }
-            round = round.wrapping_add(1);
             let result =
                 tokio::time::timeout(Duration::from_secs(5), client.query_one(&stmt, &[])).await;
             let facts = match result {
@@ -126,8 +137,13 @@ async fn run(
                     break;
                 }
             }
+            let pause = if recovering {
+                RECOVERING_REFRESH
+            } else {
+                REFRESH
+            };
             tokio::select! {
-                _ = tokio::time::sleep(REFRESH) => {}
+                _ = tokio::time::sleep(pause) => {}
                 changed = sup.wait_for(|s| running_pid(s) != Some(pid)) => {
                     tx.send_modify(|s| s.connected_pid = None);
                     if changed.is_err() { return; }

@@ -194,7 +194,7 @@ pub struct Snapshot {
     pub ready_files: Option<u64>,
     /// Why the last connection attempt or query failed.
     pub error: Option<String>,
-    /// Database sizes in bytes, read every [`super::SIZES_EVERY`] refreshes because
+    /// Database sizes in bytes, read at most every [`super::SIZES_EVERY`] because
     /// `pg_database_size` walks every file of a database.
     pub database_sizes: Vec<(String, i64)>,
 }

@@ -27,6 +27,16 @@ pub struct Switch {
     pub switchpoint: u64,
 }
 
+/// The primary serves another cluster: no rewind can make this standby follow it.
+#[derive(Debug, thiserror::Error)]
+#[error("the primary serves another cluster (system identifier {theirs}, ours is {ours}); this member cannot follow it")]
+pub struct ForeignCluster {
+    /// The primary's system identifier.
+    pub theirs: String,
+    /// Ours.
+    pub ours: String,
+}
+
 /// Where a standby is: the timeline it replays and the end of what it replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
@@ -93,7 +103,8 @@ pub fn needs_rewind(
 
 /// Asks the local standby (over a replication connection through its socket) and the
 /// primary in primary_conninfo whether this standby needs pg_rewind to follow it.
-/// `Err` when either cannot be asked: nothing is known then.
+/// `Err` when either cannot be asked (nothing is known then), or with
+/// [`ForeignCluster`] when the primary is of another cluster.
 pub async fn check(s: &Settings, runner: &Runner) -> Result<bool> {
     let local_conninfo = format!(
         "host={} port={} user={} dbname=replication",
@@ -108,11 +119,11 @@ pub async fn check(s: &Settings, runner: &Runner) -> Result<bool> {
         .await
         .context("ask the primary for its timeline")?;
     if primary.system_id != local.system_id {
-        anyhow::bail!(
-            "the primary serves another cluster (system identifier {}, ours is {})",
-            primary.system_id,
-            local.system_id
-        );
+        return Err(ForeignCluster {
+            theirs: primary.system_id,
+            ours: local.system_id,
+        }
+        .into());
     }
     // Timeline 1 has no history file; nothing forked before it.
     let history = match primary.timeline {

@@ -7,7 +7,7 @@ use crate::ha::clock;
 use crate::ha::decide::Postgres;
 use crate::ha::local;
 use crate::settings::Settings;
-use tracing::debug;
+use tracing::{debug, error};
 
 impl Ha {
     /// Whether this standby replayed past the point where the timeline of the leader it
@@ -37,10 +37,15 @@ impl Ha {
             Ok(Ok(true)) => self.divergent_rounds += 1,
             Ok(Ok(false)) => self.divergent_rounds = 0,
             Ok(Err(e)) => {
-                debug!(
-                    error = format!("{e:#}"),
-                    "HA: cannot tell whether this standby diverged from the leader"
-                );
+                // A leader down or restarting is common and passes; another cluster's
+                // leader is a mistake only a person can mend.
+                match e.downcast_ref::<crate::replica::diverge::ForeignCluster>() {
+                    Some(foreign) => error!(error = %foreign, "HA: cannot follow the leader"),
+                    None => debug!(
+                        error = format!("{e:#}"),
+                        "HA: cannot tell whether this standby diverged from the leader"
+                    ),
+                }
                 self.divergent_rounds = 0;
             }
             Err(_) => self.divergent_rounds = 0,
