@@ -217,6 +217,19 @@ fn switchover(view: &ClusterView, me: &Me, req: &FailoverRequest, rules: Rules) 
             why: format!("done or stale: it was made against {}", req.leader),
         };
     }
+    // A named replica that has not published its position yet (just started, or its
+    // key read a moment before it did: the request wakes every member at once) is not
+    // refused for it: the leader goes on leading and looks again next round.
+    let unpublished = req
+        .candidate
+        .as_deref()
+        .and_then(|c| view.member(c))
+        .is_some_and(|m| {
+            m.role == MemberRole::Replica && (m.timeline.is_none() || m.received_lsn.is_none())
+        });
+    if unpublished {
+        return Action::Lead;
+    }
     match candidate(
         &me.name,
         &view.members,
@@ -593,6 +606,26 @@ mod tests {
                     ..me(Postgres::Stopped)
                 },
                 Action::Initdb,
+            ),
+            (
+                "a switchover to a replica whose position is not published yet: lead on, keep it",
+                switching(
+                    Some("c"),
+                    ClusterView {
+                        members: vec![
+                            member("a", MemberRole::Replica, 10_000),
+                            member("b", MemberRole::Primary, 10_000),
+                            MemberState {
+                                timeline: None,
+                                received_lsn: None,
+                                ..member("c", MemberRole::Replica, 0)
+                            },
+                        ],
+                        ..view_led_by_b()
+                    },
+                ),
+                me(Postgres::Primary),
+                Action::Lead,
             ),
             (
                 "the initialize winner held no leader key for a TTL: abandon its claim",
