@@ -57,6 +57,8 @@ pub struct Ha {
     sync_since: std::collections::BTreeMap<String, u64>,
     /// Rounds in a row that found this standby past the leader's fork.
     divergent_rounds: u32,
+    /// postgres's last answer, for the member key when it does not answer once.
+    last_facts: Option<local::Facts>,
     /// Before the bootstrap: the initialize winner seen holding no leader key in a
     /// cluster that never had a leader, and since when (boot clock).
     initialize_stall: Option<(String, Duration)>,
@@ -89,6 +91,7 @@ impl Ha {
             runner: None,
             sync_since: Default::default(),
             divergent_rounds: 0,
+            last_facts: None,
             initialize_stall: None,
         })
     }
@@ -293,8 +296,20 @@ impl Ha {
                 self.saw_term(s, l.term);
             }
         }
+        if facts.is_some() {
+            self.last_facts = facts;
+        }
         if renewed {
-            self.publish(s, &postgres, facts).await;
+            // A running postgres that did not answer this once (a busy moment) keeps
+            // its last known position in its member key rather than none, which would
+            // make it ineligible to anyone reading the key now (a switchover to it was
+            // dropped so under a write load). Positions only grow: an old one can only
+            // understate a member. Never used for this member's own decisions.
+            let published = match postgres {
+                Postgres::Stopped => facts,
+                _ => facts.or(self.last_facts),
+            };
+            self.publish(s, &postgres, published).await;
         }
         let diverged = self.diverged(s, &postgres, facts).await;
         let mut me = self.me(true, postgres, facts);
