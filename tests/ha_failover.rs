@@ -223,6 +223,41 @@ fn wait_streaming(
     );
 }
 
+/// Waits until a member other than `old` is the only primary and `old` serves reads
+/// but accepts no writes, having logged that it fenced itself; returns the new one.
+fn wait_taken_over_and_fenced(
+    rt: &tokio::runtime::Handle,
+    members: &[Instance],
+    old: usize,
+) -> usize {
+    let new = tokio::task::block_in_place(|| {
+        let new =
+            eventually(
+                Duration::from_secs(90),
+                "another member takes over",
+                || match primaries(members).as_slice() {
+                    [one] if *one != old => Ok(*one),
+                    p => Err(format!("primaries {p:?}\n{}", logs(members))),
+                },
+            );
+        eventually(
+            Duration::from_secs(30),
+            "the old primary is read-only",
+            || match rt.block_on(writable(&addr(&members[old]))) {
+                Some(false) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        new
+    });
+    assert!(
+        members[old].log().contains("fencing"),
+        "{}",
+        members[old].log()
+    );
+    new
+}
+
 /// Waits until every member answers and none accepts writes (one too slow to answer
 /// proves nothing).
 fn wait_none_writable(rt: &tokio::runtime::Handle, members: &[Instance]) {
@@ -639,32 +674,9 @@ async fn an_isolated_primary_fences_itself_while_the_majority_elects_another() {
         "INSERT INTO t SELECT generate_series(1001, 1010)",
     )
     .await;
-    let second = tokio::task::block_in_place(|| {
-        eventually(
-            Duration::from_secs(90),
-            "the majority elects a leader",
-            || match primaries(&members).as_slice() {
-                [one] if *one != first => Ok(*one),
-                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
-            },
-        )
-    });
-    // The isolated member fenced itself: it serves reads, accepts no writes.
-    tokio::task::block_in_place(|| {
-        eventually(
-            Duration::from_secs(30),
-            "the old primary is read-only",
-            || match rt.block_on(writable(&addr(&members[first]))) {
-                Some(false) => Ok(()),
-                other => Err(format!("{other:?}")),
-            },
-        )
-    });
-    assert!(
-        members[first].log().contains("fencing"),
-        "{}",
-        members[first].log()
-    );
+    // Another member leads; the old primary fenced itself: it serves reads, accepts
+    // no writes.
+    let second = wait_taken_over_and_fenced(&rt, &members, first);
     let follower = (0..3).find(|i| *i != first && *i != second).unwrap();
     tokio::task::block_in_place(|| {
         wait_streaming(
@@ -740,33 +752,9 @@ async fn a_primary_cut_from_etcd_only_fences_itself_before_its_lease_expires_and
     let old = format!("n{}", first + 1);
     net.cut(&old, "etcd");
     let cut_at = Instant::now();
-    let second = tokio::task::block_in_place(|| {
-        eventually(
-            Duration::from_secs(90),
-            "a replica takes over",
-            || match primaries(&members).as_slice() {
-                [one] if *one != first => Ok(*one),
-                p => Err(format!("primaries {p:?}\n{}", logs(&members))),
-            },
-        )
-    });
-    // The old primary fenced itself: read-only, and its last write accepted before its
-    // lease (renewed at the latest just before the cut) could expire.
-    tokio::task::block_in_place(|| {
-        eventually(
-            Duration::from_secs(30),
-            "the old primary is read-only",
-            || match rt.block_on(writable(&addr(&members[first]))) {
-                Some(false) => Ok(()),
-                other => Err(format!("{other:?}")),
-            },
-        )
-    });
-    assert!(
-        members[first].log().contains("fencing"),
-        "{}",
-        members[first].log()
-    );
+    // Another member leads; the old primary fenced itself: read-only, and (checked
+    // below) its last write accepted before its lease could expire.
+    let second = wait_taken_over_and_fenced(&rt, &members, first);
     let ttl = Duration::from_secs(6);
     let last_old = checker.writable_rounds(first).last().copied();
     let first_new = checker.writable_rounds(second).first().copied();
