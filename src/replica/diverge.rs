@@ -102,10 +102,13 @@ pub fn needs_rewind(
 }
 
 /// Asks the local standby (over a replication connection through its socket) and the
-/// primary in primary_conninfo whether this standby needs pg_rewind to follow it.
-/// `Err` when either cannot be asked (nothing is known then), or with
-/// [`ForeignCluster`] when the primary is of another cluster.
-pub async fn check(s: &Settings, runner: &Runner) -> Result<bool> {
+/// primary in primary_conninfo whether this standby, which had replayed up to
+/// `replayed` (`pg_last_wal_replay_lsn()`, what postgres compares a switchpoint with),
+/// needs pg_rewind to follow it. The position is read before the timeline: should
+/// replay cross a timeline switch in between, the pair understates the standby, and
+/// errs towards no rewind. `Err` when either cannot be asked (nothing is known then),
+/// or with [`ForeignCluster`] when the primary is of another cluster.
+pub async fn check(s: &Settings, runner: &Runner, replayed: u64) -> Result<bool> {
     let local_conninfo = format!(
         "host={} port={} user={} dbname=replication",
         conninfo_value(&s.socket_dir.to_string_lossy()),
@@ -138,7 +141,6 @@ pub async fn check(s: &Settings, runner: &Runner) -> Result<bool> {
             .ok()
             .and_then(|text| parse_history(&text).ok()),
     };
-    let replayed = replay_lsn(s).await?;
     Ok(needs_rewind(
         Position {
             timeline: local.timeline,
@@ -148,25 +150,6 @@ pub async fn check(s: &Settings, runner: &Runner) -> Result<bool> {
         &history,
         local_history.as_deref(),
     ))
-}
-
-/// The end of the last record the local standby replayed: what postgres compares a
-/// switchpoint with (IDENTIFY_SYSTEM counts WAL received but not replayed, which a
-/// standby can leave behind on the old timeline without harm).
-async fn replay_lsn(s: &Settings) -> Result<u64> {
-    let client = crate::db::connect_local(s, &s.socket_dir, "postgres")
-        .await
-        .context("connect to the local postgres")?;
-    let row = client
-        .query_one(
-            "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint",
-            &[],
-        )
-        .await
-        .context("read the replay position")?;
-    let v: Option<i64> = row.get(0);
-    v.and_then(|v| u64::try_from(v).ok())
-        .context("the local postgres replays no WAL (not a standby)")
 }
 
 #[cfg(test)]

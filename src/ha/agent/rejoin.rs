@@ -27,12 +27,17 @@ impl Ha {
             }
             _ => false,
         };
-        let idle = facts.is_some_and(|f| f.in_recovery && !f.streaming);
-        let Some(runner) = self.runner.clone().filter(|_| following && idle) else {
+        // This round's replay position, when postgres answered as a standby that does
+        // not stream.
+        let replayed = facts
+            .filter(|f| f.in_recovery && !f.streaming)
+            .and_then(|f| f.replayed);
+        let asked = self.runner.clone().filter(|_| following).zip(replayed);
+        let Some((runner, replayed)) = asked else {
             self.divergent_rounds = 0;
             return false;
         };
-        let check = crate::replica::diverge::check(s, &runner);
+        let check = crate::replica::diverge::check(s, &runner, replayed);
         match tokio::time::timeout(self.cfg.retry_timeout, check).await {
             Ok(Ok(true)) => self.divergent_rounds += 1,
             Ok(Ok(false)) => self.divergent_rounds = 0,
