@@ -319,4 +319,12 @@ async fn one_switchover_request_at_a_time() {
     a.clear_failover().await.unwrap();
     assert_eq!(b.read().await.unwrap().failover, None);
     assert!(b.request_failover(&to("n3")).await.unwrap());
+    // A request made against n1 is done once n3 leads (or stale, n1 being gone): one
+    // against the new leader replaces it instead of waiting for n3 to drop it.
+    let next = FailoverRequest {
+        leader: "n3".into(),
+        candidate: Some("n1".into()),
+    };
+    assert!(a.request_failover(&next).await.unwrap());
+    assert_eq!(b.read().await.unwrap().failover, Some(next));
 }

@@ -386,10 +386,10 @@ impl Store for EtcdStore {
         .await
     }
 
-    async fn put_sync(&self, state: &SyncState, term: Term) -> Result<bool, StoreError> {
+    async fn put_sync(&self, state: &SyncState) -> Result<bool, StoreError> {
         let (leader, key) = (self.key("leader"), self.key("sync"));
         let value = serde_json::to_vec(state).map_err(unavailable)?;
-        let name = state.leader.clone();
+        let (name, term) = (state.leader.clone(), state.term);
         self.retry("put sync", |mut c| {
             let (leader, key, value, name) =
                 (leader.clone(), key.clone(), value.clone(), name.clone());
@@ -446,19 +446,31 @@ impl Store for EtcdStore {
         self.retry("request failover", |mut c| {
             let (key, value) = (key.clone(), value.clone());
             async move {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key.clone(), value.clone(), None)])
-                    .or_else([TxnOp::get(key.clone(), None)]);
-                let r = c.txn(txn).await.map_err(unavailable)?;
-                if r.succeeded() {
-                    return Ok(true);
+                loop {
+                    let current = c.get(key.clone(), None).await.map_err(unavailable)?;
+                    // Absent: create it. Present and made against another leader:
+                    // done or stale, replaced if nobody changed it meanwhile.
+                    let compare = match current.kvs().first() {
+                        None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                        Some(kv) if kv.value() == value.as_slice() => return Ok(true),
+                        Some(kv) => match parse::<FailoverRequest>("failover", kv.value()) {
+                            Some(old) if old.leader == request.leader => return Ok(false),
+                            _ => Compare::mod_revision(
+                                key.clone(),
+                                CompareOp::Equal,
+                                kv.mod_revision(),
+                            ),
+                        },
+                    };
+                    let txn = Txn::new().when([compare]).and_then([TxnOp::put(
+                        key.clone(),
+                        value.clone(),
+                        None,
+                    )]);
+                    if c.txn(txn).await.map_err(unavailable)?.succeeded() {
+                        return Ok(true);
+                    }
                 }
-                // A retry of an attempt that did write (answer lost) finds its own value.
-                Ok(r.op_responses().iter().any(|op| match op {
-                    TxnOpResponse::Get(g) => g.kvs().iter().any(|kv| kv.value() == value),
-                    _ => false,
-                }))
             }
         })
         .await

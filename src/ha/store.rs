@@ -126,6 +126,12 @@ pub struct SyncState {
     pub leader: String,
     /// The synchronous standbys.
     pub members: Vec<String>,
+    /// The term of the leader that wrote it. A record older than the last leader's term
+    /// says nothing about the commits acknowledged since: a new leader writes its own
+    /// before it promotes, so an older one is never trusted (0: written before terms
+    /// were recorded).
+    #[serde(default)]
+    pub term: Term,
 }
 
 /// Everything under the cluster's prefix, read at one revision.
@@ -215,14 +221,12 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records the synchronous standbys, only while `state.leader` holds the leader key
-    /// with `term`; false otherwise.
-    fn put_sync(
-        &self,
-        state: &SyncState,
-        term: Term,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// with `state.term`; false otherwise.
+    fn put_sync(&self, state: &SyncState) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Records a switchover request if none is under way; false when one already is.
+    /// A request made against another leader than `request.leader` is done or stale
+    /// (the leader it named is gone) and is replaced, by compare-and-set.
     fn request_failover(
         &self,
         request: &FailoverRequest,

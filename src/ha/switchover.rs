@@ -63,7 +63,9 @@ impl Switchover {
             .leader
             .clone()
             .ok_or_else(|| SwitchoverError::NoLeader("nobody holds the leader key".into()))?;
-        if ha.failover.is_some() {
+        // A request made against another leader is done (the new leader drops it
+        // within a round) or stale: the store replaces it.
+        if ha.failover.as_ref().is_some_and(|f| f.leader == leader) {
             return Err(SwitchoverError::UnderWay);
         }
         let sync = ha
@@ -90,12 +92,16 @@ impl Switchover {
         tracing::info!(leader = %leader, candidate = %chosen, "HA: switchover requested");
         let mut status = self.status.clone();
         let mut seen = false;
+        // Answered only once the request is gone from the store too: the new leader
+        // drops it once writable, and a caller that asks again at once (a script
+        // switching back) must not find its own finished request "under way".
         let done = status.wait_for(|ha| {
             let Some(ha) = ha else { return false };
-            seen |= ha.failover.as_ref() == Some(&request);
+            let pending = ha.failover.as_ref() == Some(&request);
+            seen |= pending;
             let moved = ha.leader.as_ref().is_some_and(|l| *l != leader);
             // Dropped by the leader: seen, then gone, with the leader unchanged.
-            moved || (seen && ha.failover.is_none())
+            (moved && !pending) || (seen && ha.failover.is_none())
         });
         let outcome = match tokio::time::timeout(self.within, done).await {
             Ok(Ok(ha)) => (*ha).as_ref().and_then(|h| h.leader.clone()).filter(|l| *l != leader),
