@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// File in PGDATA that keeps the last term this member saw, across restarts: without
 /// it a whole-cluster restart would leave nobody eligible.
@@ -62,6 +62,9 @@ pub struct Ha {
     /// Before the bootstrap: the initialize winner seen holding no leader key in a
     /// cluster that never had a leader, and since when (boot clock).
     initialize_stall: Option<(String, Duration)>,
+    /// Since when (boot clock) this member has held the leader key while postgres did
+    /// not answer as writable.
+    unwritable_since: Option<Duration>,
 }
 
 impl Ha {
@@ -93,6 +96,7 @@ impl Ha {
             divergent_rounds: 0,
             last_facts: None,
             initialize_stall: None,
+            unwritable_since: None,
         })
     }
 
@@ -106,6 +110,11 @@ impl Ha {
         let mut next = s.clone();
         if matches!(state, DataDirState::Initialized { .. }) {
             crate::replica::write_standby_signal(s, &s.pgdata)?;
+            // A hand-over this member did not finish left postgres held: it starts
+            // again as a standby, as the hand-over would have ended.
+            if crate::supervisor::lift_interrupted_hold(&s.pgdata).context("PGDATA")? {
+                warn!("HA: a switchover's hand-over was interrupted by a restart; starting as a standby");
+            }
             self.renew().await;
             self.refresh().await;
             // Never itself: the key may still be bound to an earlier run's lease.
@@ -269,7 +278,7 @@ impl Ha {
             return false;
         }
         let facts = match sup.state {
-            State::Running => tokio::time::timeout(self.cfg.retry_timeout, local::facts(s))
+            State::Running => tokio::time::timeout(self.cfg.retry_timeout, self.local_facts(s))
                 .await
                 .ok()
                 .flatten(),
@@ -290,8 +299,11 @@ impl Ha {
             (None, Some(_)) => Postgres::Primary,
         };
         if let Some(l) = self.view.leader.clone() {
-            let following =
-                matches!(&postgres, Postgres::Replica { upstream: Some(u) } if *u == l.name);
+            // A term is seen by streaming from its leader, not by naming it in
+            // primary_conninfo: a former primary pointed at the new leader but not yet
+            // rewound streams nothing, and must stay ineligible for the term it missed.
+            let following = matches!(&postgres, Postgres::Replica { upstream: Some(u) } if *u == l.name)
+                && facts.is_some_and(|f| f.streaming);
             if following || (l.name == self.name && Some(l.lease) == self.lease) {
                 self.saw_term(s, l.term);
             }
@@ -299,6 +311,16 @@ impl Ha {
         if facts.is_some() {
             self.last_facts = facts;
         }
+        let holds = self
+            .view
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.name == self.name && Some(l.lease) == self.lease);
+        let writable = facts.is_some_and(|f| !f.in_recovery);
+        self.unwritable_since = match (holds && !writable, self.unwritable_since) {
+            (true, since) => since.or(Some(clock::now())),
+            (false, _) => None,
+        };
         if renewed {
             // A running postgres that did not answer this once (a busy moment) keeps
             // its last known position in its member key rather than none, which would
@@ -324,18 +346,22 @@ impl Ha {
             }
             _ => None,
         };
-        deadline.set(fence_at);
-        if let Some(d) = deadman.as_mut() {
-            d.set(fence_at.zip(sup.pid).map(|(at, pid)| (pid, at)));
-        }
+        let mut guards = Guards {
+            deadline,
+            deadman,
+            status,
+        };
+        guards.arm(fence_at);
         if let Action::HandOver { candidate } = action {
             self.hand_over(candidate, s, status, commands, deadline)
                 .await;
             return true;
         }
-        self.act(action, s, &sup, &me, facts, commands).await
+        self.act(action, s, &sup, &me, facts, commands, &mut guards)
+            .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn act(
         &mut self,
         action: Action,
@@ -344,19 +370,24 @@ impl Ha {
         me: &Me,
         facts: Option<local::Facts>,
         commands: &Commands,
+        guards: &mut Guards<'_>,
     ) -> bool {
         match action {
             Action::Lead => {
                 let (Some(l), Some(f)) = (self.view.leader.clone(), facts) else {
                     return false;
                 };
-                let optime = Optime {
-                    term: l.term,
-                    timeline: f.timeline.unwrap_or(0),
-                    lsn: f.received.unwrap_or(0),
-                };
-                if let Err(e) = self.store.put_optime(&self.name, optime).await {
-                    warn!(error = %e, "HA: cannot record the leader position");
+                // Never a made-up position: an optime of 0/0 would make every member
+                // pass the lag and timeline checks.
+                if let (Some(timeline), Some(lsn)) = (f.timeline, f.received) {
+                    let optime = Optime {
+                        term: l.term,
+                        timeline,
+                        lsn,
+                    };
+                    if let Err(e) = self.store.put_optime(&self.name, optime).await {
+                        warn!(error = %e, "HA: cannot record the leader position");
+                    }
                 }
                 // A cluster adopted from an existing PGDATA has no initialize key: claim
                 // it, so that an empty member never runs initdb beside this one.
@@ -370,19 +401,18 @@ impl Ha {
             }
             Action::Fence { why } => {
                 error!(reason = %why, "HA: fencing: stopping postgres at once, to start again as a standby");
-                if let Err(e) = crate::replica::write_standby_signal(s, &s.pgdata) {
-                    error!(error = format!("{e:#}"), "HA: cannot write standby.signal");
-                }
-                s.upstream.set(None);
-                if let Some(pid) = sup.pid {
-                    let budget = self.stop_budget();
-                    local::stop_now(pid, budget).await;
-                }
-                // The standby it comes back as streams from no one until a leader is
-                // known (the reload is served once postgres runs again).
-                reload_later(commands);
+                self.fence(s, sup.pid, commands).await;
             }
-            Action::Promote => self.promote(s, commands).await,
+            Action::Promote => self.promote(s, commands, guards).await,
+            Action::Release { why } => {
+                error!(reason = %why, "HA: giving up the leader key: fencing postgres, then releasing the key");
+                self.fence(s, sup.pid, commands).await;
+                guards.arm(None);
+                match self.store.release_leader(&self.name).await {
+                    Ok(_) => self.unwritable_since = None,
+                    Err(e) => warn!(error = %e, "HA: cannot release the leader key"),
+                }
+            }
             Action::Follow { leader, repoint } => {
                 if repoint {
                     if let Some(t) = self.target(&leader) {
@@ -450,22 +480,42 @@ impl Ha {
         false
     }
 
-    /// Promotes the local standby now that this member holds the key; on failure the
-    /// key is released so that another member may take over.
-    async fn promote(&mut self, s: &Settings, commands: &Commands) {
+    /// Promotes the local standby now that this member holds the key.
+    ///
+    /// A promotion is a long action (replay may have a backlog, or be held by a query
+    /// conflict): the lease is renewed while it runs and the watchdog and dead-man
+    /// switch follow each renewal, as Patroni refreshes its lock during long actions.
+    /// When it cannot finish (the lease is lost, postgres fails it, or it outlasts
+    /// its bound), postgres may still come up writable on its own: it is fenced first,
+    /// and only then is the key released, so that no member is ever writable without it.
+    async fn promote(&mut self, s: &Settings, commands: &Commands, guards: &mut Guards<'_>) {
         let Some(l) = self.view.leader.clone() else {
             return;
         };
-        let before = local::facts(s).await;
+        // Where this member is, exactly: the new term's claim must carry it, or every
+        // member would pass the lag and timeline checks against a claim of 0/0.
+        let Some((timeline, lsn)) = self
+            .local_facts(s)
+            .await
+            .and_then(|f| f.timeline.zip(f.received))
+        else {
+            warn!("HA: postgres does not say where it is; not promoting this round");
+            return;
+        };
         // The new term is on record before the first write it may accept: postgres
         // accepts writes as soon as it is promoted, before the history entry below, and
         // a member that stops in between (or fails the checkpoint) must still make any
         // member that missed this term ineligible (Patroni #2175). Unrecorded, no promotion.
         self.saw_term(s, l.term);
+        if self.cfg.sync_mode != SyncMode::Off
+            && !self.record_sync_before_promoting(s, commands, l.term).await
+        {
+            return;
+        }
         let claim = Optime {
             term: l.term,
-            timeline: before.as_ref().and_then(|f| f.timeline).unwrap_or(0),
-            lsn: before.as_ref().and_then(|f| f.received).unwrap_or(0),
+            timeline,
+            lsn,
         };
         match self.store.put_optime(&self.name, claim).await {
             Ok(true) => {}
@@ -481,59 +531,203 @@ impl Ha {
                 return;
             }
         }
-        if self.cfg.sync_mode != SyncMode::Off {
-            // From its first commit the new primary names no standby it has not seen
-            // synchronous: `*` in strict mode, standalone in `on` mode (the record still
-            // names no other member, so none can be promoted in between).
-            self.sync_since.clear();
-            s.sync_named.set(Some(Vec::new()));
-            if let Err(e) = commands.send(Command::Reload).await {
-                warn!(error = %e, "HA: cannot apply synchronous_standby_names before promoting");
-            }
-        }
         // Slots first (a standby can create them): members re-pointed here the moment
         // the key changed find theirs as soon as this member accepts connections.
         self.ensure_slots(s).await;
-        match crate::replica::promote::promote(s).await {
-            Ok(timeline) => {
-                // primary_conninfo still names the old leader: a later fence must not
-                // bring this member back streaming from it.
-                s.upstream.set(None);
-                reload_later(commands);
-                let entry = HistoryEntry {
-                    term: l.term,
-                    timeline,
-                    lsn: before.and_then(|f| f.received).unwrap_or(0),
-                    leader: self.name.clone(),
-                    time: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
-                };
-                info!(term = l.term, timeline, "HA: promoted");
-                if let Err(e) = self.store.append_history(&entry).await {
-                    warn!(error = %e, "HA: cannot record the promotion in the history");
-                }
-                // A switchover that brought this member here is done now that it is
-                // writable (a request it cannot honour is dropped by a later round).
-                if self.view.failover.is_some() {
-                    match self.store.clear_failover().await {
-                        Ok(()) => self.view.failover = None,
-                        Err(e) => warn!(error = %e, "HA: cannot drop the switchover request"),
-                    }
-                }
-                self.ensure_slots(s).await;
+        let within = self.cfg.promote_timeout();
+        let promoting = crate::replica::promote::promote(s, within);
+        let failed = match self.while_holding(promoting, guards, "promote").await {
+            Some(Ok(timeline)) => {
+                self.promoted(s, commands, &l, timeline, lsn).await;
+                return;
+            }
+            // Writable already (promoted by a round that gave up waiting, or by
+            // hand): the next round leads.
+            Some(Err(crate::replica::promote::PromoteError::NotStandby)) => return,
+            Some(Err(e)) => format!("the promotion failed: {e:#}"),
+            None => "the leader lease could not be renewed during the promotion".to_owned(),
+        };
+        error!(reason = %failed, "HA: giving up the promotion: fencing postgres, then releasing the leader key");
+        let pid = guards.status.borrow().pid;
+        self.fence(s, pid, commands).await;
+        guards.arm(None);
+        if let Err(e) = self.store.release_leader(&self.name).await {
+            warn!(error = %e, "HA: cannot release the leader key");
+        }
+    }
+
+    /// What follows a promotion: the history entry, the switchover request done.
+    async fn promoted(
+        &mut self,
+        s: &Settings,
+        commands: &Commands,
+        l: &crate::ha::store::Leader,
+        timeline: u32,
+        lsn: u64,
+    ) {
+        // primary_conninfo still names the old leader: a later fence must not
+        // bring this member back streaming from it.
+        s.upstream.set(None);
+        reload_later(commands);
+        let entry = HistoryEntry {
+            term: l.term,
+            timeline,
+            lsn,
+            leader: self.name.clone(),
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        info!(term = l.term, timeline, "HA: promoted");
+        if let Err(e) = self.store.append_history(&entry).await {
+            warn!(error = %e, "HA: cannot record the promotion in the history");
+        }
+        // A switchover that brought this member here is done now that it is
+        // writable (a request it cannot honour is dropped by a later round).
+        if self.view.failover.is_some() {
+            match self.store.clear_failover().await {
+                Ok(()) => self.view.failover = None,
+                Err(e) => warn!(error = %e, "HA: cannot drop the switchover request"),
+            }
+        }
+        self.ensure_slots(s).await;
+    }
+
+    /// Synchronous mode, before promoting: the `sync` record names this member as its
+    /// leader, in this term, before postgres can acknowledge its first commit, so that
+    /// no member named by the previous leader's record can be promoted without the
+    /// commits this one acknowledges. `on`: no standby (commits are acknowledged
+    /// standalone until one is confirmed). `strict`: the previous record's standbys
+    /// but this member, and postgres waits for every one of them, so that the record
+    /// stays true from the first commit. False (no promotion this round) when the
+    /// compare-and-set fails: the key may be lost.
+    async fn record_sync_before_promoting(
+        &mut self,
+        s: &Settings,
+        commands: &Commands,
+        term: Term,
+    ) -> bool {
+        let kept: Vec<String> = match self.cfg.sync_mode {
+            SyncMode::Strict => self
+                .view
+                .sync
+                .as_ref()
+                .map(|r| {
+                    r.members
+                        .iter()
+                        .filter(|m| **m != self.name)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let record = crate::ha::store::SyncState {
+            leader: self.name.clone(),
+            members: kept.clone(),
+            term,
+        };
+        match self.store.put_sync(&record).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!("HA: the leader key is no longer ours; not promoting");
+                return false;
             }
             Err(e) => {
-                error!(
-                    error = format!("{e:#}"),
-                    "HA: promotion failed; releasing the leader key"
+                warn!(error = %e, "HA: cannot record the synchronous standbys before promoting; trying again next round");
+                return false;
+            }
+        }
+        self.view.sync = Some(record);
+        // From its first commit the new primary waits for the standbys the record
+        // names (`*`, any standby, in strict mode with none), or for none in `on` mode.
+        self.sync_since.clear();
+        s.sync_named.set(Some(kept));
+        if let Err(e) = commands.send(Command::Reload).await {
+            warn!(error = %e, "HA: cannot apply synchronous_standby_names before promoting");
+        }
+        true
+    }
+
+    /// Runs `work`, a long action on postgres this member performs as the key holder,
+    /// renewing the lease about every second meanwhile and moving the fence deadline
+    /// with each renewal. `None` when the lease could not be renewed within
+    /// `demote_after` (or is gone): `work` is dropped, and the caller must fence.
+    async fn while_holding<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+        guards: &mut Guards<'_>,
+        what: &'static str,
+    ) -> Option<T> {
+        tokio::pin!(work);
+        let every = self.cfg.loop_wait.min(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                _ = tokio::time::sleep(every) => {}
+            }
+            if self.renew().await {
+                debug!(
+                    action = what,
+                    "HA: renewed the leader lease during a long action"
                 );
-                if let Err(e) = self.store.release_leader(&self.name).await {
-                    warn!(error = %e, "HA: cannot release the leader key");
+                guards.arm(self.renewed_at.map(|t| t + self.cfg.fence_deadline()));
+                continue;
+            }
+            let fresh = self
+                .renewed_at
+                .is_some_and(|t| clock::now().saturating_sub(t) < self.cfg.demote_after());
+            if !fresh {
+                return None;
+            }
+        }
+    }
+
+    /// Stops postgres at once so that it accepts no more writes, to come back as a
+    /// standby streaming from nobody until a leader is known.
+    async fn fence(&mut self, s: &Settings, pid: Option<i32>, commands: &Commands) {
+        if let Err(e) = crate::replica::write_standby_signal(s, &s.pgdata) {
+            error!(error = format!("{e:#}"), "HA: cannot write standby.signal");
+        }
+        s.upstream.set(None);
+        if let Some(pid) = pid {
+            let budget = self.stop_budget();
+            local::stop_now(pid, budget).await;
+        }
+        // The reload is served once postgres runs again.
+        reload_later(commands);
+    }
+
+    /// postgres's position for this round's decisions and member key. A standby that
+    /// does not stream (its leader is gone, or it diverged from the one it names) is
+    /// asked with `IDENTIFY_SYSTEM` which timeline it replays and how far it has WAL
+    /// on it: the timeline of a history file in pg_wal (fetched before streaming on
+    /// a new timeline) or of a WAL receiver that gave up is not where it is, and a
+    /// former primary that wrote WAL nobody received must not look ahead of a clean
+    /// replica. Unknown (`None`) rather than guessed when it does not answer.
+    async fn local_facts(&self, s: &Settings) -> Option<local::Facts> {
+        let mut f = local::facts(s).await?;
+        if f.in_recovery && !f.streaming {
+            let runner = self
+                .runner
+                .clone()
+                .unwrap_or(crate::process::Runner::Direct);
+            match crate::replica::remote::identify_local(s, &runner).await {
+                Ok(at) => {
+                    f.timeline = Some(at.timeline);
+                    f.received = crate::backup::info::Lsn::parse(&at.lsn).map(|l| l.0);
+                }
+                Err(e) => {
+                    debug!(
+                        error = format!("{e:#}"),
+                        "HA: the local standby does not say which timeline it replays"
+                    );
+                    f.timeline = None;
                 }
             }
         }
+        Some(f)
     }
 
     /// The names of the other members in the last read of the cluster.
@@ -662,6 +856,9 @@ impl Ha {
                 }
                 _ => Duration::ZERO,
             },
+            unwritable_for: self
+                .unwritable_since
+                .map_or(Duration::ZERO, |t| clock::now().saturating_sub(t)),
         }
     }
 
@@ -671,6 +868,7 @@ impl Ha {
             max_lag: self.cfg.max_lag_on_failover,
             sync: self.cfg.sync_mode != SyncMode::Off,
             initialize_abandoned_after: self.cfg.ttl,
+            primary_start_timeout: self.cfg.primary_start_timeout,
         }
     }
 
@@ -762,6 +960,26 @@ fn reload_later(commands: &Commands) {
             warn!(error = %e, "HA: cannot reload the configuration");
         }
     });
+}
+
+/// What keeps a postgres that may be writable on this member's lease in check: the
+/// in-process watchdog's deadline and the dead-man switch, armed with the postmaster
+/// that runs now (not the one a round read at its start: a fence restarts it).
+struct Guards<'a> {
+    deadline: &'a Deadline,
+    deadman: &'a mut Option<deadman::DeadMan>,
+    status: &'a watch::Receiver<SupervisorStatus>,
+}
+
+impl Guards<'_> {
+    /// Arms both at `at` (boot clock), or disarms them.
+    fn arm(&mut self, at: Option<Duration>) {
+        self.deadline.set(at);
+        let pid = self.status.borrow().pid;
+        if let Some(d) = self.deadman.as_mut() {
+            d.set(at.zip(pid).map(|(at, pid)| (pid, at)));
+        }
+    }
 }
 
 /// The HA loop once spawned.

@@ -38,6 +38,11 @@ pub struct HaArgs {
     /// Number of synchronous standbys (`FIRST n`).
     #[arg(long, env = "PGWARDEN_SYNC_NODE_COUNT", default_value_t = 1)]
     pub sync_node_count: u32,
+    /// Seconds the leader key's holder may keep it while its postgres does not run
+    /// writable (fenced, starting, in a long crash recovery, promoting) before it
+    /// releases the key to a member that can (Patroni's `primary_start_timeout`).
+    #[arg(long, env = "PGWARDEN_PRIMARY_START_TIMEOUT", default_value_t = 300)]
+    pub primary_start_timeout: u64,
 }
 
 impl Default for HaArgs {
@@ -54,6 +59,7 @@ impl Default for HaArgs {
             max_lag_on_failover: "1MB".into(),
             sync_mode: "off".into(),
             sync_node_count: 1,
+            primary_start_timeout: 300,
         }
     }
 }
@@ -91,6 +97,8 @@ pub struct HaConfig {
     pub sync_mode: SyncMode,
     /// Synchronous standbys wanted.
     pub sync_node_count: u32,
+    /// How long the key holder keeps the key while postgres does not run writable.
+    pub primary_start_timeout: Duration,
 }
 
 /// Time a fenced primary keeps in hand before its lease can expire anywhere: it must have
@@ -167,6 +175,7 @@ impl HaConfig {
             max_lag_on_failover: 0,
             sync_mode: SyncMode::Off,
             sync_node_count: 1,
+            primary_start_timeout: Duration::from_secs(300),
         };
         if config.stop_budget() < Duration::from_secs(1) {
             return Err((
@@ -218,11 +227,18 @@ impl HaConfig {
         if a.sync_node_count == 0 {
             return Err(("PGWARDEN_SYNC_NODE_COUNT", "must be at least 1".into()));
         }
+        if a.primary_start_timeout > 86_400 {
+            return Err((
+                "PGWARDEN_PRIMARY_START_TIMEOUT",
+                format!("{} s is more than a day", a.primary_start_timeout),
+            ));
+        }
         Ok(Some(HaConfig {
             advertise_host,
             max_lag_on_failover,
             sync_mode,
             sync_node_count: a.sync_node_count,
+            primary_start_timeout: Duration::from_secs(a.primary_start_timeout),
             ..config
         }))
     }
@@ -237,6 +253,13 @@ impl HaConfig {
     /// writes: the lease cannot have expired in etcd before `ttl`, less a margin.
     pub fn fence_deadline(&self) -> Duration {
         self.ttl.saturating_sub(safety_margin(self.ttl))
+    }
+
+    /// How long a promotion may take before the key holder gives it up (fencing
+    /// postgres, then releasing the key): replay of a backlog, or held by a query
+    /// conflict. The lease is renewed meanwhile.
+    pub fn promote_timeout(&self) -> Duration {
+        (self.ttl * 2).max(Duration::from_secs(60))
     }
 
     /// What a fencing primary has to stop postgres in.

@@ -58,6 +58,9 @@ pub struct Me {
     /// How long this member, with an empty PGDATA, has seen the same initialize winner
     /// hold no leader key in a cluster that never had a leader.
     pub initialize_stalled_for: Duration,
+    /// How long this member has held the leader key while its postgres did not answer
+    /// as writable (fenced, starting, in crash recovery, promoting); zero otherwise.
+    pub unwritable_for: Duration,
 }
 
 /// The settings decisions depend on.
@@ -73,6 +76,8 @@ pub struct Rules {
     /// An initialize winner that has held no leader key for this long (the TTL: it
     /// takes the key right after winning and keeps it through initdb) is gone.
     pub initialize_abandoned_after: Duration,
+    /// A key holder whose postgres has not run writable for this long gives the key up.
+    pub primary_start_timeout: Duration,
 }
 
 /// What to do this round.
@@ -100,6 +105,13 @@ pub enum Action {
     },
     /// Hold the key: postgres is writable, keep renewing and publishing the optime.
     Lead,
+    /// Give the key up: postgres has not run writable for `primary_start_timeout`
+    /// (fenced, or a crash recovery or start that does not end). postgres is fenced
+    /// first, so that it cannot come up writable once the key is gone.
+    Release {
+        /// Why, for the log.
+        why: String,
+    },
     /// The key is ours but postgres is in recovery: promote it.
     Promote,
     /// The key is ours and postgres is down: start it writable.
@@ -171,6 +183,9 @@ pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
                 why: "the leader lease was not renewed in time".into(),
             };
         }
+        if let Some(release) = stuck(me, rules) {
+            return release;
+        }
         if let Some(req) = &view.failover {
             return switchover(view, me, req, rules);
         }
@@ -181,6 +196,9 @@ pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
         // promoting now could outlive it.
         if !renewed {
             return wait("the leader lease was not renewed in time");
+        }
+        if let Some(release) = stuck(me, rules) {
+            return release;
         }
         return match me.postgres {
             Postgres::Stopped => Action::StartPrimary,
@@ -210,6 +228,18 @@ pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     }
 }
 
+/// The key holder whose postgres has not answered as writable for
+/// `primary_start_timeout` (a running postgres that does not answer counts as
+/// possibly writable, and is fenced all the same) hands the cluster to a member that can.
+fn stuck(me: &Me, rules: Rules) -> Option<Action> {
+    (me.unwritable_for >= rules.primary_start_timeout).then(|| Action::Release {
+        why: format!(
+            "postgres has not run writable for {} s (PGWARDEN_PRIMARY_START_TIMEOUT)",
+            me.unwritable_for.as_secs()
+        ),
+    })
+}
+
 /// Rules 3 with a switchover request, on the writable key holder.
 fn switchover(view: &ClusterView, me: &Me, req: &FailoverRequest, rules: Rules) -> Action {
     if req.leader != me.name {
@@ -236,19 +266,28 @@ fn switchover(view: &ClusterView, me: &Me, req: &FailoverRequest, rules: Rules) 
         view.optime.as_ref(),
         req.candidate.as_deref(),
         rules.max_lag,
-        sync_only(view, rules),
+        sync_only(view, rules).as_deref(),
     ) {
         Ok(candidate) => Action::HandOver { candidate },
         Err(why) => Action::ClearFailover { why },
     }
 }
 
-/// With synchronous mode and a `sync` key: the only members that may be promoted.
-pub fn sync_only(view: &ClusterView, rules: Rules) -> Option<&[String]> {
-    view.sync
-        .as_ref()
-        .filter(|_| rules.sync)
-        .map(|s| s.members.as_slice())
+/// With synchronous mode and a `sync` key: the only members that may be promoted, the
+/// recorded standbys and the leader that recorded them (it holds every commit it
+/// acknowledged: a leader that restarts before it records a standby must still be able
+/// to lead again, Patroni's `sync.matches(name, check_leader=True)`). A record older
+/// than the last leader's term names nobody: that leader wrote its own before it
+/// promoted, so an older one can only be a leftover, and trusting it could promote a
+/// member without the commits acknowledged since.
+pub fn sync_only(view: &ClusterView, rules: Rules) -> Option<Vec<String>> {
+    let record = view.sync.as_ref().filter(|_| rules.sync)?;
+    if view.optime.is_some_and(|o| record.term < o.term) {
+        return Some(Vec::new());
+    }
+    let mut names = record.members.clone();
+    names.push(record.leader.clone());
+    Some(names)
 }
 
 /// The member a switchover from `leader` hands over to: `wanted` if it is an eligible
@@ -387,39 +426,56 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
         return wait(format!("not eligible for promotion: {why}"));
     }
     let sync = sync_only(view, rules);
-    if sync.is_some_and(|s| !s.contains(&me.name)) {
-        return wait("not eligible for promotion: not a synchronous standby");
+    if sync.as_ref().is_some_and(|s| !s.contains(&me.name)) {
+        return wait("not eligible for promotion: not a synchronous standby nor the leader that recorded them");
     }
     let peers = view.members.iter().filter(|m| m.name != me.name);
-    // A switchover names who takes over: the others stand aside while it can.
+    // A switchover names who takes over: on a tie the others stand aside for it. Not
+    // when they are ahead of it: a hand-over cut short (the old leader killed or
+    // stopped before the candidate had its shutdown checkpoint) must not promote a
+    // candidate that misses WAL another member has.
     let handed_to = view
         .failover
         .as_ref()
         .and_then(|f| f.candidate.as_deref())
+        .filter(|c| *c != me.name)
+        .and_then(|c| view.member(c))
         .filter(|c| {
-            sync.is_none_or(|s| s.iter().any(|n| n == c))
-                && view.member(c).is_some_and(|m| {
-                    m.role == MemberRole::Replica
-                        && ineligible(m.timeline, m.received_lsn, m.term, optime, rules.max_lag)
-                            .is_none()
-                })
+            sync.as_ref().is_none_or(|s| s.contains(&c.name))
+                && c.role == MemberRole::Replica
+                && ineligible(c.timeline, c.received_lsn, c.term, optime, rules.max_lag).is_none()
         });
-    match handed_to {
-        Some(c) if c == me.name => {
-            return match peers.clone().find(|p| p.role == MemberRole::Primary) {
-                Some(p) => wait(format!("{} still runs as a primary", p.name)),
-                None => Action::Acquire,
-            }
+    let candidate_is_me = view
+        .failover
+        .as_ref()
+        .and_then(|f| f.candidate.as_deref())
+        .is_some_and(|c| c == me.name);
+    if candidate_is_me {
+        if let Some(p) = peers.clone().find(|p| p.role == MemberRole::Primary) {
+            return wait(format!("{} still runs as a primary", p.name));
         }
-        Some(c) => return wait(format!("a switchover hands over to {c}")),
-        None => {}
+        return match rivals(view, me, rules)
+            .into_iter()
+            .find(|p| ahead(p.timeline, p.received_lsn, me))
+        {
+            Some(p) => wait(format!(
+                "the switchover names this member, but {} has received more WAL",
+                p.name
+            )),
+            None => Action::Acquire,
+        };
+    }
+    if let Some(c) = handed_to {
+        if !ahead(me.timeline, me.received_lsn, &position_of(c)) {
+            return wait(format!("a switchover hands over to {}", c.name));
+        }
     }
     if let Some(p) = peers.clone().find(|p| p.role == MemberRole::Primary) {
         return wait(format!("{} still runs as a primary", p.name));
     }
     if let Some(p) = rivals(view, me, rules)
         .into_iter()
-        .find(|p| beats(&p.name, p.received_lsn, me))
+        .find(|p| beats(&p.name, p.timeline, p.received_lsn, me))
     {
         return wait(format!("{} has received more WAL", p.name));
     }
@@ -438,17 +494,45 @@ pub fn rivals<'v>(view: &'v ClusterView, me: &Me, rules: Rules) -> Vec<&'v Membe
         .filter(|p| {
             p.name != me.name
                 && p.role == MemberRole::Replica
-                && sync.is_none_or(|s| s.contains(&p.name))
+                && sync.as_ref().is_none_or(|s| s.contains(&p.name))
                 && ineligible(p.timeline, p.received_lsn, p.term, optime, rules.max_lag).is_none()
         })
         .collect()
 }
 
-/// Whether member `name`, having received up to `lsn`, beats `me`: more WAL, or as
-/// much and a lower name, so that members with equal positions agree on one candidate.
-pub fn beats(name: &str, lsn: Option<u64>, me: &Me) -> bool {
-    let (theirs, mine) = (lsn.unwrap_or(0), me.received_lsn.unwrap_or(0));
-    theirs > mine || (theirs == mine && name < me.name.as_str())
+/// Whether a member at `lsn` on `timeline` is strictly ahead of `me`: on a later
+/// timeline (it followed a later leader), or further on the same one. Positions on
+/// different timelines are never compared as numbers: the same LSN on two branches is
+/// not the same WAL.
+pub fn ahead(timeline: Option<u32>, lsn: Option<u64>, me: &Me) -> bool {
+    (timeline.unwrap_or(0), lsn.unwrap_or(0))
+        > (me.timeline.unwrap_or(0), me.received_lsn.unwrap_or(0))
+}
+
+/// Whether member `name`, at `lsn` on `timeline`, beats `me` in the race: ahead of it,
+/// or level and with a lower name, so that members with equal positions agree on one
+/// candidate.
+pub fn beats(name: &str, timeline: Option<u32>, lsn: Option<u64>, me: &Me) -> bool {
+    let level = (timeline.unwrap_or(0), lsn.unwrap_or(0))
+        == (me.timeline.unwrap_or(0), me.received_lsn.unwrap_or(0));
+    ahead(timeline, lsn, me) || (level && name < me.name.as_str())
+}
+
+/// A published member's position, as a [`Me`] to compare against.
+fn position_of(m: &MemberState) -> Me {
+    Me {
+        name: m.name.clone(),
+        lease: None,
+        since_renewal: None,
+        has_data: true,
+        postgres: Postgres::Stopped,
+        timeline: m.timeline,
+        received_lsn: m.received_lsn,
+        term_seen: m.term,
+        diverged: false,
+        initialize_stalled_for: Duration::ZERO,
+        unwritable_for: Duration::ZERO,
+    }
 }
 
 #[cfg(test)]
@@ -462,6 +546,7 @@ mod tests {
         max_lag: 1000,
         sync: false,
         initialize_abandoned_after: Duration::from_secs(30),
+        primary_start_timeout: Duration::from_secs(300),
     };
 
     fn me(postgres: Postgres) -> Me {
@@ -476,6 +561,7 @@ mod tests {
             term_seen: 7,
             diverged: false,
             initialize_stalled_for: Duration::ZERO,
+            unwritable_for: Duration::ZERO,
         }
     }
 
@@ -575,7 +661,8 @@ mod tests {
         match (a, b) {
             (Action::Fence { .. }, Action::Fence { .. })
             | (Action::Wait { .. }, Action::Wait { .. })
-            | (Action::ClearFailover { .. }, Action::ClearFailover { .. }) => true,
+            | (Action::ClearFailover { .. }, Action::ClearFailover { .. })
+            | (Action::Release { .. }, Action::Release { .. }) => true,
             _ => a == b,
         }
     }
@@ -1037,6 +1124,33 @@ mod tests {
                 Action::ClearFailover { why: String::new() },
             ),
             (
+                "a key holder fenced past the start timeout releases the key",
+                view_led_by_b(),
+                Me {
+                    unwritable_for: Duration::from_secs(300),
+                    ..me(Postgres::Stopped)
+                },
+                Action::Release { why: String::new() },
+            ),
+            (
+                "a key holder in a crash recovery past the start timeout releases the key",
+                view_led_by_b(),
+                Me {
+                    unwritable_for: Duration::from_secs(301),
+                    ..me(Postgres::Primary)
+                },
+                Action::Release { why: String::new() },
+            ),
+            (
+                "a key holder still within the start timeout starts postgres",
+                view_led_by_b(),
+                Me {
+                    unwritable_for: Duration::from_secs(299),
+                    ..me(Postgres::Stopped)
+                },
+                Action::StartPrimary,
+            ),
+            (
                 "a leader that lost its lease fences, switchover or not",
                 switching(Some("c"), view_led_by_b()),
                 Me {
@@ -1046,12 +1160,24 @@ mod tests {
                 fence(),
             ),
             (
-                "the candidate acquires although a peer has more WAL",
+                "the candidate yields to a peer with more WAL (a hand-over cut short)",
                 switching(Some("b"), leaderless()),
                 Me {
                     received_lsn: Some(9_400),
                     ..me(replica(None))
                 },
+                w(),
+            ),
+            (
+                "the candidate wins a tie against a lower name",
+                switching(
+                    Some("b"),
+                    ClusterView {
+                        members: vec![member("a2", MemberRole::Replica, 10_000)],
+                        ..leaderless()
+                    },
+                ),
+                me(replica(None)),
                 Action::Acquire,
             ),
             (
@@ -1064,10 +1190,22 @@ mod tests {
                 w(),
             ),
             (
-                "the others stand aside for the candidate",
-                switching(Some("c"), leaderless()),
+                "the others stand aside for the candidate when level with it",
+                switching(
+                    Some("c"),
+                    ClusterView {
+                        members: vec![member("c", MemberRole::Replica, 10_000)],
+                        ..leaderless()
+                    },
+                ),
                 me(replica(None)),
                 w(),
+            ),
+            (
+                "a member ahead of the candidate races as usual",
+                switching(Some("c"), leaderless()),
+                me(replica(None)),
+                Action::Acquire,
             ),
             (
                 "a candidate that is gone no longer holds the others back",
@@ -1120,13 +1258,15 @@ mod tests {
             sync: true,
             ..RULES
         };
-        let with_sync = |names: &[&str], v: ClusterView| ClusterView {
+        let recorded_by = |leader: &str, term: Term, names: &[&str], v: ClusterView| ClusterView {
             sync: Some(crate::ha::store::SyncState {
-                leader: "a".into(),
+                leader: leader.into(),
                 members: names.iter().map(|n| n.to_string()).collect(),
+                term,
             }),
             ..v
         };
+        let with_sync = |names: &[&str], v: ClusterView| recorded_by("a", 7, names, v);
         type Case = (&'static str, ClusterView, Me, Rules, Action);
         let cases: Vec<Case> = vec![
             (
@@ -1164,6 +1304,31 @@ mod tests {
                 Action::Acquire,
             ),
             (
+                "the leader that wrote the record, restarted before naming a standby, acquires",
+                recorded_by("b", 7, &[], leaderless()),
+                me(replica(None)),
+                rules,
+                Action::Acquire,
+            ),
+            (
+                "the recording leader beats a recorded standby with as much WAL only by name",
+                recorded_by("b", 7, &["c"], {
+                    let mut v = leaderless();
+                    v.members[1].received_lsn = Some(10_000);
+                    v
+                }),
+                me(replica(None)),
+                rules,
+                Action::Acquire,
+            ),
+            (
+                "a record older than the last leader's term names nobody",
+                recorded_by("a", 6, &["b"], leaderless()),
+                me(replica(None)),
+                rules,
+                wait(""),
+            ),
+            (
                 "no sync key yet: the usual race",
                 leaderless(),
                 me(replica(None)),
@@ -1179,14 +1344,14 @@ mod tests {
             ),
             (
                 "a switchover to an unrecorded standby is dropped",
-                with_sync(&["a"], switching(Some("c"), view_led_by_b())),
+                recorded_by("b", 7, &["a"], switching(Some("c"), view_led_by_b())),
                 me(Postgres::Primary),
                 rules,
                 Action::ClearFailover { why: String::new() },
             ),
             (
                 "a switchover picks the recorded standby",
-                with_sync(&["c"], switching(None, view_led_by_b())),
+                recorded_by("b", 7, &["c"], switching(None, view_led_by_b())),
                 me(Postgres::Primary),
                 rules,
                 Action::HandOver {
@@ -1222,16 +1387,22 @@ mod tests {
         v.sync = Some(SyncState {
             leader: "a".into(),
             members: vec!["b".into()],
+            term: 7,
         });
         assert!(rivals(&v, &me, with_sync).is_empty());
-        for (name, lsn, want) in [
-            ("c", Some(10_001), true),
-            ("c", Some(10_000), false),
-            ("a", Some(10_000), true),
-            ("c", Some(9_999), false),
-            ("a", None, false),
+        for (name, tl, lsn, want) in [
+            ("c", Some(2), Some(10_001), true),
+            ("c", Some(2), Some(10_000), false),
+            ("a", Some(2), Some(10_000), true),
+            ("c", Some(2), Some(9_999), false),
+            ("a", Some(2), None, false),
+            // A later timeline followed a later leader, whatever the numbers.
+            ("c", Some(3), Some(9_000), true),
+            // An earlier one is behind, however far its old branch went.
+            ("c", Some(1), Some(90_000), false),
+            ("c", None, Some(90_000), false),
         ] {
-            assert_eq!(beats(name, lsn, &me), want, "{name} at {lsn:?}");
+            assert_eq!(beats(name, tl, lsn, &me), want, "{name} at {tl:?}/{lsn:?}");
         }
     }
 

@@ -9,16 +9,18 @@ use std::time::Duration;
 
 /// postgres's own answer about its role and position.
 ///
-/// A standby has no function that names the timeline it replays: the WAL receiver's
-/// is gone with its primary, and the last restartpoint's may be older than a switch
-/// replayed since. So the newest of those, of the minimum recovery point's and of the
-/// timeline history files in pg_wal (fetched before streaming on a new timeline) is
-/// taken; GREATEST skips the ones that are NULL.
+/// A standby has no SQL function that names the timeline it replays. While it streams,
+/// the WAL receiver's timeline is the one its received position is on; otherwise the
+/// timeline is left unknown here and the HA loop asks `IDENTIFY_SYSTEM` (see
+/// `Ha::local_facts`). Neither a history file in pg_wal (fetched before streaming on a
+/// new timeline, also by a standby that cannot follow it) nor the last restartpoint's
+/// timeline says where a standby is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facts {
     /// In recovery (a standby).
     pub in_recovery: bool,
-    /// Timeline: the one it writes (primary), receives or last checkpointed on (standby).
+    /// Timeline: the one it writes (primary) or streams (standby); `None` for a standby
+    /// that does not stream.
     pub timeline: Option<u32>,
     /// WAL written (primary) or received, else replayed (standby), as a byte position.
     pub received: Option<u64>,
@@ -31,11 +33,7 @@ pub struct Facts {
 const FACTS: &str = "
 SELECT pg_is_in_recovery(),
   CASE WHEN pg_is_in_recovery()
-    THEN GREATEST((SELECT received_tli FROM pg_stat_wal_receiver),
-                  (SELECT min_recovery_end_timeline FROM pg_control_recovery()),
-                  (SELECT timeline_id FROM pg_control_checkpoint()),
-                  (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir()
-                    WHERE name ~ '^[0-9A-F]{8}[.]history$'))
+    THEN (SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming')
     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
   END,
   pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()
@@ -108,7 +106,10 @@ pub async fn ensure_slots(s: &Settings, members: &[String]) -> Result<()> {
         };
         client
             .execute(
-                "SELECT pg_create_physical_replication_slot($1::text::name)
+                // Reserving WAL at once (Patroni does too): a slot without a
+                // restart_lsn holds nothing back, and a member that connects a
+                // moment later could find the WAL it needs recycled.
+                "SELECT pg_create_physical_replication_slot($1::text::name, true)
                  WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1::text::name)",
                 &[&slot],
             )

@@ -149,7 +149,7 @@ async fn promote_route(State(ctl): State<ControlState>) -> (StatusCode, Json<Val
             ),
         };
     }
-    match promote(&ctl.settings).await {
+    match promote(&ctl.settings, crate::replica::promote::WAIT).await {
         Ok(timeline) => {
             tokio::spawn(async move { crate::supervisor::after_start(&ctl.settings).await });
             (

@@ -12,7 +12,6 @@
 
 use super::remote;
 use crate::backup::info::Lsn;
-use crate::pgconf::quote::conninfo_value;
 use crate::process::Runner;
 use crate::settings::Settings;
 use anyhow::{Context, Result};
@@ -109,13 +108,7 @@ pub fn needs_rewind(
 /// errs towards no rewind. `Err` when either cannot be asked (nothing is known then),
 /// or with [`ForeignCluster`] when the primary is of another cluster.
 pub async fn check(s: &Settings, runner: &Runner, replayed: u64) -> Result<bool> {
-    let local_conninfo = format!(
-        "host={} port={} user={} dbname=replication",
-        conninfo_value(&s.socket_dir.to_string_lossy()),
-        s.port,
-        conninfo_value(&s.superuser)
-    );
-    let local = remote::identify_at(s, runner, &local_conninfo)
+    let local = remote::identify_local(s, runner)
         .await
         .context("ask the local standby where it is")?;
     let primary = remote::identify(s, runner)

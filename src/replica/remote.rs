@@ -3,6 +3,7 @@
 //! Both go through PostgreSQL's own client tools (psql in replication mode, and
 //! pg_receivewal), which read the password from the passfile.
 
+use crate::pgconf::quote::conninfo_value;
 use crate::process::{run_as, Runner};
 use crate::settings::Settings;
 use anyhow::{bail, Result};
@@ -50,6 +51,19 @@ pub async fn identify_at(s: &Settings, runner: &Runner, conninfo: &str) -> Resul
         }),
         _ => bail!("unexpected IDENTIFY_SYSTEM answer {:?}", text.trim()),
     }
+}
+
+/// `IDENTIFY_SYSTEM` on the local instance, over its unix socket as the superuser: on
+/// a standby, the timeline of the last record it replayed and how far it has WAL on
+/// that timeline.
+pub async fn identify_local(s: &Settings, runner: &Runner) -> Result<RemoteSystem> {
+    let conninfo = format!(
+        "host={} port={} user={} dbname=replication",
+        conninfo_value(&s.socket_dir.to_string_lossy()),
+        s.port,
+        conninfo_value(&s.superuser)
+    );
+    identify_at(s, runner, &conninfo).await
 }
 
 /// The history file of `timeline` on the primary (`TIMELINE_HISTORY`), as text: the

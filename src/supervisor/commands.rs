@@ -11,6 +11,10 @@ pub enum Command {
     Restart,
     /// Stop postgres cleanly and keep it stopped, across pod restarts, until unfenced.
     Fence,
+    /// [`Command::Fence`] for a switchover's hand-over. Its marker says so: the HA loop
+    /// lifts it when pgwarden starts again (the hand-over it belonged to ended with
+    /// the process that ran it), where an operator's fence stays until unfenced.
+    Hold,
     /// Lift a fence and start postgres.
     Unfence,
     /// Stop the standby, rewind it from the primary in primary_conninfo, and start it
@@ -46,3 +50,21 @@ impl Commands {
 
 /// Marker file in PGDATA that keeps an instance fenced across restarts.
 pub const FENCE_MARKER: &str = "pgwarden.fenced";
+
+/// The first line of a [`FENCE_MARKER`] written by [`Command::Hold`].
+pub const HOLD_TEXT: &str = "held by a switchover's hand-over";
+
+/// Lifts a fence left by a switchover's hand-over that pgwarden did not finish (it was
+/// killed or stopped during it); an operator's fence stays. True when one was lifted.
+pub fn lift_interrupted_hold(pgdata: &std::path::Path) -> std::io::Result<bool> {
+    let marker = pgdata.join(FENCE_MARKER);
+    match std::fs::read_to_string(&marker) {
+        Ok(text) if text.starts_with(HOLD_TEXT) => {
+            std::fs::remove_file(&marker)?;
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}

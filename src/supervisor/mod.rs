@@ -6,7 +6,7 @@ mod crash;
 pub mod postgres;
 mod signals;
 
-pub use commands::{Command, Commands, Request};
+pub use commands::{lift_interrupted_hold, Command, Commands, Request};
 pub use crash::{CrashPolicy, Decision};
 pub use signals::{Sig, Signals};
 
@@ -294,10 +294,10 @@ impl Supervisor {
                         Command::Rejoin if !crate::replica::is_standby(&s.pgdata) => {
                             Err("only a standby rejoins a primary".to_owned())
                         }
-                        Command::Restart | Command::Fence | Command::Rejoin => {
+                        Command::Restart | Command::Fence | Command::Hold | Command::Rejoin => {
                             rejoin = req.command == Command::Rejoin;
-                            if req.command == Command::Fence {
-                                if let Err(e) = self.write_fence_marker() {
+                            if matches!(req.command, Command::Fence | Command::Hold) {
+                                if let Err(e) = self.write_fence_marker(req.command) {
                                     let _ = req.reply.send(Err(e));
                                     continue;
                                 }
@@ -444,7 +444,7 @@ impl Supervisor {
                             }
                             Err(e) => Err(format!("cannot remove the fence marker: {e}")),
                         },
-                        Command::Fence => Ok("already fenced".into()),
+                        Command::Fence | Command::Hold => Ok("already fenced".into()),
                         other => Err(format!("{other:?} is not possible while fenced").to_lowercase()),
                     };
                     let _ = req.reply.send(answer);
@@ -453,10 +453,17 @@ impl Supervisor {
         }
     }
 
-    fn write_fence_marker(&self) -> Result<(), String> {
+    fn write_fence_marker(&self, command: Command) -> Result<(), String> {
+        let text = match command {
+            Command::Hold => format!(
+                "{}; lifted when it ends or pgwarden restarts\n",
+                commands::HOLD_TEXT
+            ),
+            _ => "fenced by pgwarden; POST /unfence to lift\n".to_owned(),
+        };
         crate::fsutil::write_atomic(
             &self.settings.pgdata.join(commands::FENCE_MARKER),
-            b"fenced by pgwarden; POST /unfence to lift\n",
+            text.as_bytes(),
             self.settings.run_as.as_ref().map(|u| u.owner()),
             0o600,
         )

@@ -24,26 +24,34 @@ impl Ha {
     }
 
     /// A rival (see [`crate::ha::decide::rivals`]) whose current position, asked over its
-    /// HTTP API, beats this member's: its member key may be a round old. Skipped for
-    /// the candidate of a switchover, which was chosen with the leader's knowledge.
+    /// HTTP API, beats this member's: its member key may be a round old. The candidate
+    /// of a switchover wins ties, and yields only to a rival strictly ahead of it.
     pub(super) async fn a_rival_is_ahead(&self, me: &Me) -> Option<(String, u64)> {
         let handed_to_me = self
             .view
             .failover
             .as_ref()
             .is_some_and(|f| f.candidate.as_deref() == Some(self.name.as_str()));
-        if handed_to_me {
-            return None;
-        }
-        let rivals = crate::ha::decide::rivals(&self.view, me, self.rules())
-            .into_iter()
-            .map(|m| (m.name.clone(), m.api_url.clone()));
-        ask(rivals, "/status")
+        let rivals = crate::ha::decide::rivals(&self.view, me, self.rules());
+        let timeline = |name: &str| {
+            rivals
+                .iter()
+                .find(|m| m.name == name)
+                .and_then(|m| m.timeline)
+        };
+        let asked = rivals.iter().map(|m| (m.name.clone(), m.api_url.clone()));
+        // The timeline is the one the rival published (the one it replays); only its
+        // position moves between rounds.
+        ask(asked, "/status")
             .await
             .into_iter()
             .find_map(|(name, r)| {
                 let lsn = received_in_status(&r.body)?;
-                crate::ha::decide::beats(&name, Some(lsn), me).then_some((name, lsn))
+                let wins = match handed_to_me {
+                    true => crate::ha::decide::ahead(timeline(&name), Some(lsn), me),
+                    false => crate::ha::decide::beats(&name, timeline(&name), Some(lsn), me),
+                };
+                wins.then_some((name, lsn))
             })
     }
 }

@@ -47,7 +47,7 @@ impl Ha {
             }
         }
         info!(candidate = %candidate, "HA: switchover: stopping postgres cleanly");
-        if let Err(e) = commands.send(Command::Fence).await {
+        if let Err(e) = commands.send(Command::Hold).await {
             warn!(error = %e, "HA: switchover: cannot stop postgres; giving up");
             self.give_up_switchover(s, commands, None).await;
             return;

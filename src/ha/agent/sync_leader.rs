@@ -27,7 +27,13 @@ impl Ha {
                 }
                 Err(_) => return,
             };
-        let ours = self.view.sync.as_ref().filter(|k| k.leader == self.name);
+        // A record of this member's from an earlier term is rewritten: the term is what
+        // tells the others it is current.
+        let ours = self
+            .view
+            .sync
+            .as_ref()
+            .filter(|k| k.leader == self.name && k.term == term);
         let recorded = ours.map(|k| k.members.clone()).unwrap_or_default();
         let members = self.other_members();
         let named = sync::choose(self.cfg.sync_node_count, &recorded, &streaming, &members);
@@ -67,8 +73,9 @@ impl Ha {
         let state = SyncState {
             leader: self.name.clone(),
             members,
+            term,
         };
-        match self.store.put_sync(&state, term).await {
+        match self.store.put_sync(&state).await {
             Ok(true) => true,
             Ok(false) => false,
             Err(e) => {
