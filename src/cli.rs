@@ -38,6 +38,9 @@ pub enum Command {
     Fence(LocalArgs),
     /// Lift a fence and start postgres.
     Unfence(LocalArgs),
+    /// Rebuild this replica from its primary (with HA, the leader): stop postgres,
+    /// discard its data and clone the primary again. Refused on a primary.
+    Reinit(LocalArgs),
     /// Push one WAL or history file to the archive (postgres's archive_command).
     WalArchive(crate::wal_cli::WalArchiveArgs),
     /// Fetch one file from the archive into a path (postgres's restore_command).
@@ -214,6 +217,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Checkpoint(args) => local_call(&args, "POST", "/checkpoint"),
         Command::Fence(args) => local_call(&args, "POST", "/fence"),
         Command::Unfence(args) => local_call(&args, "POST", "/unfence"),
+        Command::Reinit(args) => local_call(&args, "POST", "/reinit"),
         Command::Backup(args) => local_call_within(
             &args,
             "POST",

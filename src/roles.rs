@@ -80,6 +80,7 @@ pub async fn ensure_replication_role(s: &Settings) -> Result<()> {
             .batch_execute(&format!("GRANT pg_checkpoint TO {role}"))
             .await?;
     }
+    info!(role = %s.replication_user, "the replication role is set up: login, pg_rewind grants, pg_checkpoint");
     Ok(())
 }
 

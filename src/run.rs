@@ -133,7 +133,15 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         };
         let done = async {
             bootstrap::ensure(&settings, &runner).await?;
-            replica::prepare(&settings, &runner).await
+            match replica::prepare(&settings, &runner).await {
+                Ok(()) => anyhow::Ok(()),
+                // PGWARDEN_REWIND_FAILED decides, rather than an exit at every start.
+                Err(e) => {
+                    let kept = supervisor::after_failed_rewind(&settings, &runner, e).await?;
+                    status_tx.send_modify(|st| st.rewind_failed = kept);
+                    Ok(())
+                }
+            }
         }
         .await;
         if let Some(h) = holder {

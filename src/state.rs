@@ -61,6 +61,9 @@ pub struct SupervisorStatus {
     pub config_error: Option<String>,
     /// Owned parameters found in postgresql.auto.conf and reset, since pgwarden started.
     pub auto_conf_overrides: u64,
+    /// pg_rewind could not rejoin this replica to its primary and the data was kept
+    /// (`PGWARDEN_REWIND_FAILED=keep`): why. Cleared by a rejoin or a `reinit`.
+    pub rewind_failed: Option<String>,
 }
 
 impl SupervisorStatus {
@@ -76,6 +79,7 @@ impl SupervisorStatus {
             exiting: false,
             config_error: None,
             auto_conf_overrides: 0,
+            rewind_failed: None,
         }
     }
 }

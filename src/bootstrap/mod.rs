@@ -98,6 +98,25 @@ async fn bootstrap(s: &Settings, runner: &Runner) -> Result<()> {
     Ok(())
 }
 
+/// Gives up the cluster in PGDATA so that a bootstrap rebuilds it (a replica whose
+/// rewind failed, `pgwarden reinit`). Crash-safe: the staging directory is made first,
+/// then `PG_VERSION` is removed; from that moment PGDATA reads as an interrupted
+/// bootstrap, which the next [`ensure`] (now, or at the next start) clears and redoes.
+/// postgres must not be running.
+pub fn discard(pgdata: &Path) -> Result<()> {
+    let staging = pgdata::staging_dir(pgdata);
+    std::fs::create_dir_all(&staging).with_context(|| format!("create {}", staging.display()))?;
+    fsutil::fsync_dir(pgdata)?;
+    match std::fs::remove_file(pgdata.join("PG_VERSION")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("remove PG_VERSION"),
+    }
+    fsutil::fsync_dir(pgdata)?;
+    warn!(pgdata = %pgdata.display(), "the cluster in PGDATA is discarded; it is rebuilt from empty");
+    Ok(())
+}
+
 /// Moves the staged cluster into PGDATA, `PG_VERSION` last, then removes the staging dir.
 fn commit(staging: &Path, pgdata: &Path) -> Result<()> {
     let mut names: Vec<_> = std::fs::read_dir(staging)

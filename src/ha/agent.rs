@@ -336,6 +336,7 @@ impl Ha {
         let diverged = self.diverged(s, &postgres, facts).await;
         let mut me = self.me(true, postgres, facts);
         me.diverged = diverged;
+        me.rewind_failed = sup.rewind_failed.is_some();
         let action = decide(&self.view, &me, self.rules());
         self.note(&action);
         self.show(&action);
@@ -859,6 +860,7 @@ impl Ha {
             unwritable_for: self
                 .unwritable_since
                 .map_or(Duration::ZERO, |t| clock::now().saturating_sub(t)),
+            rewind_failed: false,
         }
     }
 

@@ -58,6 +58,9 @@ pub struct Me {
     /// How long this member, with an empty PGDATA, has seen the same initialize winner
     /// hold no leader key in a cluster that never had a leader.
     pub initialize_stalled_for: Duration,
+    /// pg_rewind failed and the data was kept (`PGWARDEN_REWIND_FAILED=keep`): a
+    /// diverged member waits for `pgwarden reinit` rather than rewinding again.
+    pub rewind_failed: bool,
     /// How long this member has held the leader key while its postgres did not answer
     /// as writable (fenced, starting, in crash recovery, promoting); zero otherwise.
     pub unwritable_for: Duration,
@@ -216,6 +219,10 @@ pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
             None => stopped_or(me, None, || {
                 wait(format!("leader {} has not published its address", l.name))
             }),
+            Some(_) if me.diverged && me.rewind_failed => wait(format!(
+                "this member diverged from {} and pg_rewind failed; `pgwarden reinit` rebuilds it",
+                l.name
+            )),
             Some(_) if me.diverged => Action::Rejoin {
                 leader: l.name.clone(),
             },
@@ -532,6 +539,7 @@ fn position_of(m: &MemberState) -> Me {
         diverged: false,
         initialize_stalled_for: Duration::ZERO,
         unwritable_for: Duration::ZERO,
+        rewind_failed: false,
     }
 }
 
@@ -562,6 +570,7 @@ mod tests {
             diverged: false,
             initialize_stalled_for: Duration::ZERO,
             unwritable_for: Duration::ZERO,
+            rewind_failed: false,
         }
     }
 
@@ -919,6 +928,16 @@ mod tests {
                     ..me(replica(None))
                 },
                 Action::Rejoin { leader: "a".into() },
+            ),
+            (
+                "a diverged replica whose rewind failed waits for a reinit",
+                view(),
+                Me {
+                    diverged: true,
+                    rewind_failed: true,
+                    ..me(replica(None))
+                },
+                w(),
             ),
             (
                 "existing PGDATA starts as a standby of the leader",

@@ -49,6 +49,7 @@ pub fn router(state: ControlState) -> Router {
             "/unfence",
             post(|s| supervisor_command(s, Command::Unfence)),
         )
+        .route("/reinit", post(|s| supervisor_command(s, Command::Reinit)))
         .route("/checkpoint", post(checkpoint))
         .with_state(state)
 }

@@ -150,6 +150,12 @@ pub fn registry(app: &AppState) -> Registry {
         "1 while /status shows a config_error (a refused change or a reset ALTER SYSTEM)",
         sup.config_error.is_some() as u8 as f64,
     );
+    gauge(
+        &r,
+        "pgwarden_rewind_failed",
+        "1 while pg_rewind could not rejoin this replica and its data was kept (PGWARDEN_REWIND_FAILED=keep); pgwarden reinit rebuilds it",
+        sup.rewind_failed.is_some() as u8 as f64,
+    );
     if connected {
         gauge(
             &r,

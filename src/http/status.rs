@@ -99,6 +99,10 @@ pub struct StatusDoc {
     /// Why the last configuration change was refused (the running one is kept), or
     /// which owned parameters `ALTER SYSTEM` had set and pgwarden reset.
     pub config_error: Option<String>,
+    /// pg_rewind could not rejoin this replica to its primary and its data was kept
+    /// (`PGWARDEN_REWIND_FAILED=keep`): why. `pgwarden reinit` rebuilds it.
+    #[serde(default)]
+    pub rewind_failed: Option<String>,
     /// The base backup under way, and the last one.
     #[serde(default)]
     pub backup: crate::backup::BackupStatus,
@@ -151,6 +155,7 @@ impl StatusDoc {
                 error: snap.error.clone(),
             },
             config_error: sup.config_error.clone(),
+            rewind_failed: sup.rewind_failed.clone(),
             backup: Default::default(),
             ha: None,
         }

@@ -192,22 +192,48 @@ async fn rewind(s: &Settings, runner: &Runner) -> Result<()> {
     }
     run_as(&mut cmd, s.run_as.as_ref());
     let out = runner.output(&mut cmd, None).await?;
+    let mut touched = false;
     for line in String::from_utf8_lossy(&out.stderr)
         .lines()
         .chain(String::from_utf8_lossy(&out.stdout).lines())
     {
+        // pg_rewind changes nothing in the target before it says how much it is
+        // about to copy (a single-user recovery of a crashed target, before that,
+        // leaves it consistent).
+        touched |= line.contains("need to copy");
         if !line.trim().is_empty() {
             info!(tool = "pg_rewind", "{}", line.trim());
         }
     }
     if !out.status.success() {
-        bail!(
-            "pg_rewind could not rejoin {} to the primary ({}): {}. PGDATA was not touched further; \
-             if the rewind is impossible, rebuild this replica from an empty PGDATA",
-            s.pgdata.display(),
-            out.status,
-            out.stderr_text()
-        );
+        return Err(RewindError {
+            pgdata: s.pgdata.display().to_string(),
+            status: out.status.to_string(),
+            message: out.stderr_text(),
+            touched,
+        }
+        .into());
     }
     Ok(())
+}
+
+/// pg_rewind could not rejoin this member to its primary.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "pg_rewind could not rejoin {pgdata} to the primary ({status}): {message}. {}",
+    if *touched {
+        "It had begun to copy files: PGDATA may be inconsistent and postgres is not started on it"
+    } else {
+        "It had not changed PGDATA yet"
+    }
+)]
+pub struct RewindError {
+    /// The target.
+    pub pgdata: String,
+    /// pg_rewind's exit status.
+    pub status: String,
+    /// What pg_rewind said.
+    pub message: String,
+    /// pg_rewind had begun to copy files into PGDATA.
+    pub touched: bool,
 }

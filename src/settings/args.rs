@@ -140,6 +140,12 @@ pub struct SettingsArgs {
     #[arg(long, env = "PGWARDEN_READY_MAX_LAG")]
     pub ready_max_lag: Option<u64>,
 
+    /// What a replica does when pg_rewind cannot rejoin it to its primary: `keep` (report
+    /// and keep the data for a person to look at; `pgwarden reinit` rebuilds it) or
+    /// `reclone` (discard the data and clone the primary again).
+    #[arg(long, env = "PGWARDEN_REWIND_FAILED", default_value = "keep")]
+    pub rewind_failed: String,
+
     /// Seconds of smart shutdown on SIGTERM before switching to fast shutdown; 0 (the
     /// default, as the official image's SIGINT) makes SIGTERM a fast shutdown at once.
     #[arg(long, env = "PGWARDEN_SMART_SHUTDOWN_TIMEOUT", default_value_t = 0)]

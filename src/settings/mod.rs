@@ -31,6 +31,31 @@ pub enum Role {
     Replica,
 }
 
+/// What a replica does when pg_rewind cannot rejoin it to its primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewindFailed {
+    /// Report, and keep the data as it is for a person to look at (`pgwarden reinit`
+    /// rebuilds it). The safe default: nothing is ever deleted without being asked.
+    Keep,
+    /// Discard the data and clone the primary again, as Patroni's
+    /// `remove_data_directory_on_rewind_failure`.
+    Reclone,
+}
+
+impl RewindFailed {
+    /// Parses `PGWARDEN_REWIND_FAILED`.
+    pub fn from_arg(value: &str) -> Result<RewindFailed, SettingsError> {
+        match value {
+            "" | "keep" => Ok(RewindFailed::Keep),
+            "reclone" => Ok(RewindFailed::Reclone),
+            other => Err(invalid(
+                "PGWARDEN_REWIND_FAILED",
+                format!("{other:?} is not keep or reclone"),
+            )),
+        }
+    }
+}
+
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -134,6 +159,8 @@ pub struct Settings {
     pub max_slot_wal_keep_size: String,
     /// Maximum replay lag, in bytes, for a replica to be ready.
     pub ready_max_lag: Option<u64>,
+    /// What to do when pg_rewind fails (`PGWARDEN_REWIND_FAILED`).
+    pub rewind_failed: RewindFailed,
     /// Smart shutdown bound before fast shutdown (zero: SIGTERM is fast at once).
     pub smart_shutdown_timeout: Duration,
     /// Bound on any shutdown before it turns immediate; `None` never escalates.
@@ -520,6 +547,7 @@ impl Settings {
             user_texts: user.texts,
             max_slot_wal_keep_size: args.max_slot_wal_keep_size.clone(),
             ready_max_lag: args.ready_max_lag,
+            rewind_failed: RewindFailed::from_arg(&args.rewind_failed)?,
             smart_shutdown_timeout: Duration::from_secs(args.smart_shutdown_timeout),
             stop_timeout: (args.stop_timeout > 0).then(|| Duration::from_secs(args.stop_timeout)),
             max_crashes: args.max_crashes.max(1),

@@ -17,6 +17,9 @@ pub enum Command {
     Hold,
     /// Lift a fence and start postgres.
     Unfence,
+    /// Rebuild this standby from its primary: stop postgres, discard the data, clone
+    /// the primary again (`pgwarden reinit`).
+    Reinit,
     /// Stop the standby, rewind it from the primary in primary_conninfo, and start it
     /// again as that primary's standby (the HA loop, when this member diverged).
     Rejoin,

@@ -4,10 +4,12 @@ mod autoconf;
 pub mod commands;
 mod crash;
 pub mod postgres;
+mod rewind;
 mod signals;
 
 pub use commands::{lift_interrupted_hold, Command, Commands, Request};
 pub use crash::{CrashPolicy, Decision};
+pub use rewind::{after_failed_rewind, reclone, REWIND_HOLD_TEXT};
 pub use signals::{Sig, Signals};
 
 use crate::pgconf::tuning::Resources;
@@ -98,8 +100,12 @@ impl Supervisor {
                 }
             }
             let exit = match self.run_once(signals).await {
-                Outcome::Planned { rejoin: false } => continue,
-                Outcome::Planned { rejoin: true } => match self.rejoin().await {
+                Outcome::Planned(Next::Start) => continue,
+                Outcome::Planned(Next::Rejoin) => match self.rejoin().await {
+                    Ok(()) => continue,
+                    Err(code) => return code,
+                },
+                Outcome::Planned(Next::Reinit) => match self.reinit().await {
                     Ok(()) => continue,
                     Err(code) => return code,
                 },
@@ -180,21 +186,63 @@ impl Supervisor {
         self.publish(|st| st.state = State::Starting);
         let s = self.settings.clone();
         info!(primary = ?s.upstream.get().map(|t| t.name), "rewinding this standby to rejoin the primary");
-        let done = async {
-            crate::replica::rejoin(&s, &self.runner()).await?;
-            crate::pgconf::apply(&s, &s.pgdata, &self.resources, &self.runner()).await?;
-            anyhow::Ok(())
+        let runner = self.runner();
+        let rejoined = async {
+            match crate::replica::rejoin(&s, &runner).await {
+                Ok(()) => Ok(None),
+                Err(e) => rewind::after_failed_rewind(&s, &runner, e).await,
+            }
         }
         .await;
+        let done = match rejoined {
+            Ok(kept) => crate::pgconf::apply(&s, &s.pgdata, &self.resources, &runner)
+                .await
+                .map(|_| kept),
+            Err(e) => Err(e),
+        };
         match done {
-            Ok(()) => {
-                info!("rewound; starting postgres as the primary's standby");
+            Ok(kept) => {
+                match &kept {
+                    None => info!("rejoined; starting postgres as the primary's standby"),
+                    Some(_) => warn!("not rejoined; the data was kept (see the error above)"),
+                }
+                self.publish(|st| st.rewind_failed = kept);
                 Ok(())
             }
             Err(e) => {
                 error!(
                     error = format!("{e:#}"),
                     "cannot rejoin the primary; exiting"
+                );
+                self.publish(|st| st.gave_up = true);
+                stop_children(&self.reaper).await;
+                Err(1)
+            }
+        }
+    }
+
+    /// `pgwarden reinit`: discards the data of this stopped standby and clones its
+    /// primary again. A clone that fails leaves an interrupted bootstrap, which the next
+    /// start redoes: pgwarden exits.
+    async fn reinit(&mut self) -> Result<(), i32> {
+        self.publish(|st| st.state = State::Starting);
+        let s = self.settings.clone();
+        let runner = self.runner();
+        let done = async {
+            rewind::reclone(&s, &runner).await?;
+            crate::pgconf::apply(&s, &s.pgdata, &self.resources, &runner).await
+        }
+        .await;
+        match done {
+            Ok(_) => {
+                info!("reinit: cloned the primary again; starting postgres as its standby");
+                self.publish(|st| st.rewind_failed = None);
+                Ok(())
+            }
+            Err(e) => {
+                error!(
+                    error = format!("{e:#}"),
+                    "reinit: cannot clone the primary; exiting (the next start clones it)"
                 );
                 self.publish(|st| st.gave_up = true);
                 stop_children(&self.reaper).await;
@@ -241,7 +289,7 @@ impl Supervisor {
             tokio::spawn(async move { ensure_standby_slot(&settings, &runner).await });
         }
         let mut mode: Option<Mode> = None;
-        let mut rejoin = false;
+        let mut next = Next::Start;
         // When a shutdown still running turns immediate (set by the first stop signal).
         let mut immediate_at: Option<Instant> = None;
         let mut ready = false;
@@ -294,8 +342,18 @@ impl Supervisor {
                         Command::Rejoin if !crate::replica::is_standby(&s.pgdata) => {
                             Err("only a standby rejoins a primary".to_owned())
                         }
-                        Command::Restart | Command::Fence | Command::Hold | Command::Rejoin => {
-                            rejoin = req.command == Command::Rejoin;
+                        Command::Reinit if !crate::replica::is_standby(&s.pgdata) => {
+                            Err("refused: only a standby is rebuilt from its primary, and this instance runs as a primary".to_owned())
+                        }
+                        Command::Reinit if s.primary_conninfo("replication").is_none() => {
+                            Err("refused: this standby follows no primary to clone (with HA: no leader yet)".to_owned())
+                        }
+                        Command::Restart | Command::Fence | Command::Hold | Command::Rejoin | Command::Reinit => {
+                            next = match req.command {
+                                Command::Rejoin => Next::Rejoin,
+                                Command::Reinit => Next::Reinit,
+                                _ => Next::Start,
+                            };
                             if matches!(req.command, Command::Fence | Command::Hold) {
                                 if let Err(e) = self.write_fence_marker(req.command) {
                                     let _ = req.reply.send(Err(e));
@@ -363,7 +421,7 @@ impl Supervisor {
         });
         if mode == Some(Mode::Planned) {
             info!(exit = %exit, "postgres stopped as asked");
-            Outcome::Planned { rejoin }
+            Outcome::Planned(next)
         } else if mode.is_some() {
             self.publish(|st| {
                 st.state = State::Stopped;
@@ -445,6 +503,23 @@ impl Supervisor {
                             Err(e) => Err(format!("cannot remove the fence marker: {e}")),
                         },
                         Command::Fence | Command::Hold => Ok("already fenced".into()),
+                        Command::Reinit => {
+                            let (s, runner) = (self.settings.clone(), self.runner());
+                            let rebuilt = async {
+                                rewind::reclone(&s, &runner).await?;
+                                crate::pgconf::apply(&s, &s.pgdata, &self.resources, &runner).await
+                            }
+                            .await;
+                            match rebuilt {
+                                Ok(_) => {
+                                    info!("reinit: cloned the primary again; starting postgres as its standby");
+                                    self.publish(|st| st.rewind_failed = None);
+                                    let _ = req.reply.send(Ok("reinit: cloned the primary again; postgres is starting".into()));
+                                    return None;
+                                }
+                                Err(e) => Err(format!("reinit failed: {e:#}")),
+                            }
+                        }
                         other => Err(format!("{other:?} is not possible while fenced").to_lowercase()),
                     };
                     let _ = req.reply.send(answer);
@@ -526,11 +601,19 @@ fn escalates(current: Option<Mode>, next: Mode) -> bool {
 enum Outcome {
     Stopped(Exit),
     Crashed(Exit),
-    /// A restart, fence or rejoin asked for: go round again (after the rewind).
-    Planned {
-        /// Rewind before starting again.
-        rejoin: bool,
-    },
+    /// A restart, fence, rejoin or reinit asked for: go round again, after `Next`.
+    Planned(Next),
+}
+
+/// What comes before postgres starts again after a planned stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Nothing: start it (or stay fenced).
+    Start,
+    /// Rewind from the primary first.
+    Rejoin,
+    /// Discard the data and clone the primary first.
+    Reinit,
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
