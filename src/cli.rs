@@ -63,6 +63,14 @@ pub enum Command {
     /// With PGWARDEN_HA: hand the leadership over to another member, without losing a
     /// transaction; prints the new leader.
     Switchover(SwitchoverArgs),
+    /// Promote a member when the cluster has no healthy leader (with a leader, a
+    /// switchover to it). Without a leader the member is promoted without the
+    /// eligibility checks and may lack acknowledged commits: `--force` confirms.
+    Failover(FailoverArgs),
+    /// Pause automatic failover for maintenance (no promotion, fence or rewind).
+    Pause(LocalArgs),
+    /// Resume automatic failover.
+    Resume(LocalArgs),
     /// The HA dead-man switch `run` starts for itself (see src/ha/deadman.rs).
     #[command(hide = true)]
     HaDeadman(crate::ha::deadman::DeadmanArgs),
@@ -141,6 +149,20 @@ pub struct SwitchoverArgs {
     /// The member to hand over to; the replica with the most WAL when absent.
     #[arg(long)]
     pub to: Option<String>,
+}
+
+/// Arguments of `failover`.
+#[derive(Args, Debug, Clone)]
+pub struct FailoverArgs {
+    /// The running instance to ask.
+    #[command(flatten)]
+    pub local: LocalArgs,
+    /// The member to promote.
+    #[arg(long)]
+    pub to: String,
+    /// Confirms that the member may be promoted although it may lack commits.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of the verbs that talk to a running pgwarden.
@@ -232,6 +254,9 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::HaDeadman(args) => crate::ha::deadman::main(&args),
         Command::List(args) => list(&args),
         Command::Switchover(args) => switchover(&args),
+        Command::Failover(args) => failover(&args),
+        Command::Pause(args) => local_call(&args, "POST", "/pause"),
+        Command::Resume(args) => local_call(&args, "POST", "/resume"),
     }
 }
 
@@ -478,15 +503,16 @@ fn list(args: &ListArgs) -> i32 {
     }
 }
 
+/// Member names are host-like; anything else would need escaping in a URL.
+fn member_name(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 /// `pgwarden switchover [--to NAME]`: `POST /switchover` on the local instance.
 fn switchover(args: &SwitchoverArgs) -> i32 {
     let route = match &args.to {
-        // Member names are host-like; anything else would need escaping in a URL.
-        Some(to)
-            if !to
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
-        {
+        Some(to) if !member_name(to) => {
             eprintln!("pgwarden: switchover: {to:?} is not a member name");
             return 2;
         }
@@ -494,6 +520,26 @@ fn switchover(args: &SwitchoverArgs) -> i32 {
         None => "/switchover".to_owned(),
     };
     local_call(&args.local, "POST", &route)
+}
+
+/// `pgwarden failover --to NAME --force`: `POST /failover` on the local instance.
+fn failover(args: &FailoverArgs) -> i32 {
+    if !member_name(&args.to) {
+        eprintln!("pgwarden: failover: {:?} is not a member name", args.to);
+        return 2;
+    }
+    if !args.force {
+        eprintln!(
+            "pgwarden: failover: without a healthy leader, {} is promoted even if it lacks acknowledged commits; add --force to confirm",
+            args.to
+        );
+        return 2;
+    }
+    local_call(
+        &args.local,
+        "POST",
+        &format!("/failover?candidate={}&force=true", args.to),
+    )
 }
 
 fn local_call(args: &LocalArgs, method: &str, route: &str) -> i32 {

@@ -30,6 +30,7 @@ fn member(name: &str) -> MemberState {
         received_lsn: Some(100),
         replayed_lsn: Some(90),
         term: 0,
+        tags: Default::default(),
     }
 }
 
@@ -300,6 +301,20 @@ async fn an_unreachable_store_is_unavailable_not_a_hang() {
         s.keep_alive(1).await,
         Err(StoreError::Unavailable(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pause_is_a_key_every_member_reads() {
+    let etcd = Etcd::start();
+    let (a, b) = (store(&etcd, "c").await, store(&etcd, "c").await);
+    assert!(!b.read().await.unwrap().paused);
+    a.set_pause(true).await.unwrap();
+    assert!(b.read().await.unwrap().paused);
+    // Idempotent both ways.
+    a.set_pause(true).await.unwrap();
+    b.set_pause(false).await.unwrap();
+    b.set_pause(false).await.unwrap();
+    assert!(!a.read().await.unwrap().paused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -340,8 +340,11 @@ impl Ha {
         let action = decide(&self.view, &me, self.rules());
         self.note(&action);
         self.show(&action);
-        // Armed while postgres may be writable on our lease's behalf.
+        // Armed while postgres may be writable on our lease's behalf; never while the
+        // cluster is paused, as Patroni disables its watchdog then (an operator at work
+        // decides, and a fence is what pause promises not to do).
         let fence_at = match action {
+            _ if self.view.paused => None,
             Action::Lead | Action::Promote | Action::StartPrimary | Action::HandOver { .. } => {
                 self.renewed_at.map(|t| t + self.cfg.fence_deadline())
             }
@@ -833,6 +836,7 @@ impl Ha {
             received_lsn: facts.and_then(|f| f.received),
             replayed_lsn: facts.and_then(|f| f.replayed),
             term: self.term_seen,
+            tags: self.cfg.tags,
         };
         if let Err(e) = self.store.put_member(&state, lease).await {
             warn!(error = %e, "HA: cannot publish this member's state");
@@ -860,6 +864,7 @@ impl Ha {
             unwritable_for: self
                 .unwritable_since
                 .map_or(Duration::ZERO, |t| clock::now().saturating_sub(t)),
+            tags: self.cfg.tags,
             rewind_failed: false,
         }
     }
@@ -940,6 +945,7 @@ impl Ha {
             sync: self.view.sync.clone(),
             optime: self.view.optime,
             history: self.view.history.clone(),
+            paused: self.view.paused,
         }));
     }
 

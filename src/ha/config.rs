@@ -43,6 +43,21 @@ pub struct HaArgs {
     /// releases the key to a member that can (Patroni's `primary_start_timeout`).
     #[arg(long, env = "PGWARDEN_PRIMARY_START_TIMEOUT", default_value_t = 300)]
     pub primary_start_timeout: u64,
+    /// `true`: this member is never promoted (it neither races nor takes a switchover).
+    #[arg(long, env = "PGWARDEN_NOFAILOVER", default_value = "false")]
+    pub nofailover: String,
+    /// Breaks ties between members at the same WAL position, higher first; 0 or less
+    /// means nofailover.
+    #[arg(
+        long,
+        env = "PGWARDEN_FAILOVER_PRIORITY",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
+    pub failover_priority: i32,
+    /// `true`: this member is never named a synchronous standby.
+    #[arg(long, env = "PGWARDEN_NOSYNC", default_value = "false")]
+    pub nosync: String,
 }
 
 impl Default for HaArgs {
@@ -60,7 +75,19 @@ impl Default for HaArgs {
             sync_mode: "off".into(),
             sync_node_count: 1,
             primary_start_timeout: 300,
+            nofailover: "false".into(),
+            failover_priority: 1,
+            nosync: "false".into(),
         }
+    }
+}
+
+/// A boolean setting: `true`/`false` (also `on`/`off`, `1`/`0`, `yes`/`no`).
+fn flag(setting: &'static str, value: &str) -> Result<bool, (&'static str, String)> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "on" | "1" | "yes" => Ok(true),
+        "false" | "off" | "0" | "no" | "" => Ok(false),
+        other => Err((setting, format!("{other:?} is not true or false"))),
     }
 }
 
@@ -99,6 +126,8 @@ pub struct HaConfig {
     pub sync_node_count: u32,
     /// How long the key holder keeps the key while postgres does not run writable.
     pub primary_start_timeout: Duration,
+    /// This member's tags, published in its member key.
+    pub tags: crate::ha::store::Tags,
 }
 
 /// Time a fenced primary keeps in hand before its lease can expire anywhere: it must have
@@ -176,6 +205,7 @@ impl HaConfig {
             sync_mode: SyncMode::Off,
             sync_node_count: 1,
             primary_start_timeout: Duration::from_secs(300),
+            tags: Default::default(),
         };
         if config.stop_budget() < Duration::from_secs(1) {
             return Err((
@@ -239,6 +269,11 @@ impl HaConfig {
             sync_mode,
             sync_node_count: a.sync_node_count,
             primary_start_timeout: Duration::from_secs(a.primary_start_timeout),
+            tags: crate::ha::store::Tags {
+                nofailover: flag("PGWARDEN_NOFAILOVER", &a.nofailover)?,
+                failover_priority: a.failover_priority,
+                nosync: flag("PGWARDEN_NOSYNC", &a.nosync)?,
+            },
             ..config
         }))
     }

@@ -16,7 +16,9 @@
 //! over to an eligible candidate (or drops a request it cannot honour), and with no
 //! leader only the candidate races, whatever its peers received, while it can.
 
-use super::store::{ClusterView, FailoverRequest, LeaseId, MemberRole, MemberState, Optime, Term};
+use super::store::{
+    ClusterView, FailoverRequest, LeaseId, MemberRole, MemberState, Optime, Tags, Term,
+};
 use std::time::Duration;
 
 /// What postgres is doing on this member.
@@ -58,6 +60,8 @@ pub struct Me {
     /// How long this member, with an empty PGDATA, has seen the same initialize winner
     /// hold no leader key in a cluster that never had a leader.
     pub initialize_stalled_for: Duration,
+    /// This member's tags.
+    pub tags: Tags,
     /// pg_rewind failed and the data was kept (`PGWARDEN_REWIND_FAILED=keep`): a
     /// diverged member waits for `pgwarden reinit` rather than rewinding again.
     pub rewind_failed: bool,
@@ -163,6 +167,34 @@ fn wait(why: impl Into<String>) -> Action {
 
 /// Decides this round's action.
 pub fn decide(view: &ClusterView, me: &Me, rules: Rules) -> Action {
+    let action = decide_active(view, me, rules);
+    match view.paused {
+        true => paused(view, me, action),
+        false => action,
+    }
+}
+
+/// While the cluster is paused for maintenance (Patroni's pause): nothing automatic
+/// stops, demotes or rebuilds postgres, and nobody races (the race checks the pause
+/// itself; a manual failover or a switchover to a named member still runs). The key
+/// holder keeps leading, and a running primary takes a vacant key.
+fn paused(view: &ClusterView, me: &Me, action: Action) -> Action {
+    match action {
+        Action::Fence { .. } if view.leader.is_none() && me.postgres == Postgres::Primary => {
+            Action::Acquire
+        }
+        Action::Fence { why } => wait(format!("the cluster is paused: not fencing ({why})")),
+        Action::Rejoin { leader } => wait(format!(
+            "the cluster is paused: not rewinding to rejoin {leader}"
+        )),
+        Action::Release { why } => wait(format!(
+            "the cluster is paused: keeping the leader key ({why})"
+        )),
+        other => other,
+    }
+}
+
+fn decide_active(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     if !me.has_data {
         return bootstrap(view, me, rules);
     }
@@ -251,7 +283,15 @@ fn stuck(me: &Me, rules: Rules) -> Option<Action> {
 fn switchover(view: &ClusterView, me: &Me, req: &FailoverRequest, rules: Rules) -> Action {
     if req.leader != me.name {
         return Action::ClearFailover {
-            why: format!("done or stale: it was made against {}", req.leader),
+            why: match req.leader.as_str() {
+                "" => "done: a manual failover made this member the leader".to_owned(),
+                l => format!("done or stale: it was made against {l}"),
+            },
+        };
+    }
+    if view.paused && req.candidate.is_none() {
+        return Action::ClearFailover {
+            why: "the cluster is paused: a switchover must name its candidate".into(),
         };
     }
     // A named replica that has not published its position yet (just started, or its
@@ -314,6 +354,12 @@ pub fn candidate(
         if m.role != MemberRole::Replica {
             return Err(format!("{} is not running as a replica", m.name));
         }
+        if !m.tags.promotable() {
+            return Err(format!(
+                "{} is tagged nofailover (PGWARDEN_NOFAILOVER or PGWARDEN_FAILOVER_PRIORITY ≤ 0)",
+                m.name
+            ));
+        }
         if sync.is_some_and(|s| !s.contains(&m.name)) {
             return Err(format!("{} is not a synchronous standby", m.name));
         }
@@ -337,9 +383,16 @@ pub fn candidate(
         .iter()
         .filter(|m| m.name != leader && eligible(m).is_ok())
         .max_by(|a, b| {
-            // Most WAL first; on a tie the lower name, as in the race.
-            (a.received_lsn.unwrap_or(0), std::cmp::Reverse(&a.name))
-                .cmp(&(b.received_lsn.unwrap_or(0), std::cmp::Reverse(&b.name)))
+            // Most WAL first; on a tie the higher priority, then the lower name, as in
+            // the race.
+            let key = |m: &MemberState| {
+                (
+                    m.received_lsn.unwrap_or(0),
+                    m.tags.failover_priority,
+                    std::cmp::Reverse(m.name.clone()),
+                )
+            };
+            key(a).cmp(&key(b))
         })
         .map(|m| m.name.clone())
         .ok_or_else(|| "no replica is eligible to take over".to_owned())
@@ -423,6 +476,33 @@ fn ineligible(
 /// Rule 5: nobody holds the key.
 fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     let optime = view.optime.as_ref();
+    let primary = view
+        .members
+        .iter()
+        .find(|m| m.name != me.name && m.role == MemberRole::Primary);
+    // A manual failover (no leader; `pgwarden failover --to NAME --force`): the named
+    // member promotes without the eligibility checks, as the operator accepted that it
+    // may lack commits; the others stand aside while it runs as a replica.
+    if let Some(c) = manual_failover(view) {
+        if c == me.name {
+            return match primary {
+                Some(p) => wait(format!("{} still runs as a primary", p.name)),
+                None => Action::Acquire,
+            };
+        }
+        if view
+            .member(c)
+            .is_some_and(|m| m.role == MemberRole::Replica)
+        {
+            return wait(format!("a manual failover names {c}"));
+        }
+    }
+    if !me.tags.promotable() {
+        return wait("not eligible for promotion: tagged nofailover");
+    }
+    if view.paused {
+        return wait("the cluster is paused: no automatic promotion");
+    }
     if let Some(why) = ineligible(
         me.timeline,
         me.received_lsn,
@@ -450,6 +530,7 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
         .filter(|c| {
             sync.as_ref().is_none_or(|s| s.contains(&c.name))
                 && c.role == MemberRole::Replica
+                && c.tags.promotable()
                 && ineligible(c.timeline, c.received_lsn, c.term, optime, rules.max_lag).is_none()
         });
     let candidate_is_me = view
@@ -480,13 +561,26 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     if let Some(p) = peers.clone().find(|p| p.role == MemberRole::Primary) {
         return wait(format!("{} still runs as a primary", p.name));
     }
-    if let Some(p) = rivals(view, me, rules)
-        .into_iter()
-        .find(|p| beats(&p.name, p.timeline, p.received_lsn, me))
-    {
+    if let Some(p) = rivals(view, me, rules).into_iter().find(|p| {
+        beats(
+            &p.name,
+            p.tags.failover_priority,
+            p.timeline,
+            p.received_lsn,
+            me,
+        )
+    }) {
         return wait(format!("{} has received more WAL", p.name));
     }
     Action::Acquire
+}
+
+/// The member a manual failover names (a `failover` request made with no leader).
+pub fn manual_failover(view: &ClusterView) -> Option<&str> {
+    view.failover
+        .as_ref()
+        .filter(|f| f.leader.is_empty())
+        .and_then(|f| f.candidate.as_deref())
 }
 
 /// The other members a candidate must not overtake: the published replicas eligible
@@ -501,6 +595,7 @@ pub fn rivals<'v>(view: &'v ClusterView, me: &Me, rules: Rules) -> Vec<&'v Membe
         .filter(|p| {
             p.name != me.name
                 && p.role == MemberRole::Replica
+                && p.tags.promotable()
                 && sync.as_ref().is_none_or(|s| s.contains(&p.name))
                 && ineligible(p.timeline, p.received_lsn, p.term, optime, rules.max_lag).is_none()
         })
@@ -516,13 +611,15 @@ pub fn ahead(timeline: Option<u32>, lsn: Option<u64>, me: &Me) -> bool {
         > (me.timeline.unwrap_or(0), me.received_lsn.unwrap_or(0))
 }
 
-/// Whether member `name`, at `lsn` on `timeline`, beats `me` in the race: ahead of it,
-/// or level and with a lower name, so that members with equal positions agree on one
-/// candidate.
-pub fn beats(name: &str, timeline: Option<u32>, lsn: Option<u64>, me: &Me) -> bool {
+/// Whether member `name` (tagged `priority`), at `lsn` on `timeline`, beats `me` in the
+/// race: ahead of it, or level and of a higher failover priority, or level, as high and
+/// with a lower name, so that members with equal positions agree on one candidate.
+pub fn beats(name: &str, priority: i32, timeline: Option<u32>, lsn: Option<u64>, me: &Me) -> bool {
     let level = (timeline.unwrap_or(0), lsn.unwrap_or(0))
         == (me.timeline.unwrap_or(0), me.received_lsn.unwrap_or(0));
-    ahead(timeline, lsn, me) || (level && name < me.name.as_str())
+    let mine = me.tags.failover_priority;
+    ahead(timeline, lsn, me)
+        || (level && (priority > mine || (priority == mine && name < me.name.as_str())))
 }
 
 /// A published member's position, as a [`Me`] to compare against.
@@ -539,6 +636,7 @@ fn position_of(m: &MemberState) -> Me {
         diverged: false,
         initialize_stalled_for: Duration::ZERO,
         unwritable_for: Duration::ZERO,
+        tags: m.tags,
         rewind_failed: false,
     }
 }
@@ -570,6 +668,7 @@ mod tests {
             diverged: false,
             initialize_stalled_for: Duration::ZERO,
             unwritable_for: Duration::ZERO,
+            tags: Tags::default(),
             rewind_failed: false,
         }
     }
@@ -591,6 +690,7 @@ mod tests {
             received_lsn: Some(lsn),
             replayed_lsn: Some(lsn),
             term: 7,
+            tags: Tags::default(),
         }
     }
 
@@ -621,6 +721,7 @@ mod tests {
             history: vec![],
             failover: None,
             sync: None,
+            paused: false,
         }
     }
 
@@ -1272,6 +1373,203 @@ mod tests {
     }
 
     #[test]
+    fn manual_failover_tags_and_pause() {
+        let w = || wait("");
+        let manual = |to: &str, v: ClusterView| ClusterView {
+            failover: Some(FailoverRequest {
+                leader: String::new(),
+                candidate: Some(to.into()),
+            }),
+            ..v
+        };
+        let tagged = |name: &str, tags: Tags, mut v: ClusterView| {
+            for m in v.members.iter_mut().filter(|m| m.name == name) {
+                m.tags = tags;
+            }
+            v
+        };
+        let nofailover = Tags {
+            nofailover: true,
+            ..Tags::default()
+        };
+        let paused = |v: ClusterView| ClusterView { paused: true, ..v };
+        type Case = (&'static str, ClusterView, Me, Action);
+        let cases: Vec<Case> = vec![
+            (
+                "the manual candidate acquires although it missed a term",
+                manual("b", leaderless()),
+                Me {
+                    term_seen: 3,
+                    received_lsn: Some(10),
+                    ..me(replica(None))
+                },
+                Action::Acquire,
+            ),
+            (
+                "the manual candidate waits while a primary runs",
+                ClusterView {
+                    leader: None,
+                    ..manual("b", view())
+                },
+                me(replica(None)),
+                w(),
+            ),
+            (
+                "the others stand aside for a running manual candidate, even ahead of it",
+                manual("c", leaderless()),
+                Me {
+                    received_lsn: Some(99_999),
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "a manual candidate that is not running holds nobody back",
+                manual("zz", leaderless()),
+                me(replica(None)),
+                Action::Acquire,
+            ),
+            (
+                "the new leader drops the manual request it fulfilled",
+                manual("b", view_led_by_b()),
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "a nofailover member never races",
+                leaderless(),
+                Me {
+                    tags: nofailover,
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "priority 0 is nofailover",
+                leaderless(),
+                Me {
+                    tags: Tags {
+                        failover_priority: 0,
+                        ..Tags::default()
+                    },
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "a nofailover peer ahead does not hold a member back",
+                tagged("c", nofailover, {
+                    let mut v = leaderless();
+                    v.members[1].received_lsn = Some(20_000);
+                    v
+                }),
+                me(replica(None)),
+                Action::Acquire,
+            ),
+            (
+                "at the same position a higher priority wins over a lower name",
+                tagged(
+                    "c",
+                    Tags {
+                        failover_priority: 5,
+                        ..Tags::default()
+                    },
+                    {
+                        let mut v = leaderless();
+                        v.members[1].received_lsn = Some(10_000);
+                        v
+                    },
+                ),
+                me(replica(None)),
+                w(),
+            ),
+            (
+                "a switchover never picks a nofailover member",
+                tagged("a", nofailover, switching(None, view_led_by_b())),
+                me(Postgres::Primary),
+                Action::HandOver {
+                    candidate: "c".into(),
+                },
+            ),
+            (
+                "a switchover to a nofailover member is dropped",
+                tagged("c", nofailover, switching(Some("c"), view_led_by_b())),
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "paused: nobody races",
+                paused(leaderless()),
+                me(replica(None)),
+                w(),
+            ),
+            (
+                "paused: a leader whose lease lapsed is not fenced",
+                paused(view_led_by_b()),
+                Me {
+                    since_renewal: None,
+                    ..me(Postgres::Primary)
+                },
+                w(),
+            ),
+            (
+                "paused: a running primary takes a vacant key",
+                paused(leaderless()),
+                me(Postgres::Primary),
+                Action::Acquire,
+            ),
+            (
+                "paused: a primary beside another leader is not fenced",
+                paused(view()),
+                me(Postgres::Primary),
+                w(),
+            ),
+            (
+                "paused: a diverged member is not rewound",
+                paused(view()),
+                Me {
+                    diverged: true,
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "paused: a stuck key holder keeps the key",
+                paused(view_led_by_b()),
+                Me {
+                    unwritable_for: Duration::from_secs(999),
+                    ..me(Postgres::Stopped)
+                },
+                w(),
+            ),
+            (
+                "paused: a switchover without a candidate is dropped",
+                paused(switching(None, view_led_by_b())),
+                me(Postgres::Primary),
+                Action::ClearFailover { why: String::new() },
+            ),
+            (
+                "paused: a switchover to a named member goes on",
+                paused(switching(Some("c"), view_led_by_b())),
+                me(Postgres::Primary),
+                Action::HandOver {
+                    candidate: "c".into(),
+                },
+            ),
+            (
+                "paused: a manual failover goes on",
+                paused(manual("b", leaderless())),
+                me(replica(None)),
+                Action::Acquire,
+            ),
+        ];
+        for (what, view, me, want) in cases {
+            let got = decide(&view, &me, RULES);
+            assert!(same(&got, &want), "{what}: want {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
     fn synchronous_mode_promotes_only_a_recorded_standby() {
         let rules = Rules {
             sync: true,
@@ -1421,7 +1719,11 @@ mod tests {
             ("c", Some(1), Some(90_000), false),
             ("c", None, Some(90_000), false),
         ] {
-            assert_eq!(beats(name, tl, lsn, &me), want, "{name} at {tl:?}/{lsn:?}");
+            assert_eq!(
+                beats(name, 1, tl, lsn, &me),
+                want,
+                "{name} at {tl:?}/{lsn:?}"
+            );
         }
     }
 

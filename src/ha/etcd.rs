@@ -243,6 +243,7 @@ impl Store for EtcdStore {
                 "history" => view.history = parse(&name, value).unwrap_or_default(),
                 "failover" => view.failover = parse(&name, value),
                 "sync" => view.sync = parse(&name, value),
+                "pause" => view.paused = value == b"true",
                 n if n.starts_with("members/") => {
                     if let Some(m) = parse::<MemberState>(&name, value) {
                         view.members.push(m);
@@ -483,6 +484,21 @@ impl Store for EtcdStore {
             async move {
                 c.delete(key, None).await.map_err(unavailable)?;
                 Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn set_pause(&self, paused: bool) -> Result<(), StoreError> {
+        let key = self.key("pause");
+        self.retry("set pause", |mut c| {
+            let key = key.clone();
+            async move {
+                match paused {
+                    true => c.put(key, "true", None).await.map(|_| ()),
+                    false => c.delete(key, None).await.map(|_| ()),
+                }
+                .map_err(unavailable)
             }
         })
         .await

@@ -37,6 +37,9 @@ pub struct HaStatus {
     pub optime: Option<Optime>,
     /// Promotions, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// The cluster is paused (`pgwarden pause`).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// `GET /cluster`: the members as the store lists them, with the leader.
@@ -52,6 +55,9 @@ pub struct ClusterDoc {
     pub members: Vec<MemberState>,
     /// The last recorded leader position.
     pub optime: Option<Optime>,
+    /// The cluster is paused (`pgwarden pause`): no automatic action.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl HaStatus {
@@ -63,6 +69,7 @@ impl HaStatus {
             term: self.term,
             members: self.members.clone(),
             optime: self.optime,
+            paused: self.paused,
         }
     }
 }
@@ -73,6 +80,24 @@ fn lsn(v: Option<u64>) -> String {
         || "-".to_owned(),
         |v| format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff),
     )
+}
+
+/// A member's tags that differ from the defaults, for `pgwarden list`.
+fn tags(t: &crate::ha::store::Tags) -> String {
+    let mut out = Vec::new();
+    if t.nofailover {
+        out.push("nofailover".to_owned());
+    }
+    if t.failover_priority != 1 {
+        out.push(format!("priority={}", t.failover_priority));
+    }
+    if t.nosync {
+        out.push("nosync".to_owned());
+    }
+    match out.is_empty() {
+        true => "-".to_owned(),
+        false => out.join(","),
+    }
 }
 
 impl ClusterDoc {
@@ -86,6 +111,7 @@ impl ClusterDoc {
             "received".to_owned(),
             "lag".to_owned(),
             "term seen".to_owned(),
+            "tags".to_owned(),
         ]];
         for m in &self.members {
             let leader = self.leader.as_deref() == Some(m.name.as_str());
@@ -101,16 +127,22 @@ impl ClusterDoc {
                 lsn(m.received_lsn),
                 lag,
                 m.term.to_string(),
+                tags(&m.tags),
             ]);
         }
-        let widths: Vec<usize> = (0..7)
+        let widths: Vec<usize> = (0..8)
             .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
             .collect();
         let mut out = format!(
-            "cluster {}, leader {} (term {})\n",
+            "cluster {}, leader {} (term {}){}\n",
             self.cluster,
             self.leader.as_deref().unwrap_or("none"),
-            self.term.map_or_else(|| "-".to_owned(), |t| t.to_string())
+            self.term.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            if self.paused {
+                ", PAUSED: no automatic failover"
+            } else {
+                ""
+            }
         );
         for r in rows {
             let line: Vec<String> = r
@@ -142,8 +174,9 @@ mod tests {
             received_lsn: Some(lsn),
             replayed_lsn: Some(lsn),
             term: 7,
+            tags: Default::default(),
         };
-        let doc = ClusterDoc {
+        let mut doc = ClusterDoc {
             cluster: "c".into(),
             leader: Some("a".into()),
             term: Some(7),
@@ -156,13 +189,23 @@ mod tests {
                 timeline: 2,
                 lsn: 0x1_0000_0100,
             }),
+            paused: false,
         };
         assert_eq!(
             doc.table(),
             "cluster c, leader a (term 7)\n\
-             member  host           role     timeline  received  lag  term seen\n\
-             a *     10.0.0.1:5432  primary  2         1/100     0    7\n\
-             b       10.0.0.1:5432  replica  2         1/0       256  7\n"
+             member  host           role     timeline  received  lag  term seen  tags\n\
+             a *     10.0.0.1:5432  primary  2         1/100     0    7          -\n\
+             b       10.0.0.1:5432  replica  2         1/0       256  7          -\n"
         );
+        doc.paused = true;
+        doc.members[1].tags.nofailover = true;
+        doc.members[1].tags.failover_priority = 3;
+        let table = doc.table();
+        assert!(
+            table.starts_with("cluster c, leader a (term 7), PAUSED"),
+            "{table}"
+        );
+        assert!(table.contains("nofailover,priority=3"), "{table}");
     }
 }

@@ -63,6 +63,45 @@ pub struct MemberState {
     /// The latest term whose leader this member followed or was.
     #[serde(default)]
     pub term: Term,
+    /// Its tags (`PGWARDEN_NOFAILOVER`, `PGWARDEN_FAILOVER_PRIORITY`, `PGWARDEN_NOSYNC`).
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+/// A member's tags, as Patroni's: what it may become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tags {
+    /// Never promoted: it neither races nor is a switchover candidate.
+    #[serde(default)]
+    pub nofailover: bool,
+    /// Breaks ties between members at the same position, higher first; 0 or less means
+    /// `nofailover`.
+    #[serde(default = "default_priority")]
+    pub failover_priority: i32,
+    /// Never named a synchronous standby.
+    #[serde(default)]
+    pub nosync: bool,
+}
+
+fn default_priority() -> i32 {
+    1
+}
+
+impl Default for Tags {
+    fn default() -> Tags {
+        Tags {
+            nofailover: false,
+            failover_priority: 1,
+            nosync: false,
+        }
+    }
+}
+
+impl Tags {
+    /// Whether the member may be promoted at all.
+    pub fn promotable(&self) -> bool {
+        !self.nofailover && self.failover_priority > 0
+    }
 }
 
 /// The leader key.
@@ -105,7 +144,9 @@ pub struct HistoryEntry {
 
 /// A planned change of leader (`pgwarden switchover`, or `pgwarden promote` in HA mode),
 /// as recorded under `failover` (Patroni's key of the same name). Created only when
-/// absent, so two requests never race; the new leader deletes it once it leads.
+/// absent, so two requests never race; the new leader deletes it once it leads. With
+/// an empty `leader` it is a manual failover (`pgwarden failover --to NAME --force`),
+/// made when no member leads: the candidate promotes without the eligibility checks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverRequest {
     /// The leader the request was made against; a request found under another leader
@@ -153,6 +194,8 @@ pub struct ClusterView {
     pub failover: Option<FailoverRequest>,
     /// The synchronous standbys recorded, with synchronous mode on.
     pub sync: Option<SyncState>,
+    /// The cluster is paused for maintenance (`pgwarden pause`): no automatic action.
+    pub paused: bool,
 }
 
 impl ClusterView {
@@ -235,6 +278,9 @@ pub trait Store: Send + Sync {
     /// Deletes the switchover request, whatever it says.
     fn clear_failover(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Pauses (`true`) or resumes the cluster's automatic actions.
+    fn set_pause(&self, paused: bool) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Waits until the leader key or the switchover request changes after `revision`,
     /// or `timeout` passes; true on a change (member keys, rewritten every round, do
     /// not count). A wake-up only: the caller reads the view again.
@@ -261,6 +307,11 @@ mod tests {
             received_lsn: Some(0x3000060),
             replayed_lsn: Some(0x3000000),
             term: 7,
+            tags: Tags {
+                nofailover: true,
+                failover_priority: 0,
+                nosync: true,
+            },
         };
         let text = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<MemberState>(&text).unwrap(), m);
@@ -269,5 +320,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!((old.timeline, old.received_lsn, old.term), (None, None, 0));
+        // A member key written before tags existed: promotable, priority 1.
+        assert_eq!(old.tags, Tags::default());
+        assert!(old.tags.promotable() && !m.tags.promotable());
+        let partial: Tags = serde_json::from_str(r#"{"nosync":true}"#).unwrap();
+        assert_eq!((partial.failover_priority, partial.nosync), (1, true));
     }
 }

@@ -118,4 +118,67 @@ impl Switchover {
             ))
         })
     }
+
+    /// A manual failover to `to` (`pgwarden failover --to NAME --force`): with a
+    /// leader, a switchover to `to`; with none, `to` is promoted without the
+    /// eligibility checks (lag, timeline, term, synchronous record), at the risk of
+    /// losing what it does not have, which the caller accepted. Returns the new leader.
+    pub async fn failover(&self, to: &str) -> Result<String, SwitchoverError> {
+        let ha = self.status.borrow().clone().ok_or_else(|| {
+            SwitchoverError::NoLeader("the HA loop has not read the cluster yet".into())
+        })?;
+        if ha.leader.is_some() {
+            return self.request(Some(to)).await;
+        }
+        let member = ha.members.iter().find(|m| m.name == to).ok_or_else(|| {
+            SwitchoverError::Refused(format!("{to} is not a member of the cluster"))
+        })?;
+        if member.role != super::store::MemberRole::Replica {
+            return Err(SwitchoverError::Refused(format!(
+                "{to} is not running as a replica"
+            )));
+        }
+        if !member.tags.promotable() {
+            return Err(SwitchoverError::Refused(format!(
+                "{to} is tagged nofailover"
+            )));
+        }
+        let request = FailoverRequest {
+            leader: String::new(),
+            candidate: Some(to.to_owned()),
+        };
+        if !self.store.request_failover(&request).await? {
+            return Err(SwitchoverError::UnderWay);
+        }
+        tracing::warn!(candidate = %to, "HA: manual failover requested: it is promoted without the eligibility checks");
+        let mut status = self.status.clone();
+        let done = status.wait_for(|ha| {
+            ha.as_ref().is_some_and(|h| {
+                h.leader.as_deref() == Some(to) && h.failover.as_ref() != Some(&request)
+            })
+        });
+        let taken = matches!(tokio::time::timeout(self.within, done).await, Ok(Ok(_)));
+        match taken {
+            true => Ok(to.to_owned()),
+            false => Err(SwitchoverError::NotDone(format!(
+                "{to} did not take over within {:?}; the request stays in the store until it does or a leader drops it",
+                self.within
+            ))),
+        }
+    }
+
+    /// Pauses (`true`) or resumes the cluster's automatic actions.
+    pub async fn pause(&self, paused: bool) -> Result<(), SwitchoverError> {
+        self.store.set_pause(paused).await?;
+        tracing::warn!(
+            paused,
+            "HA: {}",
+            if paused {
+                "the cluster is paused: no automatic failover until resumed"
+            } else {
+                "the cluster resumes automatic failover"
+            }
+        );
+        Ok(())
+    }
 }

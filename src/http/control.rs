@@ -39,6 +39,15 @@ pub fn router(state: ControlState) -> Router {
     Router::new()
         .route("/promote", post(promote_route))
         .route("/switchover", post(super::switchover::post))
+        .route("/failover", post(super::switchover::failover))
+        .route(
+            "/pause",
+            post(|State(s): State<ControlState>| super::switchover::pause(s, true)),
+        )
+        .route(
+            "/resume",
+            post(|State(s): State<ControlState>| super::switchover::pause(s, false)),
+        )
         .route(
             "/restart",
             post(|s| supervisor_command(s, Command::Restart)),

@@ -84,6 +84,57 @@ pub async fn promote(sw: &Switchover) -> (StatusCode, Json<Value>) {
     answer(sw.request(Some(sw.name())).await)
 }
 
+/// `POST /failover?candidate=NAME&force=true` (or Patroni's JSON body): promote NAME,
+/// without the eligibility checks when no member leads. `force` is required: the
+/// candidate may lack acknowledged commits, and the caller must say it knows.
+pub async fn failover(
+    State(ctl): State<ControlState>,
+    Query(q): Query<FailoverQuery>,
+) -> (StatusCode, Json<Value>) {
+    let Some(sw) = ctl.switchover.get() else {
+        return off();
+    };
+    let Some(candidate) = q.candidate.filter(|c| !c.is_empty()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"ok": false, "error": "a failover names its candidate (candidate=NAME)"})),
+        );
+    };
+    if !q.force {
+        return (
+            StatusCode::PRECONDITION_FAILED,
+            Json(json!({"ok": false, "error": format!(
+                "a failover promotes {candidate} even if it lacks acknowledged commits; confirm with force=true (pgwarden failover --to {candidate} --force)"
+            )})),
+        );
+    }
+    answer(sw.failover(&candidate).await)
+}
+
+/// The query of `POST /failover`.
+#[derive(Debug, Default, Deserialize)]
+pub struct FailoverQuery {
+    /// The member to promote.
+    candidate: Option<String>,
+    /// The confirmation.
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /pause` and `POST /resume`: no automatic failover while paused.
+pub async fn pause(ctl: ControlState, paused: bool) -> (StatusCode, Json<Value>) {
+    let Some(sw) = ctl.switchover.get() else {
+        return off();
+    };
+    match sw.pause(paused).await {
+        Ok(()) => (StatusCode::OK, Json(json!({"ok": true, "paused": paused}))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ok": false, "error": e.to_string()})),
+        ),
+    }
+}
+
 pub(super) fn off() -> (StatusCode, Json<Value>) {
     (
         StatusCode::NOT_FOUND,

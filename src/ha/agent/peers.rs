@@ -27,18 +27,20 @@ impl Ha {
     /// HTTP API, beats this member's: its member key may be a round old. The candidate
     /// of a switchover wins ties, and yields only to a rival strictly ahead of it.
     pub(super) async fn a_rival_is_ahead(&self, me: &Me) -> Option<(String, u64)> {
+        // A manual failover promotes its candidate whatever the others have: the
+        // operator asked, knowing.
+        if crate::ha::decide::manual_failover(&self.view) == Some(self.name.as_str()) {
+            return None;
+        }
         let handed_to_me = self
             .view
             .failover
             .as_ref()
             .is_some_and(|f| f.candidate.as_deref() == Some(self.name.as_str()));
         let rivals = crate::ha::decide::rivals(&self.view, me, self.rules());
-        let timeline = |name: &str| {
-            rivals
-                .iter()
-                .find(|m| m.name == name)
-                .and_then(|m| m.timeline)
-        };
+        let published = |name: &str| rivals.iter().find(|m| m.name == name);
+        let timeline = |name: &str| published(name).and_then(|m| m.timeline);
+        let priority = |name: &str| published(name).map_or(1, |m| m.tags.failover_priority);
         let asked = rivals.iter().map(|m| (m.name.clone(), m.api_url.clone()));
         // The timeline is the one the rival published (the one it replays); only its
         // position moves between rounds.
@@ -49,7 +51,13 @@ impl Ha {
                 let lsn = received_in_status(&r.body)?;
                 let wins = match handed_to_me {
                     true => crate::ha::decide::ahead(timeline(&name), Some(lsn), me),
-                    false => crate::ha::decide::beats(&name, timeline(&name), Some(lsn), me),
+                    false => crate::ha::decide::beats(
+                        &name,
+                        priority(&name),
+                        timeline(&name),
+                        Some(lsn),
+                        me,
+                    ),
                 };
                 wins.then_some((name, lsn))
             })

@@ -35,7 +35,12 @@ impl Ha {
             .as_ref()
             .filter(|k| k.leader == self.name && k.term == term);
         let recorded = ours.map(|k| k.members.clone()).unwrap_or_default();
-        let members = self.other_members();
+        // Members tagged nosync are never named.
+        let members: Vec<String> = self
+            .other_members()
+            .into_iter()
+            .filter(|n| self.view.member(n).is_none_or(|m| !m.tags.nosync))
+            .collect();
         let named = sync::choose(self.cfg.sync_node_count, &recorded, &streaming, &members);
         let kept: Vec<String> = recorded
             .iter()
