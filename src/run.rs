@@ -99,7 +99,20 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         commands: supervisor::Commands(command_tx.clone()),
         switchover: Default::default(),
     };
+    // Failsafe requests from a leader that cannot reach etcd: answered on the TCP port
+    // (the other members' way in), recorded for the HA loop.
+    let failsafe = crate::ha::failsafe::Accepted::default();
+    let failsafe_routes = http::failsafe::router(
+        http::failsafe::FailsafeState {
+            name: settings.name.clone(),
+            on: settings.ha.as_ref().is_some_and(|c| c.failsafe),
+            ha: app.ha.clone(),
+            accepted: failsafe.clone(),
+        },
+        settings.api_token.clone(),
+    );
     let tcp_router = http::router(app.clone())
+        .merge(failsafe_routes)
         .merge(http::control::tcp_router(
             ctl.clone(),
             settings.api_token.clone(),
@@ -120,6 +133,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         Some(cfg) => {
             let mut ha = crate::ha::Ha::connect(&settings, cfg).await?;
             ha.publish_to(ha_status_tx);
+            ha.accept_failsafe_on(failsafe);
             let _ = ctl.switchover.set(ha.switchover(app.ha.clone()));
             Some(ha)
         }

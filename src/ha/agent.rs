@@ -65,6 +65,11 @@ pub struct Ha {
     /// Since when (boot clock) this member has held the leader key while postgres did
     /// not answer as writable.
     unwritable_since: Option<Duration>,
+    /// Failsafe mode, on the leader: when the last check that every member confirms
+    /// it started (boot clock); it counts as a renewal.
+    failsafe_at: Option<Duration>,
+    /// Failsafe mode, on a member: the leader that asked to be kept, and when.
+    failsafe_accepted: super::failsafe::Accepted,
 }
 
 impl Ha {
@@ -97,6 +102,8 @@ impl Ha {
             last_facts: None,
             initialize_stall: None,
             unwritable_since: None,
+            failsafe_at: None,
+            failsafe_accepted: Default::default(),
         })
     }
 
@@ -208,6 +215,11 @@ impl Ha {
         }
     }
 
+    /// Where `POST /failsafe` records the leaders it accepted.
+    pub fn accept_failsafe_on(&mut self, accepted: super::failsafe::Accepted) {
+        self.failsafe_accepted = accepted;
+    }
+
     /// Publishes the HA state on `tx` after every round.
     pub fn publish_to(&mut self, tx: watch::Sender<Option<status::HaStatus>>) {
         self.status_tx = Some(tx);
@@ -311,6 +323,9 @@ impl Ha {
         if facts.is_some() {
             self.last_facts = facts;
         }
+        if !renewed && postgres == Postgres::Primary {
+            self.failsafe_check(s).await;
+        }
         let holds = self
             .view
             .leader
@@ -345,9 +360,9 @@ impl Ha {
         // decides, and a fence is what pause promises not to do).
         let fence_at = match action {
             _ if self.view.paused => None,
-            Action::Lead | Action::Promote | Action::StartPrimary | Action::HandOver { .. } => {
-                self.renewed_at.map(|t| t + self.cfg.fence_deadline())
-            }
+            Action::Lead | Action::Promote | Action::StartPrimary | Action::HandOver { .. } => self
+                .renewed_or_confirmed()
+                .map(|t| t + self.cfg.fence_deadline()),
             _ => None,
         };
         let mut guards = Guards {
@@ -381,6 +396,15 @@ impl Ha {
                 let (Some(l), Some(f)) = (self.view.leader.clone(), facts) else {
                     return false;
                 };
+                // Kept by failsafe mode while etcd does not answer: every store call
+                // would only spend retry_timeout before the next confirmation is due.
+                if !self.last_renew_ok {
+                    self.ensure_slots(s).await;
+                    return false;
+                }
+                if self.cfg.failsafe {
+                    self.record_failsafe_members(s).await;
+                }
                 // Never a made-up position: an optime of 0/0 would make every member
                 // pass the lag and timeline checks.
                 if let (Some(timeline), Some(lsn)) = (f.timeline, f.received) {
@@ -847,7 +871,9 @@ impl Ha {
         Me {
             name: self.name.clone(),
             lease: self.lease,
-            since_renewal: self.renewed_at.map(|t| clock::now().saturating_sub(t)),
+            since_renewal: self
+                .renewed_or_confirmed()
+                .map(|t| clock::now().saturating_sub(t)),
             has_data,
             postgres,
             timeline: facts.and_then(|f| f.timeline),
@@ -866,6 +892,91 @@ impl Ha {
                 .map_or(Duration::ZERO, |t| clock::now().saturating_sub(t)),
             tags: self.cfg.tags,
             rewind_failed: false,
+            failsafe: self
+                .failsafe_at
+                .is_some_and(|t| clock::now().saturating_sub(t) < self.cfg.demote_after()),
+            failsafe_leader: match self.cfg.failsafe {
+                true => self.failsafe_accepted.leader_within(self.cfg.ttl),
+                false => None,
+            },
+        }
+    }
+
+    /// The later of the last renewal and the last failsafe confirmation: what the
+    /// fence deadline counts from.
+    fn renewed_or_confirmed(&self) -> Option<Duration> {
+        match (self.renewed_at, self.failsafe_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Failsafe mode, on a primary whose renewal failed: asks every member the leader
+    /// recorded under `failsafe` to keep it; when all accept, the round counts as a
+    /// renewal (see [`super::failsafe`]).
+    async fn failsafe_check(&mut self, s: &Settings) {
+        let leads = self
+            .view
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.name == self.name);
+        if !self.cfg.failsafe || self.view.paused || !(leads || self.failsafe_at.is_some()) {
+            return;
+        }
+        let Some(members) = self.view.failsafe.clone() else {
+            warn!("HA: failsafe: no member list recorded yet; fencing as usual");
+            return;
+        };
+        if !members.contains_key(&self.name) {
+            warn!("HA: failsafe: this member is not in the recorded member list; fencing as usual");
+            return;
+        }
+        let started = clock::now();
+        let others = members
+            .into_iter()
+            .filter(|(name, _)| *name != self.name)
+            .collect::<Vec<_>>();
+        let token = s
+            .api_token
+            .as_ref()
+            .map(|t| format!("Bearer {}", t.expose()));
+        let path = format!("/failsafe?leader={}", self.name);
+        let answers = peers::post(others.clone().into_iter(), &path, token.as_deref()).await;
+        for (name, _) in &others {
+            let status = answers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, code)| *code);
+            if let Some(why) = super::failsafe::refused(status) {
+                warn!(member = %name, reason = %why, "HA: failsafe: a member does not keep this leader; fencing as usual");
+                return;
+            }
+        }
+        if self.failsafe_at.is_none() {
+            warn!(members = others.len(), "HA: failsafe: etcd cannot be reached, but every member keeps this leader: running on");
+        }
+        self.failsafe_at = Some(started);
+    }
+
+    /// Failsafe mode, on the leader while etcd answers: records who the members are,
+    /// when that changed.
+    async fn record_failsafe_members(&mut self, s: &Settings) {
+        self.failsafe_at = None;
+        let mut members: super::failsafe::Members = self
+            .view
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), m.api_url.clone()))
+            .collect();
+        members.insert(
+            self.name.clone(),
+            format!("http://{}:{}", self.cfg.advertise_host, s.http_addr.port()),
+        );
+        if self.view.failsafe.as_ref() != Some(&members) {
+            match self.store.put_failsafe(&members).await {
+                Ok(()) => self.view.failsafe = Some(members),
+                Err(e) => warn!(error = %e, "HA: cannot record the members for failsafe mode"),
+            }
         }
     }
 

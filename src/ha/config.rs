@@ -58,6 +58,10 @@ pub struct HaArgs {
     /// `true`: this member is never named a synchronous standby.
     #[arg(long, env = "PGWARDEN_NOSYNC", default_value = "false")]
     pub nosync: String,
+    /// `on`: with etcd unreachable, the primary keeps running while every member
+    /// confirms it over HTTP (Patroni's failsafe_mode). Set it alike on every member.
+    #[arg(long, env = "PGWARDEN_FAILSAFE", default_value = "off")]
+    pub failsafe: String,
 }
 
 impl Default for HaArgs {
@@ -78,6 +82,7 @@ impl Default for HaArgs {
             nofailover: "false".into(),
             failover_priority: 1,
             nosync: "false".into(),
+            failsafe: "off".into(),
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct HaConfig {
     pub primary_start_timeout: Duration,
     /// This member's tags, published in its member key.
     pub tags: crate::ha::store::Tags,
+    /// Failsafe mode.
+    pub failsafe: bool,
 }
 
 /// Time a fenced primary keeps in hand before its lease can expire anywhere: it must have
@@ -206,6 +213,7 @@ impl HaConfig {
             sync_node_count: 1,
             primary_start_timeout: Duration::from_secs(300),
             tags: Default::default(),
+            failsafe: false,
         };
         if config.stop_budget() < Duration::from_secs(1) {
             return Err((
@@ -263,6 +271,20 @@ impl HaConfig {
                 format!("{} s is more than a day", a.primary_start_timeout),
             ));
         }
+        let failsafe = flag("PGWARDEN_FAILSAFE", &a.failsafe)?;
+        // A leader kept by failsafe mode confirms itself once a round: a round with
+        // etcd down (a renewal spending retry_timeout, the members' answers up to 2 s,
+        // loop_wait) must end before the fence deadline of the last confirmation.
+        if failsafe && lw + rt + 2 >= config.fence_deadline().as_secs() {
+            return Err((
+                "PGWARDEN_FAILSAFE",
+                format!(
+                    "needs PGWARDEN_HA_LOOP_WAIT + PGWARDEN_HA_RETRY_TIMEOUT + 2 s ({} s) below the fence deadline, ttl less its margin ({} s): raise PGWARDEN_HA_TTL",
+                    lw + rt + 2,
+                    config.fence_deadline().as_secs()
+                ),
+            ));
+        }
         Ok(Some(HaConfig {
             advertise_host,
             max_lag_on_failover,
@@ -274,6 +296,7 @@ impl HaConfig {
                 failover_priority: a.failover_priority,
                 nosync: flag("PGWARDEN_NOSYNC", &a.nosync)?,
             },
+            failsafe,
             ..config
         }))
     }
@@ -557,6 +580,31 @@ mod tests {
                 |a| a.sync_node_count = 0,
                 Err("PGWARDEN_SYNC_NODE_COUNT"),
             ),
+            (
+                "failsafe at the defaults",
+                |a| a.failsafe = "on".into(),
+                Ok(()),
+            ),
+            (
+                "failsafe with no time for a confirmation round",
+                |a| {
+                    a.failsafe = "on".into();
+                    (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout) = (6, 1, 2);
+                },
+                Err("PGWARDEN_FAILSAFE"),
+            ),
+            (
+                "failsafe not a boolean",
+                |a| a.failsafe = "maybe".into(),
+                Err("PGWARDEN_FAILSAFE"),
+            ),
+            (
+                "nofailover not a boolean",
+                |a| a.nofailover = "sometimes".into(),
+                Err("PGWARDEN_NOFAILOVER"),
+            ),
+            ("nosync on", |a| a.nosync = "true".into(), Ok(())),
+            ("priority 0", |a| a.failover_priority = 0, Ok(())),
         ];
         for (what, edit, want) in cases {
             let mut a = on();

@@ -62,6 +62,12 @@ pub struct Me {
     pub initialize_stalled_for: Duration,
     /// This member's tags.
     pub tags: Tags,
+    /// Failsafe mode, on a primary: every member confirmed it since etcd stopped
+    /// answering, within `demote_after` (it also counts in `since_renewal`).
+    pub failsafe: bool,
+    /// Failsafe mode, on a member: a leader that cannot reach etcd asked, within the
+    /// TTL, to be kept; this member does not race.
+    pub failsafe_leader: Option<String>,
     /// pg_rewind failed and the data was kept (`PGWARDEN_REWIND_FAILED=keep`): a
     /// diverged member waits for `pgwarden reinit` rather than rewinding again.
     pub rewind_failed: bool,
@@ -204,6 +210,14 @@ fn decide_active(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     };
     let renewed = me.since_renewal.is_some_and(|d| d < rules.demote_after);
     if me.postgres == Postgres::Primary {
+        // Failsafe: the key expired while etcd was out of reach, but every member has
+        // confirmed this leader since: it takes the key back rather than fencing.
+        if !holds_key && me.failsafe && view.leader.as_ref().is_none_or(|l| l.name == me.name) {
+            return match (&view.leader, me.lease) {
+                (None, Some(_)) => Action::Acquire,
+                _ => wait("failsafe: every member keeps this leader; waiting to take its key back"),
+            };
+        }
         if !holds_key {
             return Action::Fence {
                 why: match &view.leader {
@@ -500,6 +514,11 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     if !me.tags.promotable() {
         return wait("not eligible for promotion: tagged nofailover");
     }
+    if let Some(l) = &me.failsafe_leader {
+        return wait(format!(
+            "failsafe: {l} cannot reach etcd and asked within the TTL to be kept as the leader"
+        ));
+    }
     if view.paused {
         return wait("the cluster is paused: no automatic promotion");
     }
@@ -638,6 +657,8 @@ fn position_of(m: &MemberState) -> Me {
         unwritable_for: Duration::ZERO,
         tags: m.tags,
         rewind_failed: false,
+        failsafe: false,
+        failsafe_leader: None,
     }
 }
 
@@ -670,6 +691,8 @@ mod tests {
             unwritable_for: Duration::ZERO,
             tags: Tags::default(),
             rewind_failed: false,
+            failsafe: false,
+            failsafe_leader: None,
         }
     }
 
@@ -722,6 +745,7 @@ mod tests {
             failover: None,
             sync: None,
             paused: false,
+            failsafe: None,
         }
     }
 
@@ -1364,6 +1388,70 @@ mod tests {
                     ..me(replica(None))
                 },
                 Action::Acquire,
+            ),
+        ];
+        for (what, view, me, want) in cases {
+            let got = decide(&view, &me, RULES);
+            assert!(same(&got, &want), "{what}: want {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn failsafe_keeps_a_confirmed_leader_and_holds_the_others_back() {
+        let confirmed = |postgres| Me {
+            failsafe: true,
+            ..me(postgres)
+        };
+        let expired = || ClusterView {
+            leader: None,
+            ..view_led_by_b()
+        };
+        type Case = (&'static str, ClusterView, Me, Action);
+        let cases: Vec<Case> = vec![
+            (
+                "a confirmed leader whose key expired takes it back",
+                expired(),
+                confirmed(Postgres::Primary),
+                Action::Acquire,
+            ),
+            (
+                "a confirmed leader with no lease yet waits for one",
+                expired(),
+                Me {
+                    lease: None,
+                    ..confirmed(Postgres::Primary)
+                },
+                wait(""),
+            ),
+            (
+                "a confirmed leader whose old key still stands waits for it to go",
+                ClusterView {
+                    leader: leader("b", 999),
+                    ..view_led_by_b()
+                },
+                confirmed(Postgres::Primary),
+                wait(""),
+            ),
+            (
+                "a confirmed leader is fenced when another member holds the key",
+                view(),
+                confirmed(Postgres::Primary),
+                Action::Fence { why: String::new() },
+            ),
+            (
+                "an unconfirmed leader whose key expired is fenced",
+                expired(),
+                me(Postgres::Primary),
+                Action::Fence { why: String::new() },
+            ),
+            (
+                "a member that accepted a leader's failsafe request does not race",
+                leaderless(),
+                Me {
+                    failsafe_leader: Some("a".into()),
+                    ..me(replica(None))
+                },
+                wait(""),
             ),
         ];
         for (what, view, me, want) in cases {

@@ -244,6 +244,7 @@ impl Store for EtcdStore {
                 "failover" => view.failover = parse(&name, value),
                 "sync" => view.sync = parse(&name, value),
                 "pause" => view.paused = value == b"true",
+                "failsafe" => view.failsafe = parse(&name, value),
                 n if n.starts_with("members/") => {
                     if let Some(m) = parse::<MemberState>(&name, value) {
                         view.members.push(m);
@@ -483,6 +484,22 @@ impl Store for EtcdStore {
             let key = key.clone();
             async move {
                 c.delete(key, None).await.map_err(unavailable)?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn put_failsafe(
+        &self,
+        members: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let key = self.key("failsafe");
+        let value = serde_json::to_vec(members).map_err(unavailable)?;
+        self.retry("put failsafe", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, None).await.map_err(unavailable)?;
                 Ok(())
             }
         })

@@ -12,6 +12,7 @@ pub mod config;
 pub mod deadman;
 pub mod decide;
 pub mod etcd;
+pub mod failsafe;
 mod handover;
 pub mod local;
 pub mod status;

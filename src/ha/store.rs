@@ -196,6 +196,8 @@ pub struct ClusterView {
     pub sync: Option<SyncState>,
     /// The cluster is paused for maintenance (`pgwarden pause`): no automatic action.
     pub paused: bool,
+    /// The members a leader in failsafe mode must all reach (the `failsafe` key).
+    pub failsafe: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl ClusterView {
@@ -277,6 +279,12 @@ pub trait Store: Send + Sync {
 
     /// Deletes the switchover request, whatever it says.
     fn clear_failover(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records the members a leader in failsafe mode must all reach.
+    fn put_failsafe(
+        &self,
+        members: &std::collections::BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Pauses (`true`) or resumes the cluster's automatic actions.
     fn set_pause(&self, paused: bool) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod client;
 pub mod control;
 mod dashboard;
+pub mod failsafe;
 mod ha;
 mod healthz;
 pub(crate) mod lag;

@@ -104,6 +104,52 @@ pub(super) async fn ask(
     out
 }
 
+/// POSTs `path` to every member at once, each for at most two seconds, with the
+/// `Authorization` header when given; returns the status codes that came back.
+pub(super) async fn post(
+    members: impl Iterator<Item = (String, String)>,
+    path: &str,
+    authorization: Option<&str>,
+) -> Vec<(String, u16)> {
+    let mut asks = tokio::task::JoinSet::new();
+    for (name, url) in members {
+        let Some(hostport) = url.strip_prefix("http://").map(str::to_owned) else {
+            continue;
+        };
+        let (path, auth) = (path.to_owned(), authorization.map(str::to_owned));
+        asks.spawn(async move {
+            let ask = tokio::task::spawn_blocking(move || {
+                use std::net::ToSocketAddrs;
+                let addr = hostport.to_socket_addrs().ok()?.next()?;
+                let target = crate::http::client::Target::Tcp(addr);
+                let headers: Vec<(&str, &str)> = auth
+                    .as_deref()
+                    .map(|a| vec![("Authorization", a)])
+                    .unwrap_or_default();
+                crate::http::client::request_with_timeout(
+                    &target,
+                    "POST",
+                    &path,
+                    &headers,
+                    Duration::from_secs(2),
+                )
+                .ok()
+            });
+            match tokio::time::timeout(Duration::from_secs(2), ask).await {
+                Ok(Ok(Some(r))) => Some((name, r.status)),
+                _ => None,
+            }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = asks.join_next().await {
+        if let Ok(Some(answer)) = done {
+            out.push(answer);
+        }
+    }
+    out
+}
+
 /// The WAL received that a member's `/status` reports (`lsn.received`).
 pub(super) fn received_in_status(body: &str) -> Option<u64> {
     let doc: serde_json::Value = serde_json::from_str(body).ok()?;
