@@ -175,6 +175,11 @@ impl Ha {
                 Action::Clone { from } => {
                     if let Some(t) = self.target(&from) {
                         info!(leader = %from, "HA: cloning the leader");
+                        // A copy of the leader has what the leader had: its term is seen
+                        // (from the clone on, streaming keeps it so).
+                        if let Some(term) = self.view.leader.as_ref().map(|l| l.term) {
+                            self.saw_term(s, term);
+                        }
                         s.upstream.set(Some(t));
                         next.role = Role::Replica;
                         return Ok(next);
@@ -636,25 +641,41 @@ impl Ha {
         commands: &Commands,
         term: Term,
     ) -> bool {
-        let kept: Vec<String> = match self.cfg.sync_mode {
-            SyncMode::Strict => self
-                .view
-                .sync
-                .as_ref()
-                .map(|r| {
-                    r.members
-                        .iter()
-                        .filter(|m| **m != self.name)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default(),
-            _ => Vec::new(),
+        let previous = self.view.sync.clone();
+        // How many of the named must confirm a commit (all, but in quorum mode).
+        let (kept, quorum, confirm) = match self.cfg.sync_mode {
+            SyncMode::Strict => {
+                let kept: Vec<String> = previous
+                    .map(|r| r.members.into_iter().filter(|m| *m != self.name).collect())
+                    .unwrap_or_default();
+                let n = kept.len();
+                (kept, None, n)
+            }
+            // Quorum: the previous voters and leader, less this member, with the same
+            // quorum; the setting asks for as many of them as keeps every set that can
+            // acknowledge meeting every set that can promote (see sync::quorum_step).
+            SyncMode::Quorum => {
+                let q = previous.as_ref().and_then(|r| r.quorum).unwrap_or(0);
+                let mut voters: Vec<String> = previous
+                    .map(|r| {
+                        let mut v = r.members;
+                        v.push(r.leader);
+                        v
+                    })
+                    .unwrap_or_default();
+                voters.retain(|m| *m != self.name);
+                voters.sort();
+                voters.dedup();
+                let k = voters.len().saturating_sub(q as usize);
+                (voters, Some(q), k)
+            }
+            _ => (Vec::new(), None, 0),
         };
         let record = crate::ha::store::SyncState {
             leader: self.name.clone(),
             members: kept.clone(),
             term,
+            quorum,
         };
         match self.store.put_sync(&record).await {
             Ok(true) => {}
@@ -671,7 +692,7 @@ impl Ha {
         // From its first commit the new primary waits for the standbys the record
         // names (`*`, any standby, in strict mode with none), or for none in `on` mode.
         self.sync_since.clear();
-        s.sync_named.set(Some(kept));
+        s.sync_named.set_with_count(Some((kept, confirm)));
         if let Err(e) = commands.send(Command::Reload).await {
             warn!(error = %e, "HA: cannot apply synchronous_standby_names before promoting");
         }

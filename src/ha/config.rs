@@ -106,6 +106,9 @@ pub enum SyncMode {
     On,
     /// Writes block rather than go unreplicated.
     Strict,
+    /// `ANY k (...)`: a commit waits for any `k` of the named standbys, and only a
+    /// member known to hold every acknowledged commit is promoted.
+    Quorum,
 }
 
 /// Validated HA settings.
@@ -255,10 +258,11 @@ impl HaConfig {
             "" | "off" => SyncMode::Off,
             "on" => SyncMode::On,
             "strict" => SyncMode::Strict,
+            "quorum" => SyncMode::Quorum,
             other => {
                 return Err((
                     "PGWARDEN_SYNC_MODE",
-                    format!("{other:?} is not off, on or strict"),
+                    format!("{other:?} is not off, on, strict or quorum"),
                 ))
             }
         };
@@ -570,9 +574,10 @@ mod tests {
             ),
             ("sync on", |a| a.sync_mode = "on".into(), Ok(())),
             ("sync strict", |a| a.sync_mode = "strict".into(), Ok(())),
+            ("sync quorum", |a| a.sync_mode = "quorum".into(), Ok(())),
             (
                 "sync bad",
-                |a| a.sync_mode = "quorum".into(),
+                |a| a.sync_mode = "majority".into(),
                 Err("PGWARDEN_SYNC_MODE"),
             ),
             (

@@ -535,6 +535,9 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     if sync.as_ref().is_some_and(|s| !s.contains(&me.name)) {
         return wait("not eligible for promotion: not a synchronous standby nor the leader that recorded them");
     }
+    if let Some(why) = short_of_quorum(view, me, rules) {
+        return wait(format!("not eligible for promotion: {why}"));
+    }
     let peers = view.members.iter().filter(|m| m.name != me.name);
     // A switchover names who takes over: on a tie the others stand aside for it. Not
     // when they are ahead of it: a hand-over cut short (the old leader killed or
@@ -592,6 +595,26 @@ fn race(view: &ClusterView, me: &Me, rules: Rules) -> Action {
         return wait(format!("{} has received more WAL", p.name));
     }
     Action::Acquire
+}
+
+/// Quorum mode: why this member, a voter, may not know that it holds every
+/// acknowledged commit. It must see `quorum` other voters (the recording leader
+/// counts), published as running replicas and not ahead of it: with the setting
+/// `ANY k` of the voters and `quorum ≥ voters − k`, that set meets every set that can
+/// have acknowledged a commit (and a voter ahead of it makes it wait, in the race).
+fn short_of_quorum(view: &ClusterView, me: &Me, rules: Rules) -> Option<String> {
+    let record = view.sync.as_ref().filter(|_| rules.sync)?;
+    let quorum = record.quorum? as usize;
+    let seen = record
+        .members
+        .iter()
+        .chain(std::iter::once(&record.leader))
+        .filter(|n| **n != me.name)
+        .filter_map(|n| view.member(n))
+        .filter(|m| m.role == MemberRole::Replica && !ahead(m.timeline, m.received_lsn, me))
+        .count();
+    (seen < quorum)
+        .then(|| format!("quorum: it sees {seen} other voters not ahead of it, {quorum} needed"))
 }
 
 /// The member a manual failover names (a `failover` request made with no leader).
@@ -1658,6 +1681,71 @@ mod tests {
     }
 
     #[test]
+    fn quorum_mode_promotes_a_voter_that_sees_a_quorum_not_ahead_of_it() {
+        let rules = Rules {
+            sync: true,
+            ..RULES
+        };
+        let voters = |names: &[&str], quorum: u32, v: ClusterView| ClusterView {
+            sync: Some(SyncState {
+                leader: "a".into(),
+                members: names.iter().map(|n| n.to_string()).collect(),
+                term: 7,
+                quorum: Some(quorum),
+            }),
+            ..v
+        };
+        let with_c = |role: MemberRole, lsn: u64| {
+            let mut v = leaderless();
+            v.members[1] = member("c", role, lsn);
+            v
+        };
+        type Case = (&'static str, ClusterView, Me, Action);
+        let cases: Vec<Case> = vec![
+            (
+                "a voter that sees the quorum behind it acquires",
+                voters(&["b", "c"], 1, leaderless()),
+                me(replica(None)),
+                Action::Acquire,
+            ),
+            (
+                "a voter that sees fewer voters than the quorum waits",
+                voters(&["b", "c"], 2, leaderless()),
+                me(replica(None)),
+                wait(""),
+            ),
+            (
+                "a voter that is not running does not count",
+                voters(&["b", "c"], 1, with_c(MemberRole::Stopped, 9_000)),
+                me(replica(None)),
+                wait(""),
+            ),
+            (
+                "a voter ahead makes it wait",
+                voters(&["b", "c"], 1, with_c(MemberRole::Replica, 20_000)),
+                me(replica(None)),
+                wait(""),
+            ),
+            (
+                "a member outside the voters never promotes",
+                voters(&["c"], 0, leaderless()),
+                me(replica(None)),
+                wait(""),
+            ),
+            (
+                "quorum 0 (every voter acknowledges): any voter alone may",
+                voters(&["b", "c"], 0, with_c(MemberRole::Stopped, 9_000)),
+                me(replica(None)),
+                Action::Acquire,
+            ),
+        ];
+        for (what, view, me, want) in cases {
+            let got = decide(&view, &me, rules);
+            assert!(same(&got, &want), "{what}: want {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
     fn synchronous_mode_promotes_only_a_recorded_standby() {
         let rules = Rules {
             sync: true,
@@ -1668,6 +1756,7 @@ mod tests {
                 leader: leader.into(),
                 members: names.iter().map(|n| n.to_string()).collect(),
                 term,
+                quorum: None,
             }),
             ..v
         };
@@ -1793,6 +1882,7 @@ mod tests {
             leader: "a".into(),
             members: vec!["b".into()],
             term: 7,
+            quorum: None,
         });
         assert!(rivals(&v, &me, with_sync).is_empty());
         for (name, tl, lsn, want) in [

@@ -94,6 +94,19 @@ pub async fn standbys(s: &Settings) -> Result<(Vec<crate::ha::sync::Standby>, u6
     Ok((out, end))
 }
 
+/// The `synchronous_standby_names` postgres runs with now (after the last reload it
+/// has applied, not what the file says).
+pub async fn sync_setting(s: &Settings) -> Result<String> {
+    let client = crate::db::connect_local(s, &s.socket_dir, "postgres")
+        .await
+        .context("connect to the local postgres")?;
+    let row = client
+        .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+        .await
+        .context("read synchronous_standby_names")?;
+    Ok(row.get(0))
+}
+
 /// On the leader: a physical slot for every other member, so that each can stream from
 /// it at once (a member re-pointed here asks for its slot by its own name).
 pub async fn ensure_slots(s: &Settings, members: &[String]) -> Result<()> {

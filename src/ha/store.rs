@@ -173,6 +173,10 @@ pub struct SyncState {
     /// were recorded).
     #[serde(default)]
     pub term: Term,
+    /// Quorum mode: how many voters (`members`, and the leader) a member must see, not
+    /// ahead of it, besides itself, to be promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
 }
 
 /// Everything under the cluster's prefix, read at one revision.

@@ -184,10 +184,15 @@ pub fn render_postgresql_conf(
         out += &line("recovery_target_timeline", "latest")?;
     }
     // Ignored on a standby; on the leader the HA loop names the standbys.
-    if let Some(value) =
-        s.ha.as_ref()
-            .and_then(|h| crate::ha::sync::setting(h.sync_mode, s.sync_named.get().as_deref()))
-    {
+    if let Some(value) = s.ha.as_ref().and_then(|h| {
+        let named = s.sync_named.get_with_count();
+        let count = named.as_ref().map_or(0, |(_, k)| *k);
+        crate::ha::sync::setting(
+            h.sync_mode,
+            named.as_ref().map(|(n, _)| n.as_slice()),
+            count,
+        )
+    }) {
         out += &line("synchronous_standby_names", &value)?;
     }
     Ok(out)

@@ -27,6 +27,10 @@ impl Ha {
                 }
                 Err(_) => return,
             };
+        if self.cfg.sync_mode == SyncMode::Quorum {
+            self.manage_quorum(s, commands, term, &streaming).await;
+            return;
+        }
         // A record of this member's from an earlier term is rewritten: the term is what
         // tells the others it is current.
         let ours = self
@@ -79,6 +83,7 @@ impl Ha {
             leader: self.name.clone(),
             members,
             term,
+            quorum: None,
         };
         match self.store.put_sync(&state).await {
             Ok(true) => true,
@@ -87,6 +92,77 @@ impl Ha {
                 warn!(error = %e, "HA: cannot record the synchronous standbys");
                 false
             }
+        }
+    }
+
+    /// Quorum mode, on the leader: one step of [`sync::quorum_step`] a round, the
+    /// setting compared with what postgres runs with, not with what was asked.
+    async fn manage_quorum(
+        &mut self,
+        s: &Settings,
+        commands: &Commands,
+        term: Term,
+        streaming: &[sync::Standby],
+    ) {
+        let applied =
+            match tokio::time::timeout(self.cfg.retry_timeout, local::sync_setting(s)).await {
+                Ok(Ok(text)) => sync::parse_any(&text).unwrap_or_default(),
+                Ok(Err(e)) => {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "HA: cannot read synchronous_standby_names"
+                    );
+                    return;
+                }
+                Err(_) => return,
+            };
+        let ours = self
+            .view
+            .sync
+            .as_ref()
+            .filter(|k| k.leader == self.name && k.term == term && k.quorum.is_some());
+        let (voters, q) = ours
+            .map(|k| (k.members.clone(), k.quorum.unwrap_or(0)))
+            .unwrap_or_default();
+        let mut wanted: Vec<String> = streaming
+            .iter()
+            .map(|st| st.name.clone())
+            .filter(|n| {
+                self.view
+                    .member(n)
+                    .is_some_and(|m| !m.tags.nosync && m.name != self.name)
+            })
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        match sync::quorum_step(
+            (&voters, q),
+            (&applied.0, applied.1),
+            &wanted,
+            self.cfg.sync_node_count,
+        ) {
+            sync::QuorumStep::Record(members, quorum) => {
+                info!(voters = ?members, quorum, "HA: recording the quorum voters");
+                let state = SyncState {
+                    leader: self.name.clone(),
+                    members,
+                    term,
+                    quorum: Some(quorum),
+                };
+                match self.store.put_sync(&state).await {
+                    Ok(true) => self.view.sync = Some(state),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "HA: cannot record the quorum voters"),
+                }
+            }
+            sync::QuorumStep::Setting(names, k) => {
+                info!(standbys = ?names, k, "HA: naming the quorum standbys (ANY k)");
+                s.sync_named.set_with_count(Some((names, k)));
+                if let Err(e) = commands.send(Command::Reload).await {
+                    warn!(error = %e, "HA: cannot apply synchronous_standby_names");
+                }
+            }
+            sync::QuorumStep::Steady => {}
         }
     }
 }
