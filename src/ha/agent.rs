@@ -29,6 +29,10 @@ use tracing::{debug, error, info, warn};
 /// it a whole-cluster restart would leave nobody eligible.
 const TERM_FILE: &str = "pgwarden.ha-term";
 
+/// How long a member may be gone from the cluster before the leader drops its slot
+/// (Patroni's `member_slots_ttl`, 30 minutes by default).
+const MEMBER_SLOTS_TTL: Duration = Duration::from_secs(30 * 60);
+
 /// The HA side of one pgwarden: its store session and what it has seen.
 pub struct Ha {
     cfg: HaConfig,
@@ -70,6 +74,9 @@ pub struct Ha {
     failsafe_at: Option<Duration>,
     /// Failsafe mode, on a member: the leader that asked to be kept, and when.
     failsafe_accepted: super::failsafe::Accepted,
+    /// On the leader: when each other member was last seen in the cluster (boot clock),
+    /// for dropping the slots of members gone for good.
+    member_seen: std::collections::BTreeMap<String, Duration>,
 }
 
 impl Ha {
@@ -104,6 +111,7 @@ impl Ha {
             unwritable_since: None,
             failsafe_at: None,
             failsafe_accepted: Default::default(),
+            member_seen: Default::default(),
         })
     }
 
@@ -789,14 +797,39 @@ impl Ha {
             .collect()
     }
 
-    async fn ensure_slots(&self, s: &Settings) {
+    async fn ensure_slots(&mut self, s: &Settings) {
         let others = self.other_members();
+        let now = clock::now();
+        for m in &others {
+            self.member_seen.insert(m.clone(), now);
+        }
+        // Members gone for MEMBER_SLOTS_TTL: their slots would hold WAL back for nobody
+        // (up to max_slot_wal_keep_size each). A member that comes back after that
+        // gets a new slot, and a base backup if the WAL it needs is gone.
+        let gone: Vec<String> = self
+            .member_seen
+            .iter()
+            .filter(|(name, at)| {
+                !others.contains(name)
+                    && **name != self.name
+                    && now.saturating_sub(**at) >= MEMBER_SLOTS_TTL
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         // Bounded: a round that overstays delays the next renewal.
-        match tokio::time::timeout(self.cfg.retry_timeout, local::ensure_slots(s, &others)).await {
-            Ok(Ok(())) => {}
+        let work = async {
+            local::ensure_slots(s, &others).await?;
+            local::drop_inactive_slots(s, &gone).await
+        };
+        match tokio::time::timeout(self.cfg.retry_timeout, work).await {
+            Ok(Ok(())) => {
+                for name in gone {
+                    self.member_seen.remove(&name);
+                }
+            }
             Ok(Err(e)) => warn!(
                 error = format!("{e:#}"),
-                "HA: cannot create the members' replication slots"
+                "HA: cannot create or drop the members' replication slots"
             ),
             Err(_) => warn!("HA: creating the members' replication slots takes too long"),
         }

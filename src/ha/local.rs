@@ -132,6 +132,34 @@ pub async fn ensure_slots(s: &Settings, members: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// On the leader: drops the physical slots of `members` (gone from the cluster), each
+/// only while no one streams from it.
+pub async fn drop_inactive_slots(s: &Settings, members: &[String]) -> Result<()> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    let client = crate::db::connect_local(s, &s.socket_dir, "postgres")
+        .await
+        .context("connect to the local postgres")?;
+    for m in members {
+        let Ok(slot) = crate::pgconf::slot_name(m) else {
+            continue;
+        };
+        let dropped = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                 WHERE slot_name = $1::text::name AND slot_type = 'physical' AND NOT active",
+                &[&slot],
+            )
+            .await
+            .with_context(|| format!("drop replication slot {slot:?}"))?;
+        if dropped > 0 {
+            tracing::info!(slot = %slot, member = %m, "HA: dropped the slot of a member gone from the cluster");
+        }
+    }
+    Ok(())
+}
+
 /// The replication passfile for any member: in HA mode the upstream changes, so the
 /// line matches every host and port.
 pub fn write_passfile(s: &Settings) -> Result<()> {
