@@ -227,13 +227,18 @@ impl Job<'_> {
             .as_deref()
             .and_then(manifest_end_lsn)
             .context("pg_basebackup's backup_manifest gives no WAL end position")?;
-        let end_wal = end.wal_name(timeline, facts.seg_size);
-        self.wait_archived(&end_wal).await?;
+        // The segment holding the last byte before the end: an end exactly on a segment
+        // boundary is in the previous segment (postgres's XLByteToPrevSeg), and the
+        // next one may never be written.
+        let end_wal = Lsn(end.0.saturating_sub(1)).wal_name(timeline, facts.seg_size);
+        let begin_wal = start.wal_name(timeline, facts.seg_size);
+        self.wait_archived(&begin_wal, &end_wal, facts.seg_size)
+            .await?;
         let info = BackupInfo {
             backup_id: id.to_owned(),
             status: "DONE".to_owned(),
             timeline,
-            begin_wal: start.wal_name(timeline, facts.seg_size),
+            begin_wal,
             begin_xlog: start.to_string(),
             end_wal,
             end_xlog: end.to_string(),
@@ -272,18 +277,40 @@ impl Job<'_> {
         }
     }
 
-    /// A backup is usable only with its last segment archived. On a primary
-    /// pg_basebackup waited for that already; on a standby it does not.
-    async fn wait_archived(&self, end_wal: &str) -> Result<()> {
-        let name = WalName::parse(end_wal).context("the end segment's name")?;
-        let key = name.key(&self.archive.base());
+    /// A backup is usable only with every segment from its start to its end archived
+    /// (the daemon uploads out of order, and a standby's pg_basebackup waits for none):
+    /// each is looked up, in order, waiting for those not there yet, before
+    /// `backup.info` lists the backup.
+    async fn wait_archived(&self, begin_wal: &str, end_wal: &str, seg_size: u64) -> Result<()> {
+        let mut wal = WalName::parse(begin_wal).context("the start segment's name")?;
+        let last = WalName::parse(end_wal).context("the end segment's name")?;
+        let base = self.archive.base();
         let deadline = Instant::now() + self.archive.timeout.max(Duration::from_secs(60)) * 2;
         loop {
-            if !self.storage.list(&key, 4).await?.is_empty() {
-                return Ok(());
+            match crate::wal::present::lookup(self.storage, &base, &wal).await? {
+                crate::wal::present::Presence::Readable { .. } => {
+                    if wal.name == last.name {
+                        return Ok(());
+                    }
+                    wal = wal
+                        .next_segment(1, seg_size)
+                        .with_context(|| format!("no segment after {}", wal.name))?;
+                    if wal.name > last.name {
+                        bail!("the backup's end segment {end_wal} does not follow its start {begin_wal}");
+                    }
+                    continue;
+                }
+                crate::wal::present::Presence::Unreadable { why, .. } => bail!(
+                    "the backup needs WAL segment {}: {why}; the backup is not listed",
+                    wal.name
+                ),
+                crate::wal::present::Presence::Missing => {}
             }
             if Instant::now() > deadline {
-                bail!("the backup's last WAL segment {end_wal} did not reach the archive in time; the backup is not listed");
+                bail!(
+                    "WAL segment {} (the backup needs {begin_wal} to {end_wal}) did not reach the archive in time; the backup is not listed",
+                    wal.name
+                );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -18,6 +18,7 @@ pub mod header;
 pub mod identity;
 pub mod local;
 pub mod names;
+pub mod present;
 pub mod records;
 pub mod restore;
 pub mod storage;

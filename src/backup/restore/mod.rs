@@ -191,14 +191,17 @@ async fn check_wal<S: Storage>(storage: &S, base: &str, b: &BackupInfo) -> Resul
     };
     let mut wal = first;
     for _ in 0..=1_000_000u32 {
-        let key = wal.key(base);
-        let found = storage
-            .list(&key, 4)
+        let presence = crate::wal::present::lookup(storage, base, &wal)
             .await
-            .context("PGWARDEN_RESTORE_URL: list the archived WAL")?
-            .iter()
-            .any(|o| o.key == key || o.key.starts_with(&format!("{key}.")));
-        if !found {
+            .context("PGWARDEN_RESTORE_URL: list the archived WAL")?;
+        if let crate::wal::present::Presence::Unreadable { why, .. } = presence {
+            bail!(
+                "PGWARDEN_RESTORE_URL: backup {} needs WAL segment {}: {why}",
+                b.backup_id,
+                wal.name
+            );
+        }
+        if presence == crate::wal::present::Presence::Missing {
             bail!(
                 "PGWARDEN_RESTORE_URL: WAL segment {} is missing from the archive, and backup {} needs it to become consistent; \
                  restore another backup (PGWARDEN_RESTORE_BACKUP_ID) or put the segment back",
