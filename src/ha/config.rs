@@ -279,13 +279,13 @@ impl HaConfig {
         // A leader kept by failsafe mode confirms itself once a round: a round with
         // etcd down (a renewal spending retry_timeout, the members' answers up to 2 s,
         // loop_wait) must end before the fence deadline of the last confirmation.
-        if failsafe && lw + rt + 2 >= config.fence_deadline().as_secs() {
+        if failsafe && Duration::from_secs(lw + rt + 2) >= config.fence_deadline() {
             return Err((
                 "PGWARDEN_FAILSAFE",
                 format!(
-                    "needs PGWARDEN_HA_LOOP_WAIT + PGWARDEN_HA_RETRY_TIMEOUT + 2 s ({} s) below the fence deadline, ttl less its margin ({} s): raise PGWARDEN_HA_TTL",
+                    "needs PGWARDEN_HA_LOOP_WAIT + PGWARDEN_HA_RETRY_TIMEOUT + 2 s ({} s) below the fence deadline, ttl less its margin ({:.1} s): raise PGWARDEN_HA_TTL",
                     lw + rt + 2,
-                    config.fence_deadline().as_secs()
+                    config.fence_deadline().as_secs_f64()
                 ),
             ));
         }
