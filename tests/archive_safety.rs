@@ -290,6 +290,31 @@ async fn real_wal_without_any_checksum_passes_the_record_check() {
             .unwrap_or_else(|e| panic!("{}: {e}", n.name));
     }
     assert!(segments.iter().any(|n| n.name == last));
+
+    // Into a cluster's pg_wal, only WAL of the cluster's major is restored: postgres
+    // would take another major's page for the end of WAL.
+    let (other, _) = other_major_bindir();
+    for (major, ok) in [(pg_major(), true), (other, false)] {
+        let cluster = tempfile::tempdir().unwrap();
+        std::fs::write(cluster.path().join("PG_VERSION"), format!("{major}\n")).unwrap();
+        std::fs::create_dir(cluster.path().join("pg_wal")).unwrap();
+        let dir =
+            pgwarden::wal::local::LocalDir::open(&cluster.path().join("pg_wal"), None).unwrap();
+        let got =
+            pgwarden::wal::restore::fetch(&cfg, &backend, &segments[0], &dir, "RECOVERYXLOG").await;
+        match ok {
+            true => got.unwrap(),
+            false => {
+                let e = got.unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!("PostgreSQL {}'s", pg_major()))
+                        && e.contains(&format!("this cluster is PostgreSQL {other}")),
+                    "{e}"
+                );
+                assert!(!cluster.path().join("pg_wal/RECOVERYXLOG").exists());
+            }
+        }
+    }
 }
 
 /// The defect: two different pushes of one name both succeeded on a file archive,

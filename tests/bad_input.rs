@@ -143,6 +143,28 @@ fn a_pgdata_of_another_major_version_is_refused() {
     assert_mentions(&refused(&pg), &["PGDATA", "PostgreSQL 9", "pg_upgrade"]);
 }
 
+/// A real cluster of the other tested major (15 under 18's binaries, 18 under 15's):
+/// refused before anything is touched, naming both majors and the way out.
+#[test]
+fn a_real_pgdata_of_the_other_tested_major_is_refused_untouched() {
+    let tmp = test_dir();
+    let pg = Instance::new(tmp.path(), "othermajor");
+    let (other, other_bindir) = other_major_bindir();
+    initdb_with(&other_bindir, &pg.pgdata);
+    let out = refused(&pg);
+    assert_mentions(
+        &out,
+        &[
+            "PGDATA",
+            &format!("holds a PostgreSQL {other} cluster"),
+            &format!("are PostgreSQL {}", pg_major()),
+            "PGWARDEN_PG_BINDIR",
+            "pg_upgrade",
+        ],
+    );
+    assert!(!pg.pgdata.join("postgresql.conf.orig").exists());
+}
+
 #[test]
 fn a_missing_bindir_is_refused() {
     let tmp = test_dir();

@@ -78,9 +78,7 @@ impl Drop for Net {
 
 /// IDENTIFY_SYSTEM over a replication connection, from inside namespace `ns`.
 fn replicate_from(ns: &str, host: &str, port: u16) -> (bool, String) {
-    let psql = pgwarden::settings::resolve_bindir(None, None)
-        .unwrap()
-        .join("psql");
+    let psql = pg_bindir().join("psql");
     let out = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(psql)

@@ -345,7 +345,7 @@ fn official_pgdata(pg: &Instance) -> (String, String) {
     std::fs::create_dir_all(&pg.pgdata).unwrap();
     let pwfile = pg.dir.join("pwfile");
     std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
-    let mut cmd = std::process::Command::new("/usr/lib/postgresql/15/bin/initdb");
+    let mut cmd = std::process::Command::new(pg_bindir().join("initdb"));
     cmd.arg("-D")
         .arg(&pg.pgdata)
         .arg("--username=postgres")

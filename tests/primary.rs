@@ -183,14 +183,10 @@ async fn sigterm_shuts_down_cleanly_and_a_restart_keeps_the_data() {
     pg.signal(Signal::SIGTERM);
     let status = pg.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), Some(0), "log:\n{}", pg.log());
-    let control = std::process::Command::new(
-        pgwarden::settings::resolve_bindir(None, None)
-            .unwrap()
-            .join("pg_controldata"),
-    )
-    .arg(&pg.pgdata)
-    .output()
-    .unwrap();
+    let control = std::process::Command::new(pg_bindir().join("pg_controldata"))
+        .arg(&pg.pgdata)
+        .output()
+        .unwrap();
     let control = String::from_utf8_lossy(&control.stdout);
     assert!(
         control.contains("Database cluster state:               shut down\n"),
@@ -384,17 +380,6 @@ async fn sighup_rerenders_and_reloads() {
     assert!(conf.contains("work_mem = '7MB'"), "{conf}");
     assert!(pg.log().contains("reload refused"));
     assert_eq!(pg.get("/readyz").status, 200);
-}
-
-/// The directory of PostgreSQL's programs, as pgwarden finds it.
-fn pg_bindir() -> std::path::PathBuf {
-    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL from Debian")
-        .map(|e| e.unwrap().path().join("bin"))
-        .filter(|p| p.join("pg_basebackup").exists())
-        .collect();
-    dirs.sort();
-    dirs.pop().expect("a bindir with pg_basebackup")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,8 @@
 mod snapshot;
 
 pub use snapshot::{
-    ArchiverInfo, BgwriterStats, ConnectionCount, DatabaseStats, PgFacts, ReceiverInfo,
-    ReplicaInfo, SlotInfo, Snapshot, QUERY, SIZES_QUERY,
+    query, ArchiverInfo, BgwriterStats, ConnectionCount, DatabaseStats, PgFacts, ReceiverInfo,
+    ReplicaInfo, SlotInfo, Snapshot, SIZES_QUERY,
 };
 
 use crate::settings::Settings;
@@ -66,7 +66,7 @@ async fn run(
                     continue;
                 }
             };
-        let prepared = match client.prepare(QUERY).await {
+        let prepared = match client.prepare(&query(settings.major_version)).await {
             Ok(st) => client.prepare(SIZES_QUERY).await.map(|sizes| (st, sizes)),
             Err(e) => Err(e),
         };

