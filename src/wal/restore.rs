@@ -8,7 +8,10 @@
 //! frame checksum); for a WAL segment without either (an uncompressed object whose
 //! metadata was lost, or one barman-cloud wrote), the CRC-32C of every WAL record in
 //! it; for a timeline history file, its syntax. Anything else is refused. A segment
-//! also has every page header checked (see [`header::PageCheck`]).
+//! also has every page header checked (see [`header::PageCheck`]), and restored into a
+//! cluster (`pg_wal` or the spool beside `PG_VERSION`) it must be WAL of that cluster's
+//! major: postgres would take another major's page for the end of WAL and end a
+//! recovery early.
 
 use super::compress::Codec;
 use super::local::LocalDir;
@@ -30,25 +33,19 @@ pub async fn fetch<S: Storage>(
     dir: &LocalDir,
     dest_name: &str,
 ) -> Result<(), WalError> {
-    let base = wal.key(&cfg.base());
-    let candidates = storage.list(&base, 8).await?;
-    // Prefer pgwarden's own codec order; any of them restores.
-    let found = [Codec::Zstd, Codec::Gzip, Codec::None]
-        .into_iter()
-        .find_map(|c| {
-            let key = format!("{base}{}", c.extension());
-            candidates.iter().any(|o| o.key == key).then_some((key, c))
-        });
-    let Some((key, codec)) = found else {
-        return Err(WalError::NotFound(wal.name.clone()));
+    let (key, codec) = match super::present::lookup(storage, &cfg.base(), wal).await? {
+        super::present::Presence::Readable { key, codec } => (key, codec),
+        super::present::Presence::Unreadable { why, .. } => return Err(WalError::Invalid(why)),
+        super::present::Presence::Missing => return Err(missing(cfg, storage, wal, dir).await),
     };
     let Some((body, info)) = storage.get(&key).await? else {
         return Err(WalError::NotFound(wal.name.clone()));
     };
     let (wal, dir, dest_name) = (wal.clone(), dir.clone(), dest_name.to_owned());
+    let major = cluster_major(dir.path());
     tokio::task::spawn_blocking(move || {
         dir.write(&dest_name, |file| {
-            decode_verified(&body, codec, info.sha256.as_deref(), &wal, file)
+            decode_verified(&body, codec, info.sha256.as_deref(), &wal, major, file)
         })
     })
     .await
@@ -59,22 +56,69 @@ pub async fn fetch<S: Storage>(
     })
 }
 
+/// Why `wal` is not restored: a segment missing while a later one of its timeline is
+/// archived is a hole, an error that stops a recovery (exit 255) instead of the "not
+/// found" that a recovery to the end of the archive takes for its end and promotes at,
+/// short of every later commit.
+async fn missing<S: Storage>(
+    cfg: &ArchiveConfig,
+    storage: &S,
+    wal: &WalName,
+    dir: &LocalDir,
+) -> WalError {
+    let seg_size = segment_size_in(dir.path()).unwrap_or(16 << 20);
+    match super::present::later_on_timeline(storage, &cfg.base(), wal, seg_size).await {
+        Ok(Some(later)) => WalError::Invalid(format!(
+            "WAL segment {} is missing from the archive, but {later}, later on the same timeline, is there: \
+             the archive has a hole, and a recovery would end short of every commit after it; \
+             put the segment back, or recover to a target before it",
+            wal.name
+        )),
+        Ok(None) => WalError::NotFound(wal.name.clone()),
+        Err(e) => WalError::Storage(e),
+    }
+}
+
+/// The WAL segment size of the cluster `dir` (its pg_wal) belongs to: the size of a
+/// segment in it (every one has that size, and so has `RECOVERYXLOG`, the last one
+/// restored), when there is one.
+fn segment_size_in(dir: &std::path::Path) -> Option<u64> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let name = e.file_name();
+        let name = name.to_str()?;
+        let segment = name == "RECOVERYXLOG"
+            || WalName::parse(name).is_some_and(|w| w.kind == super::names::WalKind::Segment);
+        let len = e.metadata().ok()?.len();
+        (segment && len.is_power_of_two() && len >= 1 << 20).then_some(len)
+    })
+}
+
+/// The major of the cluster `dir` belongs to: `PG_VERSION` beside it (`dir` is its
+/// `pg_wal`, or the daemon's spool). None for a directory outside a cluster.
+fn cluster_major(dir: &std::path::Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.parent()?.join("PG_VERSION")).ok()?;
+    text.trim().parse().ok()
+}
+
 fn corrupt(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-/// Decodes `body` into `file`, checking it; see the module documentation. Integrity
-/// failures are `InvalidData` errors.
+/// Decodes `body` into `file`, checking it; see the module documentation. A segment
+/// must be WAL of PostgreSQL `major`, when given. Integrity failures are `InvalidData`
+/// errors.
 pub fn decode_verified(
     body: &[u8],
     codec: Codec,
     sha256: Option<&str>,
     wal: &WalName,
+    major: Option<u32>,
     file: &mut std::fs::File,
 ) -> io::Result<()> {
     let self_checked = codec.self_verifying(&body[..body.len().min(16)]);
     let mut hasher = sha2::Sha256::new();
-    let mut pages = (wal.kind == WalKind::Segment).then(|| header::PageCheck::new(wal));
+    let mut pages =
+        (wal.kind == WalKind::Segment).then(|| header::PageCheck::new(wal).for_major(major));
     let mut out = io::BufWriter::with_capacity(super::compress::CHUNK, &mut *file);
     codec
         .decode(&mut &body[..], MAX_FILE, &mut |chunk| {
@@ -186,11 +230,39 @@ mod tests {
 
     fn restore(body: &[u8], codec: Codec, sha: Option<&str>, wal: &WalName) -> io::Result<Vec<u8>> {
         let mut f = tempfile::tempfile()?;
-        decode_verified(body, codec, sha, wal, &mut f)?;
+        decode_verified(body, codec, sha, wal, None, &mut f)?;
         f.rewind()?;
         let mut out = Vec::new();
         f.read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    /// Into a cluster of a known major, only that major's WAL is restored.
+    #[test]
+    fn wal_of_another_major_is_refused() {
+        let (name, seg) = segment(); // PostgreSQL 15's page magic
+        let sha = super::super::sha256_hex(&seg);
+        for (major, ok) in [(Some(15), true), (None, true), (Some(18), false)] {
+            let mut f = tempfile::tempfile().unwrap();
+            let got = decode_verified(&seg, Codec::None, Some(&sha), &name, major, &mut f);
+            match ok {
+                true => got.unwrap(),
+                false => {
+                    let e = got.unwrap_err();
+                    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+                    assert!(e.to_string().contains("PostgreSQL 15's (0xd110)"), "{e}");
+                    assert!(
+                        e.to_string().contains("this cluster is PostgreSQL 18"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pg_wal")).unwrap();
+        assert_eq!(cluster_major(&dir.path().join("pg_wal")), None);
+        std::fs::write(dir.path().join("PG_VERSION"), "18\n").unwrap();
+        assert_eq!(cluster_major(&dir.path().join("pg_wal")), Some(18));
     }
 
     /// Every codec, with or without the recorded checksum: a flipped bit is refused.
