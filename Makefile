@@ -1,7 +1,7 @@
 # pgwarden: see README.md. Every target installs what it is missing first.
 CARGO ?= cargo
 
-.PHONY: all build deps run test bench lint clean
+.PHONY: all build deps run test chaos bench lint clean
 
 all: build
 
@@ -34,6 +34,13 @@ test: deps
 	bindir=$$(bash scripts/pg-bindir.sh $(PG_OTHER)) && \
 	  echo "== the versioned tests on PostgreSQL $(PG_OTHER) ($$bindir)" && \
 	  PGWARDEN_PG_BINDIR=$$bindir $(CARGO) test --locked $(addprefix --test ,$(VERSIONED_TESTS))
+
+## The HA fault harness (tests/chaos.rs) on a longer schedule than `make test`'s:
+## CHAOS_SEED, CHAOS_FAULTS (default 40 here) and CHAOS_SYNC (on, strict, quorum, off).
+chaos: deps
+	bindir=$$(bash scripts/pg-bindir.sh $(PG_FULL)) && \
+	  CHAOS_FAULTS=$${CHAOS_FAULTS:-40} PGWARDEN_PG_BINDIR=$$bindir \
+	  $(CARGO) test --locked --test chaos -- --nocapture
 
 ## Measure pgwarden against the reference tools; prints figures, asserts nothing.
 bench: build
