@@ -70,38 +70,7 @@ pub(super) async fn ask(
     members: impl Iterator<Item = (String, String)>,
     path: &'static str,
 ) -> Vec<(String, crate::http::client::Response)> {
-    let mut asks = tokio::task::JoinSet::new();
-    for (name, url) in members {
-        let Some(hostport) = url.strip_prefix("http://").map(str::to_owned) else {
-            continue;
-        };
-        asks.spawn(async move {
-            let ask = tokio::task::spawn_blocking(move || {
-                use std::net::ToSocketAddrs;
-                let addr = hostport.to_socket_addrs().ok()?.next()?;
-                let target = crate::http::client::Target::Tcp(addr);
-                crate::http::client::request_with_timeout(
-                    &target,
-                    "GET",
-                    path,
-                    &[],
-                    Duration::from_secs(1),
-                )
-                .ok()
-            });
-            match tokio::time::timeout(Duration::from_secs(1), ask).await {
-                Ok(Ok(Some(r))) => Some((name, r)),
-                _ => None,
-            }
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(done) = asks.join_next().await {
-        if let Ok(Some(answer)) = done {
-            out.push(answer);
-        }
-    }
-    out
+    call_all(members, "GET", path, None, Duration::from_secs(1)).await
 }
 
 /// POSTs `path` to every member at once, each for at most two seconds, with the
@@ -111,14 +80,30 @@ pub(super) async fn post(
     path: &str,
     authorization: Option<&str>,
 ) -> Vec<(String, u16)> {
-    let mut asks = tokio::task::JoinSet::new();
+    call_all(members, "POST", path, authorization, Duration::from_secs(2))
+        .await
+        .into_iter()
+        .map(|(name, r)| (name, r.status))
+        .collect()
+}
+
+/// One request to every member's HTTP API (`(name, base URL)`) at once, each for at
+/// most `within`; the answers that came back with a status code.
+async fn call_all(
+    members: impl Iterator<Item = (String, String)>,
+    method: &'static str,
+    path: &str,
+    authorization: Option<&str>,
+    within: Duration,
+) -> Vec<(String, crate::http::client::Response)> {
+    let mut calls = tokio::task::JoinSet::new();
     for (name, url) in members {
         let Some(hostport) = url.strip_prefix("http://").map(str::to_owned) else {
             continue;
         };
         let (path, auth) = (path.to_owned(), authorization.map(str::to_owned));
-        asks.spawn(async move {
-            let ask = tokio::task::spawn_blocking(move || {
+        calls.spawn(async move {
+            let call = tokio::task::spawn_blocking(move || {
                 use std::net::ToSocketAddrs;
                 let addr = hostport.to_socket_addrs().ok()?.next()?;
                 let target = crate::http::client::Target::Tcp(addr);
@@ -126,23 +111,17 @@ pub(super) async fn post(
                     .as_deref()
                     .map(|a| vec![("Authorization", a)])
                     .unwrap_or_default();
-                crate::http::client::request_with_timeout(
-                    &target,
-                    "POST",
-                    &path,
-                    &headers,
-                    Duration::from_secs(2),
-                )
-                .ok()
+                crate::http::client::request_with_timeout(&target, method, &path, &headers, within)
+                    .ok()
             });
-            match tokio::time::timeout(Duration::from_secs(2), ask).await {
-                Ok(Ok(Some(r))) => Some((name, r.status)),
+            match tokio::time::timeout(within, call).await {
+                Ok(Ok(Some(r))) => Some((name, r)),
                 _ => None,
             }
         });
     }
     let mut out = Vec::new();
-    while let Some(done) = asks.join_next().await {
+    while let Some(done) = calls.join_next().await {
         if let Ok(Some(answer)) = done {
             out.push(answer);
         }
