@@ -25,9 +25,14 @@ use std::time::{Duration, Instant};
 pub const PASSWORD: &str = "test-password-not-a-secret";
 pub const REPLICATION_PASSWORD: &str = "replication: with \\ and ' in it";
 
-/// The pgwarden binary under test.
+/// The pgwarden binary under test: the one cargo built, or `PGWARDEN_TEST_BIN` (a copy
+/// frozen for a long fault campaign, so that rebuilding meanwhile does not swap it).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_pgwarden")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match std::env::var("PGWARDEN_TEST_BIN") {
+        Ok(path) if !path.is_empty() => path,
+        _ => env!("CARGO_BIN_EXE_pgwarden").to_string(),
+    })
 }
 
 /// The PostgreSQL binaries of this test run: `PGWARDEN_PG_BINDIR` when set (`make test`
