@@ -224,15 +224,15 @@ async fn check_wal<S: Storage>(storage: &S, base: &str, b: &BackupInfo) -> Resul
     )
 }
 
-/// The backup's data objects, `data.tar[.gz]` first (barman splits large ones into
-/// `data_0001.tar.gz`, ...).
+/// The backup's data objects in part order, `data.tar[.gz]` first (barman splits
+/// large ones into `data_0001.tar.gz`, ...), refused when a part is missing.
 async fn data_objects<S: Storage>(
     storage: &S,
     base: &str,
     b: &BackupInfo,
 ) -> Result<Vec<(String, TarCompression)>> {
     let prefix = format!("{}{}/", crate::backup::base_prefix(base), b.backup_id);
-    let mut out = Vec::new();
+    let mut found = Vec::new();
     for o in storage
         .list(&prefix, 10_000)
         .await
@@ -247,23 +247,31 @@ async fn data_objects<S: Storage>(
             // barman-cloud stores each tablespace as <oid>.tar[.gz].
             bail!("backup {} has tablespaces ({name}); pgwarden restores only backups without (restore it with barman-cloud-restore --tablespace)", b.backup_id);
         }
-        if !name.starts_with("data") {
+        if crate::backup::parts::part_of(name).is_none() {
             continue;
         }
         let c =
             TarCompression::of(name).map_err(|e| anyhow::anyhow!("backup {}: {e}", b.backup_id))?;
-        out.push((o.key.clone(), c));
+        found.push((name.to_owned(), c));
     }
-    out.sort_by_key(|(k, _)| {
-        (
-            !k.ends_with("/data.tar.gz") && !k.ends_with("/data.tar"),
-            k.clone(),
-        )
-    });
-    if out.is_empty() {
+    if found.is_empty() {
         bail!("backup {} has no data object under {prefix}", b.backup_id);
     }
-    Ok(out)
+    let names: Vec<String> = found.iter().map(|(n, _)| n.clone()).collect();
+    let expected = b.extra.get("data_parts").and_then(|n| n.parse().ok());
+    let ordered = crate::backup::parts::in_order(&names, expected).map_err(|e| {
+        anyhow::anyhow!(
+            "backup {} cannot be restored whole: {e}; restore another one with PGWARDEN_RESTORE_BACKUP_ID",
+            b.backup_id
+        )
+    })?;
+    Ok(ordered
+        .into_iter()
+        .filter_map(|n| {
+            let c = found.iter().find(|(m, _)| *m == n)?.1;
+            Some((format!("{prefix}{n}"), c))
+        })
+        .collect())
 }
 
 /// pgwarden's backups carry pg_basebackup's manifest: check every restored file
