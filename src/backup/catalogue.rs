@@ -7,6 +7,7 @@
 //! whole deletion, as it does in `barman-cloud-backup-delete` ("unsafe to proceed").
 
 use super::civil::parse_barman_time;
+use super::marker::{Running, DELETING, RUNNING};
 use crate::wal::storage::Storage;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -174,11 +175,18 @@ pub struct Catalogue {
     pub info_keys: BTreeMap<String, String>,
     /// The archived WAL.
     pub wal: Vec<WalObject>,
+    /// Directories without `backup.info`: every object under each, and its
+    /// `backup.running` marker when it has a readable one (see [`super::marker`]).
+    pub unlisted: BTreeMap<String, (Vec<String>, Option<Running>)>,
+    /// Directories marked `backup.deleting`: a deletion that was cut short. Every
+    /// object under each, the marker included; such a backup is not in `backups`.
+    pub deleting: BTreeMap<String, Vec<String>>,
 }
 
 /// Reads the catalogue of the server at `server_base`. A directory without a
-/// `backup.info` (a backup being taken, or an interrupted one) is not a backup and is
-/// left alone.
+/// `backup.info` (a backup being taken, or an interrupted one) is not a backup: it is
+/// in [`Catalogue::unlisted`], and one marked for deletion in
+/// [`Catalogue::deleting`].
 pub async fn load<S: Storage>(storage: &S, server_base: &str) -> anyhow::Result<Catalogue> {
     use anyhow::Context;
     let prefix = super::base_prefix(server_base);
@@ -203,7 +211,22 @@ pub async fn load<S: Storage>(storage: &S, server_base: &str) -> anyhow::Result<
     }
     for (id, keys) in files {
         let info_key = format!("{prefix}{id}/backup.info");
+        if keys.contains(&format!("{prefix}{id}/{DELETING}")) {
+            cat.deleting.insert(id, keys);
+            continue;
+        }
         if !keys.contains(&info_key) {
+            let running_key = format!("{prefix}{id}/{RUNNING}");
+            let marker = if keys.contains(&running_key) {
+                storage
+                    .get(&running_key)
+                    .await
+                    .with_context(|| format!("read {running_key}"))?
+                    .and_then(|(b, _)| Running::parse(&b))
+            } else {
+                None
+            };
+            cat.unlisted.insert(id, (keys, marker));
             continue;
         }
         let (body, _) = storage

@@ -1,16 +1,20 @@
 //! `pgwarden backup-delete` and the retention run after each backup: what to delete
 //! (a pure plan over the catalogue), checked, then deleted in barman-cloud's order.
 //!
-//! For each backup, oldest first: its data objects, then its `backup.info` (so that an
-//! interrupted deletion is listed still, and the next run finishes it), then the WAL
-//! it leaves unneeded. A directory without `backup.info` (a backup being taken) is
-//! never touched.
+//! For each backup, oldest first: a `backup.deleting` marker (from then on the backup
+//! is never listed or restored, whatever is left of it), its `backup.info`, its data
+//! objects, the WAL it leaves unneeded, and the marker last. A deletion cut short (a
+//! kill, an outage) is finished by the next retention run. Retention also removes the
+//! orphans: directories without `backup.info` older than
+//! [`super::marker::RUNNING_LEASE`]; a younger one is a backup being taken, and the
+//! WAL from its `backup.running` marker's segment on is kept for it.
 
 use super::catalogue::{Catalogue, Entry, Keep};
+use super::marker::{classify_unlisted, Unlisted, DELETING, RUNNING};
 use super::policy::Policy;
 use super::retention::{self, RetentionError, Verdict};
 use super::walclean;
-use crate::wal::storage::{Retrying, Storage};
+use crate::wal::storage::{Bytes, Retrying, Storage};
 use anyhow::Context;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -49,15 +53,30 @@ pub enum RefusedError {
     },
 }
 
+/// What a step deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// A listed backup: marked, then deleted.
+    Backup,
+    /// A backup whose deletion was cut short: the rest of it.
+    Unfinished,
+    /// A directory without `backup.info` past the lease: everything in it.
+    Orphan,
+}
+
 /// One backup to delete, and what goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     /// Its id.
     pub backup_id: String,
-    /// Every object under its directory but `backup.info`.
+    /// What it is.
+    pub kind: StepKind,
+    /// Every object under its directory but `backup.info` and the deletion marker.
     pub data: Vec<String>,
-    /// Its `backup.info`.
+    /// Its `backup.info` (empty when it has none).
     pub info: String,
+    /// The `backup.deleting` marker's key.
+    pub marker: String,
     /// The WAL objects it leaves unneeded.
     pub wal: Vec<String>,
 }
@@ -74,7 +93,16 @@ pub struct Plan {
 impl Plan {
     /// The ids of the deleted backups.
     pub fn backup_ids(&self) -> Vec<String> {
-        self.steps.iter().map(|s| s.backup_id.clone()).collect()
+        self.ids(StepKind::Backup)
+    }
+
+    /// The ids of the steps of one kind.
+    pub fn ids(&self, kind: StepKind) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter(|s| s.kind == kind)
+            .map(|s| s.backup_id.clone())
+            .collect()
     }
 
     /// WAL objects deleted.
@@ -116,15 +144,85 @@ pub fn plan(cat: &Catalogue, selection: &Selection, now: SystemTime) -> Result<P
         }
     };
     let wal = walclean::plan(&cat.backups, &ids, &cat.wal, skip_if_standalone);
-    let steps: Vec<Step> = wal
+    let marker_of = |id: &str| {
+        cat.info_keys
+            .get(id)
+            .and_then(|k| k.strip_suffix("backup.info"))
+            .map(|dir| format!("{dir}{DELETING}"))
+            .unwrap_or_default()
+    };
+    // The oldest segment number a backup being taken may need: no WAL from it on
+    // goes, on any timeline (its timeline may not be the one it began on by the time
+    // it ends).
+    let mut running_from: Option<String> = None;
+    let mut leftovers = Vec::new();
+    for (id, (keys, marker)) in &cat.unlisted {
+        match classify_unlisted(id, marker.as_ref(), now) {
+            Unlisted::Running(begin) => {
+                let seg = begin
+                    .as_deref()
+                    .and_then(|b| b.get(8..24))
+                    // A running backup whose marker cannot be read: keep all WAL.
+                    .unwrap_or("")
+                    .to_owned();
+                if running_from.as_ref().is_none_or(|r| seg < *r) {
+                    running_from = Some(seg);
+                }
+            }
+            Unlisted::Orphan if matches!(selection, Selection::Policy(_)) => {
+                let (mut data, last): (Vec<String>, Vec<String>) =
+                    keys.iter().cloned().partition(|k| !k.ends_with(RUNNING));
+                data.extend(last);
+                leftovers.push(Step {
+                    backup_id: id.clone(),
+                    kind: StepKind::Orphan,
+                    data,
+                    info: String::new(),
+                    marker: String::new(),
+                    wal: Vec::new(),
+                });
+            }
+            Unlisted::Orphan => {}
+        }
+    }
+    if matches!(selection, Selection::Policy(_)) {
+        for (id, keys) in &cat.deleting {
+            // backup.info first (barman-cloud lists by it), the marker last.
+            let (marker, rest): (Vec<String>, Vec<String>) =
+                keys.iter().cloned().partition(|k| k.ends_with(DELETING));
+            let (info, data): (Vec<String>, Vec<String>) =
+                rest.into_iter().partition(|k| k.ends_with("/backup.info"));
+            leftovers.push(Step {
+                backup_id: id.clone(),
+                kind: StepKind::Unfinished,
+                data,
+                info: info.into_iter().next().unwrap_or_default(),
+                marker: marker.into_iter().next().unwrap_or_default(),
+                wal: Vec::new(),
+            });
+        }
+    }
+    let wal_names: std::collections::BTreeMap<&str, &str> = cat
+        .wal
+        .iter()
+        .map(|w| (w.key.as_str(), w.name.as_str()))
+        .collect();
+    let spared = |key: &String| match (&running_from, wal_names.get(key.as_str())) {
+        (Some(from), Some(name)) => name.get(8..24).is_some_and(|seg| seg >= from.as_str()),
+        _ => false,
+    };
+    let mut steps: Vec<Step> = wal
         .into_iter()
         .map(|w| Step {
             data: cat.objects.get(&w.backup_id).cloned().unwrap_or_default(),
             info: cat.info_keys.get(&w.backup_id).cloned().unwrap_or_default(),
+            marker: marker_of(&w.backup_id),
+            kind: StepKind::Backup,
             backup_id: w.backup_id,
-            wal: w.keys,
+            wal: w.keys.into_iter().filter(|k| !spared(k)).collect(),
         })
         .collect();
+    steps.extend(leftovers);
     let plan = Plan { report, steps };
     check(cat, &plan)?;
     Ok(plan)
@@ -176,6 +274,8 @@ pub struct Summary {
     pub backups: Vec<String>,
     /// WAL objects.
     pub wal: usize,
+    /// Directories of deletions cut short and orphans, removed.
+    pub leftovers: Vec<String>,
 }
 
 /// Deletes what `plan` says, in order, calling `done` with each key once it is gone
@@ -201,7 +301,19 @@ pub async fn execute<S: Storage + Clone + 'static>(
         }
     };
     for step in &plan.steps {
-        for key in step.data.iter().chain(std::iter::once(&step.info)) {
+        if step.kind == StepKind::Backup && !dry_run {
+            // From here on the backup is never listed or restored, whatever is left
+            // of it; the next run finishes a deletion cut short.
+            let body = Bytes::from_static(b"deleting\n");
+            let sha = crate::wal::sha256_hex(&body);
+            Retrying::new(storage, budget, CancellationToken::new())
+                .put_new(&step.marker, body, &sha)
+                .await
+                .with_context(|| format!("mark {} for deletion", step.backup_id))?;
+        }
+        // backup.info first: barman-cloud lists by it and does not know the marker.
+        let info = Some(&step.info).filter(|k| !k.is_empty());
+        for key in info.into_iter().chain(&step.data) {
             if !dry_run {
                 delete(key.clone()).await?;
             }
@@ -209,7 +321,12 @@ pub async fn execute<S: Storage + Clone + 'static>(
         }
         // No log line here: the command line prints its own lines on stdout, where
         // the log goes too, and `pgwarden run` logs the summary.
-        summary.backups.push(step.backup_id.clone());
+        match step.kind {
+            StepKind::Backup => summary.backups.push(step.backup_id.clone()),
+            StepKind::Unfinished | StepKind::Orphan => {
+                summary.leftovers.push(step.backup_id.clone())
+            }
+        }
         if dry_run {
             step.wal.iter().for_each(|k| done(k));
         } else {
@@ -233,6 +350,9 @@ pub async fn execute<S: Storage + Clone + 'static>(
             }
         }
         summary.wal += step.wal.len();
+        if !step.marker.is_empty() && !dry_run {
+            delete(step.marker.clone()).await?;
+        }
     }
     Ok(summary)
 }
@@ -282,6 +402,18 @@ pub fn render_summary(plan: &Plan, dry_run: bool) -> String {
         plan.wal_count(),
         if plan.wal_count() == 1 { "" } else { "s" }
     );
+    let mut leftovers = plan.ids(StepKind::Unfinished);
+    leftovers.extend(plan.ids(StepKind::Orphan));
+    let what = if leftovers.is_empty() {
+        what
+    } else {
+        format!(
+            "{what}, and {} leftover director{} of backups that never finished or whose deletion was cut short ({})",
+            leftovers.len(),
+            if leftovers.len() == 1 { "y" } else { "ies" },
+            leftovers.join(", ")
+        )
+    };
     if dry_run {
         format!("would delete {what}; nothing was deleted (--dry-run)\n")
     } else {
@@ -382,9 +514,91 @@ mod tests {
     }
 
     #[test]
-    fn the_safety_net_catches_a_backup_that_would_lose_its_wal() {
-        // Ids out of WAL order (a clock set back): barman would delete, before B's
-        // begin, WAL that the kept C needs.
+    fn a_running_backup_keeps_its_wal_and_leftovers_go() {
+        use crate::backup::marker::{id_time, Running};
+        let mut cat = catalogue(
+            &[
+                entry("A", 2, None),
+                entry("B", 4, None),
+                entry("C", 6, None),
+            ],
+            1..=7,
+        );
+        let now = id_time("20261206T000000").unwrap();
+        let running = |begin: u32| Running {
+            token: "t".into(),
+            begin_wal: format!("0000000100000000{begin:08X}"),
+            host: "n2".into(),
+        };
+        // A standby's backup under way, which may need segment 3 on.
+        let dir = "s/base/20261205T230000";
+        cat.unlisted.insert(
+            "20261205T230000".into(),
+            (vec![format!("{dir}/backup.running")], Some(running(3))),
+        );
+        // A backup killed eight days ago: data complete, no backup.info.
+        let dir = "s/base/20261128T000000";
+        cat.unlisted.insert(
+            "20261128T000000".into(),
+            (
+                vec![
+                    format!("{dir}/backup.running"),
+                    format!("{dir}/data.tar.gz"),
+                ],
+                Some(running(1)),
+            ),
+        );
+        // A deletion cut short.
+        let dir = "s/base/20261101T000000";
+        cat.deleting.insert(
+            "20261101T000000".into(),
+            vec![
+                format!("{dir}/backup.deleting"),
+                format!("{dir}/backup.info"),
+                format!("{dir}/data.tar.gz"),
+            ],
+        );
+        let p = plan(&cat, &Selection::Policy(Policy::Redundancy(1)), now).unwrap();
+        assert_eq!(p.backup_ids(), vec!["A", "B"]);
+        assert_eq!(p.steps[0].marker, "s/base/A/backup.deleting");
+        assert_eq!(
+            p.steps[0].wal.len(),
+            2,
+            "01, 02: 03 on is the running backup's"
+        );
+        assert!(p.steps[1].wal.is_empty());
+        assert_eq!(p.ids(StepKind::Orphan), vec!["20261128T000000"]);
+        assert_eq!(p.ids(StepKind::Unfinished), vec!["20261101T000000"]);
+        let orphan = p.steps.iter().find(|s| s.kind == StepKind::Orphan).unwrap();
+        assert_eq!(
+            orphan.data,
+            vec![
+                "s/base/20261128T000000/data.tar.gz",
+                "s/base/20261128T000000/backup.running"
+            ],
+            "the marker last"
+        );
+        let cut = p
+            .steps
+            .iter()
+            .find(|s| s.kind == StepKind::Unfinished)
+            .unwrap();
+        assert_eq!(cut.info, "s/base/20261101T000000/backup.info");
+        assert_eq!(cut.data, vec!["s/base/20261101T000000/data.tar.gz"]);
+        assert_eq!(cut.marker, "s/base/20261101T000000/backup.deleting");
+        assert!(render_summary(&p, true).contains(
+            "and 2 leftover directories of backups that never finished or whose deletion was cut short (20261101T000000, 20261128T000000)"
+        ), "{}", render_summary(&p, true));
+        // A delete by id leaves leftovers to retention, and still spares the WAL.
+        let p = plan(&cat, &Selection::BackupId("A".into()), now).unwrap();
+        assert_eq!(p.steps.len(), 1);
+        assert!(p.steps[0].wal.iter().all(|k| !k.contains("00000003")));
+    }
+
+    #[test]
+    fn ids_out_of_wal_order_delete_the_oldest_in_the_wal_and_lose_no_wal() {
+        // Ids out of WAL order (a clock set back): C began first in the WAL. Ordered
+        // by id, barman would keep C and delete, before B's begin, WAL that C needs.
         let cat = catalogue(
             &[
                 entry("A", 6, None),
@@ -393,12 +607,19 @@ mod tests {
             ],
             1..=9,
         );
-        let err = plan(
+        let p = plan(
             &cat,
             &Selection::Policy(Policy::Redundancy(2)),
             SystemTime::now(),
         )
-        .unwrap_err();
+        .unwrap();
+        assert_eq!(p.backup_ids(), vec!["C"]);
+        assert!(p.steps[0].wal.is_empty(), "{:?}", p.steps[0].wal);
+        // The safety net under any plan: WAL a remaining backup needs never goes.
+        let mut bad = p.clone();
+        bad.steps[0].backup_id = "A".into();
+        bad.steps[0].wal = vec![cat.wal[0].key.clone()];
+        let err = check(&cat, &bad).unwrap_err();
         assert!(
             matches!(err, RefusedError::WouldBreak { ref backup, .. } if backup == "C"),
             "{err}"

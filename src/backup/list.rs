@@ -1,8 +1,9 @@
 //! The catalogue: every `base/<id>/backup.info` under a server name, pgwarden's and
 //! barman-cloud's alike. A backup without its `backup.info` (one interrupted before
-//! it was written) is not a backup and is not listed.
+//! it was written, or one being taken) is not a backup and is not listed, nor is one
+//! marked for deletion (see [`super::marker`]).
 
-use super::info::BackupInfo;
+use super::info::{BackupInfo, Lsn};
 use crate::wal::storage::Storage;
 use crate::wal::WalError;
 
@@ -10,12 +11,23 @@ use crate::wal::WalError;
 pub async fn list<S: Storage>(storage: &S, server_base: &str) -> Result<Vec<BackupInfo>, WalError> {
     let prefix = super::base_prefix(server_base);
     let mut out = Vec::new();
-    for obj in storage.list(&prefix, 1_000_000).await? {
+    let objects = storage.list(&prefix, 1_000_000).await?;
+    // A backup marked for deletion is gone, whatever is left of it.
+    let deleting: std::collections::BTreeSet<&str> = objects
+        .iter()
+        .filter_map(|o| {
+            o.key
+                .strip_prefix(&prefix)?
+                .strip_suffix(super::marker::DELETING)
+        })
+        .filter_map(|dir| dir.strip_suffix('/'))
+        .collect();
+    for obj in &objects {
         let Some(id) = obj
             .key
             .strip_prefix(&prefix)
             .and_then(|rest| rest.strip_suffix("/backup.info"))
-            .filter(|id| !id.contains('/'))
+            .filter(|id| !id.contains('/') && !deleting.contains(id))
         else {
             continue;
         };
@@ -29,8 +41,60 @@ pub async fn list<S: Storage>(storage: &S, server_base: &str) -> Result<Vec<Back
             }
         }
     }
-    out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
+    out.sort_by(|a, b| wal_order(a).cmp(&wal_order(b)));
     Ok(out)
+}
+
+/// The order of backups: by where they begin in the WAL (timeline, then position),
+/// never by their ids or times alone, which come from the clock of whichever member
+/// took them. Ids break ties.
+pub fn wal_order(b: &BackupInfo) -> (u32, Lsn, &str) {
+    (
+        b.timeline,
+        Lsn::parse(&b.begin_xlog).unwrap_or(Lsn(0)),
+        &b.backup_id,
+    )
+}
+
+/// How far two members' clocks may disagree before a backup's times are taken to
+/// contradict its WAL positions.
+pub const CLOCK_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why `new`'s times contradict the WAL positions of the listed `existing` backups,
+/// if they do: a backup that ended, in the WAL, before `new` began must have begun
+/// before it in time too, and one that began after `new` ended, after it. Only
+/// backups on one timeline are compared (their positions are comparable there).
+/// Such a backup would be ordered wrongly by barman-cloud and by recovery windows,
+/// which go by times: it is refused, and the clocks must be fixed.
+pub fn clock_contradiction(existing: &[BackupInfo], new: &BackupInfo) -> Option<String> {
+    use super::civil::parse_barman_time;
+    let (nb, ne) = (Lsn::parse(&new.begin_xlog)?, Lsn::parse(&new.end_xlog)?);
+    let nt = parse_barman_time(&new.begin_time)?;
+    for e in existing {
+        if e.status != "DONE" || e.timeline != new.timeline || e.backup_id == new.backup_id {
+            continue;
+        }
+        let (Some(eb), Some(ee), Some(et)) = (
+            Lsn::parse(&e.begin_xlog),
+            Lsn::parse(&e.end_xlog),
+            parse_barman_time(&e.begin_time),
+        ) else {
+            continue;
+        };
+        if ee <= nb && et > nt + CLOCK_TOLERANCE {
+            return Some(format!(
+                "backup {} ended at WAL {ee} before this one began at {nb}, yet it began at {} and this one at {}: this member's clock is behind",
+                e.backup_id, e.begin_time, new.begin_time
+            ));
+        }
+        if ne <= eb && et + CLOCK_TOLERANCE < nt {
+            return Some(format!(
+                "backup {} began at WAL {eb} after this one ended at {ne}, yet it began at {} and this one at {}: this member's clock is ahead",
+                e.backup_id, e.begin_time, new.begin_time
+            ));
+        }
+    }
+    None
 }
 
 /// A table for people: one backup a line.
@@ -53,4 +117,69 @@ pub fn render_table(backups: &[BackupInfo]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup(id: &str, tli: u32, begin: &str, end: &str, time: &str) -> BackupInfo {
+        BackupInfo {
+            backup_id: id.into(),
+            status: "DONE".into(),
+            timeline: tli,
+            begin_wal: String::new(),
+            begin_xlog: begin.into(),
+            end_wal: String::new(),
+            end_xlog: end.into(),
+            begin_time: format!("2026-12-06 {time}.000000+00:00"),
+            end_time: format!("2026-12-06 {time}.000000+00:00"),
+            version: 180000,
+            systemid: "1".into(),
+            xlog_segment_size: 16 << 20,
+            size: None,
+            backup_label: None,
+            made_by: "pgwarden".into(),
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn times_that_contradict_wal_positions_are_found() {
+        let earlier = backup("A", 1, "0/2000028", "0/2000100", "10:00:00");
+        let later = backup("C", 1, "0/9000028", "0/9000100", "12:00:00");
+        let cases = [
+            // In order: fine.
+            (backup("B", 1, "0/5000028", "0/5000100", "11:00:00"), None),
+            // Behind A's clock by two hours.
+            (
+                backup("B", 1, "0/5000028", "0/5000100", "08:00:00"),
+                Some("backup A ended at WAL 0/2000100 before this one began at 0/5000028, yet it began at 2026-12-06 10:00:00.000000+00:00 and this one at 2026-12-06 08:00:00.000000+00:00: this member's clock is behind"),
+            ),
+            // Ahead of C's clock.
+            (
+                backup("B", 1, "0/5000028", "0/5000100", "13:00:00"),
+                Some("backup C began at WAL 0/9000028 after this one ended at 0/5000100, yet it began at 2026-12-06 12:00:00.000000+00:00 and this one at 2026-12-06 13:00:00.000000+00:00: this member's clock is ahead"),
+            ),
+            // Within the tolerance.
+            (backup("B", 1, "0/5000028", "0/5000100", "09:59:30"), None),
+            // Overlapping in the WAL (a standby's backup begins at an older
+            // restartpoint): nothing can be said.
+            (backup("B", 1, "0/2000050", "0/5000100", "08:00:00"), None),
+            // Another timeline: positions are not comparable.
+            (backup("B", 2, "0/5000028", "0/5000100", "08:00:00"), None),
+        ];
+        for (new, want) in cases {
+            assert_eq!(
+                clock_contradiction(&[earlier.clone(), later.clone()], &new).as_deref(),
+                want,
+                "{} {}",
+                new.begin_xlog,
+                new.begin_time
+            );
+        }
+        let mut all = [later.clone(), earlier.clone()];
+        all.sort_by(|a, b| wal_order(a).cmp(&wal_order(b)));
+        assert_eq!(all[0].backup_id, "A");
+    }
 }

@@ -42,6 +42,10 @@ pub enum RetentionError {
     /// A recovery window needs the end time of a DONE backup that has none.
     #[error("backup {0} is DONE but its backup.info has no end_time; a recovery window cannot be applied")]
     NoEndTime(String),
+    /// A backup ended after this member's `now`: the clocks disagree, and a window
+    /// measured on this clock would keep or drop the wrong backups.
+    #[error("backup {0} ended {1} s after this member's clock says it is now: the members' clocks disagree (check NTP); a recovery window is not applied")]
+    ClockBehind(String, u64),
 }
 
 fn keep_verdict(keep: Option<Keep>) -> Option<Verdict> {
@@ -64,7 +68,19 @@ pub fn classify(
     now: SystemTime,
 ) -> Result<Vec<(String, Verdict)>, RetentionError> {
     let mut sorted: Vec<&Entry> = backups.iter().collect();
-    sorted.sort_by(|a, b| b.backup_id.cmp(&a.backup_id));
+    // Newest first by where they begin in the WAL, not by id (a member's clock).
+    let order = |e: &Entry| {
+        (
+            e.timeline.unwrap_or(0),
+            e.begin_wal
+                .as_deref()
+                .and_then(|w| w.get(8..))
+                .unwrap_or("")
+                .to_owned(),
+            e.backup_id.clone(),
+        )
+    };
+    sorted.sort_by_key(|e| std::cmp::Reverse(order(e)));
     let mut out = Vec::with_capacity(sorted.len());
     match policy {
         Policy::Redundancy(n) => {
@@ -85,6 +101,18 @@ pub fn classify(
             }
         }
         Policy::RecoveryWindow { .. } => {
+            for b in sorted.iter().filter(|b| b.done()) {
+                if let Some(ahead) = b
+                    .end_time
+                    .and_then(|end| end.duration_since(now).ok())
+                    .filter(|ahead| *ahead > super::list::CLOCK_TOLERANCE)
+                {
+                    return Err(RetentionError::ClockBehind(
+                        b.backup_id.clone(),
+                        ahead.as_secs(),
+                    ));
+                }
+            }
             let window = policy.window().unwrap_or_default();
             let point = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
             let mut found = false;
@@ -144,6 +172,44 @@ mod tests {
 
     fn owned(want: &[(&str, &'static str)]) -> Vec<(String, &'static str)> {
         want.iter().map(|(id, v)| (id.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn backups_are_ordered_by_wal_not_by_the_clock_that_named_them() {
+        // "9" was named by a member whose clock runs ahead, but began first in the WAL.
+        let at = |id: &str, seg: u32| Entry {
+            begin_wal: Some(format!("0000000100000000{seg:08X}")),
+            ..b(id, "DONE", 1, None)
+        };
+        let cat = vec![at("9", 2), at("5", 4), at("7", 6)];
+        assert_eq!(
+            verdicts(&cat, Policy::Redundancy(2)),
+            owned(&[("7", "VALID"), ("5", "VALID"), ("9", "OBSOLETE")])
+        );
+        // A later timeline is newer whatever the positions.
+        let mut later = at("1", 1);
+        later.timeline = Some(2);
+        let cat = vec![at("9", 2), later];
+        assert_eq!(
+            verdicts(&cat, Policy::Redundancy(1)),
+            owned(&[("1", "VALID"), ("9", "OBSOLETE")])
+        );
+    }
+
+    #[test]
+    fn a_window_is_not_measured_on_a_clock_behind_a_backups_end() {
+        let window = Policy::RecoveryWindow {
+            n: 1,
+            unit: WindowUnit::Days,
+        };
+        let mut ahead = b("2", "DONE", 0, None);
+        ahead.end_time = Some(now() + Duration::from_secs(600));
+        let err = classify(&[b("1", "DONE", 3, None), ahead.clone()], &window, now()).unwrap_err();
+        assert_eq!(err, RetentionError::ClockBehind("2".into(), 600));
+        assert!(err.to_string().contains("clocks disagree"), "{err}");
+        // Within the tolerance: applied.
+        ahead.end_time = Some(now() + Duration::from_secs(30));
+        assert!(classify(&[b("1", "DONE", 3, None), ahead], &window, now()).is_ok());
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! restore could pick.
 
 use super::{
-    backup_id, barman_time, info::BackupInfo, BackupCompression, BackupStatus, Finished, Lsn,
-    Running,
+    backup_id, barman_time, info::BackupInfo, marker, BackupCompression, BackupStatus, Finished,
+    Lsn, Running,
 };
 use crate::process::{run_as, Runner};
 use crate::settings::Settings;
@@ -26,6 +26,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+/// How long a claimed id's marker is left before it is read back (see
+/// [`Job::claim`]).
+const CLAIM_SETTLE: Duration = Duration::from_secs(1);
 /// Size of the first uploaded parts: small, so that the parts alive at once (one
 /// filling, one queued, two uploading) stay well under the 100 MB a backup may use.
 const PART: usize = 8 << 20;
@@ -56,6 +59,9 @@ struct ServerFacts {
     version: u32,
     systemid: String,
     seg_size: u64,
+    /// The last checkpoint's (restartpoint's, on a standby) redo segment: the backup
+    /// starts there or later.
+    redo_wal: String,
 }
 
 async fn server_facts(s: &Settings) -> Result<ServerFacts> {
@@ -66,7 +72,8 @@ async fn server_facts(s: &Settings) -> Result<ServerFacts> {
         .query_one(
             "SELECT current_setting('server_version_num'), \
                     (SELECT system_identifier::text FROM pg_control_system()), \
-                    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')",
+                    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
+                    (SELECT redo_wal_file FROM pg_control_checkpoint())",
             &[],
         )
         .await
@@ -75,6 +82,7 @@ async fn server_facts(s: &Settings) -> Result<ServerFacts> {
         version: row.get::<_, String>(0).parse().unwrap_or(0),
         systemid: row.get(1),
         seg_size: row.get::<_, i64>(2) as u64,
+        redo_wal: row.get(3),
     })
 }
 
@@ -87,14 +95,30 @@ impl Job<'_> {
     pub async fn run(&self) -> Result<BackupInfo> {
         let started = Instant::now();
         let begin = SystemTime::now();
-        let id = self.free_id(begin).await?;
+        let facts = server_facts(self.settings).await?;
+        let (id, claim) = self.claim(begin, &facts).await?;
         self.progress(|st| {
             st.running = Some(Running {
                 backup_id: id.clone(),
                 bytes: 0,
             })
         });
-        let result = self.take(&id, begin).await;
+        let result = self.take(&id, &claim, &facts, begin).await;
+        // Listed, or discarded: the id is not running any more. Only what is ours
+        // goes (a rival that took the id over keeps its marker and data).
+        if self.holds(&id, &claim).await.unwrap_or(false) {
+            if result.is_err() {
+                self.discard(&id).await;
+            }
+            let dir = format!("{}{id}", super::base_prefix(&self.archive.base()));
+            if let Err(e) = self
+                .storage
+                .delete(&format!("{dir}/{}", marker::RUNNING))
+                .await
+            {
+                tracing::warn!(backup_id = %id, error = %e, "could not remove the backup's running marker; retention removes it once it is old");
+            }
+        }
         let finished = Finished {
             backup_id: id.clone(),
             ended_at: SystemTime::now()
@@ -122,26 +146,100 @@ impl Job<'_> {
         result
     }
 
-    /// A backup id no backup has yet (barman's ids have a one-second resolution).
-    async fn free_id(&self, t: SystemTime) -> Result<String> {
+    /// Claims a backup id no backup has yet (barman's ids have a one-second
+    /// resolution) by writing its `backup.running` marker, which also tells retention
+    /// on any member the WAL from `facts.redo_wal` on is needed.
+    ///
+    /// On a store that refuses a second creation of one key (a volume, AWS S3) the
+    /// marker's creation alone decides. Garage ignores `If-None-Match`: a rival that
+    /// listed the id as free before our marker landed may overwrite it within the
+    /// time between its listing and its write, so the marker is read back after
+    /// [`CLAIM_SETTLE`], far longer than that, and the id is ours only if it holds
+    /// our token. The token is checked again before `backup.info` is written.
+    async fn claim(&self, t: SystemTime, facts: &ServerFacts) -> Result<(String, String)> {
         let base = super::base_prefix(&self.archive.base());
+        let token = marker::token();
+        let body = marker::Running {
+            token: token.clone(),
+            begin_wal: facts.redo_wal.clone(),
+            host: self.settings.name.clone(),
+        }
+        .render();
         for step in 0..30 {
             let id = backup_id(t + Duration::from_secs(step));
-            if self
+            if !self
                 .storage
                 .list(&format!("{base}{id}/"), 1)
                 .await?
                 .is_empty()
             {
-                return Ok(id);
+                continue;
             }
+            let key = format!("{base}{id}/{}", marker::RUNNING);
+            let sha = crate::wal::sha256_hex(body.as_bytes());
+            match self
+                .storage
+                .put_new(&key, Bytes::from(body.clone()), &sha)
+                .await
+                .with_context(|| format!("claim backup id {id}"))?
+            {
+                PutOutcome::Exists(_) => continue,
+                PutOutcome::Created => {}
+            }
+            if matches!(self.storage, Backend::S3(_)) {
+                tokio::time::sleep(CLAIM_SETTLE).await;
+            }
+            if self.holds(&id, &token).await? {
+                return Ok((id, token));
+            }
+            tracing::info!(backup_id = %id, "another backup claimed this id at the same time; taking the next one");
         }
         bail!("no free backup id near {}", backup_id(t))
     }
 
-    async fn take(&self, id: &str, begin: SystemTime) -> Result<BackupInfo> {
+    /// Whether the `backup.running` marker of `id` holds `token`.
+    async fn holds(&self, id: &str, token: &str) -> Result<bool> {
+        let key = format!(
+            "{}{id}/{}",
+            super::base_prefix(&self.archive.base()),
+            marker::RUNNING
+        );
+        let found = self
+            .storage
+            .get(&key)
+            .await
+            .with_context(|| format!("read {key}"))?;
+        Ok(found
+            .and_then(|(b, _)| marker::Running::parse(&b))
+            .is_some_and(|m| m.token == token))
+    }
+
+    /// Removes what a failed backup left under its id (a data object completed
+    /// before a later step failed). What cannot be removed now is an orphan that
+    /// retention removes later.
+    async fn discard(&self, id: &str) {
+        let dir = format!("{}{id}/", super::base_prefix(&self.archive.base()));
+        let Ok(objects) = self.storage.list(&dir, 10_000).await else {
+            return;
+        };
+        for o in objects {
+            if o.key.ends_with(marker::RUNNING) || o.key.ends_with("/backup.info") {
+                continue;
+            }
+            if let Err(e) = self.storage.delete(&o.key).await {
+                tracing::warn!(key = %o.key, error = %e, "could not remove a failed backup's object; retention removes it once it is old");
+            }
+        }
+    }
+
+    async fn take(
+        &self,
+        id: &str,
+        token: &str,
+        facts: &ServerFacts,
+        begin: SystemTime,
+    ) -> Result<BackupInfo> {
         let s = self.settings;
-        let facts = server_facts(s).await?;
         let dir = format!("{}{id}", super::base_prefix(&self.archive.base()));
         let data_key = format!("{dir}/{}", self.compression.data_name());
 
@@ -222,11 +320,12 @@ impl Job<'_> {
         .into_owned();
         let data_sha = streamed.sha.clone();
         let (start, timeline) = parse_start(&label).context("read the backup_label")?;
-        let end = streamed
+        let ranges = streamed
             .manifest_end
             .as_deref()
-            .and_then(manifest_end_lsn)
-            .context("pg_basebackup's backup_manifest gives no WAL end position")?;
+            .map(wal_ranges)
+            .unwrap_or_default();
+        let end = backup_end(&ranges, timeline)?;
         // The segment holding the last byte before the end: an end exactly on a segment
         // boundary is in the previous segment (postgres's XLByteToPrevSeg), and the
         // next one may never be written.
@@ -245,7 +344,7 @@ impl Job<'_> {
             begin_time: barman_time(begin),
             end_time: barman_time(SystemTime::now()),
             version: facts.version,
-            systemid: facts.systemid,
+            systemid: facts.systemid.clone(),
             xlog_segment_size: facts.seg_size,
             size: Some(size),
             backup_label: Some(label),
@@ -256,6 +355,8 @@ impl Job<'_> {
                     "data_object".to_owned(),
                     self.compression.data_name().to_owned(),
                 ),
+                // Lets a restore see that no part is missing, the last one included.
+                ("data_parts".to_owned(), "1".to_owned()),
                 (
                     "pgwarden_version".to_owned(),
                     env!("CARGO_PKG_VERSION").to_owned(),
@@ -263,6 +364,15 @@ impl Job<'_> {
             ]
             .into(),
         };
+        let listed = super::list::list(self.storage, &self.archive.base())
+            .await
+            .context("list the backups to compare clocks")?;
+        if let Some(why) = super::list::clock_contradiction(&listed, &info) {
+            bail!("this backup's times contradict the archive: {why}; fix the members' clocks (NTP); the backup is not listed");
+        }
+        if !self.holds(id, token).await? {
+            bail!("another backup took over id {id} while this one ran (its backup.running marker is not ours); this backup is not listed");
+        }
         let text = info.render(&s.pgdata.display().to_string());
         let sha = crate::wal::sha256_hex(text.as_bytes());
         match self
@@ -450,13 +560,63 @@ struct Streamed {
     sha: String,
 }
 
-/// The last `"End-LSN": "X/X"` in the end of a backup manifest.
-fn manifest_end_lsn(tail: &[u8]) -> Option<Lsn> {
+/// One entry of a backup manifest's `WAL-Ranges`: the WAL of `timeline` from `start`
+/// to `end` is needed to make the backup consistent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WalRange {
+    timeline: u32,
+    start: Lsn,
+    end: Lsn,
+}
+
+/// The `WAL-Ranges` in the end of a backup manifest, as PostgreSQL lists them: the
+/// timeline the backup ended on first, the one it began on last. Empty when there
+/// are none or they cannot be read.
+fn wal_ranges(tail: &[u8]) -> Vec<WalRange> {
     let text = String::from_utf8_lossy(tail);
-    let at = text.rfind("\"End-LSN\"")?;
-    let rest = &text[at + "\"End-LSN\"".len()..];
-    let value = rest.split('"').nth(1)?;
-    Lsn::parse(value)
+    let Some(at) = text.rfind("\"WAL-Ranges\"") else {
+        return Vec::new();
+    };
+    let rest = &text[at..];
+    let (Some(open), Some(close)) = (rest.find('['), rest.find(']')) else {
+        return Vec::new();
+    };
+    let Some(array) = rest.get(open..=close) else {
+        return Vec::new();
+    };
+    let Ok(entries) = serde_json::from_str::<Vec<serde_json::Value>>(array) else {
+        return Vec::new();
+    };
+    let lsn = |e: &serde_json::Value, k: &str| e.get(k)?.as_str().and_then(Lsn::parse);
+    entries
+        .iter()
+        .map(|e| {
+            Some(WalRange {
+                timeline: u32::try_from(e.get("Timeline")?.as_u64()?).ok()?,
+                start: lsn(e, "Start-LSN")?,
+                end: lsn(e, "End-LSN")?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default()
+}
+
+/// The backup's end position, from the manifest's WAL ranges. A backup that ran on a
+/// standby while its upstream was promoted ends on a later timeline than it began:
+/// barman's `backup.info` holds one timeline, and a restore of it would need the
+/// history in between, so such a backup is refused rather than listed with the end of
+/// the wrong timeline.
+fn backup_end(ranges: &[WalRange], start_timeline: u32) -> Result<Lsn> {
+    match ranges {
+        [] => bail!("pg_basebackup's backup_manifest gives no WAL range"),
+        [only] if only.timeline == start_timeline => Ok(only.end),
+        [last, ..] => bail!(
+            "the timeline changed during the backup (it began on timeline {start_timeline} and \
+             ended on timeline {}: the upstream was promoted); the backup is not listed, take \
+             it again",
+            last.timeline
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -467,13 +627,46 @@ mod tests {
     fn reads_the_start_from_the_label_and_the_end_from_the_manifest() {
         let label = "START WAL LOCATION: 0/9000028 (file 000000010000000000000009)\nCHECKPOINT LOCATION: 0/9000060\nSTART TIMELINE: 1\n";
         assert_eq!(parse_start(label), Some((Lsn(0x9000028), 1)));
+        // As PostgreSQL writes it (backup_manifest.c): one range per timeline the
+        // backup spans, the ending timeline first.
         let tail = br#"...}],
 "WAL-Ranges": [
 { "Timeline": 1, "Start-LSN": "0/9000028", "End-LSN": "0/9000100" }
 ],
 "Manifest-Checksum": "abc"}
 "#;
-        assert_eq!(manifest_end_lsn(tail), Some(Lsn(0x9000100)));
-        assert_eq!(manifest_end_lsn(b"{}"), None);
+        let one = wal_ranges(tail);
+        assert_eq!(
+            one,
+            vec![WalRange {
+                timeline: 1,
+                start: Lsn(0x9000028),
+                end: Lsn(0x9000100)
+            }]
+        );
+        assert_eq!(backup_end(&one, 1).unwrap(), Lsn(0x9000100));
+        assert!(wal_ranges(b"{}").is_empty());
+        let err = backup_end(&[], 1).unwrap_err().to_string();
+        assert!(err.contains("no WAL range"), "{err}");
+
+        // A standby's backup across its upstream's promotion at 0/A000000.
+        let switched = br#"...}],
+"WAL-Ranges": [
+{ "Timeline": 2, "Start-LSN": "0/A000000", "End-LSN": "0/B000060" },
+{ "Timeline": 1, "Start-LSN": "0/9000028", "End-LSN": "0/A000000" }
+],
+"Manifest-Checksum": "abc"}
+"#;
+        let ranges = wal_ranges(switched);
+        assert_eq!(ranges.len(), 2);
+        assert_eq!(ranges[0].timeline, 2);
+        let err = backup_end(&ranges, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("began on timeline 1 and ended on timeline 2"),
+            "{err}"
+        );
+        // One range, but not the label's timeline: refused too.
+        let err = backup_end(&ranges[..1], 1).unwrap_err().to_string();
+        assert!(err.contains("ended on timeline 2"), "{err}");
     }
 }
