@@ -10,6 +10,7 @@
 use super::info::{BackupInfo, Lsn};
 use crate::wal::compress::split_codec;
 use crate::wal::names::WalKind;
+use crate::wal::present::Presence;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,6 +23,9 @@ pub struct Missing {
     pub unrestorable_backups: Vec<String>,
     /// Backups whose recovery stops before it.
     pub limited_backups: Vec<String>,
+    /// Why an object that is there does not count (a codec pgwarden does not read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 /// The verdict.
@@ -117,15 +121,29 @@ pub fn verify(
         .filter_map(|b| segno(&b.begin_wal, seg_size))
         .min()
         .or_else(|| present.iter().filter(|p| on_path(p)).map(|(_, n)| *n).min());
+    // Each file name under the stems it may be the object of (itself, and without
+    // one extension), for the one presence rule, `wal::present::classify`.
+    let mut by_stem: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for file in keys.iter().filter_map(|k| k.rsplit('/').next()) {
+        by_stem.entry(file).or_default().push(file);
+        if let Some((stem, _)) = file.rsplit_once('.') {
+            by_stem.entry(stem).or_default().push(file);
+        }
+    }
+    let presence = |name: &str| {
+        crate::wal::present::classify(name, by_stem.get(name).into_iter().flatten().copied())
+    };
     let mut missing = Vec::new();
     let mut checked = 0;
     if let (Some(first), Some(last)) = (first, last) {
         for n in first..=last {
             checked += 1;
             let t = tli_at(n);
-            if present.contains(&(t, n)) {
-                continue;
-            }
+            let unreadable = match presence(&seg_name(t, n, seg_size)) {
+                Presence::Readable { .. } => continue,
+                Presence::Unreadable { why, .. } => Some(why),
+                Presence::Missing => None,
+            };
             let mut unrestorable = Vec::new();
             let mut limited = Vec::new();
             for b in backups {
@@ -144,6 +162,7 @@ pub fn verify(
                 segment: seg_name(t, n, seg_size),
                 unrestorable_backups: unrestorable,
                 limited_backups: limited,
+                unreadable,
             });
         }
     }
@@ -169,6 +188,9 @@ pub fn render(r: &Report) -> String {
     );
     for m in &r.missing {
         out.push_str(&format!("missing {}", m.segment));
+        if let Some(why) = &m.unreadable {
+            out.push_str(&format!(" (there, but unusable: {why})"));
+        }
         if !m.unrestorable_backups.is_empty() {
             out.push_str(&format!(
                 "; backups made unrestorable: {}",
@@ -256,6 +278,7 @@ mod tests {
                 segment: "000000010000000000000003".into(),
                 unrestorable_backups: vec![b1.backup_id.clone()],
                 limited_backups: vec![],
+                unreadable: None,
             }]
         );
         let gap: Vec<String> = all
@@ -300,5 +323,32 @@ mod tests {
         names.retain(|k| !k.ends_with("000000020000000000000005.zst"));
         let r = verify(&names, &hist, &[b]);
         assert_eq!(r.missing[0].segment, "000000020000000000000005");
+    }
+
+    #[test]
+    fn counts_a_segment_only_as_the_restore_reads_it() {
+        let b = backup(
+            "20260101T000000",
+            "000000010000000000000002",
+            "000000010000000000000002",
+        );
+        let mut names = keys(&["000000010000000000000002", "000000010000000000000004"]);
+        // Segment 3 as barman-cloud may store it, and a `.backup` file sharing its
+        // prefix: neither is a segment pgwarden can restore.
+        names.push("srv/wals/0000000100000000/000000010000000000000003.bz2".into());
+        names.push("srv/wals/0000000100000000/000000010000000000000003.00000028.backup".into());
+        let r = verify(&names, &BTreeMap::new(), std::slice::from_ref(&b));
+        assert_eq!(r.status, "FAILURE");
+        assert_eq!(r.missing[0].segment, "000000010000000000000003");
+        let why = r.missing[0].unreadable.as_deref().unwrap_or("");
+        assert!(why.contains("compressed with bz2"), "{why}");
+        assert!(
+            render(&r).contains("(there, but unusable:"),
+            "{}",
+            render(&r)
+        );
+        names.retain(|k| !k.ends_with(".bz2"));
+        let r = verify(&names, &BTreeMap::new(), &[b]);
+        assert_eq!(r.missing[0].unreadable, None);
     }
 }
