@@ -66,17 +66,8 @@ impl Entry {
     /// Reads the fields deleting needs from a `backup.info`. `None` in a field is
     /// barman's "not set".
     pub fn parse(backup_id: &str, text: &str) -> Result<Entry, String> {
-        let mut v = BTreeMap::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.starts_with('#') {
-                continue;
-            }
-            if let Some((k, val)) = line.split_once('=') {
-                v.insert(k.trim(), val.trim());
-            }
-        }
-        let get = |k: &str| v.get(k).copied().filter(|s| *s != "None" && !s.is_empty());
+        let v = super::info::Fields::read(text).values;
+        let get = |k: &str| v.get(k).map(String::as_str);
         let status = get("status")
             .ok_or_else(|| format!("backup.info of {backup_id} has no status"))?
             .to_owned();

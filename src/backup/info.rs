@@ -213,21 +213,11 @@ impl BackupInfo {
 
     /// Reads a `backup.info` (pgwarden's or barman's) for `backup_id`.
     pub fn parse(backup_id: &str, text: &str) -> Result<BackupInfo, String> {
-        let mut v = BTreeMap::new();
-        let mut extra = BTreeMap::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if let Some(comment) = line.strip_prefix('#') {
-                if let Some((k, val)) = comment.trim().split_once(": ") {
-                    extra.insert(k.trim().to_owned(), val.trim().to_owned());
-                }
-                continue;
-            }
-            if let Some((k, val)) = line.split_once('=') {
-                v.insert(k.to_owned(), val.to_owned());
-            }
-        }
-        let get = |k: &str| v.get(k).filter(|s| s.as_str() != "None").cloned();
+        let Fields {
+            values: v,
+            mut extra,
+        } = Fields::read(text);
+        let get = |k: &str| v.get(k).cloned();
         let need = |k: &str| get(k).ok_or_else(|| format!("backup.info of {backup_id} has no {k}"));
         let num = |k: &str| -> Result<u64, String> {
             need(k)?
@@ -257,6 +247,38 @@ impl BackupInfo {
             made_by,
             extra,
         })
+    }
+}
+
+/// The fields of a `backup.info`, as every reader of one sees them.
+pub struct Fields {
+    /// `key=value` lines; barman's `None` (not set) and empty values are left out.
+    pub values: BTreeMap<String, String>,
+    /// pgwarden's `# key: value` comment lines (barman skips comments).
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Fields {
+    /// Reads `text`.
+    pub fn read(text: &str) -> Fields {
+        let mut values = BTreeMap::new();
+        let mut extra = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(comment) = line.strip_prefix('#') {
+                if let Some((k, val)) = comment.trim().split_once(": ") {
+                    extra.insert(k.trim().to_owned(), val.trim().to_owned());
+                }
+                continue;
+            }
+            if let Some((k, val)) = line.split_once('=') {
+                let val = val.trim();
+                if val != "None" && !val.is_empty() {
+                    values.insert(k.trim().to_owned(), val.to_owned());
+                }
+            }
+        }
+        Fields { values, extra }
     }
 }
 
