@@ -15,6 +15,9 @@ pub struct BackupArgs {
     /// `REDUNDANCY n` or `RECOVERY WINDOW OF n {DAYS|WEEKS|MONTHS}`.
     #[arg(long, env = "PGWARDEN_BACKUP_RETENTION")]
     pub backup_retention: Option<String>,
+    /// Workers copying files in a base backup (default: the CPU limit).
+    #[arg(long, env = "PGWARDEN_BACKUP_JOBS")]
+    pub backup_jobs: Option<String>,
 }
 
 /// Validated settings.
@@ -26,6 +29,8 @@ pub struct BackupConfig {
     pub schedule_text: Option<String>,
     /// What to delete after each backup.
     pub retention: Option<Policy>,
+    /// Workers copying files in a base backup.
+    pub jobs: usize,
 }
 
 impl BackupConfig {
@@ -47,6 +52,18 @@ impl BackupConfig {
             .map(Policy::parse)
             .transpose()
             .map_err(|e| ("PGWARDEN_BACKUP_RETENTION", e.to_string()))?;
+        let jobs = match set(&a.backup_jobs) {
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            Some(j) => match j.trim().parse::<usize>() {
+                Ok(n) if (1..=64).contains(&n) => n,
+                _ => {
+                    return Err((
+                        "PGWARDEN_BACKUP_JOBS",
+                        format!("{j:?} is not a number of workers from 1 to 64"),
+                    ))
+                }
+            },
+        };
         if !archive {
             if schedule.is_some() {
                 return Err((
@@ -65,6 +82,7 @@ impl BackupConfig {
             schedule,
             schedule_text: schedule_text.map(|s| s.trim().to_owned()),
             retention,
+            jobs,
         })
     }
 }
@@ -77,6 +95,7 @@ mod tests {
         BackupArgs {
             backup_schedule: schedule.map(Into::into),
             backup_retention: retention.map(Into::into),
+            backup_jobs: None,
         }
     }
 

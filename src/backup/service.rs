@@ -58,6 +58,7 @@ impl Backups {
             archive: daemon.config(),
             storage: daemon.storage(),
             compression: self.settings.backup_compression,
+            jobs: self.settings.backups.jobs,
             runner: &self.runner,
             status: self.status.clone(),
         };

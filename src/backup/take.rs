@@ -1,42 +1,30 @@
-//! Taking a base backup of the local instance, streamed to the archive.
+//! Taking a base backup of the local instance into the archive.
 //!
-//! `pg_basebackup -Ft -D - -X none -c fast` runs over the unix socket (the archive
-//! holds the WAL); its tar stream is read on a blocking thread, where the
-//! `backup_label` is picked out of it, and compressed; the compressed stream goes to
-//! the archive as a multipart upload in 16 MiB parts, two in flight at most. Nothing
-//! is held whole: memory stays at a few parts whatever the database size.
-//! `backup.info` is written last, once the data object is complete and the backup's
-//! last WAL segment is in the archive, so an interrupted backup (a kill, an outage,
-//! the promotion of the standby it ran on) is never listed and leaves nothing a
-//! restore could pick.
+//! The files are copied by the backup engine ([`super::engine`]): a backup held open
+//! with `pg_backup_start`/`pg_backup_stop`, `PGWARDEN_BACKUP_JOBS` workers each
+//! writing, compressing and uploading its own tar part. Around it, this module
+//! claims the backup's id ([`super::marker`]), waits until every WAL segment the
+//! backup needs is in the archive, and writes `backup.info` last, so that an
+//! interrupted backup (a kill, an outage, the promotion of the standby it ran on)
+//! is never listed and leaves nothing a restore could pick.
 
 use super::{
     backup_id, barman_time, info::BackupInfo, marker, BackupCompression, BackupStatus, Finished,
     Lsn, Running,
 };
-use crate::process::{run_as, Runner};
+use crate::process::Runner;
 use crate::settings::Settings;
 use crate::wal::names::WalName;
 use crate::wal::storage::{Backend, Bytes, PutOutcome, Storage};
 use crate::wal::ArchiveConfig;
 use anyhow::{bail, Context, Result};
-use sha2::Digest;
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long a claimed id's marker is left before it is read back (see
 /// [`Job::claim`]).
 const CLAIM_SETTLE: Duration = Duration::from_secs(1);
-/// Size of the first uploaded parts: small, so that the parts alive at once (one
-/// filling, one queued, two uploading) stay well under the 100 MB a backup may use.
-const PART: usize = 8 << 20;
-/// S3 allows 10,000 parts: after this many, parts grow so that an object can reach
-/// about 400 GB.
-const SMALL_PARTS: usize = 4_000;
-/// Size of the parts after [`SMALL_PARTS`].
-const LARGE_PART: usize = 64 << 20;
 
 /// What a backup needs.
 pub struct Job<'a> {
@@ -48,7 +36,9 @@ pub struct Job<'a> {
     pub storage: &'a Backend,
     /// gzip or none.
     pub compression: BackupCompression,
-    /// Spawns pg_basebackup.
+    /// Workers copying files (`PGWARDEN_BACKUP_JOBS`).
+    pub jobs: usize,
+    /// Runs the processes a backup needs.
     pub runner: &'a Runner,
     /// Progress and result, for /status.
     pub status: Arc<Mutex<BackupStatus>>,
@@ -241,91 +231,37 @@ impl Job<'_> {
     ) -> Result<BackupInfo> {
         let s = self.settings;
         let dir = format!("{}{id}", super::base_prefix(&self.archive.base()));
-        let data_key = format!("{dir}/{}", self.compression.data_name());
-
-        let mut cmd = Command::new(s.bin("pg_basebackup"));
-        cmd.args([
-            "-D",
-            "-",
-            "-F",
-            "t",
-            "-X",
-            "none",
-            "-c",
-            "fast",
-            "--verbose",
-            "--no-password",
-        ])
-        .arg("-l")
-        .arg(format!("pgwarden {id}"))
-        .arg("-h")
-        .arg(&s.socket_dir)
-        .arg("-p")
-        .arg(s.port.to_string())
-        .arg("-U")
-        .arg(&s.superuser)
-        .env("LC_MESSAGES", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        run_as(&mut cmd, s.run_as.as_ref());
-        let mut child = self.runner.spawn(&mut cmd).context("start pg_basebackup")?;
-        let stdout = child.stdout.take().context("pg_basebackup's output")?;
-        let stderr = child.stderr.take().context("pg_basebackup's messages")?;
-        let messages = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::BufReader::new(stderr).read_to_string(&mut text);
-            text
-        });
-
-        let mut upload = self.storage.begin_upload(&data_key).await?;
-        // One part queued: the upload itself keeps two in flight (S3).
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-        let compression = self.compression;
-        let status = self.status.clone();
-        let reader = tokio::task::spawn_blocking(move || compress(stdout, compression, tx, status));
-        let mut uploaded = Ok(());
-        while let Some(part) = rx.recv().await {
-            if uploaded.is_ok() {
-                uploaded = upload.part(part).await;
-            }
-        }
-        let streamed = reader
-            .await
-            .map_err(|e| anyhow::anyhow!("the reader thread: {e}"))?;
-        let exit = child.wait().await?;
-        let messages = messages.join().unwrap_or_default();
-        let outcome = (|| -> Result<Streamed> {
-            if !exit.success() {
-                bail!("pg_basebackup failed ({exit}): {}", messages.trim());
-            }
-            uploaded.context("upload the data")?;
-            streamed
-        })();
-        let streamed = match outcome {
-            Ok(ok) => ok,
-            Err(e) => {
-                upload.abort().await;
-                return Err(e);
-            }
+        let progress = Arc::new(AtomicU64::new(0));
+        let ticker = {
+            let (progress, status) = (progress.clone(), self.status.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Some(r) = status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .running
+                        .as_mut()
+                    {
+                        r.bytes = progress.load(Ordering::Relaxed);
+                    }
+                }
+            })
         };
-        let size = upload.finish().await.context("complete the data object")?;
-
-        let label = String::from_utf8_lossy(
-            streamed
-                .label
-                .as_deref()
-                .context("pg_basebackup's tar holds no backup_label")?,
-        )
-        .into_owned();
-        let data_sha = streamed.sha.clone();
-        let (start, timeline) = parse_start(&label).context("read the backup_label")?;
-        let ranges = streamed
-            .manifest_end
-            .as_deref()
-            .map(wal_ranges)
-            .unwrap_or_default();
-        let end = backup_end(&ranges, timeline)?;
+        let taken = super::engine::take(&super::engine::Job {
+            settings: s,
+            storage: self.storage,
+            dir: dir.clone(),
+            label: format!("pgwarden {id}"),
+            compression: self.compression,
+            jobs: self.jobs,
+            progress,
+            runner: self.runner,
+        })
+        .await;
+        ticker.abort();
+        let taken = taken?;
+        let (start, timeline, end) = (taken.start, taken.timeline, taken.end);
         // The segment holding the last byte before the end: an end exactly on a segment
         // boundary is in the previous segment (postgres's XLByteToPrevSeg), and the
         // next one may never be written.
@@ -346,23 +282,10 @@ impl Job<'_> {
             version: facts.version,
             systemid: facts.systemid.clone(),
             xlog_segment_size: facts.seg_size,
-            size: Some(size),
-            backup_label: Some(label),
+            size: Some(taken.parts.iter().map(|p| p.size).sum()),
+            backup_label: Some(taken.label.clone()),
             made_by: "pgwarden".to_owned(),
-            extra: [
-                ("data_sha256".to_owned(), data_sha),
-                (
-                    "data_object".to_owned(),
-                    self.compression.data_name().to_owned(),
-                ),
-                // Lets a restore see that no part is missing, the last one included.
-                ("data_parts".to_owned(), "1".to_owned()),
-                (
-                    "pgwarden_version".to_owned(),
-                    env!("CARGO_PKG_VERSION").to_owned(),
-                ),
-            ]
-            .into(),
+            extra: extra(&taken.parts),
         };
         let listed = super::list::list(self.storage, &self.archive.base())
             .await
@@ -427,196 +350,31 @@ impl Job<'_> {
     }
 }
 
-/// `START WAL LOCATION: 0/2000028 (file …)` and `START TIMELINE: 1`.
-fn parse_start(label: &str) -> Option<(Lsn, u32)> {
-    let mut start = None;
-    let mut timeline = None;
-    for line in label.lines() {
-        if let Some(rest) = line.strip_prefix("START WAL LOCATION: ") {
-            start = Lsn::parse(rest.split_whitespace().next()?);
-        } else if let Some(rest) = line.strip_prefix("START TIMELINE: ") {
-            timeline = rest.trim().parse().ok();
-        }
-    }
-    Some((start?, timeline?))
-}
-
-/// Reads the tar stream, picks out the backup_label, compresses, and hands parts to
-/// the uploader; returns the label and the SHA-256 of the stored object.
-fn compress(
-    mut tar: impl Read,
-    compression: BackupCompression,
-    parts: tokio::sync::mpsc::Sender<Bytes>,
-    status: Arc<Mutex<BackupStatus>>,
-) -> Result<Streamed> {
-    /// Collects compressed output and ships it in parts.
-    struct Parts {
-        buf: Vec<u8>,
-        tx: tokio::sync::mpsc::Sender<Bytes>,
-        sha: sha2::Sha256,
-        shipped: usize,
-    }
-    impl Write for Parts {
-        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-            self.buf.extend_from_slice(data);
-            self.sha.update(data);
-            if self.buf.len() >= self.part_size() {
-                self.ship()?;
-            }
-            Ok(data.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Parts {
-        fn part_size(&self) -> usize {
-            if self.shipped < SMALL_PARTS {
-                PART
-            } else {
-                LARGE_PART
-            }
-        }
-        fn ship(&mut self) -> std::io::Result<()> {
-            self.shipped += 1;
-            let next = Vec::with_capacity(self.part_size() + (1 << 20));
-            let part = Bytes::from(std::mem::replace(&mut self.buf, next));
-            self.tx
-                .blocking_send(part)
-                .map_err(|_| std::io::Error::other("the upload stopped"))
-        }
-    }
-    let out = Parts {
-        buf: Vec::with_capacity(PART + (1 << 20)),
-        tx: parts,
-        sha: sha2::Sha256::new(),
-        shipped: 0,
-    };
-    enum Sink {
-        Gzip(Box<super::pargz::ParGz<Parts>>),
-        Plain(Parts),
-    }
-    let mut sink = match compression {
-        // Level 1: a base backup is mostly table pages, where higher levels buy little
-        // for much more CPU.
-        BackupCompression::Gzip => Sink::Gzip(Box::new(
-            super::pargz::ParGz::new(
-                out,
-                flate2::Compression::new(1),
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            )
-            .context("start the gzip workers")?,
-        )),
-        BackupCompression::None => Sink::Plain(out),
-    };
-    let mut label = super::tar::Capture::new("backup_label");
-    // The manifest ends with the WAL range the backup needs: keep its end only.
-    let mut manifest = super::tar::Capture::tail("backup_manifest", 4096);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match tar.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("read pg_basebackup's output"),
-        };
-        label.feed(&buf[..n]);
-        manifest.feed(&buf[..n]);
-        match &mut sink {
-            Sink::Gzip(e) => e.write_all(&buf[..n]),
-            Sink::Plain(p) => p.write_all(&buf[..n]),
-        }
-        .context("compress")?;
-        total += n as u64;
-        if let Some(r) = status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .running
-            .as_mut()
-        {
-            r.bytes = total;
-        }
-    }
-    let mut out = match sink {
-        Sink::Gzip(e) => e.finish().context("compress")?,
-        Sink::Plain(p) => p,
-    };
-    if !out.buf.is_empty() {
-        out.ship()?;
-    }
-    let sha = crate::wal::hex(&out.sha.finalize());
-    Ok(Streamed {
-        label: label.content().map(<[u8]>::to_vec),
-        manifest_end: manifest.content().map(<[u8]>::to_vec),
-        sha,
-    })
-}
-
-/// What the reader learnt from the tar stream.
-struct Streamed {
-    label: Option<Vec<u8>>,
-    manifest_end: Option<Vec<u8>>,
-    sha: String,
-}
-
-/// One entry of a backup manifest's `WAL-Ranges`: the WAL of `timeline` from `start`
-/// to `end` is needed to make the backup consistent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct WalRange {
-    timeline: u32,
-    start: Lsn,
-    end: Lsn,
-}
-
-/// The `WAL-Ranges` in the end of a backup manifest, as PostgreSQL lists them: the
-/// timeline the backup ended on first, the one it began on last. Empty when there
-/// are none or they cannot be read.
-fn wal_ranges(tail: &[u8]) -> Vec<WalRange> {
-    let text = String::from_utf8_lossy(tail);
-    let Some(at) = text.rfind("\"WAL-Ranges\"") else {
-        return Vec::new();
-    };
-    let rest = &text[at..];
-    let (Some(open), Some(close)) = (rest.find('['), rest.find(']')) else {
-        return Vec::new();
-    };
-    let Some(array) = rest.get(open..=close) else {
-        return Vec::new();
-    };
-    let Ok(entries) = serde_json::from_str::<Vec<serde_json::Value>>(array) else {
-        return Vec::new();
-    };
-    let lsn = |e: &serde_json::Value, k: &str| e.get(k)?.as_str().and_then(Lsn::parse);
-    entries
-        .iter()
-        .map(|e| {
-            Some(WalRange {
-                timeline: u32::try_from(e.get("Timeline")?.as_u64()?).ok()?,
-                start: lsn(e, "Start-LSN")?,
-                end: lsn(e, "End-LSN")?,
-            })
-        })
-        .collect::<Option<Vec<_>>>()
-        .unwrap_or_default()
-}
-
-/// The backup's end position, from the manifest's WAL ranges. A backup that ran on a
-/// standby while its upstream was promoted ends on a later timeline than it began:
-/// barman's `backup.info` holds one timeline, and a restore of it would need the
-/// history in between, so such a backup is refused rather than listed with the end of
-/// the wrong timeline.
-fn backup_end(ranges: &[WalRange], start_timeline: u32) -> Result<Lsn> {
-    match ranges {
-        [] => bail!("pg_basebackup's backup_manifest gives no WAL range"),
-        [only] if only.timeline == start_timeline => Ok(only.end),
-        [last, ..] => bail!(
-            "the timeline changed during the backup (it began on timeline {start_timeline} and \
-             ended on timeline {}: the upstream was promoted); the backup is not listed, take \
-             it again",
-            last.timeline
+/// pgwarden's own facts in `backup.info` (comment lines, which barman skips): each
+/// part's SHA-256, checked at restore, and how many parts there are, so that a
+/// restore sees a missing last part too.
+fn extra(parts: &[super::engine::Part]) -> std::collections::BTreeMap<String, String> {
+    let mut extra: std::collections::BTreeMap<String, String> = [
+        ("data_parts".to_owned(), parts.len().to_string()),
+        (
+            "parts_sha256".to_owned(),
+            parts
+                .iter()
+                .map(|p| format!("{}:{}", p.name, p.sha256))
+                .collect::<Vec<_>>()
+                .join(","),
         ),
+        (
+            "pgwarden_version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        ),
+    ]
+    .into();
+    if let [only] = parts {
+        extra.insert("data_sha256".to_owned(), only.sha256.clone());
+        extra.insert("data_object".to_owned(), only.name.clone());
     }
+    extra
 }
 
 #[cfg(test)]
@@ -624,49 +382,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_start_from_the_label_and_the_end_from_the_manifest() {
-        let label = "START WAL LOCATION: 0/9000028 (file 000000010000000000000009)\nCHECKPOINT LOCATION: 0/9000060\nSTART TIMELINE: 1\n";
-        assert_eq!(parse_start(label), Some((Lsn(0x9000028), 1)));
-        // As PostgreSQL writes it (backup_manifest.c): one range per timeline the
-        // backup spans, the ending timeline first.
-        let tail = br#"...}],
-"WAL-Ranges": [
-{ "Timeline": 1, "Start-LSN": "0/9000028", "End-LSN": "0/9000100" }
-],
-"Manifest-Checksum": "abc"}
-"#;
-        let one = wal_ranges(tail);
-        assert_eq!(
-            one,
-            vec![WalRange {
-                timeline: 1,
-                start: Lsn(0x9000028),
-                end: Lsn(0x9000100)
-            }]
-        );
-        assert_eq!(backup_end(&one, 1).unwrap(), Lsn(0x9000100));
-        assert!(wal_ranges(b"{}").is_empty());
-        let err = backup_end(&[], 1).unwrap_err().to_string();
-        assert!(err.contains("no WAL range"), "{err}");
-
-        // A standby's backup across its upstream's promotion at 0/A000000.
-        let switched = br#"...}],
-"WAL-Ranges": [
-{ "Timeline": 2, "Start-LSN": "0/A000000", "End-LSN": "0/B000060" },
-{ "Timeline": 1, "Start-LSN": "0/9000028", "End-LSN": "0/A000000" }
-],
-"Manifest-Checksum": "abc"}
-"#;
-        let ranges = wal_ranges(switched);
-        assert_eq!(ranges.len(), 2);
-        assert_eq!(ranges[0].timeline, 2);
-        let err = backup_end(&ranges, 1).unwrap_err().to_string();
-        assert!(
-            err.contains("began on timeline 1 and ended on timeline 2"),
-            "{err}"
-        );
-        // One range, but not the label's timeline: refused too.
-        let err = backup_end(&ranges[..1], 1).unwrap_err().to_string();
-        assert!(err.contains("ended on timeline 2"), "{err}");
+    fn records_each_parts_checksum_and_their_count() {
+        let part = |name: &str, sha: &str| super::super::engine::Part {
+            name: name.into(),
+            size: 1,
+            sha256: sha.into(),
+        };
+        let e = extra(&[part("data.tar.gz", "aa"), part("data_0001.tar.gz", "bb")]);
+        assert_eq!(e["data_parts"], "2");
+        assert_eq!(e["parts_sha256"], "data.tar.gz:aa,data_0001.tar.gz:bb");
+        assert!(!e.contains_key("data_sha256"));
+        let e = extra(&[part("data.tar", "cc")]);
+        assert_eq!(e["data_sha256"], "cc");
+        assert_eq!(e["data_object"], "data.tar");
     }
 }

@@ -95,13 +95,13 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
     std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
     let started = std::time::Instant::now();
     let mut stored = 0u64;
+    let recorded = recorded_sha256(&b);
     for (key, compression) in &objects {
         let (sha, size) = extract::extract(&storage, key, *compression, staging).await?;
         stored += size;
-        if let (Some(want), 1) = (b.extra.get("data_sha256"), objects.len()) {
-            if *want != sha {
-                bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with PGWARDEN_RESTORE_BACKUP_ID");
-            }
+        let name = key.rsplit('/').next().unwrap_or(key);
+        if recorded.get(name).is_some_and(|want| *want != sha) {
+            bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with PGWARDEN_RESTORE_BACKUP_ID");
         }
     }
     info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
@@ -120,6 +120,30 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
     tokio::task::spawn_blocking(move || finish(&dir, major, signal, owner))
         .await
         .context("the restore's last step failed")?
+}
+
+/// The SHA-256 pgwarden recorded for each data object of `b`, by name (none for
+/// barman-cloud's backups).
+fn recorded_sha256(b: &BackupInfo) -> std::collections::BTreeMap<String, String> {
+    let mut out: std::collections::BTreeMap<String, String> = b
+        .extra
+        .get("parts_sha256")
+        .map(|list| {
+            list.split(',')
+                .filter_map(|p| p.split_once(':'))
+                .map(|(n, s)| (n.to_owned(), s.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(sha) = b.extra.get("data_sha256") {
+        let name = b
+            .extra
+            .get("data_object")
+            .cloned()
+            .unwrap_or_else(|| "data.tar.gz".to_owned());
+        out.entry(name).or_insert_with(|| sha.clone());
+    }
+    out
 }
 
 /// Tidies the extracted backup, writes `signal`, gives the files to `owner` and makes

@@ -1,0 +1,725 @@
+//! The backup engine: a base backup taken by pgwarden itself, in parallel.
+//!
+//! pgwarden runs beside postgres and reads PGDATA directly: one connection holds a
+//! non-exclusive backup open (`pg_backup_start` ... `pg_backup_stop`, as pgBackRest
+//! and barman do, on a primary or a standby) while `jobs` workers copy the files.
+//! Each worker writes its own tar part (`data.tar.gz`, `data_0001.tar.gz`, ..., as
+//! barman-cloud names them, so `barman-cloud-restore` restores them), compressed and
+//! uploaded as it goes; a part is closed past [`MAX_PART`] so that no object nears
+//! S3's 10,000-part ceiling. Workers take the largest files first from one queue.
+//! Page checksums are verified while reading; every file's size and CRC-32C go into
+//! PostgreSQL's `backup_manifest`. The last part holds the directories,
+//! `global/pg_control` (read after every other file, as pg_basebackup sends it last),
+//! `backup_label` from `pg_backup_stop`, and the manifest.
+//!
+//! Memory: per job, one part filling (5 MiB), one queued and two uploading, plus a
+//! 1 MiB read buffer and gzip's state: about 25 MiB a job, whatever the size.
+
+pub mod manifest;
+pub mod pages;
+pub mod walk;
+
+use super::BackupCompression;
+use crate::backup::Lsn;
+use crate::settings::Settings;
+use crate::wal::storage::{Backend, Bytes};
+use anyhow::{bail, Context, Result};
+use sha2::Digest;
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Size of the parts sent to the storage (S3's minimum for all but the last).
+const CHUNK: usize = 5 << 20;
+/// A part object is closed once this many compressed bytes are in it (a file never
+/// spans parts, so it may exceed this by one file, 1 GiB at most): with [`CHUNK`]
+/// parts, an object stays under S3's 10,000 parts.
+pub const MAX_PART: u64 = 40 << 30;
+/// Read size: a multiple of the block size.
+const READ: usize = 1 << 20;
+/// Bad pages named in the error; more are counted.
+const BAD_PAGES_NAMED: usize = 20;
+
+/// What the engine needs.
+pub struct Job<'a> {
+    /// The instance.
+    pub settings: &'a Settings,
+    /// Where the parts go.
+    pub storage: &'a Backend,
+    /// `<server>/base/<id>`: the parts' directory key.
+    pub dir: String,
+    /// The backup's label.
+    pub label: String,
+    /// gzip or none.
+    pub compression: BackupCompression,
+    /// Workers copying files.
+    pub jobs: usize,
+    /// Bytes read so far, for `/status`.
+    pub progress: Arc<AtomicU64>,
+    /// Runs the processes the engine needs.
+    pub runner: &'a crate::process::Runner,
+}
+
+/// A data object written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Its name in the backup's directory (`data.tar.gz`, `data_0001.tar.gz`, ...).
+    pub name: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// SHA-256 of what is stored.
+    pub sha256: String,
+}
+
+/// What a finished backup is.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// `backup_label`'s content, from `pg_backup_stop`.
+    pub label: String,
+    /// Where replay starts.
+    pub start: Lsn,
+    /// Where the backup is consistent.
+    pub end: Lsn,
+    /// Its timeline.
+    pub timeline: u32,
+    /// The data objects, in order.
+    pub parts: Vec<Part>,
+    /// Bytes read from PGDATA.
+    pub bytes: u64,
+}
+
+/// The name of part `n` (barman-cloud's `_build_dest_name`).
+pub fn part_name(n: u32, compression: BackupCompression) -> String {
+    let ext = match compression {
+        BackupCompression::Gzip => ".tar.gz",
+        BackupCompression::None => ".tar",
+    };
+    if n == 0 {
+        format!("data{ext}")
+    } else {
+        format!("data_{n:04}{ext}")
+    }
+}
+
+/// Whether a backup that began on timeline `start` and ended on `end` can be listed:
+/// barman's `backup.info` holds one timeline, and a restore of a backup across a
+/// promotion of its upstream would need the history in between.
+pub fn check_timeline(start: u32, end: u32) -> Result<()> {
+    if start != end {
+        bail!(
+            "the timeline changed during the backup (it began on timeline {start} and ended on \
+             timeline {end}: the upstream was promoted); the backup is not listed, take it again"
+        );
+    }
+    Ok(())
+}
+
+/// What every worker shares.
+struct Shared {
+    queue: Mutex<VecDeque<walk::Entry>>,
+    next_part: AtomicU32,
+    files: Mutex<Vec<manifest::File>>,
+    bad_pages: Mutex<(usize, Vec<String>)>,
+    failed: AtomicBool,
+    progress: Arc<AtomicU64>,
+    /// Page checksums are verified (the cluster has them).
+    verify_pages: bool,
+    start_lsn: u64,
+    compression: BackupCompression,
+    storage: Backend,
+    dir: String,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Takes the backup.
+pub async fn take(job: &Job<'_>) -> Result<Taken> {
+    let s = job.settings;
+    let client = crate::db::connect_local(s, &s.socket_dir, "postgres")
+        .await
+        .context("connect to the local postgres")?;
+    // The backup's session stays open until pg_backup_stop; a fast checkpoint or the
+    // wait for the last segment to be archived can take long.
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .context("prepare the backup's session")?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('data_checksums') = 'on', \
+                    current_setting('server_version_num')::int / 10000, \
+                    (SELECT system_identifier::text FROM pg_control_system()), \
+                    pg_is_in_recovery()",
+            &[],
+        )
+        .await
+        .context("read the server's settings")?;
+    let (verify_pages, major, system_id, standby): (bool, i32, String, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let start: String = client
+        .query_one("SELECT pg_backup_start($1, true)::text", &[&job.label])
+        .await
+        .context("pg_backup_start")?
+        .get(0);
+    let start = Lsn::parse(&start).context("pg_backup_start's position")?;
+    tracing::info!(start = %start, jobs = job.jobs, standby, "backup started");
+
+    let pgdata = s.pgdata.clone();
+    let major = major as u32;
+    let entries = tokio::task::spawn_blocking(move || walk::list(&pgdata, major))
+        .await
+        .context("the listing thread")?
+        .context("list the data directory")?;
+    let (dirs, mut files): (Vec<walk::Entry>, Vec<walk::Entry>) =
+        entries.into_iter().partition(|e| e.dir);
+    files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(files.into()),
+        next_part: AtomicU32::new(0),
+        files: Mutex::new(Vec::new()),
+        bad_pages: Mutex::new((0, Vec::new())),
+        failed: AtomicBool::new(false),
+        progress: job.progress.clone(),
+        verify_pages,
+        start_lsn: start.0,
+        compression: job.compression,
+        storage: job.storage.clone(),
+        dir: job.dir.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..job.jobs.max(1) {
+        let shared = shared.clone();
+        workers.spawn_blocking(move || {
+            let r = worker(&shared);
+            if r.is_err() {
+                shared.failed.store(true, Ordering::Relaxed);
+            }
+            r
+        });
+    }
+    let mut uploads = Vec::new();
+    let mut first_error = None;
+    while let Some(joined) = workers.join_next().await {
+        match joined.context("a backup worker") {
+            Ok(Ok(parts)) => uploads.extend(parts),
+            Ok(Err(e)) | Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let mut parts = Vec::new();
+    for (n, handle) in uploads {
+        match handle.await.context("an upload task") {
+            Ok(Ok(p)) => parts.push((n, p)),
+            // The upload's own error says more than the worker's "the upload stopped".
+            Ok(Err(e)) | Err(e) => first_error = Some(e),
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    {
+        let (count, named) = &*shared.bad_pages.lock().unwrap_or_else(|p| p.into_inner());
+        if *count > 0 {
+            bail!(
+                "{count} page{} failed checksum verification: {}{}; the data files are damaged (restore them from an earlier backup, or see pg_amcheck); the backup is not listed",
+                if *count == 1 { "" } else { "s" },
+                named.join("; "),
+                if *count > named.len() { "; ..." } else { "" }
+            );
+        }
+    }
+
+    // pg_control after every other file; then the end of the backup.
+    let control_path = s.pgdata.join("global/pg_control");
+    let control = tokio::task::spawn_blocking(move || std::fs::read(control_path))
+        .await
+        .context("the reading thread")?
+        .context("read global/pg_control")?;
+    let row = client
+        .query_one(
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)",
+            &[],
+        )
+        .await
+        .context("pg_backup_stop")?;
+    let (end, label, spcmap): (String, String, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    if spcmap.as_deref().is_some_and(|m| !m.trim().is_empty()) {
+        bail!("the cluster has tablespaces, which backups do not support yet");
+    }
+    let end = Lsn::parse(&end).context("pg_backup_stop's position")?;
+    let timeline = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE: "))
+        .and_then(|t| t.trim().parse().ok())
+        .context("backup_label names no START TIMELINE")?;
+    if standby {
+        // A standby's backup ends on the timeline it replays by then.
+        let now = crate::replica::remote::identify_local(s, job.runner)
+            .await
+            .context("read the timeline the standby replays")?;
+        check_timeline(timeline, now.timeline)?;
+    }
+
+    let now = std::time::SystemTime::now();
+    let mtime = crate::backup::civil::unix_seconds(now);
+    let mut manifest_files =
+        std::mem::take(&mut *shared.files.lock().unwrap_or_else(|p| p.into_inner()));
+    let last: Vec<(String, Vec<u8>, u32)> = vec![
+        ("global/pg_control".to_owned(), control, 0o600),
+        ("backup_label".to_owned(), label.clone().into_bytes(), 0o600),
+    ];
+    for (path, body, _) in &last {
+        manifest_files.push(manifest::File {
+            path: path.clone(),
+            size: body.len() as u64,
+            mtime,
+            crc32c: crc32c::crc32c(body),
+        });
+    }
+    manifest_files.sort_by(|a, b| a.path.cmp(&b.path));
+    let system_id = system_id.parse().unwrap_or(0);
+    let text = manifest::render(
+        &manifest_files,
+        &manifest::Range {
+            system_id,
+            major,
+            timeline,
+            start,
+            end,
+        },
+    );
+    let shared2 = shared.clone();
+    let (n, handle) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut part = PartWriter::open(&shared2)?;
+        for d in &dirs {
+            part.dir(d)?;
+        }
+        for (path, body, mode) in &last {
+            part.small(path, body, *mode, mtime)?;
+        }
+        part.small("backup_manifest", text.as_bytes(), 0o600, mtime)?;
+        part.close()
+    })
+    .await
+    .context("the last part's thread")??;
+    let p = handle.await.context("the last part's upload")??;
+    parts.push((n, p));
+    parts.sort_by_key(|(n, _)| *n);
+    Ok(Taken {
+        label,
+        start,
+        end,
+        timeline,
+        parts: parts.into_iter().map(|(_, p)| p).collect(),
+        bytes: shared.progress.load(Ordering::Relaxed),
+    })
+}
+
+type Upload = tokio::task::JoinHandle<Result<Part>>;
+
+/// Copies files from the queue until it is empty; returns its parts' uploads.
+fn worker(shared: &Shared) -> Result<Vec<(u32, Upload)>> {
+    let mut done = Vec::new();
+    let mut part: Option<PartWriter> = None;
+    let mut buf = vec![0u8; READ];
+    loop {
+        if shared.failed.load(Ordering::Relaxed) {
+            // Another worker failed: stop, and let the uploads abort.
+            return Ok(done);
+        }
+        let next = shared
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        let Some(entry) = next else { break };
+        if part.is_none() {
+            part = Some(PartWriter::open(shared)?);
+        }
+        let Some(p) = part.as_mut() else { break };
+        p.file(shared, &entry, &mut buf)?;
+        if p.stored() >= MAX_PART {
+            if let Some(p) = part.take() {
+                done.push(p.close()?);
+            }
+        }
+    }
+    if let Some(p) = part.take() {
+        done.push(p.close()?);
+    }
+    Ok(done)
+}
+
+/// What goes to an upload task.
+enum Msg {
+    Data(Bytes),
+    /// The part is complete, with the SHA-256 of what was sent: finish the object.
+    /// A channel closed without it aborts the upload, so that a part cut short is
+    /// never completed.
+    Done(String),
+}
+
+/// Collects a part's stored bytes and sends them in [`CHUNK`]s.
+struct Shipper {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Msg>,
+    sha: sha2::Sha256,
+    stored: u64,
+}
+
+impl Write for Shipper {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.sha.update(data);
+        self.stored += data.len() as u64;
+        if self.buf.len() >= CHUNK {
+            self.ship()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shipper {
+    fn ship(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + READ));
+        self.tx
+            .blocking_send(Msg::Data(Bytes::from(chunk)))
+            .map_err(|_| std::io::Error::other("the upload stopped"))
+    }
+}
+
+enum Sink {
+    Gzip(Box<flate2::write::GzEncoder<Shipper>>),
+    Plain(Shipper),
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Gzip(g) => g.write(data),
+            Sink::Plain(p) => p.write(data),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One tar part being written and uploaded.
+struct PartWriter {
+    n: u32,
+    name: String,
+    tar: tar::Builder<Sink>,
+    upload: Upload,
+}
+
+impl PartWriter {
+    fn open(shared: &Shared) -> Result<PartWriter> {
+        let n = shared.next_part.fetch_add(1, Ordering::Relaxed);
+        let name = part_name(n, shared.compression);
+        let key = format!("{}/{name}", shared.dir);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let storage = shared.storage.clone();
+        let upload = shared.runtime.spawn(upload(storage, key, name.clone(), rx));
+        let shipper = Shipper {
+            buf: Vec::with_capacity(CHUNK + READ),
+            tx,
+            sha: sha2::Sha256::new(),
+            stored: 0,
+        };
+        let sink = match shared.compression {
+            // Level 1: a backup is mostly table pages, where higher levels buy little
+            // for much more CPU. The workers are the parallelism.
+            BackupCompression::Gzip => Sink::Gzip(Box::new(flate2::write::GzEncoder::new(
+                shipper,
+                flate2::Compression::new(1),
+            ))),
+            BackupCompression::None => Sink::Plain(shipper),
+        };
+        let mut tar = tar::Builder::new(sink);
+        tar.mode(tar::HeaderMode::Complete);
+        Ok(PartWriter {
+            n,
+            name,
+            tar,
+            upload,
+        })
+    }
+
+    /// Compressed bytes so far.
+    fn stored(&mut self) -> u64 {
+        match self.tar.get_mut() {
+            Sink::Gzip(g) => g.get_ref().stored,
+            Sink::Plain(p) => p.stored,
+        }
+    }
+
+    fn header(path_mode: u32, mtime: i64, size: u64, kind: tar::EntryType) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(path_mode);
+        h.set_mtime(mtime.max(0) as u64);
+        h.set_size(size);
+        h.set_entry_type(kind);
+        h
+    }
+
+    fn dir(&mut self, d: &walk::Entry) -> Result<()> {
+        let mut h = Self::header(d.mode, d.mtime, 0, tar::EntryType::Directory);
+        self.tar
+            .append_data(&mut h, format!("{}/", d.path), std::io::empty())
+            .with_context(|| format!("write {}", d.path))
+    }
+
+    fn small(&mut self, path: &str, body: &[u8], mode: u32, mtime: i64) -> Result<()> {
+        let mut h = Self::header(mode, mtime, body.len() as u64, tar::EntryType::Regular);
+        self.tar
+            .append_data(&mut h, path, body)
+            .with_context(|| format!("write {path}"))
+    }
+
+    /// Copies one file: its size as listed (a file that shrank meanwhile is padded
+    /// with zeros, growth is left to WAL replay, as pg_basebackup does), its pages
+    /// checked, its CRC-32C recorded for the manifest. A file gone since the listing
+    /// is left out.
+    fn file(&mut self, shared: &Shared, e: &walk::Entry, buf: &mut [u8]) -> Result<()> {
+        let f = match std::fs::File::open(&e.source) {
+            Ok(f) => f,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err).with_context(|| format!("open {}", e.path)),
+        };
+        let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+        let first_block = if shared.verify_pages {
+            pages::first_block(name)
+                .filter(|_| e.path.starts_with("base/") || e.path.starts_with("global/"))
+        } else {
+            None
+        };
+        let mut reader = FileReader {
+            file: f,
+            path: &e.path,
+            size: e.size,
+            offset: 0,
+            crc: 0,
+            buf,
+            have: 0,
+            served: 0,
+            first_block,
+            shared,
+        };
+        let mut h = Self::header(e.mode, e.mtime, e.size, tar::EntryType::Regular);
+        self.tar
+            .append_data(&mut h, &e.path, &mut reader)
+            .with_context(|| format!("copy {}", e.path))?;
+        let crc = reader.crc;
+        shared
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(manifest::File {
+                path: e.path.clone(),
+                size: e.size,
+                mtime: e.mtime,
+                crc32c: crc,
+            });
+        Ok(())
+    }
+
+    /// Ends the tar, the compression and the upload.
+    fn close(self) -> Result<(u32, Upload)> {
+        let sink = self
+            .tar
+            .into_inner()
+            .with_context(|| format!("end {}", self.name))?;
+        let mut shipper = match sink {
+            Sink::Gzip(g) => g
+                .finish()
+                .with_context(|| format!("compress {}", self.name))?,
+            Sink::Plain(p) => p,
+        };
+        if !shipper.buf.is_empty() {
+            shipper.ship()?;
+        }
+        let sha = crate::wal::hex(&shipper.sha.clone().finalize());
+        shipper
+            .tx
+            .blocking_send(Msg::Done(sha))
+            .map_err(|_| anyhow::anyhow!("the upload of {} stopped", self.name))?;
+        Ok((self.n, self.upload))
+    }
+}
+
+/// Uploads one part from what its writer sends.
+async fn upload(
+    storage: Backend,
+    key: String,
+    name: String,
+    mut rx: tokio::sync::mpsc::Receiver<Msg>,
+) -> Result<Part> {
+    let mut up = storage
+        .begin_upload(&key)
+        .await
+        .with_context(|| format!("start uploading {key}"))?;
+    loop {
+        match rx.recv().await {
+            Some(Msg::Data(b)) => {
+                if let Err(e) = up.part(b).await {
+                    up.abort().await;
+                    return Err(e).with_context(|| format!("upload {key}"));
+                }
+            }
+            Some(Msg::Done(sha256)) => {
+                let size = up
+                    .finish()
+                    .await
+                    .with_context(|| format!("complete {key}"))?;
+                return Ok(Part { name, size, sha256 });
+            }
+            None => {
+                up.abort().await;
+                bail!("the writer of {key} stopped before the end");
+            }
+        }
+    }
+}
+
+/// Reads a file for the tar in block-aligned reads, whatever sizes the tar asks for:
+/// checks pages, sums the CRC-32C, pads a file that shrank.
+struct FileReader<'a> {
+    file: std::fs::File,
+    path: &'a str,
+    size: u64,
+    /// Bytes of the file read into `buf` so far.
+    offset: u64,
+    crc: u32,
+    buf: &'a mut [u8],
+    have: usize,
+    served: usize,
+    first_block: Option<u64>,
+    shared: &'a Shared,
+}
+
+impl FileReader<'_> {
+    fn fill(&mut self) -> std::io::Result<()> {
+        let want = (self.size - self.offset).min(self.buf.len() as u64) as usize;
+        let mut got = 0;
+        while got < want {
+            match self.file.read(&mut self.buf[got..want]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Shrunk since the listing: zeros, as pg_basebackup sends.
+        self.buf[got..want].fill(0);
+        if let Some(first) = self.first_block {
+            self.check_pages(first, got);
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf[..want]);
+        self.offset += want as u64;
+        self.shared
+            .progress
+            .fetch_add(want as u64, Ordering::Relaxed);
+        self.have = want;
+        self.served = 0;
+        Ok(())
+    }
+
+    /// Checks the whole pages among the `got` bytes just read; a page that fails is
+    /// read again once (it may have been caught being written).
+    fn check_pages(&mut self, first: u64, got: usize) {
+        let bs = pages::BLCKSZ;
+        for i in 0..got / bs {
+            let at = i * bs;
+            let blkno = first + (self.offset + at as u64) / bs as u64;
+            let page = &self.buf[at..at + bs];
+            let pages::Verdict::Bad { stored, computed } =
+                pages::verify(page, blkno as u32, self.shared.start_lsn)
+            else {
+                continue;
+            };
+            let mut again = vec![0u8; bs];
+            let reread = self
+                .file
+                .read_exact_at(&mut again, self.offset + at as u64)
+                .is_ok();
+            if reread
+                && !matches!(
+                    pages::verify(&again, blkno as u32, self.shared.start_lsn),
+                    pages::Verdict::Bad { .. }
+                )
+            {
+                self.buf[at..at + bs].copy_from_slice(&again);
+                continue;
+            }
+            let mut bad = self
+                .shared
+                .bad_pages
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            bad.0 += 1;
+            if bad.1.len() < BAD_PAGES_NAMED {
+                bad.1.push(format!(
+                    "{} block {} (stored checksum {stored}, computed {computed})",
+                    self.path,
+                    blkno % pages::RELSEG_BLOCKS
+                ));
+            }
+            tracing::error!(
+                file = self.path,
+                block = blkno % pages::RELSEG_BLOCKS,
+                stored,
+                computed,
+                "page checksum verification failed"
+            );
+        }
+    }
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.served == self.have {
+            if self.offset >= self.size {
+                return Ok(0);
+            }
+            self.fill()?;
+        }
+        let n = (self.have - self.served).min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.served..self.served + n]);
+        self.served += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parts_as_barman_cloud_does() {
+        assert_eq!(part_name(0, BackupCompression::Gzip), "data.tar.gz");
+        assert_eq!(part_name(1, BackupCompression::Gzip), "data_0001.tar.gz");
+        assert_eq!(part_name(12, BackupCompression::None), "data_0012.tar");
+        for n in 0..3 {
+            let name = part_name(n, BackupCompression::Gzip);
+            assert_eq!(crate::backup::parts::part_of(&name).map(|p| p.0), Some(n));
+        }
+    }
+
+    #[test]
+    fn a_backup_across_a_promotion_is_refused() {
+        assert!(check_timeline(2, 2).is_ok());
+        let err = check_timeline(1, 2).unwrap_err().to_string();
+        assert!(
+            err.contains("began on timeline 1 and ended on timeline 2"),
+            "{err}"
+        );
+    }
+}
