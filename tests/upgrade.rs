@@ -3,7 +3,10 @@
 //! and kills at the dangerous moments. See docs/upgrades.md.
 
 mod common;
+#[path = "common/ha.rs"]
+mod ha;
 
+use common::etcd::Etcd;
 use common::wal::Store;
 use common::*;
 use std::path::{Path, PathBuf};
@@ -118,11 +121,27 @@ async fn a_primary_and_its_replica_come_through_an_upgrade() {
             "CREATE EXTENSION pg_stat_statements;
              CREATE ROLE app LOGIN PASSWORD 'app-password';
              CREATE TABLE t AS SELECT i, md5(i::text) AS m FROM generate_series(1, 1000) i;
-             GRANT SELECT ON t TO app;",
+             GRANT SELECT ON t TO app;
+             SELECT pg_switch_wal();",
         )
         .await
         .unwrap();
     }
+    // The old cluster has archived under the old name (its marker is there).
+    let pg_ref = &pg;
+    eventually(Duration::from_secs(60), "a segment of 15 archived", || {
+        let n = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(query_i64(
+                pg_ref,
+                "SELECT archived_count FROM pg_stat_archiver",
+            ))
+        });
+        if n > 0 {
+            Ok(())
+        } else {
+            Err("nothing archived yet".into())
+        }
+    });
     replica.stop();
     pg.stop();
 
@@ -355,4 +374,89 @@ fn a_killed_upgrade_is_undone_or_finished_at_the_next_start() {
     });
     assert!(pg.log().contains("upgrade complete"));
     pg.stop();
+}
+
+/// Under HA: refused unless paused; paused, the last leader upgrades and the other
+/// member, started first with the new binaries, waits for it and clones it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ha_cluster_is_upgraded_by_its_leader_and_the_replica_follows() {
+    let Some(old) = old_bindir() else { return };
+    let _turn = ha::one_at_a_time();
+    let etcd = Etcd::start();
+    let tmp = test_dir();
+    let mut members = ha::members_on(tmp.path(), &etcd.url(), None, &["n1", "n2"]);
+    for m in members.iter_mut() {
+        m.set("PGWARDEN_PG_BINDIR", old.display().to_string());
+    }
+    let leader = ha::bring_up(&mut members).await;
+    let replica = 1 - leader;
+
+    // Not paused: a member with the new binaries refuses to start, touching nothing.
+    ha::stop_member(&mut members[replica]);
+    to_new_major(&mut members[replica]);
+    members[replica].start();
+    assert!(!members[replica]
+        .wait_exit(Duration::from_secs(60))
+        .success());
+    assert!(members[replica].log().contains("pgwarden pause"));
+    assert_eq!(pg_version(&members[replica]), "15");
+
+    let (status, out) = members[leader].run_cli(&["pause"]);
+    assert!(status.success(), "{out}");
+    ha::stop_member(&mut members[leader]);
+    to_new_major(&mut members[leader]);
+    members[replica].start();
+    members[leader].start();
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(300),
+            "the leader runs the new major",
+            || match rt.block_on(ha::writable(&ha::addr(&members[leader]))) {
+                Some(true) => Ok(()),
+                other => Err(format!("{other:?}\n{}", ha::logs(&members))),
+            },
+        );
+        ha::wait_streaming(
+            &rt,
+            &members[leader],
+            &format!("n{}", replica + 1),
+            &members,
+        );
+    });
+    let major = |m: &Instance| {
+        let a = ha::addr(m);
+        async move {
+            let c = ha::client(&a.0, a.1).await?;
+            let v: String = c
+                .query_one("SHOW server_version_num", &[])
+                .await
+                .ok()?
+                .get(0);
+            v.parse::<u32>().ok().map(|v| v / 10_000)
+        }
+    };
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "the new major and the rows on both",
+            || {
+                let got: Vec<_> = members
+                    .iter()
+                    .map(|m| (rt.block_on(major(m)), rt.block_on(ha::count(m))))
+                    .collect();
+                let want = (Some(pg_major()), Some(100));
+                if got.iter().all(|g| *g == want) {
+                    Ok(())
+                } else {
+                    Err(format!("{got:?}"))
+                }
+            },
+        )
+    });
+    let (status, out) = members[leader].run_cli(&["resume"]);
+    assert!(status.success(), "{out}");
+    for i in [replica, leader] {
+        ha::stop_member(&mut members[i]);
+    }
 }

@@ -110,7 +110,8 @@ pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
             binaries: s.major_version,
             work,
             upgrade: s.upgrade.on,
-            replica: s.role == crate::settings::Role::Replica && s.ha.is_none(),
+            // With HA, the role is the one HA decided before (it follows a leader).
+            replica: s.role == crate::settings::Role::Replica,
         });
         match (plan.recover, &layout) {
             (Recover::Nothing, _) | (_, None) => {}
