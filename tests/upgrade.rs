@@ -286,8 +286,8 @@ fn a_failed_upgrade_leaves_the_old_cluster_as_it_was() {
     pg.stop();
 }
 
-/// Killed where link mode is most delicate (pg_upgrade done, the old pg_control
-/// renamed, nothing moved yet), the old cluster is put back and starts with the old
+/// A crashed old cluster is recovered first. Killed where link mode is most delicate
+/// (pg_upgrade done, the old pg_control renamed, nothing moved yet), the old cluster is put back and starts with the old
 /// binaries; killed half-way through the move, the next start finishes it; killed
 /// before the steps after the first start, they run at the next.
 #[test]
@@ -304,7 +304,9 @@ fn a_killed_upgrade_is_undone_or_finished_at_the_next_start() {
             .await
             .unwrap();
     });
-    pg.stop();
+    // The old cluster dies rather than stops: pg_upgrade needs a clean shutdown, which
+    // the upgrade makes first (its WAL replayed: the rows are there at the end).
+    pg.kill_pod();
 
     // 1. pg_upgrade has linked the files and renamed pg_control: killed there.
     to_new_major(&mut pg);
@@ -312,6 +314,9 @@ fn a_killed_upgrade_is_undone_or_finished_at_the_next_start() {
     pg.start();
     wait_paused(&pg, 1);
     pg.kill_pod();
+    assert!(pg
+        .log()
+        .contains("not shut down cleanly; replaying its WAL"));
     assert_eq!(marker_phase(&pg), "prepare");
     assert!(pg.pgdata.join("global/pg_control.old").exists());
     assert!(!pg.pgdata.join("global/pg_control").exists());
