@@ -156,10 +156,9 @@ where
 }
 
 async fn roll_back(s: &Settings, layout: &Layout) -> Result<()> {
-    let to = s.major_version.max(match state::read(layout)? {
-        Some(m) => m.to,
-        None => 0,
-    });
+    // The new major's tablespace directories go too: the marker names it (the
+    // binaries may be the old ones by now).
+    let to = state::read(layout)?.map_or(s.major_version, |m| m.to);
     // pg_upgrade's servers outlive a pgwarden killed with SIGKILL when pgwarden is not
     // PID 1; in a container they end with it.
     crate::bootstrap::stop_stale_postmaster(&layout.pgdata);
