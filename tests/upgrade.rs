@@ -128,19 +128,19 @@ async fn a_primary_and_its_replica_come_through_an_upgrade() {
         .unwrap();
     }
     // The old cluster has archived under the old name (its marker is there).
-    let pg_ref = &pg;
-    eventually(Duration::from_secs(60), "a segment of 15 archived", || {
-        let n = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(query_i64(
-                pg_ref,
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        eventually(
+            Duration::from_secs(60),
+            "a segment of 15 archived",
+            || match rt.block_on(query_i64(
+                &pg,
                 "SELECT archived_count FROM pg_stat_archiver",
-            ))
-        });
-        if n > 0 {
-            Ok(())
-        } else {
-            Err("nothing archived yet".into())
-        }
+            )) {
+                0 => Err("nothing archived yet".into()),
+                _ => Ok(()),
+            },
+        )
     });
     replica.stop();
     pg.stop();
@@ -170,20 +170,22 @@ async fn a_primary_and_its_replica_come_through_an_upgrade() {
 
     // What is left of the upgrade runs once it is up: the extension updated (as
     // update_extensions.sql says), statistics, the backup, the old cluster removed.
-    eventually(Duration::from_secs(240), "the upgrade finishes", || {
-        if work_dirs(&pg).is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "work directory still there; log tail: {}",
-                pg.log()
-                    .lines()
-                    .rev()
-                    .take(3)
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            ))
-        }
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(240), "the upgrade finishes", || {
+            if work_dirs(&pg).is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "work directory still there; log tail: {}",
+                    pg.log()
+                        .lines()
+                        .rev()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                ))
+            }
+        })
     });
     assert_eq!(
         query_i64(
