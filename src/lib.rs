@@ -26,5 +26,6 @@ pub mod run;
 pub mod settings;
 pub mod state;
 pub mod supervisor;
+pub mod upgrade;
 pub mod wal;
 pub mod wal_cli;

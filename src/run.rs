@@ -162,6 +162,11 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             h.abort();
         }
         done?;
+        // A clone of an upgraded primary archives under that cluster's server name.
+        let settings = match crate::upgrade::with_archive_name(&settings) {
+            Some(next) => Arc::new(next),
+            None => settings,
+        };
         anyhow::Ok(settings)
     };
     let (settings, rendered) = tokio::select! {
@@ -181,6 +186,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         }
     };
     let scheduled_backups = backups.clone();
+    let upgrade_backups = backups.clone();
     let mut control = http::control::router(ctl).merge(http::backup::router(backups));
     if settings.archive.is_some() || settings.restore.is_some() {
         let owner = settings.run_as.as_ref().map(|u| u.owner());
@@ -222,7 +228,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         crate::backup::scheduler::Scheduler {
             schedule,
             backups: scheduled_backups,
-            gate: scheduled_backup_gate(app),
+            gate: scheduled_backup_gate(app.clone()),
         }
         .spawn();
     }
@@ -252,6 +258,18 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             settings.pgdata.display()
         )
     })?;
+
+    // The upgraded cluster's first start is next: in link mode, from now on the old
+    // cluster can no longer be started. What is left of the upgrade runs once it is up.
+    crate::upgrade::mark_started(&settings)
+        .context("PGDATA: record the upgraded cluster's start")?;
+    crate::upgrade::after::After {
+        settings: settings.clone(),
+        runner: runner.clone(),
+        backups: upgrade_backups,
+        gate: scheduled_backup_gate(app),
+    }
+    .spawn();
 
     let ha = ha.map(|ha| {
         ha.spawn(

@@ -53,6 +53,9 @@ pub fn ensure_socket_dir(s: &Settings) -> Result<()> {
 /// Makes PGDATA hold a complete cluster: bootstraps it when needed, otherwise fixes its
 /// ownership and mode.
 pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
+    // An older major is upgraded (or an interrupted upgrade finished or undone) first:
+    // what follows sees a cluster of the binaries' major, or none.
+    crate::upgrade::ensure(s, runner).await?;
     let state = pgdata::inspect(&s.pgdata).context("PGDATA")?;
     match state {
         DataDirState::Initialized { version } => {
@@ -194,10 +197,11 @@ fn remove_leftover_staging(pgdata: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A bootstrap's temporary server outlives a pgwarden killed with SIGKILL when pgwarden
-/// is not PID 1 (in a container the kernel ends it with PID 1). Stop it before its
-/// directory is removed, but only if it really is a postgres serving that directory.
-fn stop_stale_postmaster(staging: &Path) {
+/// A bootstrap's temporary server (or one pg_upgrade started) outlives a pgwarden killed
+/// with SIGKILL when pgwarden is not PID 1 (in a container the kernel ends it with PID
+/// 1). Stop it before its directory is removed or changed, but only if it really is a
+/// postgres serving that directory.
+pub(crate) fn stop_stale_postmaster(staging: &Path) {
     let Some(pm) = pgdata::read_postmaster_pid(staging) else {
         return;
     };

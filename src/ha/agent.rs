@@ -6,6 +6,7 @@ mod peers;
 mod rejoin;
 mod switching;
 mod sync_leader;
+mod upgrade;
 
 use super::decide::{decide, Action, Me, Postgres, Rules};
 use super::etcd::EtcdStore;
@@ -122,6 +123,16 @@ impl Ha {
     pub async fn prepare(&mut self, s: &Settings) -> Result<Settings> {
         local::write_passfile(s)?;
         let state = crate::pgdata::inspect(&s.pgdata).context("PGDATA")?;
+        // A PGDATA to upgrade, or whose upgrade has not started the new cluster yet:
+        // only the last leader upgrades, the others clone it again.
+        let older = s.upgrade.on && state.version().is_some_and(|v| v < s.major_version);
+        let under_way = matches!(
+            crate::upgrade::find(&s.pgdata).context("PGDATA")?,
+            (Some(_), crate::upgrade::Work::Marked(m)) if m.phase <= crate::upgrade::state::Phase::Ready
+        );
+        if older || under_way {
+            return self.prepare_upgrade(s, under_way).await;
+        }
         let mut next = s.clone();
         if matches!(state, DataDirState::Initialized { .. }) {
             crate::replica::write_standby_signal(s, &s.pgdata)?;

@@ -15,6 +15,10 @@ pub struct ControlData {
     pub system_id: String,
     /// The newest timeline the control file mentions.
     pub timeline: u32,
+    /// "Data page checksum version" is not 0.
+    pub checksums: bool,
+    /// "Bytes per WAL segment".
+    pub wal_segment_size: Option<u64>,
 }
 
 impl ControlData {
@@ -33,9 +37,25 @@ pub async fn read(s: &Settings, runner: &Runner, data_dir: &Path) -> Result<Cont
     parse(&run(s, runner, data_dir).await?).context("pg_controldata printed something unexpected")
 }
 
+/// Runs the pg_controldata of `bindir` (another major's, for a cluster of that major)
+/// on `data_dir`.
+pub async fn read_with(
+    s: &Settings,
+    runner: &Runner,
+    bindir: &Path,
+    data_dir: &Path,
+) -> Result<ControlData> {
+    parse(&run_from(s, runner, bindir, data_dir).await?)
+        .context("pg_controldata printed something unexpected")
+}
+
 /// pg_controldata's output for `data_dir`, in the C locale.
 async fn run(s: &Settings, runner: &Runner, data_dir: &Path) -> Result<String> {
-    let mut cmd = Command::new(s.bin("pg_controldata"));
+    run_from(s, runner, &s.bindir, data_dir).await
+}
+
+async fn run_from(s: &Settings, runner: &Runner, bindir: &Path, data_dir: &Path) -> Result<String> {
+    let mut cmd = Command::new(bindir.join("pg_controldata"));
     cmd.arg(data_dir).env("LC_ALL", "C");
     run_as(&mut cmd, s.run_as.as_ref());
     let out = runner.output(&mut cmd, None).await?;
@@ -97,6 +117,8 @@ fn parse(text: &str) -> Option<ControlData> {
         state: field("Database cluster state")?,
         system_id: field("Database system identifier")?,
         timeline: checkpoint_tli.max(min_recovery_tli),
+        checksums: field("Data page checksum version").is_some_and(|v| v != "0"),
+        wal_segment_size: field("Bytes per WAL segment").and_then(|v| v.parse().ok()),
     })
 }
 
@@ -127,8 +149,11 @@ mod tests {
     fn parses_pg_controldata() {
         let text = "pg_control version number:            1300\nDatabase system identifier:           7312345678901234567\n\
                     Database cluster state:               shut down in recovery\nLatest checkpoint's TimeLineID:       1\n\
-                    Min recovery ending loc's timeline:   2\n";
+                    Min recovery ending loc's timeline:   2\nBytes per WAL segment:                16777216\n\
+                    Data page checksum version:           1\n";
         let c = parse(text).unwrap();
+        assert!(c.checksums);
+        assert_eq!(c.wal_segment_size, Some(16 << 20));
         assert_eq!(c.system_id, "7312345678901234567");
         assert_eq!(c.timeline, 2);
         assert!(c.was_standby());

@@ -109,6 +109,19 @@ async fn replication_command(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The major the primary runs (`SHOW server_version_num` over a replication
+/// connection): a replica of the old major waits for its primary's upgrade.
+pub async fn server_major(s: &Settings, runner: &Runner) -> Result<u32> {
+    let Some(conninfo) = s.primary_conninfo("replication") else {
+        bail!("PGWARDEN_PRIMARY_HOST is not set")
+    };
+    let text = replication_command(s, runner, &conninfo, "SHOW server_version_num").await?;
+    match text.trim().parse::<u32>() {
+        Ok(num) => Ok(num / 10_000),
+        Err(_) => bail!("unexpected server_version_num {:?}", text.trim()),
+    }
+}
+
 /// Makes sure our physical slot exists on the primary, creating it if it is gone.
 pub async fn ensure_slot(s: &Settings, runner: &Runner) -> Result<()> {
     let Some(conninfo) = s.primary_conninfo("replication") else {

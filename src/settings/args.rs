@@ -185,6 +185,10 @@ pub struct SettingsArgs {
     #[command(flatten)]
     pub ha: crate::ha::HaArgs,
 
+    /// Major upgrades at start (`PGWARDEN_UPGRADE=on`).
+    #[command(flatten)]
+    pub upgrade: crate::upgrade::UpgradeArgs,
+
     /// Bootstrap from a backup, and recovery targets.
     #[command(flatten)]
     pub restore: crate::backup::restore::RestoreArgs,

@@ -181,6 +181,8 @@ pub struct Settings {
     pub archive: Option<crate::wal::ArchiveConfig>,
     /// Automatic failover, when PGWARDEN_HA=etcd.
     pub ha: Option<crate::ha::HaConfig>,
+    /// Major upgrades at start.
+    pub upgrade: crate::upgrade::UpgradeConfig,
     /// The leader to stream from, as the HA loop chose it; it wins over
     /// PGWARDEN_PRIMARY_HOST, which HA mode leaves unset.
     pub upstream: crate::ha::upstream::Upstream,
@@ -347,22 +349,39 @@ impl Settings {
             )
         })?;
 
+        let mut upgrade = crate::upgrade::UpgradeConfig::from_args(&args.upgrade)
+            .map_err(|(setting, m)| invalid(setting, m))?;
         let data_state =
             pgdata::inspect(&args.pgdata).map_err(|e| invalid("PGDATA", e.to_string()))?;
-        let bindir = resolve_bindir(args.pg_bindir.as_deref(), data_state.version())?;
+        // To upgrade, the newest binaries, not those of PGDATA's major.
+        let prefer = if upgrade.on {
+            None
+        } else {
+            data_state.version()
+        };
+        let bindir = resolve_bindir(args.pg_bindir.as_deref(), prefer)?;
         let major_version = binaries_major(&bindir)?;
-        if let Some(v) = data_state.version() {
-            if v != major_version {
-                return Err(invalid(
-                    "PGDATA",
-                    format!(
-                        "{} holds a PostgreSQL {v} cluster but the binaries in {} are PostgreSQL {major_version}; \
-                         point PGWARDEN_PG_BINDIR at PostgreSQL {v} binaries, or upgrade the cluster with pg_upgrade",
-                        args.pgdata.display(),
-                        bindir.display()
-                    ),
-                ));
+        let (_, work) = crate::upgrade::find(&args.pgdata)
+            .map_err(|e| invalid("PGDATA", format!("an upgrade's work directory: {e}")))?;
+        let plan = crate::upgrade::decide(&crate::upgrade::Found {
+            pgdata: &args.pgdata,
+            data: data_state.version(),
+            bindir: &bindir,
+            binaries: major_version,
+            work,
+            upgrade: upgrade.on,
+            replica: role == Role::Replica && args.ha.ha != "etcd",
+        });
+        match &plan.then {
+            crate::upgrade::Then::Refuse(why) => return Err(invalid("PGDATA", why.clone())),
+            crate::upgrade::Then::Upgrade { from, .. } => {
+                upgrade.resolved_old_bindir = Some(
+                    upgrade
+                        .resolve_old_bindir(*from)
+                        .map_err(|(setting, m)| invalid(setting, m))?,
+                );
             }
+            _ => {}
         }
         if let DataDirState::Foreign(entries) = &data_state {
             return Err(invalid(
@@ -410,8 +429,16 @@ impl Settings {
         let allowed_networks = hba::parse_networks(&args.allowed_network)
             .map_err(|e| invalid("PGWARDEN_ALLOWED_NETWORK", e))?;
 
-        let archive = crate::wal::ArchiveConfig::from_args(&args.archive, &name)
+        let mut archive = crate::wal::ArchiveConfig::from_args(&args.archive, &name)
             .map_err(|(setting, m)| invalid(setting, m))?;
+        if let Some(a) = archive.as_mut() {
+            // An upgraded cluster (or one about to be) has a system identifier of its
+            // own: it archives under a server name of its own.
+            a.server = crate::upgrade::archive_server(
+                &a.configured_server,
+                crate::upgrade::upgraded_major(&plan, &args.pgdata),
+            );
+        }
         let ha = crate::ha::HaConfig::from_args(&args.ha, &host_name)
             .map_err(|(setting, m)| invalid(setting, m))?;
         let restore = crate::backup::restore::RestoreConfig::from_args(
@@ -555,6 +582,7 @@ impl Settings {
             data_state,
             archive,
             ha,
+            upgrade,
             upstream: Default::default(),
             sync_named: Default::default(),
             restore,

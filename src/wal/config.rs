@@ -63,6 +63,9 @@ pub struct ArchiveConfig {
     pub codec: Codec,
     /// Server name in the archive.
     pub server: String,
+    /// The server name as configured (`PGWARDEN_ARCHIVE_NAME`, else the instance
+    /// name): `server` is this with `-pg<major>` once the cluster was upgraded.
+    pub configured_server: String,
     /// Retry budget.
     pub timeout: Duration,
     /// S3 SSE.
@@ -140,6 +143,7 @@ impl ArchiveConfig {
             url,
             location,
             codec,
+            configured_server: server.clone(),
             server,
             timeout: Duration::from_secs(a.archive_timeout.max(1)),
             sse: s3::Sse {

@@ -129,6 +129,18 @@ pub fn inner_pid(pg: &Instance) -> i32 {
     children.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// Stops a member as a pod deletion does (SIGTERM to pgwarden inside its namespace)
+/// and waits for its clean exit.
+pub fn stop_member(pg: &mut Instance) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(inner_pid(pg)),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = pg.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", pg.log());
+}
+
 /// Whether postgres at `a` accepts writes, or `None` when it does not answer.
 pub async fn writable(a: &Addr) -> Option<bool> {
     let client = client(&a.0, a.1).await?;

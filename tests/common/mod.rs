@@ -422,6 +422,44 @@ impl Instance {
         }
     }
 
+    /// The pod dies: pgwarden and every postgres process at once (a backend that
+    /// notices its postmaster's death late would hold the shared memory meanwhile, and
+    /// the next start would refuse it). Waits until they are all gone.
+    pub fn kill_pod(&mut self) {
+        let postmaster = self.postmaster_pid();
+        let children: Vec<i32> = match postmaster {
+            Some(pm) => std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .ok()
+                        .and_then(|s| {
+                            let rest = &s[s.rfind(')')? + 1..];
+                            rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                        })
+                        == Some(pm)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        self.kill_hard();
+        let all: Vec<i32> = postmaster.into_iter().chain(children).collect();
+        for pid in &all {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        eventually(Duration::from_secs(30), "postgres gone", || {
+            match all
+                .iter()
+                .find(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            {
+                Some(pid) => Err(format!("{pid} still there")),
+                None => Ok(()),
+            }
+        });
+    }
+
     /// The postmaster's pid from postmaster.pid.
     pub fn postmaster_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
@@ -488,6 +526,14 @@ impl Drop for Instance {
         self.kill_hard();
         Self::kill_postmaster_in(&self.pgdata);
         Self::kill_postmaster_in(&self.pgdata.join(".pgwarden-staging"));
+        // The new cluster of an upgrade, where pg_upgrade runs servers too.
+        Self::kill_postmaster_in(&pgwarden::upgrade::state::beside(&self.pgdata).join("new"));
+        Self::kill_postmaster_in(
+            &self
+                .pgdata
+                .join(pgwarden::upgrade::state::INSIDE)
+                .join("new"),
+        );
     }
 }
 
