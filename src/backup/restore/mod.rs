@@ -95,14 +95,28 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
     std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
     let started = std::time::Instant::now();
     let mut stored = 0u64;
-    let recorded = recorded_sha256(&b);
-    for (key, compression) in &objects {
-        let (sha, size) = extract::extract(&storage, key, *compression, staging).await?;
-        stored += size;
-        let name = key.rsplit('/').next().unwrap_or(key);
-        if recorded.get(name).is_some_and(|want| *want != sha) {
-            bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with PGWARDEN_RESTORE_BACKUP_ID");
-        }
+    // The parts hold disjoint files (a file never spans parts): they are fetched,
+    // decompressed and written concurrently, PGWARDEN_BACKUP_JOBS at a time.
+    let recorded = std::sync::Arc::new(recorded_sha256(&b));
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(s.backups.jobs.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (key, compression) in objects {
+        let (storage, recorded, limit) = (storage.clone(), recorded.clone(), limit.clone());
+        let staging = staging.to_path_buf();
+        tasks.spawn(async move {
+            let _slot = limit.acquire_owned().await?;
+            let (sha, size) = extract::extract(&storage, &key, compression, &staging).await?;
+            let name = key.rsplit('/').next().unwrap_or(&key);
+            if recorded.get(name).is_some_and(|want| *want != sha) {
+                bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with PGWARDEN_RESTORE_BACKUP_ID");
+            }
+            anyhow::Ok(size)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        // The first failure stops the others (dropping the set aborts them); the
+        // staging directory is discarded by the caller.
+        stored += done.context("an extraction task")??;
     }
     info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
     // Before prepare(), which removes files the manifest lists.
