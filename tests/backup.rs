@@ -196,40 +196,9 @@ async fn a_killed_backup_is_never_listed_and_the_next_one_succeeds() {
             other => Err(format!("{other:?}")),
         }
     });
-    // The pod dies: pgwarden, postgres (every process of it: a walsender busy with a
-    // base backup notices its postmaster's death late, and holds the shared memory
-    // meanwhile) and pg_basebackup at once.
-    let postmaster = pg.postmaster_pid().unwrap();
-    let children: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = &s[s.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
-                == Some(postmaster)
-        })
-        .collect();
-    pg.kill_hard();
-    for pid in std::iter::once(postmaster).chain(children.iter().copied()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
+    // The pod dies: pgwarden (and the backup it runs) and every postgres process.
+    pg.kill_pod();
     let _ = running.wait();
-    eventually(
-        Duration::from_secs(30),
-        "postgres gone",
-        || match std::iter::once(postmaster)
-            .chain(children.iter().copied())
-            .find(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
-        {
-            Some(pid) => Err(format!("{pid} still there")),
-            None => Ok(()),
-        },
-    );
     pg.start().wait_ready();
     assert!(
         listed(&pg).is_empty(),
