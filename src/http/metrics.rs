@@ -295,8 +295,14 @@ pub fn registry(app: &AppState) -> Registry {
         gauge(
             &r,
             "pgwarden_backup_streamed_bytes",
-            "Bytes of the running base backup read from postgres so far",
+            "Bytes of the running base backup read from PGDATA so far",
             run.bytes as f64,
+        );
+        gauge(
+            &r,
+            "pgwarden_backup_total_bytes",
+            "Bytes the running base backup reads in all",
+            run.total_bytes as f64,
         );
     }
     if let Some(last) = &backup.last {

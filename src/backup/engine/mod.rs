@@ -56,10 +56,19 @@ pub struct Job<'a> {
     pub compression: BackupCompression,
     /// Workers copying files.
     pub jobs: usize,
-    /// Bytes read so far, for `/status`.
-    pub progress: Arc<AtomicU64>,
+    /// Bytes read so far and bytes to read, for `/status`.
+    pub progress: Arc<Progress>,
     /// Runs the processes the engine needs.
     pub runner: &'a crate::process::Runner,
+}
+
+/// How far a backup is.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes of PGDATA read.
+    pub done: AtomicU64,
+    /// Bytes to read (known once PGDATA is listed).
+    pub total: AtomicU64,
 }
 
 /// A data object written.
@@ -123,7 +132,7 @@ struct Shared {
     files: Mutex<Vec<manifest::File>>,
     bad_pages: Mutex<(usize, Vec<String>)>,
     failed: AtomicBool,
-    progress: Arc<AtomicU64>,
+    progress: Arc<Progress>,
     /// Page checksums are verified (the cluster has them).
     verify_pages: bool,
     start_lsn: u64,
@@ -174,6 +183,9 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
     let (dirs, mut files): (Vec<walk::Entry>, Vec<walk::Entry>) =
         entries.into_iter().partition(|e| e.dir);
     files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    job.progress
+        .total
+        .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     let shared = Arc::new(Shared {
         queue: Mutex::new(files.into()),
         next_part: AtomicU32::new(0),
@@ -315,7 +327,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         end,
         timeline,
         parts: parts.into_iter().map(|(_, p)| p).collect(),
-        bytes: shared.progress.load(Ordering::Relaxed),
+        bytes: shared.progress.done.load(Ordering::Relaxed),
     })
 }
 
@@ -626,6 +638,7 @@ impl FileReader<'_> {
         self.offset += want as u64;
         self.shared
             .progress
+            .done
             .fetch_add(want as u64, Ordering::Relaxed);
         self.have = want;
         self.served = 0;
