@@ -480,6 +480,12 @@ fn drill_metrics(r: &Registry, d: &crate::drill::DrillStatus) {
             "1 when the last restore drill failed",
             f64::from(u8::from(!last.ok)),
         );
+        gauge(
+            r,
+            "pgwarden_drill_last_end_timestamp_seconds",
+            "When the last restore drill ended, well or not",
+            last.ended_unix,
+        );
     }
     counter(
         r,
