@@ -6,6 +6,8 @@
 //! key on a real etcd.
 
 mod common;
+#[path = "common/ha.rs"]
+mod ha;
 
 use common::wal::*;
 use common::*;
@@ -197,6 +199,55 @@ async fn a_drill_proves_a_backup_reports_failures_and_leaves_nothing_behind() {
     // Stopping pgwarden stops a drill under way and removes what it made.
     pg.stop();
     assert_eq!(entries(&dir), ["last-drill.json"], "{}", pg.log());
+}
+
+// Each test has a runtime of its own; the HA tests' turn is held across its awaits.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ha_a_replica_runs_the_scheduled_drills() {
+    let _turn = ha::one_at_a_time();
+    let tmp = test_dir();
+    let store = Store::fs();
+    let etcd = common::etcd::Etcd::start();
+    let mut members = ha::members_on(tmp.path(), &etcd.url(), None, &["n1", "n2"]);
+    for m in members.iter_mut() {
+        store.configure(m, "c");
+        m.set("PGWARDEN_DRILL_SCHEDULE", "* * * * *");
+    }
+    let primary = ha::bring_up(&mut members).await;
+    let replica = 1 - primary;
+    take_backup(&members[primary]);
+    let last = eventually(
+        Duration::from_secs(300),
+        "a scheduled drill on the replica",
+        || {
+            let st = members[replica].status().drill.ok_or("no drill section")?;
+            match st.record.last_success.clone() {
+                Some(l) if l.trigger == "schedule" => Ok(l),
+                _ => Err(format!(
+                    "{st:?}\n{}",
+                    members[replica]
+                        .log()
+                        .lines()
+                        .filter(|l| l.contains("drill"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )),
+            }
+        },
+    );
+    assert!(last.recovered_to.is_some(), "{last:?}");
+    let st = members[primary].status().drill.expect("/status has drill");
+    assert!(
+        st.record.last.is_none(),
+        "the primary never drilled: {st:?}"
+    );
+    assert!(
+        st.waiting.as_deref().is_some_and(|w| w.contains("primary")),
+        "the primary says why it leaves it: {st:?}"
+    );
+    // The members go with the test: each is PID 1 of a namespace that dropping it kills,
+    // drills and all.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,14 +135,24 @@ pub async fn drill(
     let dir = s.drill.dir.clone();
     let owner = s.run_as.as_ref().map(|u| u.owner());
     crate::fsutil::ensure_dir(&dir, 0o700, owner).map_err(|e| NotRun::Dir(e.to_string()))?;
-    let opened =
+    let mut opened =
         std::fs::File::open(&dir).map_err(|e| NotRun::Dir(format!("{}: {e}", dir.display())))?;
-    let lock = match lock(opened) {
-        Ok(l) => l,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-            return Err(NotRun::Busy(dir.display().to_string()))
+    // A `/status` or a scrape probes the lock for an instant ([`locked_elsewhere`]):
+    // only a lock held for a second is another drill's.
+    let mut tries = 0;
+    let lock = loop {
+        match lock(opened) {
+            Ok(l) => break l,
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if tries < 10 => {
+                opened = f;
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(NotRun::Busy(dir.display().to_string()))
+            }
+            Err((_, e)) => return Err(NotRun::Dir(format!("lock {}: {e}", dir.display()))),
         }
-        Err((_, e)) => return Err(NotRun::Dir(format!("lock {}: {e}", dir.display()))),
     };
     // Holding the lock: whatever is in the scratch directory is an interrupted drill's.
     remove_scratch(&dir).await.map_err(NotRun::Dir)?;

@@ -118,7 +118,10 @@ impl Scheduler {
             },
             None => None,
         };
+        let started = SystemTime::now();
         let mut skipped: Option<SystemTime> = None;
+        // Why the last due drill did not run here, shown until one does.
+        let mut note: Option<String> = None;
         while !cancel.is_cancelled() {
             let now = SystemTime::now();
             let own = self
@@ -132,11 +135,17 @@ impl Scheduler {
                 None => None,
             };
             let last = own.max(cluster).max(skipped);
-            let due = self.schedule.next(now, last);
+            // With no drill yet, a cron schedule counts from the scheduler's start:
+            // from `now` its next time would move on with every wake-up.
+            let base = match (&self.schedule, last) {
+                (Schedule::Cron(_), None) => Some(started),
+                _ => last,
+            };
+            let due = self.schedule.next(now, base);
             let next = Some(civil::rfc3339(due));
             if let Ok(wait) = due.duration_since(now) {
                 if !wait.is_zero() {
-                    self.tracker.set_schedule(next, None);
+                    self.tracker.set_schedule(next, note.clone());
                     tokio::select! {
                         _ = tokio::time::sleep(wait.min(LONGEST_SLEEP)) => {}
                         _ = cancel.cancelled() => return,
@@ -166,7 +175,7 @@ impl Scheduler {
                 }
                 Turn::Skip(why) => {
                     info!(reason = %why, "a scheduled drill is due; another member runs it");
-                    self.tracker.set_schedule(next, Some(why));
+                    note = Some(why);
                     skipped = Some(now);
                     continue;
                 }
@@ -177,7 +186,7 @@ impl Scheduler {
                     Ok(Err(holder)) => {
                         let why = format!("member {holder} is running the cluster's drill");
                         info!(reason = %why, "a scheduled drill is due; skipped");
-                        self.tracker.set_schedule(next, Some(why));
+                        note = Some(why);
                         skipped = Some(now);
                         continue;
                     }
@@ -188,6 +197,7 @@ impl Scheduler {
                 },
                 None => None,
             };
+            note = None;
             self.tracker.set_schedule(next, None);
             let req = Request {
                 backup_id: None,
@@ -226,11 +236,13 @@ impl Scheduler {
                 Err(NotRun::Busy(d)) => {
                     // A `pgwarden restore-drill` holds the directory: it counts.
                     info!(dir = %d, "a scheduled drill is due but one is already running here; skipped");
+                    note = Some(format!("a drill was already running in {d}"));
                     skipped = Some(now);
                 }
                 Err(NotRun::Interrupted) => return,
                 Err(e) => {
                     tracing::error!(error = %e, "a scheduled drill could not run");
+                    note = Some(e.to_string());
                     skipped = Some(now);
                 }
             }
