@@ -132,6 +132,8 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     }
     info!(addr = %settings.http_addr, name = %settings.name, role = %settings.role, "pgwarden is up");
 
+    let drill_dir = settings.drill.dir.clone();
+    tokio::spawn(async move { crate::drill::clear_stale(&drill_dir).await });
     bootstrap::ensure_socket_dir(&settings)?;
     replica::write_passfile(&settings)?;
     let mut ha = match &settings.ha {

@@ -347,6 +347,26 @@ async fn watch_room(dir: &Path) -> String {
     }
 }
 
+/// Removes what a drill killed half-way (a `pgwarden restore-drill` whose terminal
+/// went, a pgwarden killed with SIGKILL) left in `dir`, its server too, unless a drill
+/// runs there now. `pgwarden run` calls it at start, so that a leftover server does
+/// not hold memory until the next drill.
+pub async fn clear_stale(dir: &Path) {
+    if !config::data_dir(dir).exists() && !config::run_dir(dir).exists() {
+        return;
+    }
+    let Ok(opened) = std::fs::File::open(dir) else {
+        return;
+    };
+    let Ok(_held) = lock(opened) else {
+        return;
+    };
+    warn!(dir = %dir.display(), "removing what an interrupted restore drill left");
+    if let Err(e) = remove_scratch(dir).await {
+        warn!(error = %e, "cannot remove what an interrupted restore drill left; the next drill tries again");
+    }
+}
+
 /// Removes what a drill makes in `dir` (its cluster and its socket directory), after
 /// stopping a server an interrupted drill left running there.
 async fn remove_scratch(dir: &Path) -> Result<(), String> {
