@@ -1,5 +1,6 @@
-//! Bootstrapping an empty PGDATA from a base backup in an archive
-//! (`PGWARDEN_RESTORE_URL`), to a point in time or to the end of the archive.
+//! Restoring a base backup from an archive, to a point in time or to the end of the
+//! archive: the bootstrap of an empty PGDATA (`PGWARDEN_RESTORE_URL`), and the scratch
+//! copy of a restore drill ([`crate::drill`]), through the same [`plan`] and [`build`].
 //!
 //! 1. Choose the backup ([`choose`]) and check, before anything is written, that it is
 //!    of this PostgreSQL major version, of the cluster whose WAL the archive holds, and
