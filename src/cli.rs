@@ -55,6 +55,10 @@ pub enum Command {
     /// Check that every WAL segment from the oldest backup to the newest archived
     /// segment is in the archive, across timelines; exit 1 when one is missing.
     WalVerify(BackupListArgs),
+    /// Restore a backup into a scratch directory beside PGDATA (PGWARDEN_DRILL_DIR),
+    /// recover it with a postgres of its own, check it (pg_amcheck, PGWARDEN_DRILL_SQL),
+    /// report, and remove it all; exit 1 when the drill fails, naming why.
+    RestoreDrill(RestoreDrillArgs),
     /// The official image's form: `run` with `-c name=value` (or `--name=value`) settings
     /// added to the user layer. Settings come from the environment only.
     Postgres(PostgresArgs),
@@ -87,6 +91,24 @@ pub struct BackupListArgs {
     #[command(flatten)]
     pub client: crate::wal_cli::WalClientArgs,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `restore-drill`.
+#[derive(Args, Debug, Clone)]
+pub struct RestoreDrillArgs {
+    /// Every setting of `run`, from the environment as the running instance has them.
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// The backup to restore (default: the latest that ends before the target).
+    #[arg(long, value_name = "ID")]
+    pub backup_id: Option<String>,
+    /// Recover up to this time (with a time zone, as `2026-11-24 08:00:00+00`) instead
+    /// of to the end of the archive.
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -184,6 +206,9 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Run(a) => identity_for_children(&a.socket_dir, &a.pgdata),
         // `config` writes nothing where `run` would: the temp dir only.
         Command::Config(a) => identity_for_children(&std::env::temp_dir(), &a.pgdata),
+        Command::RestoreDrill(a) => {
+            identity_for_children(&std::env::temp_dir(), &a.settings.pgdata)
+        }
         Command::Postgres(_) => {
             let env =
                 |k: &str, d: &str| PathBuf::from(std::env::var(k).unwrap_or_else(|_| d.to_owned()));
@@ -249,6 +274,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::BackupList(args) => runtime.block_on(backup_list(&args)),
         Command::BackupDelete(args) => runtime.block_on(backup_delete(&args)),
         Command::WalVerify(args) => runtime.block_on(wal_verify(&args)),
+        Command::RestoreDrill(args) => runtime.block_on(restore_drill(&args)),
         Command::WalArchive(args) => runtime.block_on(crate::wal_cli::wal_archive(&args)),
         Command::WalRestore(args) => runtime.block_on(crate::wal_cli::wal_restore(&args)),
         Command::HaDeadman(args) => crate::ha::deadman::main(&args),
@@ -469,6 +495,76 @@ async fn wal_verify(args: &BackupListArgs) -> i32 {
             eprintln!("pgwarden: wal-verify: {e:#}");
             2
         }
+    }
+}
+
+/// `restore-drill`: a drill in this process, recorded where the running pgwarden's
+/// `/status` reads it. Exit 0 when it succeeded, 1 when it failed (the reason on
+/// stderr), 2 when it could not run (bad arguments or settings, another drill).
+async fn restore_drill(args: &RestoreDrillArgs) -> i32 {
+    use crate::backup::restore::{config, RecoveryTarget};
+    use crate::drill::{self, Request, Trigger};
+    let refuse = |e: &dyn std::fmt::Display| {
+        eprintln!("pgwarden: restore-drill: {e}; nothing was restored");
+        2
+    };
+    if let Some(id) = &args.backup_id {
+        if !config::is_backup_id(id) {
+            return refuse(&format!(
+                "--backup-id: {id:?} is not a backup id (YYYYmmddTHHMMSS, as `pgwarden backup-list` shows)"
+            ));
+        }
+    }
+    let target = match args.target_time.as_deref() {
+        None => RecoveryTarget::End,
+        Some(t) => match config::parse_target("PGWARDEN_RECOVERY_TARGET_TIME", t) {
+            Ok(t) => t,
+            Err((_, m)) => return refuse(&format!("--target-time: {m}")),
+        },
+    };
+    let s = match Settings::load(&args.settings) {
+        Ok(s) => s,
+        Err(e) => return refuse(&e),
+    };
+    let req = Request {
+        backup_id: args.backup_id.clone(),
+        target,
+        trigger: Trigger::Command,
+    };
+    // Ctrl-C or a SIGTERM stops the drill and still removes what it made.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        on_signal.cancel();
+    });
+    match drill::drill(&s, &req, &Runner::Direct, &cancel, None).await {
+        Ok(r) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", drill::render(&r));
+            }
+            if let Some(e) = &r.error {
+                eprintln!("pgwarden: restore-drill: {e}");
+            }
+            i32::from(!r.ok)
+        }
+        Err(drill::NotRun::Interrupted) => {
+            eprintln!("pgwarden: restore-drill: interrupted; what it made is removed");
+            1
+        }
+        Err(e) => refuse(&e),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod bootstrap;
 pub mod cli;
 pub mod db;
+pub mod drill;
 pub mod entrypoint;
 pub mod fsutil;
 pub mod ha;

@@ -19,24 +19,46 @@ pub const POSTGRES_TARGET: &str = "postgres";
 /// Whether the installed subscriber writes JSON (set once by [`init`]).
 static JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
-/// Installs the global subscriber. `PGWARDEN_LOG` (or `RUST_LOG`) sets the filter;
-/// `PGWARDEN_LOG_FORMAT=json|text` overrides the terminal detection.
+/// Installs the global subscriber, writing to stdout. `PGWARDEN_LOG` (or `RUST_LOG`)
+/// sets the filter; `PGWARDEN_LOG_FORMAT=json|text` overrides the terminal detection.
 pub fn init() {
+    init_to(false);
+}
+
+/// [`init`], writing to stderr: for a command whose stdout is its result (`pgwarden
+/// restore-drill --json`), which the log must not mix into.
+pub fn init_stderr() {
+    init_to(true);
+}
+
+fn init_to(stderr: bool) {
+    let out = move || -> Box<dyn std::io::Write> {
+        if stderr {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        }
+    };
+    let terminal = if stderr {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
     let filter = std::env::var("PGWARDEN_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned());
     let json = match std::env::var("PGWARDEN_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,
-        _ => !std::io::stdout().is_terminal(),
+        _ => !terminal,
     };
     // Colour only for a person at a terminal: escape codes in a file or a log
     // collector are noise, and NO_COLOR (no-color.org) turns them off anywhere.
-    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let ansi = terminal && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_ansi(ansi)
-        .with_writer(std::io::stdout);
+        .with_writer(out);
     let _ = JSON.set(json);
     let result = if json {
         builder.event_format(JsonLines).try_init()
@@ -191,7 +213,7 @@ pub const CHILD_RECORD: &str = "child_record";
 
 /// A pgwarden record written by a child of postgres: a JSON object whose `logger` is
 /// `pgwarden`, and its level.
-fn child_record(line: &str) -> Option<(Map<String, Value>, tracing::Level)> {
+pub fn child_record(line: &str) -> Option<(Map<String, Value>, tracing::Level)> {
     if !line.starts_with('{') {
         return None;
     }

@@ -79,8 +79,13 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         status: backup_status.clone(),
         one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
     };
+    let drills = Arc::new(crate::drill::Tracker::new(
+        &settings.drill.dir,
+        settings.drill.schedule_text.clone(),
+    ));
     let app = AppState {
         backup: backup_status,
+        drill: drills.clone(),
         daemon: daemon_rx,
         sup: status_rx.clone(),
         snap: monitor::spawn(settings.clone(), status_rx),
@@ -127,6 +132,8 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     }
     info!(addr = %settings.http_addr, name = %settings.name, role = %settings.role, "pgwarden is up");
 
+    let drill_dir = settings.drill.dir.clone();
+    tokio::spawn(async move { crate::drill::clear_stale(&drill_dir).await });
     bootstrap::ensure_socket_dir(&settings)?;
     replica::write_passfile(&settings)?;
     let mut ha = match &settings.ha {
@@ -232,6 +239,22 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         }
         .spawn();
     }
+    let drill_task = settings.drill.schedule.clone().map(|schedule| {
+        info!(
+            schedule = settings.drill.schedule_text.as_deref().unwrap_or_default(),
+            dir = %settings.drill.dir.display(),
+            "scheduled restore drills on"
+        );
+        crate::drill::scheduler::Scheduler {
+            schedule,
+            settings: settings.clone(),
+            runner: runner.clone(),
+            tracker: drills,
+            local: drill_role(app.clone()),
+            supervisor: status_tx.subscribe(),
+        }
+        .spawn()
+    });
     // A base backup of an adopted primary brings its .orig files: a replica must run with
     // the same settings (a hot standby refuses a lower max_connections, for one).
     let (settings, rendered) = match settle(&settings, &runner).await? {
@@ -290,6 +313,16 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         refused: None,
     };
     let code = sup.run(&mut signals).await;
+    // A drill under way stopped when the shutdown began: let it finish removing what
+    // it made, within a bound (the next drill removes what is left).
+    if let Some(task) = drill_task {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            warn!("the restore drill under way did not finish its clean-up in time; the next drill does");
+        }
+    }
     // postgres has stopped: only now may the leader key go to another member.
     if let Some(ha) = ha {
         ha.retire().await;
@@ -309,6 +342,15 @@ fn scheduled_backup_gate(app: AppState) -> crate::backup::scheduler::Gate {
                 "this instance is a replica; the primary takes the scheduled backups".to_owned(),
             ),
         }
+    })
+}
+
+/// The role a drill sees this instance in: the one it runs as, while ready in it.
+fn drill_role(app: AppState) -> crate::drill::scheduler::Local {
+    Arc::new(move || {
+        let (sup, snap) = app.view();
+        http::readiness(&sup, &snap, &app.instance).ok()?;
+        Some(http::effective_role(&snap, &app.instance))
     })
 }
 

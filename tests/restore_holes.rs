@@ -8,61 +8,8 @@ mod common;
 
 use common::wal::*;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-/// `pgwarden backup` on `pg`; returns the backup's JSON.
-fn backup(pg: &Instance) -> serde_json::Value {
-    let (code, out) = pg.run_cli(&["backup"]);
-    assert!(code.success(), "backup failed: {out}");
-    serde_json::from_str(out.trim()).unwrap()
-}
-
-/// The archived object of segment `seg` of server `server` in the volume `root`.
-fn archived(root: &Path, server: &str, seg: &str) -> PathBuf {
-    let dir = root.join(server).join("wals").join(&seg[..16]);
-    std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name == seg
-                || (name.starts_with(&format!("{seg}."))
-                    && !name.contains(".backup")
-                    && !name.ends_with(".sha256"))
-        })
-        .unwrap_or_else(|| panic!("{seg} is not in {}", dir.display()))
-}
-
-fn root(store: &Store) -> &Path {
-    match store {
-        Store::Fs(d) => d.path(),
-        Store::S3(_) => unreachable!("these tests use a volume"),
-    }
-}
-
-/// A primary archiving to a volume with a backup and then `n` more segments, each with
-/// 100 more rows of `t`; returns it and the segments archived after the backup.
-async fn source(tmp: &Path, store: &Store, n: usize) -> (Instance, serde_json::Value, Vec<String>) {
-    let pg = gzip_primary(tmp, store, "src", "");
-    create_t(&pg, 1000).await;
-    let info = backup(&pg);
-    let mut segs = Vec::new();
-    for i in 0..n as i64 {
-        pg.connect()
-            .await
-            .batch_execute(&format!(
-                "INSERT INTO t SELECT g FROM generate_series({}, {}) g",
-                1001 + i * 100,
-                1000 + (i + 1) * 100
-            ))
-            .await
-            .unwrap();
-        segs.push(switch_and_wait_archived(&pg).await);
-    }
-    (pg, info, segs)
-}
 
 fn restored(tmp: &Path, store: &Store) -> Instance {
     let mut pg = Instance::primary(tmp, "restored");
@@ -75,10 +22,10 @@ fn restored(tmp: &Path, store: &Store) -> Instance {
 async fn a_hole_in_the_archive_stops_a_restore_to_its_end_naming_the_segment() {
     let tmp = test_dir();
     let store = Store::fs();
-    let (_src, _, segs) = source(tmp.path(), &store, 4).await;
+    let (_src, _, segs) = backup_then_segments(tmp.path(), &store, 4).await;
     // The second segment after the backup goes: later ones are still there.
     let hole = segs[1].clone();
-    std::fs::remove_file(archived(root(&store), "src", &hole)).unwrap();
+    std::fs::remove_file(archived(store.root(), "src", &hole)).unwrap();
     let mut pg = restored(tmp.path(), &store);
     pg.start();
     let status = pg.wait_exit(Duration::from_secs(120));
@@ -100,9 +47,9 @@ async fn a_hole_in_the_archive_stops_a_restore_to_its_end_naming_the_segment() {
 async fn a_segment_in_a_codec_pgwarden_cannot_read_is_an_error_not_the_end() {
     let tmp = test_dir();
     let store = Store::fs();
-    let (_src, _, segs) = source(tmp.path(), &store, 3).await;
+    let (_src, _, segs) = backup_then_segments(tmp.path(), &store, 3).await;
     let seg = segs[1].clone();
-    let object = archived(root(&store), "src", &seg);
+    let object = archived(store.root(), "src", &seg);
     let bz2 = object.with_file_name(format!("{seg}.bz2"));
     std::fs::rename(&object, &bz2).unwrap();
     let mut pg = restored(tmp.path(), &store);
@@ -127,11 +74,11 @@ async fn a_segment_in_a_codec_pgwarden_cannot_read_is_an_error_not_the_end() {
 async fn a_backups_first_segment_missing_behind_its_backup_file_is_refused_up_front() {
     let tmp = test_dir();
     let store = Store::fs();
-    let (_src, info, _) = source(tmp.path(), &store, 1).await;
+    let (_src, info, _) = backup_then_segments(tmp.path(), &store, 1).await;
     let begin = info["begin_wal"].as_str().unwrap().to_owned();
     // `<begin_wal>.<offset>.backup` stays; the segment itself goes.
-    std::fs::remove_file(archived(root(&store), "src", &begin)).unwrap();
-    let dir = root(&store).join("src/wals").join(&begin[..16]);
+    std::fs::remove_file(archived(store.root(), "src", &begin)).unwrap();
+    let dir = store.root().join("src/wals").join(&begin[..16]);
     let names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()

@@ -197,10 +197,10 @@ fn remove_leftover_staging(pgdata: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A bootstrap's temporary server (or one pg_upgrade started) outlives a pgwarden killed
-/// with SIGKILL when pgwarden is not PID 1 (in a container the kernel ends it with PID
-/// 1). Stop it before its directory is removed or changed, but only if it really is a
-/// postgres serving that directory.
+/// A bootstrap's temporary server (or one pg_upgrade started, or a restore drill's)
+/// outlives a pgwarden killed with SIGKILL when pgwarden is not PID 1 (in a container
+/// the kernel ends it with PID 1). Stop it before its directory is removed or changed,
+/// but only if it really is a postgres serving that directory.
 pub(crate) fn stop_stale_postmaster(staging: &Path) {
     let Some(pm) = pgdata::read_postmaster_pid(staging) else {
         return;

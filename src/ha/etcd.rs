@@ -152,6 +152,76 @@ impl EtcdStore {
     }
 }
 
+/// Cluster-wide jobs (a scheduled restore drill): `jobs/<job>` names the member running
+/// one, bound to a lease of the job's own, so that it goes when that member does;
+/// `jobs/<job>/last` records the last run for every member's schedule.
+impl EtcdStore {
+    /// Creates `jobs/<job>` naming `holder`, bound to `lease`, unless it exists. Returns
+    /// the holder now: `holder` when this call (or an earlier attempt of it whose
+    /// answer was lost) won.
+    pub async fn acquire_job(
+        &self,
+        job: &str,
+        holder: &str,
+        lease: LeaseId,
+    ) -> Result<Option<String>, StoreError> {
+        let key = self.key(&format!("jobs/{job}"));
+        self.retry("acquire job", |mut c| {
+            let key = key.clone();
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.clone(),
+                        holder,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else([TxnOp::get(key.clone(), None)]);
+                let r = c.txn(txn).await.map_err(|e| classify(e, lease))?;
+                if r.succeeded() {
+                    return Ok(Some(holder.to_owned()));
+                }
+                for op in r.op_responses() {
+                    if let TxnOpResponse::Get(g) = op {
+                        if let Some(kv) = g.kvs().first() {
+                            return Ok(Some(String::from_utf8_lossy(kv.value()).into_owned()));
+                        }
+                    }
+                }
+                // Gone between the compare and the read: the next attempt decides.
+                Ok(None)
+            }
+        })
+        .await
+    }
+
+    /// Records the last run of `job`.
+    pub async fn put_job_last(&self, job: &str, value: &[u8]) -> Result<(), StoreError> {
+        let key = self.key(&format!("jobs/{job}/last"));
+        self.retry("put job record", |mut c| {
+            let key = key.clone();
+            async move {
+                c.put(key, value, None).await.map_err(unavailable)?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// The last run of `job`, as recorded.
+    pub async fn job_last(&self, job: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.key(&format!("jobs/{job}/last"));
+        self.retry("read job record", |mut c| {
+            let key = key.clone();
+            async move {
+                let r = c.get(key, None).await.map_err(unavailable)?;
+                Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+            }
+        })
+        .await
+    }
+}
+
 /// etcd answers a write bound to an expired lease with NotFound "requested lease not
 /// found"; that is a lost lease, not an outage.
 fn classify(e: etcd_client::Error, lease: LeaseId) -> StoreError {

@@ -357,6 +357,9 @@ pub fn registry(app: &AppState) -> Registry {
             crate::backup::civil::unix_seconds(next) as f64,
         );
     }
+    if let Some(drill) = app.drill.status() {
+        drill_metrics(&r, &drill);
+    }
     if let Some(d) = app.daemon.borrow().as_ref() {
         let s = d.stats();
         gauge(
@@ -440,6 +443,74 @@ pub async fn get(State(app): State<AppState>) -> impl IntoResponse {
     let encoder = TextEncoder::new();
     let _ = encoder.encode(&r.gather(), &mut buf);
     ([(CONTENT_TYPE, encoder.format_type().to_owned())], buf)
+}
+
+/// Restore drills, once scheduled or run here. The last success's time is 0 until one
+/// succeeds, so that `NoRecentRestoreDrill` fires for a schedule that never succeeds.
+fn drill_metrics(r: &Registry, d: &crate::drill::DrillStatus) {
+    gauge(
+        r,
+        "pgwarden_drill_running",
+        "1 while a restore drill runs (the schedule's or a pgwarden restore-drill)",
+        f64::from(u8::from(d.running.is_some())),
+    );
+    let success = d.record.last_success.as_ref();
+    gauge(
+        r,
+        "pgwarden_drill_last_success_timestamp_seconds",
+        "When the last successful restore drill ended (0: none yet)",
+        success.map_or(0.0, |s| s.ended_unix),
+    );
+    if let Some(s) = success {
+        if let Some(secs) = s.duration_seconds {
+            gauge(
+                r,
+                "pgwarden_drill_last_duration_seconds",
+                "How long the last successful drill took to restore and recover the backup until it accepted connections: the measured recovery time",
+                secs,
+            );
+        }
+        if let Some(t) = s.recovered_to_unix {
+            gauge(
+                r,
+                "pgwarden_drill_recovered_to_timestamp_seconds",
+                "The commit time of the last transaction the last successful drill recovered (the backup's end when none followed it)",
+                t,
+            );
+        }
+    }
+    if let Some(last) = &d.record.last {
+        gauge(
+            r,
+            "pgwarden_drill_last_failed",
+            "1 when the last restore drill failed",
+            f64::from(u8::from(!last.ok)),
+        );
+        gauge(
+            r,
+            "pgwarden_drill_last_end_timestamp_seconds",
+            "When the last restore drill ended, well or not",
+            last.ended_unix,
+        );
+    }
+    counter(
+        r,
+        "pgwarden_drill_failures_total",
+        "Restore drills that failed",
+        d.record.failures,
+    );
+    if let Some(next) = d
+        .next_scheduled
+        .as_deref()
+        .and_then(crate::backup::civil::parse_barman_time)
+    {
+        gauge(
+            r,
+            "pgwarden_drill_next_scheduled_timestamp_seconds",
+            "When PGWARDEN_DRILL_SCHEDULE runs the next drill",
+            crate::backup::civil::unix_seconds(next) as f64,
+        );
+    }
 }
 
 /// The HA loop's last round, with PGWARDEN_HA on: summing `pgwarden_ha_is_leader`

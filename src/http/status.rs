@@ -109,6 +109,9 @@ pub struct StatusDoc {
     /// Automatic failover, when PGWARDEN_HA is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<crate::ha::status::HaStatus>,
+    /// Restore drills, once scheduled or run here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<crate::drill::DrillStatus>,
 }
 
 impl StatusDoc {
@@ -158,6 +161,7 @@ impl StatusDoc {
             rewind_failed: sup.rewind_failed.clone(),
             backup: Default::default(),
             ha: None,
+            drill: None,
         }
     }
 }
@@ -168,5 +172,6 @@ pub async fn get(State(app): State<AppState>) -> Json<StatusDoc> {
     doc.archiver.daemon = app.daemon.borrow().as_ref().map(|d| d.stats());
     doc.backup = app.backup.lock().map(|b| b.clone()).unwrap_or_default();
     doc.ha = app.ha.borrow().clone();
+    doc.drill = app.drill.status();
     Json(doc)
 }

@@ -201,6 +201,10 @@ pub struct SettingsArgs {
     #[command(flatten)]
     pub backup: crate::backup::config::BackupArgs,
 
+    /// Restore drills.
+    #[command(flatten)]
+    pub drill: crate::drill::DrillArgs,
+
     /// Crashes tolerated within the crash window before pgwarden exits non-zero.
     #[arg(long, env = "PGWARDEN_MAX_CRASHES", default_value_t = 5)]
     pub max_crashes: u32,

@@ -198,6 +198,8 @@ pub struct Settings {
     pub backup_compression: crate::backup::BackupCompression,
     /// Scheduled backups and retention.
     pub backups: crate::backup::config::BackupConfig,
+    /// Restore drills.
+    pub drill: crate::drill::DrillConfig,
     /// This binary, as archive_command and restore_command call it.
     pub exe: PathBuf,
 }
@@ -454,6 +456,13 @@ impl Settings {
         let backups =
             crate::backup::config::BackupConfig::from_args(&args.backup, archive.is_some())
                 .map_err(|(setting, m)| invalid(setting, m))?;
+        let drill = crate::drill::DrillConfig::from_args(
+            &args.drill,
+            &args.pgdata,
+            args.port,
+            archive.is_some() || restore.is_some(),
+        )
+        .map_err(|(setting, m)| invalid(setting, m))?;
         if let Some(crate::wal::config::Location::Fs { root }) =
             archive.as_ref().map(|a| &a.location)
         {
@@ -589,6 +598,7 @@ impl Settings {
             recovery_floor: Vec::new(),
             backup_compression,
             backups,
+            drill,
             exe,
             api_token,
             restart_on_pending: args.restart_on_pending,

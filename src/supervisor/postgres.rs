@@ -2,6 +2,7 @@
 
 use crate::process::{run_as, Child, Runner};
 use crate::settings::Settings;
+use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -27,6 +28,32 @@ const SECRET_ENV: &[&str] = &[
 /// pgwarden's log. It gets a process group of its own so that a Ctrl-C on a terminal
 /// reaches only pgwarden, which then decides how to shut postgres down.
 pub fn spawn(s: &Settings, runner: &Runner, data_dir: &Path, extra: &[&str]) -> io::Result<Child> {
+    // archive_command and restore_command run as postgres's children and read their
+    // settings from the environment, however pgwarden itself was configured.
+    let mut env: Vec<(&str, OsString)> = Vec::new();
+    if let Some(a) = &s.archive {
+        env.extend(a.env().into_iter().map(|(k, v)| (k, v.into())));
+    }
+    if s.archive.is_some() || s.restore.is_some() {
+        env.push(("PGWARDEN_SOCKET_DIR", s.socket_dir.clone().into()));
+    }
+    spawn_with(s, runner, data_dir, extra, &env, None)
+}
+
+/// What reads a postgres's output lines instead of the log (the restore drill's
+/// server, whose lines say why its recovery failed).
+pub type Tap = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+/// [`spawn`] with the environment its archive and restore commands see given by the
+/// caller, and its output read by `tap` when there is one.
+pub fn spawn_with(
+    s: &Settings,
+    runner: &Runner,
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, OsString)],
+    tap: Option<Tap>,
+) -> io::Result<Child> {
     let mut cmd = Command::new(s.bin("postgres"));
     cmd.arg("-D")
         .arg(data_dir)
@@ -38,13 +65,8 @@ pub fn spawn(s: &Settings, runner: &Runner, data_dir: &Path, extra: &[&str]) -> 
     for var in SECRET_ENV {
         cmd.env_remove(var);
     }
-    // archive_command and restore_command run as postgres's children and read their
-    // settings from the environment, however pgwarden itself was configured.
-    if let Some(a) = &s.archive {
-        cmd.envs(a.env());
-    }
-    if s.archive.is_some() || s.restore.is_some() {
-        cmd.env("PGWARDEN_SOCKET_DIR", &s.socket_dir);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     // Children of postgres that are pgwarden (archive_command, restore_command) log
     // JSON, whatever pgwarden's own format: [`crate::logging::postgres_line`] turns
@@ -53,10 +75,10 @@ pub fn spawn(s: &Settings, runner: &Runner, data_dir: &Path, extra: &[&str]) -> 
     run_as(&mut cmd, s.run_as.as_ref());
     let mut child = runner.spawn(&mut cmd)?;
     if let Some(out) = child.stdout.take() {
-        forward(out);
+        forward(out, tap.clone());
     }
     if let Some(err) = child.stderr.take() {
-        forward(err);
+        forward(err, tap);
     }
     Ok(child)
 }
@@ -78,7 +100,7 @@ fn note_fatal(line: &str) {
 
 /// Forwards lines on a thread of its own: the pipe is shared by every backend and stays
 /// open until the last one exits, which may be after the postmaster.
-fn forward<R: Read + Send + 'static>(pipe: R) {
+fn forward<R: Read + Send + 'static>(pipe: R, tap: Option<Tap>) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
         let mut buf = Vec::new();
@@ -90,9 +112,15 @@ fn forward<R: Read + Send + 'static>(pipe: R) {
                 Ok(_) => {
                     let line = String::from_utf8_lossy(&buf);
                     let line = line.trim_end();
-                    if !line.is_empty() {
-                        note_fatal(line);
-                        crate::logging::postgres_line(&mut redactor, line);
+                    if line.is_empty() {
+                        continue;
+                    }
+                    match &tap {
+                        Some(tap) => tap(&redactor.line(line)),
+                        None => {
+                            note_fatal(line);
+                            crate::logging::postgres_line(&mut redactor, line);
+                        }
                     }
                 }
             }

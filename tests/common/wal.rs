@@ -27,6 +27,13 @@ impl Store {
         .unwrap();
         Store::Fs(d)
     }
+    /// The directory of a volume archive.
+    pub fn root(&self) -> &Path {
+        match self {
+            Store::Fs(d) => d.path(),
+            Store::S3(_) => panic!("an archive on a volume has a root; this one is in S3"),
+        }
+    }
     pub fn url(&self) -> String {
         match self {
             Store::S3(g) => format!("s3://{}/pgwarden-test", g.bucket),
@@ -289,4 +296,54 @@ pub async fn count_t(pg: &Instance) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// The archived object of segment `seg` of server `server` in the volume `root`.
+pub fn archived(root: &Path, server: &str, seg: &str) -> PathBuf {
+    let dir = root.join(server).join("wals").join(&seg[..16]);
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name == seg
+                || (name.starts_with(&format!("{seg}."))
+                    && !name.contains(".backup")
+                    && !name.ends_with(".sha256"))
+        })
+        .unwrap_or_else(|| panic!("{seg} is not in {}", dir.display()))
+}
+
+/// `pgwarden backup` on `pg`; returns the backup's JSON.
+pub fn take_backup(pg: &Instance) -> serde_json::Value {
+    let (code, out) = pg.run_cli(&["backup"]);
+    assert!(code.success(), "backup failed: {out}");
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// A primary archiving (gzip) to `store` as server `src`, with a backup and then `n` more segments, each with
+/// 100 more rows of `t`; returns it and the segments archived after the backup.
+pub async fn backup_then_segments(
+    tmp: &Path,
+    store: &Store,
+    n: usize,
+) -> (Instance, serde_json::Value, Vec<String>) {
+    let pg = gzip_primary(tmp, store, "src", "");
+    create_t(&pg, 1000).await;
+    let info = take_backup(&pg);
+    let mut segs = Vec::new();
+    for i in 0..n as i64 {
+        pg.connect()
+            .await
+            .batch_execute(&format!(
+                "INSERT INTO t SELECT g FROM generate_series({}, {}) g",
+                1001 + i * 100,
+                1000 + (i + 1) * 100
+            ))
+            .await
+            .unwrap();
+        segs.push(switch_and_wait_archived(&pg).await);
+    }
+    (pg, info, segs)
 }

@@ -1,6 +1,6 @@
 //! Which backup a restore starts from: a pure choice over the catalogue.
 
-use super::config::RecoveryTarget;
+use super::config::{RecoveryTarget, SettingNames};
 use crate::backup::civil::parse_timestamp;
 use crate::backup::{BackupInfo, Lsn};
 
@@ -16,18 +16,20 @@ fn ends_before(b: &BackupInfo, target: &RecoveryTarget) -> Option<bool> {
 
 /// Picks the backup to restore: `id` when given (it must be complete and end before
 /// the target), else the latest complete backup that ends before the target. The
-/// error says why none fits, naming the setting to change.
+/// error says why none fits, naming the setting to change as `names` call it.
 pub fn choose<'a>(
     backups: &'a [BackupInfo],
     id: Option<&str>,
     target: &RecoveryTarget,
+    names: &SettingNames,
 ) -> Result<&'a BackupInfo, String> {
     let done = |b: &&BackupInfo| b.status == "DONE";
     if let Some(id) = id {
         let Some(b) = backups.iter().find(|b| b.backup_id == id) else {
             let known: Vec<&str> = backups.iter().map(|b| b.backup_id.as_str()).collect();
             return Err(format!(
-                "PGWARDEN_RESTORE_BACKUP_ID: there is no backup {id} in the archive (it holds {})",
+                "{}: there is no backup {id} in the archive (it holds {})",
+                names.backup_id,
                 if known.is_empty() {
                     "none".to_owned()
                 } else {
@@ -37,14 +39,14 @@ pub fn choose<'a>(
         };
         if !done(&b) {
             return Err(format!(
-                "PGWARDEN_RESTORE_BACKUP_ID: backup {id} is not complete (status {})",
-                b.status
+                "{}: backup {id} is not complete (status {})",
+                names.backup_id, b.status
             ));
         }
         if ends_before(b, target) == Some(false) {
             return Err(format!(
                 "{}: backup {id} ends after the target (at {} / {}); recovery cannot go back in time: choose an older backup",
-                target.setting(),
+                names.target(target),
                 b.end_time,
                 b.end_xlog
             ));
@@ -53,7 +55,10 @@ pub fn choose<'a>(
     }
     let complete: Vec<&BackupInfo> = backups.iter().filter(done).collect();
     if complete.is_empty() {
-        return Err("PGWARDEN_RESTORE_URL: the archive holds no complete backup of this server (check PGWARDEN_RESTORE_NAME)".to_owned());
+        return Err(format!(
+            "{}: the archive holds no complete backup of this server (check {})",
+            names.source, names.server
+        ));
     }
     complete
         .iter()
@@ -64,7 +69,7 @@ pub fn choose<'a>(
             let oldest = complete[0];
             format!(
                 "{}: no backup ends before the target; the oldest, {}, ends at {} / {}",
-                target.setting(),
+                names.target(target),
                 oldest.backup_id,
                 oldest.end_time,
                 oldest.end_xlog
@@ -183,15 +188,31 @@ mod tests {
             ),
         ];
         for (id, target, want) in cases {
-            let got = choose(&cat, id, &target).map(|b| b.backup_id.as_str());
+            let got =
+                choose(&cat, id, &target, &SettingNames::BOOTSTRAP).map(|b| b.backup_id.as_str());
             match (&got, want) {
                 (Ok(g), Ok(w)) => assert_eq!(*g, w, "{id:?} {target:?}"),
                 (Err(e), Err(w)) => assert!(e.starts_with(w), "{id:?} {target:?}: {e}"),
                 _ => panic!("{id:?} {target:?}: got {got:?}, want {want:?}"),
             }
         }
-        assert!(choose(&[], None, &RecoveryTarget::End)
-            .unwrap_err()
-            .contains("no complete backup"));
+        assert!(
+            choose(&[], None, &RecoveryTarget::End, &SettingNames::BOOTSTRAP)
+                .unwrap_err()
+                .contains("no complete backup")
+        );
+        // The drill's names: its flags, and the archive it reads.
+        let drill = SettingNames {
+            source: "PGWARDEN_ARCHIVE_URL",
+            server: "PGWARDEN_ARCHIVE_NAME",
+            backup_id: "--backup-id",
+            target: Some("--target-time"),
+        };
+        let e = choose(&cat, Some("20991124T010000"), &RecoveryTarget::End, &drill).unwrap_err();
+        assert!(e.starts_with("--backup-id: there is no backup"), "{e}");
+        let e = choose(&cat, None, &time("2026-11-24 00:30:00+00"), &drill).unwrap_err();
+        assert!(e.starts_with("--target-time: no backup ends before"), "{e}");
+        let e = choose(&[], None, &RecoveryTarget::End, &drill).unwrap_err();
+        assert!(e.contains("(check PGWARDEN_ARCHIVE_NAME)"), "{e}");
     }
 }

@@ -82,6 +82,41 @@ impl RecoveryTarget {
     }
 }
 
+/// What a restore's messages call its settings: the bootstrap's environment variables,
+/// or `pgwarden restore-drill`'s flags and archive. A user reads the name of what to
+/// change, not of a setting that does not apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingNames {
+    /// The archive the backup is read from.
+    pub source: &'static str,
+    /// The server name in it.
+    pub server: &'static str,
+    /// The explicit backup id.
+    pub backup_id: &'static str,
+    /// The recovery target, when one name stands for every kind (the drill's
+    /// `--target-time`); `None`: [`RecoveryTarget::setting`].
+    pub target: Option<&'static str>,
+}
+
+impl SettingNames {
+    /// The restore bootstrap's (`PGWARDEN_RESTORE_*`).
+    pub const BOOTSTRAP: SettingNames = SettingNames {
+        source: "PGWARDEN_RESTORE_URL",
+        server: "PGWARDEN_RESTORE_NAME",
+        backup_id: "PGWARDEN_RESTORE_BACKUP_ID",
+        target: None,
+    };
+
+    /// The name of the setting that set `target`.
+    pub fn target(&self, target: &RecoveryTarget) -> &'static str {
+        match (self.target, target) {
+            (_, RecoveryTarget::End) => self.source,
+            (Some(name), _) => name,
+            (None, t) => t.setting(),
+        }
+    }
+}
+
 /// Validated restore settings.
 #[derive(Debug, Clone)]
 pub struct RestoreConfig {
@@ -91,6 +126,8 @@ pub struct RestoreConfig {
     pub backup_id: Option<String>,
     /// Where recovery stops.
     pub target: RecoveryTarget,
+    /// What messages call these settings.
+    pub names: SettingNames,
 }
 
 /// A settings error: the setting, and what is wrong with it.
@@ -177,6 +214,7 @@ impl RestoreConfig {
             source,
             backup_id: a.restore_backup_id.clone(),
             target,
+            names: SettingNames::BOOTSTRAP,
         }))
     }
 }
@@ -190,7 +228,8 @@ fn rename(setting: &'static str) -> &'static str {
     }
 }
 
-fn is_backup_id(id: &str) -> bool {
+/// Whether `id` has the shape of a backup id (`YYYYmmddTHHMMSS`).
+pub fn is_backup_id(id: &str) -> bool {
     id.len() == 15
         && id
             .char_indices()
@@ -228,6 +267,12 @@ fn target(a: &RestoreArgs) -> Result<RecoveryTarget, SettingError> {
             ))
         }
     };
+    parse_target(setting, value)
+}
+
+/// Parses `value` as the recovery target `setting` names
+/// (`PGWARDEN_RECOVERY_TARGET_TIME`, `_LSN`, `_XID`, `_NAME` or `_IMMEDIATE`).
+pub fn parse_target(setting: &'static str, value: &str) -> Result<RecoveryTarget, SettingError> {
     if value.contains(['\n', '\r', '\0']) {
         return Err((setting, "must be one line".to_owned()));
     }

@@ -1,5 +1,6 @@
-//! Bootstrapping an empty PGDATA from a base backup in an archive
-//! (`PGWARDEN_RESTORE_URL`), to a point in time or to the end of the archive.
+//! Restoring a base backup from an archive, to a point in time or to the end of the
+//! archive: the bootstrap of an empty PGDATA (`PGWARDEN_RESTORE_URL`), and the scratch
+//! copy of a restore drill ([`crate::drill`]), through the same [`plan`] and [`build`].
 //!
 //! 1. Choose the backup ([`choose`]) and check, before anything is written, that it is
 //!    of this PostgreSQL major version, of the cluster whose WAL the archive holds, and
@@ -16,7 +17,7 @@ pub mod choose;
 pub mod config;
 pub mod extract;
 
-pub use config::{RecoveryTarget, RestoreArgs, RestoreConfig};
+pub use config::{RecoveryTarget, RestoreArgs, RestoreConfig, SettingNames};
 
 use crate::backup::list;
 use crate::backup::BackupInfo;
@@ -50,30 +51,47 @@ pub struct Plan {
     backup: BackupInfo,
     objects: Vec<(String, TarCompression)>,
     then: Then,
+    names: SettingNames,
+}
+
+impl Plan {
+    /// The backup chosen.
+    pub fn backup(&self) -> &BackupInfo {
+        &self.backup
+    }
+
+    /// Whether any of its data objects is compressed: then the restored files take
+    /// more room than the objects' size in the archive.
+    pub fn compressed(&self) -> bool {
+        self.objects.iter().any(|(_, c)| *c != TarCompression::None)
+    }
 }
 
 /// Chooses the backup and checks everything that can be checked before PGDATA is
 /// touched: the catalogue, the backup's version and cluster, its WAL, its objects.
+/// The restore bootstrap and `pgwarden restore-drill` both start here.
 pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then) -> Result<Plan> {
+    let names = r.names;
     let storage = r
         .source
         .open(None)
         .await
-        .context("PGWARDEN_RESTORE_URL: open the archive")?;
+        .with_context(|| format!("{}: open the archive", names.source))?;
     let policy = Retrying::new(&storage, r.source.timeout, CancellationToken::new());
     let base = r.source.base();
     let backups = list::list(&policy, &base)
         .await
-        .with_context(|| format!("PGWARDEN_RESTORE_URL: list the backups of {base}"))?;
+        .with_context(|| format!("{}: list the backups of {base}", names.source))?;
     let target = match then {
         Then::Promote => &r.target,
         Then::FollowArchive => &RecoveryTarget::End,
     };
-    let b = choose::choose(&backups, r.backup_id.as_deref(), target).map_err(anyhow::Error::msg)?;
+    let b = choose::choose(&backups, r.backup_id.as_deref(), target, &names)
+        .map_err(anyhow::Error::msg)?;
     info!(backup_id = %b.backup_id, made_by = %b.made_by, end_time = %b.end_time, end_lsn = %b.end_xlog, target = ?target, "restoring a base backup");
-    check_version(b, s.major_version)?;
-    check_cluster(&policy, &r.source, b).await?;
-    check_wal(&policy, &base, b).await?;
+    check_version(b, s.major_version, &names)?;
+    check_cluster(&policy, &r.source, b, &names).await?;
+    check_wal(&policy, &base, b, &names).await?;
     let objects = data_objects(&policy, &base, b).await?;
     let backup = b.clone();
     Ok(Plan {
@@ -81,6 +99,7 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then) -> Result<Plan> {
         backup,
         objects,
         then,
+        names,
     })
 }
 
@@ -91,6 +110,7 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
         backup: b,
         objects,
         then,
+        names,
     } = plan;
     std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
     let started = std::time::Instant::now();
@@ -98,6 +118,7 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
     // The parts hold disjoint files (a file never spans parts): they are fetched,
     // decompressed and written concurrently, PGWARDEN_BACKUP_JOBS at a time.
     let recorded = std::sync::Arc::new(recorded_sha256(&b));
+    let backup_id_setting = names.backup_id;
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(s.backups.jobs.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (key, compression) in objects {
@@ -108,7 +129,7 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
             let (sha, size) = extract::extract(&storage, &key, compression, &staging).await?;
             let name = key.rsplit('/').next().unwrap_or(&key);
             if recorded.get(name).is_some_and(|want| *want != sha) {
-                bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with PGWARDEN_RESTORE_BACKUP_ID");
+                bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with {backup_id_setting}");
             }
             anyhow::Ok(size)
         });
@@ -175,12 +196,13 @@ fn finish(dir: &Path, major: u32, signal: &str, owner: Option<crate::fsutil::Own
     Ok(())
 }
 
-fn check_version(b: &BackupInfo, major: u32) -> Result<()> {
+fn check_version(b: &BackupInfo, major: u32, names: &SettingNames) -> Result<()> {
     let theirs = b.version / 10_000;
     if theirs != major {
         bail!(
-            "PGWARDEN_RESTORE_BACKUP_ID: backup {} is of PostgreSQL {theirs} (version {}), but the binaries are PostgreSQL {major}; \
+            "{}: backup {} is of PostgreSQL {theirs} (version {}), but the binaries are PostgreSQL {major}; \
              restore it with PostgreSQL {theirs} binaries (PGWARDEN_PG_BINDIR), then upgrade",
+            names.backup_id,
             b.backup_id,
             b.version
         );
@@ -194,21 +216,24 @@ async fn check_cluster<S: Storage>(
     storage: &S,
     source: &ArchiveConfig,
     b: &BackupInfo,
+    names: &SettingNames,
 ) -> Result<()> {
     let key = format!("{}/{}", source.base(), crate::wal::identity::SYSTEM_MARKER);
     if let Some((body, _)) = storage
         .get(&key)
         .await
-        .context("PGWARDEN_RESTORE_URL: read the archive's system identifier")?
+        .with_context(|| format!("{}: read the archive's system identifier", names.source))?
     {
         let archive = String::from_utf8_lossy(&body).trim().to_owned();
         if archive != b.systemid {
             bail!(
-                "PGWARDEN_RESTORE_BACKUP_ID: backup {} is of another cluster (system identifier {}) than the WAL archived under {} ({archive}); \
-                 check PGWARDEN_RESTORE_NAME",
+                "{}: backup {} is of another cluster (system identifier {}) than the WAL archived under {} ({archive}); \
+                 check {}",
+                names.backup_id,
                 b.backup_id,
                 b.systemid,
-                source.base()
+                source.base(),
+                names.server
             );
         }
     }
@@ -217,7 +242,12 @@ async fn check_cluster<S: Storage>(
 
 /// Every segment from the backup's start to its end must be archived, or recovery
 /// cannot reach a consistent state.
-async fn check_wal<S: Storage>(storage: &S, base: &str, b: &BackupInfo) -> Result<()> {
+async fn check_wal<S: Storage>(
+    storage: &S,
+    base: &str,
+    b: &BackupInfo,
+    names: &SettingNames,
+) -> Result<()> {
     let (Some(first), Some(last)) = (WalName::parse(&b.begin_wal), WalName::parse(&b.end_wal))
     else {
         bail!(
@@ -231,20 +261,23 @@ async fn check_wal<S: Storage>(storage: &S, base: &str, b: &BackupInfo) -> Resul
     for _ in 0..=1_000_000u32 {
         let presence = crate::wal::present::lookup(storage, base, &wal)
             .await
-            .context("PGWARDEN_RESTORE_URL: list the archived WAL")?;
+            .with_context(|| format!("{}: list the archived WAL", names.source))?;
         if let crate::wal::present::Presence::Unreadable { why, .. } = presence {
             bail!(
-                "PGWARDEN_RESTORE_URL: backup {} needs WAL segment {}: {why}",
+                "{}: backup {} needs WAL segment {}: {why}",
+                names.source,
                 b.backup_id,
                 wal.name
             );
         }
         if presence == crate::wal::present::Presence::Missing {
             bail!(
-                "PGWARDEN_RESTORE_URL: WAL segment {} is missing from the archive, and backup {} needs it to become consistent; \
-                 restore another backup (PGWARDEN_RESTORE_BACKUP_ID) or put the segment back",
+                "{}: WAL segment {} is missing from the archive, and backup {} needs it to become consistent; \
+                 restore another backup ({}) or put the segment back",
+                names.source,
                 wal.name,
-                b.backup_id
+                b.backup_id,
+                names.backup_id
             );
         }
         if wal.name == last.name {
