@@ -152,6 +152,18 @@ impl Etcd {
         });
     }
 
+    /// The index in `members` (one cluster) of the raft leader, as the members say.
+    pub async fn leader_of(members: &[Etcd]) -> usize {
+        for (i, m) in members.iter().enumerate() {
+            let mut c = etcd_client::Client::connect([m.url()], None).await.unwrap();
+            let st = c.status().await.unwrap();
+            if st.header().map(|h| h.member_id()) == Some(st.leader()) {
+                return i;
+            }
+        }
+        panic!("no etcd member says it leads");
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}:{}", self.host, self.client_port)
     }
