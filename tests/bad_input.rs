@@ -437,3 +437,63 @@ fn ha_timing_that_breaks_the_ttl_rule_is_refused() {
         &["synchronous_standby_names", "PGWARDEN_SYNC_NODE_COUNT"],
     );
 }
+
+#[test]
+fn failover_slots_are_set_up_under_ha_on_17_and_later_and_not_contradicted() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "fslots");
+    for (k, v) in [
+        ("PGWARDEN_HA", "etcd"),
+        ("PGWARDEN_CLUSTER", "c1"),
+        // Nothing listens there: `config` and the refusals never connect.
+        ("PGWARDEN_ETCD_ENDPOINTS", "http://127.0.0.1:9"),
+        ("PGWARDEN_REPLICATION_PASSWORD", "rep"),
+    ] {
+        pg.set(k, v);
+    }
+    let conf = tmp.path().join("logical.conf");
+    std::fs::write(&conf, "wal_level = logical\n").unwrap();
+    pg.set("PGWARDEN_USER_CONF", conf.display().to_string());
+    let (status, out) = pg.run_cli(&["config"]);
+    assert!(status.success(), "{out}");
+    let lines = [
+        "sync_replication_slots = 'on'",
+        "hot_standby_feedback = 'on'",
+        "host postgres \"replicator\"",
+    ];
+    if pg_major() < 17 {
+        for l in lines {
+            assert!(!out.contains(l), "{l} on {}:\n{out}", pg_major());
+        }
+        return;
+    }
+    assert_mentions(&out, &lines);
+    // Opted out: nothing of it.
+    std::fs::write(&conf, "wal_level = logical\nsync_replication_slots = off\n").unwrap();
+    let (status, out) = pg.run_cli(&["config"]);
+    assert!(status.success(), "{out}");
+    assert!(!out.contains("hot_standby_feedback"), "{out}");
+    // What would break it is refused, naming the file and the parameter.
+    std::fs::write(&conf, "wal_level = logical\nhot_standby_feedback = off\n").unwrap();
+    assert_mentions(
+        &refused(&pg),
+        &[
+            "PGWARDEN_USER_CONF",
+            "hot_standby_feedback = off",
+            "sync_replication_slots = off",
+        ],
+    );
+    pg.set("PGWARDEN_SYNC_MODE", "on");
+    std::fs::write(
+        &conf,
+        "wal_level = logical\nsynchronized_standby_slots = 'n2'\n",
+    )
+    .unwrap();
+    assert_mentions(
+        &refused(&pg),
+        &[
+            "PGWARDEN_USER_CONF",
+            "synchronized_standby_slots is set by pgwarden",
+        ],
+    );
+}

@@ -2,6 +2,7 @@
 //! performs on its postgres.
 
 use super::config::SyncMode;
+mod logical;
 mod peers;
 mod rejoin;
 mod switching;
@@ -78,6 +79,8 @@ pub struct Ha {
     /// On the leader: when each other member was last seen in the cluster (boot clock),
     /// for dropping the slots of members gone for good.
     member_seen: std::collections::BTreeMap<String, Duration>,
+    /// The postmaster (pid) whose leftover failover slots were dropped, as a standby.
+    failover_slots_tidied: Option<i32>,
 }
 
 impl Ha {
@@ -113,6 +116,7 @@ impl Ha {
             failsafe_at: None,
             failsafe_accepted: Default::default(),
             member_seen: Default::default(),
+            failover_slots_tidied: None,
         })
     }
 
@@ -473,6 +477,7 @@ impl Ha {
                         reload_later(commands);
                     }
                 }
+                self.tidy_failover_slots(s, sup.pid, facts).await;
             }
             Action::Acquire => {
                 let Some(lease) = self.lease else {

@@ -160,6 +160,38 @@ pub async fn drop_inactive_slots(s: &Settings, members: &[String]) -> Result<()>
     Ok(())
 }
 
+/// On a standby: drops the logical failover slots it kept from when it was the primary
+/// (`failover` and not `synced`), and returns their names. Its slot synchronization
+/// worker refuses to run beside a slot it did not create itself of the name it
+/// synchronizes, and the slot that counts is the leader's: this one is a copy from
+/// the past. Such a slot cannot be created on a standby (PostgreSQL refuses
+/// `failover` there), so only a former primary has one. A slot someone decodes from
+/// is left alone.
+pub async fn drop_leftover_failover_slots(s: &Settings) -> Result<Vec<String>> {
+    let client = crate::db::connect_local(s, &s.socket_dir, "postgres")
+        .await
+        .context("connect to the local postgres")?;
+    let rows = client
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots
+             WHERE pg_is_in_recovery() AND slot_type = 'logical'
+               AND failover AND NOT synced AND NOT active",
+            &[],
+        )
+        .await
+        .context("read pg_replication_slots")?;
+    let mut dropped = Vec::new();
+    for row in rows {
+        let slot: String = row.get(0);
+        client
+            .execute("SELECT pg_drop_replication_slot($1::text::name)", &[&slot])
+            .await
+            .with_context(|| format!("drop replication slot {slot:?}"))?;
+        dropped.push(slot);
+    }
+    Ok(dropped)
+}
+
 /// The replication passfile for any member: in HA mode the upstream changes, so the
 /// line matches every host and port.
 pub fn write_passfile(s: &Settings) -> Result<()> {

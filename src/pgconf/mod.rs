@@ -6,6 +6,7 @@
 
 pub mod adopt;
 pub mod autoconf;
+pub mod failover_slots;
 pub mod fragment;
 pub mod hba;
 pub mod quote;
@@ -174,7 +175,14 @@ pub fn render_postgresql_conf(
     }
     // Used only while standby.signal exists, so harmless on a primary; present whenever a
     // primary is configured so that a demoted instance needs no second render.
-    if let Some(conninfo) = s.primary_conninfo("replication") {
+    let failover_slots = s.failover_slots();
+    // The slot synchronization worker connects to a database of the primary; the WAL
+    // receiver ignores dbname.
+    let dbname = match failover_slots.enabled {
+        true => failover_slots::SYNC_DBNAME,
+        false => "replication",
+    };
+    if let Some(conninfo) = s.primary_conninfo(dbname) {
         out += &line("primary_conninfo", &conninfo)?;
         out += &line("primary_slot_name", &s.slot_name())?;
         out += &line("recovery_target_timeline", "latest")?;
@@ -194,6 +202,14 @@ pub fn render_postgresql_conf(
         )
     }) {
         out += &line("synchronous_standby_names", &value)?;
+    }
+    // Rendered on every member: a standby uses the first two, a primary the last.
+    if failover_slots.enabled {
+        out += &line("sync_replication_slots", "on")?;
+        out += &line("hot_standby_feedback", "on")?;
+    }
+    if let Some(slots) = &failover_slots.standby_slots {
+        out += &line("synchronized_standby_slots", slots)?;
     }
     Ok(out)
 }
@@ -263,6 +279,17 @@ pub fn render_hba(s: &Settings) -> Result<String, NewlineError> {
         out.push_str("\n# Streaming replication (PGWARDEN_ALLOWED_NETWORK)\n");
         for net in &s.allowed_networks {
             out.push_str(&format!("host replication {repl} {net} scram-sha-256\n"));
+        }
+        if s.failover_slots().enabled {
+            // The slot synchronization worker of a standby reads the primary's slots
+            // over an ordinary connection, whatever POSTGRES_HOST_AUTH_METHOD allows.
+            out.push_str("\n# Failover slots: standbys read the primary's logical slots\n");
+            for net in &s.allowed_networks {
+                out.push_str(&format!(
+                    "host {} {repl} {net} scram-sha-256\n",
+                    failover_slots::SYNC_DBNAME
+                ));
+            }
         }
     }
     out.push_str("\n# User rules\n");

@@ -605,6 +605,7 @@ impl Settings {
             tls,
         };
         check_sync_owned(&settings)?;
+        check_failover_slots(&settings)?;
         Ok(settings)
     }
 
@@ -622,6 +623,7 @@ impl Settings {
         next.user_ident = user.ident;
         next.user_texts = user.texts;
         check_sync_owned(&next)?;
+        check_failover_slots(&next)?;
         Ok(next)
     }
 
@@ -702,6 +704,48 @@ impl Settings {
     pub fn slot_name(&self) -> String {
         // Validated in load().
         crate::pgconf::slot_name(&self.name).unwrap_or_default()
+    }
+
+    /// Whether failover slots are synchronized, and which standbys logical senders wait
+    /// for (see [`crate::pgconf::failover_slots`]).
+    pub fn failover_slots(&self) -> crate::pgconf::failover_slots::Plan {
+        let named = self.sync_named.get();
+        crate::pgconf::failover_slots::plan(&self.failover_slots_input(named.as_deref()))
+    }
+
+    fn failover_slots_input<'a>(
+        &'a self,
+        named: Option<&'a [String]>,
+    ) -> crate::pgconf::failover_slots::Input<'a> {
+        crate::pgconf::failover_slots::Input {
+            major: self.major_version,
+            ha: self.ha.is_some(),
+            wal_level: self.user_value("wal_level"),
+            sync_replication_slots: self.user_value("sync_replication_slots"),
+            // Only with a synchronous mode are the named standbys waited for.
+            named: named.filter(|_| self.sync_mode_on()),
+        }
+    }
+
+    /// HA with a synchronous mode (`on`, `strict` or `quorum`).
+    fn sync_mode_on(&self) -> bool {
+        self.ha
+            .as_ref()
+            .is_some_and(|h| h.sync_mode != crate::ha::SyncMode::Off)
+    }
+}
+
+/// The user layer may not contradict the synchronization of failover slots: turn off
+/// the feedback it needs, or list the standbys pgwarden lists itself.
+fn check_failover_slots(s: &Settings) -> Result<(), SettingsError> {
+    let user = crate::pgconf::failover_slots::UserValues {
+        hot_standby_feedback: s.user_value("hot_standby_feedback"),
+        synchronized_standby_slots: s.user_value("synchronized_standby_slots"),
+    };
+    let input = s.failover_slots_input(None);
+    match crate::pgconf::failover_slots::conflict(&input, &user, s.sync_mode_on()) {
+        Some(message) => Err(invalid(s.user_layer_name(), message)),
+        None => Ok(()),
     }
 }
 
