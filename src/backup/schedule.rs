@@ -75,14 +75,22 @@ impl Schedule {
         ))
     }
 
-    /// When the next backup is due, given the start of the last one. The answer may
-    /// be in the past: the backup is due now.
-    pub fn next(&self, now: SystemTime, last_start: Option<SystemTime>) -> SystemTime {
+    /// When the next run is due, given the start of the last one, and `since`, when
+    /// the scheduler started: with no run yet an interval is due at once, and a cron
+    /// expression at its first time after `since` (counted from `now`, that time would
+    /// move on with every wake-up and never come). The answer may be in the past: the
+    /// run is due now.
+    pub fn next(
+        &self,
+        now: SystemTime,
+        last_start: Option<SystemTime>,
+        since: SystemTime,
+    ) -> SystemTime {
         match (self, last_start) {
             (Schedule::Every(d), Some(last)) => last + *d,
             (Schedule::Every(_), None) => now,
             (Schedule::Cron(c), last) => {
-                let after = unix_seconds(last.unwrap_or(now));
+                let after = unix_seconds(last.unwrap_or(since));
                 // `parse` refused the expressions that never fire.
                 c.next_after(after)
                     .map(from_unix_seconds)
@@ -147,18 +155,22 @@ mod tests {
         let now = t(at(2026, 11, 24, 10, 17) + 30);
         let six = Schedule::parse("6h").unwrap();
         // No backup yet: due now.
-        assert_eq!(six.next(now, None), now);
+        assert_eq!(six.next(now, None, now), now);
         // Six hours after the last one began, even if that is already past.
         let last = t(at(2026, 11, 24, 1, 0));
-        assert_eq!(six.next(now, Some(last)), t(at(2026, 11, 24, 7, 0)));
+        assert_eq!(six.next(now, Some(last), now), t(at(2026, 11, 24, 7, 0)));
         let daily = Schedule::parse("0 3 * * *").unwrap();
         // No backup yet: the next 03:00.
-        assert_eq!(daily.next(now, None), t(at(2026, 11, 25, 3, 0)));
+        assert_eq!(daily.next(now, None, now), t(at(2026, 11, 25, 3, 0)));
+        // No backup yet: woken at the due time, the due time is still the same one
+        // (it used to move on a day with every wake-up).
+        let due = daily.next(now, None, now);
+        assert_eq!(daily.next(due, None, now), due);
         // Last backup yesterday at 03:00: today's 03:00 was missed, so due now.
         let last = t(at(2026, 11, 23, 3, 0) + 5);
-        assert_eq!(daily.next(now, Some(last)), t(at(2026, 11, 24, 3, 0)));
+        assert_eq!(daily.next(now, Some(last), now), t(at(2026, 11, 24, 3, 0)));
         // Last backup today at 03:00: tomorrow.
         let last = t(at(2026, 11, 24, 3, 0) + 5);
-        assert_eq!(daily.next(now, Some(last)), t(at(2026, 11, 25, 3, 0)));
+        assert_eq!(daily.next(now, Some(last), now), t(at(2026, 11, 25, 3, 0)));
     }
 }

@@ -92,12 +92,13 @@ impl Scheduler {
 
     async fn run(self) {
         self.publish(None);
+        let started = SystemTime::now();
         let in_archive = self.newest_in_archive().await;
         let mut waiting_since: Option<SystemTime> = None;
         loop {
             let now = SystemTime::now();
             let last = in_archive.max(self.last_attempt());
-            let due = self.schedule.next(now, last);
+            let due = self.schedule.next(now, last, started);
             self.publish(Some(due));
             if let Ok(wait) = due.duration_since(now) {
                 if !wait.is_zero() {

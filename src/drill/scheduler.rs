@@ -135,13 +135,7 @@ impl Scheduler {
                 None => None,
             };
             let last = own.max(cluster).max(skipped);
-            // With no drill yet, a cron schedule counts from the scheduler's start:
-            // from `now` its next time would move on with every wake-up.
-            let base = match (&self.schedule, last) {
-                (Schedule::Cron(_), None) => Some(started),
-                _ => last,
-            };
-            let due = self.schedule.next(now, base);
+            let due = self.schedule.next(now, last, started);
             let next = Some(civil::rfc3339(due));
             if let Ok(wait) = due.duration_since(now) {
                 if !wait.is_zero() {
