@@ -204,19 +204,24 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
     for _ in 0..job.jobs.max(1) {
         let shared = shared.clone();
         workers.spawn_blocking(move || {
-            let r = worker(&shared);
+            let (done, r) = worker(&shared);
             if r.is_err() {
                 shared.failed.store(true, Ordering::Relaxed);
             }
-            r
+            (done, r)
         });
     }
     let mut uploads = Vec::new();
     let mut first_error = None;
     while let Some(joined) = workers.join_next().await {
         match joined.context("a backup worker") {
-            Ok(Ok(parts)) => uploads.extend(parts),
-            Ok(Err(e)) | Err(e) => {
+            Ok((parts, r)) => {
+                uploads.extend(parts);
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+            }
+            Err(e) => {
                 first_error.get_or_insert(e);
             }
         }
@@ -333,15 +338,23 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
 
 type Upload = tokio::task::JoinHandle<Result<Part>>;
 
-/// Copies files from the queue until it is empty; returns its parts' uploads.
-fn worker(shared: &Shared) -> Result<Vec<(u32, Upload)>> {
+/// Copies files from the queue until it is empty. Returns the uploads of the parts it
+/// closed, also when it fails (so that the caller waits for them before the failed
+/// backup's objects are removed), and how it ended.
+fn worker(shared: &Shared) -> (Vec<(u32, Upload)>, Result<()>) {
     let mut done = Vec::new();
+    let result = copy(shared, &mut done);
+    (done, result)
+}
+
+fn copy(shared: &Shared, done: &mut Vec<(u32, Upload)>) -> Result<()> {
     let mut part: Option<PartWriter> = None;
     let mut buf = vec![0u8; READ];
     loop {
         if shared.failed.load(Ordering::Relaxed) {
-            // Another worker failed: stop, and let the uploads abort.
-            return Ok(done);
+            // Another worker failed: stop; the open part's upload aborts when it is
+            // dropped.
+            return Ok(());
         }
         let next = shared
             .queue
@@ -363,7 +376,7 @@ fn worker(shared: &Shared) -> Result<Vec<(u32, Upload)>> {
     if let Some(p) = part.take() {
         done.push(p.close()?);
     }
-    Ok(done)
+    Ok(())
 }
 
 /// What goes to an upload task.
