@@ -67,10 +67,7 @@ async fn parallel_parts_restore_every_row_and_a_damaged_page_fails_the_backup() 
     .unwrap();
     switch_and_wait_archived(&src).await;
 
-    let mut restored = Instance::primary(tmp.path(), "restored");
-    restored
-        .set("PGWARDEN_RESTORE_URL", store.url())
-        .set("PGWARDEN_RESTORE_NAME", "src");
+    let mut restored = restoring(tmp.path(), &store, "src");
     restored.start().wait_ready();
     assert_eq!(count_t(&restored).await, 200_000 + committed_after);
     let u: i64 = restored

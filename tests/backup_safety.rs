@@ -282,9 +282,7 @@ async fn a_backup_with_a_part_missing_in_the_middle_is_refused_at_restore() {
     backend.delete(&format!("{dir}/backup.info")).await.unwrap();
     put(&backend, &format!("{dir}/backup.info"), barman).await;
 
-    let mut pg = Instance::primary(tmp.path(), "restored");
-    pg.set("PGWARDEN_RESTORE_URL", store.url())
-        .set("PGWARDEN_RESTORE_NAME", "src");
+    let mut pg = restoring(tmp.path(), &store, "src");
     pg.start();
     let status = pg.wait_exit(Duration::from_secs(120));
     assert!(!status.success(), "must exit non-zero");

@@ -8,15 +8,7 @@ mod common;
 
 use common::wal::*;
 use common::*;
-use std::path::Path;
 use std::time::Duration;
-
-fn restored(tmp: &Path, store: &Store) -> Instance {
-    let mut pg = Instance::primary(tmp, "restored");
-    pg.set("PGWARDEN_RESTORE_URL", store.url())
-        .set("PGWARDEN_RESTORE_NAME", "src");
-    pg
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hole_in_the_archive_stops_a_restore_to_its_end_naming_the_segment() {
@@ -26,7 +18,7 @@ async fn a_hole_in_the_archive_stops_a_restore_to_its_end_naming_the_segment() {
     // The second segment after the backup goes: later ones are still there.
     let hole = segs[1].clone();
     std::fs::remove_file(archived(store.root(), "src", &hole)).unwrap();
-    let mut pg = restored(tmp.path(), &store);
+    let mut pg = restoring(tmp.path(), &store, "src");
     pg.start();
     let status = pg.wait_exit(Duration::from_secs(120));
     assert!(!status.success(), "must exit non-zero");
@@ -52,7 +44,7 @@ async fn a_segment_in_a_codec_pgwarden_cannot_read_is_an_error_not_the_end() {
     let object = archived(store.root(), "src", &seg);
     let bz2 = object.with_file_name(format!("{seg}.bz2"));
     std::fs::rename(&object, &bz2).unwrap();
-    let mut pg = restored(tmp.path(), &store);
+    let mut pg = restoring(tmp.path(), &store, "src");
 
     pg.start();
     let status = pg.wait_exit(Duration::from_secs(120));
@@ -90,7 +82,7 @@ async fn a_backups_first_segment_missing_behind_its_backup_file_is_refused_up_fr
             .any(|n| n.starts_with(&begin) && n.contains(".backup")),
         "the .backup file shares the prefix: {names:?}"
     );
-    let mut pg = restored(tmp.path(), &store);
+    let mut pg = restoring(tmp.path(), &store, "src");
     pg.start();
     let status = pg.wait_exit(Duration::from_secs(120));
     assert!(!status.success(), "must exit non-zero");

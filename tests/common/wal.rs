@@ -243,6 +243,15 @@ pub async fn real_segment(tmp: &Path) -> (String, Vec<u8>) {
     (name, data)
 }
 
+/// An instance, not started, whose empty PGDATA is to be restored from server `from`
+/// of `store` (it archives nowhere).
+pub fn restoring(tmp: &Path, store: &Store, from: &str) -> Instance {
+    let mut pg = Instance::primary(tmp, "restored");
+    pg.set("PGWARDEN_RESTORE_URL", store.url())
+        .set("PGWARDEN_RESTORE_NAME", from);
+    pg
+}
+
 /// Overwrites an object behind pgwarden's back, as a broken disk or a bad actor would.
 pub async fn raw_put(g: &Garage, key: &str, body: Vec<u8>) {
     let creds = aws_sdk_s3::config::Credentials::new(&g.key_id, &g.secret, None, None, "test");
