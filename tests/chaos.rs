@@ -1142,9 +1142,27 @@ impl Ctx<'_> {
                         .note(format!("  {}: no connection, nothing held", name(r)));
                     return Undo::Nothing;
                 };
-                let began = reader
-                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM t")
-                    .await;
+                // Bounded: with replay already held on this replica by an overlapping
+                // fault, the startup process queues for its lock on t and this read
+                // queues behind it until that fault is undone, which (the faults being
+                // applied in turn) would never come.
+                let began = match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    reader.batch_execute(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM t",
+                    ),
+                )
+                .await
+                {
+                    Ok(began) => began,
+                    Err(_) => {
+                        self.journal.note(format!(
+                            "  {}: the read waits behind replay already held; nothing more held",
+                            name(r)
+                        ));
+                        return Undo::Nothing;
+                    }
+                };
                 let locked = run_sql(
                     &self.members[leader],
                     "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; COMMIT",
