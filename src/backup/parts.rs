@@ -20,6 +20,16 @@ pub fn part_of(name: &str) -> Option<(u32, &str)> {
     Some((n.parse().ok()?, ext))
 }
 
+/// The name of part `n` of `data` with extension `ext` (`.tar.gz`): `data.tar.gz`,
+/// then `data_0001.tar.gz`, ... (barman-cloud's `_build_dest_name`).
+pub fn name(n: u32, ext: &str) -> String {
+    if n == 0 {
+        format!("data{ext}")
+    } else {
+        format!("data_{n:04}{ext}")
+    }
+}
+
 /// Orders `names` (data object names) by part and checks that they run from part 0
 /// without a gap; `expected` is the count a `backup.info` records (pgwarden's do),
 /// which also catches a missing last part. The error names the missing part.
@@ -36,13 +46,7 @@ pub fn in_order(names: &[String], expected: Option<u32>) -> Result<Vec<String>, 
     let ext = parts.first().map_or(".tar", |(_, name)| {
         part_of(name).map_or(".tar", |(_, ext)| ext)
     });
-    let name_of = |n: u32| {
-        if n == 0 {
-            format!("data{ext}")
-        } else {
-            format!("data_{n:04}{ext}")
-        }
-    };
+    let name_of = |n: u32| name(n, ext);
     for (i, (n, _)) in parts.iter().enumerate() {
         let want = i as u32;
         if *n != want {

@@ -244,6 +244,8 @@ impl Job<'_> {
             label: format!("pgwarden {id}"),
             compression: self.compression,
             jobs: self.jobs,
+            major: facts.version / 10000,
+            system_id: facts.systemid.parse().unwrap_or(0),
             progress,
             runner: self.runner,
         })

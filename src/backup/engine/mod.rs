@@ -56,6 +56,11 @@ pub struct Job<'a> {
     pub compression: BackupCompression,
     /// Workers copying files.
     pub jobs: usize,
+    /// The server's major version (it decides the manifest's version and the
+    /// directories under `pg_wal`).
+    pub major: u32,
+    /// The cluster's system identifier, for the manifest.
+    pub system_id: u64,
     /// Bytes read so far and bytes to read, for `/status`.
     pub progress: Arc<Progress>,
     /// Runs the processes the engine needs.
@@ -99,17 +104,13 @@ pub struct Taken {
     pub bytes: u64,
 }
 
-/// The name of part `n` (barman-cloud's `_build_dest_name`).
+/// The name of part `n` in `compression`.
 pub fn part_name(n: u32, compression: BackupCompression) -> String {
     let ext = match compression {
         BackupCompression::Gzip => ".tar.gz",
         BackupCompression::None => ".tar",
     };
-    if n == 0 {
-        format!("data{ext}")
-    } else {
-        format!("data_{n:04}{ext}")
-    }
+    super::parts::name(n, ext)
 }
 
 /// Whether a backup that began on timeline `start` and ended on `end` can be listed:
@@ -156,16 +157,13 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         .context("prepare the backup's session")?;
     let row = client
         .query_one(
-            "SELECT current_setting('data_checksums') = 'on', \
-                    current_setting('server_version_num')::int / 10000, \
-                    (SELECT system_identifier::text FROM pg_control_system()), \
-                    pg_is_in_recovery()",
+            "SELECT current_setting('data_checksums') = 'on', pg_is_in_recovery()",
             &[],
         )
         .await
         .context("read the server's settings")?;
-    let (verify_pages, major, system_id, standby): (bool, i32, String, bool) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (verify_pages, standby): (bool, bool) = (row.get(0), row.get(1));
+    let major = job.major;
     let start: String = client
         .query_one("SELECT pg_backup_start($1, true)::text", &[&job.label])
         .await
@@ -175,7 +173,6 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
     tracing::info!(start = %start, jobs = job.jobs, standby, "backup started");
 
     let pgdata = s.pgdata.clone();
-    let major = major as u32;
     let entries = tokio::task::spawn_blocking(move || walk::list(&pgdata, major))
         .await
         .context("the listing thread")?
@@ -298,7 +295,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         });
     }
     manifest_files.sort_by(|a, b| a.path.cmp(&b.path));
-    let system_id = system_id.parse().unwrap_or(0);
+    let system_id = job.system_id;
     let text = manifest::render(
         &manifest_files,
         &manifest::Range {
