@@ -425,7 +425,7 @@ async fn backup_delete(args: &BackupDeleteArgs) -> i32 {
         }
     };
     if let Selection::Policy(p) = &selection {
-        println!("policy {p} at {}", crate::backup::civil::rfc3339(now));
+        println!("policy {p} at {}", crate::civil::rfc3339(now));
         print!("{}", delete::render_report(&plan));
     }
     let verb = if args.dry_run {
@@ -502,8 +502,8 @@ async fn wal_verify(args: &BackupListArgs) -> i32 {
 /// `/status` reads it. Exit 0 when it succeeded, 1 when it failed (the reason on
 /// stderr), 2 when it could not run (bad arguments or settings, another drill).
 async fn restore_drill(args: &RestoreDrillArgs) -> i32 {
-    use crate::backup::restore::{config, RecoveryTarget};
     use crate::drill::{self, Request, Trigger};
+    use crate::settings::restore::{self as config, RecoveryTarget};
     let refuse = |e: &dyn std::fmt::Display| {
         eprintln!("pgwarden: restore-drill: {e}; nothing was restored");
         2

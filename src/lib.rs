@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod bootstrap;
+pub mod civil;
 pub mod cli;
 pub mod db;
 pub mod drill;

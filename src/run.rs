@@ -360,7 +360,7 @@ fn drill_role(app: AppState) -> crate::drill::scheduler::Local {
 async fn settle(s: &Settings, runner: &Runner) -> Result<Option<Settings>> {
     let mut next = reload_adopted(s)?;
     let recovering = [
-        crate::backup::restore::RECOVERY_SIGNAL,
+        crate::settings::restore::RECOVERY_SIGNAL,
         replica::STANDBY_SIGNAL,
     ]
     .iter()

@@ -781,7 +781,8 @@ async fn a_switchover_under_load_loses_nothing_and_the_old_primary_follows_witho
     assert!(status.success(), "{out}\n{}", logs(&members));
     assert!(
         out.contains(&format!("{} is the new leader", name(first))),
-        "{out}"
+        "{out}\n{}",
+        logs(&members)
     );
     tokio::task::block_in_place(|| {
         wait_streaming(&rt, &members[first], &name(to), &members);

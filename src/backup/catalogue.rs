@@ -6,8 +6,8 @@
 //! strict where deleting needs it: a `backup.info` that cannot be read stops the
 //! whole deletion, as it does in `barman-cloud-backup-delete` ("unsafe to proceed").
 
-use super::civil::parse_barman_time;
 use super::marker::{Running, DELETING, RUNNING};
+use crate::civil::parse_barman_time;
 use crate::wal::storage::Storage;
 use std::collections::BTreeMap;
 use std::time::SystemTime;

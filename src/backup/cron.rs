@@ -5,7 +5,7 @@
 //! `@monthly` and `@yearly` shorthands. When both day fields are restricted, a day
 //! matches if either does (cron's rule); a field starting with `*` does not restrict.
 
-use super::civil::{civil_from_days, weekday};
+use crate::civil::{civil_from_days, weekday};
 
 /// A parsed cron expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,7 +246,7 @@ impl Cron {
 /// Seconds since the epoch of a UTC civil time.
 #[cfg(test)]
 pub(crate) fn at(year: i64, month: u32, day: u32, hour: i64, minute: i64) -> i64 {
-    super::civil::days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60
+    crate::civil::days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60
 }
 
 #[cfg(test)]

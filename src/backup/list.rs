@@ -67,7 +67,7 @@ pub const CLOCK_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(
 /// Such a backup would be ordered wrongly by barman-cloud and by recovery windows,
 /// which go by times: it is refused, and the clocks must be fixed.
 pub fn clock_contradiction(existing: &[BackupInfo], new: &BackupInfo) -> Option<String> {
-    use super::civil::parse_barman_time;
+    use crate::civil::parse_barman_time;
     let (nb, ne) = (Lsn::parse(&new.begin_xlog)?, Lsn::parse(&new.end_xlog)?);
     let nt = parse_barman_time(&new.begin_time)?;
     for e in existing {

@@ -79,9 +79,9 @@ pub fn id_time(id: &str) -> Option<SystemTime> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
-    let days = super::civil::days_from_civil(i64::from(y), mo, d);
+    let days = crate::civil::days_from_civil(i64::from(y), mo, d);
     let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + s);
-    Some(super::civil::from_unix_seconds(secs))
+    Some(crate::civil::from_unix_seconds(secs))
 }
 
 /// What a directory without `backup.info` is, `now`.

@@ -11,7 +11,6 @@
 //! a retention [`policy`] (or deletes one backup) with barman's rules.
 
 pub mod catalogue;
-pub mod civil;
 pub mod config;
 pub mod cron;
 pub mod delete;
@@ -21,7 +20,6 @@ pub mod list;
 pub mod marker;
 pub mod parts;
 pub mod policy;
-pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;
@@ -33,7 +31,7 @@ pub mod walclean;
 pub use info::{BackupInfo, Lsn};
 
 use serde::Serialize;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// How base backups are compressed (barman-cloud restores gzip or plain tars, not
 /// zstd).
@@ -74,32 +72,15 @@ pub fn base_prefix(server_base: &str) -> String {
     format!("{server_base}/base/")
 }
 
-/// Year, month, day, hour, minute, second and microsecond of `t`, in UTC.
-pub fn utc(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil::civil_from_days(days);
-    (
-        year,
-        month,
-        day,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-        d.subsec_micros(),
-    )
-}
-
 /// barman's backup id for `t`: `YYYYmmddTHHMMSS`, in UTC.
 pub fn backup_id(t: SystemTime) -> String {
-    let (y, mo, d, h, mi, s, _) = utc(t);
+    let (y, mo, d, h, mi, s, _) = crate::civil::utc(t);
     format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}")
 }
 
 /// barman's time format: `2026-11-24 03:50:40.455712+00:00`.
 pub fn barman_time(t: SystemTime) -> String {
-    let (y, mo, d, h, mi, s, us) = utc(t);
+    let (y, mo, d, h, mi, s, us) = crate::civil::utc(t);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}+00:00")
 }
 
@@ -174,6 +155,7 @@ pub struct Finished {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn formats_utc_like_barman() {

@@ -8,8 +8,8 @@
 //! while pgwarden was down is made up once at start; with no backup yet, it waits
 //! for its next minute.
 
-use super::civil::{from_unix_seconds, unix_seconds};
 use super::cron::Cron;
+use crate::civil::{from_unix_seconds, unix_seconds};
 use std::time::{Duration, SystemTime};
 
 /// When backups are due.

@@ -4,9 +4,9 @@
 //! schedule). A backup already under way (a `POST /backup`) counts as this one:
 //! it is skipped, not queued.
 
-use super::civil::{self, from_unix_seconds};
 use super::schedule::Schedule;
 use super::service::{BackupError, Backups};
+use crate::civil::{self, from_unix_seconds};
 use crate::wal::storage::Retrying;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

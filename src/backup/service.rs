@@ -3,7 +3,8 @@
 
 use super::delete::{self, Selection};
 use super::take::Job;
-use super::{civil, BackupStatus, RetentionRun};
+use super::{BackupStatus, RetentionRun};
+use crate::civil;
 use crate::process::Runner;
 use crate::settings::Settings;
 use crate::wal::daemon::Daemon;

@@ -10,6 +10,7 @@
 
 mod basebackup;
 mod initdb;
+pub mod restore;
 mod scripts;
 
 use crate::fsutil;
@@ -79,7 +80,7 @@ pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
 }
 
 async fn bootstrap(s: &Settings, runner: &Runner) -> Result<()> {
-    use crate::backup::restore::{self, Then};
+    use crate::settings::restore::Then;
     // A restore is planned and checked (backup, version, WAL) before PGDATA is created.
     let restore = match (&s.restore, s.role) {
         (Some(r), Role::Primary) => Some(restore::plan(s, r, Then::Promote).await?),

@@ -1,7 +1,7 @@
 //! Restore drills: `pgwarden restore-drill`, and `PGWARDEN_DRILL_SCHEDULE` under
 //! `pgwarden run`. A drill proves that a backup restores: it restores one into a
 //! scratch directory beside PGDATA through the restore bootstrap's own path
-//! ([`crate::backup::restore::plan`] and [`crate::backup::restore::build`]),
+//! ([`crate::bootstrap::restore::plan`] and [`crate::bootstrap::restore::build`]),
 //! recovers it with a postgres of its own ([`server`]), checks it, measures how long
 //! that took, removes everything it made, and records the result ([`record`]).
 //!
@@ -17,9 +17,10 @@ mod server;
 pub use config::{DrillArgs, DrillConfig};
 pub use record::{DrillResult, DrillStatus, Tracker};
 
-use crate::backup::civil;
-use crate::backup::restore::{self, RecoveryTarget, RestoreConfig, SettingNames, Then};
+use crate::bootstrap::restore;
+use crate::civil;
 use crate::process::Runner;
+use crate::settings::restore::{RecoveryTarget, RestoreConfig, SettingNames, Then};
 use crate::settings::Settings;
 use crate::wal::ArchiveConfig;
 use record::{Check, Running};
@@ -171,7 +172,7 @@ pub async fn drill(
         ok: false,
         backup_id: req.backup_id.clone(),
         target: match &req.target {
-            RecoveryTarget::Time(t) => restore::config::format_utc(*t),
+            RecoveryTarget::Time(t) => crate::civil::format_utc(*t),
             _ => "end of archive".to_owned(),
         },
         trigger: req.trigger.as_str().to_owned(),
@@ -299,7 +300,7 @@ async fn steps(
             "backup_end",
         ),
     };
-    out.recovered_to = micros.map(restore::config::format_utc);
+    out.recovered_to = micros.map(crate::civil::format_utc);
     out.recovered_to_unix = micros.map(|m| m as f64 / 1e6);
     out.recovered_to_source = Some(from.to_owned());
     info!(backup_id = %backup.backup_id, seconds = out.duration_seconds, recovered_to = ?out.recovered_to, lsn = ?out.recovered_lsn, "the restored backup is recovered");

@@ -9,12 +9,12 @@
 //! that drill as its own.
 
 use super::{NotRun, Request, Tracker, Trigger};
-use crate::backup::civil;
-use crate::backup::restore::RecoveryTarget;
 use crate::backup::schedule::Schedule;
+use crate::civil;
 use crate::ha::etcd::EtcdStore;
 use crate::ha::store::{MemberRole, Store, StoreError};
 use crate::process::Runner;
+use crate::settings::restore::RecoveryTarget;
 use crate::settings::{Role, Settings};
 use crate::state::SupervisorStatus;
 use serde::{Deserialize, Serialize};

@@ -5,8 +5,8 @@
 //! postgres's environment).
 
 use super::record::Check;
-use crate::backup::restore::RecoveryTarget;
 use crate::process::{run_as, Child, Runner};
+use crate::settings::restore::RecoveryTarget;
 use crate::settings::Settings;
 use crate::state::{State, SupervisorStatus};
 use crate::wal::daemon::{Daemon, Source};

@@ -348,13 +348,13 @@ pub fn registry(app: &AppState) -> Registry {
     if let Some(next) = backup
         .next_scheduled
         .as_deref()
-        .and_then(crate::backup::civil::parse_barman_time)
+        .and_then(crate::civil::parse_barman_time)
     {
         gauge(
             &r,
             "pgwarden_backup_next_scheduled_timestamp_seconds",
             "When PGWARDEN_BACKUP_SCHEDULE takes the next backup (in the past while it waits for a ready primary)",
-            crate::backup::civil::unix_seconds(next) as f64,
+            crate::civil::unix_seconds(next) as f64,
         );
     }
     if let Some(drill) = app.drill.status() {
@@ -502,13 +502,13 @@ fn drill_metrics(r: &Registry, d: &crate::drill::DrillStatus) {
     if let Some(next) = d
         .next_scheduled
         .as_deref()
-        .and_then(crate::backup::civil::parse_barman_time)
+        .and_then(crate::civil::parse_barman_time)
     {
         gauge(
             r,
             "pgwarden_drill_next_scheduled_timestamp_seconds",
             "When PGWARDEN_DRILL_SCHEDULE runs the next drill",
-            crate::backup::civil::unix_seconds(next) as f64,
+            crate::civil::unix_seconds(next) as f64,
         );
     }
 }

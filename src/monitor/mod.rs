@@ -84,7 +84,7 @@ async fn run(
             // the round that saw it in recovery must be followed quickly.
             let recovering = settings
                 .pgdata
-                .join(crate::backup::restore::RECOVERY_SIGNAL)
+                .join(crate::settings::restore::RECOVERY_SIGNAL)
                 .exists();
             if sizes_read.is_none_or(|at| at.elapsed() >= SIZES_EVERY) {
                 sizes_read = Some(Instant::now());

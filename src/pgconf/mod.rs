@@ -159,9 +159,9 @@ pub fn render_postgresql_conf(
         // postgres has promoted (and removed recovery.signal).
         let recovering = !data_dir.join("PG_VERSION").exists()
             || data_dir
-                .join(crate::backup::restore::RECOVERY_SIGNAL)
+                .join(crate::settings::restore::RECOVERY_SIGNAL)
                 .exists();
-        let has_target = r.target != crate::backup::restore::RecoveryTarget::End;
+        let has_target = r.target != crate::settings::restore::RecoveryTarget::End;
         if recovering && s.role == crate::settings::Role::Primary && has_target {
             out.push_str(&format!(
                 "\n# Recovery from the backup ({})\n",

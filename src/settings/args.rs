@@ -191,7 +191,7 @@ pub struct SettingsArgs {
 
     /// Bootstrap from a backup, and recovery targets.
     #[command(flatten)]
-    pub restore: crate::backup::restore::RestoreArgs,
+    pub restore: crate::settings::restore::RestoreArgs,
 
     /// Base backup compression: `gzip` or `none` (barman-cloud restores no zstd).
     #[arg(long, env = "PGWARDEN_BACKUP_COMPRESSION", default_value = "gzip")]

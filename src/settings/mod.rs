@@ -6,6 +6,7 @@
 
 mod args;
 mod bindir;
+pub mod restore;
 mod secret;
 
 pub use args::SettingsArgs;
@@ -189,7 +190,7 @@ pub struct Settings {
     /// With synchronous mode, on the leader: the standbys in synchronous_standby_names.
     pub sync_named: crate::ha::sync::Named,
     /// Bootstrap from a backup in an archive, when PGWARDEN_RESTORE_URL is set.
-    pub restore: Option<crate::backup::restore::RestoreConfig>,
+    pub restore: Option<crate::settings::restore::RestoreConfig>,
     /// While recovering from a backup: the source's values of the parameters a
     /// standby may not run below (from pg_controldata), which pgwarden renders when
     /// they are higher than the configured ones. Empty otherwise.
@@ -443,7 +444,7 @@ impl Settings {
         }
         let ha = crate::ha::HaConfig::from_args(&args.ha, &host_name)
             .map_err(|(setting, m)| invalid(setting, m))?;
-        let restore = crate::backup::restore::RestoreConfig::from_args(
+        let restore = crate::settings::restore::RestoreConfig::from_args(
             &args.restore,
             &args.archive,
             archive.as_ref(),

@@ -168,13 +168,13 @@ impl Supervisor {
         let signal = self
             .settings
             .pgdata
-            .join(crate::backup::restore::RECOVERY_SIGNAL);
+            .join(crate::settings::restore::RECOVERY_SIGNAL);
         if !signal.exists() {
             return None;
         }
         // The postmaster's last lines may still be on their way through the pipe.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        crate::backup::restore::explain_failure(&postgres::last_fatal()?, &r.target)
+        crate::bootstrap::restore::explain_failure(&postgres::last_fatal()?, &r.target)
     }
 
     /// Rewinds the stopped standby from the primary it diverged from, and renders the
@@ -628,7 +628,7 @@ pub async fn after_start(s: &Settings) {
     // A cluster recovering from a backup is read-only until it promotes at its target.
     while s
         .pgdata
-        .join(crate::backup::restore::RECOVERY_SIGNAL)
+        .join(crate::settings::restore::RECOVERY_SIGNAL)
         .exists()
     {
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -317,7 +317,7 @@ async fn prepare(
     }
     for signal in [
         crate::replica::STANDBY_SIGNAL,
-        crate::backup::restore::RECOVERY_SIGNAL,
+        crate::settings::restore::RECOVERY_SIGNAL,
     ] {
         if pgdata.join(signal).exists() {
             bail!(
@@ -367,7 +367,7 @@ async fn carry_over(
         "tablespace_map.old",
         "current_logfiles",
         crate::replica::STANDBY_SIGNAL,
-        crate::backup::restore::RECOVERY_SIGNAL,
+        crate::settings::restore::RECOVERY_SIGNAL,
         crate::wal::identity::CHECKED_NOTE,
         state::RECORD,
     ];
@@ -390,7 +390,7 @@ async fn carry_over(
         old_major(&s.pgdata).unwrap_or_default(),
         s.major_version,
         old.system_id,
-        crate::backup::civil::rfc3339(std::time::SystemTime::now())
+        crate::civil::rfc3339(std::time::SystemTime::now())
     );
     crate::fsutil::write_atomic(
         &new.join(state::RECORD),

@@ -295,7 +295,7 @@ impl Daemon {
                 if src.always
                     || self
                         .pgdata
-                        .join(crate::backup::restore::RECOVERY_SIGNAL)
+                        .join(crate::settings::restore::RECOVERY_SIGNAL)
                         .exists() =>
             {
                 (&src.cfg, &src.storage)

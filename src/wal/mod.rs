@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod header;
 pub mod identity;
 pub mod local;
+pub mod lsn;
 pub mod names;
 pub mod present;
 pub mod records;
@@ -24,6 +25,7 @@ pub mod restore;
 pub mod storage;
 
 pub use config::{ArchiveArgs, ArchiveConfig};
+pub use lsn::Lsn;
 
 use storage::StorageError;
 

@@ -35,8 +35,8 @@ pub struct Range {
 }
 
 fn gmt(secs: i64) -> String {
-    let t = crate::backup::civil::from_unix_seconds(secs);
-    let (y, mo, d, h, mi, s, _) = crate::backup::utc(t);
+    let t = crate::civil::from_unix_seconds(secs);
+    let (y, mo, d, h, mi, s, _) = crate::civil::utc(t);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} GMT")
 }
 

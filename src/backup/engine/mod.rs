@@ -279,7 +279,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
     }
 
     let now = std::time::SystemTime::now();
-    let mtime = crate::backup::civil::unix_seconds(now);
+    let mtime = crate::civil::unix_seconds(now);
     let mut manifest_files =
         std::mem::take(&mut *shared.files.lock().unwrap_or_else(|p| p.into_inner()));
     let last: Vec<(String, Vec<u8>, u32)> = vec![

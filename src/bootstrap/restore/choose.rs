@@ -1,8 +1,8 @@
 //! Which backup a restore starts from: a pure choice over the catalogue.
 
-use super::config::{RecoveryTarget, SettingNames};
-use crate::backup::civil::parse_timestamp;
 use crate::backup::{BackupInfo, Lsn};
+use crate::civil::parse_timestamp;
+use crate::settings::restore::{RecoveryTarget, SettingNames};
 
 /// Whether `b` ends before `target`, so that recovery from it can reach the target.
 /// `None` when the catalogue does not say (an unreadable time or position).

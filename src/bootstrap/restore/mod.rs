@@ -14,10 +14,11 @@
 //!    from the source archive, and stops at the target (see `pgconf::render`).
 
 pub mod choose;
-pub mod config;
 pub mod extract;
 
-pub use config::{RecoveryTarget, RestoreArgs, RestoreConfig, SettingNames};
+pub use crate::settings::restore::{
+    RecoveryTarget, RestoreArgs, RestoreConfig, SettingNames, Then, RECOVERY_SIGNAL,
+};
 
 use crate::backup::list;
 use crate::backup::BackupInfo;
@@ -32,18 +33,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-
-/// The signal file recovery from a backup starts with.
-pub const RECOVERY_SIGNAL: &str = "recovery.signal";
-
-/// How the restored instance runs once the backup is in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Then {
-    /// Recover to the target, promote, and run as a primary.
-    Promote,
-    /// Stay a standby that replays the archive as it grows.
-    FollowArchive,
-}
 
 /// What a restore will do, decided and checked before anything is written.
 pub struct Plan {

@@ -4,10 +4,22 @@
 //! source, a target that does not parse, or archiving back into the very archive and
 //! server the cluster is restored from are refused with the setting named.
 
-use crate::backup::civil::{parse_timestamp, Stamp};
-use crate::backup::Lsn;
+use crate::civil::{format_utc, parse_timestamp, Stamp};
+use crate::wal::Lsn;
 use crate::wal::{ArchiveArgs, ArchiveConfig};
 use clap::Args;
+
+/// The signal file recovery from a backup starts with.
+pub const RECOVERY_SIGNAL: &str = "recovery.signal";
+
+/// How the restored instance runs once the backup is in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Recover to the target, promote, and run as a primary.
+    Promote,
+    /// Stay a standby that replays the archive as it grows.
+    FollowArchive,
+}
 
 /// The restore settings as flags and environment variables.
 #[derive(Args, Debug, Clone, Default)]
@@ -301,14 +313,6 @@ pub fn parse_target(setting: &'static str, value: &str) -> Result<RecoveryTarget
             _ => bad("true or false"),
         },
     }
-}
-
-/// `YYYY-MM-DD HH:MM:SS.ffffff+00`, which postgres reads the same in any time zone.
-pub fn format_utc(micros: i64) -> String {
-    let t = std::time::UNIX_EPOCH
-        + std::time::Duration::from_micros(u64::try_from(micros).unwrap_or(0));
-    let (y, mo, d, h, mi, s, us) = crate::backup::utc(t);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}+00")
 }
 
 #[cfg(test)]

@@ -154,6 +154,31 @@ pub fn parse_timestamp(s: &str) -> Option<Stamp> {
     })
 }
 
+/// Year, month, day, hour, minute, second and microsecond of `t`, in UTC.
+pub fn utc(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    (
+        year,
+        month,
+        day,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+        d.subsec_micros(),
+    )
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff+00`, which postgres reads the same in any time zone.
+pub fn format_utc(micros: i64) -> String {
+    let t = std::time::UNIX_EPOCH
+        + std::time::Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+    let (y, mo, d, h, mi, s, us) = utc(t);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}+00")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
