@@ -490,7 +490,7 @@ impl Ha {
                     return false;
                 }
                 if let Some((other, lsn)) = self.a_rival_is_ahead(me).await {
-                    info!(member = %other, received = lsn, "HA: not racing: this member has received more WAL than its member key said");
+                    info!(member = %other, received = lsn, "HA: not racing: another member has received more WAL, or as much and is the switchover's candidate");
                     return false;
                 }
                 match self.store.acquire_leader(&self.name, lease).await {

@@ -664,6 +664,30 @@ pub fn beats(name: &str, priority: i32, timeline: Option<u32>, lsn: Option<u64>,
         || (level && (priority > mine || (priority == mine && name < me.name.as_str())))
 }
 
+/// Whether `me`, about to race, yields to `rival` (failover `priority`), which says it
+/// has received WAL up to `lsn` on `timeline`. A switchover names its `candidate`: the
+/// candidate yields only to a rival strictly ahead of it, and every other member yields
+/// to the candidate unless strictly ahead of it (a member key can be a round old, so a
+/// member ahead of the candidate's published position may only be level with it now);
+/// otherwise the rival must beat `me` (see [`beats`]).
+pub fn yields_to(
+    rival: &str,
+    priority: i32,
+    timeline: Option<u32>,
+    lsn: Option<u64>,
+    me: &Me,
+    candidate: Option<&str>,
+) -> bool {
+    if candidate == Some(me.name.as_str()) {
+        return ahead(timeline, lsn, me);
+    }
+    if candidate == Some(rival) {
+        return (timeline.unwrap_or(0), lsn.unwrap_or(0))
+            >= (me.timeline.unwrap_or(0), me.received_lsn.unwrap_or(0));
+    }
+    beats(rival, priority, timeline, lsn, me)
+}
+
 /// A published member's position, as a [`Me`] to compare against.
 fn position_of(m: &MemberState) -> Me {
     Me {
@@ -1902,6 +1926,96 @@ mod tests {
                 want,
                 "{name} at {tl:?}/{lsn:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_switchovers_candidate_wins_ties_on_fresh_positions() {
+        // me is b at 2/10_000 (priority 1).
+        let me = me(replica(None));
+        for (rival, tl, lsn, candidate, want, why) in [
+            (
+                "c",
+                Some(2),
+                Some(10_000),
+                Some("c"),
+                true,
+                "level with the candidate: it takes over",
+            ),
+            (
+                "c",
+                Some(2),
+                Some(10_001),
+                Some("c"),
+                true,
+                "the candidate ahead",
+            ),
+            (
+                "c",
+                Some(2),
+                Some(9_999),
+                Some("c"),
+                false,
+                "the candidate behind: a hand-over cut short",
+            ),
+            (
+                "c",
+                Some(1),
+                Some(90_000),
+                Some("c"),
+                false,
+                "the candidate on an earlier timeline",
+            ),
+            (
+                "a",
+                Some(2),
+                Some(10_000),
+                Some("c"),
+                true,
+                "not the candidate: a lower name on a tie",
+            ),
+            (
+                "c",
+                Some(2),
+                Some(10_000),
+                Some("b"),
+                false,
+                "me the candidate: level does not beat me",
+            ),
+            (
+                "a",
+                Some(2),
+                Some(10_000),
+                Some("b"),
+                false,
+                "me the candidate: even a lower name",
+            ),
+            (
+                "c",
+                Some(2),
+                Some(10_001),
+                Some("b"),
+                true,
+                "me the candidate: yields only to more WAL",
+            ),
+            (
+                "c",
+                Some(2),
+                Some(10_000),
+                None,
+                false,
+                "no switchover: a higher name on a tie",
+            ),
+            (
+                "a",
+                Some(2),
+                Some(10_000),
+                None,
+                true,
+                "no switchover: a lower name on a tie",
+            ),
+        ] {
+            assert_eq!(yields_to(rival, 1, tl, lsn, &me, candidate), want, "{why}");
         }
     }
 

@@ -112,11 +112,19 @@ impl Switchover {
                 )))
             }
         };
-        outcome.ok_or_else(|| {
+        let new = outcome.ok_or_else(|| {
             SwitchoverError::NotDone(format!(
                 "{leader} dropped the request (see its log); it is still the leader"
             ))
-        })
+        })?;
+        // The candidate may have given way to a member with more WAL (a hand-over cut
+        // short): the cluster is safe, but not as asked, and a script must know.
+        match to {
+            Some(to) if to != new => Err(SwitchoverError::NotDone(format!(
+                "{new} took over instead of {to} (see their logs): {new} had received more WAL, or {to} could not promote"
+            ))),
+            _ => Ok(new),
+        }
     }
 
     /// A manual failover to `to` (`pgwarden failover --to NAME --force`): with a

@@ -25,18 +25,19 @@ impl Ha {
 
     /// A rival (see [`crate::ha::decide::rivals`]) whose current position, asked over its
     /// HTTP API, beats this member's: its member key may be a round old. The candidate
-    /// of a switchover wins ties, and yields only to a rival strictly ahead of it.
+    /// of a switchover wins ties, and yields only to a rival strictly ahead of it (see
+    /// [`crate::ha::decide::yields_to`]).
     pub(super) async fn a_rival_is_ahead(&self, me: &Me) -> Option<(String, u64)> {
         // A manual failover promotes its candidate whatever the others have: the
         // operator asked, knowing.
         if crate::ha::decide::manual_failover(&self.view) == Some(self.name.as_str()) {
             return None;
         }
-        let handed_to_me = self
+        let candidate = self
             .view
             .failover
             .as_ref()
-            .is_some_and(|f| f.candidate.as_deref() == Some(self.name.as_str()));
+            .and_then(|f| f.candidate.as_deref());
         let rivals = crate::ha::decide::rivals(&self.view, me, self.rules());
         let published = |name: &str| rivals.iter().find(|m| m.name == name);
         let timeline = |name: &str| published(name).and_then(|m| m.timeline);
@@ -49,16 +50,14 @@ impl Ha {
             .into_iter()
             .find_map(|(name, r)| {
                 let lsn = received_in_status(&r.body)?;
-                let wins = match handed_to_me {
-                    true => crate::ha::decide::ahead(timeline(&name), Some(lsn), me),
-                    false => crate::ha::decide::beats(
-                        &name,
-                        priority(&name),
-                        timeline(&name),
-                        Some(lsn),
-                        me,
-                    ),
-                };
+                let wins = crate::ha::decide::yields_to(
+                    &name,
+                    priority(&name),
+                    timeline(&name),
+                    Some(lsn),
+                    me,
+                    candidate,
+                );
                 wins.then_some((name, lsn))
             })
     }
