@@ -33,8 +33,10 @@
 //! and the steps taken under `/var/tmp/pgwarden-chaos/`. A replay draws the same faults
 //! against the same roles (the primary, replica #k in name order); the timing of the
 //! processes is not replayed. `CHAOS_SYNC` sets `PGWARDEN_SYNC_MODE` (`on`, `off`,
-//! `strict`, `quorum`); `CHAOS_DRY_RUN=1` prints the schedule only; `CHAOS_KEEP_LOGS=1`
-//! keeps the logs of a run that passed too.
+//! `strict`, `quorum`); `CHAOS_WAL_LEVEL=logical` runs with `wal_level = logical` and a
+//! logical slot created with `failover` on the first primary (PostgreSQL 17+), so that
+//! the failover-slot steps of the loop run through every fault; `CHAOS_DRY_RUN=1`
+//! prints the schedule only; `CHAOS_KEEP_LOGS=1` keeps the logs of a run that passed too.
 
 mod common;
 #[path = "common/ha.rs"]
@@ -374,6 +376,8 @@ struct Settings {
     seed: u64,
     faults: usize,
     sync: String,
+    /// `wal_level = logical` and a failover slot (`CHAOS_WAL_LEVEL=logical`).
+    logical: bool,
 }
 
 impl Settings {
@@ -394,15 +398,28 @@ impl Settings {
             ["on", "off", "strict", "quorum"].contains(&sync.as_str()),
             "CHAOS_SYNC={sync:?}: on, off, strict or quorum"
         );
-        Settings { seed, faults, sync }
+        let logical = match var("CHAOS_WAL_LEVEL").as_deref().map(str::trim) {
+            None | Some("replica") => false,
+            Some("logical") => true,
+            Some(v) => panic!("CHAOS_WAL_LEVEL={v:?}: replica or logical"),
+        };
+        Settings {
+            seed,
+            faults,
+            sync,
+            logical,
+        }
     }
 
     fn replay(&self) -> String {
-        let sync = if self.sync == "on" {
+        let mut sync = if self.sync == "on" {
             String::new()
         } else {
             format!(" CHAOS_SYNC={}", self.sync)
         };
+        if self.logical {
+            sync += " CHAOS_WAL_LEVEL=logical";
+        }
         format!(
             "CHAOS_SEED={} CHAOS_FAULTS={}{sync} cargo test --test chaos -- --nocapture",
             self.seed, self.faults
@@ -1480,6 +1497,9 @@ async fn seeded_faults_keep_one_primary_and_every_acknowledged_commit() {
             m,
             "max_standby_streaming_delay = -1\nmax_standby_archive_delay = -1\n",
         );
+        if settings.logical {
+            add_user_conf(m, "wal_level = logical\n");
+        }
     }
     let journal = Journal::new();
     // Dropped before the members and the temp dir: it still finds their logs.
@@ -1498,6 +1518,15 @@ async fn seeded_faults_keep_one_primary_and_every_acknowledged_commit() {
 
     let mut leader = bring_up(&mut members).await;
     execute(&members[leader], "CREATE TABLE w (id int PRIMARY KEY)").await;
+    if settings.logical {
+        // Never consumed: it holds WAL back on every leader for the run, which a
+        // few minutes of this load can afford, and is synchronized to the standbys.
+        execute(
+            &members[leader],
+            "SELECT pg_create_logical_replication_slot('chaos', 'test_decoding', false, false, true)",
+        )
+        .await;
+    }
     journal.note(format!(
         "up in {:.1?}: {} leads",
         run_started.elapsed(),
