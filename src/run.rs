@@ -355,8 +355,9 @@ fn drill_role(app: AppState) -> crate::drill::scheduler::Local {
 }
 
 /// Settings with what PGDATA now holds, when that changes them: the adopted layer a
-/// base backup brought, and, while recovering from a restored backup, the source's
-/// values of the parameters recovery needs at least.
+/// base backup brought, and, while recovering from a restored backup (or a replica
+/// seeded from the archive's), the source's values of the parameters recovery needs
+/// at least.
 async fn settle(s: &Settings, runner: &Runner) -> Result<Option<Settings>> {
     let mut next = reload_adopted(s)?;
     let recovering = [
@@ -365,7 +366,9 @@ async fn settle(s: &Settings, runner: &Runner) -> Result<Option<Settings>> {
     ]
     .iter()
     .any(|f| s.pgdata.join(f).exists());
-    if s.restore.is_some() && recovering {
+    let restored = s.restore.is_some()
+        || s.clone_from == crate::settings::restore::CloneFrom::Archive;
+    if restored && recovering {
         let floor = replica::controldata::hot_standby_floor(s, runner, &s.pgdata)
             .await
             .context("PGDATA: read the restored cluster's control file")?;
