@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Path of the control socket that local CLI verbs talk to.
 pub fn control_socket(socket_dir: &Path) -> PathBuf {
@@ -168,6 +168,20 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         if let Some(h) = holder {
             h.abort();
         }
+        if let (Err(e), Some(ha)) = (&done, ha.as_mut()) {
+            // The initialize winner's bootstrap failed: the cluster was never
+            // initialized, and another member may try (Patroni's semantics). What this
+            // one left in PGDATA reads as an interrupted bootstrap, redone from clean.
+            if settings.role == crate::settings::Role::Primary
+                && !matches!(
+                    settings.data_state,
+                    crate::pgdata::DataDirState::Initialized { .. }
+                )
+            {
+                error!(error = format!("{e:#}"), "HA: the bootstrap of the cluster failed; giving up the initialize key");
+                ha.cancel_initialization().await;
+            }
+        }
         done?;
         // A clone of an upgraded primary archives under that cluster's server name.
         let settings = match crate::upgrade::with_archive_name(&settings) {
@@ -302,6 +316,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             &runner,
         )
     });
+    let last_settings = settings.clone();
     let sup = Supervisor {
         restart_on_pending: settings.restart_on_pending,
         settings,
@@ -325,7 +340,19 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     }
     // postgres has stopped: only now may the leader key go to another member.
     if let Some(ha) = ha {
-        ha.retire().await;
+        if code != 0 && crate::ha::restoring(&last_settings) {
+            // The restored backup did not recover (the archive ends before the target,
+            // WAL is missing): the cluster was never initialized. Its data is a copy of
+            // the archive's, so it is discarded and the claim given up, for this member
+            // or another to try again from clean, as Patroni does.
+            error!("HA: the restored backup did not recover; discarding it and giving up the initialize key");
+            if let Err(e) = bootstrap::discard(&last_settings.pgdata) {
+                error!(error = format!("{e:#}"), "cannot discard the restored backup");
+            }
+            ha.cancel_initialization().await;
+        } else {
+            ha.retire().await;
+        }
     }
     Ok(code)
 }
