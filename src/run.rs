@@ -178,7 +178,10 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
                     crate::pgdata::DataDirState::Initialized { .. }
                 )
             {
-                error!(error = format!("{e:#}"), "HA: the bootstrap of the cluster failed; giving up the initialize key");
+                error!(
+                    error = format!("{e:#}"),
+                    "HA: the bootstrap of the cluster failed; giving up the initialize key"
+                );
                 ha.cancel_initialization().await;
             }
         }
@@ -347,7 +350,10 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             // or another to try again from clean, as Patroni does.
             error!("HA: the restored backup did not recover; discarding it and giving up the initialize key");
             if let Err(e) = bootstrap::discard(&last_settings.pgdata) {
-                error!(error = format!("{e:#}"), "cannot discard the restored backup");
+                error!(
+                    error = format!("{e:#}"),
+                    "cannot discard the restored backup"
+                );
             }
             ha.cancel_initialization().await;
         } else {
@@ -393,8 +399,8 @@ async fn settle(s: &Settings, runner: &Runner) -> Result<Option<Settings>> {
     ]
     .iter()
     .any(|f| s.pgdata.join(f).exists());
-    let restored = s.restore.is_some()
-        || s.clone_from == crate::settings::restore::CloneFrom::Archive;
+    let restored =
+        s.restore.is_some() || s.clone_from == crate::settings::restore::CloneFrom::Archive;
     if restored && recovering {
         let floor = replica::controldata::hot_standby_floor(s, runner, &s.pgdata)
             .await

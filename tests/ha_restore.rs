@@ -1,6 +1,7 @@
 //! Restore under HA and replicas seeded from the archive (issue 17): a new cluster on
 //! etcd bootstraps from a backup of another cluster (one member restores, the others
-//! clone it), archives into its own archive only, and with PGWARDEN_CLONE_FROM=archive
+//! clone it; a restore that fails gives the initialize key up), archives into its own
+//! archive only, and with PGWARDEN_CLONE_FROM=archive
 //! a member added later is seeded from that archive's latest backup, while one that
 //! finds no backup there falls back to pg_basebackup. Real PostgreSQL and etcd.
 
@@ -12,6 +13,8 @@ use common::etcd::Etcd;
 use common::wal::*;
 use common::*;
 use ha::*;
+use pgwarden::ha::etcd::EtcdStore;
+use pgwarden::ha::store::Store as _;
 use std::time::Duration;
 
 /// The log lines of `pg` that contain `needle`.
@@ -57,10 +60,51 @@ async fn a_cluster_restored_from_a_backup_archives_apart_and_seeds_replicas_from
     src.stop();
     let source_before = tree(source.root());
 
-    // A new cluster restored from A, archiving into B. Every member may seed itself
-    // from B; when the second one comes, B has no backup yet.
     let own = Store::fs();
     let etcd = Etcd::start();
+    // A restore that cannot recover (its target is past the end of A) initializes
+    // nothing: the member says why and exits, gives up the initialize key for another
+    // to try, and leaves PGDATA to be rebuilt from clean.
+    let mut failed = members_on(tmp.path(), &etcd.url(), None, &["n0"])
+        .pop()
+        .unwrap();
+    own.configure(&mut failed, "c");
+    failed
+        .set("PGWARDEN_RESTORE_URL", source.url())
+        .set("PGWARDEN_RESTORE_NAME", "src")
+        .set("PGWARDEN_RECOVERY_TARGET_TIME", "2999-01-01 00:00:00+00");
+    failed.start();
+    let status = tokio::task::block_in_place(|| failed.wait_exit(Duration::from_secs(120)));
+    assert!(!status.success(), "{}", failed.log());
+    for needle in [
+        "restoring the cluster from a backup as its first leader",
+        "PGWARDEN_RECOVERY_TARGET_TIME: the archive ends before the recovery target",
+        "removed the initialize key after a failed bootstrap",
+    ] {
+        assert!(
+            !lines_with(&failed, needle).is_empty(),
+            "{needle}\n{}",
+            failed.log()
+        );
+    }
+    assert!(
+        !failed.pgdata.join("PG_VERSION").exists(),
+        "{}",
+        failed.log()
+    );
+    let store = EtcdStore::connect(&[etcd.url()], "c", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let view = store.read().await.unwrap();
+    assert_eq!(
+        (view.initialize, view.leader),
+        (None, None),
+        "{}",
+        failed.log()
+    );
+
+    // A new cluster restored from A, archiving into B. Every member may seed itself
+    // from B; when the second one comes, B has no backup yet.
     let mut members = members_on(tmp.path(), &etcd.url(), None, &["n1", "n2"]);
     for m in members.iter_mut() {
         own.configure(m, "c");

@@ -203,8 +203,12 @@ impl Ha {
                     if let Some(lease) = self.lease {
                         if let Ok(Some(term)) = self.store.acquire_leader(&self.name, lease).await {
                             match &s.restore {
-                                Some(r) => info!(term, source = %r.source.url, server = %r.source.server, "HA: restoring the cluster from a backup as its first leader"),
-                                None => info!(term, "HA: initializing the cluster as its first leader"),
+                                Some(r) => {
+                                    info!(term, source = %r.source.url, server = %r.source.server, "HA: restoring the cluster from a backup as its first leader")
+                                }
+                                None => {
+                                    info!(term, "HA: initializing the cluster as its first leader")
+                                }
                             }
                             self.saw_term(s, term);
                             next.role = Role::Primary;
@@ -1182,8 +1186,7 @@ impl Ha {
 /// it a standby instead).
 pub fn restoring(s: &Settings) -> bool {
     s.restore.is_some()
-        && s
-            .pgdata
+        && s.pgdata
             .join(crate::settings::restore::RECOVERY_SIGNAL)
             .exists()
         && !crate::replica::is_standby(&s.pgdata)

@@ -296,9 +296,9 @@ fn decide_active(view: &ClusterView, me: &Me, rules: Rules) -> Action {
 /// its claim to another member is stopped before it can promote itself.
 fn restoring(view: &ClusterView, me: &Me, holds_key: bool, renewed: bool) -> Action {
     match &view.leader {
-        _ if holds_key && renewed => wait(
-            "recovering the restored backup to its target; postgres promotes itself there",
-        ),
+        _ if holds_key && renewed => {
+            wait("recovering the restored backup to its target; postgres promotes itself there")
+        }
         _ if holds_key => wait("the leader lease was not renewed in time"),
         Some(l) if l.name != me.name => Action::Fence {
             why: format!(
@@ -315,8 +315,7 @@ fn restoring(view: &ClusterView, me: &Me, holds_key: bool, renewed: bool) -> Act
             Action::Acquire
         }
         None => Action::Fence {
-            why: "this member's restore lost its claim to the cluster (the initialize key)"
-                .into(),
+            why: "this member's restore lost its claim to the cluster (the initialize key)".into(),
         },
     }
 }
