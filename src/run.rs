@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Path of the control socket that local CLI verbs talk to.
 pub fn control_socket(socket_dir: &Path) -> PathBuf {
@@ -168,6 +168,23 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         if let Some(h) = holder {
             h.abort();
         }
+        if let (Err(e), Some(ha)) = (&done, ha.as_mut()) {
+            // The initialize winner's bootstrap failed: the cluster was never
+            // initialized, and another member may try (Patroni's semantics). What this
+            // one left in PGDATA reads as an interrupted bootstrap, redone from clean.
+            if settings.role == crate::settings::Role::Primary
+                && !matches!(
+                    settings.data_state,
+                    crate::pgdata::DataDirState::Initialized { .. }
+                )
+            {
+                error!(
+                    error = format!("{e:#}"),
+                    "HA: the bootstrap of the cluster failed; giving up the initialize key"
+                );
+                ha.cancel_initialization().await;
+            }
+        }
         done?;
         // A clone of an upgraded primary archives under that cluster's server name.
         let settings = match crate::upgrade::with_archive_name(&settings) {
@@ -302,6 +319,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             &runner,
         )
     });
+    let last_settings = settings.clone();
     let sup = Supervisor {
         restart_on_pending: settings.restart_on_pending,
         settings,
@@ -325,7 +343,22 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     }
     // postgres has stopped: only now may the leader key go to another member.
     if let Some(ha) = ha {
-        ha.retire().await;
+        if code != 0 && crate::ha::restoring(&last_settings) {
+            // The restored backup did not recover (the archive ends before the target,
+            // WAL is missing): the cluster was never initialized. Its data is a copy of
+            // the archive's, so it is discarded and the claim given up, for this member
+            // or another to try again from clean, as Patroni does.
+            error!("HA: the restored backup did not recover; discarding it and giving up the initialize key");
+            if let Err(e) = bootstrap::discard(&last_settings.pgdata) {
+                error!(
+                    error = format!("{e:#}"),
+                    "cannot discard the restored backup"
+                );
+            }
+            ha.cancel_initialization().await;
+        } else {
+            ha.retire().await;
+        }
     }
     Ok(code)
 }
@@ -355,8 +388,9 @@ fn drill_role(app: AppState) -> crate::drill::scheduler::Local {
 }
 
 /// Settings with what PGDATA now holds, when that changes them: the adopted layer a
-/// base backup brought, and, while recovering from a restored backup, the source's
-/// values of the parameters recovery needs at least.
+/// base backup brought, and, while recovering from a restored backup (or a replica
+/// seeded from the archive's), the source's values of the parameters recovery needs
+/// at least.
 async fn settle(s: &Settings, runner: &Runner) -> Result<Option<Settings>> {
     let mut next = reload_adopted(s)?;
     let recovering = [
@@ -365,7 +399,9 @@ async fn settle(s: &Settings, runner: &Runner) -> Result<Option<Settings>> {
     ]
     .iter()
     .any(|f| s.pgdata.join(f).exists());
-    if s.restore.is_some() && recovering {
+    let restored =
+        s.restore.is_some() || s.clone_from == crate::settings::restore::CloneFrom::Archive;
+    if restored && recovering {
         let floor = replica::controldata::hot_standby_floor(s, runner, &s.pgdata)
             .await
             .context("PGDATA: read the restored cluster's control file")?;

@@ -251,6 +251,28 @@ fn replica_settings_are_refused_before_any_copy() {
 }
 
 #[test]
+fn a_bad_clone_source_is_refused() {
+    let tmp = test_dir();
+    let mut pg = Instance::new(tmp.path(), "r-clone");
+    pg.set("PGWARDEN_ROLE", "replica")
+        .set("PGWARDEN_PRIMARY_HOST", "127.0.0.1")
+        .set("PGWARDEN_REPLICATION_PASSWORD", "x")
+        .set("PGWARDEN_CLONE_FROM", "bogus");
+    assert_mentions(
+        &refused(&pg),
+        &["PGWARDEN_CLONE_FROM", "bogus", "primary or archive"],
+    );
+    assert!(!pg.pgdata.exists());
+    // The cluster's own archive is where the backup comes from: without one, refused.
+    pg.set("PGWARDEN_CLONE_FROM", "archive");
+    assert_mentions(
+        &refused(&pg),
+        &["PGWARDEN_CLONE_FROM", "PGWARDEN_ARCHIVE_URL"],
+    );
+    assert!(!pg.pgdata.exists());
+}
+
+#[test]
 fn a_binary_the_run_as_user_cannot_execute_is_refused_when_archiving() {
     if !is_root() {
         eprintln!("skipped: only root drops privileges");
@@ -422,12 +444,6 @@ fn ha_timing_that_breaks_the_ttl_rule_is_refused() {
     pg.set("PGWARDEN_ROLE", "replica");
     assert_mentions(&refused(&pg), &["PGWARDEN_ROLE", "leader key"]);
     pg.unset("PGWARDEN_ROLE");
-    pg.set(
-        "PGWARDEN_RESTORE_URL",
-        format!("file://{}", tmp.path().display()),
-    );
-    assert_mentions(&refused(&pg), &["PGWARDEN_RESTORE_URL", "PGWARDEN_HA=etcd"]);
-    pg.unset("PGWARDEN_RESTORE_URL");
     pg.set("PGWARDEN_SYNC_MODE", "strict");
     let conf = tmp.path().join("sync.conf");
     std::fs::write(&conf, "synchronous_standby_names = '*'\n").unwrap();

@@ -29,7 +29,7 @@ pub async fn build(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> 
 }
 
 /// Waits until the primary answers a replication connection, logging every attempt.
-async fn wait_for_primary(s: &Settings, runner: &Runner) {
+pub(super) async fn wait_for_primary(s: &Settings, runner: &Runner) {
     let mut delay = Duration::from_secs(1);
     for attempt in 1.. {
         match remote::identify(s, runner).await {

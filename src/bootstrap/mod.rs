@@ -95,10 +95,44 @@ async fn bootstrap(s: &Settings, runner: &Runner) -> Result<()> {
     match (restore, s.role) {
         (Some(plan), _) => restore::build(s, plan, runner, &staging).await?,
         (None, Role::Primary) => initdb::build(s, runner, &staging).await?,
-        (None, Role::Replica) => basebackup::build(s, runner, &staging).await?,
+        (None, Role::Replica) => clone(s, runner, &staging).await?,
     }
     commit(&staging, &s.pgdata)?;
     info!(pgdata = %s.pgdata.display(), "bootstrap complete");
+    Ok(())
+}
+
+/// A new replica: from the cluster's own archive with `PGWARDEN_CLONE_FROM=archive`
+/// when it holds a usable backup, else (and always by default) pg_basebackup from the
+/// primary. The archive spares the primary the copy (CloudNativePG issue 10429); it is
+/// an optimisation, so any reason it cannot serve falls back to the primary, logged.
+async fn clone(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> {
+    use crate::settings::restore::CloneFrom;
+    if s.clone_from == CloneFrom::Archive {
+        // The backup must be of the primary's cluster: it is asked, once it answers.
+        basebackup::wait_for_primary(s, runner).await;
+        match seed(s, runner, staging).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                warn!(reason = format!("{e:#}"), "PGWARDEN_CLONE_FROM=archive: the archive cannot seed this replica; cloning the primary with pg_basebackup instead");
+                if staging.exists() {
+                    std::fs::remove_dir_all(staging)
+                        .with_context(|| format!("remove {}", staging.display()))?;
+                }
+            }
+        }
+    }
+    basebackup::build(s, runner, staging).await
+}
+
+/// Seeds a standby from the latest backup in the cluster's own archive; postgres then
+/// replays the archived WAL (restore_command) and streams from the primary.
+async fn seed(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> {
+    let plan = restore::plan_seed(s, runner).await?;
+    let backup_id = plan.backup().backup_id.clone();
+    info!(backup_id = %backup_id, "seeding this replica from the archive's latest backup instead of pg_basebackup");
+    restore::build(s, plan, runner, staging).await?;
+    info!(backup_id = %backup_id, "replica seeded from the archive: it replays the archived WAL, then streams from the primary");
     Ok(())
 }
 

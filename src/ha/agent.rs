@@ -138,7 +138,21 @@ impl Ha {
             return self.prepare_upgrade(s, under_way).await;
         }
         let mut next = s.clone();
-        if matches!(state, DataDirState::Initialized { .. }) {
+        if matches!(state, DataDirState::Initialized { .. }) && restoring(s) {
+            // pgwarden stopped while the backup it restored as the initialize winner
+            // was still recovering: while the claim is still this member's, recovery
+            // goes on (as the leader, below); otherwise nothing in PGDATA is the
+            // cluster's, and it is rebuilt (Patroni moves a failed bootstrap aside).
+            while !self.refresh().await {
+                tokio::time::sleep(self.cfg.loop_wait).await;
+            }
+            if self.view.initialize.as_deref() == Some(self.name.as_str()) {
+                info!("HA: resuming the recovery of the backup this member restored as the initialize winner");
+            } else {
+                warn!(initialize = ?self.view.initialize, "HA: the backup this member was restoring lost its claim to the cluster; discarding it");
+                crate::bootstrap::discard(&s.pgdata)?;
+            }
+        } else if matches!(state, DataDirState::Initialized { .. }) {
             crate::replica::write_standby_signal(s, &s.pgdata)?;
             // A hand-over this member did not finish left postgres held: it starts
             // again as a standby, as the hand-over would have ended.
@@ -188,7 +202,14 @@ impl Ha {
                 Action::Initdb => {
                     if let Some(lease) = self.lease {
                         if let Ok(Some(term)) = self.store.acquire_leader(&self.name, lease).await {
-                            info!(term, "HA: initializing the cluster as its first leader");
+                            match &s.restore {
+                                Some(r) => {
+                                    info!(term, source = %r.source.url, server = %r.source.server, "HA: restoring the cluster from a backup as its first leader")
+                                }
+                                None => {
+                                    info!(term, "HA: initializing the cluster as its first leader")
+                                }
+                            }
                             self.saw_term(s, term);
                             next.role = Role::Primary;
                             return Ok(next);
@@ -212,6 +233,21 @@ impl Ha {
             }
             self.wait().await;
         }
+    }
+
+    /// The initialize winner's bootstrap failed (initdb, or the restore of a backup):
+    /// the cluster was never initialized. As Patroni's `cancel_initialization`, the
+    /// claim is given up so that another member may try: the lease is revoked first
+    /// (the leader key goes, which no member may clone while it names this one), then
+    /// the initialize key is deleted if it still names this member.
+    pub async fn cancel_initialization(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.lease_tx.send_replace(None);
+            if let Err(e) = self.store.revoke(lease).await {
+                warn!(error = %e, "HA: cannot revoke the lease; the leader key expires with its TTL");
+            }
+        }
+        cancel_initialize_key(&self.store, &self.name).await;
     }
 
     /// Keeps the session lease alive while the bootstrap runs (initdb or pg_basebackup
@@ -273,6 +309,7 @@ impl Ha {
         self.runner = Some(runner.clone());
         let deadline = Deadline::default();
         let watchdog_task = tokio::spawn(watchdog(deadline.clone(), s.clone(), status.clone()));
+        let s_name = self.name.clone();
         let (store, lease, retry_timeout) = (
             self.store.clone(),
             self.lease_tx.subscribe(),
@@ -291,6 +328,7 @@ impl Ha {
         Running {
             loop_task,
             watchdog_task,
+            name: s_name,
             store,
             lease,
             retry_timeout,
@@ -333,9 +371,11 @@ impl Ha {
             (None, None) => Postgres::Stopped,
             // Running or starting, but it did not answer: without standby.signal it is
             // or is about to be writable, and is treated so (it may have to be fenced).
-            (None, Some(_)) if crate::replica::is_standby(&s.pgdata) => Postgres::Replica {
-                upstream: upstream(),
-            },
+            (None, Some(_)) if crate::replica::is_standby(&s.pgdata) || restoring(s) => {
+                Postgres::Replica {
+                    upstream: upstream(),
+                }
+            }
             (None, Some(_)) => Postgres::Primary,
         };
         if let Some(l) = self.view.leader.clone() {
@@ -380,6 +420,7 @@ impl Ha {
         let mut me = self.me(true, postgres, facts);
         me.diverged = diverged;
         me.rewind_failed = sup.rewind_failed.is_some();
+        me.restoring = restoring(s);
         let action = decide(&self.view, &me, self.rules());
         self.note(&action);
         self.show(&action);
@@ -957,6 +998,7 @@ impl Ha {
                 }
                 _ => Duration::ZERO,
             },
+            restoring: false,
             unwritable_for: self
                 .unwritable_since
                 .map_or(Duration::ZERO, |t| clock::now().saturating_sub(t)),
@@ -1139,6 +1181,25 @@ impl Ha {
     }
 }
 
+/// Whether PGDATA holds a backup restored with PGWARDEN_RESTORE_URL that is still
+/// recovering to its target (recovery.signal, and no standby.signal, which would make
+/// it a standby instead).
+pub fn restoring(s: &Settings) -> bool {
+    s.restore.is_some()
+        && s.pgdata
+            .join(crate::settings::restore::RECOVERY_SIGNAL)
+            .exists()
+        && !crate::replica::is_standby(&s.pgdata)
+}
+
+/// Deletes the initialize key if it still names `name`, logged.
+async fn cancel_initialize_key(store: &EtcdStore, name: &str) {
+    match store.clear_initialize(name).await {
+        Ok(_) => info!("HA: removed the initialize key after a failed bootstrap of the cluster; another member may try"),
+        Err(e) => warn!(error = %e, "HA: cannot remove the initialize key; the other members abandon it after a TTL"),
+    }
+}
+
 /// Asks the supervisor to re-render the configuration (primary_conninfo follows the
 /// shared upstream) and reload. Not awaited: the supervisor serves requests only while
 /// postgres runs, and the loop must not wait for that.
@@ -1175,6 +1236,7 @@ impl Guards<'_> {
 pub struct Running {
     loop_task: tokio::task::JoinHandle<()>,
     watchdog_task: tokio::task::JoinHandle<()>,
+    name: String,
     store: EtcdStore,
     lease: watch::Receiver<Option<LeaseId>>,
     retry_timeout: Duration,
@@ -1185,6 +1247,20 @@ impl Running {
     /// stops and the lease is revoked, dropping the leader and member keys at once, so
     /// that a planned stop of the leader hands over without waiting for the TTL.
     pub async fn retire(self) {
+        self.leave().await;
+    }
+
+    /// [`Running::retire`] after the restored backup failed to recover (postgres gave
+    /// up, as when the archive ends before the target): the cluster was never
+    /// initialized, so, as [`Ha::cancel_initialization`], the claim goes too, once the
+    /// leader key has.
+    pub async fn cancel_initialization(self) {
+        let (store, name) = (self.store.clone(), self.name.clone());
+        self.leave().await;
+        cancel_initialize_key(&store, &name).await;
+    }
+
+    async fn leave(self) {
         self.loop_task.abort();
         self.watchdog_task.abort();
         let lease = *self.lease.borrow();

@@ -3,8 +3,10 @@
 //! make two primaries is decided here, so it is tested here, case by case.
 //!
 //! The rules, in the order they apply:
-//! 1. An empty PGDATA races for the initialize key; the winner runs initdb, the others
-//!    clone the leader once there is one.
+//! 1. An empty PGDATA races for the initialize key; the winner runs initdb (or restores
+//!    a backup), the others clone the leader once it runs as a primary. A winner that
+//!    restored holds the key and never promotes: postgres promotes itself at the
+//!    recovery target.
 //! 2. A writable postgres must hold the leader key with this process's lease and have
 //!    renewed it within `demote_after`; otherwise it is fenced at once.
 //! 3. The key holder leads (promoting or starting postgres writable first).
@@ -74,6 +76,9 @@ pub struct Me {
     /// How long this member has held the leader key while its postgres did not answer
     /// as writable (fenced, starting, in crash recovery, promoting); zero otherwise.
     pub unwritable_for: Duration,
+    /// PGDATA holds a backup this member restored as the initialize winner, still
+    /// recovering to its target (recovery.signal): postgres promotes itself there.
+    pub restoring: bool,
 }
 
 /// The settings decisions depend on.
@@ -240,6 +245,9 @@ fn decide_active(view: &ClusterView, me: &Me, rules: Rules) -> Action {
         }
         return Action::Lead;
     }
+    if me.restoring {
+        return restoring(view, me, holds_key, renewed);
+    }
     if holds_key {
         // Not writable yet. Without a fresh renewal the lease may be about to expire:
         // promoting now could outlive it.
@@ -278,6 +286,37 @@ fn decide_active(view: &ClusterView, me: &Me, rules: Rules) -> Action {
             }),
         },
         None => stopped_or(me, None, || race(view, me, rules)),
+    }
+}
+
+/// The initialize winner recovering the backup it restored. It holds the key however
+/// long recovery takes (no `primary_start_timeout`: replaying a large archive is not a
+/// start that hangs) and never promotes: the recovery target is postgres's to reach,
+/// and a promotion before it would lose what the user asked for. A restore that lost
+/// its claim to another member is stopped before it can promote itself.
+fn restoring(view: &ClusterView, me: &Me, holds_key: bool, renewed: bool) -> Action {
+    match &view.leader {
+        _ if holds_key && renewed => {
+            wait("recovering the restored backup to its target; postgres promotes itself there")
+        }
+        _ if holds_key => wait("the leader lease was not renewed in time"),
+        Some(l) if l.name != me.name => Action::Fence {
+            why: format!(
+                "{} leads: this member's restore lost its claim to the cluster",
+                l.name
+            ),
+        },
+        // A lease of an earlier run of this member: it expires by itself.
+        Some(_) => wait("an earlier run of this member still holds the leader key"),
+        None if view.initialize.as_deref() == Some(me.name.as_str())
+            && view.optime.is_none()
+            && view.history.is_empty() =>
+        {
+            Action::Acquire
+        }
+        None => Action::Fence {
+            why: "this member's restore lost its claim to the cluster (the initialize key)".into(),
+        },
     }
 }
 
@@ -426,11 +465,24 @@ fn stopped_or(me: &Me, leader: Option<&String>, otherwise: impl FnOnce() -> Acti
 fn bootstrap(view: &ClusterView, me: &Me, rules: Rules) -> Action {
     // A leader that is not this member is cloned whatever the initialize key says: a
     // cluster adopted from an existing PGDATA may never have written one.
+    // Only a leader that runs as a primary: one still recovering a restored backup (or
+    // starting after initdb) may yet fail, and its copy with it.
     if let Some(l) = &view.leader {
-        if l.name != me.name && view.member(&l.name).is_some() {
-            return Action::Clone {
-                from: l.name.clone(),
-            };
+        if l.name != me.name {
+            match view.member(&l.name) {
+                Some(m) if m.role == MemberRole::Primary => {
+                    return Action::Clone {
+                        from: l.name.clone(),
+                    }
+                }
+                Some(_) => {
+                    return wait(format!(
+                        "{} leads but does not run as a primary yet (starting, or recovering a restored backup); waiting to clone it",
+                        l.name
+                    ))
+                }
+                None => {}
+            }
         }
     }
     match &view.initialize {
@@ -702,6 +754,7 @@ fn position_of(m: &MemberState) -> Me {
         diverged: false,
         initialize_stalled_for: Duration::ZERO,
         unwritable_for: Duration::ZERO,
+        restoring: false,
         tags: m.tags,
         rewind_failed: false,
         failsafe: false,
@@ -736,6 +789,7 @@ mod tests {
             diverged: false,
             initialize_stalled_for: Duration::ZERO,
             unwritable_for: Duration::ZERO,
+            restoring: false,
             tags: Tags::default(),
             rewind_failed: false,
             failsafe: false,
@@ -942,6 +996,123 @@ mod tests {
                     ..me(Postgres::Stopped)
                 },
                 Action::Clone { from: "a".into() },
+            ),
+            (
+                "leader still recovering its restored backup: wait to clone it",
+                ClusterView {
+                    members: vec![member("a", MemberRole::Replica, 10_000)],
+                    ..view()
+                },
+                Me {
+                    has_data: false,
+                    ..me(Postgres::Stopped)
+                },
+                w(),
+            ),
+            (
+                "leader not running yet (after initdb): wait to clone it",
+                ClusterView {
+                    members: vec![member("a", MemberRole::Stopped, 10_000)],
+                    ..view()
+                },
+                Me {
+                    has_data: false,
+                    ..me(Postgres::Stopped)
+                },
+                w(),
+            ),
+            // Rule 1, the winner that restored a backup: it holds the key, and postgres
+            // promotes itself at the target.
+            (
+                "restoring with the key: hold it, never promote, however long",
+                ClusterView {
+                    initialize: Some("b".into()),
+                    ..ClusterView {
+                        leader: leader("b", LEASE),
+                        members: vec![member("b", MemberRole::Replica, 0)],
+                        ..ClusterView::default()
+                    }
+                },
+                Me {
+                    restoring: true,
+                    unwritable_for: Duration::from_secs(3600),
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "restoring, not answering yet (before consistency): hold the key",
+                ClusterView {
+                    initialize: Some("b".into()),
+                    leader: leader("b", LEASE),
+                    ..ClusterView::default()
+                },
+                Me {
+                    restoring: true,
+                    ..me(Postgres::Stopped)
+                },
+                w(),
+            ),
+            (
+                "restoring, lease not renewed: wait, do not promote",
+                ClusterView {
+                    initialize: Some("b".into()),
+                    leader: leader("b", LEASE),
+                    ..ClusterView::default()
+                },
+                Me {
+                    restoring: true,
+                    since_renewal: Some(Duration::from_secs(25)),
+                    ..me(replica(None))
+                },
+                w(),
+            ),
+            (
+                "restoring, key lost (etcd was out): take it back",
+                ClusterView {
+                    initialize: Some("b".into()),
+                    ..ClusterView::default()
+                },
+                Me {
+                    restoring: true,
+                    ..me(replica(None))
+                },
+                Action::Acquire,
+            ),
+            (
+                "restoring, another member leads: stop before promoting",
+                ClusterView {
+                    initialize: Some("a".into()),
+                    ..view()
+                },
+                Me {
+                    restoring: true,
+                    ..me(replica(None))
+                },
+                Action::Fence { why: String::new() },
+            ),
+            (
+                "restoring, the claim went to another member: stop before promoting",
+                ClusterView {
+                    initialize: Some("a".into()),
+                    ..ClusterView::default()
+                },
+                Me {
+                    restoring: true,
+                    ..me(replica(None))
+                },
+                Action::Fence { why: String::new() },
+            ),
+            (
+                "restored and promoted itself: lead",
+                ClusterView {
+                    initialize: Some("b".into()),
+                    leader: leader("b", LEASE),
+                    members: vec![member("b", MemberRole::Primary, 0)],
+                    ..ClusterView::default()
+                },
+                me(Postgres::Primary),
+                Action::Lead,
             ),
             (
                 "leader up, no initialize key (an adopted cluster): clone it",

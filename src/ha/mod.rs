@@ -22,6 +22,6 @@ pub mod sync;
 pub mod upstream;
 mod watchdog;
 
-pub use agent::{Ha, Running};
+pub use agent::{restoring, Ha, Running};
 pub use config::{HaArgs, HaConfig, SyncMode};
 pub use switchover::{Switchover, SwitchoverError};

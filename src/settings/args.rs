@@ -193,6 +193,10 @@ pub struct SettingsArgs {
     #[command(flatten)]
     pub restore: crate::settings::restore::RestoreArgs,
 
+    /// Where a new or rebuilt replica is copied from (`PGWARDEN_CLONE_FROM`).
+    #[command(flatten)]
+    pub clone: crate::settings::restore::CloneArgs,
+
     /// Base backup compression: `gzip` or `none` (barman-cloud restores no zstd).
     #[arg(long, env = "PGWARDEN_BACKUP_COMPRESSION", default_value = "gzip")]
     pub backup_compression: String,

@@ -191,6 +191,8 @@ pub struct Settings {
     pub sync_named: crate::ha::sync::Named,
     /// Bootstrap from a backup in an archive, when PGWARDEN_RESTORE_URL is set.
     pub restore: Option<crate::settings::restore::RestoreConfig>,
+    /// Where a new or rebuilt replica is copied from (`PGWARDEN_CLONE_FROM`).
+    pub clone_from: crate::settings::restore::CloneFrom,
     /// While recovering from a backup: the source's values of the parameters a
     /// standby may not run below (from pg_controldata), which pgwarden renders when
     /// they are higher than the configured ones. Empty otherwise.
@@ -451,6 +453,9 @@ impl Settings {
             &name,
         )
         .map_err(|(setting, m)| invalid(setting, m))?;
+        let clone_from =
+            crate::settings::restore::CloneFrom::from_args(&args.clone, archive.is_some())
+                .map_err(|(setting, m)| invalid(setting, m))?;
         let backup_compression =
             crate::backup::BackupCompression::from_setting(&args.backup_compression)
                 .map_err(|(setting, m)| invalid(setting, m))?;
@@ -527,12 +532,7 @@ impl Settings {
             }
         }
         if ha.is_some() {
-            check_ha_roles(
-                role,
-                args,
-                replication_password.is_some(),
-                restore.is_some(),
-            )?;
+            check_ha_roles(role, args, replication_password.is_some())?;
         } else if role == Role::Replica && !(args.primary_host.is_none() && restore.is_some()) {
             // A replica without a primary to stream from follows the restore archive.
             if args.primary_host.is_none() {
@@ -596,6 +596,7 @@ impl Settings {
             upstream: Default::default(),
             sync_named: Default::default(),
             restore,
+            clone_from,
             recovery_floor: Vec::new(),
             backup_compression,
             backups,
@@ -635,9 +636,14 @@ impl Settings {
     }
 
     /// A standby with no primary to stream from, that replays the restore archive
-    /// (a disaster-recovery replica in another region).
+    /// (a disaster-recovery replica in another region). Never with HA: there a
+    /// replica follows the leader, and only the initialize winner reads the restore
+    /// archive, to bootstrap the cluster.
     pub fn follows_archive(&self) -> bool {
-        self.role == Role::Replica && self.primary_host.is_none() && self.restore.is_some()
+        self.role == Role::Replica
+            && self.primary_host.is_none()
+            && self.restore.is_some()
+            && self.ha.is_none()
     }
 
     /// The libpq connection string to the primary, without a password (see [`Settings::passfile`]).
@@ -768,21 +774,13 @@ fn check_sync_owned(s: &Settings) -> Result<(), SettingsError> {
     Ok(())
 }
 
+/// With PGWARDEN_RESTORE_URL every member has the restore settings, but only the one
+/// that wins the initialize key restores (see [`crate::ha`]); the others clone it.
 fn check_ha_roles(
     role: Role,
     args: &SettingsArgs,
     has_replication_password: bool,
-    has_restore: bool,
 ) -> Result<(), SettingsError> {
-    // Untested together: every member would take the restore archive for its source,
-    // and one without a primary host would follow the archive instead of the leader.
-    if has_restore {
-        return Err(invalid(
-            "PGWARDEN_RESTORE_URL",
-            "bootstrapping from a backup is not supported with PGWARDEN_HA=etcd yet; restore one \
-             instance without HA, then start the cluster on its PGDATA",
-        ));
-    }
     if role == Role::Replica {
         return Err(invalid(
             "PGWARDEN_ROLE",

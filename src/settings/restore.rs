@@ -19,6 +19,49 @@ pub enum Then {
     Promote,
     /// Stay a standby that replays the archive as it grows.
     FollowArchive,
+    /// A standby of the primary, seeded from the cluster's own archive
+    /// (`PGWARDEN_CLONE_FROM=archive`): it replays the archived WAL, then streams.
+    FollowPrimary,
+}
+
+/// Where a new or rebuilt replica gets its copy of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CloneFrom {
+    /// pg_basebackup from the primary.
+    #[default]
+    Primary,
+    /// The latest base backup in the cluster's own archive (PGWARDEN_ARCHIVE_URL) and
+    /// its archived WAL; pg_basebackup when the archive has no usable backup.
+    Archive,
+}
+
+/// `PGWARDEN_CLONE_FROM` as a flag and environment variable.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CloneArgs {
+    /// `primary` (pg_basebackup) or `archive` (the latest backup in PGWARDEN_ARCHIVE_URL
+    /// and its archived WAL) for a new or rebuilt replica.
+    #[arg(long, env = "PGWARDEN_CLONE_FROM", default_value = "primary")]
+    pub clone_from: String,
+}
+
+impl CloneFrom {
+    /// Validates `PGWARDEN_CLONE_FROM`; `archive` needs the cluster's own archive.
+    pub fn from_args(a: &CloneArgs, has_archive: bool) -> Result<CloneFrom, SettingError> {
+        match a.clone_from.trim() {
+            "" | "primary" => Ok(CloneFrom::Primary),
+            "archive" if has_archive => Ok(CloneFrom::Archive),
+            "archive" => Err((
+                "PGWARDEN_CLONE_FROM",
+                "archive seeds replicas from the cluster's own archive, but PGWARDEN_ARCHIVE_URL is not set; \
+                 set PGWARDEN_ARCHIVE_URL or PGWARDEN_CLONE_FROM=primary"
+                    .to_owned(),
+            )),
+            other => Err((
+                "PGWARDEN_CLONE_FROM",
+                format!("{other:?} is not primary or archive"),
+            )),
+        }
+    }
 }
 
 /// The restore settings as flags and environment variables.
@@ -116,6 +159,14 @@ impl SettingNames {
         source: "PGWARDEN_RESTORE_URL",
         server: "PGWARDEN_RESTORE_NAME",
         backup_id: "PGWARDEN_RESTORE_BACKUP_ID",
+        target: None,
+    };
+
+    /// A replica seeded from the cluster's own archive (`PGWARDEN_CLONE_FROM=archive`).
+    pub const CLONE: SettingNames = SettingNames {
+        source: "PGWARDEN_ARCHIVE_URL",
+        server: "PGWARDEN_ARCHIVE_NAME",
+        backup_id: "PGWARDEN_CLONE_FROM",
         target: None,
     };
 
@@ -477,6 +528,31 @@ mod tests {
                 (Ok(c), Ok(t)) => assert_eq!(c.as_ref().map(|c| c.target.clone()), *t, "{pairs:?}"),
                 (Err((setting, _)), Err(w)) => assert_eq!(setting, w, "{pairs:?}: {got:?}"),
                 _ => panic!("{pairs:?} {dest:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn clone_from_table() {
+        let cases = [
+            ("primary", true, Ok(CloneFrom::Primary)),
+            ("primary", false, Ok(CloneFrom::Primary)),
+            ("", false, Ok(CloneFrom::Primary)),
+            ("archive", true, Ok(CloneFrom::Archive)),
+            ("archive", false, Err("PGWARDEN_ARCHIVE_URL")),
+            ("bogus", true, Err("\"bogus\" is not")),
+        ];
+        for (value, has_archive, want) in cases {
+            let a = CloneArgs {
+                clone_from: value.to_owned(),
+            };
+            match (CloneFrom::from_args(&a, has_archive), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w, "{value}"),
+                (Err((setting, m)), Err(w)) => {
+                    assert_eq!(setting, "PGWARDEN_CLONE_FROM", "{value}");
+                    assert!(m.contains(w), "{value}: {m}");
+                }
+                (got, _) => panic!("{value} {has_archive}: {got:?}"),
             }
         }
     }

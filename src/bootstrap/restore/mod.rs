@@ -73,7 +73,7 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then) -> Result<Plan> {
         .with_context(|| format!("{}: list the backups of {base}", names.source))?;
     let target = match then {
         Then::Promote => &r.target,
-        Then::FollowArchive => &RecoveryTarget::End,
+        Then::FollowArchive | Then::FollowPrimary => &RecoveryTarget::End,
     };
     let b = choose::choose(&backups, r.backup_id.as_deref(), target, &names)
         .map_err(anyhow::Error::msg)?;
@@ -90,6 +90,36 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then) -> Result<Plan> {
         then,
         names,
     })
+}
+
+/// Plans a replica's copy from the cluster's own archive (`PGWARDEN_CLONE_FROM=archive`):
+/// its latest backup, checked as a restore's, and of the very cluster the primary runs
+/// (its system identifier): a backup of the cluster before an upgrade, or of another
+/// cluster archived under the same name, cannot follow this primary. `Err` says why
+/// the archive cannot seed this replica.
+pub async fn plan_seed(s: &Settings, runner: &Runner) -> Result<Plan> {
+    let Some(archive) = &s.archive else {
+        bail!("PGWARDEN_ARCHIVE_URL is not set");
+    };
+    let r = RestoreConfig {
+        source: archive.clone(),
+        backup_id: None,
+        target: RecoveryTarget::End,
+        names: SettingNames::CLONE,
+    };
+    let plan = plan(s, &r, Then::FollowPrimary).await?;
+    let primary = crate::replica::remote::identify(s, runner)
+        .await
+        .context("ask the primary for its system identifier")?;
+    if primary.system_id != plan.backup.systemid {
+        bail!(
+            "backup {} is of the cluster with system identifier {}, but the primary's is {}",
+            plan.backup.backup_id,
+            plan.backup.systemid,
+            primary.system_id
+        );
+    }
+    Ok(plan)
 }
 
 /// Builds the cluster in `staging` from the planned backup.
@@ -133,7 +163,9 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
     verify_manifest(s, runner, staging).await?;
     let signal = match then {
         Then::Promote => RECOVERY_SIGNAL,
-        Then::FollowArchive => crate::replica::STANDBY_SIGNAL,
+        // A seeded replica gets what a pg_basebackup clone gets: standby.signal, and
+        // primary_conninfo from the usual rendering.
+        Then::FollowArchive | Then::FollowPrimary => crate::replica::STANDBY_SIGNAL,
     };
     let (dir, major, owner) = (
         staging.to_path_buf(),
