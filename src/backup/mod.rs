@@ -25,6 +25,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod service;
 pub mod take;
+pub mod target;
 pub mod verify;
 pub mod walclean;
 
