@@ -8,9 +8,10 @@
 //! healthy replica by default), or the primary when the chosen replica has not
 //! started it within [`grace`]. The taker holds the cluster's `jobs/backup` key
 //! while it runs and records the backup's start under `jobs/backup/last`, from
-//! which every member counts the next one; with the key held, a backup that began
-//! at or after the due time (recorded, or listed in the archive) counts as this
-//! one, so one due time makes one backup cluster-wide.
+//! which every member counts the next one. With the key held, the taker counts the
+//! due time again from what is recorded and listed in the archive then: a backup
+//! another member began meanwhile moves it on, so one due time makes one backup
+//! cluster-wide.
 
 use super::schedule::Schedule;
 use super::service::{BackupError, Backups};
@@ -248,7 +249,7 @@ impl Scheduler {
                         continue;
                     }
                     say(format!(
-                        "replica {chosen} did not start it within {:?}; this primary takes it",
+                        "replica {chosen} was given {:?}; this primary takes it unless a backup is under way",
                         grace(ha)
                     ));
                     Role::Primary
@@ -295,22 +296,24 @@ impl Scheduler {
                     continue;
                 }
             };
-            // With the key held nobody else starts one: a backup that began at or after
-            // the due time, recorded or listed, was this due time's.
+            // With the key held nobody else starts one: the due time again, from what
+            // is recorded and listed now, says whether a backup another member took
+            // meanwhile was this one (with no backup yet, an interval is due at every
+            // look: only a fresh look tells that one has just been taken).
             let recorded = cluster_last(&store).await;
             let listed = self.newest_in_archive().await;
-            let done = recorded
-                .as_ref()
-                .map(|l| from_unix(l.started_unix))
-                .max(listed)
-                .filter(|t| *t >= due);
-            if let Some(t) = done {
+            let recorded_at = recorded.as_ref().map(|l| from_unix(l.started_unix));
+            let now = SystemTime::now();
+            let last = in_archive
+                .max(self.last_attempt())
+                .max(recorded_at)
+                .max(listed);
+            if self.schedule.next(now, last, started) > now {
                 info!(
                     due = civil::rfc3339(due),
-                    began = civil::rfc3339(t),
-                    "a scheduled backup is due and one began since; this one counts as taken"
+                    "a scheduled backup was due and another began since; it counts"
                 );
-                if recorded.is_none_or(|l| from_unix(l.started_unix) < t) {
+                if let Some(t) = listed.filter(|t| Some(*t) > recorded_at) {
                     // A backup taken outside the schedule: every member counts from it.
                     let last = ClusterLast {
                         member: String::new(),

@@ -5,8 +5,9 @@
 //! With `prefer-standby`, the healthy replica with the lowest name takes it; the
 //! primary when no replica is healthy. A replica is healthy when it runs as one,
 //! streams now, has followed the current leader's term, is on the leader's timeline,
-//! and has received WAL within `PGWARDEN_HA_MAX_LAG_ON_FAILOVER` of the leader's
-//! position. A member that is not chosen does not take it; the primary takes over
+//! and has replayed the WAL it received to within `PGWARDEN_MAX_LAG_ON_FAILOVER`.
+//! How far a streaming replica is behind the primary does not matter to the backup's
+//! worth: a restore replays the archive's WAL from wherever the backup ends. A member that is not chosen does not take it; the primary takes over
 //! when the chosen replica has not taken the cluster's backup key within a grace
 //! period (the loop in [`super::scheduler`] decides when, and the key ensures one
 //! backup at a time).
@@ -49,26 +50,27 @@ pub enum Choice {
     Wait(String),
 }
 
-/// Whether `m` may take the backup instead of the leader.
+/// Whether `m` may take the backup instead of the leader. Its lag is the WAL it
+/// has received and not replayed yet, both published at one instant: two members'
+/// positions are published up to a loop apart, and a busy primary writes more than
+/// the bound between two publications, so comparing them would make a streaming
+/// replica look behind (and the choice flap) exactly when the primary is busiest.
 fn healthy(m: &MemberState, view: &ClusterView, max_lag: u64) -> bool {
     let Some(leader) = &view.leader else {
         return false;
     };
-    let lead = view.member(&leader.name);
-    let leader_timeline = lead
+    let leader_timeline = view
+        .member(&leader.name)
         .and_then(|l| l.timeline)
         .or(view.optime.map(|o| o.timeline));
-    let leader_lsn = lead
-        .and_then(|l| l.received_lsn)
-        .max(view.optime.map(|o| o.lsn));
     let on_timeline = match (leader_timeline, m.timeline) {
         (Some(l), Some(t)) => l == t,
         // A leader that published no timeline yet: its term says enough.
         (None, _) => true,
         (Some(_), None) => false,
     };
-    let within_lag = match (leader_lsn, m.received_lsn) {
-        (Some(l), Some(r)) => l.saturating_sub(r) <= max_lag,
+    let within_lag = match (m.received_lsn, m.replayed_lsn) {
+        (Some(r), Some(p)) => r.saturating_sub(p) <= max_lag,
         _ => false,
     };
     m.name != leader.name
@@ -199,15 +201,25 @@ mod tests {
                 other("a"),
             ),
             (
-                "b lags more than the bound: c",
-                with("b", |m| m.received_lsn = Some(9_000)),
+                "b has more WAL to replay than the bound: c",
+                with("b", |m| m.replayed_lsn = Some(9_000)),
                 "c",
                 pf,
                 take(Role::Replica),
             ),
             (
                 "exactly the bound behind is within it",
-                with("b", |m| m.received_lsn = Some(9_900)),
+                with("b", |m| m.replayed_lsn = Some(9_890)),
+                "b",
+                pf,
+                take(Role::Replica),
+            ),
+            (
+                "b published an older position than the leader's: it streams, it is fine",
+                with("b", |m| {
+                    m.received_lsn = Some(1_000);
+                    m.replayed_lsn = Some(1_000);
+                }),
                 "b",
                 pf,
                 take(Role::Replica),
@@ -276,10 +288,10 @@ mod tests {
             backup_member(&v, "a", Target::PreferStandby, 100),
             take(Role::Primary)
         );
-        // Both replicas behind.
+        // Both replicas stuck replaying.
         let mut v = view();
         for m in v.members.iter_mut().skip(1) {
-            m.received_lsn = Some(1_000);
+            m.replayed_lsn = Some(1_000);
         }
         assert_eq!(
             backup_member(&v, "a", Target::PreferStandby, 100),
@@ -289,7 +301,7 @@ mod tests {
             backup_member(&v, "b", Target::PreferStandby, 100),
             other("a")
         );
-        // The leader's member key is gone: its recorded optime is the position.
+        // The leader's member key is gone: its recorded optime gives the timeline.
         let mut v = view();
         v.members.remove(0);
         assert_eq!(
