@@ -205,7 +205,7 @@ impl Scheduler {
         let started = SystemTime::now();
         let in_archive = self.newest_in_archive().await;
         // When this member first found the current due time past, and what it last
-        // said about it (logged once, not every recheck).
+        // said about it (logged once a due time, not every recheck).
         let mut due_since: Option<SystemTime> = None;
         let mut said = String::new();
         loop {
@@ -219,6 +219,7 @@ impl Scheduler {
             if let Ok(wait) = due.duration_since(now) {
                 if !wait.is_zero() {
                     due_since = None;
+                    said.clear();
                     tokio::time::sleep(wait.min(LONGEST_SLEEP)).await;
                     continue;
                 }
