@@ -134,7 +134,7 @@ impl Scheduler {
                 .filter_map(|b| civil::parse_barman_time(&b.begin_time))
                 .max(),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the backups in the archive; the schedule counts from now");
+                tracing::warn!(error = %e, "cannot read the backups in the archive; the schedule counts from the backups it knows of otherwise");
                 None
             }
         }
