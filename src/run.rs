@@ -252,7 +252,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         crate::backup::scheduler::Scheduler {
             schedule,
             backups: scheduled_backups,
-            gate: scheduled_backup_gate(app.clone()),
+            local: backup_role(app.clone()),
         }
         .spawn();
     }
@@ -363,8 +363,18 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     Ok(code)
 }
 
-/// A scheduled backup runs on a ready primary only: replicas share the archive, and
-/// one backup a schedule is enough.
+/// The role the backup schedule sees this instance in: the one it runs as, while
+/// ready in it, or why it is not ready.
+fn backup_role(app: AppState) -> crate::backup::scheduler::Local {
+    Arc::new(move || {
+        let (sup, snap) = app.view();
+        http::readiness(&sup, &snap, &app.instance)?;
+        Ok(http::effective_role(&snap, &app.instance))
+    })
+}
+
+/// The backup after an upgrade runs on a ready primary only: replicas share the
+/// archive, and one backup is enough.
 fn scheduled_backup_gate(app: AppState) -> crate::backup::scheduler::Gate {
     Arc::new(move || {
         let (sup, snap) = app.view();

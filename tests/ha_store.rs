@@ -30,6 +30,7 @@ fn member(name: &str) -> MemberState {
         received_lsn: Some(100),
         replayed_lsn: Some(90),
         term: 0,
+        streaming: true,
         tags: Default::default(),
     }
 }

@@ -604,6 +604,7 @@ fn bad_schedule_or_retention_settings_are_refused_at_start() {
             false,
             "PGWARDEN_ARCHIVE_URL",
         ),
+        ("PGWARDEN_BACKUP_TARGET", "standby", true, "prefer-standby"),
     ];
     for (i, (var, value, with_archive, says)) in cases.iter().enumerate() {
         let mut pg = Instance::new(tmp.path(), &format!("bad{i}"));

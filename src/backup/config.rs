@@ -2,6 +2,7 @@
 
 use super::policy::Policy;
 use super::schedule::Schedule;
+use super::target::Target;
 use clap::Args;
 
 /// The settings as flags and environment variables.
@@ -18,6 +19,10 @@ pub struct BackupArgs {
     /// Workers copying files in a base backup (default: the CPU limit).
     #[arg(long, env = "PGWARDEN_BACKUP_JOBS")]
     pub backup_jobs: Option<String>,
+    /// Under HA, where scheduled backups run: `prefer-standby` (a streaming replica,
+    /// else the primary) or `primary` (CloudNativePG's names). Ignored without HA.
+    #[arg(long, env = "PGWARDEN_BACKUP_TARGET")]
+    pub backup_target: Option<String>,
 }
 
 /// Validated settings.
@@ -31,6 +36,8 @@ pub struct BackupConfig {
     pub retention: Option<Policy>,
     /// Workers copying files in a base backup.
     pub jobs: usize,
+    /// Under HA, where scheduled backups run.
+    pub target: Target,
 }
 
 impl BackupConfig {
@@ -64,6 +71,10 @@ impl BackupConfig {
                 }
             },
         };
+        let target = match set(&a.backup_target) {
+            None => Target::default(),
+            Some(t) => Target::parse(&t).map_err(|m| ("PGWARDEN_BACKUP_TARGET", m))?,
+        };
         if !archive {
             if schedule.is_some() {
                 return Err((
@@ -83,6 +94,7 @@ impl BackupConfig {
             schedule_text: schedule_text.map(|s| s.trim().to_owned()),
             retention,
             jobs,
+            target,
         })
     }
 }
@@ -96,6 +108,7 @@ mod tests {
             backup_schedule: schedule.map(Into::into),
             backup_retention: retention.map(Into::into),
             backup_jobs: None,
+            backup_target: None,
         }
     }
 
@@ -146,5 +159,24 @@ mod tests {
         let c = BackupConfig::from_args(&args(Some(" 6h "), Some("redundancy 2")), true).unwrap();
         assert_eq!(c.schedule_text.as_deref(), Some("6h"));
         assert_eq!(c.retention, Some(Policy::Redundancy(2)));
+        assert_eq!(c.target, Target::PreferStandby);
+        let with_target = |t: &str| {
+            BackupConfig::from_args(
+                &BackupArgs {
+                    backup_target: Some(t.into()),
+                    ..args(Some("6h"), None)
+                },
+                true,
+            )
+        };
+        assert_eq!(with_target("primary").unwrap().target, Target::Primary);
+        assert_eq!(
+            with_target(" prefer-standby ").unwrap().target,
+            Target::PreferStandby
+        );
+        assert_eq!(
+            with_target("standby").unwrap_err().0,
+            "PGWARDEN_BACKUP_TARGET"
+        );
     }
 }

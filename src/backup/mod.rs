@@ -25,6 +25,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod service;
 pub mod take;
+pub mod target;
 pub mod verify;
 pub mod walclean;
 
@@ -98,6 +99,10 @@ pub struct BackupStatus {
     /// it waits for the instance to be ready as a primary.
     #[serde(default)]
     pub next_scheduled: Option<String>,
+    /// Under HA, the member the schedule chose for the due (or last) backup: this
+    /// member's name, or another's when this one leaves it to that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_on: Option<String>,
     /// The last run of `PGWARDEN_BACKUP_RETENTION`.
     #[serde(default)]
     pub retention: Option<RetentionRun>,

@@ -276,7 +276,13 @@ impl Job<'_> {
             size: Some(taken.parts.iter().map(|p| p.size).sum()),
             backup_label: Some(taken.label.clone()),
             made_by: "pgwarden".to_owned(),
-            extra: extra(&taken.parts),
+            extra: {
+                let mut e = extra(&taken.parts);
+                // Which member took it: under HA, usually a standby (see
+                // super::target); backup_label says whether it was one.
+                e.insert("member".to_owned(), s.name.clone());
+                e
+            },
         };
         let listed = super::list::list(self.storage, &self.archive.base())
             .await

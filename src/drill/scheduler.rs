@@ -12,7 +12,8 @@ use super::{NotRun, Request, Tracker, Trigger};
 use crate::backup::schedule::Schedule;
 use crate::civil;
 use crate::ha::etcd::EtcdStore;
-use crate::ha::store::{MemberRole, Store, StoreError};
+use crate::ha::job;
+use crate::ha::store::{MemberRole, Store};
 use crate::process::Runner;
 use crate::settings::restore::RecoveryTarget;
 use crate::settings::{Role, Settings};
@@ -175,20 +176,22 @@ impl Scheduler {
                 }
             }
             let held = match &store {
-                Some(st) => match hold(st, &self.settings).await {
-                    Ok(Ok(lease)) => Some(lease),
-                    Ok(Err(holder)) => {
-                        let why = format!("member {holder} is running the cluster's drill");
-                        info!(reason = %why, "a scheduled drill is due; skipped");
-                        note = Some(why);
-                        skipped = Some(now);
-                        continue;
+                Some(st) => {
+                    match job::hold(st, JOB, &self.settings.name, ttl(&self.settings)).await {
+                        Ok(Ok(held)) => Some(held),
+                        Ok(Err(holder)) => {
+                            let why = format!("member {holder} is running the cluster's drill");
+                            info!(reason = %why, "a scheduled drill is due; skipped");
+                            note = Some(why);
+                            skipped = Some(now);
+                            continue;
+                        }
+                        Err(e) => {
+                            self.wait(next, format!("etcd: {e}"), &cancel).await;
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        self.wait(next, format!("etcd: {e}"), &cancel).await;
-                        continue;
-                    }
-                },
+                }
                 None => None,
             };
             note = None;
@@ -198,7 +201,6 @@ impl Scheduler {
                 target: RecoveryTarget::End,
                 trigger: Trigger::Schedule,
             };
-            let keeper = held.map(|lease| keep(store.clone(), lease, &self.settings));
             let result = super::drill(
                 &self.settings,
                 &req,
@@ -207,8 +209,7 @@ impl Scheduler {
                 Some(&self.tracker),
             )
             .await;
-            if let (Some(st), Some((lease, task))) = (&store, keeper) {
-                task.abort();
+            if let (Some(st), Some(held)) = (&store, held) {
                 if let Ok(r) = &result {
                     let last = ClusterLast {
                         member: self.settings.name.clone(),
@@ -221,9 +222,7 @@ impl Scheduler {
                         }
                     }
                 }
-                if let Err(e) = st.revoke(lease).await {
-                    warn!(error = %e, "cannot release the drill key; it goes when its lease expires");
-                }
+                held.release().await;
             }
             match result {
                 Ok(_) => {}
@@ -252,6 +251,13 @@ impl Scheduler {
     }
 }
 
+/// The lease of the drill key: the HA session's TTL.
+fn ttl(s: &Settings) -> Duration {
+    s.ha.as_ref()
+        .map(|h| h.ttl)
+        .unwrap_or(Duration::from_secs(30))
+}
+
 fn from_unix(secs: f64) -> SystemTime {
     std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))
 }
@@ -266,48 +272,6 @@ async fn cluster_last(store: &EtcdStore) -> Option<ClusterLast> {
             None
         }
     }
-}
-
-/// Takes the cluster's drill key for this member, on a lease of its own: `Ok(Err)`
-/// names the member that holds it.
-async fn hold(store: &EtcdStore, s: &Settings) -> Result<Result<i64, String>, StoreError> {
-    let ttl =
-        s.ha.as_ref()
-            .map(|h| h.ttl)
-            .unwrap_or(Duration::from_secs(30));
-    let lease = store.grant(ttl).await?;
-    match store.acquire_job(JOB, &s.name, lease).await {
-        Ok(Some(holder)) if holder == s.name => Ok(Ok(lease)),
-        other => {
-            let _ = store.revoke(lease).await;
-            match other? {
-                Some(holder) => Ok(Err(holder)),
-                None => Ok(Err("another member".into())),
-            }
-        }
-    }
-}
-
-/// Renews the drill key's lease while the drill runs.
-fn keep(store: Option<EtcdStore>, lease: i64, s: &Settings) -> (i64, tokio::task::JoinHandle<()>) {
-    let every =
-        s.ha.as_ref()
-            .map(|h| h.ttl / 3)
-            .unwrap_or(Duration::from_secs(10))
-            .max(Duration::from_secs(1));
-    let task = tokio::spawn(async move {
-        let Some(store) = store else { return };
-        loop {
-            tokio::time::sleep(every).await;
-            if let Err(e) = store.keep_alive(lease).await {
-                warn!(error = %e, "cannot renew the drill key; another member may start a drill meanwhile");
-                if matches!(e, StoreError::LeaseGone(_)) {
-                    return;
-                }
-            }
-        }
-    });
-    (lease, task)
 }
 
 #[cfg(test)]

@@ -971,6 +971,7 @@ impl Ha {
             received_lsn: facts.and_then(|f| f.received),
             replayed_lsn: facts.and_then(|f| f.replayed),
             term: self.term_seen,
+            streaming: facts.is_some_and(|f| f.in_recovery && f.streaming),
             tags: self.cfg.tags,
         };
         if let Err(e) = self.store.put_member(&state, lease).await {

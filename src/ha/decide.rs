@@ -814,6 +814,7 @@ mod tests {
             received_lsn: Some(lsn),
             replayed_lsn: Some(lsn),
             term: 7,
+            streaming: role == MemberRole::Replica,
             tags: Tags::default(),
         }
     }

@@ -14,6 +14,7 @@ pub mod decide;
 pub mod etcd;
 pub mod failsafe;
 mod handover;
+pub mod job;
 pub mod local;
 pub mod status;
 pub mod store;

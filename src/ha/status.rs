@@ -174,6 +174,7 @@ mod tests {
             received_lsn: Some(lsn),
             replayed_lsn: Some(lsn),
             term: 7,
+            streaming: false,
             tags: Default::default(),
         };
         let mut doc = ClusterDoc {

@@ -63,6 +63,10 @@ pub struct MemberState {
     /// The latest term whose leader this member followed or was.
     #[serde(default)]
     pub term: Term,
+    /// A replica whose WAL receiver streams now (Patroni's `state: streaming`); false
+    /// for a primary, and in member keys written before it was published.
+    #[serde(default)]
+    pub streaming: bool,
     /// Its tags (`PGWARDEN_NOFAILOVER`, `PGWARDEN_FAILOVER_PRIORITY`, `PGWARDEN_NOSYNC`).
     #[serde(default)]
     pub tags: Tags,
@@ -319,6 +323,7 @@ mod tests {
             received_lsn: Some(0x3000060),
             replayed_lsn: Some(0x3000000),
             term: 7,
+            streaming: true,
             tags: Tags {
                 nofailover: true,
                 failover_priority: 0,
@@ -331,7 +336,10 @@ mod tests {
             r#"{"name":"a","host":"h","port":1,"api_url":"u","role":"stopped"}"#,
         )
         .unwrap();
-        assert_eq!((old.timeline, old.received_lsn, old.term), (None, None, 0));
+        assert_eq!(
+            (old.timeline, old.received_lsn, old.term, old.streaming),
+            (None, None, 0, false)
+        );
         // A member key written before tags existed: promotable, priority 1.
         assert_eq!(old.tags, Tags::default());
         assert!(old.tags.promotable() && !m.tags.promotable());
