@@ -7,9 +7,9 @@
 //! streams now, has followed the current leader's term, is on the leader's timeline,
 //! and has replayed the WAL it received to within `PGWARDEN_MAX_LAG_ON_FAILOVER`.
 //! How far a streaming replica is behind the primary does not matter to the backup's
-//! worth: a restore replays the archive's WAL from wherever the backup ends. A member that is not chosen does not take it; the primary takes over
-//! when the chosen replica has not taken the cluster's backup key within a grace
-//! period (the loop in [`super::scheduler`] decides when, and the key ensures one
+//! worth: a restore replays the archive's WAL from wherever the backup ends. A member
+//! that is not chosen does not take it; the primary takes over when the chosen replica
+//! has not taken the cluster's backup key within a grace period (the loop in [`super::scheduler`] decides when, and the key ensures one
 //! backup at a time).
 
 use crate::ha::store::{ClusterView, MemberRole, MemberState};
