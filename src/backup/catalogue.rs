@@ -8,7 +8,8 @@
 
 use super::marker::{Running, DELETING, RUNNING};
 use crate::civil::parse_barman_time;
-use crate::wal::storage::Storage;
+use crate::wal::storage::{Bytes, ObjectInfo, Storage, StorageError};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -174,6 +175,43 @@ pub struct Catalogue {
     pub deleting: BTreeMap<String, Vec<String>>,
 }
 
+/// How many catalogue objects are fetched at once: hundreds of `backup.info` files on
+/// S3 are read in the time of a few round trips, not of hundreds.
+const IN_FLIGHT: usize = 16;
+
+/// The objects listed under `prefix` (`<server_base>/base/`), grouped by backup
+/// directory: each directory's name and the keys of every object under it.
+pub fn directories(prefix: &str, listed: &[ObjectInfo]) -> BTreeMap<String, Vec<String>> {
+    let mut dirs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for obj in listed {
+        let Some((id, _)) = obj
+            .key
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            continue;
+        };
+        dirs.entry(id.to_owned()).or_default().push(obj.key.clone());
+    }
+    dirs
+}
+
+/// The content of each of `keys`, fetched [`IN_FLIGHT`] at a time: `None` for an
+/// object that vanished since it was listed. The first storage error ends it.
+pub async fn fetch_all<S: Storage>(
+    storage: &S,
+    keys: Vec<String>,
+) -> Result<BTreeMap<String, Option<Bytes>>, StorageError> {
+    stream::iter(keys)
+        .map(|key| async move {
+            let body = storage.get(&key).await?.map(|(b, _)| b);
+            Ok::<_, StorageError>((key, body))
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect()
+        .await
+}
+
 /// Reads the catalogue of the server at `server_base`. A directory without a
 /// `backup.info` (a backup being taken, or an interrupted one) is not a backup: it is
 /// in [`Catalogue::unlisted`], and one marked for deletion in
@@ -186,20 +224,24 @@ pub async fn load<S: Storage>(storage: &S, server_base: &str) -> anyhow::Result<
         .await
         .with_context(|| format!("list {prefix}"))?;
     let mut cat = Catalogue::default();
-    let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for obj in &listed {
-        let Some((id, _)) = obj
-            .key
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.split_once('/'))
-        else {
-            continue;
-        };
-        files
-            .entry(id.to_owned())
-            .or_default()
-            .push(obj.key.clone());
-    }
+    let files = directories(&prefix, &listed);
+    // backup.info, backup.running and annotations/keep of every directory, at once.
+    let wanted = files
+        .iter()
+        .filter(|(id, keys)| !keys.contains(&format!("{prefix}{id}/{DELETING}")))
+        .flat_map(|(id, keys)| {
+            [
+                format!("{prefix}{id}/backup.info"),
+                format!("{prefix}{id}/{RUNNING}"),
+                format!("{prefix}{id}/annotations/keep"),
+            ]
+            .into_iter()
+            .filter(|k| keys.contains(k))
+        })
+        .collect();
+    let mut fetched = fetch_all(storage, wanted)
+        .await
+        .with_context(|| format!("read the backups under {prefix}"))?;
     for (id, keys) in files {
         let info_key = format!("{prefix}{id}/backup.info");
         if keys.contains(&format!("{prefix}{id}/{DELETING}")) {
@@ -207,37 +249,28 @@ pub async fn load<S: Storage>(storage: &S, server_base: &str) -> anyhow::Result<
             continue;
         }
         if !keys.contains(&info_key) {
-            let running_key = format!("{prefix}{id}/{RUNNING}");
-            let marker = if keys.contains(&running_key) {
-                storage
-                    .get(&running_key)
-                    .await
-                    .with_context(|| format!("read {running_key}"))?
-                    .and_then(|(b, _)| Running::parse(&b))
-            } else {
-                None
-            };
+            let marker = fetched
+                .remove(&format!("{prefix}{id}/{RUNNING}"))
+                .flatten()
+                .and_then(|b| Running::parse(&b));
             cat.unlisted.insert(id, (keys, marker));
             continue;
         }
-        let (body, _) = storage
-            .get(&info_key)
-            .await
-            .with_context(|| format!("read {info_key}"))?
+        let body = fetched
+            .remove(&info_key)
+            .flatten()
             .with_context(|| format!("{info_key} vanished while reading the catalogue"))?;
         let text = String::from_utf8(body.to_vec())
             .map_err(|_| anyhow::anyhow!("{info_key} is not text"))?;
         let mut entry = Entry::parse(&id, &text).map_err(anyhow::Error::msg)?;
         let keep_key = format!("{prefix}{id}/annotations/keep");
         if keys.contains(&keep_key) {
-            let annotation = storage
-                .get(&keep_key)
-                .await
-                .with_context(|| format!("read {keep_key}"))?
-                .map(|(b, _)| String::from_utf8_lossy(&b).into_owned());
             // An annotation that is there at all keeps the backup, as barman's
             // `should_keep_backup` does.
-            entry.keep = annotation.map(|a| Keep::from_annotation(&a));
+            entry.keep = fetched
+                .remove(&keep_key)
+                .flatten()
+                .map(|b| Keep::from_annotation(&String::from_utf8_lossy(&b)));
         }
         cat.objects.insert(
             id.clone(),

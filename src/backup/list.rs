@@ -10,34 +10,29 @@ use crate::wal::WalError;
 /// The backups of the server at `server_base` (`<prefix>/<server>`), oldest first.
 pub async fn list<S: Storage>(storage: &S, server_base: &str) -> Result<Vec<BackupInfo>, WalError> {
     let prefix = super::base_prefix(server_base);
-    let mut out = Vec::new();
     let objects = storage.list(&prefix, 1_000_000).await?;
+    let dirs = super::catalogue::directories(&prefix, &objects);
     // A backup marked for deletion is gone, whatever is left of it.
-    let deleting: std::collections::BTreeSet<&str> = objects
+    let infos: Vec<String> = dirs
         .iter()
-        .filter_map(|o| {
-            o.key
-                .strip_prefix(&prefix)?
-                .strip_suffix(super::marker::DELETING)
-        })
-        .filter_map(|dir| dir.strip_suffix('/'))
+        .filter(|(id, keys)| !keys.contains(&format!("{prefix}{id}/{}", super::marker::DELETING)))
+        .map(|(id, keys)| (format!("{prefix}{id}/backup.info"), keys))
+        .filter(|(info, keys)| keys.contains(info))
+        .map(|(info, _)| info)
         .collect();
-    for obj in &objects {
-        let Some(id) = obj
-            .key
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix("/backup.info"))
-            .filter(|id| !id.contains('/') && !deleting.contains(id))
-        else {
-            continue;
-        };
-        let Some((body, _)) = storage.get(&obj.key).await? else {
+    let mut out = Vec::new();
+    for (key, body) in super::catalogue::fetch_all(storage, infos).await? {
+        let (Some(body), Some(id)) = (
+            body,
+            key.strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix("/backup.info")),
+        ) else {
             continue;
         };
         match BackupInfo::parse(id, &String::from_utf8_lossy(&body)) {
             Ok(info) => out.push(info),
             Err(e) => {
-                tracing::warn!(key = %obj.key, error = %e, "skipping an unreadable backup.info")
+                tracing::warn!(key = %key, error = %e, "skipping an unreadable backup.info")
             }
         }
     }
