@@ -575,15 +575,17 @@ mod tests {
         }
     }
 
+    type Mapping = Vec<(String, PathBuf)>;
+
     #[test]
     fn tablespace_mappings_parse_as_barman_cloud_restore_reads_them() {
-        let ok = |pairs: &[(&str, &str)]| -> Result<Vec<(String, PathBuf)>, &str> {
+        let ok = |pairs: &[(&str, &str)]| -> Result<Mapping, &str> {
             Ok(pairs
                 .iter()
                 .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
                 .collect())
         };
-        let cases: Vec<(&str, Result<Vec<(String, PathBuf)>, &str>)> = vec![
+        let cases: Vec<(&str, Result<Mapping, &str>)> = vec![
             ("", Ok(vec![])),
             ("fast:/mnt/ssd", ok(&[("fast", "/mnt/ssd")])),
             (

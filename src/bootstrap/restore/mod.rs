@@ -61,11 +61,6 @@ impl Plan {
             .iter()
             .any(|(_, c, _)| *c != TarCompression::None)
     }
-
-    /// Where its tablespaces go.
-    pub fn tablespaces(&self) -> &[tablespaces::Placed] {
-        &self.spaces
-    }
 }
 
 /// Chooses the backup and checks everything that can be checked before PGDATA is
