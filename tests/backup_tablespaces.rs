@@ -243,7 +243,7 @@ async fn a_tablespace_is_restored_where_it_is_mapped_by_pgwarden_barman_cloud_an
     cmd.env("PGWARDEN_DRILL_SQL", "SELECT count(*) = 5500 FROM tt");
     let drill = Background::spawn(cmd);
 
-    // pgwarden restores it where it is mapped.
+    // pgwarden restores it where it is mapped, while barman-cloud restores it too.
     let moved = tmp.path().join("moved-ts");
     let mut pg = restoring_as(tmp.path(), &store, "ts", "restored");
     pg.set("PGWARDEN_RESTORE_BACKUP_ID", &id);
@@ -252,29 +252,6 @@ async fn a_tablespace_is_restored_where_it_is_mapped_by_pgwarden_barman_cloud_an
         format!("fast:{}", moved.display()),
     );
     pg.start();
-    pg.wait_for("/primary", 200, Duration::from_secs(120));
-    pg.wait_ready();
-    let (rows, file) = tt(&pg).await;
-    assert_eq!(rows, 5500, "every row of the tablespace's table");
-    assert_eq!(file, src_file);
-    assert!(
-        moved.join(in_space).is_file(),
-        "{file} is under {}",
-        moved.display()
-    );
-    assert_eq!(
-        std::fs::read_link(pg.pgdata.join(&prefix[..prefix.len() - 1])).unwrap(),
-        moved
-    );
-    assert!(!pg.pgdata.join("tablespace_map").exists());
-    if let Some((uid, _)) = postgres_ids() {
-        assert_eq!(
-            std::fs::metadata(&moved).unwrap().uid(),
-            uid,
-            "the run-as user owns it"
-        );
-    }
-    drop(pg);
 
     // barman-cloud-restore --tablespace restores pgwarden's backup, and postgres
     // recovers it.
@@ -302,6 +279,30 @@ async fn a_tablespace_is_restored_where_it_is_mapped_by_pgwarden_barman_cloud_an
     assert_eq!(rows, 5500, "barman-cloud's restore of pgwarden's backup");
     assert!(theirs.join(in_space).is_file());
     drop(restored);
+
+    pg.wait_for("/primary", 200, Duration::from_secs(120));
+    pg.wait_ready();
+    let (rows, file) = tt(&pg).await;
+    assert_eq!(rows, 5500, "every row of the tablespace's table");
+    assert_eq!(file, src_file);
+    assert!(
+        moved.join(in_space).is_file(),
+        "{file} is under {}",
+        moved.display()
+    );
+    assert_eq!(
+        std::fs::read_link(pg.pgdata.join(&prefix[..prefix.len() - 1])).unwrap(),
+        moved
+    );
+    assert!(!pg.pgdata.join("tablespace_map").exists());
+    if let Some((uid, _)) = postgres_ids() {
+        assert_eq!(
+            std::fs::metadata(&moved).unwrap().uid(),
+            uid,
+            "the run-as user owns it"
+        );
+    }
+    drop(pg);
 
     let out = drill.finish();
     let result: serde_json::Value =

@@ -196,7 +196,13 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         .context("list the data directory")?;
     let (dirs, mut files): (Vec<walk::Entry>, Vec<walk::Entry>) =
         entries.into_iter().partition(|e| e.dir);
-    files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    // Largest first, one destination after the other: a worker then has one part open
+    // at a time, whatever the number of tablespaces.
+    files.sort_by(|a, b| {
+        (a.holds.cmp(&b.holds))
+            .then_with(|| b.size.cmp(&a.size))
+            .then_with(|| a.path.cmp(&b.path))
+    });
     job.progress
         .total
         .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
@@ -436,8 +442,7 @@ fn worker(shared: &Shared) -> (Vec<(u32, Upload)>, Result<()>) {
 }
 
 fn copy(shared: &Shared, done: &mut Vec<(u32, Upload)>) -> Result<()> {
-    // One open part per destination: PGDATA's, and each tablespace's.
-    let mut open: BTreeMap<Holds, PartWriter> = BTreeMap::new();
+    let mut part: Option<PartWriter> = None;
     let mut buf = vec![0u8; READ];
     loop {
         if shared.failed.load(Ordering::Relaxed) {
@@ -451,20 +456,25 @@ fn copy(shared: &Shared, done: &mut Vec<(u32, Upload)>) -> Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .pop_front();
         let Some(entry) = next else { break };
-        let p = match open.entry(entry.holds) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(PartWriter::open(shared, entry.holds)?)
+        // The queue moved on to another destination (PGDATA's files come first, then
+        // each tablespace's): this part is complete.
+        if part.as_ref().is_some_and(|p| p.holds != entry.holds) {
+            if let Some(p) = part.take() {
+                done.push(p.close()?);
             }
-        };
+        }
+        if part.is_none() {
+            part = Some(PartWriter::open(shared, entry.holds)?);
+        }
+        let Some(p) = part.as_mut() else { break };
         p.file(shared, &entry, &mut buf)?;
         if p.stored() >= MAX_PART {
-            if let Some(p) = open.remove(&entry.holds) {
+            if let Some(p) = part.take() {
                 done.push(p.close()?);
             }
         }
     }
-    for (_, p) in std::mem::take(&mut open) {
+    if let Some(p) = part.take() {
         done.push(p.close()?);
     }
     Ok(())
@@ -530,6 +540,7 @@ impl Write for Sink {
 
 /// One tar part being written and uploaded.
 struct PartWriter {
+    holds: Holds,
     n: u32,
     name: String,
     tar: tar::Builder<Sink>,
@@ -567,6 +578,7 @@ impl PartWriter {
         let mut tar = tar::Builder::new(sink);
         tar.mode(tar::HeaderMode::Complete);
         Ok(PartWriter {
+            holds,
             n,
             name,
             tar,
