@@ -3,7 +3,8 @@
 //! `backup.info`); pgwarden restores it where `PGWARDEN_RESTORE_TABLESPACES` maps it,
 //! `barman-cloud-restore --tablespace` restores it too; a drill restores
 //! barman-cloud's backup of the same cluster into its scratch directory; a location
-//! that is not empty, or a bad mapping, is refused before PGDATA is created. Real
+//! that is not empty, or a bad mapping, is refused before PGDATA is created; what an
+//! interrupted restore left in a location is cleared by the next start. Real
 //! PostgreSQL, Garage and barman-cloud.
 
 mod common;
@@ -251,6 +252,13 @@ async fn a_tablespace_is_restored_where_it_is_mapped_by_pgwarden_barman_cloud_an
         "PGWARDEN_RESTORE_TABLESPACES",
         format!("fast:{}", moved.display()),
     );
+    // As a restore interrupted by a crash leaves things: the staging directory, linked
+    // to the location it had begun to fill. This start clears both and restores.
+    let half = pgwarden::pgdata::staging_dir(&pg.pgdata).join(&prefix[..prefix.len() - 1]);
+    std::fs::create_dir_all(half.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&moved, &half).unwrap();
+    std::fs::create_dir_all(moved.join("PG_0_0")).unwrap();
+    std::fs::write(moved.join("PG_0_0/half-restored"), b"x").unwrap();
     pg.start();
 
     // barman-cloud-restore --tablespace restores pgwarden's backup, and postgres
@@ -295,6 +303,10 @@ async fn a_tablespace_is_restored_where_it_is_mapped_by_pgwarden_barman_cloud_an
         moved
     );
     assert!(!pg.pgdata.join("tablespace_map").exists());
+    assert!(
+        !moved.join("PG_0_0").exists(),
+        "the interrupted restore's files are gone"
+    );
     if let Some((uid, _)) = postgres_ids() {
         assert_eq!(
             std::fs::metadata(&moved).unwrap().uid(),

@@ -150,6 +150,7 @@ fn clean_interrupted(pgdata: &Path) -> Result<()> {
     let staging = pgdata::staging_dir(pgdata);
     stop_stale_postmaster(&staging);
     clean_interrupted_waldir(&staging)?;
+    restore::tablespaces::empty_interrupted(&staging)?;
     for entry in std::fs::read_dir(pgdata)? {
         let entry = entry?;
         let name = entry.file_name();

@@ -151,6 +151,9 @@ async fn build_in(
     std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
     let owner = s.run_as.as_ref().map(|u| u.owner());
     tablespaces::create(&spaces, owner, made)?;
+    // Linked before they are filled: an interrupted bootstrap finds them (see
+    // tablespaces::empty_interrupted).
+    tablespaces::link(staging, &spaces)?;
     let started = std::time::Instant::now();
     let mut stored = 0u64;
     // The parts hold disjoint files (a file never spans parts): they are fetched,
@@ -187,8 +190,9 @@ async fn build_in(
         stored += done.context("an extraction task")??;
     }
     info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
-    // The links first: pg_verifybackup follows them to the tablespaces' files.
-    tablespaces::link(staging, &spaces)?;
+    // Before the manifest check: pg_verifybackup follows the links to the
+    // tablespaces' files.
+    tablespaces::settle(staging, &spaces)?;
     // Before prepare(), which removes files the manifest lists.
     verify_manifest(s, runner, staging).await?;
     let signal = match then {

@@ -5,8 +5,11 @@
 //! `PGWARDEN_RESTORE_TABLESPACES` names for it, or, for a drill, into the drill's
 //! scratch directory. A location must be absent or empty, checked before PGDATA is
 //! created: a restore never writes over files, least of all a live cluster's
-//! tablespace. After extraction `pg_tblspc/<oid>` is made a symlink to the location,
-//! as `barman-cloud-restore` makes it.
+//! tablespace. `pg_tblspc/<oid>` is made a symlink to the location, as
+//! `barman-cloud-restore` makes it, before anything is extracted into it: a bootstrap
+//! interrupted by a crash then knows from its staging directory which locations it
+//! had begun to fill, and empties them before it starts again
+//! ([`empty_interrupted`]).
 //!
 //! A `tablespace_map` in the restored PGDATA (pgwarden and barman-cloud write none; a
 //! tar of another tool may hold one) is removed: PostgreSQL, finding one at the start
@@ -196,8 +199,8 @@ impl Made {
     }
 }
 
-/// Points `pg_tblspc/<oid>` of the cluster in `dir` at each location, and removes a
-/// `tablespace_map` (see the module's comment).
+/// Points `pg_tblspc/<oid>` of the cluster in `dir` at each location (a link or
+/// directory already there is replaced).
 pub fn link(dir: &Path, placed: &[Placed]) -> Result<()> {
     let tblspc = dir.join("pg_tblspc");
     std::fs::create_dir_all(&tblspc).context("create pg_tblspc")?;
@@ -212,6 +215,16 @@ pub fn link(dir: &Path, placed: &[Placed]) -> Result<()> {
         .with_context(|| format!("replace {}", link.display()))?;
         std::os::unix::fs::symlink(&p.location, &link)
             .with_context(|| format!("link {} to {}", link.display(), p.location.display()))?;
+    }
+    crate::fsutil::fsync_dir(&tblspc)?;
+    Ok(())
+}
+
+/// After extraction: the links once more (a tar may have held its own), and no
+/// `tablespace_map` (see the module's comment).
+pub fn settle(dir: &Path, placed: &[Placed]) -> Result<()> {
+    link(dir, placed)?;
+    for p in placed {
         tracing::info!(tablespace = %p.name, oid = p.oid, location = %p.location.display(), "tablespace restored");
     }
     match std::fs::remove_file(dir.join("tablespace_map")) {
@@ -220,6 +233,36 @@ pub fn link(dir: &Path, placed: &[Placed]) -> Result<()> {
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).context("remove tablespace_map"),
+    }
+    Ok(())
+}
+
+/// Empties the tablespace locations the interrupted bootstrap in `staging` had begun
+/// to fill (the targets of its `pg_tblspc` links): a restore (and pg_basebackup) only
+/// fills a location that was absent or empty, so what is in it is that bootstrap's,
+/// and the next attempt would refuse it.
+pub fn empty_interrupted(staging: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(staging.join("pg_tblspc")) else {
+        return Ok(());
+    };
+    for e in entries {
+        let Ok(target) = std::fs::read_link(e?.path()) else {
+            continue;
+        };
+        let Ok(inside) = std::fs::read_dir(&target) else {
+            continue;
+        };
+        tracing::warn!(location = %target.display(), "emptying a tablespace location of the interrupted bootstrap");
+        for entry in inside {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+            .with_context(|| format!("remove {}", path.display()))?;
+        }
     }
     Ok(())
 }
@@ -328,12 +371,17 @@ mod tests {
         std::fs::create_dir_all(data.join("pg_tblspc")).unwrap();
         std::os::unix::fs::symlink("/elsewhere", data.join("pg_tblspc/16384")).unwrap();
         std::fs::write(data.join("tablespace_map"), "16384 /elsewhere\n").unwrap();
-        link(&data, &placed).unwrap();
+        settle(&data, &placed).unwrap();
         assert_eq!(
             std::fs::read_link(data.join("pg_tblspc/16384")).unwrap(),
             d.path().join("absent")
         );
         assert!(!data.join("tablespace_map").exists());
+        std::fs::create_dir_all(d.path().join("absent/PG_18_1/5")).unwrap();
+        std::fs::write(d.path().join("absent/PG_18_1/5/16390"), b"").unwrap();
+        // A crash here: the next bootstrap empties the location, and may use it.
+        empty_interrupted(&data).unwrap();
+        assert!(check_free(&placed, &names).is_ok());
         std::fs::write(d.path().join("absent/x"), b"").unwrap();
         made.undo();
         assert!(!d.path().join("absent").exists());
