@@ -240,7 +240,9 @@ pub fn settle(dir: &Path, placed: &[Placed]) -> Result<()> {
 /// Empties the tablespace locations the interrupted bootstrap in `staging` had begun
 /// to fill (the targets of its `pg_tblspc` links): a restore (and pg_basebackup) only
 /// fills a location that was absent or empty, so what is in it is that bootstrap's,
-/// and the next attempt would refuse it.
+/// and the next attempt would refuse it. A location holding anything but
+/// `PG_<major>_<catversion>` directories is left alone (the next attempt refuses it,
+/// naming it).
 pub fn empty_interrupted(staging: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(staging.join("pg_tblspc")) else {
         return Ok(());
@@ -252,9 +254,16 @@ pub fn empty_interrupted(staging: &Path) -> Result<()> {
         let Ok(inside) = std::fs::read_dir(&target) else {
             continue;
         };
+        let inside: Vec<std::fs::DirEntry> = inside.collect::<std::io::Result<_>>()?;
+        if let Some(other) = inside
+            .iter()
+            .find(|e| !e.file_name().to_string_lossy().starts_with("PG_"))
+        {
+            tracing::warn!(location = %target.display(), entry = %other.file_name().to_string_lossy(), "a tablespace location of the interrupted bootstrap holds what a restore does not write; left as it is");
+            continue;
+        }
         tracing::warn!(location = %target.display(), "emptying a tablespace location of the interrupted bootstrap");
         for entry in inside {
-            let entry = entry?;
             let path = entry.path();
             if entry.file_type()?.is_dir() {
                 std::fs::remove_dir_all(&path)
@@ -379,7 +388,12 @@ mod tests {
         assert!(!data.join("tablespace_map").exists());
         std::fs::create_dir_all(d.path().join("absent/PG_18_1/5")).unwrap();
         std::fs::write(d.path().join("absent/PG_18_1/5/16390"), b"").unwrap();
-        // A crash here: the next bootstrap empties the location, and may use it.
+        // A crash here: the next bootstrap empties the location, and may use it; but
+        // not one that holds what a restore does not write.
+        std::fs::write(d.path().join("absent/notes.txt"), b"").unwrap();
+        empty_interrupted(&data).unwrap();
+        assert!(d.path().join("absent/PG_18_1/5/16390").exists());
+        std::fs::remove_file(d.path().join("absent/notes.txt")).unwrap();
         empty_interrupted(&data).unwrap();
         assert!(check_free(&placed, &names).is_ok());
         std::fs::write(d.path().join("absent/x"), b"").unwrap();
