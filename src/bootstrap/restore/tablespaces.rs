@@ -107,8 +107,19 @@ pub fn place(
 pub fn check_free(placed: &[Placed], names: &SettingNames) -> Result<()> {
     for p in placed {
         let l = &p.location;
-        match std::fs::symlink_metadata(l) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Followed: a location may be a link to a mount point.
+        match std::fs::metadata(l) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(l).is_ok() {
+                    anyhow::bail!(
+                        "tablespace {:?} would be restored into {}, a link to nothing; \
+                         remove it, or restore the tablespace elsewhere with {}=name:/path; nothing was restored",
+                        p.name,
+                        l.display(),
+                        names.tablespaces
+                    );
+                }
+            }
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!("tablespace {:?}: cannot inspect {}", p.name, l.display())
@@ -372,6 +383,14 @@ mod tests {
             )) && e.contains("PGWARDEN_RESTORE_TABLESPACES=fast:/path"),
             "{e}"
         );
+
+        std::os::unix::fs::symlink(d.path().join("empty"), d.path().join("mount")).unwrap();
+        assert!(check_free(&place_at(d.path().join("mount")), &names).is_ok());
+        std::os::unix::fs::symlink(d.path().join("nowhere"), d.path().join("dangling")).unwrap();
+        let e = check_free(&place_at(d.path().join("dangling")), &names)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a link to nothing"), "{e}");
 
         let placed = place_at(d.path().join("absent"));
         let mut made = Made::default();
