@@ -6,11 +6,6 @@ mod common;
 
 use common::wal::*;
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::Duration;
 
 /// `pgwarden backup` against the running instance.
@@ -24,23 +19,6 @@ fn listed(pg: &Instance) -> Vec<serde_json::Value> {
     let (code, out) = pg.run_cli(&["backup-list", "--json"]);
     assert!(code.success(), "{out}");
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn barman(g: &common::garage::Garage, args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(["--endpoint-url", &g.endpoint()])
-        .args(&args[1..])
-        .envs(g.env())
-        .env("AWS_DEFAULT_REGION", "garage")
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{args:?}: {text}");
-    text
 }
 
 /// A running primary archiving to a fresh Garage bucket as server `name`, in gzip,
@@ -86,7 +64,7 @@ async fn a_backup_is_listed_by_both_tools_and_barman_cloud_restores_it() {
         (Some(id.as_str()), Some("pgwarden"))
     );
     let url = format!("s3://{}/pgwarden-test", g.bucket);
-    let theirs = barman(g, &["barman-cloud-backup-list", &url, "bk"]);
+    let theirs = common::barman::run(g, &["barman-cloud-backup-list", &url, "bk"]);
     assert!(theirs.contains(&id), "barman-cloud lists it: {theirs}");
 
     // Rows committed after the backup come back through the archived WAL.
@@ -98,7 +76,7 @@ async fn a_backup_is_listed_by_both_tools_and_barman_cloud_restores_it() {
     switch_and_wait_archived(&pg).await;
 
     let dest = tmp.path().join("restored");
-    barman(
+    common::barman::run(
         g,
         &[
             "barman-cloud-restore",
@@ -108,74 +86,13 @@ async fn a_backup_is_listed_by_both_tools_and_barman_cloud_restores_it() {
             &dest.display().to_string(),
         ],
     );
-    let port = free_port();
-    let sock = scratch_dir(tmp.path());
-    std::fs::write(
-        dest.join("postgresql.conf"),
-        format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             restore_command = 'barman-cloud-wal-restore --endpoint-url {} {url} bk %f %p'\n\
-             hba_file = '{}/pg_hba.conf'\nident_file = '{}/pg_ident.conf'\n",
-            sock.display(),
-            g.endpoint(),
-            dest.display(),
-            dest.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(dest.join("postgresql.auto.conf"), "").unwrap();
-    std::fs::write(dest.join("recovery.signal"), "").unwrap();
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut pg_ctl = Command::new(bindir().join("pg_ctl"));
-    pg_ctl
-        .args(["-D", &dest.display().to_string(), "-l"])
-        .arg(tmp.path().join("restored.log"))
-        .args(["-w", "-t", "120", "start"])
-        .envs(g.env())
-        .env("AWS_DEFAULT_REGION", "garage");
-    if let Some((uid, gid)) = postgres_ids() {
-        pgwarden::fsutil::chown_tree(&dest, pgwarden::fsutil::Owner { uid, gid }).unwrap();
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        pg_ctl.uid(uid).gid(gid);
-    }
-    let out = pg_ctl.output().unwrap();
-    let log = || std::fs::read_to_string(tmp.path().join("restored.log")).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "pg_ctl: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        log()
-    );
-    let mut restored = Instance::new(tmp.path(), "restored-view");
-    restored.port = port;
-    let rows = {
-        let client = restored.connect().await;
-        eventually(Duration::from_secs(120), "recovery ends", || {
-            let r = futures_block(client.query_one("SELECT pg_is_in_recovery()", &[]));
-            match r {
-                Ok(row) if !row.get::<_, bool>(0) => Ok(()),
-                other => Err(format!("{other:?}\n{}", log())),
-            }
-        });
-        count_t(&restored).await
-    };
-    let pid: i32 = std::fs::read_to_string(dest.join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
+    let restored = common::barman::Recovering::start(tmp.path(), g, &url, "bk", &dest, &[]);
+    restored.wait_promoted(tmp.path()).await;
+    let rows = count_t(&restored.view(tmp.path())).await;
     assert_eq!(
         rows, 2000,
         "every committed row, by barman-cloud's restore of pgwarden's backup"
     );
-}
-
-/// Runs a future to completion from a synchronous closure (inside `eventually`).
-fn futures_block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +122,7 @@ async fn a_killed_backup_is_never_listed_and_the_next_one_succeeds() {
         "an interrupted backup is not listed"
     );
     let url = format!("s3://{}/pgwarden-test", g.bucket);
-    let theirs = barman(
+    let theirs = common::barman::run(
         g,
         &[
             "barman-cloud-backup-list",

@@ -52,15 +52,6 @@ async fn source_with(
     (pg, id)
 }
 
-/// An instance that restores from `store`'s server `from`, archiving as `name`.
-fn restored(tmp: &std::path::Path, store: &Store, from: &str, name: &str) -> Instance {
-    let mut pg = Instance::primary(tmp, name);
-    store.configure(&mut pg, name);
-    pg.set("PGWARDEN_RESTORE_URL", store.url())
-        .set("PGWARDEN_RESTORE_NAME", from);
-    pg
-}
-
 fn wait_primary(pg: &mut Instance) {
     pg.wait_for("/primary", 200, Duration::from_secs(120));
 }
@@ -89,7 +80,7 @@ async fn pitr_to_a_time_between_two_batches_gives_exactly_the_rows_before_it() {
         .unwrap();
     switch_and_wait_archived(&src).await;
 
-    let mut pg = restored(tmp.path(), &store, "src", "pitr");
+    let mut pg = restoring_as(tmp.path(), &store, "src", "pitr");
     pg.set("PGWARDEN_RECOVERY_TARGET_TIME", &after_first);
     pg.start();
     wait_primary(&mut pg);
@@ -145,7 +136,7 @@ async fn restore_to_the_end_of_the_archive_has_every_committed_row() {
         .unwrap()
         .get(0);
 
-    let mut pg = restored(tmp.path(), &store, "src", "end");
+    let mut pg = restoring_as(tmp.path(), &store, "src", "end");
     pg.start();
     wait_primary(&mut pg);
     pg.wait_ready();
@@ -182,7 +173,7 @@ async fn a_target_past_the_end_of_the_archive_fails_clearly_and_never_promotes()
         .unwrap()
         .get(0);
 
-    let mut pg = restored(tmp.path(), &store, "src", "past");
+    let mut pg = restoring_as(tmp.path(), &store, "src", "past");
     pg.set("PGWARDEN_RECOVERY_TARGET_TIME", &future);
     pg.start();
     let status = pg.wait_exit(Duration::from_secs(120));
@@ -244,7 +235,7 @@ async fn bad_restore_settings_are_refused_before_anything_is_touched() {
         ),
     ];
     for (i, (settings, want)) in cases.into_iter().enumerate() {
-        let mut pg = restored(tmp.path(), &store, "src", &format!("bad{i}"));
+        let mut pg = restoring_as(tmp.path(), &store, "src", &format!("bad{i}"));
         for (k, v) in &settings {
             pg.set(k, v.clone());
         }
@@ -385,7 +376,7 @@ async fn pgwarden_bootstraps_from_a_barman_cloud_backup() {
         .unwrap();
     switch_and_wait_archived(&src).await;
 
-    let mut pg = restored(tmp.path(), &store, "bsrc", "from-barman");
+    let mut pg = restoring_as(tmp.path(), &store, "bsrc", "from-barman");
     pg.start();
     wait_primary(&mut pg);
     pg.wait_ready();

@@ -70,10 +70,112 @@ pub struct BackupInfo {
     pub size: Option<u64>,
     /// The whole label postgres wrote.
     pub backup_label: Option<String>,
+    /// The tablespaces the backup holds, each in `<oid>.tar[.gz]` (empty: none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<Tablespace>,
     /// Written by pgwarden (from its comment line), else by barman-cloud.
     pub made_by: String,
     /// pgwarden's extra facts, from `# key: value` comment lines.
     pub extra: BTreeMap<String, String>,
+}
+
+/// A tablespace of a backup, as barman records it (its `Tablespace` namedtuple:
+/// name, oid, location).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Tablespace {
+    /// `pg_tablespace.spcname`.
+    pub name: String,
+    /// Its oid: the name of `pg_tblspc/<oid>` and of its data objects.
+    pub oid: u32,
+    /// Where it was (`pg_tablespace_location`), an absolute path.
+    pub location: String,
+}
+
+/// barman's `tablespaces` value: the Python literal of a list of
+/// `(name, oid, location)` tuples (`repr([tuple(t) for t in tablespaces])`, read back
+/// with `ast.literal_eval`), or `None` for none.
+pub fn render_tablespaces(t: &[Tablespace]) -> String {
+    if t.is_empty() {
+        return "None".to_owned();
+    }
+    let items: Vec<String> = t
+        .iter()
+        .map(|t| {
+            format!(
+                "({}, {}, {})",
+                py_repr(&t.name),
+                t.oid,
+                py_repr(&t.location)
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Reads what [`render_tablespaces`] (or barman) wrote; `None` (the field's absence)
+/// is no tablespace.
+pub fn parse_tablespaces(text: &str) -> Result<Vec<Tablespace>, String> {
+    let bad = || format!("tablespaces={text:?} is not a list of (name, oid, location)");
+    let mut rest = text.trim();
+    if rest == "None" || rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    rest = rest.strip_prefix('[').ok_or_else(bad)?.trim_start();
+    let mut out = Vec::new();
+    loop {
+        if let Some(r) = rest.strip_prefix(']') {
+            if !r.trim().is_empty() {
+                return Err(bad());
+            }
+            return Ok(out);
+        }
+        rest = rest.strip_prefix('(').ok_or_else(bad)?.trim_start();
+        let (name, r) = py_str_prefix(rest).ok_or_else(bad)?;
+        rest = r
+            .trim_start()
+            .strip_prefix(',')
+            .ok_or_else(bad)?
+            .trim_start();
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let oid: u32 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = rest[digits..]
+            .trim_start()
+            .strip_prefix(',')
+            .ok_or_else(bad)?
+            .trim_start();
+        let (location, r) = py_str_prefix(rest).ok_or_else(bad)?;
+        rest = r
+            .trim_start()
+            .strip_prefix(')')
+            .ok_or_else(bad)?
+            .trim_start();
+        out.push(Tablespace {
+            name,
+            oid,
+            location,
+        });
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r.trim_start();
+        }
+    }
+}
+
+/// The Python string literal at the start of `s`, and what follows it.
+fn py_str_prefix(s: &str) -> Option<(String, &str)> {
+    let q = s.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let mut escaped = false;
+    for (i, c) in s.char_indices().skip(1) {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == q {
+            return Some((py_unrepr(&s[..=i])?, &s[i + 1..]));
+        }
+    }
+    None
 }
 
 /// Python's `repr` of a str, as barman writes `backup_label` (read back with
@@ -162,6 +264,7 @@ impl BackupInfo {
         }
         v.insert("status", self.status.clone());
         v.insert("systemid", self.systemid.clone());
+        v.insert("tablespaces", render_tablespaces(&self.tablespaces));
         v.insert("timeline", self.timeline.to_string());
         v.insert("version", self.version.to_string());
         v.insert("xlog_segment_size", self.xlog_segment_size.to_string());
@@ -209,6 +312,8 @@ impl BackupInfo {
                 .unwrap_or(16 << 20),
             size: get("size").and_then(|s| s.parse().ok()),
             backup_label: get("backup_label").and_then(|s| py_unrepr(&s)),
+            tablespaces: parse_tablespaces(&get("tablespaces").unwrap_or_default())
+                .map_err(|e| format!("backup.info of {backup_id}: {e}"))?,
             made_by,
             extra,
         })
@@ -270,6 +375,18 @@ mod tests {
             xlog_segment_size: 16 << 20,
             size: Some(1234),
             backup_label: Some(label.into()),
+            tablespaces: vec![
+                Tablespace {
+                    name: "fast".into(),
+                    oid: 16384,
+                    location: "/mnt/ssd/pg".into(),
+                },
+                Tablespace {
+                    name: "it's".into(),
+                    oid: 16390,
+                    location: "/mnt/a b".into(),
+                },
+            ],
             made_by: "pgwarden".into(),
             extra: [("data_sha256".to_owned(), "ab".repeat(32))].into(),
         };
@@ -283,6 +400,50 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r"backup_label='START WAL LOCATION: 0/9000028 (file 000000010000000000000009)\nLABEL: pgwarden \'x\'\n'"), "{text}");
+        assert!(
+            text.contains(
+                r"tablespaces=[('fast', 16384, '/mnt/ssd/pg'), ('it\'s', 16390, '/mnt/a b')]"
+            ),
+            "{text}"
+        );
         assert_eq!(BackupInfo::parse(&info.backup_id, &text).unwrap(), info);
+        let none = BackupInfo {
+            tablespaces: vec![],
+            ..info
+        };
+        let text = none.render("/pgdata");
+        assert!(text.contains("\ntablespaces=None\n"), "{text}");
+        assert_eq!(BackupInfo::parse(&none.backup_id, &text).unwrap(), none);
+    }
+
+    #[test]
+    fn reads_the_tablespaces_barman_writes() {
+        let t = |name: &str, oid, location: &str| Tablespace {
+            name: name.into(),
+            oid,
+            location: location.into(),
+        };
+        let cases: &[(&str, Result<Vec<Tablespace>, ()>)] = &[
+            ("None", Ok(vec![])),
+            ("[]", Ok(vec![])),
+            (
+                "[('tbs1', 16387, '/srv/tbs1')]",
+                Ok(vec![t("tbs1", 16387, "/srv/tbs1")]),
+            ),
+            (
+                "[('a', 1, '/x'), (\"it's\", 2, '/y\\\\z')]",
+                Ok(vec![t("a", 1, "/x"), t("it's", 2, "/y\\z")]),
+            ),
+            ("[('a', 1, '/x'),]", Ok(vec![t("a", 1, "/x")])),
+            ("[('a', x, '/x')]", Err(())),
+            ("[('a', 1)]", Err(())),
+            ("('a', 1, '/x')", Err(())),
+            ("[('a', 1, '/x')] junk", Err(())),
+            ("[('a, 1, '/x')]", Err(())),
+        ];
+        for (text, want) in cases {
+            let got = parse_tablespaces(text).map_err(|_| ());
+            assert_eq!(&got, want, "{text}");
+        }
     }
 }

@@ -275,6 +275,7 @@ impl Job<'_> {
             xlog_segment_size: facts.seg_size,
             size: Some(taken.parts.iter().map(|p| p.size).sum()),
             backup_label: Some(taken.label.clone()),
+            tablespaces: taken.tablespaces.clone(),
             made_by: "pgwarden".to_owned(),
             extra: {
                 let mut e = extra(&taken.parts);
@@ -405,11 +406,29 @@ fn rate_and_time_left(done: u64, total: u64, elapsed: Duration) -> (f64, Option<
 }
 
 /// pgwarden's own facts in `backup.info` (comment lines, which barman skips): each
-/// part's SHA-256, checked at restore, and how many parts there are, so that a
-/// restore sees a missing last part too.
+/// part's SHA-256, checked at restore, and how many parts there are (PGDATA's, and
+/// each tablespace's as `oid:count,...`), so that a restore sees a missing last part
+/// too.
 fn extra(parts: &[super::engine::Part]) -> std::collections::BTreeMap<String, String> {
+    use super::parts::{part_of, Holds};
+    let mut counts: std::collections::BTreeMap<Holds, usize> = Default::default();
+    for p in parts {
+        if let Some((holds, _, _)) = part_of(&p.name) {
+            *counts.entry(holds).or_default() += 1;
+        }
+    }
+    let tablespace_parts: Vec<String> = counts
+        .iter()
+        .filter_map(|(h, n)| match h {
+            Holds::Tablespace(oid) => Some(format!("{oid}:{n}")),
+            Holds::Data => None,
+        })
+        .collect();
     let mut extra: std::collections::BTreeMap<String, String> = [
-        ("data_parts".to_owned(), parts.len().to_string()),
+        (
+            "data_parts".to_owned(),
+            counts.get(&Holds::Data).copied().unwrap_or(0).to_string(),
+        ),
         (
             "parts_sha256".to_owned(),
             parts
@@ -424,6 +443,9 @@ fn extra(parts: &[super::engine::Part]) -> std::collections::BTreeMap<String, St
         ),
     ]
     .into();
+    if !tablespace_parts.is_empty() {
+        extra.insert("tablespace_parts".to_owned(), tablespace_parts.join(","));
+    }
     if let [only] = parts {
         extra.insert("data_sha256".to_owned(), only.sha256.clone());
         extra.insert("data_object".to_owned(), only.name.clone());
@@ -456,6 +478,19 @@ mod tests {
         assert_eq!(e["data_parts"], "2");
         assert_eq!(e["parts_sha256"], "data.tar.gz:aa,data_0001.tar.gz:bb");
         assert!(!e.contains_key("data_sha256"));
+        assert!(!e.contains_key("tablespace_parts"));
+        let e = extra(&[
+            part("data.tar.gz", "aa"),
+            part("16384.tar.gz", "bb"),
+            part("16384_0001.tar.gz", "cc"),
+            part("16390.tar.gz", "dd"),
+        ]);
+        assert_eq!(e["data_parts"], "1");
+        assert_eq!(e["tablespace_parts"], "16384:2,16390:1");
+        assert_eq!(
+            e["parts_sha256"],
+            "data.tar.gz:aa,16384.tar.gz:bb,16384_0001.tar.gz:cc,16390.tar.gz:dd"
+        );
         let e = extra(&[part("data.tar", "cc")]);
         assert_eq!(e["data_sha256"], "cc");
         assert_eq!(e["data_object"], "data.tar");

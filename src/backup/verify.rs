@@ -228,6 +228,7 @@ mod tests {
             xlog_segment_size: 16 << 20,
             size: None,
             backup_label: None,
+            tablespaces: vec![],
             made_by: "pgwarden".into(),
             extra: Default::default(),
         }

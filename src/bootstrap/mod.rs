@@ -83,9 +83,9 @@ async fn bootstrap(s: &Settings, runner: &Runner) -> Result<()> {
     use crate::settings::restore::Then;
     // A restore is planned and checked (backup, version, WAL) before PGDATA is created.
     let restore = match (&s.restore, s.role) {
-        (Some(r), Role::Primary) => Some(restore::plan(s, r, Then::Promote).await?),
+        (Some(r), Role::Primary) => Some(restore::plan(s, r, Then::Promote, &s.pgdata).await?),
         (Some(r), Role::Replica) if s.follows_archive() => {
-            Some(restore::plan(s, r, Then::FollowArchive).await?)
+            Some(restore::plan(s, r, Then::FollowArchive, &s.pgdata).await?)
         }
         _ => None,
     };
@@ -184,6 +184,7 @@ fn clean_interrupted(pgdata: &Path) -> Result<()> {
     let staging = pgdata::staging_dir(pgdata);
     stop_stale_postmaster(&staging);
     clean_interrupted_waldir(&staging)?;
+    restore::tablespaces::empty_interrupted(&staging)?;
     for entry in std::fs::read_dir(pgdata)? {
         let entry = entry?;
         let name = entry.file_name();

@@ -54,6 +54,12 @@ pub fn data_dir(dir: &Path) -> PathBuf {
     dir.join("data")
 }
 
+/// Where a drill restores the backup's tablespaces (`<oid>` each), in the scratch
+/// directory.
+pub fn tablespaces_dir(dir: &Path) -> PathBuf {
+    dir.join("tablespaces")
+}
+
 impl DrillConfig {
     /// Validates the arguments. `source` says whether an archive to drill from is set
     /// (`PGWARDEN_ARCHIVE_URL`, or `PGWARDEN_RESTORE_URL`), which a schedule needs.

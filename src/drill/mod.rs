@@ -20,7 +20,7 @@ pub use record::{DrillResult, DrillStatus, Tracker};
 use crate::bootstrap::restore;
 use crate::civil;
 use crate::process::Runner;
-use crate::settings::restore::{RecoveryTarget, RestoreConfig, SettingNames, Then};
+use crate::settings::restore::{RecoveryTarget, RestoreConfig, SettingNames, Tablespaces, Then};
 use crate::settings::Settings;
 use crate::wal::ArchiveConfig;
 use record::{Check, Running};
@@ -35,6 +35,7 @@ pub const NAMES: SettingNames = SettingNames {
     server: "PGWARDEN_ARCHIVE_NAME",
     backup_id: "--backup-id",
     target: Some("--target-time"),
+    tablespaces: "PGWARDEN_DRILL_DIR",
 };
 
 /// What started a drill.
@@ -251,9 +252,12 @@ async fn steps(
         source: source.clone(),
         backup_id: req.backup_id.clone(),
         target: req.target.clone(),
+        // Into the scratch directory: the backup's tablespaces' original locations
+        // are the live cluster's.
+        tablespaces: Tablespaces::Under(config::tablespaces_dir(dir)),
         names: NAMES,
     };
-    let plan = restore::plan(s, &rc, Then::Promote)
+    let plan = restore::plan(s, &rc, Then::Promote, &config::data_dir(dir))
         .await
         .map_err(|e| failed("plan", format!("{e:#}")))?;
     let backup = plan.backup().clone();
@@ -375,7 +379,7 @@ async fn remove_scratch(dir: &Path) -> Result<(), String> {
     tokio::task::spawn_blocking(move || {
         let data = config::data_dir(&dir);
         crate::bootstrap::stop_stale_postmaster(&data);
-        for p in [data, config::run_dir(&dir)] {
+        for p in [data, config::run_dir(&dir), config::tablespaces_dir(&dir)] {
             // A prefetch cancelled a moment ago may still close its file.
             let mut last = Ok(());
             for _ in 0..20 {

@@ -8,6 +8,7 @@ use crate::civil::{format_utc, parse_timestamp, Stamp};
 use crate::wal::Lsn;
 use crate::wal::{ArchiveArgs, ArchiveConfig};
 use clap::Args;
+use std::path::PathBuf;
 
 /// The signal file recovery from a backup starts with.
 pub const RECOVERY_SIGNAL: &str = "recovery.signal";
@@ -92,6 +93,72 @@ pub struct RestoreArgs {
     /// Recover only until the backup is consistent (`true`).
     #[arg(long, env = "PGWARDEN_RECOVERY_TARGET_IMMEDIATE")]
     pub recovery_target_immediate: Option<String>,
+    /// Where to restore tablespaces other than at their original locations:
+    /// `name:/path[,name:/path]` (barman-cloud-restore's `--tablespace NAME:LOCATION`).
+    #[arg(long, env = "PGWARDEN_RESTORE_TABLESPACES")]
+    pub restore_tablespaces: Option<String>,
+}
+
+/// Where a restore puts the backup's tablespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tablespaces {
+    /// Each at its original location, but those named here (tablespace name, absolute
+    /// path): `PGWARDEN_RESTORE_TABLESPACES`.
+    Mapped(Vec<(String, PathBuf)>),
+    /// Each into `<dir>/<oid>`: a drill's scratch directory, never the live cluster's
+    /// tablespaces.
+    Under(PathBuf),
+}
+
+impl Default for Tablespaces {
+    fn default() -> Self {
+        Tablespaces::Mapped(Vec::new())
+    }
+}
+
+/// Parses `PGWARDEN_RESTORE_TABLESPACES`: `name:/path[,name:/path]`. A name is what
+/// `\db` shows (the text before the first `:`); a path is absolute, one line, and
+/// holds no `..`; no name or path twice.
+pub fn parse_tablespaces(value: &str) -> Result<Vec<(String, PathBuf)>, String> {
+    if value.contains(['\n', '\r', '\0']) {
+        return Err("must be one line".to_owned());
+    }
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    if value.trim().is_empty() {
+        return Ok(out);
+    }
+    for rule in value.split(',') {
+        let rule = rule.trim();
+        let Some((name, path)) = rule.split_once(':') else {
+            return Err(format!(
+                "{rule:?} is not NAME:LOCATION (as in fast:/mnt/ssd/fast; rules are separated by commas)"
+            ));
+        };
+        if name.is_empty() {
+            return Err(format!("{rule:?} names no tablespace before the ':'"));
+        }
+        let p = PathBuf::from(path);
+        if !p.is_absolute() {
+            return Err(format!(
+                "{rule:?}: the location of tablespace {name:?} must be an absolute path"
+            ));
+        }
+        if p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!("{rule:?}: the location must not contain '..'"));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!("tablespace {name:?} is mapped twice"));
+        }
+        if let Some((other, _)) = out.iter().find(|(_, q)| *q == p) {
+            return Err(format!(
+                "tablespaces {other:?} and {name:?} are both mapped to {path}"
+            ));
+        }
+        out.push((name.to_owned(), p));
+    }
+    Ok(out)
 }
 
 /// Where recovery stops.
@@ -151,6 +218,8 @@ pub struct SettingNames {
     /// The recovery target, when one name stands for every kind (the drill's
     /// `--target-time`); `None`: [`RecoveryTarget::setting`].
     pub target: Option<&'static str>,
+    /// Where the tablespaces go.
+    pub tablespaces: &'static str,
 }
 
 impl SettingNames {
@@ -160,6 +229,7 @@ impl SettingNames {
         server: "PGWARDEN_RESTORE_NAME",
         backup_id: "PGWARDEN_RESTORE_BACKUP_ID",
         target: None,
+        tablespaces: "PGWARDEN_RESTORE_TABLESPACES",
     };
 
     /// A replica seeded from the cluster's own archive (`PGWARDEN_CLONE_FROM=archive`).
@@ -168,6 +238,7 @@ impl SettingNames {
         server: "PGWARDEN_ARCHIVE_NAME",
         backup_id: "PGWARDEN_CLONE_FROM",
         target: None,
+        tablespaces: "PGWARDEN_CLONE_FROM",
     };
 
     /// The name of the setting that set `target`.
@@ -189,6 +260,8 @@ pub struct RestoreConfig {
     pub backup_id: Option<String>,
     /// Where recovery stops.
     pub target: RecoveryTarget,
+    /// Where the backup's tablespaces go.
+    pub tablespaces: Tablespaces,
     /// What messages call these settings.
     pub names: SettingNames,
 }
@@ -207,6 +280,8 @@ impl RestoreConfig {
         instance_name: &str,
     ) -> Result<Option<RestoreConfig>, SettingError> {
         let target = target(a)?;
+        let tablespaces = parse_tablespaces(a.restore_tablespaces.as_deref().unwrap_or(""))
+            .map_err(|m| ("PGWARDEN_RESTORE_TABLESPACES", m))?;
         let Some(url) = a.restore_url.clone().filter(|u| !u.is_empty()) else {
             if target != RecoveryTarget::End {
                 return Err((
@@ -215,11 +290,14 @@ impl RestoreConfig {
                         .to_owned(),
                 ));
             }
-            if a.restore_backup_id.is_some() || a.restore_name.is_some() {
+            if a.restore_backup_id.is_some() || a.restore_name.is_some() || !tablespaces.is_empty()
+            {
                 let which = if a.restore_backup_id.is_some() {
                     "PGWARDEN_RESTORE_BACKUP_ID"
-                } else {
+                } else if a.restore_name.is_some() {
                     "PGWARDEN_RESTORE_NAME"
+                } else {
+                    "PGWARDEN_RESTORE_TABLESPACES"
                 };
                 return Err((
                     which,
@@ -277,6 +355,7 @@ impl RestoreConfig {
             source,
             backup_id: a.restore_backup_id.clone(),
             target,
+            tablespaces: Tablespaces::Mapped(tablespaces),
             names: SettingNames::BOOTSTRAP,
         }))
     }
@@ -383,6 +462,7 @@ mod tests {
                 "xid" => a.recovery_target_xid = v,
                 "rp" => a.recovery_target_name = v,
                 "immediate" => a.recovery_target_immediate = v,
+                "tablespaces" => a.restore_tablespaces = v,
                 _ => panic!("{k}"),
             }
         }
@@ -521,6 +601,21 @@ mod tests {
                 Some(("s3://bkt/prod", "pg-0")),
                 Err("PGWARDEN_ARCHIVE_NAME"),
             ),
+            (
+                vec![url, ("tablespaces", "fast:/mnt/ssd,slow:/mnt/hdd")],
+                None,
+                Ok(Some(RecoveryTarget::End)),
+            ),
+            (
+                vec![("tablespaces", "fast:/mnt/ssd")],
+                None,
+                Err("PGWARDEN_RESTORE_TABLESPACES"),
+            ),
+            (
+                vec![url, ("tablespaces", "fast=/mnt/ssd")],
+                None,
+                Err("PGWARDEN_RESTORE_TABLESPACES"),
+            ),
         ];
         for (pairs, dest, want) in cases {
             let got = check(&pairs, dest);
@@ -528,6 +623,46 @@ mod tests {
                 (Ok(c), Ok(t)) => assert_eq!(c.as_ref().map(|c| c.target.clone()), *t, "{pairs:?}"),
                 (Err((setting, _)), Err(w)) => assert_eq!(setting, w, "{pairs:?}: {got:?}"),
                 _ => panic!("{pairs:?} {dest:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    type Mapping = Vec<(String, PathBuf)>;
+
+    #[test]
+    fn tablespace_mappings_parse_as_barman_cloud_restore_reads_them() {
+        let ok = |pairs: &[(&str, &str)]| -> Result<Mapping, &str> {
+            Ok(pairs
+                .iter()
+                .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+                .collect())
+        };
+        let cases: Vec<(&str, Result<Mapping, &str>)> = vec![
+            ("", Ok(vec![])),
+            ("fast:/mnt/ssd", ok(&[("fast", "/mnt/ssd")])),
+            (
+                "fast:/mnt/ssd, slow:/mnt/hdd",
+                ok(&[("fast", "/mnt/ssd"), ("slow", "/mnt/hdd")]),
+            ),
+            // barman splits at the first ':'; the rest is the path.
+            ("odd:/mnt/a:b", ok(&[("odd", "/mnt/a:b")])),
+            ("fast", Err("is not NAME:LOCATION")),
+            ("fast=/mnt/ssd", Err("is not NAME:LOCATION")),
+            (":/mnt/ssd", Err("names no tablespace")),
+            ("fast:mnt/ssd", Err("must be an absolute path")),
+            ("fast:", Err("must be an absolute path")),
+            ("fast:/mnt/../etc", Err("must not contain '..'")),
+            ("fast:/a,fast:/b", Err("mapped twice")),
+            ("fast:/a,slow:/a", Err("are both mapped to /a")),
+            ("fast:/a,", Err("is not NAME:LOCATION")),
+            ("fast:/a\nslow:/b", Err("must be one line")),
+        ];
+        for (value, want) in cases {
+            let got = parse_tablespaces(value);
+            match (&got, &want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w, "{value:?}"),
+                (Err(g), Err(w)) => assert!(g.contains(w), "{value:?}: {g}"),
+                _ => panic!("{value:?}: got {got:?}, want {want:?}"),
             }
         }
     }

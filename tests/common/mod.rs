@@ -2,6 +2,7 @@
 //! in its own temp dir with its own ports, and cleans up the processes it started, by pid.
 #![allow(dead_code)]
 
+pub mod barman;
 pub mod etcd;
 pub mod garage;
 mod poll;

@@ -252,6 +252,16 @@ pub fn restoring(tmp: &Path, store: &Store, from: &str) -> Instance {
     pg
 }
 
+/// An instance `name`, not started, whose empty PGDATA is to be restored from server
+/// `from` of `store`, archiving into `store` as `name`.
+pub fn restoring_as(tmp: &Path, store: &Store, from: &str, name: &str) -> Instance {
+    let mut pg = Instance::primary(tmp, name);
+    store.configure(&mut pg, name);
+    pg.set("PGWARDEN_RESTORE_URL", store.url())
+        .set("PGWARDEN_RESTORE_NAME", from);
+    pg
+}
+
 /// Overwrites an object behind pgwarden's back, as a broken disk or a bad actor would.
 pub async fn raw_put(g: &Garage, key: &str, body: Vec<u8>) {
     let creds = aws_sdk_s3::config::Credentials::new(&g.key_id, &g.secret, None, None, "test");

@@ -12,6 +12,16 @@
 //! `global/pg_control` (read after every other file, as pg_basebackup sends it last),
 //! `backup_label` from `pg_backup_stop`, and the manifest.
 //!
+//! Tablespaces go into parts of their own, `<oid>.tar.gz`, `<oid>_0001.tar.gz`, ...,
+//! holding their `PG_<major>_<catversion>` directory (barman-cloud's layout; the
+//! manifest names their files `pg_tblspc/<oid>/PG_...`, as pg_basebackup's does).
+//! Neither the `pg_tblspc/<oid>` symlinks nor the `tablespace_map` that
+//! `pg_backup_stop` returns go into `data.tar`: barman-cloud stores neither, its
+//! restore creates the symlinks where `--tablespace` puts each tablespace, and
+//! PostgreSQL, finding a `tablespace_map` at recovery, would point the symlinks back
+//! at the original locations (the live cluster's, for a copy restored beside it).
+//! The tablespaces are recorded in `backup.info` instead, as barman records them.
+//!
 //! Memory: per job, one part filling (5 MiB), one queued and two uploading, plus a
 //! 1 MiB read buffer and gzip's state: about 25 MiB a job, whatever the size.
 
@@ -19,16 +29,18 @@ pub mod manifest;
 pub mod pages;
 pub mod walk;
 
+use super::info::Tablespace;
+use super::parts::Holds;
 use super::BackupCompression;
 use crate::backup::Lsn;
 use crate::settings::Settings;
 use crate::wal::storage::{Backend, Bytes};
 use anyhow::{bail, Context, Result};
 use sha2::Digest;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Size of the parts sent to the storage (S3's minimum for all but the last).
@@ -79,7 +91,8 @@ pub struct Progress {
 /// A data object written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
-    /// Its name in the backup's directory (`data.tar.gz`, `data_0001.tar.gz`, ...).
+    /// Its name in the backup's directory (`data.tar.gz`, `data_0001.tar.gz`, ...,
+    /// `16384.tar.gz` for a tablespace's).
     pub name: String,
     /// Bytes stored.
     pub size: u64,
@@ -98,19 +111,21 @@ pub struct Taken {
     pub end: Lsn,
     /// Its timeline.
     pub timeline: u32,
-    /// The data objects, in order.
+    /// The data objects, in order (PGDATA's, then each tablespace's).
     pub parts: Vec<Part>,
+    /// The tablespaces backed up, by oid.
+    pub tablespaces: Vec<Tablespace>,
     /// Bytes read from PGDATA.
     pub bytes: u64,
 }
 
-/// The name of part `n` in `compression`.
-pub fn part_name(n: u32, compression: BackupCompression) -> String {
+/// The name of part `n` of what `holds` in `compression`.
+pub fn part_name(holds: Holds, n: u32, compression: BackupCompression) -> String {
     let ext = match compression {
         BackupCompression::Gzip => ".tar.gz",
         BackupCompression::None => ".tar",
     };
-    super::parts::name(n, ext)
+    super::parts::name(holds, n, ext)
 }
 
 /// Whether a backup that began on timeline `start` and ended on `end` can be listed:
@@ -129,7 +144,8 @@ pub fn check_timeline(start: u32, end: u32) -> Result<()> {
 /// What every worker shares.
 struct Shared {
     queue: Mutex<VecDeque<walk::Entry>>,
-    next_part: AtomicU32,
+    /// The next part number of PGDATA's objects and of each tablespace's.
+    next_part: Mutex<BTreeMap<Holds, u32>>,
     files: Mutex<Vec<manifest::File>>,
     bad_pages: Mutex<(usize, Vec<String>)>,
     failed: AtomicBool,
@@ -171,21 +187,28 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         .get(0);
     let start = Lsn::parse(&start).context("pg_backup_start's position")?;
     tracing::info!(start = %start, jobs = job.jobs, standby, "backup started");
+    let (tablespaces, spaces) = read_tablespaces(&client, major).await?;
 
     let pgdata = s.pgdata.clone();
-    let entries = tokio::task::spawn_blocking(move || walk::list(&pgdata, major))
+    let entries = tokio::task::spawn_blocking(move || walk::list(&pgdata, major, &spaces))
         .await
         .context("the listing thread")?
         .context("list the data directory")?;
     let (dirs, mut files): (Vec<walk::Entry>, Vec<walk::Entry>) =
         entries.into_iter().partition(|e| e.dir);
-    files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    // Largest first, one destination after the other: a worker then has one part open
+    // at a time, whatever the number of tablespaces.
+    files.sort_by(|a, b| {
+        (a.holds.cmp(&b.holds))
+            .then_with(|| b.size.cmp(&a.size))
+            .then_with(|| a.path.cmp(&b.path))
+    });
     job.progress
         .total
         .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     let shared = Arc::new(Shared {
         queue: Mutex::new(files.into()),
-        next_part: AtomicU32::new(0),
+        next_part: Mutex::new(BTreeMap::new()),
         files: Mutex::new(Vec::new()),
         bad_pages: Mutex::new((0, Vec::new())),
         failed: AtomicBool::new(false),
@@ -261,9 +284,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         .context("pg_backup_stop")?;
     let (end, label, spcmap): (String, String, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
-    if spcmap.as_deref().is_some_and(|m| !m.trim().is_empty()) {
-        bail!("the cluster has tablespaces, which backups do not support yet");
-    }
+    check_spcmap(spcmap.as_deref().unwrap_or(""), &tablespaces);
     let end = Lsn::parse(&end).context("pg_backup_stop's position")?;
     let timeline = label
         .lines()
@@ -307,30 +328,106 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         },
     );
     let shared2 = shared.clone();
-    let (n, handle) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut part = PartWriter::open(&shared2)?;
-        for d in &dirs {
+    let oids: Vec<u32> = tablespaces.iter().map(|t| t.oid).collect();
+    let closed = tokio::task::spawn_blocking(move || -> Result<_> {
+        // Each tablespace's directories, in a last part of its own: every tablespace
+        // has a part 0, which barman-cloud-restore requires, even one without files.
+        let mut closed = Vec::new();
+        for oid in oids {
+            let holds = Holds::Tablespace(oid);
+            let mut part = PartWriter::open(&shared2, holds)?;
+            for d in dirs.iter().filter(|d| d.holds == holds) {
+                part.dir(d)?;
+            }
+            closed.push(part.close()?);
+        }
+        let mut part = PartWriter::open(&shared2, Holds::Data)?;
+        for d in dirs.iter().filter(|d| d.holds == Holds::Data) {
             part.dir(d)?;
         }
         for (path, body, mode) in &last {
             part.small(path, body, *mode, mtime)?;
         }
         part.small("backup_manifest", text.as_bytes(), 0o600, mtime)?;
-        part.close()
+        closed.push(part.close()?);
+        Ok(closed)
     })
     .await
-    .context("the last part's thread")??;
-    let p = handle.await.context("the last part's upload")??;
-    parts.push((n, p));
-    parts.sort_by_key(|(n, _)| *n);
+    .context("the last parts' thread")??;
+    for (n, handle) in closed {
+        let p = handle.await.context("the last parts' upload")??;
+        parts.push((n, p));
+    }
+    parts.sort_by_key(|(n, p)| (super::parts::part_of(&p.name).map(|(h, _, _)| h), *n));
     Ok(Taken {
         label,
         start,
         end,
         timeline,
         parts: parts.into_iter().map(|(_, p)| p).collect(),
+        tablespaces,
         bytes: shared.progress.done.load(Ordering::Relaxed),
     })
+}
+
+/// The cluster's tablespaces (those with a location of their own: not `pg_default`,
+/// `pg_global`, nor an in-place one, which is a directory under `pg_tblspc` and goes
+/// into PGDATA's parts as pg_basebackup sends it), as barman reads them, and where
+/// each is read from.
+async fn read_tablespaces(
+    client: &tokio_postgres::Client,
+    major: u32,
+) -> Result<(Vec<Tablespace>, Vec<walk::Space>)> {
+    let rows = client
+        .query(
+            "SELECT spcname::text, oid::bigint, pg_tablespace_location(oid), \
+                    (SELECT catalog_version_no FROM pg_control_system())::bigint \
+             FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid",
+            &[],
+        )
+        .await
+        .context("read the cluster's tablespaces")?;
+    let mut ts = Vec::new();
+    let mut spaces = Vec::new();
+    for r in rows {
+        let (name, oid, location, catversion): (String, i64, String, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let oid = u32::try_from(oid).context("a tablespace's oid")?;
+        spaces.push(walk::Space {
+            oid,
+            location: std::path::PathBuf::from(&location),
+            version_dir: format!("PG_{major}_{catversion}"),
+        });
+        tracing::info!(tablespace = %name, oid, location = %location, "backing up a tablespace");
+        ts.push(Tablespace {
+            name,
+            oid,
+            location,
+        });
+    }
+    Ok((ts, spaces))
+}
+
+/// The `tablespace_map` `pg_backup_stop` returns (`<oid> <location>` lines) names the
+/// tablespaces that existed when the backup started; one missing from the catalogue
+/// read meanwhile was dropped during the backup (WAL replay drops it too): said, not
+/// fatal.
+fn check_spcmap(spcmap: &str, tablespaces: &[Tablespace]) {
+    for line in spcmap.lines() {
+        let Some((oid, location)) = line.split_once(' ') else {
+            continue;
+        };
+        let known = oid
+            .parse::<u32>()
+            .is_ok_and(|oid| tablespaces.iter().any(|t| t.oid == oid));
+        if !known {
+            tracing::warn!(
+                oid,
+                location,
+                "a tablespace was dropped during the backup; it is not in it"
+            );
+        }
+    }
 }
 
 type Upload = tokio::task::JoinHandle<Result<Part>>;
@@ -359,8 +456,15 @@ fn copy(shared: &Shared, done: &mut Vec<(u32, Upload)>) -> Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .pop_front();
         let Some(entry) = next else { break };
+        // The queue moved on to another destination (PGDATA's files come first, then
+        // each tablespace's): this part is complete.
+        if part.as_ref().is_some_and(|p| p.holds != entry.holds) {
+            if let Some(p) = part.take() {
+                done.push(p.close()?);
+            }
+        }
         if part.is_none() {
-            part = Some(PartWriter::open(shared)?);
+            part = Some(PartWriter::open(shared, entry.holds)?);
         }
         let Some(p) = part.as_mut() else { break };
         p.file(shared, &entry, &mut buf)?;
@@ -436,6 +540,7 @@ impl Write for Sink {
 
 /// One tar part being written and uploaded.
 struct PartWriter {
+    holds: Holds,
     n: u32,
     name: String,
     tar: tar::Builder<Sink>,
@@ -443,9 +548,14 @@ struct PartWriter {
 }
 
 impl PartWriter {
-    fn open(shared: &Shared) -> Result<PartWriter> {
-        let n = shared.next_part.fetch_add(1, Ordering::Relaxed);
-        let name = part_name(n, shared.compression);
+    fn open(shared: &Shared, holds: Holds) -> Result<PartWriter> {
+        let n = {
+            let mut next = shared.next_part.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = next.entry(holds).or_insert(0);
+            *slot += 1;
+            *slot - 1
+        };
+        let name = part_name(holds, n, shared.compression);
         let key = format!("{}/{name}", shared.dir);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let storage = shared.storage.clone();
@@ -468,6 +578,7 @@ impl PartWriter {
         let mut tar = tar::Builder::new(sink);
         tar.mode(tar::HeaderMode::Complete);
         Ok(PartWriter {
+            holds,
             n,
             name,
             tar,
@@ -495,7 +606,7 @@ impl PartWriter {
     fn dir(&mut self, d: &walk::Entry) -> Result<()> {
         let mut h = Self::header(d.mode, d.mtime, 0, tar::EntryType::Directory);
         self.tar
-            .append_data(&mut h, format!("{}/", d.path), std::io::empty())
+            .append_data(&mut h, format!("{}/", d.tar_path), std::io::empty())
             .with_context(|| format!("write {}", d.path))
     }
 
@@ -518,8 +629,11 @@ impl PartWriter {
         };
         let name = e.path.rsplit('/').next().unwrap_or(&e.path);
         let first_block = if shared.verify_pages {
-            pages::first_block(name)
-                .filter(|_| e.path.starts_with("base/") || e.path.starts_with("global/"))
+            pages::first_block(name).filter(|_| {
+                ["base/", "global/", "pg_tblspc/"]
+                    .iter()
+                    .any(|dir| e.path.starts_with(dir))
+            })
         } else {
             None
         };
@@ -537,7 +651,7 @@ impl PartWriter {
         };
         let mut h = Self::header(e.mode, e.mtime, e.size, tar::EntryType::Regular);
         self.tar
-            .append_data(&mut h, &e.path, &mut reader)
+            .append_data(&mut h, &e.tar_path, &mut reader)
             .with_context(|| format!("copy {}", e.path))?;
         let crc = reader.crc;
         shared
@@ -727,12 +841,18 @@ mod tests {
 
     #[test]
     fn names_parts_as_barman_cloud_does() {
-        assert_eq!(part_name(0, BackupCompression::Gzip), "data.tar.gz");
-        assert_eq!(part_name(1, BackupCompression::Gzip), "data_0001.tar.gz");
-        assert_eq!(part_name(12, BackupCompression::None), "data_0012.tar");
+        let (d, gz) = (Holds::Data, BackupCompression::Gzip);
+        assert_eq!(part_name(d, 0, gz), "data.tar.gz");
+        assert_eq!(part_name(d, 1, gz), "data_0001.tar.gz");
+        assert_eq!(part_name(d, 12, BackupCompression::None), "data_0012.tar");
+        assert_eq!(part_name(Holds::Tablespace(16384), 0, gz), "16384.tar.gz");
+        assert_eq!(
+            part_name(Holds::Tablespace(16384), 2, BackupCompression::None),
+            "16384_0002.tar"
+        );
         for n in 0..3 {
-            let name = part_name(n, BackupCompression::Gzip);
-            assert_eq!(crate::backup::parts::part_of(&name).map(|p| p.0), Some(n));
+            let name = part_name(d, n, gz);
+            assert_eq!(crate::backup::parts::part_of(&name).map(|p| p.1), Some(n));
         }
     }
 

@@ -2,6 +2,7 @@
 //! `excludeDirContents`, `excludeFiles`, `sendDir`), so that a restore of pgwarden's
 //! backup holds what a restore of pg_basebackup's would.
 
+use crate::backup::parts::Holds;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -30,8 +31,14 @@ const SKIPPED_FILES: &[&str] = &[
 /// One entry to put in the backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// Its path in the backup (relative to PGDATA).
+    /// Its path in the backup (relative to PGDATA, as the manifest names it:
+    /// `pg_tblspc/<oid>/PG_.../...` for a tablespace's).
     pub path: String,
+    /// The data objects it goes into: PGDATA's, or a tablespace's.
+    pub holds: Holds,
+    /// Its path in those objects' tars (a tablespace's are relative to its location,
+    /// as barman-cloud and pg_basebackup write them).
+    pub tar_path: String,
     /// Where it is read from.
     pub source: PathBuf,
     /// A directory, or a file of `size` bytes when listed.
@@ -79,18 +86,60 @@ pub fn skipped(dir: &str, name: &str, init_forks: &[String]) -> bool {
     !is_init && init_forks.iter().any(|n| n == node)
 }
 
-/// Lists PGDATA: directories first, then files, as pg_basebackup would send them
-/// (minus `global/pg_control`, which goes last). `major` decides the empty
-/// directories under `pg_wal` (`summaries` on 17+). A symlink under `pg_tblspc` is a
-/// tablespace, refused here (the caller says how to back those up).
-pub fn list(pgdata: &Path, major: u32) -> std::io::Result<Vec<Entry>> {
+/// A tablespace to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Space {
+    /// Its oid (`pg_tblspc/<oid>`).
+    pub oid: u32,
+    /// Where it is (`pg_tablespace_location`).
+    pub location: PathBuf,
+    /// The directory of this server's major in it, `PG_<major>_<catversion>`: the only
+    /// one copied (pg_basebackup's `TABLESPACE_VERSION_DIRECTORY`; another major's is
+    /// left behind by pg_upgrade).
+    pub version_dir: String,
+}
+
+/// Lists PGDATA and the tablespaces `spaces`: directories first, then files, as
+/// pg_basebackup would send them (minus `global/pg_control`, which goes last).
+/// `major` decides the empty directories under `pg_wal` (`summaries` on 17+).
+///
+/// The symlinks under `pg_tblspc` are left out of PGDATA's entries, as barman-cloud
+/// leaves them out: a restore creates them pointing where it puts each tablespace
+/// (`barman-cloud-restore --tablespace`), and a symlink in the tar would be in its way.
+/// A tablespace located inside PGDATA is copied once, as a tablespace.
+pub fn list(pgdata: &Path, major: u32, spaces: &[Space]) -> std::io::Result<Vec<Entry>> {
+    let inside: Vec<String> = spaces
+        .iter()
+        .filter_map(|s| s.location.strip_prefix(pgdata).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
     let mut out = Vec::new();
-    walk(pgdata, "", major, &mut out)?;
+    walk(pgdata, "", major, &inside, &mut out)?;
+    for s in spaces {
+        let rel = format!("pg_tblspc/{}/{}", s.oid, s.version_dir);
+        let path = pgdata.join(&rel);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            // Dropped since the catalogue was read: WAL replay drops it too.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let first = out.len();
+        visit_dir(pgdata, &rel, &path, &meta, major, &inside, &mut out)?;
+        let prefix = format!("pg_tblspc/{}/", s.oid);
+        for e in &mut out[first..] {
+            e.holds = Holds::Tablespace(s.oid);
+            e.tar_path = e.path.strip_prefix(&prefix).unwrap_or(&e.path).to_owned();
+        }
+    }
     Ok(out)
 }
 
 fn entry(path: String, source: PathBuf, meta: &std::fs::Metadata, dir: bool) -> Entry {
     Entry {
+        holds: Holds::Data,
+        tar_path: path.clone(),
         path,
         source,
         dir,
@@ -100,7 +149,13 @@ fn entry(path: String, source: PathBuf, meta: &std::fs::Metadata, dir: bool) -> 
     }
 }
 
-fn walk(root: &Path, rel: &str, major: u32, out: &mut Vec<Entry>) -> std::io::Result<()> {
+fn walk(
+    root: &Path,
+    rel: &str,
+    major: u32,
+    inside: &[String],
+    out: &mut Vec<Entry>,
+) -> std::io::Result<()> {
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {
@@ -129,12 +184,15 @@ fn walk(root: &Path, rel: &str, major: u32, out: &mut Vec<Entry>) -> std::io::Re
         } else {
             format!("{rel}/{name}")
         };
+        if inside.contains(&child) {
+            continue;
+        }
         let ft = meta.file_type();
         if ft.is_symlink() {
             if rel == "pg_tblspc" {
-                return Err(std::io::Error::other(format!(
-                    "{child} is a tablespace; backups of clusters with tablespaces are not supported yet"
-                )));
+                // A tablespace: copied on its own by the caller; one created since the
+                // catalogue was read is recreated by WAL replay.
+                continue;
             }
             // pg_wal (initdb -X) or another linked directory: sent as what it points to.
             let target = match std::fs::metadata(&path) {
@@ -143,7 +201,7 @@ fn walk(root: &Path, rel: &str, major: u32, out: &mut Vec<Entry>) -> std::io::Re
                 Err(err) => return Err(err),
             };
             if target.is_dir() {
-                visit_dir(root, &child, &path, &target, major, out)?;
+                visit_dir(root, &child, &path, &target, major, inside, out)?;
             } else if target.is_file() && !skipped(rel, &name, &init_forks) {
                 out.push(entry(child, path, &target, false));
             }
@@ -153,7 +211,7 @@ fn walk(root: &Path, rel: &str, major: u32, out: &mut Vec<Entry>) -> std::io::Re
             if name.starts_with("pgsql_tmp") {
                 continue;
             }
-            visit_dir(root, &child, &path, &meta, major, out)?;
+            visit_dir(root, &child, &path, &meta, major, inside, out)?;
         } else if ft.is_file() && !skipped(rel, &name, &init_forks) {
             out.push(entry(child, path, &meta, false));
         }
@@ -168,6 +226,7 @@ fn visit_dir(
     path: &Path,
     meta: &std::fs::Metadata,
     major: u32,
+    inside: &[String],
     out: &mut Vec<Entry>,
 ) -> std::io::Result<()> {
     out.push(entry(child.to_owned(), path.to_path_buf(), meta, true));
@@ -188,7 +247,7 @@ fn visit_dir(
         }
         return Ok(());
     }
-    walk(root, child, major, out)
+    walk(root, child, major, inside, out)
 }
 
 #[cfg(test)]
@@ -247,7 +306,11 @@ mod tests {
         ] {
             std::fs::write(p.join(f), b"x").unwrap();
         }
-        let paths: Vec<String> = list(p, 15).unwrap().into_iter().map(|e| e.path).collect();
+        let paths: Vec<String> = list(p, 15, &[])
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
         assert_eq!(
             paths,
             vec![
@@ -263,9 +326,76 @@ mod tests {
                 "pg_wal/archive_status",
             ]
         );
-        std::fs::create_dir(p.join("pg_tblspc")).unwrap();
-        std::os::unix::fs::symlink(p.join("base"), p.join("pg_tblspc/16500")).unwrap();
-        let err = list(p, 15).unwrap_err().to_string();
-        assert!(err.contains("pg_tblspc/16500 is a tablespace"), "{err}");
+    }
+
+    #[test]
+    fn lists_tablespaces_apart_and_leaves_their_symlinks_out() {
+        let d = tempfile::tempdir().unwrap();
+        let (pgdata, elsewhere) = (d.path().join("data"), d.path().join("ssd"));
+        for dir in [
+            "global",
+            "pg_tblspc",
+            "inner/PG_15_202209061/5",
+            "inner/PG_14_202107181/5",
+        ] {
+            std::fs::create_dir_all(pgdata.join(dir)).unwrap();
+        }
+        for dir in ["PG_15_202209061/5", "PG_14_202107181/5"] {
+            std::fs::create_dir_all(elsewhere.join(dir)).unwrap();
+        }
+        for f in [
+            "PG_VERSION",
+            "inner/PG_15_202209061/5/16400",
+            "inner/PG_14_202107181/5/16400",
+        ] {
+            std::fs::write(pgdata.join(f), b"x").unwrap();
+        }
+        for f in [
+            "PG_15_202209061/5/16401",
+            "PG_15_202209061/5/t3_16402",
+            "PG_14_202107181/5/16401",
+        ] {
+            std::fs::write(elsewhere.join(f), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink(&elsewhere, pgdata.join("pg_tblspc/16500")).unwrap();
+        std::os::unix::fs::symlink(pgdata.join("inner"), pgdata.join("pg_tblspc/16501")).unwrap();
+        // Created after the catalogue was read: left to WAL replay.
+        std::os::unix::fs::symlink(&elsewhere, pgdata.join("pg_tblspc/16502")).unwrap();
+        let space = |oid, location: &Path| Space {
+            oid,
+            location: location.to_path_buf(),
+            version_dir: "PG_15_202209061".into(),
+        };
+        let spaces = [
+            space(16500, &elsewhere),
+            space(16501, &pgdata.join("inner")),
+        ];
+        let got: Vec<(String, Holds, String)> = list(&pgdata, 15, &spaces)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.path, e.holds, e.tar_path))
+            .collect();
+        let data = |p: &str| (p.to_owned(), Holds::Data, p.to_owned());
+        let ts = |oid: u32, p: &str| {
+            (
+                format!("pg_tblspc/{oid}/{p}"),
+                Holds::Tablespace(oid),
+                p.to_owned(),
+            )
+        };
+        assert_eq!(
+            got,
+            vec![
+                data("PG_VERSION"),
+                data("global"),
+                data("pg_tblspc"),
+                ts(16500, "PG_15_202209061"),
+                ts(16500, "PG_15_202209061/5"),
+                ts(16500, "PG_15_202209061/5/16401"),
+                ts(16501, "PG_15_202209061"),
+                ts(16501, "PG_15_202209061/5"),
+                ts(16501, "PG_15_202209061/5/16400"),
+            ]
+        );
     }
 }

@@ -97,6 +97,7 @@ mod tests {
             xlog_segment_size: 16 << 20,
             size: None,
             backup_label: None,
+            tablespaces: vec![],
             made_by: "pgwarden".into(),
             extra: Default::default(),
         }
@@ -207,6 +208,7 @@ mod tests {
             server: "PGWARDEN_ARCHIVE_NAME",
             backup_id: "--backup-id",
             target: Some("--target-time"),
+            tablespaces: "PGWARDEN_DRILL_DIR",
         };
         let e = choose(&cat, Some("20991124T010000"), &RecoveryTarget::End, &drill).unwrap_err();
         assert!(e.starts_with("--backup-id: there is no backup"), "{e}");

@@ -5,9 +5,11 @@
 //! 1. Choose the backup ([`choose`]) and check, before anything is written, that it is
 //!    of this PostgreSQL major version, of the cluster whose WAL the archive holds, and
 //!    that every WAL segment it needs to become consistent is archived.
-//! 2. Stream its data objects into the staging directory ([`extract`]), checking the
-//!    SHA-256 pgwarden recorded and, for pgwarden's backups, every file against the
-//!    backup manifest with `pg_verifybackup`.
+//!    Its tablespaces' locations must be free ([`tablespaces`]).
+//! 2. Stream its data objects into the staging directory ([`extract`]), and its
+//!    tablespaces' into their locations, checking the SHA-256 pgwarden recorded and,
+//!    for pgwarden's backups, every file against the backup manifest with
+//!    `pg_verifybackup`.
 //! 3. Write `recovery.signal` (recover, then promote) or `standby.signal` (a standby
 //!    that follows the archive). The caller moves the staging directory into place,
 //!    `PG_VERSION` last; postgres then fetches WAL through pgwarden's restore path,
@@ -15,12 +17,14 @@
 
 pub mod choose;
 pub mod extract;
+pub mod tablespaces;
 
 pub use crate::settings::restore::{
-    RecoveryTarget, RestoreArgs, RestoreConfig, SettingNames, Then, RECOVERY_SIGNAL,
+    RecoveryTarget, RestoreArgs, RestoreConfig, SettingNames, Tablespaces, Then, RECOVERY_SIGNAL,
 };
 
 use crate::backup::list;
+use crate::backup::parts::Holds;
 use crate::backup::BackupInfo;
 use crate::process::Runner;
 use crate::settings::Settings;
@@ -38,7 +42,8 @@ use tracing::info;
 pub struct Plan {
     storage: Backend,
     backup: BackupInfo,
-    objects: Vec<(String, TarCompression)>,
+    objects: Vec<(String, TarCompression, Holds)>,
+    spaces: Vec<tablespaces::Placed>,
     then: Then,
     names: SettingNames,
 }
@@ -52,14 +57,17 @@ impl Plan {
     /// Whether any of its data objects is compressed: then the restored files take
     /// more room than the objects' size in the archive.
     pub fn compressed(&self) -> bool {
-        self.objects.iter().any(|(_, c)| *c != TarCompression::None)
+        self.objects
+            .iter()
+            .any(|(_, c, _)| *c != TarCompression::None)
     }
 }
 
 /// Chooses the backup and checks everything that can be checked before PGDATA is
-/// touched: the catalogue, the backup's version and cluster, its WAL, its objects.
-/// The restore bootstrap and `pgwarden restore-drill` both start here.
-pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then) -> Result<Plan> {
+/// touched: the catalogue, the backup's version and cluster, its WAL, its objects,
+/// where its tablespaces go. The restore bootstrap and `pgwarden restore-drill` both
+/// start here; `pgdata` is where the cluster is restored to.
+pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then, pgdata: &Path) -> Result<Plan> {
     let names = r.names;
     let storage = r
         .source
@@ -82,11 +90,30 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then) -> Result<Plan> {
     check_cluster(&policy, &r.source, b, &names).await?;
     check_wal(&policy, &base, b, &names).await?;
     let objects = data_objects(&policy, &base, b).await?;
+    let spaces = tablespaces::place(&b.tablespaces, &r.tablespaces, pgdata, &names)
+        .map_err(anyhow::Error::msg)?;
+    // The live PGDATA too: a drill restores elsewhere, and must not write into it.
+    for p in &spaces {
+        if p.location.starts_with(&s.pgdata) {
+            bail!(
+                "{}: tablespace {:?} would be restored into {}, inside the instance's PGDATA; map it elsewhere",
+                names.tablespaces,
+                p.name,
+                p.location.display()
+            );
+        }
+    }
+    let placed = spaces.clone();
+    let check_names = names;
+    tokio::task::spawn_blocking(move || tablespaces::check_free(&placed, &check_names))
+        .await
+        .context("the checking thread")??;
     let backup = b.clone();
     Ok(Plan {
         storage,
         backup,
         objects,
+        spaces,
         then,
         names,
     })
@@ -105,9 +132,11 @@ pub async fn plan_seed(s: &Settings, runner: &Runner) -> Result<Plan> {
         source: archive.clone(),
         backup_id: None,
         target: RecoveryTarget::End,
+        // At their original locations, as pg_basebackup puts them.
+        tablespaces: Default::default(),
         names: SettingNames::CLONE,
     };
-    let plan = plan(s, &r, Then::FollowPrimary).await?;
+    let plan = plan(s, &r, Then::FollowPrimary, &s.pgdata).await?;
     let primary = crate::replica::remote::identify(s, runner)
         .await
         .context("ask the primary for its system identifier")?;
@@ -122,16 +151,41 @@ pub async fn plan_seed(s: &Settings, runner: &Runner) -> Result<Plan> {
     Ok(plan)
 }
 
-/// Builds the cluster in `staging` from the planned backup.
+/// Builds the cluster in `staging` from the planned backup, and its tablespaces where
+/// the plan puts them. When it fails, what it wrote into the tablespaces' locations is
+/// removed again (the caller discards `staging`).
 pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) -> Result<()> {
+    let mut made = tablespaces::Made::default();
+    let r = build_in(s, plan, runner, staging, &mut made).await;
+    if r.is_err() {
+        tokio::task::spawn_blocking(move || made.undo())
+            .await
+            .context("the clean-up thread")?;
+    }
+    r
+}
+
+async fn build_in(
+    s: &Settings,
+    plan: Plan,
+    runner: &Runner,
+    staging: &Path,
+    made: &mut tablespaces::Made,
+) -> Result<()> {
     let Plan {
         storage,
         backup: b,
         objects,
+        spaces,
         then,
         names,
     } = plan;
     std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
+    let owner = s.run_as.as_ref().map(|u| u.owner());
+    tablespaces::create(&spaces, owner, made)?;
+    // Linked before they are filled: an interrupted bootstrap finds them (see
+    // tablespaces::empty_interrupted).
+    tablespaces::link(staging, &spaces)?;
     let started = std::time::Instant::now();
     let mut stored = 0u64;
     // The parts hold disjoint files (a file never spans parts): they are fetched,
@@ -140,12 +194,21 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
     let backup_id_setting = names.backup_id;
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(s.backups.jobs.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for (key, compression) in objects {
+    for (key, compression, holds) in objects {
         let (storage, recorded, limit) = (storage.clone(), recorded.clone(), limit.clone());
-        let staging = staging.to_path_buf();
+        let dest = match holds {
+            Holds::Data => staging.to_path_buf(),
+            Holds::Tablespace(oid) => spaces
+                .iter()
+                .find(|p| p.oid == oid)
+                .map(|p| p.location.clone())
+                .with_context(|| {
+                    format!("{key}: tablespace {oid} is not in the backup's backup.info")
+                })?,
+        };
         tasks.spawn(async move {
             let _slot = limit.acquire_owned().await?;
-            let (sha, size) = extract::extract(&storage, &key, compression, &staging).await?;
+            let (sha, size) = extract::extract(&storage, &key, compression, &dest).await?;
             let name = key.rsplit('/').next().unwrap_or(&key);
             if recorded.get(name).is_some_and(|want| *want != sha) {
                 bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with {backup_id_setting}");
@@ -159,6 +222,9 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
         stored += done.context("an extraction task")??;
     }
     info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
+    // Before the manifest check: pg_verifybackup follows the links to the
+    // tablespaces' files.
+    tablespaces::settle(staging, &spaces)?;
     // Before prepare(), which removes files the manifest lists.
     verify_manifest(s, runner, staging).await?;
     let signal = match then {
@@ -167,13 +233,10 @@ pub async fn build(s: &Settings, plan: Plan, runner: &Runner, staging: &Path) ->
         // primary_conninfo from the usual rendering.
         Then::FollowArchive | Then::FollowPrimary => crate::replica::STANDBY_SIGNAL,
     };
-    let (dir, major, owner) = (
-        staging.to_path_buf(),
-        s.major_version,
-        s.run_as.as_ref().map(|u| u.owner()),
-    );
+    let (dir, major) = (staging.to_path_buf(), s.major_version);
+    let locations: Vec<std::path::PathBuf> = spaces.iter().map(|p| p.location.clone()).collect();
     // A walk of the whole tree and a sync of its file system: not on the async workers.
-    tokio::task::spawn_blocking(move || finish(&dir, major, signal, owner))
+    tokio::task::spawn_blocking(move || finish(&dir, &locations, major, signal, owner))
         .await
         .context("the restore's last step failed")?
 }
@@ -202,18 +265,38 @@ fn recorded_sha256(b: &BackupInfo) -> std::collections::BTreeMap<String, String>
     out
 }
 
-/// Tidies the extracted backup, writes `signal`, gives the files to `owner` and makes
-/// them durable before the commit mark (PG_VERSION) goes into place: the tar's files
-/// were written without fsync.
-fn finish(dir: &Path, major: u32, signal: &str, owner: Option<crate::fsutil::Owner>) -> Result<()> {
+/// Tidies the extracted backup, writes `signal`, gives the files (and the
+/// tablespaces' in `locations`) to `owner` and makes them durable before the commit
+/// mark (PG_VERSION) goes into place: the tar's files were written without fsync.
+fn finish(
+    dir: &Path,
+    locations: &[std::path::PathBuf],
+    major: u32,
+    signal: &str,
+    owner: Option<crate::fsutil::Owner>,
+) -> Result<()> {
     extract::prepare(dir, major)?;
     std::fs::write(dir.join(signal), b"").with_context(|| format!("write {signal}"))?;
     if let Some(owner) = owner {
-        crate::fsutil::chown_tree(dir, owner)
-            .context("give the restored files to the run-as user")?;
+        for d in std::iter::once(dir).chain(locations.iter().map(|l| l.as_path())) {
+            crate::fsutil::chown_tree(d, owner).with_context(|| {
+                format!(
+                    "give the restored files in {} to the run-as user",
+                    d.display()
+                )
+            })?;
+        }
     }
-    let handle = std::fs::File::open(dir)?;
-    nix::unistd::syncfs(&handle).context("sync the restored files")?;
+    // A tablespace may be on a file system of its own.
+    for d in locations
+        .iter()
+        .map(|l| l.as_path())
+        .chain(std::iter::once(dir))
+    {
+        let handle = std::fs::File::open(d).with_context(|| format!("open {}", d.display()))?;
+        nix::unistd::syncfs(&handle)
+            .with_context(|| format!("sync the restored files in {}", d.display()))?;
+    }
     Ok(())
 }
 
@@ -317,53 +400,84 @@ async fn check_wal<S: Storage>(
 }
 
 /// The backup's data objects in part order, `data.tar[.gz]` first (barman splits
-/// large ones into `data_0001.tar.gz`, ...), refused when a part is missing.
+/// large ones into `data_0001.tar.gz`, ...), then each tablespace's (`<oid>.tar[.gz]`,
+/// ...), refused when a part is missing or a tablespace's objects are not those of a
+/// tablespace its `backup.info` lists.
 async fn data_objects<S: Storage>(
     storage: &S,
     base: &str,
     b: &BackupInfo,
-) -> Result<Vec<(String, TarCompression)>> {
+) -> Result<Vec<(String, TarCompression, Holds)>> {
     let prefix = format!("{}{}/", crate::backup::base_prefix(base), b.backup_id);
-    let mut found = Vec::new();
+    let mut found: std::collections::BTreeMap<Holds, Vec<(String, TarCompression)>> =
+        Default::default();
     for o in storage
         .list(&prefix, 10_000)
         .await
         .context("list the backup's objects")?
     {
         let name = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
-        if name
-            .split('.')
-            .next()
-            .is_some_and(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
-        {
-            // barman-cloud stores each tablespace as <oid>.tar[.gz].
-            bail!("backup {} has tablespaces ({name}); pgwarden restores only backups without (restore it with barman-cloud-restore --tablespace)", b.backup_id);
-        }
-        if crate::backup::parts::part_of(name).is_none() {
+        let Some((holds, _, _)) = crate::backup::parts::part_of(name) else {
             continue;
+        };
+        if let Holds::Tablespace(oid) = holds {
+            if !b.tablespaces.iter().any(|t| t.oid == oid) {
+                bail!(
+                    "backup {} holds {name}, the data of tablespace {oid}, but its backup.info lists no such tablespace;                      restore another one with PGWARDEN_RESTORE_BACKUP_ID",
+                    b.backup_id
+                );
+            }
         }
         let c =
             TarCompression::of(name).map_err(|e| anyhow::anyhow!("backup {}: {e}", b.backup_id))?;
-        found.push((name.to_owned(), c));
+        found.entry(holds).or_default().push((name.to_owned(), c));
     }
-    if found.is_empty() {
+    if !found.contains_key(&Holds::Data) {
         bail!("backup {} has no data object under {prefix}", b.backup_id);
     }
-    let names: Vec<String> = found.iter().map(|(n, _)| n.clone()).collect();
-    let expected = b.extra.get("data_parts").and_then(|n| n.parse().ok());
-    let ordered = crate::backup::parts::in_order(&names, expected).map_err(|e| {
-        anyhow::anyhow!(
-            "backup {} cannot be restored whole: {e}; restore another one with PGWARDEN_RESTORE_BACKUP_ID",
-            b.backup_id
-        )
-    })?;
-    Ok(ordered
-        .into_iter()
-        .filter_map(|n| {
-            let c = found.iter().find(|(m, _)| *m == n)?.1;
-            Some((format!("{prefix}{n}"), c))
+    let counts = tablespace_parts(b);
+    let mut out = Vec::new();
+    let wanted =
+        std::iter::once(Holds::Data).chain(b.tablespaces.iter().map(|t| Holds::Tablespace(t.oid)));
+    for holds in wanted {
+        let objects = found.get(&holds).map(Vec::as_slice).unwrap_or_default();
+        let names: Vec<String> = objects.iter().map(|(n, _)| n.clone()).collect();
+        let expected = match holds {
+            Holds::Data => b.extra.get("data_parts").and_then(|n| n.parse().ok()),
+            Holds::Tablespace(oid) => counts.get(&oid).copied(),
+        };
+        let ordered = if names.is_empty() {
+            Err(format!("the data of tablespace {} ({}.tar*) is missing", holds.stem(), holds.stem()))
+        } else {
+            crate::backup::parts::in_order(holds, &names, expected)
+        }
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "backup {} cannot be restored whole: {e}; restore another one with PGWARDEN_RESTORE_BACKUP_ID",
+                b.backup_id
+            )
+        })?;
+        for n in ordered {
+            if let Some((_, c)) = objects.iter().find(|(m, _)| *m == n) {
+                out.push((format!("{prefix}{n}"), *c, holds));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The part count pgwarden recorded for each tablespace (`# tablespace_parts:
+/// oid:count,...`; none in barman-cloud's backups).
+fn tablespace_parts(b: &BackupInfo) -> std::collections::BTreeMap<u32, u32> {
+    b.extra
+        .get("tablespace_parts")
+        .map(|list| {
+            list.split(',')
+                .filter_map(|p| p.split_once(':'))
+                .filter_map(|(oid, n)| Some((oid.parse().ok()?, n.parse().ok()?)))
+                .collect()
         })
-        .collect())
+        .unwrap_or_default()
 }
 
 /// pgwarden's backups carry pg_basebackup's manifest: check every restored file
