@@ -11,34 +11,7 @@ use common::garage::Garage;
 use common::wal::*;
 use common::*;
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
-
-/// Runs a barman-cloud command against Garage; returns success and the output.
-fn barman_try(g: &Garage, args: &[&str]) -> (bool, String) {
-    let out = Command::new(args[0])
-        .args(["--endpoint-url", &g.endpoint()])
-        .args(&args[1..])
-        .envs(g.env())
-        .env("AWS_DEFAULT_REGION", "garage")
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (is barman-cli-cloud installed?)", args[0]));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn barman(g: &Garage, args: &[&str]) -> String {
-    let (ok, out) = barman_try(g, args);
-    assert!(ok, "{args:?}: {out}");
-    out
-}
 
 /// Backups and WAL keys a deletion selects.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,7 +40,7 @@ impl Selected {
 /// What `barman-cloud-backup-delete --dry-run` would delete: the quoted keys of its
 /// "Skipping deletion of objects [...]" lines.
 fn barman_selects(g: &Garage, url: &str, server: &str, policy: &str) -> Selected {
-    let out = barman(
+    let out = common::barman::run(
         g,
         &[
             "barman-cloud-backup-delete",
@@ -183,7 +156,7 @@ async fn retention_selects_what_barman_cloud_selects_and_deletes_it() {
         },
     );
     let port = pg.port.to_string();
-    barman(
+    common::barman::run(
         g,
         &[
             "barman-cloud-backup",
@@ -235,7 +208,7 @@ async fn retention_selects_what_barman_cloud_selects_and_deletes_it() {
     }
 
     // Keep annotations, written by barman-cloud, read by both.
-    barman(
+    common::barman::run(
         g,
         &[
             "barman-cloud-backup-keep",
@@ -255,7 +228,7 @@ async fn retention_selects_what_barman_cloud_selects_and_deletes_it() {
     let (code, out) = pg.run_cli(&["backup-delete", "--backup-id", &ids[0]]);
     assert_eq!(code.code(), Some(2), "a kept backup is refused: {out}");
     assert!(out.contains("keep annotation"), "{out}");
-    barman(
+    common::barman::run(
         g,
         &[
             "barman-cloud-backup-keep",
@@ -265,7 +238,7 @@ async fn retention_selects_what_barman_cloud_selects_and_deletes_it() {
             &ids[0],
         ],
     );
-    barman(
+    common::barman::run(
         g,
         &[
             "barman-cloud-backup-keep",
@@ -282,7 +255,7 @@ async fn retention_selects_what_barman_cloud_selects_and_deletes_it() {
         !s.wal.is_empty(),
         "past a standalone backup's own range, WAL goes"
     );
-    barman(
+    common::barman::run(
         g,
         &[
             "barman-cloud-backup-keep",
@@ -346,7 +319,7 @@ async fn retention_selects_what_barman_cloud_selects_and_deletes_it() {
     assert!(code.success(), "{out}");
     assert!(out.contains("deleted 2 backups"), "{out}");
     assert_eq!(listed(&pg), ids[2..].to_vec());
-    let theirs = barman(
+    let theirs = common::barman::run(
         g,
         &["barman-cloud-backup-list", "--format", "json", &url, "ret"],
     );

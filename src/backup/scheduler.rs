@@ -55,17 +55,6 @@ pub struct Scheduler {
     pub local: Local,
 }
 
-/// The cluster's last scheduled backup, as the member that took it recorded it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ClusterLast {
-    /// The member.
-    pub member: String,
-    /// When it started, in seconds since the epoch.
-    pub started_unix: f64,
-    /// Whether it succeeded.
-    pub ok: bool,
-}
-
 /// How long the primary leaves a due backup to the replica chosen for it before it
 /// takes it itself: a TTL (by then a replica that died has lost its member key and
 /// is no longer chosen), and at least two rechecks.
@@ -210,9 +199,7 @@ impl Scheduler {
         let mut said = String::new();
         loop {
             let now = SystemTime::now();
-            let recorded = cluster_last(&store)
-                .await
-                .map(|l| from_unix(l.started_unix));
+            let recorded = job::last(&store, JOB).await.map(|l| l.started());
             let last = in_archive.max(self.last_attempt()).max(recorded);
             let due = self.schedule.next(now, last, started);
             self.publish(Some(due));
@@ -301,9 +288,9 @@ impl Scheduler {
             // is recorded and listed now, says whether a backup another member took
             // meanwhile was this one (with no backup yet, an interval is due at every
             // look: only a fresh look tells that one has just been taken).
-            let recorded = cluster_last(&store).await;
+            let recorded = job::last(&store, JOB).await;
             let listed = self.newest_in_archive().await;
-            let recorded_at = recorded.as_ref().map(|l| from_unix(l.started_unix));
+            let recorded_at = recorded.as_ref().map(job::LastRun::started);
             let now = SystemTime::now();
             let last = in_archive
                 .max(self.last_attempt())
@@ -316,12 +303,7 @@ impl Scheduler {
                 );
                 if let Some(t) = listed.filter(|t| Some(*t) > recorded_at) {
                     // A backup taken outside the schedule: every member counts from it.
-                    let last = ClusterLast {
-                        member: String::new(),
-                        started_unix: unix_f64(t),
-                        ok: true,
-                    };
-                    record(&store, &last).await;
+                    record(&store, &job::LastRun::new("", t, true)).await;
                 }
                 held.release().await;
                 continue;
@@ -342,12 +324,7 @@ impl Scheduler {
                 Err(BackupError::NoArchive) => None,
             };
             if let Some(ok) = ok {
-                let last = ClusterLast {
-                    member: me.clone(),
-                    started_unix: unix_f64(begin),
-                    ok,
-                };
-                record(&store, &last).await;
+                record(&store, &job::LastRun::new(&me, begin, ok)).await;
             }
             held.release().await;
             if ok.is_none() {
@@ -357,34 +334,9 @@ impl Scheduler {
     }
 }
 
-fn unix_f64(t: SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-fn from_unix(secs: f64) -> SystemTime {
-    std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))
-}
-
-/// The cluster's last scheduled backup, when one was recorded and can be read.
-async fn cluster_last(store: &EtcdStore) -> Option<ClusterLast> {
-    match store.job_last(JOB).await {
-        Ok(Some(v)) => serde_json::from_slice(&v).ok(),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot read the cluster's last scheduled backup");
-            None
-        }
-    }
-}
-
 /// Records the cluster's last scheduled backup, before the key is released.
-async fn record(store: &EtcdStore, last: &ClusterLast) {
-    let Ok(v) = serde_json::to_vec(last) else {
-        return;
-    };
-    if let Err(e) = store.put_job_last(JOB, &v).await {
+async fn record(store: &EtcdStore, last: &job::LastRun) {
+    if let Err(e) = job::record(store, JOB, last).await {
         warn!(error = %e, "cannot record the scheduled backup in etcd; another member may take one again for this due time, unless it lists this one first");
     }
 }

@@ -68,7 +68,7 @@ pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
         DataDirState::Missing | DataDirState::Empty => bootstrap(s, runner).await,
         DataDirState::InterruptedBootstrap => {
             warn!(pgdata = %s.pgdata.display(), "an earlier bootstrap was interrupted; starting it again from clean");
-            clean_interrupted(&s.pgdata)?;
+            clean_interrupted(&s.pgdata, s.major_version)?;
             bootstrap(s, runner).await
         }
         DataDirState::Foreign(entries) => bail!(
@@ -180,11 +180,11 @@ fn commit(staging: &Path, pgdata: &Path) -> Result<()> {
 
 /// Removes what an interrupted bootstrap left: PGDATA was empty when it began, so
 /// everything but `lost+found` is ours.
-fn clean_interrupted(pgdata: &Path) -> Result<()> {
+fn clean_interrupted(pgdata: &Path, major: u32) -> Result<()> {
     let staging = pgdata::staging_dir(pgdata);
     stop_stale_postmaster(&staging);
     clean_interrupted_waldir(&staging)?;
-    restore::tablespaces::empty_interrupted(&staging)?;
+    restore::tablespaces::empty_interrupted(&staging, major)?;
     for entry in std::fs::read_dir(pgdata)? {
         let entry = entry?;
         let name = entry.file_name();

@@ -61,17 +61,6 @@ pub fn turn(ha: bool, local: Option<Role>, other_replicas: usize) -> Turn {
     }
 }
 
-/// The cluster's last drill, as the member that ran it recorded it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ClusterLast {
-    /// The member.
-    pub member: String,
-    /// When it started, in seconds since the epoch.
-    pub started_unix: f64,
-    /// Whether it succeeded.
-    pub ok: bool,
-}
-
 /// The scheduling task.
 pub struct Scheduler {
     /// When drills are due.
@@ -132,7 +121,7 @@ impl Scheduler {
                 .and_then(|r| r.last)
                 .map(|l| from_unix(l.started_unix));
             let cluster = match &store {
-                Some(st) => cluster_last(st).await.map(|l| from_unix(l.started_unix)),
+                Some(st) => job::last(st, JOB).await.map(|l| l.started()),
                 None => None,
             };
             let last = own.max(cluster).max(skipped);
@@ -211,15 +200,13 @@ impl Scheduler {
             .await;
             if let (Some(st), Some(held)) = (&store, held) {
                 if let Ok(r) = &result {
-                    let last = ClusterLast {
+                    let last = job::LastRun {
                         member: self.settings.name.clone(),
                         started_unix: r.started_unix,
                         ok: r.ok,
                     };
-                    if let Ok(v) = serde_json::to_vec(&last) {
-                        if let Err(e) = st.put_job_last(JOB, &v).await {
-                            warn!(error = %e, "cannot record the drill in etcd; other members may drill again");
-                        }
+                    if let Err(e) = job::record(st, JOB, &last).await {
+                        warn!(error = %e, "cannot record the drill in etcd; other members may drill again");
                     }
                 }
                 held.release().await;
@@ -260,18 +247,6 @@ fn ttl(s: &Settings) -> Duration {
 
 fn from_unix(secs: f64) -> SystemTime {
     std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))
-}
-
-/// The cluster's last drill, when one was recorded and can be read.
-async fn cluster_last(store: &EtcdStore) -> Option<ClusterLast> {
-    match store.job_last(JOB).await {
-        Ok(Some(v)) => serde_json::from_slice(&v).ok(),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot read the cluster's last drill");
-            None
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,59 @@
 
 use super::etcd::EtcdStore;
 use super::store::{LeaseId, Store, StoreError};
-use std::time::Duration;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::warn;
+
+/// The cluster's last run of a job, as the member that ran it recorded it under
+/// `jobs/<job>/last`: every member counts the job's next due time from it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastRun {
+    /// The member (empty for a run outside the schedule that the record adopted).
+    pub member: String,
+    /// When it started, in seconds since the epoch.
+    pub started_unix: f64,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
+impl LastRun {
+    /// A run of `member` that started at `started`.
+    pub fn new(member: &str, started: SystemTime, ok: bool) -> LastRun {
+        LastRun {
+            member: member.to_owned(),
+            started_unix: started
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            ok,
+        }
+    }
+
+    /// When it started.
+    pub fn started(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs_f64(self.started_unix.max(0.0))
+    }
+}
+
+/// The last run of `job` recorded in the store; `None` when there is none or it cannot
+/// be read (the caller counts from what it knows otherwise).
+pub async fn last(store: &EtcdStore, job: &'static str) -> Option<LastRun> {
+    match store.job_last(job).await {
+        Ok(Some(v)) => serde_json::from_slice(&v).ok(),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(job, error = %e, "cannot read the job's last run");
+            None
+        }
+    }
+}
+
+/// Records the last run of `job`, before its key is released.
+pub async fn record(store: &EtcdStore, job: &'static str, run: &LastRun) -> Result<(), StoreError> {
+    // A Value prints whatever it holds (a non-finite number as null).
+    let v = serde_json::json!({"member": run.member, "started_unix": run.started_unix, "ok": run.ok});
+    store.put_job_last(job, v.to_string().as_bytes()).await
+}
 
 /// The job's key, held by this member until [`Held::release`] (or its lease expires).
 pub struct Held {

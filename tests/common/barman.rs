@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Runs a barman-cloud command against `g` (`--endpoint-url` added; the test
-/// instances' password for `barman-cloud-backup`'s connection); returns its output,
-/// failing the test when it fails.
-pub fn run(g: &Garage, args: &[&str]) -> String {
+/// instances' password for `barman-cloud-backup`'s connection); returns whether it
+/// succeeded and its output.
+pub fn try_run(g: &Garage, args: &[&str]) -> (bool, String) {
     let out = Command::new(args[0])
         .args(["--endpoint-url", &g.endpoint()])
         .args(&args[1..])
@@ -27,7 +27,13 @@ pub fn run(g: &Garage, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{args:?}: {text}");
+    (out.status.success(), text)
+}
+
+/// [`try_run`], failing the test when the command fails; returns its output.
+pub fn run(g: &Garage, args: &[&str]) -> String {
+    let (ok, text) = try_run(g, args);
+    assert!(ok, "{args:?}: {text}");
     text
 }
 

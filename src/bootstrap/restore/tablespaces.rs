@@ -251,13 +251,15 @@ pub fn settle(dir: &Path, placed: &[Placed]) -> Result<()> {
 /// Empties the tablespace locations the interrupted bootstrap in `staging` had begun
 /// to fill (the targets of its `pg_tblspc` links): a restore (and pg_basebackup) only
 /// fills a location that was absent or empty, so what is in it is that bootstrap's,
-/// and the next attempt would refuse it. A location holding anything but
-/// `PG_<major>_<catversion>` directories is left alone (the next attempt refuses it,
-/// naming it).
-pub fn empty_interrupted(staging: &Path) -> Result<()> {
+/// and the next attempt would refuse it. Only this major's `PG_<major>_<catversion>`
+/// directory is removed, the one a bootstrap with these binaries writes: a location
+/// holding anything else (another major's directory, which pg_upgrade leaves beside
+/// the new one, or a file) is left alone, and the next attempt refuses it, naming it.
+pub fn empty_interrupted(staging: &Path, major: u32) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(staging.join("pg_tblspc")) else {
         return Ok(());
     };
+    let ours = format!("PG_{major}_");
     for e in entries {
         let Ok(target) = std::fs::read_link(e?.path()) else {
             continue;
@@ -268,9 +270,9 @@ pub fn empty_interrupted(staging: &Path) -> Result<()> {
         let inside: Vec<std::fs::DirEntry> = inside.collect::<std::io::Result<_>>()?;
         if let Some(other) = inside
             .iter()
-            .find(|e| !e.file_name().to_string_lossy().starts_with("PG_"))
+            .find(|e| !e.file_name().to_string_lossy().starts_with(&ours))
         {
-            tracing::warn!(location = %target.display(), entry = %other.file_name().to_string_lossy(), "a tablespace location of the interrupted bootstrap holds what a restore does not write; left as it is");
+            tracing::warn!(location = %target.display(), entry = %other.file_name().to_string_lossy(), "a tablespace location of the interrupted bootstrap holds what this bootstrap does not write; left as it is");
             continue;
         }
         tracing::warn!(location = %target.display(), "emptying a tablespace location of the interrupted bootstrap");
@@ -410,10 +412,16 @@ mod tests {
         // A crash here: the next bootstrap empties the location, and may use it; but
         // not one that holds what a restore does not write.
         std::fs::write(d.path().join("absent/notes.txt"), b"").unwrap();
-        empty_interrupted(&data).unwrap();
+        empty_interrupted(&data, 18).unwrap();
         assert!(d.path().join("absent/PG_18_1/5/16390").exists());
         std::fs::remove_file(d.path().join("absent/notes.txt")).unwrap();
-        empty_interrupted(&data).unwrap();
+        // Nor one holding another major's directory (pg_upgrade leaves the old one).
+        std::fs::create_dir_all(d.path().join("absent/PG_15_2/5")).unwrap();
+        empty_interrupted(&data, 18).unwrap();
+        assert!(d.path().join("absent/PG_18_1/5/16390").exists());
+        assert!(d.path().join("absent/PG_15_2/5").exists());
+        std::fs::remove_dir_all(d.path().join("absent/PG_15_2")).unwrap();
+        empty_interrupted(&data, 18).unwrap();
         assert!(check_free(&placed, &names).is_ok());
         std::fs::write(d.path().join("absent/x"), b"").unwrap();
         made.undo();
