@@ -23,7 +23,6 @@ use crate::ha::store::Store;
 use crate::ha::HaConfig;
 use crate::settings::Role;
 use crate::wal::storage::Retrying;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;

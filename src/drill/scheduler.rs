@@ -18,7 +18,6 @@ use crate::process::Runner;
 use crate::settings::restore::RecoveryTarget;
 use crate::settings::{Role, Settings};
 use crate::state::SupervisorStatus;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;

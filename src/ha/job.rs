@@ -55,7 +55,8 @@ pub async fn last(store: &EtcdStore, job: &'static str) -> Option<LastRun> {
 /// Records the last run of `job`, before its key is released.
 pub async fn record(store: &EtcdStore, job: &'static str, run: &LastRun) -> Result<(), StoreError> {
     // A Value prints whatever it holds (a non-finite number as null).
-    let v = serde_json::json!({"member": run.member, "started_unix": run.started_unix, "ok": run.ok});
+    let v =
+        serde_json::json!({"member": run.member, "started_unix": run.started_unix, "ok": run.ok});
     store.put_job_last(job, v.to_string().as_bytes()).await
 }
 
