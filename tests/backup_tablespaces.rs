@@ -257,8 +257,10 @@ async fn a_tablespace_is_restored_where_it_is_mapped_by_pgwarden_barman_cloud_an
     let half = pgwarden::pgdata::staging_dir(&pg.pgdata).join(&prefix[..prefix.len() - 1]);
     std::fs::create_dir_all(half.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&moved, &half).unwrap();
-    std::fs::create_dir_all(moved.join("PG_0_0")).unwrap();
-    std::fs::write(moved.join("PG_0_0/half-restored"), b"x").unwrap();
+    // What a bootstrap with these binaries writes there: its major's directory.
+    let half_restored = format!("PG_{}_0", pg_major());
+    std::fs::create_dir_all(moved.join(&half_restored)).unwrap();
+    std::fs::write(moved.join(&half_restored).join("half-restored"), b"x").unwrap();
     pg.start();
 
     // barman-cloud-restore --tablespace restores pgwarden's backup, and postgres
@@ -304,7 +306,7 @@ async fn a_tablespace_is_restored_where_it_is_mapped_by_pgwarden_barman_cloud_an
     );
     assert!(!pg.pgdata.join("tablespace_map").exists());
     assert!(
-        !moved.join("PG_0_0").exists(),
+        !moved.join(&half_restored).exists(),
         "the interrupted restore's files are gone"
     );
     if let Some((uid, _)) = postgres_ids() {
