@@ -762,20 +762,29 @@ async fn a_switchover_under_load_loses_nothing_and_the_old_primary_follows_witho
     });
 
     // `pgwarden promote` on a replica in HA mode is a switchover to it, once the
-    // member has published that it is on the new timeline (it is not eligible before).
+    // member has published that it is on the new timeline and has seen the new term
+    // by streaming from its leader (it is not eligible before).
     tokio::task::block_in_place(|| {
-        eventually(Duration::from_secs(30), "n1 on the new timeline", || {
-            let c: serde_json::Value =
-                serde_json::from_str(&members[first].get("/cluster").body).unwrap();
-            let tl = c["members"]
-                .as_array()
-                .and_then(|m| m.iter().find(|m| m["name"] == name(first)))
-                .map(|m| m["timeline"].clone());
-            match tl {
-                Some(tl) if tl == c["optime"]["timeline"] => Ok(()),
-                other => Err(format!("{other:?} {c}")),
-            }
-        })
+        eventually(
+            Duration::from_secs(30),
+            "n1 on the new timeline and term",
+            || {
+                let c: serde_json::Value =
+                    serde_json::from_str(&members[first].get("/cluster").body).unwrap();
+                let me = c["members"]
+                    .as_array()
+                    .and_then(|m| m.iter().find(|m| m["name"] == name(first)))
+                    .map(|m| (m["timeline"].clone(), m["term"].clone()));
+                match me {
+                    Some((tl, term))
+                        if tl == c["optime"]["timeline"] && term == c["optime"]["term"] =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?} {c}")),
+                }
+            },
+        )
     });
     let (status, out) = members[first].run_cli(&["promote"]);
     assert!(status.success(), "{out}\n{}", logs(&members));

@@ -403,7 +403,10 @@ pub fn candidate(
     max_lag: u64,
     sync: Option<&[String]>,
 ) -> Result<String, String> {
-    let eligible = |m: &MemberState| -> Result<(), String> {
+    // A named replica whose key does not show its position yet (just started, or a
+    // query of its postgres that timed out on a loaded machine) is not refused for
+    // it: the leader waits until it publishes one, then checks (see `switchover`).
+    let eligible = |m: &MemberState, named: bool| -> Result<(), String> {
         if m.role != MemberRole::Replica {
             return Err(format!("{} is not running as a replica", m.name));
         }
@@ -415,6 +418,9 @@ pub fn candidate(
         }
         if sync.is_some_and(|s| !s.contains(&m.name)) {
             return Err(format!("{} is not a synchronous standby", m.name));
+        }
+        if named && (m.timeline.is_none() || m.received_lsn.is_none()) {
+            return Ok(());
         }
         match ineligible(m.timeline, m.received_lsn, m.term, optime, max_lag) {
             Some(why) => Err(format!("{} is not eligible: {why}", m.name)),
@@ -429,12 +435,12 @@ pub fn candidate(
             .iter()
             .find(|m| m.name == name)
             .ok_or_else(|| format!("{name} is not a member of the cluster"))?;
-        eligible(m)?;
+        eligible(m, true)?;
         return Ok(name.to_owned());
     }
     members
         .iter()
-        .filter(|m| m.name != leader && eligible(m).is_ok())
+        .filter(|m| m.name != leader && eligible(m, false).is_ok())
         .max_by(|a, b| {
             // Most WAL first; on a tie the higher priority, then the lower name, as in
             // the race.
@@ -2099,6 +2105,32 @@ mod tests {
                 "{name} at {tl:?}/{lsn:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_named_replica_not_yet_showing_its_position_is_left_to_the_leader() {
+        let mut members = vec![
+            member("a", MemberRole::Primary, 10_000),
+            member("b", MemberRole::Replica, 10_000),
+            member("c", MemberRole::Replica, 10_000),
+        ];
+        members[1].received_lsn = None;
+        let optime = view().optime;
+        // Named: recorded, and the leader waits for its position before handing over.
+        assert_eq!(
+            candidate("a", &members, optime.as_ref(), Some("b"), 1 << 20, None),
+            Ok("b".to_owned())
+        );
+        // Not named: never chosen while its position is unknown.
+        assert_eq!(
+            candidate("a", &members, optime.as_ref(), None, 1 << 20, None),
+            Ok("c".to_owned())
+        );
+        // A known position that is ineligible is still refused at once.
+        members[1].received_lsn = Some(10_000);
+        members[1].term = 1;
+        let e = candidate("a", &members, optime.as_ref(), Some("b"), 1 << 20, None).unwrap_err();
+        assert!(e.contains("b is not eligible"), "{e}");
     }
 
     #[test]
