@@ -68,6 +68,16 @@ pub fn write_atomic(
     Ok(true)
 }
 
+/// Removes `path`: a directory with everything under it, anything else (a symbolic
+/// link included, never followed) as a file.
+pub fn remove_entry(path: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(path)?.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
 /// Makes the directory entry changes in `dir` durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -192,12 +192,7 @@ fn clean_interrupted(pgdata: &Path, major: u32) -> Result<()> {
             continue;
         }
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        }
-        .with_context(|| format!("remove {}", path.display()))?;
+        fsutil::remove_entry(&path).with_context(|| format!("remove {}", path.display()))?;
     }
     fsutil::fsync_dir(pgdata)?;
     Ok(())
@@ -213,12 +208,7 @@ fn clean_interrupted_waldir(staging: &Path) -> Result<()> {
     warn!(waldir = %target.display(), "emptying the WAL directory of the interrupted bootstrap");
     for entry in std::fs::read_dir(&target).with_context(|| format!("read {}", target.display()))? {
         let path = entry?.path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        }
-        .with_context(|| format!("remove {}", path.display()))?;
+        fsutil::remove_entry(&path).with_context(|| format!("remove {}", path.display()))?;
     }
     Ok(())
 }

@@ -197,12 +197,7 @@ impl Made {
             };
             for e in entries.flatten() {
                 let path = e.path();
-                let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                if let Err(e) = r {
+                if let Err(e) = crate::fsutil::remove_entry(&path) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot remove what this failed restore wrote into a tablespace location");
                 }
             }
@@ -278,12 +273,8 @@ pub fn empty_interrupted(staging: &Path, major: u32) -> Result<()> {
         tracing::warn!(location = %target.display(), "emptying a tablespace location of the interrupted bootstrap");
         for entry in inside {
             let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            }
-            .with_context(|| format!("remove {}", path.display()))?;
+            crate::fsutil::remove_entry(&path)
+                .with_context(|| format!("remove {}", path.display()))?;
         }
     }
     Ok(())
