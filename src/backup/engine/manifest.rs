@@ -78,6 +78,75 @@ pub fn render(files: &[File], range: &Range) -> String {
     out
 }
 
+/// The name of the copy of a backup's manifest stored beside its parts
+/// (`base/<id>/backup_manifest`): read by an incremental backup (which files its parent
+/// had, and how large) and by a delta restore (which files a directory already holds)
+/// without fetching a tar part. barman-cloud ignores it (it is not a `data` part).
+pub const OBJECT: &str = "backup_manifest";
+
+/// A manifest read back: its files and its checksum check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The files, as listed.
+    pub files: Vec<File>,
+    /// The system identifier (version 2 manifests, PostgreSQL 17 on).
+    pub system_id: Option<u64>,
+}
+
+/// Parses a manifest as [`render`] writes it (and as PostgreSQL writes it); `Err` says
+/// what is wrong, including a `Manifest-Checksum` that does not match.
+pub fn parse(text: &str) -> Result<Parsed, String> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        #[serde(rename = "System-Identifier")]
+        system_id: Option<u64>,
+        #[serde(rename = "Files")]
+        files: Vec<RawFile>,
+        #[serde(rename = "Manifest-Checksum")]
+        checksum: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct RawFile {
+        #[serde(rename = "Path")]
+        path: String,
+        #[serde(rename = "Size")]
+        size: u64,
+        #[serde(rename = "Checksum")]
+        checksum: Option<String>,
+    }
+    let raw: Raw = serde_json::from_str(text).map_err(|e| format!("not a backup manifest: {e}"))?;
+    let body = text.trim_end_matches('\n');
+    let cut = body
+        .rfind('\n')
+        .ok_or_else(|| "the manifest has no Manifest-Checksum line".to_owned())?;
+    let sum = crate::wal::hex(&sha2::Sha256::digest(&text.as_bytes()[..=cut]));
+    if sum != raw.checksum {
+        return Err(format!(
+            "the manifest's checksum is {} but its content sums to {sum}: it is damaged",
+            raw.checksum
+        ));
+    }
+    let mut files = Vec::with_capacity(raw.files.len());
+    for f in raw.files {
+        let crc = f
+            .checksum
+            .as_deref()
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .ok_or_else(|| format!("{}: no CRC-32C checksum in the manifest", f.path))?;
+        files.push(File {
+            path: f.path,
+            size: f.size,
+            mtime: 0,
+            // Written as the CRC's little-endian bytes in hex (see render).
+            crc32c: crc.swap_bytes(),
+        });
+    }
+    Ok(Parsed {
+        files,
+        system_id: raw.system_id,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,7 +177,14 @@ mod tests {
         assert!(m.ends_with(&format!("\"Manifest-Checksum\": \"{sum}\"}}\n")));
         let v: serde_json::Value = serde_json::from_str(&m).unwrap();
         assert_eq!(v["Files"][0]["Size"], 3);
+        let back = parse(&m).unwrap();
+        assert_eq!(back.system_id, Some(7716201325310117866));
+        assert_eq!(back.files[0].crc32c, files[0].crc32c);
+        assert_eq!((back.files[0].path.as_str(), back.files[0].size), ("PG_VERSION", 3));
+        let damaged = m.replace("\"Size\": 3", "\"Size\": 4");
+        assert!(parse(&damaged).unwrap_err().contains("damaged"));
         let old = render(&files, &Range { major: 15, ..range });
+        assert_eq!(parse(&old).unwrap().system_id, None);
         assert!(old.starts_with("{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": ["));
     }
 }

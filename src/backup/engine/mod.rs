@@ -327,6 +327,20 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
             end,
         },
     );
+    // A copy beside the parts, for the next incremental backup and a delta restore.
+    let manifest_key = format!("{}/{}", job.dir, manifest::OBJECT);
+    let mut up = job
+        .storage
+        .begin_upload(&manifest_key)
+        .await
+        .with_context(|| format!("start uploading {manifest_key}"))?;
+    if let Err(e) = up.part(Bytes::from(text.clone().into_bytes())).await {
+        up.abort().await;
+        return Err(e).with_context(|| format!("upload {manifest_key}"));
+    }
+    up.finish()
+        .await
+        .with_context(|| format!("complete {manifest_key}"))?;
     let shared2 = shared.clone();
     let oids: Vec<u32> = tablespaces.iter().map(|t| t.oid).collect();
     let closed = tokio::task::spawn_blocking(move || -> Result<_> {
