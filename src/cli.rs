@@ -46,7 +46,7 @@ pub enum Command {
     /// Fetch one file from the archive into a path (postgres's restore_command).
     WalRestore(crate::wal_cli::WalRestoreArgs),
     /// Take a base backup of the running local instance into the archive.
-    Backup(LocalArgs),
+    Backup(BackupArgs),
     /// List the base backups in the archive, pgwarden's and barman-cloud's.
     BackupList(BackupListArgs),
     /// Delete the backups a retention policy finds obsolete (or one backup), then the
@@ -199,6 +199,19 @@ pub struct LocalArgs {
     pub socket_dir: PathBuf,
 }
 
+/// Arguments of `backup`.
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// The running instance.
+    #[command(flatten)]
+    pub local: LocalArgs,
+    /// Only the blocks changed since the previous backup (pgwarden's own format,
+    /// which barman-cloud cannot restore). Without a previous backup to build on, a
+    /// full one is taken and its output says why.
+    #[arg(long)]
+    pub incremental: bool,
+}
+
 /// Runs the command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> i32 {
     // Before the runtime starts any thread: this may set environment variables.
@@ -266,9 +279,13 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Unfence(args) => local_call(&args, "POST", "/unfence"),
         Command::Reinit(args) => local_call(&args, "POST", "/reinit"),
         Command::Backup(args) => local_call_within(
-            &args,
+            &args.local,
             "POST",
-            "/backup",
+            if args.incremental {
+                "/backup?incremental=true"
+            } else {
+                "/backup"
+            },
             std::time::Duration::from_secs(7 * 86_400),
         ),
         Command::BackupList(args) => runtime.block_on(backup_list(&args)),

@@ -200,6 +200,7 @@ async fn backups_of_two_members_keep_their_own_ids_and_retention_cleans_up_safel
         token: "theirs".into(),
         begin_wal: second_info.begin_wal.clone(),
         host: "elsewhere".into(),
+        parent: None,
     };
     put(
         &backend,

@@ -44,6 +44,10 @@ pub struct Running {
     pub begin_wal: String,
     /// The member that takes it.
     pub host: String,
+    /// For an incremental backup, the backup it builds on: retention keeps it while
+    /// this one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl Running {
@@ -151,6 +155,7 @@ mod tests {
             token: "t".into(),
             begin_wal: "000000010000000000000009".into(),
             host: "n1".into(),
+            parent: None,
         };
         let day = Duration::from_secs(86_400);
         let cases = [

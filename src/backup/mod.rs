@@ -34,6 +34,15 @@ pub use info::{BackupInfo, Lsn};
 use serde::Serialize;
 use std::time::SystemTime;
 
+/// Which backup to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Every file whole (barman-cloud restores it).
+    Full,
+    /// Only the blocks changed since the previous backup.
+    Incremental,
+}
+
 /// How base backups are compressed (barman-cloud restores gzip or plain tars, not
 /// zstd).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,9 +32,17 @@ impl Holds {
     }
 }
 
+/// What an incremental backup's data objects' names start with (`incr-data.tar.gz`,
+/// `incr-16384_0001.tar.gz`): barman-cloud-restore looks for `data.tar*` and
+/// `<oid>.tar*`, finds none, and refuses the backup instead of restoring only the
+/// changed blocks as if they were a whole cluster.
+pub const INCREMENTAL_PREFIX: &str = "incr-";
+
 /// What a data object holds, its part number and what follows it (`.tar.gz`); `None`
-/// when `name` (the key's last component) is not a data object.
+/// when `name` (the key's last component) is not a data object. An incremental
+/// backup's names ([`INCREMENTAL_PREFIX`]) are read the same way.
 pub fn part_of(name: &str) -> Option<(Holds, u32, &str)> {
+    let name = name.strip_prefix(INCREMENTAL_PREFIX).unwrap_or(name);
     let stem_end = name.find(['.', '_'])?;
     let (stem, rest) = name.split_at(stem_end);
     let holds = if stem == "data" {

@@ -164,7 +164,11 @@ impl Scheduler {
                 continue;
             }
             waiting_since = None;
-            match self.backups.take("schedule").await {
+            match self
+                .backups
+                .take("schedule", crate::backup::Kind::Full)
+                .await
+            {
                 Ok(_) => {}
                 Err(BackupError::Busy) => {
                     tracing::info!("a scheduled backup is due but one is already running; skipped");
@@ -310,7 +314,10 @@ impl Scheduler {
             self.publish_chosen(&me);
             said.clear();
             let begin = SystemTime::now();
-            let result = self.backups.take("schedule").await;
+            let result = self
+                .backups
+                .take("schedule", crate::backup::Kind::Full)
+                .await;
             let ok = match result {
                 Ok(_) => Some(true),
                 // Logged by the job; the next one is due an interval after this one.

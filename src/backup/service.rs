@@ -45,7 +45,11 @@ impl Backups {
     /// Takes a backup now, then applies the retention policy if one is set. A
     /// retention failure does not fail the backup: it is logged and shown in
     /// `/status`, and the next backup's retention takes it up again.
-    pub async fn take(&self, trigger: &'static str) -> Result<super::BackupInfo, BackupError> {
+    pub async fn take(
+        &self,
+        trigger: &'static str,
+        kind: super::Kind,
+    ) -> Result<super::BackupInfo, BackupError> {
         // A daemon that only restores has no archive of its own to take backups into.
         let Some(daemon) = self.daemon.borrow().clone().filter(|d| d.archives()) else {
             return Err(BackupError::NoArchive);
@@ -53,7 +57,7 @@ impl Backups {
         let Ok(_guard) = self.one_at_a_time.try_lock() else {
             return Err(BackupError::Busy);
         };
-        tracing::info!(trigger, "taking a base backup");
+        tracing::info!(trigger, kind = ?kind, "taking a base backup");
         let job = Job {
             settings: &self.settings,
             archive: daemon.config(),
@@ -62,6 +66,7 @@ impl Backups {
             jobs: self.settings.backups.jobs,
             runner: &self.runner,
             status: self.status.clone(),
+            incremental: kind == super::Kind::Incremental,
         };
         let info = job.run().await.map_err(BackupError::Failed)?;
         if let Some(policy) = self.settings.backups.retention {

@@ -8,6 +8,7 @@
 //! interrupted backup (a kill, an outage, the promotion of the standby it ran on)
 //! is never listed and leaves nothing a restore could pick.
 
+use super::engine::incremental::{Parent, PARENT_KEY};
 use super::{
     backup_id, barman_time, info::BackupInfo, marker, BackupCompression, BackupStatus, Finished,
     Lsn, Running,
@@ -42,6 +43,9 @@ pub struct Job<'a> {
     pub runner: &'a Runner,
     /// Progress and result, for /status.
     pub status: Arc<Mutex<BackupStatus>>,
+    /// Only the blocks changed since the previous backup (`--incremental`), when
+    /// there is one this backup can build on; otherwise a full one, saying why.
+    pub incremental: bool,
 }
 
 /// What the server says about itself, for `backup.info`.
@@ -52,6 +56,11 @@ struct ServerFacts {
     /// The last checkpoint's (restartpoint's, on a standby) redo segment: the backup
     /// starts there or later.
     redo_wal: String,
+    /// The timeline of the last checkpoint (restartpoint).
+    timeline: u32,
+    /// Page checksums or `wal_log_hints` are on: every change of a page moves its LSN
+    /// (what an incremental backup relies on).
+    hints_move_lsn: bool,
 }
 
 async fn server_facts(s: &Settings) -> Result<ServerFacts> {
@@ -63,7 +72,9 @@ async fn server_facts(s: &Settings) -> Result<ServerFacts> {
             "SELECT current_setting('server_version_num'), \
                     (SELECT system_identifier::text FROM pg_control_system()), \
                     (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
-                    (SELECT redo_wal_file FROM pg_control_checkpoint())",
+                    (SELECT redo_wal_file FROM pg_control_checkpoint()), \
+                    (SELECT timeline_id::bigint FROM pg_control_checkpoint()), \
+                    current_setting('data_checksums') = 'on' OR current_setting('wal_log_hints') = 'on'",
             &[],
         )
         .await
@@ -73,6 +84,8 @@ async fn server_facts(s: &Settings) -> Result<ServerFacts> {
         systemid: row.get(1),
         seg_size: row.get::<_, i64>(2) as u64,
         redo_wal: row.get(3),
+        timeline: u32::try_from(row.get::<_, i64>(4)).unwrap_or(0),
+        hints_move_lsn: row.get(5),
     })
 }
 
@@ -86,14 +99,31 @@ impl Job<'_> {
         let started = Instant::now();
         let begin = SystemTime::now();
         let facts = server_facts(self.settings).await?;
-        let (id, claim) = self.claim(begin, &facts).await?;
+        let parent = if self.incremental {
+            match self.parent(&facts).await? {
+                Ok(p) => Ok(p),
+                Err(why) => {
+                    tracing::warn!(reason = %why, "an incremental backup is not possible; taking a full one");
+                    Err(why)
+                }
+            }
+        } else {
+            Err(String::new())
+        };
+        let (id, claim) = self
+            .claim(
+                begin,
+                &facts,
+                parent.as_ref().ok().map(|p| p.backup_id.as_str()),
+            )
+            .await?;
         self.progress(|st| {
             st.running = Some(Running {
                 backup_id: id.clone(),
                 ..Default::default()
             })
         });
-        let result = self.take(&id, &claim, &facts, begin).await;
+        let result = self.take(&id, &claim, &facts, begin, parent).await;
         // Listed, or discarded: the id is not running any more. Only what is ours
         // goes (a rival that took the id over keeps its marker and data).
         if self.holds(&id, &claim).await.unwrap_or(false) {
@@ -146,13 +176,19 @@ impl Job<'_> {
     /// time between its listing and its write, so the marker is read back after
     /// [`CLAIM_SETTLE`], far longer than that, and the id is ours only if it holds
     /// our token. The token is checked again before `backup.info` is written.
-    async fn claim(&self, t: SystemTime, facts: &ServerFacts) -> Result<(String, String)> {
+    async fn claim(
+        &self,
+        t: SystemTime,
+        facts: &ServerFacts,
+        parent: Option<&str>,
+    ) -> Result<(String, String)> {
         let base = super::base_prefix(&self.archive.base());
         let token = marker::token();
         let body = marker::Running {
             token: token.clone(),
             begin_wal: facts.redo_wal.clone(),
             host: self.settings.name.clone(),
+            parent: parent.map(str::to_owned),
         }
         .render();
         for step in 0..30 {
@@ -228,6 +264,7 @@ impl Job<'_> {
         token: &str,
         facts: &ServerFacts,
         begin: SystemTime,
+        parent: Result<Arc<Parent>, String>,
     ) -> Result<BackupInfo> {
         let s = self.settings;
         let dir = format!("{}{id}", super::base_prefix(&self.archive.base()));
@@ -248,6 +285,7 @@ impl Job<'_> {
             system_id: facts.systemid.parse().unwrap_or(0),
             progress,
             runner: self.runner,
+            parent: parent.as_ref().ok().cloned(),
         })
         .await;
         ticker.abort();
@@ -282,6 +320,15 @@ impl Job<'_> {
                 // Which member took it: under HA, usually a standby (see
                 // super::target); backup_label says whether it was one.
                 e.insert("member".to_owned(), s.name.clone());
+                match &parent {
+                    Ok(p) => {
+                        e.insert(PARENT_KEY.to_owned(), p.backup_id.clone());
+                    }
+                    Err(why) if !why.is_empty() => {
+                        e.insert("full_because".to_owned(), why.clone());
+                    }
+                    Err(_) => {}
+                }
                 e
             },
         };
@@ -306,6 +353,82 @@ impl Job<'_> {
                 bail!("{dir}/backup.info appeared meanwhile; not overwriting it")
             }
         }
+    }
+
+    /// The backup an incremental backup builds on: the newest listed one, if it is
+    /// pgwarden's, has its manifest copy, and is of this cluster's history. The inner
+    /// `Err` says why there is none (then a full backup is taken).
+    async fn parent(&self, facts: &ServerFacts) -> Result<Result<Arc<Parent>, String>> {
+        let base = self.archive.base();
+        let listed = super::list::list(self.storage, &base)
+            .await
+            .context("list the backups to find the one to build on")?;
+        let Some(last) = listed
+            .iter()
+            .filter(|b| b.status == "DONE")
+            .max_by(|a, b| super::list::wal_order(a).cmp(&super::list::wal_order(b)))
+        else {
+            return Ok(Err("there is no backup yet to build on".to_owned()));
+        };
+        let id = &last.backup_id;
+        if last.made_by != "pgwarden" {
+            return Ok(Err(format!(
+                "the previous backup, {id}, was taken by {}",
+                last.made_by
+            )));
+        }
+        let key = format!(
+            "{}{id}/{}",
+            super::base_prefix(&base),
+            super::engine::manifest::OBJECT
+        );
+        let Some((body, _)) = self
+            .storage
+            .get(&key)
+            .await
+            .with_context(|| format!("read {key}"))?
+        else {
+            return Ok(Err(format!(
+                "the previous backup, {id}, has no copy of its manifest (an older pgwarden took it)"
+            )));
+        };
+        let parsed = tokio::task::spawn_blocking(move || {
+            super::engine::manifest::parse(&String::from_utf8_lossy(&body))
+        })
+        .await
+        .context("the manifest's thread")?
+        .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        let (start, end) = (
+            Lsn::parse(&last.begin_xlog)
+                .with_context(|| format!("backup {id}: begin_xlog {:?}", last.begin_xlog))?,
+            Lsn::parse(&last.end_xlog)
+                .with_context(|| format!("backup {id}: end_xlog {:?}", last.end_xlog))?,
+        );
+        let history = if last.timeline == facts.timeline {
+            String::new()
+        } else {
+            let path = self
+                .settings
+                .pgdata
+                .join(format!("pg_wal/{:08X}.history", facts.timeline));
+            tokio::fs::read_to_string(&path).await.unwrap_or_default()
+        };
+        let same_history = in_history(&history, facts.timeline, last.timeline, end);
+        if let Some(why) = super::engine::incremental::why_not(
+            facts.hints_move_lsn,
+            &last.systemid,
+            &facts.systemid,
+            last.version / 10000,
+            facts.version / 10000,
+            same_history,
+        ) {
+            return Ok(Err(format!("{why} (previous backup {id})")));
+        }
+        Ok(Ok(Arc::new(Parent {
+            backup_id: id.clone(),
+            start,
+            sizes: parsed.files.into_iter().map(|f| (f.path, f.size)).collect(),
+        })))
     }
 
     /// A backup is usable only with every segment from its start to its end archived
@@ -346,6 +469,16 @@ impl Job<'_> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Whether a backup on timeline `parent_tli` that ended at `parent_end` is in the
+/// history of timeline `tli` (`history` is that timeline's `.history` file): on it, or
+/// on an ancestor that this timeline branched off at or after that end.
+fn in_history(history: &str, tli: u32, parent_tli: u32, parent_end: Lsn) -> bool {
+    parent_tli == tli
+        || super::verify::parse_history(history)
+            .iter()
+            .any(|(t, switch)| *t == parent_tli && parent_end <= *switch)
 }
 
 /// How often a running backup logs its progress (`/status` has it at all times).
@@ -456,6 +589,27 @@ fn extra(parts: &[super::engine::Part]) -> std::collections::BTreeMap<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parent_backup_must_be_in_this_timeline_history() {
+        let history = "1\t0/5000000\tno recovery target specified\n2\t0/9000000\tafter failover\n";
+        let cases = [
+            (3, 3, 0xffff_ffff, "", true),
+            (3, 1, 0x4ff_ffff, history, true),
+            (3, 1, 0x500_0000, history, true),
+            (3, 1, 0x500_0001, history, false),
+            (3, 2, 0x800_0000, history, true),
+            (3, 2, 0x900_0100, history, false),
+            (3, 1, 0x100, "", false),
+        ];
+        for (tli, parent_tli, end, hist, want) in cases {
+            assert_eq!(
+                in_history(hist, tli, parent_tli, Lsn(end)),
+                want,
+                "{parent_tli} ending at {end:#x}"
+            );
+        }
+    }
 
     #[test]
     fn rate_and_time_left_from_bytes_and_time() {

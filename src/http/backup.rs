@@ -3,7 +3,7 @@
 //! over TCP behind the token. The schedule takes the same path.
 
 use crate::backup::service::BackupError;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -19,8 +19,23 @@ pub fn router(state: BackupState) -> Router {
         .with_state(state)
 }
 
-async fn backup(State(b): State<BackupState>) -> (StatusCode, Json<Value>) {
-    match b.take("request").await {
+/// `?incremental=true`: only the blocks changed since the previous backup.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Params {
+    #[serde(default)]
+    incremental: bool,
+}
+
+async fn backup(
+    State(b): State<BackupState>,
+    Query(p): Query<Params>,
+) -> (StatusCode, Json<Value>) {
+    let kind = if p.incremental {
+        crate::backup::Kind::Incremental
+    } else {
+        crate::backup::Kind::Full
+    };
+    match b.take("request", kind).await {
         Ok(info) => (StatusCode::OK, Json(json!(info))),
         Err(e @ (BackupError::NoArchive | BackupError::Busy)) => {
             (StatusCode::CONFLICT, Json(json!({"error": e.to_string()})))

@@ -165,7 +165,11 @@ impl After {
             return Ok(Some(Phase::Cleanup));
         };
         info!(server = %archive.server, "taking the upgraded cluster's first base backup");
-        match self.backups.take("upgrade").await {
+        match self
+            .backups
+            .take("upgrade", crate::backup::Kind::Full)
+            .await
+        {
             Ok(b) => {
                 info!(backup_id = %b.backup_id, server = %archive.server, "the upgraded cluster's first base backup is taken");
                 Ok(Some(Phase::Cleanup))

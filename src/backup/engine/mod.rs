@@ -25,6 +25,7 @@
 //! Memory: per job, one part filling (5 MiB), one queued and two uploading, plus a
 //! 1 MiB read buffer and gzip's state: about 25 MiB a job, whatever the size.
 
+pub mod incremental;
 pub mod manifest;
 pub mod pages;
 pub mod walk;
@@ -77,6 +78,8 @@ pub struct Job<'a> {
     pub progress: Arc<Progress>,
     /// Runs the processes the engine needs.
     pub runner: &'a crate::process::Runner,
+    /// For an incremental backup, the backup it builds on.
+    pub parent: Option<Arc<incremental::Parent>>,
 }
 
 /// How far a backup is.
@@ -119,13 +122,24 @@ pub struct Taken {
     pub bytes: u64,
 }
 
-/// The name of part `n` of what `holds` in `compression`.
-pub fn part_name(holds: Holds, n: u32, compression: BackupCompression) -> String {
+/// The name of part `n` of what `holds` in `compression`, of an incremental backup
+/// or a full one.
+pub fn part_name(
+    holds: Holds,
+    n: u32,
+    compression: BackupCompression,
+    incremental: bool,
+) -> String {
     let ext = match compression {
         BackupCompression::Gzip => ".tar.gz",
         BackupCompression::None => ".tar",
     };
-    super::parts::name(holds, n, ext)
+    let name = super::parts::name(holds, n, ext);
+    if incremental {
+        format!("{}{name}", super::parts::INCREMENTAL_PREFIX)
+    } else {
+        name
+    }
 }
 
 /// Whether a backup that began on timeline `start` and ended on `end` can be listed:
@@ -153,6 +167,8 @@ struct Shared {
     /// Page checksums are verified (the cluster has them).
     verify_pages: bool,
     start_lsn: u64,
+    /// The backup an incremental builds on.
+    parent: Option<Arc<incremental::Parent>>,
     compression: BackupCompression,
     storage: Backend,
     dir: String,
@@ -215,6 +231,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         progress: job.progress.clone(),
         verify_pages,
         start_lsn: start.0,
+        parent: job.parent.clone(),
         compression: job.compression,
         storage: job.storage.clone(),
         dir: job.dir.clone(),
@@ -569,7 +586,7 @@ impl PartWriter {
             *slot += 1;
             *slot - 1
         };
-        let name = part_name(holds, n, shared.compression);
+        let name = part_name(holds, n, shared.compression, shared.parent.is_some());
         let key = format!("{}/{name}", shared.dir);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let storage = shared.storage.clone();
@@ -663,11 +680,22 @@ impl PartWriter {
             first_block,
             shared,
         };
-        let mut h = Self::header(e.mode, e.mtime, e.size, tar::EntryType::Regular);
-        self.tar
-            .append_data(&mut h, &e.tar_path, &mut reader)
-            .with_context(|| format!("copy {}", e.path))?;
-        let crc = reader.crc;
+        let crc = match shared
+            .parent
+            .as_deref()
+            .and_then(|p| Some((p, p.blocks_of(&e.path, e.size)?)))
+        {
+            Some((parent, before)) => {
+                self.changed_blocks(e, &mut reader, parent.start.0, before)?
+            }
+            None => {
+                let mut h = Self::header(e.mode, e.mtime, e.size, tar::EntryType::Regular);
+                self.tar
+                    .append_data(&mut h, &e.tar_path, &mut reader)
+                    .with_context(|| format!("copy {}", e.path))?;
+                reader.crc
+            }
+        };
         shared
             .files
             .lock()
@@ -679,6 +707,55 @@ impl PartWriter {
                 crc32c: crc,
             });
         Ok(())
+    }
+
+    /// Copies the blocks of a relation file that changed since `since` (the parent's
+    /// start), or lie at or beyond `before` (the parent's length of it, in blocks), as
+    /// `INCREMENTAL.<name>` entries, one per read window that has any (see
+    /// [`incremental`]); returns the CRC-32C of the whole file as read.
+    fn changed_blocks(
+        &mut self,
+        e: &walk::Entry,
+        reader: &mut FileReader<'_>,
+        since: u64,
+        before: u64,
+    ) -> Result<u32> {
+        let bs = pages::BLCKSZ;
+        let length = u32::try_from(e.size / bs as u64)
+            .with_context(|| format!("{} is longer than a relation segment", e.path))?;
+        let name = incremental::entry_name(&e.tar_path);
+        let mut entries = 0;
+        let mut body = Vec::new();
+        while reader.offset < e.size {
+            let first = (reader.offset / bs as u64) as u32;
+            reader.fill().with_context(|| format!("read {}", e.path))?;
+            let window = &reader.buf[..reader.have];
+            let blocks: Vec<u32> = window
+                .chunks_exact(bs)
+                .enumerate()
+                .filter(|(i, page)| {
+                    u64::from(first) + *i as u64 >= before
+                        || incremental::changed_since(page, since)
+                })
+                .map(|(i, _)| first + i as u32)
+                .collect();
+            let last = reader.offset >= e.size;
+            if blocks.is_empty() && !(last && entries == 0) {
+                continue;
+            }
+            body.clear();
+            body.extend_from_slice(&incremental::header(&blocks, length));
+            for b in &blocks {
+                let at = (b - first) as usize * bs;
+                body.extend_from_slice(&window[at..at + bs]);
+            }
+            let mut h = Self::header(e.mode, e.mtime, body.len() as u64, tar::EntryType::Regular);
+            self.tar
+                .append_data(&mut h, &name, body.as_slice())
+                .with_context(|| format!("copy {}", e.path))?;
+            entries += 1;
+        }
+        Ok(reader.crc)
     }
 
     /// Ends the tar, the compression and the upload.
@@ -856,17 +933,30 @@ mod tests {
     #[test]
     fn names_parts_as_barman_cloud_does() {
         let (d, gz) = (Holds::Data, BackupCompression::Gzip);
-        assert_eq!(part_name(d, 0, gz), "data.tar.gz");
-        assert_eq!(part_name(d, 1, gz), "data_0001.tar.gz");
-        assert_eq!(part_name(d, 12, BackupCompression::None), "data_0012.tar");
-        assert_eq!(part_name(Holds::Tablespace(16384), 0, gz), "16384.tar.gz");
+        assert_eq!(part_name(d, 0, gz, false), "data.tar.gz");
+        assert_eq!(part_name(d, 1, gz, false), "data_0001.tar.gz");
         assert_eq!(
-            part_name(Holds::Tablespace(16384), 2, BackupCompression::None),
+            part_name(d, 12, BackupCompression::None, false),
+            "data_0012.tar"
+        );
+        assert_eq!(
+            part_name(Holds::Tablespace(16384), 0, gz, false),
+            "16384.tar.gz"
+        );
+        assert_eq!(
+            part_name(Holds::Tablespace(16384), 2, BackupCompression::None, false),
             "16384_0002.tar"
         );
-        for n in 0..3 {
-            let name = part_name(d, n, gz);
-            assert_eq!(crate::backup::parts::part_of(&name).map(|p| p.1), Some(n));
+        assert_eq!(part_name(d, 0, gz, true), "incr-data.tar.gz");
+        assert_eq!(
+            part_name(Holds::Tablespace(16384), 1, gz, true),
+            "incr-16384_0001.tar.gz"
+        );
+        for incr in [false, true] {
+            for n in 0..3 {
+                let name = part_name(d, n, gz, incr);
+                assert_eq!(crate::backup::parts::part_of(&name).map(|p| p.1), Some(n));
+            }
         }
     }
 

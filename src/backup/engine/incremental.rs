@@ -1,0 +1,340 @@
+//! Incremental backups: only the blocks of a relation file that changed since the
+//! backup it builds on (its parent, the previous backup of the chain).
+//!
+//! **Which blocks.** A page whose LSN is at or after the parent's start changed since
+//! the parent read it, as WAL-G's delta backups decide. So does a page postgres has not
+//! initialised (all zeros: a relation extended, or truncated and extended again, leaves
+//! such pages without WAL) and any page whose header is not a valid one. Every block at
+//! or beyond the parent's length of the file is sent too, whatever its LSN. The method
+//! needs page LSNs that move with every change of a page's bytes: with page checksums
+//! or `wal_log_hints`, setting a hint bit on a page not changed since the last
+//! checkpoint writes a full-page image and moves its LSN; without either it does not,
+//! so pgwarden takes a full backup instead (see [`why_not`]).
+//!
+//! **Which files.** Only the main fork of a relation (`16384`, `16384.1`) goes block
+//! by block, and only when the parent had the file and both lengths are whole blocks.
+//! The free space map is not WAL-logged and a visibility map bit is cleared without
+//! moving its page's LSN, so `_fsm` and `_vm` forks (small: a bit or two per heap page)
+//! are sent whole, as are `_init` forks and every other file.
+//!
+//! **The format** is PostgreSQL 17's `INCREMENTAL.<name>` file (pg_basebackup
+//! `--incremental`, `src/include/backup/basebackup_incremental.h`), written as the tar
+//! entry `INCREMENTAL.<name>` beside where the file would be: a little-endian header
+//! (magic, block count, `truncation_block_length`: the file's length in blocks), the
+//! block numbers relative to the file, zeros up to a block boundary, then the blocks.
+//! A file is read once, 1 MiB at a time, and each window with a changed block becomes
+//! an entry of its own, so the blocks never wait in memory; a file without a changed
+//! block still gets one entry with none, which says the file exists and how long it
+//! is. The manifest lists the file whole (its size and the CRC-32C of what was read),
+//! so `pg_verifybackup` checks the reconstruction.
+//!
+//! barman-cloud cannot restore an incremental: its parts are named `incr-data.tar.gz`
+//! and so on (see [`crate::backup::parts`]), which barman-cloud-restore does not take
+//! for a backup's data, so it refuses the backup rather than restore half of it.
+
+use super::pages::BLCKSZ;
+use crate::backup::Lsn;
+use std::collections::HashMap;
+
+/// The magic number PostgreSQL writes at the start of an INCREMENTAL file.
+pub const MAGIC: u32 = 0xd3ae_1f0d;
+/// The prefix of an incremental entry's file name.
+pub const PREFIX: &str = "INCREMENTAL.";
+/// The `backup.info` comment key naming an incremental's parent.
+pub const PARENT_KEY: &str = "incremental_of";
+
+/// The backup an incremental builds on.
+#[derive(Debug, Clone)]
+pub struct Parent {
+    /// Its id.
+    pub backup_id: String,
+    /// Where its WAL replay started: a page whose LSN is at or after this changed.
+    pub start: Lsn,
+    /// The length of each of its files, from its manifest.
+    pub sizes: HashMap<String, u64>,
+}
+
+impl Parent {
+    /// Whether `path` (as the manifest names it) goes block by block, given its
+    /// length now: the main fork of a relation the parent had, both lengths whole
+    /// blocks. Returns the parent's length of it in blocks.
+    pub fn blocks_of(&self, path: &str, size: u64) -> Option<u64> {
+        let bs = BLCKSZ as u64;
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let in_relation_dir = ["base/", "global/", "pg_tblspc/"]
+            .iter()
+            .any(|d| path.starts_with(d));
+        if !in_relation_dir || !is_main_fork(name) || size % bs != 0 || size == 0 {
+            return None;
+        }
+        let before = *self.sizes.get(path)?;
+        (before % bs == 0).then_some(before / bs)
+    }
+}
+
+/// `16384` or `16384.3`: a relation's main fork.
+fn is_main_fork(name: &str) -> bool {
+    let stem = match name.split_once('.') {
+        Some((stem, seg)) if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) => stem,
+        Some(_) => return false,
+        None => name,
+    };
+    !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Why this cluster cannot take an incremental backup on `parent`, or `None` when it
+/// can. `same_history` says whether the parent's WAL position is in this cluster's
+/// timeline history (see `backup::take`).
+pub fn why_not(
+    checksums_or_hints: bool,
+    parent_system_id: &str,
+    system_id: &str,
+    parent_major: u32,
+    major: u32,
+    same_history: bool,
+) -> Option<String> {
+    if parent_system_id != system_id {
+        return Some(format!(
+            "the previous backup is of another cluster (system identifier {parent_system_id}, this one's is {system_id})"
+        ));
+    }
+    if parent_major != major {
+        return Some(format!(
+            "the previous backup is of PostgreSQL {parent_major}, this server is {major}"
+        ));
+    }
+    if !same_history {
+        return Some(
+            "the previous backup is not in this cluster's timeline history (a failover or a point-in-time restore branched off before its end)"
+                .to_owned(),
+        );
+    }
+    if !checksums_or_hints {
+        return Some(
+            "the cluster has neither page checksums nor wal_log_hints = on, so a page's hint bits can change without its LSN"
+                .to_owned(),
+        );
+    }
+    None
+}
+
+/// Whether `page` (one block) must be sent: it changed since `since` (its LSN), it is
+/// not initialised, or its header is not a valid page header.
+pub fn changed_since(page: &[u8], since: u64) -> bool {
+    let u16_at = |o: usize| u16::from_le_bytes([page[o], page[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes([page[o], page[o + 1], page[o + 2], page[o + 3]]);
+    let (lower, upper, special) = (
+        usize::from(u16_at(12)),
+        usize::from(u16_at(14)),
+        usize::from(u16_at(16)),
+    );
+    let layout = u16_at(18);
+    let valid = upper != 0
+        && (24..=upper).contains(&lower)
+        && upper <= special
+        && special <= BLCKSZ
+        && usize::from(layout & 0xff00) == BLCKSZ;
+    if !valid {
+        return true;
+    }
+    let lsn = (u64::from(u32_at(0)) << 32) | u64::from(u32_at(4));
+    lsn >= since
+}
+
+/// The header of an incremental entry holding `blocks` (numbers relative to the file)
+/// of a file `length` blocks long, padded as PostgreSQL pads it.
+pub fn header(blocks: &[u32], length: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(12 + 4 * blocks.len() + BLCKSZ);
+    h.extend_from_slice(&MAGIC.to_le_bytes());
+    h.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+    h.extend_from_slice(&length.to_le_bytes());
+    for b in blocks {
+        h.extend_from_slice(&b.to_le_bytes());
+    }
+    if !blocks.is_empty() {
+        h.resize(h.len().div_ceil(BLCKSZ) * BLCKSZ, 0);
+    }
+    h
+}
+
+/// An incremental entry's header, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The blocks that follow, in order.
+    pub blocks: Vec<u32>,
+    /// The file's length in blocks.
+    pub length: u32,
+    /// Bytes the header takes, padding included.
+    pub bytes: usize,
+}
+
+/// Reads an entry's header from `r`; `Err` says what is wrong with it.
+pub fn read_header(r: &mut impl std::io::Read) -> Result<Header, String> {
+    let mut fixed = [0u8; 12];
+    r.read_exact(&mut fixed)
+        .map_err(|e| format!("its header is cut short: {e}"))?;
+    let word = |i: usize| u32::from_le_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+    if word(0) != MAGIC {
+        return Err(format!(
+            "its magic number is {:#x}, not {MAGIC:#x}",
+            word(0)
+        ));
+    }
+    let (count, length) = (word(4), word(8));
+    if count > length || u64::from(length) > super::pages::RELSEG_BLOCKS {
+        return Err(format!(
+            "it claims {count} blocks of a file of {length} blocks"
+        ));
+    }
+    let mut numbers = vec![0u8; 4 * count as usize];
+    r.read_exact(&mut numbers)
+        .map_err(|e| format!("its block list is cut short: {e}"))?;
+    let blocks: Vec<u32> = numbers
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if blocks.iter().any(|&b| b >= length) || blocks.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("its block numbers are out of order or beyond the file's length".to_owned());
+    }
+    let mut bytes = 12 + numbers.len();
+    if count > 0 {
+        let padded = bytes.div_ceil(BLCKSZ) * BLCKSZ;
+        let mut pad = vec![0u8; padded - bytes];
+        r.read_exact(&mut pad)
+            .map_err(|e| format!("its header's padding is cut short: {e}"))?;
+        bytes = padded;
+    }
+    Ok(Header {
+        blocks,
+        length,
+        bytes,
+    })
+}
+
+/// The name of the entry for `name` (the last component of a path).
+pub fn entry_name(tar_path: &str) -> String {
+    match tar_path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/{PREFIX}{name}"),
+        None => format!("{PREFIX}{tar_path}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(lsn: u64, lower: u16, upper: u16) -> Vec<u8> {
+        let mut p = vec![0u8; BLCKSZ];
+        p[0..4].copy_from_slice(&((lsn >> 32) as u32).to_le_bytes());
+        p[4..8].copy_from_slice(&(lsn as u32).to_le_bytes());
+        p[12..14].copy_from_slice(&lower.to_le_bytes());
+        p[14..16].copy_from_slice(&upper.to_le_bytes());
+        p[16..18].copy_from_slice(&8192u16.to_le_bytes());
+        p[18..20].copy_from_slice(&(8192u16 | 4).to_le_bytes());
+        p
+    }
+
+    #[test]
+    fn a_page_is_sent_when_it_changed_is_new_or_is_not_a_page() {
+        let since = 0x1_0000_0100;
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            ("older LSN", page(0x1_0000_00ff, 28, 8000), false),
+            ("the start itself", page(since, 28, 8000), true),
+            ("later LSN", page(0x2_0000_0000, 28, 8000), true),
+            ("all zeros (never initialised)", vec![0u8; BLCKSZ], true),
+            ("pd_lower above pd_upper", page(0x10, 8000, 28), true),
+            ("pd_lower inside the header", page(0x10, 8, 8000), true),
+            ("junk", vec![0xabu8; BLCKSZ], true),
+        ];
+        for (what, p, want) in cases {
+            assert_eq!(changed_since(&p, since), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn only_main_forks_the_parent_had_go_block_by_block() {
+        let parent = Parent {
+            backup_id: "p".into(),
+            start: Lsn(0),
+            sizes: [
+                ("base/5/16384", 8192 * 10),
+                ("base/5/16384.1", 8192 * 3),
+                ("base/5/16384_vm", 8192),
+                ("base/5/16390", 100),
+                ("pg_tblspc/16400/PG_18_1/5/16401", 8192),
+                ("pg_xact/0000", 8192),
+            ]
+            .into_iter()
+            .map(|(p, s)| (p.to_owned(), s))
+            .collect(),
+        };
+        let bs = BLCKSZ as u64;
+        let cases = [
+            ("base/5/16384", 12 * bs, Some(10)),
+            ("base/5/16384", 4 * bs, Some(10)),
+            ("base/5/16384.1", bs, Some(3)),
+            ("base/5/16384_vm", bs, None),
+            ("base/5/16390", bs, None),
+            ("base/5/16384", 100, None),
+            ("base/5/16384", 0, None),
+            ("base/5/99999", bs, None),
+            ("pg_tblspc/16400/PG_18_1/5/16401", bs, Some(1)),
+            ("pg_xact/0000", bs, None),
+        ];
+        for (path, size, want) in cases {
+            assert_eq!(parent.blocks_of(path, size), want, "{path} {size}");
+        }
+    }
+
+    #[test]
+    fn headers_round_trip_and_bad_ones_are_refused() {
+        let h = header(&[1, 5, 7], 9);
+        assert_eq!(h.len(), BLCKSZ);
+        let back = read_header(&mut h.as_slice()).unwrap();
+        assert_eq!(
+            back,
+            Header {
+                blocks: vec![1, 5, 7],
+                length: 9,
+                bytes: BLCKSZ
+            }
+        );
+        let empty = header(&[], 4);
+        assert_eq!(empty.len(), 12);
+        assert!(read_header(&mut empty.as_slice())
+            .unwrap()
+            .blocks
+            .is_empty());
+        let bad = [
+            (header(&[5, 1], 9), "out of order"),
+            (header(&[9], 9), "beyond"),
+            (vec![0u8; 12], "magic"),
+            (header(&[1], 9)[..20].to_vec(), "cut short"),
+        ];
+        for (bytes, want) in bad {
+            let err = read_header(&mut bytes.as_slice()).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn why_an_incremental_is_not_possible() {
+        assert_eq!(why_not(true, "1", "1", 18, 18, true), None);
+        let cases = [
+            (why_not(true, "1", "2", 18, 18, true), "another cluster"),
+            (why_not(true, "1", "1", 17, 18, true), "PostgreSQL 17"),
+            (why_not(true, "1", "1", 18, 18, false), "timeline history"),
+            (why_not(false, "1", "1", 18, 18, true), "wal_log_hints"),
+        ];
+        for (got, want) in cases {
+            assert!(got.as_deref().is_some_and(|g| g.contains(want)), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn entries_sit_beside_the_file() {
+        assert_eq!(entry_name("base/5/16384.1"), "base/5/INCREMENTAL.16384.1");
+        assert_eq!(entry_name("PG_18_1/5/16401"), "PG_18_1/5/INCREMENTAL.16401");
+        assert_eq!(entry_name("16401"), "INCREMENTAL.16401");
+    }
+}
