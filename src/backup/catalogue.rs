@@ -50,6 +50,8 @@ pub struct Entry {
     pub end_time: Option<SystemTime>,
     /// A keep annotation, if any.
     pub keep: Option<Keep>,
+    /// For an incremental backup, the backup it builds on (kept while it is).
+    pub parent: Option<String>,
 }
 
 impl Entry {
@@ -67,7 +69,8 @@ impl Entry {
     /// Reads the fields deleting needs from a `backup.info`. `None` in a field is
     /// barman's "not set".
     pub fn parse(backup_id: &str, text: &str) -> Result<Entry, String> {
-        let v = super::info::Fields::read(text).values;
+        let fields = super::info::Fields::read(text);
+        let v = fields.values;
         let get = |k: &str| v.get(k).map(String::as_str);
         let status = get("status")
             .ok_or_else(|| format!("backup.info of {backup_id} has no status"))?
@@ -96,6 +99,10 @@ impl Entry {
             end_wal: get("end_wal").map(str::to_owned),
             end_time,
             keep: None,
+            parent: fields
+                .extra
+                .get(super::engine::incremental::PARENT_KEY)
+                .cloned(),
         };
         if entry.copy_done() && (entry.begin_wal.is_none() || entry.timeline.is_none()) {
             return Err(format!(

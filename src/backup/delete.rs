@@ -40,6 +40,9 @@ pub enum RefusedError {
     /// The last DONE backup: the archive's WAL would have no base left.
     #[error("backup {0} is the only DONE backup in the archive; deleting it would leave its WAL unusable; nothing was deleted")]
     OnlyBackup(String),
+    /// Incremental backups build on it.
+    #[error("backup {0} is needed by the incremental backup{s} {1} built on it; delete {them} first; nothing was deleted", s = if .1.contains(',') { "s" } else { "" }, them = if .1.contains(',') { "them" } else { "it" })]
+    NeededByIncremental(String, String),
     /// The policy cannot be applied.
     #[error("{0}; nothing was deleted")]
     Retention(#[from] RetentionError),
@@ -117,6 +120,13 @@ pub fn plan(cat: &Catalogue, selection: &Selection, now: SystemTime) -> Result<P
         Selection::Policy(policy) => {
             let entries: Vec<Entry> = cat.backups.values().cloned().collect();
             let report = retention::classify(&entries, policy, now)?;
+            let mut report = report;
+            let needed = needed_by_chains(cat, &report);
+            for (id, v) in report.iter_mut() {
+                if *v == Verdict::Obsolete && needed.contains(id.as_str()) {
+                    *v = Verdict::Chain;
+                }
+            }
             let mut ids: Vec<String> = report
                 .iter()
                 .filter(|(_, v)| *v == Verdict::Obsolete)
@@ -136,6 +146,19 @@ pub fn plan(cat: &Catalogue, selection: &Selection, now: SystemTime) -> Result<P
                     Keep::Standalone => "standalone",
                 };
                 return Err(RefusedError::Kept(id.clone(), target));
+            }
+            let mut dependents: Vec<&str> = cat
+                .backups
+                .values()
+                .filter(|e| e.parent.as_deref() == Some(id.as_str()))
+                .map(|e| e.backup_id.as_str())
+                .collect();
+            dependents.sort();
+            if !dependents.is_empty() {
+                return Err(RefusedError::NeededByIncremental(
+                    id.clone(),
+                    dependents.join(", "),
+                ));
             }
             if entry.done() && cat.backups.values().filter(|e| e.done()).count() == 1 {
                 return Err(RefusedError::OnlyBackup(id.clone()));
@@ -226,6 +249,38 @@ pub fn plan(cat: &Catalogue, selection: &Selection, now: SystemTime) -> Result<P
     let plan = Plan { report, steps };
     check(cat, &plan)?;
     Ok(plan)
+}
+
+/// The backups an incremental still needs: every backup the policy keeps (any verdict
+/// but obsolete) and every backup being taken (its marker names its parent) needs its
+/// whole chain, back to the full backup.
+fn needed_by_chains<'a>(
+    cat: &'a Catalogue,
+    report: &[(String, Verdict)],
+) -> std::collections::BTreeSet<&'a str> {
+    let mut needed = std::collections::BTreeSet::new();
+    let kept = report
+        .iter()
+        .filter(|(_, v)| *v != Verdict::Obsolete)
+        .filter_map(|(id, _)| cat.backups.get(id))
+        .filter_map(|e| e.parent.as_deref());
+    let running = cat
+        .unlisted
+        .values()
+        .filter_map(|(_, m)| m.as_ref()?.parent.as_deref());
+    for start in kept.chain(running) {
+        let mut at = Some(start);
+        while let Some(id) = at {
+            let Some(e) = cat.backups.get_key_value(id) else {
+                break;
+            };
+            if !needed.insert(e.0.as_str()) {
+                break;
+            }
+            at = e.1.parent.as_deref();
+        }
+    }
+    needed
 }
 
 /// The safety net under barman's rules: no remaining DONE backup loses a WAL file it
@@ -435,6 +490,7 @@ mod tests {
             end_wal: Some(format!("0000000100000000{begin:08X}")),
             end_time: Some(SystemTime::UNIX_EPOCH),
             keep,
+            parent: None,
         }
     }
 
@@ -458,6 +514,76 @@ mod tests {
             })
             .collect();
         cat
+    }
+
+    #[test]
+    fn a_kept_incremental_keeps_its_chain_and_a_needed_backup_is_not_deleted_by_id() {
+        let incr = |id: &str, begin: u32, parent: &str| Entry {
+            parent: Some(parent.into()),
+            ..entry(id, begin, None)
+        };
+        // F1 <- I1 <- I2, then F2 <- I3.
+        let cat = catalogue(
+            &[
+                entry("F1", 2, None),
+                incr("I1", 3, "F1"),
+                incr("I2", 4, "I1"),
+                entry("F2", 5, None),
+                incr("I3", 6, "F2"),
+            ],
+            1..=7,
+        );
+        let now = SystemTime::now();
+        let cases = [
+            // The newest two: I3 and F2; nothing else is needed.
+            (2, vec!["F1", "I1", "I2"]),
+            // The newest three: I2 is kept, so I1 and F1 are too.
+            (3, vec![]),
+            (1, vec!["F1", "I1", "I2"]),
+        ];
+        for (n, deleted) in cases {
+            let p = plan(&cat, &Selection::Policy(Policy::Redundancy(n)), now).unwrap();
+            assert_eq!(p.backup_ids(), deleted, "REDUNDANCY {n}");
+            let chain: Vec<&str> = p
+                .report
+                .iter()
+                .filter(|(_, v)| *v == Verdict::Chain)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            if n == 1 {
+                assert_eq!(chain, ["F2"], "I3 needs F2");
+            }
+        }
+        let err = plan(&cat, &Selection::BackupId("F1".into()), now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "backup F1 is needed by the incremental backup I1 built on it; delete it first; nothing was deleted"
+        );
+        assert_eq!(
+            plan(&cat, &Selection::BackupId("I2".into()), now)
+                .unwrap()
+                .backup_ids(),
+            ["I2"]
+        );
+        // A backup being taken on I3 keeps I3 (and F2) whatever the policy says.
+        let mut running = cat.clone();
+        running.backups.remove("I3");
+        let marker = crate::backup::marker::Running {
+            token: "t".into(),
+            begin_wal: "000000010000000000000006".into(),
+            host: "n1".into(),
+            parent: Some("I2".into()),
+        };
+        running.unlisted.insert(
+            crate::backup::backup_id(now),
+            (vec!["s/base/x/backup.running".into()], Some(marker)),
+        );
+        let p = plan(&running, &Selection::Policy(Policy::Redundancy(1)), now).unwrap();
+        assert_eq!(
+            p.backup_ids(),
+            Vec::<String>::new(),
+            "I2's chain is needed by the running backup"
+        );
     }
 
     #[test]
@@ -529,6 +655,7 @@ mod tests {
             token: "t".into(),
             begin_wal: format!("0000000100000000{begin:08X}"),
             host: "n2".into(),
+            parent: None,
         };
         // A standby's backup under way, which may need segment 3 on.
         let dir = "s/base/20261205T230000";

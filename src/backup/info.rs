@@ -40,7 +40,7 @@ const KEYS: &[&str] = &[
 ];
 
 /// What a backup is, as `backup.info` records it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BackupInfo {
     /// barman's id: `YYYYmmddTHHMMSS`.
     pub backup_id: String,

@@ -95,12 +95,17 @@ pub fn clock_contradiction(existing: &[BackupInfo], new: &BackupInfo) -> Option<
 /// A table for people: one backup a line.
 pub fn render_table(backups: &[BackupInfo]) -> String {
     let mut out = format!(
-        "{:<16} {:<26} {:<26} {:>12} {:<24} {:<24} {:<8} {}\n",
-        "BACKUP ID", "BEGIN", "END", "SIZE", "BEGIN WAL", "END WAL", "STATUS", "MADE BY"
+        "{:<16} {:<26} {:<26} {:>12} {:<24} {:<24} {:<8} {:<9} {}\n",
+        "BACKUP ID", "BEGIN", "END", "SIZE", "BEGIN WAL", "END WAL", "STATUS", "MADE BY", "KIND"
     );
     for b in backups {
+        // barman-cloud lists an incremental too, but cannot restore it: say so.
+        let kind = match b.extra.get(super::engine::incremental::PARENT_KEY) {
+            Some(parent) => format!("incremental on {parent} (pgwarden only)"),
+            None => "full".to_owned(),
+        };
         out.push_str(&format!(
-            "{:<16} {:<26} {:<26} {:>12} {:<24} {:<24} {:<8} {}\n",
+            "{:<16} {:<26} {:<26} {:>12} {:<24} {:<24} {:<8} {:<9} {kind}\n",
             b.backup_id,
             b.begin_time.get(..26).unwrap_or(&b.begin_time),
             b.end_time.get(..26).unwrap_or(&b.end_time),

@@ -20,6 +20,8 @@ pub enum Verdict {
     KeepStandalone,
     /// Not DONE: the policy does not look at it, and it stays.
     NotDone,
+    /// Obsolete by the policy, but a kept incremental backup builds on it.
+    Chain,
 }
 
 impl Verdict {
@@ -32,6 +34,7 @@ impl Verdict {
             Verdict::KeepFull => "KEEP:FULL",
             Verdict::KeepStandalone => "KEEP:STANDALONE",
             Verdict::NotDone => "-",
+            Verdict::Chain => "VALID (an incremental builds on it)",
         }
     }
 }
@@ -155,6 +158,7 @@ mod tests {
             end_wal: Some("000000010000000000000001".into()),
             end_time: Some(now() - Duration::from_secs(age_days * DAY)),
             keep,
+            parent: None,
         }
     }
 

@@ -150,6 +150,7 @@ mod tests {
             end_wal: Some(seg(tli, end)),
             end_time: None,
             keep,
+            parent: None,
         }
     }
 

@@ -80,13 +80,31 @@ pub async fn extract(
     compression: TarCompression,
     dest: &Path,
 ) -> Result<(String, u64)> {
+    let dest = dest.to_path_buf();
+    extract_with(storage, key, compression, move |tar| {
+        archive(tar).unpack(&dest)
+    })
+    .await
+}
+
+/// Streams the object `key` through `handle`, which reads the tar from the reader it is
+/// given (a restore of an incremental backup's chain writes block by block); returns
+/// the SHA-256 (hex) and size of the object as stored.
+pub async fn extract_with<F>(
+    storage: &Backend,
+    key: &str,
+    compression: TarCompression,
+    handle: F,
+) -> Result<(String, u64)>
+where
+    F: FnOnce(&mut dyn Read) -> io::Result<()> + Send + 'static,
+{
     let mut download = storage
         .download(key)
         .await
         .with_context(|| format!("read {key}"))?
         .with_context(|| format!("{key} is not in the archive"))?;
     let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
-    let dest_dir = dest.to_path_buf();
     let key_owned = key.to_owned();
     let untar = tokio::task::spawn_blocking(move || {
         untar(
@@ -98,7 +116,7 @@ pub async fn extract(
                 total: 0,
             },
             compression,
-            &dest_dir,
+            handle,
         )
         .with_context(|| format!("extract {key_owned}"))
     });
@@ -130,7 +148,10 @@ async fn feed(
 /// and the whole object's SHA-256 are checked. A gzip object is inflated on a thread of
 /// its own, a few chunks ahead of the untarring (file creation and writes): each is
 /// about half the work, and one thread doing both left a core idle.
-fn untar(input: Chunks, compression: TarCompression, dest: &Path) -> Result<(String, u64)> {
+fn untar<F>(input: Chunks, compression: TarCompression, handle: F) -> Result<(String, u64)>
+where
+    F: FnOnce(&mut dyn Read) -> io::Result<()>,
+{
     match compression {
         TarCompression::Gzip => {
             let (tx, rx) = std::sync::mpsc::sync_channel(INFLATED_IN_FLIGHT);
@@ -138,15 +159,15 @@ fn untar(input: Chunks, compression: TarCompression, dest: &Path) -> Result<(Str
                 .name("pgwarden-inflate".into())
                 .spawn(move || inflate(input, tx))
                 .context("start the inflating thread")?;
-            let mut ar = archive(Inflated {
+            let mut inflated = Inflated {
                 rx,
                 cur: Vec::new(),
                 pos: 0,
-            });
-            let unpacked = ar.unpack(dest);
+            };
+            let unpacked = handle(&mut inflated);
             // The rest (the tar's end blocks), so that the inflater reaches the trailer.
             let drained =
-                unpacked.and_then(|()| io::copy(&mut ar.into_inner(), &mut io::sink()).map(|_| ()));
+                unpacked.and_then(|()| io::copy(&mut inflated, &mut io::sink()).map(|_| ()));
             let inflated = inflater
                 .join()
                 .map_err(|_| anyhow::anyhow!("the inflating thread panicked"))?;
@@ -157,11 +178,10 @@ fn untar(input: Chunks, compression: TarCompression, dest: &Path) -> Result<(Str
             Ok((sha, total))
         }
         TarCompression::None => {
-            let mut ar = archive(input);
-            ar.unpack(dest)?;
-            let mut rest = ar.into_inner();
-            io::copy(&mut rest, &mut io::sink())?;
-            Ok(finish(rest))
+            let mut input = input;
+            handle(&mut input)?;
+            io::copy(&mut input, &mut io::sink())?;
+            Ok(finish(input))
         }
     }
 }
@@ -235,7 +255,9 @@ impl Read for Inflated {
     }
 }
 
-fn archive<R: Read>(r: R) -> ::tar::Archive<R> {
+/// A tar reader set as every restore reads: modes and times kept, nothing
+/// overwritten, no extended attributes.
+pub fn archive<R: Read>(r: R) -> ::tar::Archive<R> {
     let mut ar = ::tar::Archive::new(r);
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);

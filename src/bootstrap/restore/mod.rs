@@ -15,6 +15,7 @@
 //!    `PG_VERSION` last; postgres then fetches WAL through pgwarden's restore path,
 //!    from the source archive, and stops at the target (see `pgconf::render`).
 
+pub mod chain;
 pub mod choose;
 pub mod extract;
 pub mod tablespaces;
@@ -38,11 +39,17 @@ use std::process::{Command, Stdio};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+/// A backup's data objects: key, compression, what it holds.
+type Objects = Vec<(String, TarCompression, Holds)>;
+
 /// What a restore will do, decided and checked before anything is written.
 pub struct Plan {
     storage: Backend,
     backup: BackupInfo,
-    objects: Vec<(String, TarCompression, Holds)>,
+    objects: Objects,
+    /// For an incremental backup, the backups it builds on, newest first, back to
+    /// the full one, each with its objects.
+    older: Vec<(BackupInfo, Objects)>,
     spaces: Vec<tablespaces::Placed>,
     then: Then,
     names: SettingNames,
@@ -89,7 +96,16 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then, pgdata: &Path) ->
     check_version(b, s.major_version, &names)?;
     check_cluster(&policy, &r.source, b, &names).await?;
     check_wal(&policy, &base, b, &names).await?;
+    let chain = chain::resolve(&backups, b, names.backup_id).map_err(anyhow::Error::msg)?;
     let objects = data_objects(&policy, &base, b).await?;
+    let mut older = Vec::new();
+    for p in chain.iter().skip(1) {
+        older.push(((*p).clone(), data_objects(&policy, &base, p).await?));
+    }
+    if !older.is_empty() {
+        let ids: Vec<&str> = chain.iter().map(|c| c.backup_id.as_str()).collect();
+        info!(chain = ?ids, "an incremental backup: restoring its chain, newest first");
+    }
     let spaces = tablespaces::place(&b.tablespaces, &r.tablespaces, pgdata, &names)
         .map_err(anyhow::Error::msg)?;
     // The live PGDATA too: a drill restores elsewhere, and must not write into it.
@@ -113,6 +129,7 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then, pgdata: &Path) ->
         storage,
         backup,
         objects,
+        older,
         spaces,
         then,
         names,
@@ -176,6 +193,7 @@ async fn build_in(
         storage,
         backup: b,
         objects,
+        older,
         spaces,
         then,
         names,
@@ -188,38 +206,66 @@ async fn build_in(
     tablespaces::link(staging, &spaces)?;
     let started = std::time::Instant::now();
     let mut stored = 0u64;
-    // The parts hold disjoint files (a file never spans parts): they are fetched,
-    // decompressed and written concurrently, PGWARDEN_BACKUP_JOBS at a time.
-    let recorded = std::sync::Arc::new(recorded_sha256(&b));
+    // The parts of a backup hold disjoint files (a file never spans parts): they are
+    // fetched, decompressed and written concurrently, PGWARDEN_BACKUP_JOBS at a time.
+    // The backups of an incremental's chain follow one another, newest first (see
+    // chain).
     let backup_id_setting = names.backup_id;
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(s.backups.jobs.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (key, compression, holds) in objects {
-        let (storage, recorded, limit) = (storage.clone(), recorded.clone(), limit.clone());
-        let dest = match holds {
-            Holds::Data => staging.to_path_buf(),
-            Holds::Tablespace(oid) => spaces
-                .iter()
-                .find(|p| p.oid == oid)
-                .map(|p| p.location.clone())
-                .with_context(|| {
-                    format!("{key}: tablespace {oid} is not in the backup's backup.info")
-                })?,
-        };
-        tasks.spawn(async move {
-            let _slot = limit.acquire_owned().await?;
-            let (sha, size) = extract::extract(&storage, &key, compression, &dest).await?;
-            let name = key.rsplit('/').next().unwrap_or(&key);
-            if recorded.get(name).is_some_and(|want| *want != sha) {
-                bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with {backup_id_setting}");
-            }
-            anyhow::Ok(size)
-        });
+    let chained = !older.is_empty();
+    let files = std::sync::Arc::new(chain::Files::default());
+    let members = std::iter::once((b.clone(), objects)).chain(older);
+    for (i, (member, objects)) in members.enumerate() {
+        let recorded = std::sync::Arc::new(recorded_sha256(&member));
+        let incremental = chain::is_incremental(&member);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (key, compression, holds) in objects {
+            let (storage, recorded, limit, files) = (
+                storage.clone(),
+                recorded.clone(),
+                limit.clone(),
+                files.clone(),
+            );
+            let dest = match holds {
+                Holds::Data => staging.to_path_buf(),
+                Holds::Tablespace(oid) => spaces
+                    .iter()
+                    .find(|p| p.oid == oid)
+                    .map(|p| p.location.clone())
+                    .with_context(|| {
+                        format!("{key}: tablespace {oid} is not in the backup's backup.info")
+                    })?,
+            };
+            tasks.spawn(async move {
+                let _slot = limit.acquire_owned().await?;
+                let (sha, size) = if chained {
+                    extract::extract_with(&storage, &key, compression, move |tar| {
+                        chain::apply(tar, &dest, i == 0, incremental, &files)
+                    })
+                    .await?
+                } else {
+                    extract::extract(&storage, &key, compression, &dest).await?
+                };
+                let name = key.rsplit('/').next().unwrap_or(&key);
+                if recorded.get(name).is_some_and(|want| *want != sha) {
+                    bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with {backup_id_setting}");
+                }
+                anyhow::Ok(size)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            // The first failure stops the others (dropping the set aborts them); the
+            // staging directory is discarded by the caller.
+            stored += done.context("an extraction task")??;
+        }
     }
-    while let Some(done) = tasks.join_next().await {
-        // The first failure stops the others (dropping the set aborts them); the
-        // staging directory is discarded by the caller.
-        stored += done.context("an extraction task")??;
+    if chained {
+        files.check_complete().map_err(|e| {
+            anyhow::anyhow!(
+                "backup {}: {e}; restore another backup with {backup_id_setting}",
+                b.backup_id
+            )
+        })?;
     }
     info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
     // Before the manifest check: pg_verifybackup follows the links to the

@@ -1,0 +1,221 @@
+//! Incremental backups (issue 19, part 2): a chain of a full backup and two
+//! incrementals restores every committed row (files changed, added by a database
+//! copied file by file, dropped and truncated), passes pg_verifybackup against the
+//! newest manifest and pg_amcheck in a drill; an incremental uploads a fraction of a
+//! full; barman-cloud refuses it instead of restoring half a cluster; a full that an
+//! incremental builds on is not deleted, and a chain whose full was removed by hand is
+//! refused at restore, naming it.
+
+mod common;
+
+use common::wal::*;
+use common::*;
+use pgwarden::wal::storage::Storage;
+
+fn backup(pg: &Instance, incremental: bool) -> serde_json::Value {
+    let args: &[&str] = if incremental {
+        &["backup", "--incremental"]
+    } else {
+        &["backup"]
+    };
+    let (code, out) = pg.run_cli(args);
+    assert!(code.success(), "{args:?}: {out}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+async fn count(pg: &Instance, db: &str, sql: &str) -> i64 {
+    pg.connect_as("postgres", PASSWORD, db)
+        .await
+        .unwrap()
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql} on {db}: {e}"))
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
+    let tmp = test_dir();
+    let store = Store::s3();
+    let Store::S3(g) = &store else { unreachable!() };
+    let mut src = gzip_primary(tmp.path(), &store, "src", "");
+    let c = src.connect().await;
+    c.batch_execute(
+        "CREATE TABLE t (g int PRIMARY KEY, pad text);
+         INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 100000) g;
+         CREATE TABLE gone AS SELECT g FROM generate_series(1, 10000) g;
+         CREATE TABLE shrinks AS SELECT g FROM generate_series(1, 50000) g;",
+    )
+    .await
+    .unwrap();
+
+    // An incremental with nothing to build on is a full one, and says why.
+    let full = backup(&src, true);
+    let full_id = full["backup_id"].as_str().unwrap().to_owned();
+    assert!(
+        full["extra"]["full_because"]
+            .as_str()
+            .is_some_and(|w| w.contains("no backup yet")),
+        "{full:#}"
+    );
+    let full_size = full["size"].as_u64().unwrap();
+
+    // 5% of t's rows change; a table goes, another is truncated by VACUUM.
+    // (One statement a call: VACUUM and CREATE DATABASE refuse a transaction block.)
+    for sql in [
+        "UPDATE t SET pad = repeat('y', 200) WHERE g % 20 = 0",
+        "DROP TABLE gone",
+        "DELETE FROM shrinks WHERE g > 1000",
+        "VACUUM shrinks",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+    }
+    let i1 = backup(&src, true);
+    let i1_id = i1["backup_id"].as_str().unwrap().to_owned();
+    assert_eq!(i1["extra"]["incremental_of"], full_id.as_str(), "{i1:#}");
+    let i1_size = i1["size"].as_u64().unwrap();
+    assert!(
+        i1_size * 2 < full_size,
+        "an incremental after changing 5% of the rows stores {i1_size} bytes, a full {full_size}"
+    );
+
+    // A database copied file by file from its template (its pages keep the
+    // template's old LSNs: only "not in the parent" sends them), and more rows.
+    for sql in [
+        "CREATE DATABASE copied STRATEGY file_copy",
+        "INSERT INTO t SELECT g, 'z' FROM generate_series(100001, 101000) g",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+    }
+    src.connect_as("postgres", PASSWORD, "copied")
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE c AS SELECT g FROM generate_series(1, 777) g")
+        .await
+        .unwrap();
+    let i2 = backup(&src, true);
+    let i2_id = i2["backup_id"].as_str().unwrap().to_owned();
+    assert_eq!(i2["extra"]["incremental_of"], i1_id.as_str(), "{i2:#}");
+    c.batch_execute("INSERT INTO t SELECT g, 'after' FROM generate_series(101001, 101010) g")
+        .await
+        .unwrap();
+    switch_and_wait_archived(&src).await;
+
+    // The list says what each is; barman-cloud lists the incremental but refuses to
+    // restore it (its data is not in data.tar*).
+    let (code, table) = src.run_cli(&["backup-list"]);
+    assert!(code.success(), "{table}");
+    assert!(
+        table.contains(&format!("incremental on {i1_id} (pgwarden only)")),
+        "{table}"
+    );
+    let url = format!("s3://{}/pgwarden-test", g.bucket);
+    let dest = tmp.path().join("barman-restored");
+    let (ok, out) = common::barman::try_run(
+        g,
+        &[
+            "barman-cloud-restore",
+            &url,
+            "src",
+            &i2_id,
+            &dest.display().to_string(),
+        ],
+    );
+    assert!(
+        !ok,
+        "barman-cloud-restore must refuse an incremental: {out}"
+    );
+
+    // The full backup an incremental builds on cannot be deleted.
+    let (code, out) = src.run_cli(&["backup-delete", "--backup-id", &full_id]);
+    assert!(!code.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "backup {full_id} is needed by the incremental backup {i1_id} built on it"
+        )),
+        "{out}"
+    );
+
+    // The chain restored: every row, the dropped table gone, the copied database
+    // there; pg_verifybackup checked the reconstruction against I2's manifest.
+    let mut restored = restoring_as(tmp.path(), &store, "src", "restored");
+    restored.start().wait_ready();
+    let log = restored.log();
+    assert!(log.contains("restoring its chain"), "{log}");
+    assert_eq!(
+        count(&restored, "postgres", "SELECT count(*) FROM t").await,
+        101_010
+    );
+    assert_eq!(
+        count(
+            &restored,
+            "postgres",
+            "SELECT count(*) FROM t WHERE pad = repeat('y', 200)"
+        )
+        .await,
+        5000
+    );
+    assert_eq!(
+        count(&restored, "postgres", "SELECT count(*) FROM shrinks").await,
+        1000
+    );
+    assert_eq!(
+        count(
+            &restored,
+            "postgres",
+            "SELECT count(*) FROM pg_class WHERE relname = 'gone'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&restored, "copied", "SELECT count(*) FROM c").await,
+        777
+    );
+    drop(restored);
+
+    // A drill of the chain: restored beside, recovered, pg_amcheck'd.
+    let out = src
+        .command_for_test(&["restore-drill", "--json", "--backup-id", &i2_id])
+        .output()
+        .unwrap();
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    assert!(
+        out.status.success() && r["ok"] == true,
+        "{r:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "pg_amcheck" && c["ok"] == true),
+        "{r:#}"
+    );
+
+    // The full removed by hand: the chain is refused, naming it; nothing written.
+    src.stop();
+    let (cfg, backend) = store.open("src").await;
+    let info = format!("{}/base/{full_id}/backup.info", cfg.base());
+    backend.delete(&info).await.unwrap();
+    let mut broken = restoring_as(tmp.path(), &store, "src", "broken");
+    broken.set("PGWARDEN_RESTORE_BACKUP_ID", &i2_id);
+    broken.start();
+    let status = broken.wait_exit(std::time::Duration::from_secs(60));
+    assert!(!status.success());
+    let log = broken.log();
+    assert!(
+        log.contains(&format!(
+            "backup {i1_id} is incremental and builds on backup {full_id}, which is not in the archive"
+        )),
+        "{log}"
+    );
+    assert!(
+        std::fs::read_dir(&broken.pgdata)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true),
+        "PGDATA untouched"
+    );
+}
