@@ -218,4 +218,43 @@ async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
             .unwrap_or(true),
         "PGDATA untouched"
     );
+
+    // Scheduled incrementals with a full cadence: the newest backup's chain is broken
+    // now, so the first is full (saying why), the next builds on it.
+    src.set("PGWARDEN_BACKUP_SCHEDULE", "3s; full every 7d");
+    src.start().wait_ready();
+    let chain = eventually(
+        std::time::Duration::from_secs(120),
+        "two scheduled backups",
+        || {
+            let (code, out) = src.run_cli(&["backup-list", "--json"]);
+            let all: Vec<serde_json::Value> =
+                serde_json::from_str(out.trim()).map_err(|e| format!("{code}: {e}: {out}"))?;
+            let new: Vec<serde_json::Value> = all
+                .into_iter()
+                .filter(|b| {
+                    ![&i1_id, &i2_id].contains(&&b["backup_id"].as_str().unwrap_or("").to_owned())
+                })
+                .collect();
+            if new.len() >= 2 {
+                Ok(new)
+            } else {
+                Err(format!("{} new so far", new.len()))
+            }
+        },
+    );
+    assert!(
+        chain[0]["extra"]["full_because"]
+            .as_str()
+            .is_some_and(|w| w.contains(&format!(
+                "builds on backup {full_id}, which is not in the archive"
+            ))),
+        "{:#}",
+        chain[0]
+    );
+    assert_eq!(
+        chain[1]["extra"]["incremental_of"], chain[0]["backup_id"],
+        "{:#}",
+        chain[1]
+    );
 }

@@ -9,7 +9,8 @@ use clap::Args;
 #[derive(Args, Debug, Clone, Default)]
 pub struct BackupArgs {
     /// How often `run` takes a base backup: an interval (`6h`, `30m`, `1d`) or a cron
-    /// expression in UTC (`0 3 * * *`, `@daily`).
+    /// expression in UTC (`0 3 * * *`, `@daily`); followed by `; full every 7d`, the
+    /// scheduled backups are incremental, with a full one every 7 days.
     #[arg(long, env = "PGWARDEN_BACKUP_SCHEDULE")]
     pub backup_schedule: Option<String>,
     /// barman retention policy applied after each backup `run` takes:
@@ -32,6 +33,9 @@ pub struct BackupConfig {
     pub schedule: Option<Schedule>,
     /// The schedule as written, for `/status`.
     pub schedule_text: Option<String>,
+    /// With `; full every <interval>`: scheduled backups are incremental, and full
+    /// once the chain's full backup is older than this.
+    pub full_every: Option<std::time::Duration>,
     /// What to delete after each backup.
     pub retention: Option<Policy>,
     /// Workers copying files in a base backup.
@@ -49,11 +53,15 @@ impl BackupConfig {
     ) -> Result<BackupConfig, (&'static str, String)> {
         let set = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
         let schedule_text = set(&a.backup_schedule);
-        let schedule = schedule_text
+        let (schedule, full_every) = match schedule_text
             .as_deref()
-            .map(Schedule::parse)
+            .map(super::schedule::parse_with_fulls)
             .transpose()
-            .map_err(|m| ("PGWARDEN_BACKUP_SCHEDULE", m))?;
+            .map_err(|m| ("PGWARDEN_BACKUP_SCHEDULE", m))?
+        {
+            Some((s, f)) => (Some(s), f),
+            None => (None, None),
+        };
         let retention = set(&a.backup_retention)
             .as_deref()
             .map(Policy::parse)
@@ -92,6 +100,7 @@ impl BackupConfig {
         Ok(BackupConfig {
             schedule,
             schedule_text: schedule_text.map(|s| s.trim().to_owned()),
+            full_every,
             retention,
             jobs,
             target,

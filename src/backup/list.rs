@@ -92,6 +92,43 @@ pub fn clock_contradiction(existing: &[BackupInfo], new: &BackupInfo) -> Option<
     None
 }
 
+/// An incremental backup's chain, newest first, from `chosen` back to the full backup it
+/// builds on. `Err` names the backup missing from the archive, or why the chain is not
+/// one (another cluster, a loop).
+pub fn chain<'a>(
+    backups: &'a [BackupInfo],
+    chosen: &'a BackupInfo,
+    setting: &str,
+) -> Result<Vec<&'a BackupInfo>, String> {
+    let mut chain = vec![chosen];
+    let mut at = chosen;
+    while let Some(parent) = at.extra.get(super::engine::incremental::PARENT_KEY) {
+        let Some(p) = backups
+            .iter()
+            .find(|b| &b.backup_id == parent && b.status == "DONE")
+        else {
+            return Err(format!(
+                "backup {} is incremental and builds on backup {parent}, which is not in the archive (deleted?): its chain cannot be restored; restore another backup with {setting}",
+                at.backup_id
+            ));
+        };
+        if p.systemid != chosen.systemid || chain.iter().any(|c| c.backup_id == p.backup_id) {
+            return Err(format!(
+                "backup {} builds on backup {parent}, which is not an earlier backup of the same cluster; restore another backup with {setting}",
+                at.backup_id
+            ));
+        }
+        chain.push(p);
+        at = p;
+    }
+    Ok(chain)
+}
+
+/// Whether backup `b` holds changed blocks rather than whole files.
+pub fn is_incremental(b: &BackupInfo) -> bool {
+    b.extra.contains_key(super::engine::incremental::PARENT_KEY)
+}
+
 /// A table for people: one backup a line.
 pub fn render_table(backups: &[BackupInfo]) -> String {
     let mut out = format!(
@@ -122,6 +159,48 @@ pub fn render_table(backups: &[BackupInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(id: &str, parent: Option<&str>) -> BackupInfo {
+        let mut b = BackupInfo {
+            backup_id: id.into(),
+            status: "DONE".into(),
+            systemid: "1".into(),
+            ..Default::default()
+        };
+        if let Some(p) = parent {
+            b.extra.insert(
+                super::super::engine::incremental::PARENT_KEY.into(),
+                p.into(),
+            );
+        }
+        b
+    }
+
+    #[test]
+    fn a_chain_runs_back_to_its_full_backup_or_names_what_is_missing() {
+        let all = vec![
+            info("F", None),
+            info("I1", Some("F")),
+            info("I2", Some("I1")),
+            info("J", Some("GONE")),
+        ];
+        let ids = |c: Vec<&BackupInfo>| c.iter().map(|b| b.backup_id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(chain(&all, &all[2], "S").unwrap()), ["I2", "I1", "F"]);
+        assert_eq!(ids(chain(&all, &all[0], "S").unwrap()), ["F"]);
+        let err = chain(&all, &all[3], "PGWARDEN_RESTORE_BACKUP_ID").unwrap_err();
+        assert!(
+            err.contains("builds on backup GONE, which is not in the archive"),
+            "{err}"
+        );
+        assert!(err.contains("PGWARDEN_RESTORE_BACKUP_ID"), "{err}");
+        let mut other = all.clone();
+        other[0].systemid = "2".into();
+        assert!(chain(&other, &other[1], "S")
+            .unwrap_err()
+            .contains("same cluster"));
+        let looped = vec![info("A", Some("B")), info("B", Some("A"))];
+        assert!(chain(&looped, &looped[0], "S").is_err());
+    }
 
     fn backup(id: &str, tli: u32, begin: &str, end: &str, time: &str) -> BackupInfo {
         BackupInfo {

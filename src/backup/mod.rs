@@ -39,8 +39,9 @@ use std::time::SystemTime;
 pub enum Kind {
     /// Every file whole (barman-cloud restores it).
     Full,
-    /// Only the blocks changed since the previous backup.
-    Incremental,
+    /// Only the blocks changed since the previous backup; a full one when the
+    /// chain's full backup began longer ago than this (the schedule's `full every`).
+    Incremental(Option<std::time::Duration>),
 }
 
 /// How base backups are compressed (barman-cloud restores gzip or plain tars, not

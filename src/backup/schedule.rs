@@ -60,6 +60,29 @@ fn parse_interval(text: &str) -> Option<Result<Duration, String>> {
     Some(Ok(Duration::from_secs(total)))
 }
 
+/// `PGWARDEN_BACKUP_SCHEDULE` whole: when backups are due, and, with `; full every
+/// <interval>` after it (`6h; full every 7d`), that the scheduled backups are
+/// incremental, with a full one whenever the chain's full backup is older than the
+/// interval.
+pub fn parse_with_fulls(text: &str) -> Result<(Schedule, Option<Duration>), String> {
+    let Some((when, fulls)) = text.split_once(';') else {
+        return Ok((Schedule::parse(text)?, None));
+    };
+    let schedule = Schedule::parse(when)?;
+    let every = fulls
+        .trim()
+        .strip_prefix("full every")
+        .map(str::trim)
+        .and_then(parse_interval)
+        .ok_or_else(|| {
+            format!(
+                "{:?} after the ';' is not \"full every <interval>\" (6h; full every 7d: incremental backups every 6 hours, a full one every 7 days)",
+                fulls.trim()
+            )
+        })??;
+    Ok((schedule, Some(every)))
+}
+
 impl Schedule {
     /// Parses the setting's value; the error says what is accepted.
     pub fn parse(text: &str) -> Result<Schedule, String> {
@@ -104,6 +127,38 @@ impl Schedule {
 mod tests {
     use super::*;
     use crate::backup::cron::at;
+
+    #[test]
+    fn a_schedule_may_make_incrementals_with_a_full_cadence() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            parse_with_fulls("6h; full every 7d"),
+            Ok((
+                Schedule::Every(Duration::from_secs(6 * 3600)),
+                Some(7 * day)
+            ))
+        );
+        assert_eq!(
+            parse_with_fulls("1d").map(|(_, f)| f),
+            Ok(None),
+            "fulls only, as before"
+        );
+        assert!(matches!(
+            parse_with_fulls("0 3 * * *;full every 1d"),
+            Ok((Schedule::Cron(_), Some(d))) if d == day
+        ));
+        for bad in [
+            "6h; weekly",
+            "6h; full every",
+            "6h; full every 7",
+            "x; full every 1d",
+        ] {
+            assert!(parse_with_fulls(bad).is_err(), "{bad}");
+        }
+        assert!(parse_with_fulls("6h; weekly")
+            .unwrap_err()
+            .contains("full every <interval>"));
+    }
 
     #[test]
     fn parses_intervals_and_cron() {

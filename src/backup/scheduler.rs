@@ -62,6 +62,14 @@ pub fn grace(ha: &HaConfig) -> Duration {
 }
 
 impl Scheduler {
+    /// The kind of the scheduled backups (`; full every` makes them incremental).
+    fn kind(&self) -> crate::backup::Kind {
+        match self.backups.settings.backups.full_every {
+            Some(every) => crate::backup::Kind::Incremental(Some(every)),
+            None => crate::backup::Kind::Full,
+        }
+    }
+
     /// Runs for as long as pgwarden does.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.run())
@@ -164,11 +172,7 @@ impl Scheduler {
                 continue;
             }
             waiting_since = None;
-            match self
-                .backups
-                .take("schedule", crate::backup::Kind::Full)
-                .await
-            {
+            match self.backups.take("schedule", self.kind()).await {
                 Ok(_) => {}
                 Err(BackupError::Busy) => {
                     tracing::info!("a scheduled backup is due but one is already running; skipped");
@@ -314,10 +318,7 @@ impl Scheduler {
             self.publish_chosen(&me);
             said.clear();
             let begin = SystemTime::now();
-            let result = self
-                .backups
-                .take("schedule", crate::backup::Kind::Full)
-                .await;
+            let result = self.backups.take("schedule", self.kind()).await;
             let ok = match result {
                 Ok(_) => Some(true),
                 // Logged by the job; the next one is due an interval after this one.

@@ -66,7 +66,10 @@ impl Backups {
             jobs: self.settings.backups.jobs,
             runner: &self.runner,
             status: self.status.clone(),
-            incremental: kind == super::Kind::Incremental,
+            incremental: match kind {
+                super::Kind::Full => None,
+                super::Kind::Incremental(full_every) => Some(full_every),
+            },
         };
         let info = job.run().await.map_err(BackupError::Failed)?;
         if let Some(policy) = self.settings.backups.retention {

@@ -43,9 +43,10 @@ pub struct Job<'a> {
     pub runner: &'a Runner,
     /// Progress and result, for /status.
     pub status: Arc<Mutex<BackupStatus>>,
-    /// Only the blocks changed since the previous backup (`--incremental`), when
-    /// there is one this backup can build on; otherwise a full one, saying why.
-    pub incremental: bool,
+    /// `Some`: only the blocks changed since the previous backup (`--incremental`),
+    /// when there is one this backup can build on, otherwise a full one, saying why;
+    /// `Some(Some(d))`: a full one too when the chain's full began more than `d` ago.
+    pub incremental: Option<Option<Duration>>,
 }
 
 /// What the server says about itself, for `backup.info`.
@@ -99,8 +100,8 @@ impl Job<'_> {
         let started = Instant::now();
         let begin = SystemTime::now();
         let facts = server_facts(self.settings).await?;
-        let parent = if self.incremental {
-            match self.parent(&facts).await? {
+        let parent = if let Some(full_every) = self.incremental {
+            match self.parent(&facts, full_every).await? {
                 Ok(p) => Ok(p),
                 Err(why) => {
                     tracing::warn!(reason = %why, "an incremental backup is not possible; taking a full one");
@@ -358,7 +359,11 @@ impl Job<'_> {
     /// The backup an incremental backup builds on: the newest listed one, if it is
     /// pgwarden's, has its manifest copy, and is of this cluster's history. The inner
     /// `Err` says why there is none (then a full backup is taken).
-    async fn parent(&self, facts: &ServerFacts) -> Result<Result<Arc<Parent>, String>> {
+    async fn parent(
+        &self,
+        facts: &ServerFacts,
+        full_every: Option<Duration>,
+    ) -> Result<Result<Arc<Parent>, String>> {
         let base = self.archive.base();
         let listed = super::list::list(self.storage, &base)
             .await
@@ -371,6 +376,13 @@ impl Job<'_> {
             return Ok(Err("there is no backup yet to build on".to_owned()));
         };
         let id = &last.backup_id;
+        if let Some(why) = full_every.and_then(|d| full_due(&listed, last, SystemTime::now(), d)) {
+            return Ok(Err(why));
+        }
+        // An incremental on a chain that cannot be restored could not be either.
+        if let Err(why) = super::list::chain(&listed, last, "PGWARDEN_RESTORE_BACKUP_ID") {
+            return Ok(Err(why));
+        }
         if last.made_by != "pgwarden" {
             return Ok(Err(format!(
                 "the previous backup, {id}, was taken by {}",
@@ -481,6 +493,36 @@ fn in_history(history: &str, tli: u32, parent_tli: u32, parent_end: Lsn) -> bool
             .any(|(t, switch)| *t == parent_tli && parent_end <= *switch)
 }
 
+/// Why the schedule's `full every` wants a full backup now: the full backup at the
+/// root of `last`'s chain began more than `every` before `now`.
+fn full_due(
+    listed: &[BackupInfo],
+    last: &BackupInfo,
+    now: SystemTime,
+    every: Duration,
+) -> Option<String> {
+    let mut root = last;
+    for _ in 0..listed.len() {
+        let Some(parent) = root.extra.get(PARENT_KEY) else {
+            break;
+        };
+        match listed.iter().find(|b| &b.backup_id == parent) {
+            Some(p) => root = p,
+            None => break,
+        }
+    }
+    let began = crate::civil::parse_barman_time(&root.begin_time)?;
+    let age = now.duration_since(began).ok()?;
+    (age >= every).then(|| {
+        format!(
+            "the last full backup, {}, began {} hours ago, and PGWARDEN_BACKUP_SCHEDULE wants a full one every {} hours",
+            root.backup_id,
+            age.as_secs() / 3600,
+            every.as_secs() / 3600
+        )
+    })
+}
+
 /// How often a running backup logs its progress (`/status` has it at all times).
 const PROGRESS_LOG: Duration = Duration::from_secs(10);
 
@@ -589,6 +631,38 @@ fn extra(parts: &[super::engine::Part]) -> std::collections::BTreeMap<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schedule_takes_a_full_when_the_chain_s_full_is_too_old() {
+        let b = |id: &str, begin: &str, parent: Option<&str>| BackupInfo {
+            backup_id: id.into(),
+            begin_time: begin.into(),
+            extra: parent
+                .map(|p| [(PARENT_KEY.to_owned(), p.to_owned())].into())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let listed = vec![
+            b("F", "2026-12-01 03:00:00.000000+00:00", None),
+            b("I1", "2026-12-03 03:00:00.000000+00:00", Some("F")),
+            b("I2", "2026-12-05 03:00:00.000000+00:00", Some("I1")),
+        ];
+        let now = crate::civil::parse_barman_time("2026-12-06 03:00:00.000000+00:00").unwrap();
+        let day = Duration::from_secs(86_400);
+        let cases = [
+            (&listed[2], 7 * day, None),
+            (&listed[2], 5 * day, Some("F, began 120 hours ago")),
+            (&listed[1], 6 * day, None),
+            (&listed[0], day, Some("F, began 120 hours ago")),
+        ];
+        for (last, every, want) in cases {
+            let got = full_due(&listed, last, now, every);
+            match want {
+                None => assert_eq!(got, None, "{} {every:?}", last.backup_id),
+                Some(w) => assert!(got.as_deref().is_some_and(|g| g.contains(w)), "{got:?}"),
+            }
+        }
+    }
 
     #[test]
     fn a_parent_backup_must_be_in_this_timeline_history() {

@@ -31,7 +31,7 @@ async fn backup(
     Query(p): Query<Params>,
 ) -> (StatusCode, Json<Value>) {
     let kind = if p.incremental {
-        crate::backup::Kind::Incremental
+        crate::backup::Kind::Incremental(None)
     } else {
         crate::backup::Kind::Full
     };

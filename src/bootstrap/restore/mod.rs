@@ -96,7 +96,7 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then, pgdata: &Path) ->
     check_version(b, s.major_version, &names)?;
     check_cluster(&policy, &r.source, b, &names).await?;
     check_wal(&policy, &base, b, &names).await?;
-    let chain = chain::resolve(&backups, b, names.backup_id).map_err(anyhow::Error::msg)?;
+    let chain = list::chain(&backups, b, names.backup_id).map_err(anyhow::Error::msg)?;
     let objects = data_objects(&policy, &base, b).await?;
     let mut older = Vec::new();
     for p in chain.iter().skip(1) {
@@ -217,7 +217,7 @@ async fn build_in(
     let members = std::iter::once((b.clone(), objects)).chain(older);
     for (i, (member, objects)) in members.enumerate() {
         let recorded = std::sync::Arc::new(recorded_sha256(&member));
-        let incremental = chain::is_incremental(&member);
+        let incremental = list::is_incremental(&member);
         let mut tasks = tokio::task::JoinSet::new();
         for (key, compression, holds) in objects {
             let (storage, recorded, limit, files) = (
