@@ -33,19 +33,20 @@ use std::time::{Duration, Instant};
 /// pgbench scale: about 15 MB each, so 70 is a little over 1 GB.
 const SCALE: &str = "70";
 /// The source server's name in the archive.
-const SOURCE: &str = "src";
+pub const SOURCE: &str = "src";
 /// Runs of each backup but barman-cloud's gzip one (about 100 s by itself).
 const REPS: usize = 3;
 
-struct Row {
-    tool: String,
-    wall: f64,
-    median: f64,
-    cpu: f64,
-    rss_mb: f64,
-    stored_mb: f64,
+/// One measured run.
+pub struct Row {
+    pub tool: String,
+    pub wall: f64,
+    pub median: f64,
+    pub cpu: f64,
+    pub rss_mb: f64,
+    pub stored_mb: f64,
     /// CPU seconds Garage spent meanwhile, for the rows that upload to it.
-    garage_cpu: Option<f64>,
+    pub garage_cpu: Option<f64>,
 }
 
 impl Row {
@@ -64,14 +65,14 @@ impl Row {
 
 /// A pgwarden child that is stopped (SIGTERM, by its pid) however the bench ends,
 /// a panic included.
-struct Guard(Option<std::process::Child>);
+pub struct Guard(pub Option<std::process::Child>);
 
 impl Guard {
-    fn id(&self) -> u32 {
+    pub fn id(&self) -> u32 {
         self.0.as_ref().map_or(0, |c| c.id())
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.0.take() {
             stop(&mut c);
         }
@@ -106,7 +107,7 @@ impl Drop for Postmaster {
 }
 
 /// CPU seconds of a running process and of its children it has reaped, from /proc.
-fn cpu_with_children(pid: u32) -> f64 {
+pub fn cpu_with_children(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<f64> = stat
         .rsplit(')')
@@ -227,7 +228,7 @@ fn milestones(log: &str, wants: &[&str]) -> Vec<(String, f64)> {
 }
 
 /// Switches to a new segment and waits until postgres has archived it.
-fn switch_and_wait_archived(port: u16) {
+pub fn switch_and_wait_archived(port: u16) {
     let last = psql(port, "postgres", "SELECT pg_walfile_name(pg_switch_wal())");
     let t0 = Instant::now();
     while psql(
@@ -244,20 +245,33 @@ fn switch_and_wait_archived(port: u16) {
     }
 }
 
-fn set_env(w: &mut Warden, key: &str, value: &str) {
+pub fn set_env(w: &mut Warden, key: &str, value: &str) {
     w.env.retain(|(k, _)| k != key);
     w.env.push((key.to_owned(), value.to_owned()));
 }
 
 /// `pgwarden backup` against the running `pgwarden run` (pid `pid`), which does the
 /// work; with `perf` set, that process and Garage are profiled meanwhile.
-fn pgwarden_backup(
+pub fn pgwarden_backup(
     bin: &Path,
     w: &Warden,
     pid: u32,
     label: &str,
     perf: Option<(&Path, u32)>,
 ) -> (Row, String, String) {
+    pgwarden_backup_with(bin, w, pid, label, perf, &[]).0
+}
+
+/// [`pgwarden_backup`] with more arguments (`--incremental`); also returns the
+/// backup's JSON.
+pub fn pgwarden_backup_with(
+    bin: &Path,
+    w: &Warden,
+    pid: u32,
+    label: &str,
+    perf: Option<(&Path, u32)>,
+    args: &[&str],
+) -> ((Row, String, String), serde_json::Value) {
     let cpu0 = cpu_with_children(pid);
     let idle = rss_kb(pid);
     let profiler = perf.map(|(out, garage)| Profiler::start(out, &[pid, garage]));
@@ -265,6 +279,7 @@ fn pgwarden_backup(
     let t0 = Instant::now();
     let out = Command::new(bin)
         .arg("backup")
+        .args(args)
         .envs(w.env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
@@ -289,7 +304,8 @@ fn pgwarden_backup(
         peak as f64 / 1024.0,
         rss_kb(pid) as f64 / 1024.0
     );
-    (row, info["backup_id"].as_str().unwrap().to_owned(), note)
+    let id = info["backup_id"].as_str().unwrap().to_owned();
+    ((row, id, note), info)
 }
 
 /// `perf record -g` of some processes, stopped (SIGINT, by its pid) when dropped.
@@ -337,7 +353,7 @@ fn best_of(n: usize, mut measure: impl FnMut(usize) -> Row) -> Row {
 }
 
 /// The Garage server's pid, found by its configuration file in /proc.
-fn garage_pid(garage: &Garage) -> Option<u32> {
+pub fn garage_pid(garage: &Garage) -> Option<u32> {
     let conf = garage.dir.path().join("garage.toml").display().to_string();
     std::fs::read_dir("/proc").ok()?.find_map(|e| {
         let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
@@ -347,7 +363,7 @@ fn garage_pid(garage: &Garage) -> Option<u32> {
     })
 }
 
-fn loadavg() -> String {
+pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -684,18 +700,32 @@ pub fn run(bin: &Path) {
     );
 }
 
-/// Time to a writable primary from that gzip backup: pgwarden's bootstrap
-/// against barman-cloud-restore and postgres recovering through barman-cloud-wal-restore.
-fn restore(
+/// What a bootstrap from a backup took.
+pub struct Bootstrap {
+    /// Seconds from pgwarden's start until `/primary` answers 200.
+    pub total: f64,
+    /// Seconds into its log when the backup was extracted.
+    pub extracted: f64,
+    /// CPU seconds of `pgwarden run` and its reaped children.
+    pub cpu: f64,
+    /// Peak RSS of `pgwarden run`, KiB.
+    pub peak_kb: u64,
+    /// Milestones of its log, seconds from its first line.
+    pub phases: Vec<(String, f64)>,
+    /// WAL files it restored from the archive.
+    pub segments: usize,
+}
+
+/// `pgwarden run` bootstrapping an empty PGDATA in `dir` from backup `id` of server
+/// [`SOURCE`] at `url`, until it is a writable primary; then stopped.
+pub fn bootstrap(
     bin: &Path,
     dir: &Path,
-    garage: &Garage,
     url: &str,
     id: &str,
     env: &[(String, String)],
-    perf: Option<&Path>,
-) {
-    let mut w = Warden::new(&dir.join("restored"));
+) -> Bootstrap {
+    let mut w = Warden::new(dir);
     w.env.extend(env.iter().cloned());
     set_env(&mut w, "PGWARDEN_NAME", "restored");
     set_env(&mut w, "PGWARDEN_RESTORE_URL", url);
@@ -746,6 +776,36 @@ fn restore(
         .find(|(m, _)| m == "backup extracted")
         .map_or(f64::NAN, |(_, t)| *t);
     child.stop();
+
+    Bootstrap {
+        total: pw_total,
+        extracted,
+        cpu,
+        peak_kb: peak,
+        phases,
+        segments: pw_segments,
+    }
+}
+
+/// Time to a writable primary from that gzip backup: pgwarden's bootstrap
+/// against barman-cloud-restore and postgres recovering through barman-cloud-wal-restore.
+fn restore(
+    bin: &Path,
+    dir: &Path,
+    garage: &Garage,
+    url: &str,
+    id: &str,
+    env: &[(String, String)],
+    perf: Option<&Path>,
+) {
+    let Bootstrap {
+        total: pw_total,
+        extracted,
+        cpu,
+        peak_kb: peak,
+        phases,
+        segments: pw_segments,
+    } = bootstrap(bin, &dir.join("restored"), url, id, env);
 
     // barman-cloud: the same backup into an empty directory, then postgres recovers
     // with barman-cloud-wal-restore as its restore_command, to the end of the archive.

@@ -1,11 +1,12 @@
 //! `make bench`: pgwarden's figures next to the reference tools', measured in one run on
 //! the same data. Prints a report; asserts nothing.
 //!
-//! Usage: `cargo run --release --example bench -- [startup|replica|wal|backup|ha|all]`
+//! Usage: `cargo run --release --example bench -- [startup|replica|wal|backup|incremental|ha|all]`
 
 mod backup;
 mod ha;
 mod harness;
+mod incremental;
 mod replica;
 mod startup;
 mod wal;
@@ -28,6 +29,9 @@ fn main() {
     }
     if which == "all" || which == "backup" {
         backup::run(&bin);
+    }
+    if which == "all" || which == "incremental" {
+        incremental::run(&bin);
     }
     if which == "all" || which == "ha" {
         ha::run(&bin);
