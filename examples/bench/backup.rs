@@ -237,8 +237,9 @@ pub fn switch_and_wait_archived(port: u16) {
         "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
     ) < last
     {
+        // Generous: a scale-200 load is hundreds of segments, on a shared machine.
         assert!(
-            t0.elapsed() < Duration::from_secs(600),
+            t0.elapsed() < Duration::from_secs(1800),
             "{last} not archived"
         );
         std::thread::sleep(Duration::from_millis(50));
