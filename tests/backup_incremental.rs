@@ -139,7 +139,10 @@ async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
     // The chain restored: every row, the dropped table gone, the copied database
     // there; pg_verifybackup checked the reconstruction against I2's manifest.
     let mut restored = restoring_as(tmp.path(), &store, "src", "restored");
-    restored.start().wait_ready();
+    // Promoted at the end of the archive (pg_amcheck below installs its extension).
+    restored
+        .start()
+        .wait_for("/primary", 200, std::time::Duration::from_secs(120));
     let log = restored.log();
     assert!(log.contains("restoring its chain"), "{log}");
     assert_eq!(
