@@ -72,16 +72,27 @@ impl Read for Chunks {
     }
 }
 
-/// Extracts the object `key` into `dest`; returns the SHA-256 (hex) and size of the
-/// object as stored.
+/// How many times in a row a part's download is resumed after a transient failure
+/// (a connection reset, a 5xx) without receiving a byte in between.
+pub const RESUMES: u32 = 5;
+
+/// Paths (as the tar names them) an extraction leaves alone: a delta restore's kept
+/// files ([`super::delta`]).
+pub type Skip = std::sync::Arc<std::collections::HashSet<String>>;
+
+/// Extracts the object `key` into `dest`, leaving out the files `skip` names; returns
+/// the SHA-256 (hex) and size of the object as stored, and the bytes of the files
+/// written. A download that fails midway is resumed from the byte received (see
+/// [`RESUMES`]), only if the object is still the one it began reading.
 pub async fn extract(
     storage: &Backend,
     key: &str,
     compression: TarCompression,
     dest: &Path,
-) -> Result<(String, u64)> {
-    let mut download = storage
-        .download(key)
+    skip: Option<Skip>,
+) -> Result<(String, u64, u64)> {
+    let (download, version) = storage
+        .download_range(key, 0, None)
         .await
         .with_context(|| format!("read {key}"))?
         .with_context(|| format!("{key} is not in the archive"))?;
@@ -99,25 +110,40 @@ pub async fn extract(
             },
             compression,
             &dest_dir,
+            skip.as_deref(),
         )
         .with_context(|| format!("extract {key_owned}"))
     });
-    let fed = feed(&mut download, tx).await;
+    let fed = feed(storage, key, download, &version, tx).await;
     let extracted = untar.await.context("the extraction thread failed")?;
     // A failed download cuts the extraction short: its own error says more.
     fed.with_context(|| format!("read {key}"))?;
     extracted
 }
 
-/// Sends the download's chunks until its end, or until the extraction stops reading.
+/// Sends the download's chunks until its end, or until the extraction stops reading;
+/// resumes a download that fails midway with a ranged read of the same version.
 async fn feed(
-    download: &mut crate::wal::storage::Download,
+    storage: &Backend,
+    key: &str,
+    mut download: crate::wal::storage::Download,
+    version: &str,
     tx: tokio::sync::mpsc::Sender<Msg>,
 ) -> Result<(), StorageError> {
+    let mut received = 0u64;
+    let mut failures = 0u32;
     loop {
-        let msg = match download.chunk().await? {
-            Some(b) => Msg::Data(b),
-            None => Msg::End,
+        let msg = match download.chunk().await {
+            Ok(Some(b)) => {
+                received += b.len() as u64;
+                failures = 0;
+                Msg::Data(b)
+            }
+            Ok(None) => Msg::End,
+            Err(e) => {
+                download = resume(storage, key, received, version, &mut failures, e).await?;
+                continue;
+            }
         };
         let end = matches!(msg, Msg::End);
         if tx.send(msg).await.is_err() || end {
@@ -126,11 +152,45 @@ async fn feed(
     }
 }
 
+/// Opens `key` again from byte `from`, after `failed`; gives up after [`RESUMES`]
+/// failures in a row, on an error that is not transient, or when the object changed.
+async fn resume(
+    storage: &Backend,
+    key: &str,
+    from: u64,
+    version: &str,
+    failures: &mut u32,
+    mut failed: StorageError,
+) -> Result<crate::wal::storage::Download, StorageError> {
+    loop {
+        if !failed.is_transient() || *failures >= RESUMES {
+            return Err(failed);
+        }
+        *failures += 1;
+        tracing::warn!(key, received = from, attempt = *failures, error = %failed, "a part's download failed midway; resuming it from the byte received");
+        tokio::time::sleep(std::time::Duration::from_millis(200 << (*failures).min(5))).await;
+        match storage.download_range(key, from, Some(version)).await {
+            Ok(Some((d, _))) => return Ok(d),
+            Ok(None) => {
+                return Err(StorageError::Fatal(format!(
+                    "{key} was removed while it was being downloaded"
+                )))
+            }
+            Err(e) => failed = e,
+        }
+    }
+}
+
 /// Untars `input` into `dest`, then reads it to its end so that the gzip trailer's CRC
 /// and the whole object's SHA-256 are checked. A gzip object is inflated on a thread of
 /// its own, a few chunks ahead of the untarring (file creation and writes): each is
 /// about half the work, and one thread doing both left a core idle.
-fn untar(input: Chunks, compression: TarCompression, dest: &Path) -> Result<(String, u64)> {
+fn untar(
+    input: Chunks,
+    compression: TarCompression,
+    dest: &Path,
+    skip: Option<&std::collections::HashSet<String>>,
+) -> Result<(String, u64, u64)> {
     match compression {
         TarCompression::Gzip => {
             let (tx, rx) = std::sync::mpsc::sync_channel(INFLATED_IN_FLIGHT);
@@ -143,25 +203,26 @@ fn untar(input: Chunks, compression: TarCompression, dest: &Path) -> Result<(Str
                 cur: Vec::new(),
                 pos: 0,
             });
-            let unpacked = ar.unpack(dest);
+            let unpacked = unpack(&mut ar, dest, skip);
             // The rest (the tar's end blocks), so that the inflater reaches the trailer.
-            let drained =
-                unpacked.and_then(|()| io::copy(&mut ar.into_inner(), &mut io::sink()).map(|_| ()));
+            let drained = unpacked.and_then(|written| {
+                io::copy(&mut ar.into_inner(), &mut io::sink()).map(|_| written)
+            });
             let inflated = inflater
                 .join()
                 .map_err(|_| anyhow::anyhow!("the inflating thread panicked"))?;
             // The inflater's error says more (a damaged gzip stream, a cut download)
             // than what the untarring saw of it.
             let (sha, total) = inflated.context("the gzip stream is damaged")?;
-            drained?;
-            Ok((sha, total))
+            Ok((sha, total, drained?))
         }
         TarCompression::None => {
             let mut ar = archive(input);
-            ar.unpack(dest)?;
+            let written = unpack(&mut ar, dest, skip)?;
             let mut rest = ar.into_inner();
             io::copy(&mut rest, &mut io::sink())?;
-            Ok(finish(rest))
+            let (sha, total) = finish(rest);
+            Ok((sha, total, written))
         }
     }
 }
@@ -233,6 +294,41 @@ impl Read for Inflated {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// Unpacks the archive into `dest` as [`tar::Archive::unpack`] does (directories
+/// last, deepest first, so that a read-only one does not stop its files), leaving out
+/// the files `skip` names; returns the bytes of the files written.
+fn unpack<R: Read>(
+    ar: &mut ::tar::Archive<R>,
+    dest: &Path,
+    skip: Option<&std::collections::HashSet<String>>,
+) -> io::Result<u64> {
+    std::fs::create_dir_all(dest)?;
+    let dest = &dest.canonicalize().unwrap_or_else(|_| dest.to_path_buf());
+    let mut written = 0;
+    let mut dirs = Vec::new();
+    for entry in ar.entries()? {
+        let mut e = entry?;
+        if e.header().entry_type() == ::tar::EntryType::Directory {
+            dirs.push(e);
+            continue;
+        }
+        if let Some(skip) = skip {
+            let path = e.path()?;
+            let path = path.to_string_lossy();
+            if skip.contains(path.trim_start_matches("./")) {
+                continue;
+            }
+        }
+        written += e.size();
+        e.unpack_in(dest)?;
+    }
+    dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut d in dirs {
+        d.unpack_in(dest)?;
+    }
+    Ok(written)
 }
 
 fn archive<R: Read>(r: R) -> ::tar::Archive<R> {
