@@ -267,9 +267,9 @@ async fn build_in(
 /// manifest, a checked copy of its cluster keeps its matching files (`Some`, the paths
 /// the extraction leaves alone) and, when only the last data part's files are needed,
 /// `objects` shrinks to that part. Without a manifest (a backup taken before pgwarden
-/// stored one, barman-cloud's), with tablespaces, or over a directory that is no copy
-/// of the cluster, `dir` is emptied and the backup restored whole (`None`), said in
-/// the log.
+/// stored one, barman-cloud's) or with tablespaces, `dir` is emptied and the backup
+/// restored whole (`None`), said in the log. A directory that is no copy of the
+/// backup's cluster, or that postgres runs on, is refused untouched.
 async fn delta_over(
     storage: &Backend,
     b: &BackupInfo,
@@ -322,7 +322,9 @@ async fn delta_over(
         .await
         .context("the checking thread")?;
     if let Err(refused) = copy {
-        if matches!(refused, delta::Refused::Running(..)) {
+        // Never over another cluster, nor under a running postgres: refused with
+        // the directory as it was.
+        if !matches!(refused, delta::Refused::Unsupported(..)) {
             return Err(refused.into());
         }
         tracing::warn!(reason = %refused, "a delta restore is not possible; restoring the whole backup");
