@@ -21,6 +21,11 @@ use std::path::Path;
 /// Files always written from the backup, whatever the directory holds.
 pub const ALWAYS_FETCHED: &[&str] = &["global/pg_control", "backup_label"];
 
+/// Directories kept (emptied) even with no file of the backup in them: the WAL
+/// daemon of a running pgwarden holds `pg_wal` open (see `crate::wal::local`), and a
+/// rebuilt replica's must stay the directory it archives from.
+pub const KEPT_DIRS: &[&str] = &["pg_wal", "pg_wal/archive_status"];
+
 /// Why a directory cannot be restored over with a delta; nothing in it was touched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
@@ -208,7 +213,7 @@ fn walk(
         if kind.is_dir() {
             if walk(root, &path, listed, d)? {
                 any = true;
-            } else {
+            } else if !KEPT_DIRS.contains(&path.as_str()) {
                 // Nothing of the backup in it: the parts recreate it if the backup has it.
                 std::fs::remove_dir_all(&full)
                     .with_context(|| format!("remove {}", full.display()))?;
@@ -394,7 +399,11 @@ mod tests {
             !dir.join("base/6").exists(),
             "a directory with nothing kept goes"
         );
-        assert!(!dir.join("pg_wal").exists());
+        assert!(!dir.join("pg_wal/000000010000000000000001").exists());
+        assert!(
+            dir.join("pg_wal").is_dir(),
+            "pg_wal stays the same directory"
+        );
         assert!(!dir.join("postmaster.pid").exists());
         assert!(!d.only_last_part(&files));
         let mut all = d.clone();
