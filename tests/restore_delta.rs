@@ -268,7 +268,7 @@ async fn a_download_cut_midway_resumes_and_a_part_changed_meanwhile_is_refused()
 
 /// Field `key` of the last (JSON) log line containing `needle`.
 fn field(log: &str, needle: &str, key: &str) -> Option<u64> {
-    let line = log.lines().filter(|l| l.contains(needle)).last()?;
+    let line = log.lines().rfind(|l| l.contains(needle))?;
     serde_json::from_str::<serde_json::Value>(line).ok()?[key].as_u64()
 }
 

@@ -180,7 +180,10 @@ mod tests {
         let back = parse(&m).unwrap();
         assert_eq!(back.system_id, Some(7716201325310117866));
         assert_eq!(back.files[0].crc32c, files[0].crc32c);
-        assert_eq!((back.files[0].path.as_str(), back.files[0].size), ("PG_VERSION", 3));
+        assert_eq!(
+            (back.files[0].path.as_str(), back.files[0].size),
+            ("PG_VERSION", 3)
+        );
         let damaged = m.replace("\"Size\": 3", "\"Size\": 4");
         assert!(parse(&damaged).unwrap_err().contains("damaged"));
         let old = render(&files, &Range { major: 15, ..range });
