@@ -304,6 +304,12 @@ fn unpack<R: Read>(
     dest: &Path,
     skip: Option<&std::collections::HashSet<String>>,
 ) -> io::Result<u64> {
+    let Some(skip) = skip else {
+        // A whole restore: tar's own unpacking; the bytes written are the object's
+        // files, counted by the caller from the object's size.
+        ar.unpack(dest)?;
+        return Ok(0);
+    };
     std::fs::create_dir_all(dest)?;
     let dest = &dest.canonicalize().unwrap_or_else(|_| dest.to_path_buf());
     let mut written = 0;
@@ -314,12 +320,9 @@ fn unpack<R: Read>(
             dirs.push(e);
             continue;
         }
-        if let Some(skip) = skip {
-            let path = e.path()?;
-            let path = path.to_string_lossy();
-            if skip.contains(path.trim_start_matches("./")) {
-                continue;
-            }
+        let path = e.path()?;
+        if skip.contains(path.to_string_lossy().trim_start_matches("./")) {
+            continue;
         }
         written += e.size();
         e.unpack_in(dest)?;

@@ -243,7 +243,12 @@ async fn build_in(
         stored += size;
         written += wrote;
     }
-    info!(backup_id = %b.backup_id, bytes = stored, written, seconds = started.elapsed().as_secs_f64(), "backup extracted");
+    if skip.is_some() {
+        // A delta: the bytes of the files it wrote, beside the ones it kept.
+        info!(backup_id = %b.backup_id, bytes = stored, written, seconds = started.elapsed().as_secs_f64(), "backup extracted");
+    } else {
+        info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
+    }
     // Before the manifest check: pg_verifybackup follows the links to the
     // tablespaces' files.
     tablespaces::settle(staging, &spaces)?;
