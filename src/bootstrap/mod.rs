@@ -68,7 +68,7 @@ pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
         DataDirState::Missing | DataDirState::Empty => bootstrap(s, runner).await,
         DataDirState::InterruptedBootstrap => {
             warn!(pgdata = %s.pgdata.display(), "an earlier bootstrap was interrupted; starting it again from clean");
-            clean_interrupted(&s.pgdata, s.major_version)?;
+            clean_interrupted(&s.pgdata, s.major_version, seeds_from_archive(s))?;
             bootstrap(s, runner).await
         }
         DataDirState::Foreign(entries) => bail!(
@@ -128,7 +128,10 @@ async fn clone(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> {
 /// Seeds a standby from the latest backup in the cluster's own archive; postgres then
 /// replays the archived WAL (restore_command) and streams from the primary.
 async fn seed(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> {
-    let plan = restore::plan_seed(s, runner).await?;
+    let mut plan = restore::plan_seed(s, runner).await?;
+    // What a discarded cluster left in staging (see clean_interrupted): kept where it
+    // matches the backup, a delta restore.
+    plan.allow_delta();
     let backup_id = plan.backup().backup_id.clone();
     info!(backup_id = %backup_id, "seeding this replica from the archive's latest backup instead of pg_basebackup");
     restore::build(s, plan, runner, staging).await?;
@@ -178,13 +181,46 @@ fn commit(staging: &Path, pgdata: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a bootstrap of this member seeds it from the archive's latest backup
+/// (`PGWARDEN_CLONE_FROM=archive`, a replica that does not restore a backup of its
+/// own): then a discarded cluster still in PGDATA is worth a delta restore.
+fn seeds_from_archive(s: &Settings) -> bool {
+    s.role == Role::Replica
+        && s.clone_from == crate::settings::restore::CloneFrom::Archive
+        && !(s.restore.is_some() && s.follows_archive())
+}
+
 /// Removes what an interrupted bootstrap left: PGDATA was empty when it began, so
-/// everything but `lost+found` is ours.
-fn clean_interrupted(pgdata: &Path, major: u32) -> Result<()> {
+/// everything but `lost+found` is ours. With `keep_cluster`, a cluster discarded
+/// whole (its `global/pg_control` still in PGDATA: `pgwarden reinit`, a failed
+/// rewind) moves into the staging directory instead, for the seed's delta restore
+/// ([`restore::delta`]), `global` last: a move cut short leaves that, and the next
+/// attempt starts it again.
+fn clean_interrupted(pgdata: &Path, major: u32, keep_cluster: bool) -> Result<()> {
     let staging = pgdata::staging_dir(pgdata);
     stop_stale_postmaster(&staging);
     clean_interrupted_waldir(&staging)?;
     restore::tablespaces::empty_interrupted(&staging, major)?;
+    if keep_cluster && pgdata.join("global/pg_control").is_file() {
+        if staging.exists() {
+            fsutil::remove_entry(&staging)
+                .with_context(|| format!("remove {}", staging.display()))?;
+        }
+        std::fs::create_dir(&staging).with_context(|| format!("create {}", staging.display()))?;
+        let mut names: Vec<_> = std::fs::read_dir(pgdata)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        names.retain(|n| n != "lost+found" && n.as_os_str() != pgdata::STAGING_DIR);
+        names.sort_by_key(|n| (n == "global", n.clone()));
+        for name in &names {
+            std::fs::rename(pgdata.join(name), staging.join(name)).with_context(|| {
+                format!("move {} into {}", name.to_string_lossy(), staging.display())
+            })?;
+        }
+        fsutil::fsync_dir(pgdata)?;
+        info!(pgdata = %pgdata.display(), "the discarded cluster is kept aside for a delta restore from the archive");
+        return Ok(());
+    }
     for entry in std::fs::read_dir(pgdata)? {
         let entry = entry?;
         let name = entry.file_name();

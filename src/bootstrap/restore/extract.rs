@@ -72,35 +72,48 @@ impl Read for Chunks {
     }
 }
 
-/// Extracts the object `key` into `dest`; returns the SHA-256 (hex) and size of the
-/// object as stored.
+/// How many times in a row a part's download is resumed after a transient failure
+/// (a connection reset, a 5xx) without receiving a byte in between.
+pub const RESUMES: u32 = 5;
+
+/// Paths (as the tar names them) an extraction leaves alone: a delta restore's kept
+/// files ([`super::delta`]).
+pub type Skip = std::sync::Arc<std::collections::HashSet<String>>;
+
+/// Extracts the object `key` into `dest`, leaving out the files `skip` names; returns
+/// the SHA-256 (hex) and size of the object as stored, and the bytes of the files
+/// written. A download that fails midway is resumed from the byte received (see
+/// [`RESUMES`]), only if the object is still the one it began reading.
 pub async fn extract(
     storage: &Backend,
     key: &str,
     compression: TarCompression,
     dest: &Path,
-) -> Result<(String, u64)> {
+    skip: Option<Skip>,
+) -> Result<(String, u64, u64)> {
     let dest = dest.to_path_buf();
     extract_with(storage, key, compression, move |tar| {
-        archive(tar).unpack(&dest)
+        unpack(&mut archive(tar), &dest, skip.as_deref())
     })
     .await
 }
 
-/// Streams the object `key` through `handle`, which reads the tar from the reader it is
-/// given (a restore of an incremental backup's chain writes block by block); returns
-/// the SHA-256 (hex) and size of the object as stored.
+/// Streams the object `key` through `handle`, which reads the tar from the reader it
+/// is given and returns the bytes it wrote (a restore of an incremental backup's chain
+/// writes block by block); returns the SHA-256 (hex) and size of the object as stored,
+/// and what `handle` returned. A download that fails midway is resumed as
+/// [`extract`]'s is.
 pub async fn extract_with<F>(
     storage: &Backend,
     key: &str,
     compression: TarCompression,
     handle: F,
-) -> Result<(String, u64)>
+) -> Result<(String, u64, u64)>
 where
-    F: FnOnce(&mut dyn Read) -> io::Result<()> + Send + 'static,
+    F: FnOnce(&mut dyn Read) -> io::Result<u64> + Send + 'static,
 {
-    let mut download = storage
-        .download(key)
+    let (download, version) = storage
+        .download_range(key, 0, None)
         .await
         .with_context(|| format!("read {key}"))?
         .with_context(|| format!("{key} is not in the archive"))?;
@@ -120,22 +133,36 @@ where
         )
         .with_context(|| format!("extract {key_owned}"))
     });
-    let fed = feed(&mut download, tx).await;
+    let fed = feed(storage, key, download, &version, tx).await;
     let extracted = untar.await.context("the extraction thread failed")?;
     // A failed download cuts the extraction short: its own error says more.
     fed.with_context(|| format!("read {key}"))?;
     extracted
 }
 
-/// Sends the download's chunks until its end, or until the extraction stops reading.
+/// Sends the download's chunks until its end, or until the extraction stops reading;
+/// resumes a download that fails midway with a ranged read of the same version.
 async fn feed(
-    download: &mut crate::wal::storage::Download,
+    storage: &Backend,
+    key: &str,
+    mut download: crate::wal::storage::Download,
+    version: &str,
     tx: tokio::sync::mpsc::Sender<Msg>,
 ) -> Result<(), StorageError> {
+    let mut received = 0u64;
+    let mut failures = 0u32;
     loop {
-        let msg = match download.chunk().await? {
-            Some(b) => Msg::Data(b),
-            None => Msg::End,
+        let msg = match download.chunk().await {
+            Ok(Some(b)) => {
+                received += b.len() as u64;
+                failures = 0;
+                Msg::Data(b)
+            }
+            Ok(None) => Msg::End,
+            Err(e) => {
+                download = resume(storage, key, received, version, &mut failures, e).await?;
+                continue;
+            }
         };
         let end = matches!(msg, Msg::End);
         if tx.send(msg).await.is_err() || end {
@@ -144,13 +171,43 @@ async fn feed(
     }
 }
 
-/// Untars `input` into `dest`, then reads it to its end so that the gzip trailer's CRC
-/// and the whole object's SHA-256 are checked. A gzip object is inflated on a thread of
-/// its own, a few chunks ahead of the untarring (file creation and writes): each is
-/// about half the work, and one thread doing both left a core idle.
-fn untar<F>(input: Chunks, compression: TarCompression, handle: F) -> Result<(String, u64)>
+/// Opens `key` again from byte `from`, after `failed`; gives up after [`RESUMES`]
+/// failures in a row, on an error that is not transient, or when the object changed.
+async fn resume(
+    storage: &Backend,
+    key: &str,
+    from: u64,
+    version: &str,
+    failures: &mut u32,
+    mut failed: StorageError,
+) -> Result<crate::wal::storage::Download, StorageError> {
+    loop {
+        if !failed.is_transient() || *failures >= RESUMES {
+            return Err(failed);
+        }
+        *failures += 1;
+        tracing::warn!(key, received = from, attempt = *failures, error = %failed, "a part's download failed midway; resuming it from the byte received");
+        tokio::time::sleep(std::time::Duration::from_millis(200 << (*failures).min(5))).await;
+        match storage.download_range(key, from, Some(version)).await {
+            Ok(Some((d, _))) => return Ok(d),
+            Ok(None) => {
+                return Err(StorageError::Fatal(format!(
+                    "{key} was removed while it was being downloaded"
+                )))
+            }
+            Err(e) => failed = e,
+        }
+    }
+}
+
+/// Feeds `input`, decompressed, to `handle` (which untars it), then reads it to its
+/// end so that the gzip trailer's CRC and the whole object's SHA-256 are checked. A
+/// gzip object is inflated on a thread of its own, a few chunks ahead of the untarring
+/// (file creation and writes): each is about half the work, and one thread doing both
+/// left a core idle.
+fn untar<F>(input: Chunks, compression: TarCompression, handle: F) -> Result<(String, u64, u64)>
 where
-    F: FnOnce(&mut dyn Read) -> io::Result<()>,
+    F: FnOnce(&mut dyn Read) -> io::Result<u64>,
 {
     match compression {
         TarCompression::Gzip => {
@@ -166,22 +223,22 @@ where
             };
             let unpacked = handle(&mut inflated);
             // The rest (the tar's end blocks), so that the inflater reaches the trailer.
-            let drained =
-                unpacked.and_then(|()| io::copy(&mut inflated, &mut io::sink()).map(|_| ()));
+            let drained = unpacked
+                .and_then(|written| io::copy(&mut inflated, &mut io::sink()).map(|_| written));
             let inflated = inflater
                 .join()
                 .map_err(|_| anyhow::anyhow!("the inflating thread panicked"))?;
             // The inflater's error says more (a damaged gzip stream, a cut download)
             // than what the untarring saw of it.
             let (sha, total) = inflated.context("the gzip stream is damaged")?;
-            drained?;
-            Ok((sha, total))
+            Ok((sha, total, drained?))
         }
         TarCompression::None => {
             let mut input = input;
-            handle(&mut input)?;
+            let written = handle(&mut input)?;
             io::copy(&mut input, &mut io::sink())?;
-            Ok(finish(input))
+            let (sha, total) = finish(input);
+            Ok((sha, total, written))
         }
     }
 }
@@ -253,6 +310,44 @@ impl Read for Inflated {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// Unpacks the archive into `dest` as [`tar::Archive::unpack`] does (directories
+/// last, deepest first, so that a read-only one does not stop its files), leaving out
+/// the files `skip` names; returns the bytes of the files written.
+fn unpack<R: Read>(
+    ar: &mut ::tar::Archive<R>,
+    dest: &Path,
+    skip: Option<&std::collections::HashSet<String>>,
+) -> io::Result<u64> {
+    let Some(skip) = skip else {
+        // A whole restore: tar's own unpacking; the bytes written are the object's
+        // files, counted by the caller from the object's size.
+        ar.unpack(dest)?;
+        return Ok(0);
+    };
+    std::fs::create_dir_all(dest)?;
+    let dest = &dest.canonicalize().unwrap_or_else(|_| dest.to_path_buf());
+    let mut written = 0;
+    let mut dirs = Vec::new();
+    for entry in ar.entries()? {
+        let mut e = entry?;
+        if e.header().entry_type() == ::tar::EntryType::Directory {
+            dirs.push(e);
+            continue;
+        }
+        let path = e.path()?;
+        if skip.contains(path.to_string_lossy().trim_start_matches("./")) {
+            continue;
+        }
+        written += e.size();
+        e.unpack_in(dest)?;
+    }
+    dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut d in dirs {
+        d.unpack_in(dest)?;
+    }
+    Ok(written)
 }
 
 /// A tar reader set as every restore reads: modes and times kept, nothing

@@ -17,6 +17,7 @@
 
 pub mod chain;
 pub mod choose;
+pub mod delta;
 pub mod extract;
 pub mod tablespaces;
 
@@ -53,9 +54,17 @@ pub struct Plan {
     spaces: Vec<tablespaces::Placed>,
     then: Then,
     names: SettingNames,
+    delta: bool,
 }
 
 impl Plan {
+    /// Lets [`build`] restore over what its directory already holds when that is a
+    /// copy of the backup's cluster, keeping the files that match (see [`delta`]);
+    /// anything else there is removed first and the backup restored whole.
+    pub fn allow_delta(&mut self) {
+        self.delta = true;
+    }
+
     /// The backup chosen.
     pub fn backup(&self) -> &BackupInfo {
         &self.backup
@@ -133,6 +142,7 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then, pgdata: &Path) ->
         spaces,
         then,
         names,
+        delta: false,
     })
 }
 
@@ -192,27 +202,41 @@ async fn build_in(
     let Plan {
         storage,
         backup: b,
-        objects,
+        mut objects,
         older,
         spaces,
         then,
         names,
+        delta,
     } = plan;
     std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
+    // ---- delta restore (see delta.rs): what the directory keeps, which parts to read.
+    let chained = !older.is_empty();
+    let skip = if delta && chained {
+        // Blocks of a chain are written where they belong, over whatever is there:
+        // only a directory emptied first gives a faithful reconstruction.
+        tracing::warn!(dir = %staging.display(), "a delta restore of an incremental backup's chain is not supported; restoring it whole");
+        empty(staging).await?;
+        None
+    } else if delta {
+        delta_over(&storage, &b, staging, s.major_version, &mut objects).await?
+    } else {
+        None
+    };
+    // ---- end of delta restore.
     let owner = s.run_as.as_ref().map(|u| u.owner());
     tablespaces::create(&spaces, owner, made)?;
     // Linked before they are filled: an interrupted bootstrap finds them (see
     // tablespaces::empty_interrupted).
     tablespaces::link(staging, &spaces)?;
     let started = std::time::Instant::now();
-    let mut stored = 0u64;
+    let (mut stored, mut written) = (0u64, 0u64);
     // The parts of a backup hold disjoint files (a file never spans parts): they are
     // fetched, decompressed and written concurrently, PGWARDEN_BACKUP_JOBS at a time.
     // The backups of an incremental's chain follow one another, newest first (see
     // chain).
     let backup_id_setting = names.backup_id;
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(s.backups.jobs.max(1)));
-    let chained = !older.is_empty();
     let files = std::sync::Arc::new(chain::Files::default());
     let members = std::iter::once((b.clone(), objects)).chain(older);
     for (i, (member, objects)) in members.enumerate() {
@@ -220,11 +244,12 @@ async fn build_in(
         let incremental = list::is_incremental(&member);
         let mut tasks = tokio::task::JoinSet::new();
         for (key, compression, holds) in objects {
-            let (storage, recorded, limit, files) = (
+            let (storage, recorded, limit, files, skip) = (
                 storage.clone(),
                 recorded.clone(),
                 limit.clone(),
                 files.clone(),
+                skip.clone(),
             );
             let dest = match holds {
                 Holds::Data => staging.to_path_buf(),
@@ -238,25 +263,27 @@ async fn build_in(
             };
             tasks.spawn(async move {
                 let _slot = limit.acquire_owned().await?;
-                let (sha, size) = if chained {
+                let (sha, size, wrote) = if chained {
                     extract::extract_with(&storage, &key, compression, move |tar| {
-                        chain::apply(tar, &dest, i == 0, incremental, &files)
+                        chain::apply(tar, &dest, i == 0, incremental, &files).map(|()| 0)
                     })
                     .await?
                 } else {
-                    extract::extract(&storage, &key, compression, &dest).await?
+                    extract::extract(&storage, &key, compression, &dest, skip).await?
                 };
                 let name = key.rsplit('/').next().unwrap_or(&key);
                 if recorded.get(name).is_some_and(|want| *want != sha) {
                     bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with {backup_id_setting}");
                 }
-                anyhow::Ok(size)
+                anyhow::Ok((size, wrote))
             });
         }
         while let Some(done) = tasks.join_next().await {
             // The first failure stops the others (dropping the set aborts them); the
             // staging directory is discarded by the caller.
-            stored += done.context("an extraction task")??;
+            let (size, wrote) = done.context("an extraction task")??;
+            stored += size;
+            written += wrote;
         }
     }
     if chained {
@@ -267,7 +294,12 @@ async fn build_in(
             )
         })?;
     }
-    info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
+    if skip.is_some() {
+        // A delta: the bytes of the files it wrote, beside the ones it kept.
+        info!(backup_id = %b.backup_id, bytes = stored, written, seconds = started.elapsed().as_secs_f64(), "backup extracted");
+    } else {
+        info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
+    }
     // Before the manifest check: pg_verifybackup follows the links to the
     // tablespaces' files.
     tablespaces::settle(staging, &spaces)?;
@@ -285,6 +317,118 @@ async fn build_in(
     tokio::task::spawn_blocking(move || finish(&dir, &locations, major, signal, owner))
         .await
         .context("the restore's last step failed")?
+}
+
+/// Prepares a delta restore over `dir` when it holds anything: with the backup's
+/// manifest, a checked copy of its cluster keeps its matching files (`Some`, the paths
+/// the extraction leaves alone) and, when only the last data part's files are needed,
+/// `objects` shrinks to that part. Without a manifest (a backup taken before pgwarden
+/// stored one, barman-cloud's) or with tablespaces, `dir` is emptied and the backup
+/// restored whole (`None`), said in the log. A directory that is no copy of the
+/// backup's cluster, or that postgres runs on, is refused untouched.
+async fn delta_over(
+    storage: &Backend,
+    b: &BackupInfo,
+    dir: &Path,
+    major: u32,
+    objects: &mut Vec<(String, TarCompression, Holds)>,
+) -> Result<Option<extract::Skip>> {
+    let holds_something = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .next()
+        .is_some();
+    if !holds_something {
+        return Ok(None);
+    }
+    let why_not = async {
+        if !b.tablespaces.is_empty() {
+            return Err("the backup has tablespaces".to_owned());
+        }
+        let Some((first, _, _)) = objects.first() else {
+            return Err("the backup has no data part".to_owned());
+        };
+        let key = match first.rsplit_once('/') {
+            Some((prefix, _)) => format!("{prefix}/{}", crate::backup::engine::manifest::OBJECT),
+            None => crate::backup::engine::manifest::OBJECT.to_owned(),
+        };
+        let body = match storage.get(&key).await {
+            Ok(Some((body, _))) => body,
+            Ok(None) => return Err(format!("backup {} has no {key} (taken by barman-cloud, or by pgwarden before it stored one)", b.backup_id)),
+            Err(e) => return Err(format!("read {key}: {e}")),
+        };
+        let manifest = crate::backup::engine::manifest::parse(&String::from_utf8_lossy(&body))
+            .map_err(|e| format!("{key}: {e}"))?;
+        let system_id: u64 = b
+            .systemid
+            .parse()
+            .map_err(|_| format!("backup {} has no system identifier", b.backup_id))?;
+        Ok((manifest, system_id))
+    }
+    .await;
+    let (manifest, system_id) = match why_not {
+        Ok(m) => m,
+        Err(why) => {
+            tracing::warn!(dir = %dir.display(), reason = %why, "a delta restore is not possible; restoring the whole backup");
+            empty(dir).await?;
+            return Ok(None);
+        }
+    };
+    let checked = dir.to_path_buf();
+    let copy = tokio::task::spawn_blocking(move || delta::check_copy(&checked, system_id, major))
+        .await
+        .context("the checking thread")?;
+    if let Err(refused) = copy {
+        // Never over another cluster, nor under a running postgres: refused with
+        // the directory as it was.
+        if !matches!(refused, delta::Refused::Unsupported(..)) {
+            return Err(refused.into());
+        }
+        tracing::warn!(reason = %refused, "a delta restore is not possible; restoring the whole backup");
+        empty(dir).await?;
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    let (files, at) = (manifest.files, dir.to_path_buf());
+    let (d, files) =
+        tokio::task::spawn_blocking(move || delta::prepare(&at, &files).map(|d| (d, files)))
+            .await
+            .context("the delta thread")??;
+    if d.only_last_part(&files) {
+        // The engine writes global/pg_control and backup_label into the last data
+        // part, opened after every other: nothing else needs reading.
+        if let Some(last) = objects.iter().rposition(|(_, _, h)| *h == Holds::Data) {
+            let kept = objects.remove(last);
+            objects.clear();
+            objects.push(kept);
+        }
+    }
+    info!(
+        backup_id = %b.backup_id,
+        kept_files = d.kept_files,
+        kept_bytes = d.kept_bytes,
+        fetched_files = d.fetch_files,
+        fetched_bytes = d.fetch_bytes,
+        removed_files = d.removed,
+        parts = objects.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "delta restore: keeping the files that match the backup's manifest, fetching the rest"
+    );
+    Ok(Some(std::sync::Arc::new(d.keep)))
+}
+
+/// Removes everything in `dir`, for a whole restore into it.
+async fn empty(dir: &Path) -> Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let path = entry?.path();
+            crate::fsutil::remove_entry(&path)
+                .with_context(|| format!("remove {}", path.display()))?;
+        }
+        Ok(())
+    })
+    .await
+    .context("the clean-up thread")?
 }
 
 /// The SHA-256 pgwarden recorded for each data object of `b`, by name (none for

@@ -213,6 +213,50 @@ impl FsStorage {
         }
     }
 
+    /// Reads `key` from byte `from` on, and what identifies this version of it (inode,
+    /// size, modification time: a file is replaced by a rename, never rewritten). With
+    /// `version`, only if the file is still that one: a changed file is
+    /// [`StorageError::Fatal`]; `None` when it no longer exists.
+    pub async fn download_range(
+        &self,
+        key: &str,
+        from: u64,
+        version: Option<&str>,
+    ) -> Result<Option<(tokio::fs::File, String)>, StorageError> {
+        use tokio::io::AsyncSeekExt;
+        let path = self.path(key);
+        let mut f = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(classify("read", &path, e)),
+        };
+        let meta = f.metadata().await.map_err(|e| classify("stat", &path, e))?;
+        let now = {
+            use std::os::unix::fs::MetadataExt;
+            format!(
+                "{}:{}:{}.{}",
+                meta.ino(),
+                meta.size(),
+                meta.mtime(),
+                meta.mtime_nsec()
+            )
+        };
+        if let Some(v) = version {
+            if v != now {
+                return Err(StorageError::Fatal(format!(
+                    "{}: the file changed since its download began",
+                    path.display()
+                )));
+            }
+        }
+        if from > 0 {
+            f.seek(io::SeekFrom::Start(from))
+                .await
+                .map_err(|e| classify("seek", &path, e))?;
+        }
+        Ok(Some((f, now)))
+    }
+
     /// Starts writing `key` in parts.
     pub fn begin_upload(&self, key: &str) -> Result<FsUpload, StorageError> {
         let path = self.path(key);

@@ -145,6 +145,28 @@ impl Backend {
         }
     }
 
+    /// Opens `key` for reading from byte `from` on, with what identifies this version
+    /// of it; given `version` (from an earlier call), only if the object is still that
+    /// version, so that a download resumed after a failure never splices two objects
+    /// ([`StorageError::Fatal`] when it changed). `None` when it does not exist.
+    pub async fn download_range(
+        &self,
+        key: &str,
+        from: u64,
+        version: Option<&str>,
+    ) -> Result<Option<(Download, String)>, StorageError> {
+        match self {
+            Backend::S3(s) => Ok(s
+                .download_range(key, from, version)
+                .await?
+                .map(|(b, v)| (Download::S3(b), v))),
+            Backend::Fs(f) => Ok(f
+                .download_range(key, from, version)
+                .await?
+                .map(|(b, v)| (Download::Fs(b), v))),
+        }
+    }
+
     /// Starts a multipart upload of `key`.
     pub async fn begin_upload(&self, key: &str) -> Result<Upload, StorageError> {
         match self {

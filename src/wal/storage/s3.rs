@@ -371,6 +371,45 @@ impl S3Storage {
         Ok(self.get_object(key).await?.map(|out| out.body))
     }
 
+    /// Reads `key` from byte `from` on (a ranged GET), and its ETag. With `etag`, only
+    /// if the object is still that version: `If-Match` asks the store, and the ETag it
+    /// answers with is compared too (for a store that ignores the condition). A
+    /// changed object is [`StorageError::Fatal`]; `None` when it no longer exists.
+    pub async fn download_range(
+        &self,
+        key: &str,
+        from: u64,
+        etag: Option<&str>,
+    ) -> Result<Option<(ByteStream, String)>, StorageError> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if from > 0 {
+            req = req.range(format!("bytes={from}-"));
+        }
+        if let Some(tag) = etag {
+            req = req.if_match(tag);
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) if status(&e) == Some(412) => {
+                return Err(StorageError::Fatal(format!(
+                "S3 GET {key}: the object changed since its download began (ETag is no longer {})",
+                etag.unwrap_or("-")
+            )))
+            }
+            Err(e) => return Err(classify("GET", key, e)),
+        };
+        let got = out.e_tag.clone().unwrap_or_default();
+        if let Some(tag) = etag {
+            if got != tag {
+                return Err(StorageError::Fatal(format!(
+                    "S3 GET {key}: the object changed since its download began (ETag {tag}, now {got})"
+                )));
+            }
+        }
+        Ok(Some((out.body, got)))
+    }
+
     /// GET of `key`, the body not read yet; `None` when it does not exist.
     async fn get_object(
         &self,
