@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::wal::Store;
 use common::*;
 use std::time::Duration;
 
@@ -14,8 +15,16 @@ async fn count(pg: &Instance, sql: &str) -> i64 {
 
 /// a (primary) and b (its replica); b promoted, a written to after that, then stopped:
 /// a must be rewound to follow b. `revoke` is taken from the replication role on b.
-async fn diverged_pair(parent: &std::path::Path, revoke: &str) -> (Instance, Instance) {
+/// Both archive to `archive` when given.
+async fn diverged_pair(
+    parent: &std::path::Path,
+    revoke: &str,
+    archive: Option<&Store>,
+) -> (Instance, Instance) {
     let mut a = Instance::primary(parent, "pg-a");
+    if let Some(store) = archive {
+        store.configure(&mut a, "pg");
+    }
     a.start().wait_ready();
     a.connect()
         .await
@@ -23,6 +32,9 @@ async fn diverged_pair(parent: &std::path::Path, revoke: &str) -> (Instance, Ins
         .await
         .unwrap();
     let mut b = Instance::replica_of(parent, "pg-b", &a);
+    if let Some(store) = archive {
+        store.configure(&mut b, "pg");
+    }
     b.start().wait_ready();
     eventually(Duration::from_secs(10), "b replays the table", || {
         match b.status().lsn.replayed {
@@ -74,8 +86,12 @@ fn rewind_failed(a: &Instance) -> (Option<String>, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewind_that_changed_nothing_keeps_the_data_and_reinit_rebuilds_the_replica() {
     let tmp = test_dir();
-    let (mut a, b) =
-        diverged_pair(tmp.path(), "pg_catalog.pg_ls_dir(text, boolean, boolean)").await;
+    let (mut a, b) = diverged_pair(
+        tmp.path(),
+        "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+        None,
+    )
+    .await;
     a.start().wait_ready();
     // pgwarden stays up (no exit at every start): a runs on its own data as a standby
     // that does not follow b, and says why.
@@ -123,9 +139,12 @@ async fn a_rewind_that_changed_nothing_keeps_the_data_and_reinit_rebuilds_the_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewind_that_failed_while_copying_holds_postgres_until_reinit() {
     let tmp = test_dir();
-    let (mut a, _b) = diverged_pair(
+    // Both archive: the rebuilt a must archive once promoted (below).
+    let store = Store::fs();
+    let (mut a, mut b) = diverged_pair(
         tmp.path(),
         "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+        Some(&store),
     )
     .await;
     // Held counts as started (the startup probe must not kill a held pod).
@@ -158,13 +177,42 @@ async fn a_rewind_that_failed_while_copying_holds_postgres_until_reinit() {
         count(&a, "SELECT count(*) FROM items WHERE origin = 'a-diverged'").await,
         0
     );
+
+    // The rebuilt a, promoted, archives: its WAL daemon works in the pg_wal the reinit
+    // made, not in the one it replaced (which held nothing of the new timeline).
+    b.stop();
+    let (code, out) = a.run_cli(&["promote"]);
+    assert!(code.success(), "{out}\n{}", a.log());
+    let promoted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let timeline = promoted["timeline"].as_u64().expect("timeline");
+    assert_eq!(timeline, 3, "{out}");
+    a.wait_for("/primary", 200, Duration::from_secs(30));
+    let seg = wal::switch_and_wait_archived(&a).await;
+    assert!(seg.starts_with("00000003"), "{seg}");
+    wal::archived(store.root(), "pg", &seg);
+    let history = format!("{timeline:08X}.history");
+    let wals = store.root().join("pg/wals");
+    let archived: Vec<String> = std::fs::read_dir(&wals)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        archived.iter().any(|n| n.starts_with(&history)),
+        "{history} is not in {}: {archived:?}",
+        wals.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reclone_discards_a_replica_that_cannot_be_rewound_and_clones_the_primary() {
     let tmp = test_dir();
-    let (mut a, _b) =
-        diverged_pair(tmp.path(), "pg_catalog.pg_ls_dir(text, boolean, boolean)").await;
+    let (mut a, _b) = diverged_pair(
+        tmp.path(),
+        "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+        None,
+    )
+    .await;
     a.set("PGWARDEN_REWIND_FAILED", "reclone");
     a.start().wait_ready();
     assert!(

@@ -14,7 +14,7 @@
 //! whole; the file backend links a complete temp file).
 
 use super::archive::{self, Pushed};
-use super::local::LocalDir;
+use super::local::{LocalDir, Recreate};
 use super::names::{WalKind, WalName};
 use super::storage::{retry::jitter, Backend, Retrying};
 use super::{identity, restore, ArchiveConfig, WalError};
@@ -245,8 +245,14 @@ impl Daemon {
         let spool_path = pgdata.join(SPOOL_DIR);
         // Whatever a previous life prefetched may belong to a timeline since abandoned.
         let _ = std::fs::remove_dir_all(&spool_path);
-        crate::fsutil::ensure_dir(&spool_path, 0o700, owner)?;
-        let spool = LocalDir::open(&spool_path, owner)?;
+        // A rebuild of PGDATA (reinit, reclone) removes the spool: it is made again once
+        // the new cluster is in place.
+        let recreate = Recreate {
+            mode: 0o700,
+            owner,
+            only_with: pgdata.join("PG_VERSION"),
+        };
+        let spool = LocalDir::create(&spool_path, owner, recreate)?;
         let d = Arc::new(Daemon {
             parallel: cfg.parallel.max(1),
             prefetch: cfg.prefetch,

@@ -9,6 +9,12 @@
 //! must also be a regular file owned by that user. A destination is written to a temp
 //! file in the same directory, fsynced and renamed into place: it never holds a
 //! partial file.
+//!
+//! pgwarden may replace the directory while it runs (`pgwarden reinit`, a reclone
+//! after a failed pg_rewind: PGDATA is rebuilt, with a new `pg_wal`). So before each
+//! operation the path is checked (one `stat`) to still name the directory held, and
+//! is opened again when it names another one; the spool, which a rebuild removes, is
+//! made again first.
 
 use crate::fsutil::Owner;
 use nix::fcntl::{AtFlags, OFlag};
@@ -17,19 +23,67 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Numbers temp files, so that concurrent writes in one process never share one.
 static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A directory the daemon (or a one-shot command) reads and writes WAL files in.
+/// Clones share the open directory, and see it opened again when it was replaced.
 #[derive(Clone)]
 pub struct LocalDir {
-    fd: Arc<OwnedFd>,
     path: PathBuf,
-    /// `path` with symlinks resolved, once, for [`LocalDir::name_in`].
-    canonical: PathBuf,
     owner: Option<Owner>,
+    /// The directory held now; swapped when `path` is found to name another one.
+    held: Arc<RwLock<Arc<Opened>>>,
+    recreate: Option<Arc<Recreate>>,
+}
+
+/// How a directory that a rebuild of PGDATA removed is made again (the spool).
+#[derive(Debug, Clone)]
+pub struct Recreate {
+    /// Its mode.
+    pub mode: u32,
+    /// Its owner (when pgwarden is root).
+    pub owner: Option<Owner>,
+    /// It is made again only while this file exists: `PGDATA/PG_VERSION` for the
+    /// spool, so that a PGDATA being rebuilt, which must read as empty or as an
+    /// interrupted bootstrap, never gets a stray directory.
+    pub only_with: PathBuf,
+}
+
+/// One opening of the directory.
+struct Opened {
+    fd: OwnedFd,
+    /// Device and inode of what `fd` holds, to tell whether `path` still names it.
+    id: (u64, u64),
+    /// The path with symlinks resolved at that opening, for [`LocalDir::name_in`].
+    canonical: PathBuf,
+}
+
+impl Opened {
+    fn open(path: &Path) -> io::Result<Opened> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open the directory", path, e))?;
+        // From the descriptor, not the path: the path may have changed in between.
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| io_err("stat", path, e))?;
+        Ok(Opened {
+            fd,
+            id: file_id(&st),
+            canonical: path.canonicalize()?,
+        })
+    }
+}
+
+/// Device and inode: what tells two directories apart.
+// dev_t and ino_t are u64 on 64-bit Linux, not everywhere.
+#[allow(clippy::useless_conversion)]
+fn file_id(st: &nix::sys::stat::FileStat) -> (u64, u64) {
+    (u64::from(st.st_dev), u64::from(st.st_ino))
 }
 
 impl std::fmt::Debug for LocalDir {
@@ -59,19 +113,62 @@ impl LocalDir {
     /// `initdb --waldir`). Files are handled with `owner`'s rights when given and
     /// pgwarden is root.
     pub fn open(path: &Path, owner: Option<Owner>) -> io::Result<LocalDir> {
-        let fd = nix::fcntl::open(
-            path,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io_err("open the directory", path, e))?;
         let owner = owner.filter(|_| nix::unistd::geteuid().is_root());
         Ok(LocalDir {
-            fd: Arc::new(fd),
+            held: Arc::new(RwLock::new(Arc::new(Opened::open(path)?))),
             path: path.to_path_buf(),
-            canonical: path.canonicalize()?,
             owner,
+            recreate: None,
         })
+    }
+
+    /// Makes `path` (with `recreate`'s mode and owner) and opens it; when it is
+    /// removed later, it is made again as [`Recreate`] says.
+    pub fn create(path: &Path, owner: Option<Owner>, recreate: Recreate) -> io::Result<LocalDir> {
+        crate::fsutil::ensure_dir(path, recreate.mode, recreate.owner)?;
+        let mut dir = LocalDir::open(path, owner)?;
+        dir.recreate = Some(Arc::new(recreate));
+        Ok(dir)
+    }
+
+    /// The directory `path` names now: the one held, unless `path` was replaced since
+    /// (then it is opened, and held from then on). When `path` names nothing, the
+    /// held one is kept (its operations fail as they did) unless it is to be made
+    /// again.
+    fn dir(&self) -> Arc<Opened> {
+        let held = Arc::clone(&self.held.read().unwrap_or_else(PoisonError::into_inner));
+        match nix::sys::stat::stat(&self.path) {
+            Ok(st) if file_id(&st) == held.id => held,
+            Ok(_) => self.reopen(held),
+            Err(nix::Error::ENOENT) => match &self.recreate {
+                Some(r) if r.only_with.exists() => {
+                    match crate::fsutil::ensure_dir(&self.path, r.mode, r.owner) {
+                        Ok(()) => self.reopen(held),
+                        Err(e) => {
+                            tracing::warn!(dir = %self.path.display(), error = %e, "cannot make the directory again");
+                            held
+                        }
+                    }
+                }
+                _ => held,
+            },
+            Err(_) => held,
+        }
+    }
+
+    fn reopen(&self, held: Arc<Opened>) -> Arc<Opened> {
+        match Opened::open(&self.path) {
+            Ok(new) => {
+                let new = Arc::new(new);
+                *self.held.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&new);
+                tracing::info!(dir = %self.path.display(), "the directory was replaced (PGDATA rebuilt); working in the new one");
+                new
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.path.display(), error = %e, "the directory was replaced but cannot be opened");
+                held
+            }
+        }
     }
 
     /// The directory's path, for messages.
@@ -103,7 +200,8 @@ impl LocalDir {
         {
             return Err(refuse("a path with .."));
         }
-        let same = parent.canonicalize().is_ok_and(|p| p == self.canonical);
+        let canonical = &self.dir().canonical;
+        let same = parent.canonicalize().is_ok_and(|p| &p == canonical);
         if !same {
             return Err(refuse("outside the WAL directory"));
         }
@@ -133,9 +231,10 @@ impl LocalDir {
     pub fn open_source(&self, name: &str) -> io::Result<File> {
         let name = plain_name(name)?;
         let path = self.path.join(name);
+        let dir = self.dir();
         self.as_owner(|| {
             let fd = nix::fcntl::openat(
-                self.fd.as_fd(),
+                dir.fd.as_fd(),
                 name,
                 OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
                 Mode::empty(),
@@ -181,6 +280,7 @@ impl LocalDir {
         fill: impl FnOnce(&mut File) -> io::Result<T>,
     ) -> io::Result<T> {
         let name = plain_name(name)?;
+        let dir = self.dir();
         self.as_owner(|| {
             // Unique within this process; a leftover of a killed process that had the
             // same pid is replaced.
@@ -188,7 +288,7 @@ impl LocalDir {
             let tmp = format!(".pgwarden-restore-{name}-{}-{seq}", std::process::id());
             let open = || {
                 nix::fcntl::openat(
-                    self.fd.as_fd(),
+                    dir.fd.as_fd(),
                     tmp.as_str(),
                     OFlag::O_RDWR
                         | OFlag::O_CREAT
@@ -200,7 +300,11 @@ impl LocalDir {
             };
             let fd = match open() {
                 Err(nix::Error::EEXIST) => {
-                    self.remove(&tmp);
+                    let _ = nix::unistd::unlinkat(
+                        dir.fd.as_fd(),
+                        tmp.as_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
                     open()
                 }
                 other => other,
@@ -210,13 +314,13 @@ impl LocalDir {
             let result = fill(&mut file).and_then(|v| {
                 file.flush()?;
                 file.sync_all()?;
-                nix::fcntl::renameat(self.fd.as_fd(), tmp.as_str(), self.fd.as_fd(), name)
+                nix::fcntl::renameat(dir.fd.as_fd(), tmp.as_str(), dir.fd.as_fd(), name)
                     .map_err(|e| io_err("rename into", &self.path.join(name), e))?;
                 Ok(v)
             });
             if result.is_err() {
                 let _ = nix::unistd::unlinkat(
-                    self.fd.as_fd(),
+                    dir.fd.as_fd(),
                     tmp.as_str(),
                     nix::unistd::UnlinkatFlags::NoRemoveDir,
                 );
@@ -229,8 +333,9 @@ impl LocalDir {
     /// symlinks at either end; `false` when there is no such file.
     pub fn move_to(&self, name: &str, to: &LocalDir, to_name: &str) -> io::Result<bool> {
         let (name, to_name) = (plain_name(name)?, plain_name(to_name)?);
+        let (from, to_dir) = (self.dir(), to.dir());
         self.as_owner(|| {
-            match nix::fcntl::renameat(self.fd.as_fd(), name, to.fd.as_fd(), to_name) {
+            match nix::fcntl::renameat(from.fd.as_fd(), name, to_dir.fd.as_fd(), to_name) {
                 Ok(()) => Ok(true),
                 Err(nix::Error::ENOENT) => Ok(false),
                 Err(e) => Err(io_err("rename", &self.path.join(name), e)),
@@ -241,21 +346,22 @@ impl LocalDir {
     /// `lstat` of `name` here.
     pub fn stat(&self, name: &str) -> io::Result<nix::sys::stat::FileStat> {
         let name = plain_name(name)?;
-        nix::sys::stat::fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        nix::sys::stat::fstatat(self.dir().fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(|e| io_err("stat", &self.path.join(name), e))
     }
 
     /// True when `name` exists here (as anything, symlinks not followed).
     pub fn contains(&self, name: &str) -> bool {
         plain_name(name).is_ok()
-            && nix::sys::stat::fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+            && nix::sys::stat::fstatat(self.dir().fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok()
     }
 
     /// Removes `name` if it is there.
     pub fn remove(&self, name: &str) {
         if plain_name(name).is_ok() {
             let _ = nix::unistd::unlinkat(
-                self.fd.as_fd(),
+                self.dir().fd.as_fd(),
                 name,
                 nix::unistd::UnlinkatFlags::NoRemoveDir,
             );
@@ -264,6 +370,8 @@ impl LocalDir {
 
     /// The names in this directory.
     pub fn names(&self) -> Vec<String> {
+        // By path, so always the directory there now; the spool is made again first.
+        let _ = self.dir();
         std::fs::read_dir(&self.path)
             .map(|rd| {
                 rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -284,6 +392,7 @@ fn libc_s_ifreg() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn only_plain_files_directly_inside_are_reached() {
@@ -333,5 +442,61 @@ mod tests {
         assert_eq!(e.to_string(), "corrupt");
         assert!(!wal.join("000000010000000000000009").exists());
         assert_eq!(std::fs::read_dir(&wal).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn a_replaced_directory_is_opened_again_and_a_removed_spool_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = tmp.path().join("pg_wal");
+        std::fs::create_dir(&wal).unwrap();
+        let dir = LocalDir::open(&wal, None).unwrap();
+        let clone = dir.clone();
+        dir.write("000000010000000000000001", |f| f.write_all(b"old"))
+            .unwrap();
+
+        // Removed and nothing in its place: the held directory is kept, as before.
+        let moved = tmp.path().join("pg_wal.old");
+        std::fs::rename(&wal, &moved).unwrap();
+        assert!(dir.contains("000000010000000000000001"));
+        std::fs::rename(&moved, &wal).unwrap();
+
+        // Replaced, as a rebuild of PGDATA does: every operation, of every clone,
+        // acts on the new one.
+        std::fs::remove_dir_all(&wal).unwrap();
+        std::fs::create_dir(&wal).unwrap();
+        assert!(!clone.contains("000000010000000000000001"));
+        dir.write("00000002.history", |f| f.write_all(b"new"))
+            .unwrap();
+        assert_eq!(std::fs::read(wal.join("00000002.history")).unwrap(), b"new");
+        assert!(clone.open_source("00000002.history").is_ok());
+        assert_eq!(
+            clone.name_in(&wal.join("00000002.history")).unwrap(),
+            "00000002.history"
+        );
+        assert!(clone.stat("00000002.history").is_ok());
+
+        // The spool is made again once the cluster it belongs to is there again.
+        let marker = tmp.path().join("PG_VERSION");
+        let spool_path = tmp.path().join("spool");
+        let recreate = Recreate {
+            mode: 0o700,
+            owner: None,
+            only_with: marker.clone(),
+        };
+        let spool = LocalDir::create(&spool_path, None, recreate).unwrap();
+        std::fs::remove_dir_all(&spool_path).unwrap();
+        assert!(spool.write("000000020000000000000003", |_| Ok(())).is_err());
+        assert!(!spool_path.exists(), "made again while PGDATA is rebuilt");
+        std::fs::write(&marker, b"18\n").unwrap();
+        spool
+            .write("000000020000000000000003", |f| f.write_all(b"seg"))
+            .unwrap();
+        let mode = std::fs::metadata(&spool_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700);
+        assert!(spool
+            .move_to("000000020000000000000003", &dir, "RECOVERYXLOG")
+            .unwrap());
+        assert_eq!(std::fs::read(wal.join("RECOVERYXLOG")).unwrap(), b"seg");
+        assert_eq!(spool.names(), Vec::<String>::new());
     }
 }
