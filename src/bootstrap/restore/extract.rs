@@ -225,6 +225,9 @@ where
             // The rest (the tar's end blocks), so that the inflater reaches the trailer.
             let drained = unpacked
                 .and_then(|written| io::copy(&mut inflated, &mut io::sink()).map(|_| written));
+            // Closed before the join: after a failed untarring the inflater may be
+            // waiting to send into the full channel, and only its closing ends it.
+            drop(inflated);
             let inflated = inflater
                 .join()
                 .map_err(|_| anyhow::anyhow!("the inflating thread panicked"))?;
@@ -401,4 +404,57 @@ pub fn prepare(dir: &Path, major: u32) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir.join(crate::wal::daemon::SPOOL_DIR));
     std::fs::create_dir_all(dir.join("pg_wal/archive_status")).context("create pg_wal")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod untar_tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A gzip stream of `n` MiB of zeros, in 64 KiB chunks for a [`Chunks`] reader.
+    fn feed_gzip(n: usize) -> tokio::sync::mpsc::Receiver<Msg> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for _ in 0..n {
+            gz.write_all(&vec![0u8; 1 << 20]).unwrap();
+        }
+        let body = gz.finish().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
+        std::thread::spawn(move || {
+            for c in body.chunks(64 << 10) {
+                if tx
+                    .blocking_send(Msg::Data(Bytes::copy_from_slice(c)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = tx.blocking_send(Msg::End);
+        });
+        rx
+    }
+
+    #[test]
+    fn a_failed_untarring_of_a_gzip_part_fails_instead_of_hanging() {
+        // Far more inflated data than the channel between the threads holds, and an
+        // untarring that fails at once (a full disk, a damaged tar).
+        let rx = feed_gzip(4 * INFLATED_IN_FLIGHT);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let input = Chunks {
+                rx,
+                cur: Bytes::new(),
+                ended: false,
+                sha: sha2::Sha256::new(),
+                total: 0,
+            };
+            let r = untar(input, TarCompression::Gzip, |_| {
+                Err(io::Error::other("no space left on device"))
+            });
+            let _ = done_tx.send(r.map(|_| ()).map_err(|e| format!("{e:#}")));
+        });
+        let r = done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("untar returned");
+        assert!(r.unwrap_err().contains("no space left"));
+    }
 }
