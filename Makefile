@@ -23,7 +23,7 @@ run: deps build
 PG_FULL ?= 18
 PG_OTHER ?= 15
 VERSIONED_TESTS ?= bootstrap primary bad_input official_image replica rewind archive_safety wal \
-  backup restore interop observability ha_failover ha_restore backup_incremental restore_delta
+  backup restore interop observability ha_failover ha_restore backup_incremental
 
 ## Run the test suite against real PostgreSQL: all of it on 18, the versioned part on 15.
 test: deps
