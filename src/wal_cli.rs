@@ -145,6 +145,9 @@ async fn archive_in_process(cfg: &ArchiveConfig, path: &Path) -> Result<Pushed, 
     let name = WalName::parse(&file_name)
         .ok_or_else(|| WalError::Invalid(format!("{} is not a WAL file name", path.display())))?;
     let file = dir.open_source(&file_name)?;
+    // Compression starts before the storage client is built: the SDK's set-up (its
+    // configuration chain, the HTTP client) and the first round trip overlap it.
+    let preparing = archive::Preparing::start(cfg.codec, &name, file);
     // PGDATA is pg_wal's parent: the note that the archive was checked lives there.
     let pgdata = path
         .parent()
@@ -152,7 +155,7 @@ async fn archive_in_process(cfg: &ArchiveConfig, path: &Path) -> Result<Pushed, 
         .unwrap_or(Path::new("."));
     let storage = cfg.open(None).await?;
     let policy = Retrying::new(&storage, cfg.timeout, CancellationToken::new());
-    archive::push(cfg, &policy, &name, file, pgdata).await
+    archive::push_prepared(cfg, &policy, &name, preparing, pgdata).await
 }
 
 /// Runs `wal-restore`; returns the exit code: 0 restored, 1 not in the archive (or a
