@@ -31,6 +31,8 @@ pub struct S3Storage {
     /// Whether the server enforces `If-None-Match: *` on PUT ([`UNKNOWN`] until the
     /// first upload probes it). AWS S3 and MinIO do; Garage 2.5 ignores it.
     conditional: Arc<AtomicU8>,
+    /// The endpoint and bucket, naming the server a verdict was learned from.
+    server: String,
 }
 
 const UNKNOWN: u8 = 0;
@@ -76,12 +78,41 @@ impl S3Storage {
         {
             conf = conf.http_client(aws_smithy_http_client::Builder::new().build_http());
         }
+        let server = format!(
+            "{}/{bucket}",
+            shared.endpoint_url().unwrap_or("aws").trim_end_matches('/')
+        );
         S3Storage {
             client: Client::from_conf(conf.build()),
             bucket: bucket.to_owned(),
             sse,
             conditional: Arc::new(AtomicU8::new(UNKNOWN)),
+            server: server.replace(char::is_whitespace, "%20"),
         }
+    }
+
+    /// The endpoint and bucket this client writes to (no whitespace): what a verdict
+    /// about the server's conditional writes is remembered under.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// What this client knows of the server's `If-None-Match: *` on PUT: `Some(true)`
+    /// enforced, `Some(false)` ignored or rejected, `None` not known yet.
+    pub fn conditional_writes(&self) -> Option<bool> {
+        match self.conditional.load(Ordering::Relaxed) {
+            ENFORCED => Some(true),
+            IGNORED => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Takes the verdict an earlier process learned of this server instead of probing
+    /// again (the probe is three requests). A server taken for enforcing that rejects
+    /// a conditional PUT still switches this client to the careful path.
+    pub fn assume_conditional_writes(&self, enforced: bool) {
+        let verdict = if enforced { ENFORCED } else { IGNORED };
+        self.conditional.store(verdict, Ordering::Relaxed);
     }
 
     async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
