@@ -271,7 +271,10 @@ async fn one_shot_pushes_probe_the_server_once_and_note_it() {
 
     let (code, out) = cli.run_cli(&["wal-archive", &segs[1]]);
     assert!(code.success() && out.contains("Uploaded"), "{out}");
-    assert!(!out.contains(WARNING), "the next push takes the note: {out}");
+    assert!(
+        !out.contains(WARNING),
+        "the next push takes the note: {out}"
+    );
 
     // A note about another server does not count: probed again, and noted anew.
     std::fs::write(&note, "http://127.0.0.1:1/elsewhere enforced\n").unwrap();
@@ -294,7 +297,11 @@ async fn one_shot_pushes_probe_the_server_once_and_note_it() {
 
     // Everything pushed restores byte for byte.
     for seg in &segs {
-        let name = std::path::Path::new(seg).file_name().unwrap().to_str().unwrap();
+        let name = std::path::Path::new(seg)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
         let dest = tmp.path().join(format!("restored-{name}"));
         let (code, out) = cli.run_cli(&["wal-restore", name, &dest.display().to_string()]);
         assert!(code.success(), "{out}");

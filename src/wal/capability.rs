@@ -76,8 +76,7 @@ pub fn remember(pgdata: &Path, storage: &Backend, recalled: Option<bool>) {
         return;
     }
     let text = line(s3.server(), verdict);
-    if let Err(e) = crate::fsutil::write_atomic(&pgdata.join(NOTE), text.as_bytes(), None, 0o600)
-    {
+    if let Err(e) = crate::fsutil::write_atomic(&pgdata.join(NOTE), text.as_bytes(), None, 0o600) {
         tracing::debug!(error = %e, "could not note the S3 server's conditional writes");
     }
 }
@@ -91,7 +90,10 @@ mod tests {
         let s = "http://127.0.0.1:3900/wal";
         for enforced in [true, false] {
             assert_eq!(parse(&line(s, enforced), s), Some(enforced));
-            assert_eq!(parse(&line(s, enforced), "http://127.0.0.1:3900/other"), None);
+            assert_eq!(
+                parse(&line(s, enforced), "http://127.0.0.1:3900/other"),
+                None
+            );
             assert_eq!(parse(&line("aws/wal", enforced), s), None);
         }
         assert_eq!(parse("", s), None);
