@@ -275,9 +275,11 @@ pub fn try_timed(cmd: &mut Command) -> Result<Cost, String> {
 /// that take a few tens of milliseconds.
 pub fn timed_precise(cmd: &mut Command) -> Cost {
     let t0 = Instant::now();
+    // Reaped by wait4 below, which std's Child cannot do and still report usage.
+    #[allow(clippy::zombie_processes)]
     let child = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id() as libc::pid_t;
