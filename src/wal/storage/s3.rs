@@ -52,8 +52,8 @@ impl S3Storage {
         // Keys in the environment come first in the default chain, which takes them
         // whenever both are set. Naming that provider directly skips building the
         // rest of the chain, whose web-identity provider builds an STS client, which
-        // reads and parses the system's whole certificate store: a third of a one-shot
-        // push's CPU beside the compression, and 11 MB of its memory.
+        // reads and parses the system's whole certificate store (290 files here) on
+        // every one-shot wal-archive.
         let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
         if set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY") {
             loader = loader.credentials_provider(
