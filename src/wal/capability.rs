@@ -7,8 +7,8 @@
 //! verdict is noted in PGDATA, `pgwarden.archive-server`, under the endpoint and
 //! bucket it was learned from, and trusted for [`FRESH_FOR`]; then a call probes again.
 //!
-//! Neither verdict weakens a push: "ignored" takes the careful path (look before,
-//! write, settle, look again), which is safe on any server; "enforced" sends the
+//! Neither verdict weakens a push: "ignored" takes the careful path (a claim on the
+//! name before the write), which is safe on any server; "enforced" sends the
 //! conditional PUT, and a server that answers it with 400/501 switches the process
 //! to the careful path. Only a server swapped under the same endpoint for one that
 //! silently ignores the header would be trusted wrongly, for at most [`FRESH_FOR`].
