@@ -5,7 +5,7 @@ use crate::wal::archive::{self, Pushed};
 use crate::wal::local::LocalDir;
 use crate::wal::names::WalName;
 use crate::wal::storage::Retrying;
-use crate::wal::{exit_code, restore, ArchiveArgs, ArchiveConfig, Command, WalError};
+use crate::wal::{capability, exit_code, restore, ArchiveArgs, ArchiveConfig, Command, WalError};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
@@ -145,14 +145,21 @@ async fn archive_in_process(cfg: &ArchiveConfig, path: &Path) -> Result<Pushed, 
     let name = WalName::parse(&file_name)
         .ok_or_else(|| WalError::Invalid(format!("{} is not a WAL file name", path.display())))?;
     let file = dir.open_source(&file_name)?;
-    // PGDATA is pg_wal's parent: the note that the archive was checked lives there.
+    // Compression starts before the storage client is built: the SDK's set-up (its
+    // configuration chain, the HTTP client) and the first round trip overlap it.
+    let preparing = archive::Preparing::start(cfg.codec, &name, file);
+    // PGDATA is pg_wal's parent: the notes that the archive was checked, and of what
+    // the S3 server does with conditional writes, live there.
     let pgdata = path
         .parent()
         .and_then(Path::parent)
         .unwrap_or(Path::new("."));
     let storage = cfg.open(None).await?;
+    let recalled = capability::recall(pgdata, &storage);
     let policy = Retrying::new(&storage, cfg.timeout, CancellationToken::new());
-    archive::push(cfg, &policy, &name, file, pgdata).await
+    let pushed = archive::push_prepared(cfg, &policy, &name, preparing, pgdata).await;
+    capability::remember(pgdata, &storage, recalled);
+    pushed
 }
 
 /// Runs `wal-restore`; returns the exit code: 0 restored, 1 not in the archive (or a

@@ -226,3 +226,85 @@ async fn an_archive_of_another_cluster_is_refused() {
         }
     }
 }
+
+/// Without a daemon each `wal-archive` is a new process. The S3 server's handling of
+/// `If-None-Match` (Garage ignores it) is probed by the first one and noted in PGDATA;
+/// the next ones take the note instead of probing again (three requests a segment),
+/// until it is an hour old or about another server. Every push still archives, and
+/// the careful path Garage needs is still taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_pushes_probe_the_server_once_and_note_it() {
+    let tmp = test_dir();
+    let store = Store::s3();
+    let mut pg = Instance::new(tmp.path(), "segsource");
+    pg.start().wait_ready();
+    pgbench(&pg, &["-i", "-q", "-s", "1"]);
+    let client = pg.connect().await;
+    let work = tmp.path().join("pgdata-like/pg_wal");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut segs = Vec::new();
+    for i in 0..4 {
+        // Each segment holds a record of its own, so that each is a new object.
+        client
+            .batch_execute(&format!("CREATE TABLE t{i} AS SELECT 1"))
+            .await
+            .unwrap();
+        let name: String = client
+            .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+            .await
+            .unwrap()
+            .get(0);
+        std::fs::copy(pg.pgdata.join("pg_wal").join(&name), work.join(&name)).unwrap();
+        segs.push(work.join(&name).display().to_string());
+    }
+    pg.stop();
+    let mut cli = Instance::new(tmp.path(), "cli");
+    store.configure(&mut cli, "probe-once");
+    let note = tmp.path().join("pgdata-like/pgwarden.archive-server");
+    const WARNING: &str = "ignores If-None-Match";
+
+    let (code, out) = cli.run_cli(&["wal-archive", &segs[0]]);
+    assert!(code.success() && out.contains("Uploaded"), "{out}");
+    assert!(out.contains(WARNING), "the first push probes: {out}");
+    let noted = std::fs::read_to_string(&note).unwrap();
+    assert!(noted.trim_end().ends_with(" ignored"), "{noted}");
+
+    let (code, out) = cli.run_cli(&["wal-archive", &segs[1]]);
+    assert!(code.success() && out.contains("Uploaded"), "{out}");
+    assert!(
+        !out.contains(WARNING),
+        "the next push takes the note: {out}"
+    );
+
+    // A note about another server does not count: probed again, and noted anew.
+    std::fs::write(&note, "http://127.0.0.1:1/elsewhere enforced\n").unwrap();
+    let (code, out) = cli.run_cli(&["wal-archive", &segs[2]]);
+    assert!(code.success() && out.contains("Uploaded"), "{out}");
+    assert!(out.contains(WARNING), "a foreign note is not taken: {out}");
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), noted);
+
+    // An hour-old note is probed again.
+    let old = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&note)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let (code, out) = cli.run_cli(&["wal-archive", &segs[3]]);
+    assert!(code.success() && out.contains("Uploaded"), "{out}");
+    assert!(out.contains(WARNING), "a stale note is not taken: {out}");
+
+    // Everything pushed restores byte for byte.
+    for seg in &segs {
+        let name = std::path::Path::new(seg)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let dest = tmp.path().join(format!("restored-{name}"));
+        let (code, out) = cli.run_cli(&["wal-restore", name, &dest.display().to_string()]);
+        assert!(code.success(), "{out}");
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(seg).unwrap());
+    }
+}

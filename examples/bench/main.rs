@@ -1,7 +1,7 @@
 //! `make bench`: pgwarden's figures next to the reference tools', measured in one run on
 //! the same data. Prints a report; asserts nothing.
 //!
-//! Usage: `cargo run --release --example bench -- [startup|replica|wal|backup|incremental|ha|all]`
+//! Usage: `cargo run --release --example bench -- [startup|replica|wal|backup|incremental|ha|all|wal-push|wal-daemon]`
 
 mod backup;
 mod ha;
@@ -35,6 +35,9 @@ fn main() {
     }
     if which == "all" || which == "ha" {
         ha::run(&bin);
+    }
+    if which == "wal-push" {
+        wal::run_push(&bin);
     }
     if which == "wal-daemon" {
         wal::run_daemon(&bin);

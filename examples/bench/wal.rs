@@ -54,20 +54,14 @@ pub fn run_daemon(bin: &Path) {
     let garage = Garage::start();
     println!("\n## WAL archiving through the daemon, to Garage on 127.0.0.1");
     daemon_drain(bin, tmp.path(), &garage, f64::NAN);
+    daemon_sustained(bin, tmp.path(), &garage);
 }
 
 pub fn run(bin: &Path) {
     let tmp = temp_dir("pgwarden-bench-wal-");
     let garage = Garage::start();
-    let (corpus, src) = corpus(bin, tmp.path());
-    let names: Vec<String> = {
-        let mut v: Vec<String> = std::fs::read_dir(corpus.join("pg_wal"))
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect();
-        v.sort();
-        v
-    };
+    let (corpus, src) = corpus(bin, tmp.path(), SEGMENTS);
+    let names = corpus_names(&corpus);
     let mb = names.len() as f64 * SEG_MB;
     println!("\n## WAL archive and restore: {} real segments ({mb:.0} MB) from pgbench, to Garage on 127.0.0.1\n", names.len());
     compression_levels(&corpus, &names);
@@ -164,8 +158,257 @@ pub fn run(bin: &Path) {
     print_rows(&local, barman_per_seg);
 
     restore_rows(bin, tmp.path(), &garage, &names, &pw_env("pw-zstd", "zstd"));
+    push_against_limits(bin, &corpus, &names[..PUSH_SEGMENTS + 1], &garage);
     daemon_drain(bin, tmp.path(), &garage, barman_per_seg);
     drop(src);
+    daemon_sustained(bin, tmp.path(), &garage);
+}
+
+/// Segments of the one-shot push measurement, as in issue 19 (one more warms up).
+const PUSH_SEGMENTS: usize = 16;
+
+/// Issue 19's figures for wal-rus on the same kind of segments and server (it is not
+/// installed here): wall s, CPU s, peak RSS MB per segment.
+const WAL_RUS: &str = "0.066–0.086 s wall, 0.047–0.056 s CPU, 17 MB";
+
+/// Only issue 19's measurements: the one-shot push against `zstd -1` on the same
+/// segments, and the daemon under the fastest write load (a few minutes).
+pub fn run_push(bin: &Path) {
+    let tmp = temp_dir("pgwarden-bench-wal-");
+    let garage = Garage::start();
+    let (corpus, src) = corpus(bin, tmp.path(), PUSH_SEGMENTS + 1);
+    drop(src);
+    let names = corpus_names(&corpus);
+    println!("\n## WAL push and sustained archiving, to Garage on 127.0.0.1\n");
+    push_against_limits(bin, &corpus, &names, &garage);
+    daemon_sustained(bin, tmp.path(), &garage);
+}
+
+/// The segment names of a corpus, in order.
+fn corpus_names(corpus: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(corpus.join("pg_wal"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// min–median–max of `f` over `costs`.
+fn spread(costs: &[Cost], f: impl Fn(&Cost) -> f64, digits: usize) -> String {
+    let v: Vec<f64> = costs.iter().map(f).collect();
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "{min:.digits$}–{:.digits$}–{max:.digits$}",
+        median(v.clone())
+    )
+}
+
+/// One `wal-archive` process per segment (no daemon: the in-process push), each
+/// beside `zstd -1` on the same segment, interleaved so that both see the same
+/// machine. The first push of a fresh archive (identity marker, the server's
+/// capabilities) is shown apart.
+fn push_against_limits(bin: &Path, corpus: &Path, names: &[String], garage: &Garage) {
+    let out = corpus.join("zstd-out");
+    let env: Vec<(String, String)> = garage
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .chain([
+            (
+                "PGWARDEN_ARCHIVE_URL".to_owned(),
+                format!("s3://{}/bench", garage.bucket),
+            ),
+            ("PGWARDEN_ARCHIVE_NAME".to_owned(), "push".to_owned()),
+        ])
+        .collect();
+    let push = |n: &str| {
+        timed_precise(
+            Command::new(bin)
+                .arg("wal-archive")
+                .arg(corpus.join("pg_wal").join(n))
+                .envs(env.iter().cloned()),
+        )
+    };
+    let first = push(&names[0]);
+    let (mut pw, mut zs) = (Vec::new(), Vec::new());
+    for n in &names[1..] {
+        pw.push(push(n));
+        zs.push(timed_precise(
+            Command::new("zstd")
+                .args(["-1", "-q", "-f", "--no-progress", "-o"])
+                .arg(&out)
+                .arg(corpus.join("pg_wal").join(n)),
+        ));
+    }
+    let ratio: Vec<f64> = pw
+        .iter()
+        .zip(&zs)
+        .map(|(p, z)| p.cpu / z.cpu.max(0.001))
+        .collect();
+    println!(
+        "One-shot push (`wal-archive` without a daemon, one process per segment, zstd 1) of {} real segments, min–median–max per segment:\n",
+        pw.len()
+    );
+    println!("| per segment | pgwarden wal-archive to Garage | zstd -1 alone, to a file | wal-rus (issue 19; not installed here) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| wall s | {} | {} | 0.066–0.086 |",
+        spread(&pw, |c| c.wall, 3),
+        spread(&zs, |c| c.wall, 3)
+    );
+    println!(
+        "| CPU s, user+sys of the process and its children | {} | {} | 0.047–0.056 |",
+        spread(&pw, |c| c.cpu, 3),
+        spread(&zs, |c| c.cpu, 3)
+    );
+    println!(
+        "| peak RSS MB | {} | {} | 17 |",
+        spread(&pw, |c| c.rss_kb as f64 / 1024.0, 1),
+        spread(&zs, |c| c.rss_kb as f64 / 1024.0, 1)
+    );
+    println!(
+        "\npgwarden CPU / zstd -1 CPU on the same segment: median {:.2}x, max {:.2}x (target <= 1.1x). \
+         First push to a fresh archive (marker, server capabilities): {:.3} s wall, {:.3} s CPU. \
+         wal-rus per issue 19, on its machine: {WAL_RUS}.",
+        median(ratio.clone()),
+        ratio.iter().cloned().fold(0.0, f64::max),
+        first.wall,
+        first.cpu
+    );
+}
+
+/// The daemon under the fastest write load pgbench makes on these cores: bulk
+/// inserts (2000 rows of 200 bytes a transaction) from 2 clients, synchronous_commit
+/// off. Reports WAL generated and archived per second, and the `.ready` backlog
+/// postgres sees, counted in archive_status every 250 ms.
+fn daemon_sustained(bin: &Path, dir: &Path, garage: &Garage) {
+    const SECONDS: u32 = 30;
+    let mut w = Warden::new(&dir.join("sustained"));
+    w.env
+        .extend(garage.env().into_iter().map(|(k, v)| (k.to_owned(), v)));
+    w.env.push((
+        "PGWARDEN_ARCHIVE_URL".into(),
+        format!("s3://{}/bench", garage.bucket),
+    ));
+    w.env
+        .push(("PGWARDEN_ARCHIVE_NAME".into(), "sustained".into()));
+    std::fs::write(
+        w.dir.join("user.conf"),
+        "shared_buffers = 128MB\nmax_wal_size = 4GB\ncheckpoint_timeout = 30min\nsynchronous_commit = off\n",
+    )
+    .unwrap();
+    let mut child = w.spawn(bin);
+    w.wait_ready(Duration::from_secs(120));
+    let status_dir = w.pgdata.join("pg_wal/archive_status");
+    let ready = || {
+        std::fs::read_dir(&status_dir)
+            .map(|rd| {
+                rd.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    let wait_drained = || {
+        let t = Instant::now();
+        while ready() > 0 && t.elapsed() < Duration::from_secs(300) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t.elapsed().as_secs_f64()
+    };
+    psql(
+        w.port,
+        "postgres",
+        "CREATE TABLE bulk (id int, pad text); SELECT pg_switch_wal()",
+    );
+    let script = w.dir.join("bulk.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO bulk SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g;\n",
+    )
+    .unwrap();
+    wait_drained();
+    let lsn = || -> f64 {
+        psql(w.port, "postgres", "SELECT pg_current_wal_lsn() - '0/0'")
+            .parse()
+            .unwrap_or(f64::NAN)
+    };
+    let archived = || -> f64 {
+        psql(
+            w.port,
+            "postgres",
+            "SELECT archived_count FROM pg_stat_archiver",
+        )
+        .parse()
+        .unwrap_or(f64::NAN)
+    };
+    let (lsn0, arch0, cpu0, t0) = (lsn(), archived(), proc_cpu(child.id()), Instant::now());
+    let port = w.port;
+    let script_arg = script.display().to_string();
+    let load = std::thread::spawn(move || {
+        pgbench(
+            port,
+            &[
+                "-c",
+                "2",
+                "-j",
+                "2",
+                "-T",
+                &SECONDS.to_string(),
+                "-n",
+                "-f",
+                &script_arg,
+            ],
+        )
+    });
+    let mut samples = Vec::new();
+    while !load.is_finished() {
+        samples.push(ready() as f64);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = load.join().unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let (lsn1, arch1, cpu1) = (lsn(), archived(), proc_cpu(child.id()));
+    let left = ready();
+    let drain = wait_drained();
+    let tps = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .unwrap_or("")
+        .to_owned();
+    let seg = SEG_MB * 1024.0 * 1024.0;
+    let generated = (lsn1 - lsn0) / seg / secs;
+    let archived_rate = (arch1 - arch0) / secs;
+    let max = samples.iter().cloned().fold(0.0, f64::max);
+    let mean = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+    println!(
+        "\nThe daemon under pgbench -c 2 -j 2 -T {SECONDS} of bulk inserts (2000 rows of 200 bytes a transaction), synchronous_commit off (the highest WAL rate here):\n"
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| pgbench | {tps} |");
+    println!(
+        "| WAL generated | {generated:.2} segments/s ({:.1} MB/s) |",
+        generated * SEG_MB
+    );
+    println!(
+        "| archived (postgres's archived_count) | {archived_rate:.2} segments/s, {:.2}x the generation rate |",
+        archived_rate / generated
+    );
+    println!(
+        "| `.ready` backlog every 250 ms ({} samples) | max {max:.0}, mean {mean:.2} (target max <= 2) |",
+        samples.len()
+    );
+    println!("| backlog when the load stopped, drained in | {left} segments, {drain:.2} s |");
+    println!(
+        "| pgwarden CPU (daemon included) | {:.3} s per segment generated |",
+        (cpu1 - cpu0) / ((lsn1 - lsn0) / seg).max(1.0)
+    );
+    stop(&mut child);
 }
 
 /// Compression codecs and levels on the corpus, in memory on one core: the figures
@@ -231,8 +474,9 @@ fn compression_levels(corpus: &Path, names: &[String]) {
     println!();
 }
 
-/// Makes ~48 segments of real WAL with pgbench; returns a directory holding pg_wal/<segments>.
-fn corpus(bin: &Path, dir: &Path) -> (PathBuf, Warden) {
+/// Makes `segments` segments of real WAL with pgbench; returns a directory holding
+/// pg_wal/<segments>.
+fn corpus(bin: &Path, dir: &Path, segments: usize) -> (PathBuf, Warden) {
     let w = Warden::new(&dir.join("source"));
     std::fs::write(w.dir.join("user.conf"), "shared_buffers = 128MB\nwal_keep_size = 4GB\nmax_wal_size = 4GB\ncheckpoint_timeout = 30min\n").unwrap();
     let mut child = w.spawn(bin);
@@ -261,7 +505,7 @@ fn corpus(bin: &Path, dir: &Path) -> (PathBuf, Warden) {
                 .unwrap_or(false)
         })
         .count()
-        < SEGMENTS + 2
+        < segments + 2
     {
         load(&["-c", "2", "-T", "10", "-n"]);
     }
@@ -275,7 +519,7 @@ fn corpus(bin: &Path, dir: &Path) -> (PathBuf, Warden) {
         .filter(|n| n.len() == 24 && n.as_str() < cur.as_str())
         .collect();
     names.sort();
-    for n in names.iter().rev().take(SEGMENTS) {
+    for n in names.iter().rev().take(segments) {
         std::fs::copy(w.pgdata.join("pg_wal").join(n), out.join("pg_wal").join(n)).unwrap();
     }
     std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -455,7 +699,7 @@ fn restore_rows(
     print_rows(&rows, barman_per_seg);
 }
 
-/// postgres archiving through the daemon: a backlog drains, then sustained pgbench.
+/// postgres archiving through the daemon: a backlog drains.
 fn daemon_drain(bin: &Path, dir: &Path, garage: &Garage, barman_per_seg: f64) {
     let mut w = Warden::new(&dir.join("drain"));
     w.env
@@ -545,21 +789,5 @@ fn daemon_drain(bin: &Path, dir: &Path, garage: &Garage, barman_per_seg: f64) {
         d["uploads"], d["archived"]
     );
 
-    // Sustained: pgbench at full speed, .ready backlog sampled every 2 s.
-    let port = w.port;
-    let load = std::thread::spawn(move || pgbench(port, &["-c", "4", "-j", "2", "-T", "30", "-n"]));
-    let mut samples = Vec::new();
-    while !load.is_finished() {
-        std::thread::sleep(Duration::from_secs(2));
-        samples.push(status()["archiver"]["ready_files"].as_u64().unwrap_or(0));
-    }
-    let out = load.join().unwrap();
-    let tps = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with("tps"))
-        .unwrap_or("")
-        .to_owned();
-    println!("| sustained pgbench -c 4 -T 30 with archiving: .ready backlog every 2 s | {samples:?} (max {}, target steady state <= 2) |", samples.iter().max().unwrap_or(&0));
-    println!("| pgbench during that run | {tps} |");
     stop(&mut child);
 }

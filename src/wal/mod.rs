@@ -11,6 +11,7 @@
 //! through [`local::LocalDir`], confined to one directory.
 
 pub mod archive;
+pub mod capability;
 pub mod compress;
 pub mod config;
 pub mod daemon;

@@ -31,6 +31,8 @@ pub struct S3Storage {
     /// Whether the server enforces `If-None-Match: *` on PUT ([`UNKNOWN`] until the
     /// first upload probes it). AWS S3 and MinIO do; Garage 2.5 ignores it.
     conditional: Arc<AtomicU8>,
+    /// The endpoint and bucket, naming the server a verdict was learned from.
+    server: String,
 }
 
 const UNKNOWN: u8 = 0;
@@ -44,11 +46,21 @@ impl S3Storage {
             .connect_timeout(Duration::from_secs(3))
             .operation_attempt_timeout(request_timeout)
             .build();
-        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .timeout_config(timeouts)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
-            .load()
-            .await;
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
+        // Keys in the environment come first in the default chain, which takes them
+        // whenever both are set. Naming that provider directly skips building the
+        // rest of the chain, whose web-identity provider builds an STS client, which
+        // reads and parses the system's whole certificate store (290 files here) on
+        // every one-shot wal-archive.
+        let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        if set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY") {
+            loader = loader.credentials_provider(
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            );
+        }
+        let shared = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&shared);
         if shared.region().is_none() {
             conf = conf.region(aws_sdk_s3::config::Region::new("us-east-1"));
@@ -56,12 +68,51 @@ impl S3Storage {
         if shared.endpoint_url().is_some() {
             conf = conf.force_path_style(true);
         }
+        // A plain-HTTP endpoint (MinIO or Garage beside the database) needs no TLS, and
+        // the default client loads the certificate store when it is built (above).
+        // The shared configuration keeps the default client: credential providers
+        // (STS, SSO) still reach AWS over TLS.
+        if shared
+            .endpoint_url()
+            .is_some_and(|u| u.to_ascii_lowercase().starts_with("http://"))
+        {
+            conf = conf.http_client(aws_smithy_http_client::Builder::new().build_http());
+        }
+        let server = format!(
+            "{}/{bucket}",
+            shared.endpoint_url().unwrap_or("aws").trim_end_matches('/')
+        );
         S3Storage {
             client: Client::from_conf(conf.build()),
             bucket: bucket.to_owned(),
             sse,
             conditional: Arc::new(AtomicU8::new(UNKNOWN)),
+            server: server.replace(char::is_whitespace, "%20"),
         }
+    }
+
+    /// The endpoint and bucket this client writes to (no whitespace): what a verdict
+    /// about the server's conditional writes is remembered under.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// What this client knows of the server's `If-None-Match: *` on PUT: `Some(true)`
+    /// enforced, `Some(false)` ignored or rejected, `None` not known yet.
+    pub fn conditional_writes(&self) -> Option<bool> {
+        match self.conditional.load(Ordering::Relaxed) {
+            ENFORCED => Some(true),
+            IGNORED => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Takes the verdict an earlier process learned of this server instead of probing
+    /// again (the probe is three requests). A server taken for enforcing that rejects
+    /// a conditional PUT still switches this client to the careful path.
+    pub fn assume_conditional_writes(&self, enforced: bool) {
+        let verdict = if enforced { ENFORCED } else { IGNORED };
+        self.conditional.store(verdict, Ordering::Relaxed);
     }
 
     async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
@@ -126,8 +177,8 @@ impl S3Storage {
             Some(Ok(())) => {
                 tracing::warn!(
                     bucket = %self.bucket,
-                    "the S3 server ignores If-None-Match on PUT: two writers of one WAL name can only be \
-                     detected after the fact, not excluded; give each cluster its own PGWARDEN_ARCHIVE_NAME"
+                    "the S3 server ignores If-None-Match on PUT: each upload claims its name first \
+                     (three more requests); give each cluster its own PGWARDEN_ARCHIVE_NAME"
                 );
                 IGNORED
             }
@@ -271,6 +322,119 @@ impl S3Storage {
             .map(|_| ())
             .map_err(|e| classify("DELETE", key, e))
     }
+
+    /// Writes `key` on a server that ignores `If-None-Match`, where a PUT cannot
+    /// refuse to replace: of writers of different contents, only one that found
+    /// itself alone among the claims on `key` writes it.
+    ///
+    /// A writer PUTs its claim (a new, empty object named by the time and its
+    /// content's SHA-256), then LISTs the claims. Alone, it looks at `key` once more,
+    /// writes it, and withdraws its claim only once the object is there; with a
+    /// rival, it withdraws its claim, pauses and starts again. Two writers cannot both
+    /// be alone: the one whose claim landed second lists after both claims landed and
+    /// sees the other's, unless the other already withdrew it, which it does only
+    /// after its object landed, and then the second's look at `key` finds that object.
+    /// No timing is assumed. Claims of the same content are not rivals (a retry, the
+    /// daemon and a one-shot pushing one file). A claim left by a crashed writer
+    /// counts for [`CLAIM_STALE`]: until then another content waits or fails.
+    async fn put_claimed(
+        &self,
+        key: &str,
+        body: &Bytes,
+        sha256: &str,
+    ) -> Result<PutOutcome, StorageError> {
+        let claims = claims_prefix(key);
+        let mut pause = CLAIM_PAUSE;
+        for _ in 0..CLAIM_ROUNDS {
+            let mine = format!("{claims}{:013}-{sha256}", unix_ms());
+            self.put(&mine, &Bytes::new(), sha256, false)
+                .await
+                .map_err(|e| classify("PUT", &mine, e))?;
+            let listed = match self.list(&claims, 1000).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = self.delete_object(&mine).await;
+                    return Err(e);
+                }
+            };
+            let now = unix_ms();
+            let rival = listed.iter().any(|o| {
+                o.key
+                    .strip_prefix(claims.as_str())
+                    .and_then(|c| c.split_once('-'))
+                    .and_then(|(ms, sha)| Some((ms.parse::<u64>().ok()?, sha)))
+                    .is_some_and(|(ms, sha)| {
+                        sha != sha256 && now.saturating_sub(ms) < CLAIM_STALE.as_millis() as u64
+                    })
+            });
+            if !rival {
+                let outcome = match self.head_object(key).await? {
+                    Some(info) => PutOutcome::Exists(info),
+                    None => {
+                        self.put(key, body, sha256, false)
+                            .await
+                            .map_err(|e| classify("PUT", key, e))?;
+                        PutOutcome::Created
+                    }
+                };
+                // The object is there: this content's claims (this one, and any a
+                // crashed attempt left) have done their work. A failed DELETE leaves a
+                // claim that only holds a rival back until it is stale.
+                for o in listed
+                    .iter()
+                    .filter(|o| o.key.ends_with(sha256) && o.key != mine)
+                {
+                    let _ = self.delete_object(&o.key).await;
+                }
+                let _ = self.delete_object(&mine).await;
+                return Ok(outcome);
+            }
+            self.delete_object(&mine).await?;
+            tokio::time::sleep(super::retry::jitter(pause)).await;
+            pause *= 2;
+            if let Some(info) = self.head_object(key).await? {
+                return Ok(PutOutcome::Exists(info));
+            }
+        }
+        Err(StorageError::Transient(format!(
+            "S3 PUT {key}: another writer of different content claims it"
+        )))
+    }
+}
+
+/// How many times a writer that meets a rival's claim withdraws and tries again
+/// before reporting a transient failure (about 6 s of pauses).
+const CLAIM_ROUNDS: u32 = 8;
+/// The first pause after meeting a rival's claim; doubled each round, jittered.
+const CLAIM_PAUSE: Duration = Duration::from_millis(50);
+/// Age after which a claim no longer holds a rival back: a writer that crashed
+/// between its claim and its withdrawal. Far above any push's own deadline.
+const CLAIM_STALE: Duration = Duration::from_secs(600);
+
+/// Where the claims on `key` are kept: a `claims/` folder beside the server's
+/// `wals/` and `base/`, not inside them, so that nothing listing those folders
+/// (barman-cloud included) meets a claim.
+fn claims_prefix(key: &str) -> String {
+    let split = ["/wals/", "/base/"]
+        .iter()
+        .filter_map(|f| key.rfind(f).map(|i| (i, *f)))
+        .max_by_key(|(i, _)| *i);
+    match split {
+        Some((i, folder)) => format!(
+            "{}/claims/{}{}/",
+            &key[..i],
+            &folder[1..],
+            &key[i + folder.len()..]
+        ),
+        None => format!("{key}.claims/"),
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl S3Upload {
@@ -465,26 +629,13 @@ impl Storage for S3Storage {
             };
         }
         // A server that ignores If-None-Match (Garage 2.5) cannot refuse a second
-        // writer, so the race can only be narrowed: look before, write, let a racing
-        // write land, and look again. If what stands is not ours, a racer overwrote
-        // it: report the object as theirs, and the caller refuses our push.
+        // writer, and no look-write-look can exclude one: a racer that looked before
+        // our PUT landed may land its own after any settle time (a process held by a
+        // loaded CPU; both were then told "archived"). So writers claim the key first.
         if let Some(info) = self.head_object(key).await? {
             return Ok(PutOutcome::Exists(info));
         }
-        let started = std::time::Instant::now();
-        self.put(key, &body, sha256, false)
-            .await
-            .map_err(|e| classify("PUT", key, e))?;
-        let settle =
-            (started.elapsed() * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        tokio::time::sleep(settle).await;
-        match self.head_object(key).await? {
-            Some(info) if info.sha256.as_deref() == Some(sha256) => Ok(PutOutcome::Created),
-            Some(info) => Ok(PutOutcome::Exists(info)),
-            None => Err(StorageError::Transient(format!(
-                "S3 PUT {key}: the object vanished right after it was written"
-            ))),
-        }
+        self.put_claimed(key, &body, sha256).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
@@ -546,5 +697,32 @@ impl Storage for S3Storage {
         }
         out.truncate(limit);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claims_prefix;
+
+    #[test]
+    fn claims_live_beside_the_archives_folders_not_in_them() {
+        for (key, claims) in [
+            (
+                "p/srv/wals/0000000100000000/000000010000000000000002.zst",
+                "p/srv/claims/wals/0000000100000000/000000010000000000000002.zst/",
+            ),
+            (
+                "srv/base/20260101T000000/backup.running",
+                "srv/claims/base/20260101T000000/backup.running/",
+            ),
+            // A prefix that itself holds a `wals` folder: the server's own counts.
+            (
+                "a/wals/b/srv/base/X/backup.info",
+                "a/wals/b/srv/claims/base/X/backup.info/",
+            ),
+            ("srv/pgwarden-identity", "srv/pgwarden-identity.claims/"),
+        ] {
+            assert_eq!(claims_prefix(key), claims, "{key}");
+        }
     }
 }
