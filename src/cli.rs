@@ -317,53 +317,20 @@ pub fn dispatch(cli: Cli) -> i32 {
     }
 }
 
-/// One line of a progress bar: `[#####.....]  45%  1.2/2.7 GB  120 MB/s  12 s left`.
-fn progress_line(r: &crate::backup::Running, width: usize) -> String {
-    let frac = if r.total_bytes > 0 {
-        (r.bytes as f64 / r.total_bytes as f64).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let filled = (frac * width as f64).round() as usize;
-    let left = r
-        .seconds_left
-        .map(|s| format!("{:.0} s left", s.max(0.0)))
-        .unwrap_or_default();
-    format!(
-        "[{}{}] {:>3.0}%  {:.1}/{:.1} GB  {:.0} MB/s  {left}",
-        "#".repeat(filled),
-        ".".repeat(width - filled.min(width)),
-        frac * 100.0,
-        r.bytes as f64 / 1e9,
-        r.total_bytes as f64 / 1e9,
-        r.bytes_per_second / 1e6,
-    )
-}
-
 /// Draws the running backup's progress on stderr from the local `/status` until
 /// `done`.
 fn progress_bar(socket_dir: &std::path::Path, done: &std::sync::atomic::AtomicBool) {
-    use std::io::Write;
     let target = Target::Unix(crate::run::control_socket(socket_dir));
-    let mut drawn = false;
-    while !done.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let running = client::get(&target, "/status")
-            .ok()
-            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-            .and_then(|v| {
-                serde_json::from_value::<crate::backup::Running>(v["backup"]["running"].clone())
-                    .ok()
-            });
-        if let Some(r) = running {
-            eprint!("\r{}\x1b[K", progress_line(&r, 30));
-            let _ = std::io::stderr().flush();
-            drawn = true;
-        }
-    }
-    if drawn {
-        eprintln!();
-    }
+    crate::progress::draw_bar(
+        || {
+            let status = client::get(&target, "/status").ok()?;
+            let v = serde_json::from_str::<serde_json::Value>(&status.body).ok()?;
+            serde_json::from_value::<crate::backup::Running>(v["backup"]["running"].clone())
+                .ok()
+                .map(|r| r.progress)
+        },
+        done,
+    )
 }
 
 /// Gives initdb and postgres a user name when pgwarden runs as a UID without one.
@@ -628,7 +595,31 @@ async fn restore_drill(args: &RestoreDrillArgs) -> i32 {
         }
         on_signal.cancel();
     });
-    match drill::drill(&s, &req, &Runner::Direct, &cancel, None).await {
+    // On a terminal, the restore's progress as a bar (the log has a line every few
+    // seconds otherwise).
+    let tracker = std::sync::Arc::new(drill::Tracker::new(&s.drill.dir, None));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let (tracker, done) = (tracker.clone(), done.clone());
+        std::thread::spawn(move || {
+            crate::progress::draw_bar(
+                || {
+                    tracker
+                        .status()?
+                        .running?
+                        .restore
+                        .filter(|f| f.total_bytes > 0)
+                },
+                &done,
+            )
+        })
+    });
+    let drilled = drill::drill(&s, &req, &Runner::Direct, &cancel, Some(&tracker)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(bar) = bar {
+        let _ = bar.join();
+    }
+    match drilled {
         Ok(r) => {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
@@ -748,33 +739,5 @@ fn local_call_within(
             );
             1
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_progress_line_shows_done_total_rate_and_time_left() {
-        let r = crate::backup::Running {
-            backup_id: "x".into(),
-            bytes: 1_200_000_000,
-            total_bytes: 2_700_000_000,
-            bytes_per_second: 120e6,
-            seconds_left: Some(12.4),
-        };
-        assert_eq!(
-            progress_line(&r, 10),
-            "[####......]  44%  1.2/2.7 GB  120 MB/s  12 s left"
-        );
-        let start = crate::backup::Running {
-            backup_id: "x".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            progress_line(&start, 4),
-            "[....]   0%  0.0/0.0 GB  0 MB/s  "
-        );
     }
 }

@@ -21,6 +21,7 @@ pub mod nss;
 pub mod pgconf;
 pub mod pgdata;
 pub mod process;
+pub mod progress;
 pub mod redact;
 pub mod replica;
 pub mod roles;

@@ -85,6 +85,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     ));
     let app = AppState {
         backup: backup_status,
+        restore: Default::default(),
         drill: drills.clone(),
         daemon: daemon_rx,
         sup: status_rx.clone(),
@@ -153,12 +154,13 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
             None => (settings.clone(), None),
         };
         let done = async {
-            bootstrap::ensure(&settings, &runner).await?;
+            bootstrap::ensure(&settings, &runner, &app.restore).await?;
             match replica::prepare(&settings, &runner).await {
                 Ok(()) => anyhow::Ok(()),
                 // PGWARDEN_REWIND_FAILED decides, rather than an exit at every start.
                 Err(e) => {
-                    let kept = supervisor::after_failed_rewind(&settings, &runner, e).await?;
+                    let kept = supervisor::after_failed_rewind(&settings, &runner, &app.restore, e)
+                        .await?;
                     status_tx.send_modify(|st| st.rewind_failed = kept);
                     Ok(())
                 }
@@ -307,7 +309,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         settings: settings.clone(),
         runner: runner.clone(),
         backups: upgrade_backups,
-        gate: scheduled_backup_gate(app),
+        gate: scheduled_backup_gate(app.clone()),
     }
     .spawn();
 
@@ -329,6 +331,7 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
         commands: command_rx,
         self_commands: supervisor::Commands(command_tx),
         refused: None,
+        restoring: app.restore.clone(),
     };
     let code = sup.run(&mut signals).await;
     // A drill under way stopped when the shutdown began: let it finish removing what

@@ -109,7 +109,7 @@ async fn a_killed_backup_is_never_listed_and_the_next_one_succeeds() {
         .unwrap();
     eventually(Duration::from_secs(60), "the backup streams", || {
         match pg.status().backup.running {
-            Some(r) if r.bytes > 20 << 20 => Ok(()),
+            Some(r) if r.progress.bytes > 20 << 20 => Ok(()),
             other => Err(format!("{other:?}")),
         }
     });

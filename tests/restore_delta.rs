@@ -25,12 +25,15 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A TCP proxy in front of Garage that, when armed, closes the next connection once it
-/// has passed `cut` bytes of responses, then holds new connections until `open`.
+/// has passed `cut` bytes of responses, then holds new connections until `open`; and
+/// that, when slowed, passes responses at a set rate.
 struct CuttingProxy {
     port: u16,
     cut: Arc<AtomicU64>,
     cuts: Arc<tokio::sync::Notify>,
     gate: tokio::sync::watch::Sender<bool>,
+    /// Bytes a second the responses pass at (0: as fast as they come).
+    rate: Arc<AtomicU64>,
 }
 
 impl CuttingProxy {
@@ -40,14 +43,15 @@ impl CuttingProxy {
         let cut = Arc::new(AtomicU64::new(0));
         let cuts = Arc::new(tokio::sync::Notify::new());
         let (gate, gate_rx) = tokio::sync::watch::channel(true);
-        let (c, n) = (cut.clone(), cuts.clone());
+        let rate = Arc::new(AtomicU64::new(0));
+        let (c, n, r) = (cut.clone(), cuts.clone(), rate.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
                 let mut open = gate_rx.clone();
-                let (cut, cuts) = (c.clone(), n.clone());
+                let (cut, cuts, rate) = (c.clone(), n.clone(), r.clone());
                 tokio::spawn(async move {
                     let _ = open.wait_for(|o| *o).await;
                     let Ok(mut server) =
@@ -75,6 +79,11 @@ impl CuttingProxy {
                             if cw.write_all(&buf[..n]).await.is_err() {
                                 return false;
                             }
+                            let rate = rate.load(Ordering::SeqCst);
+                            if rate > 0 {
+                                tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64))
+                                    .await;
+                            }
                             if let Some(b) = budget.as_mut() {
                                 *b -= n as u64;
                                 if *b == 0 {
@@ -95,6 +104,7 @@ impl CuttingProxy {
             cut,
             cuts,
             gate,
+            rate,
         }
     }
 
@@ -115,6 +125,11 @@ impl CuttingProxy {
 
     fn open(&self) {
         self.gate.send_replace(true);
+    }
+
+    /// Passes responses at `bytes_per_second` (0: at full speed).
+    fn slow_to(&self, bytes_per_second: u64) {
+        self.rate.store(bytes_per_second, Ordering::SeqCst);
     }
 }
 
@@ -183,13 +198,25 @@ async fn a_download_cut_midway_resumes_and_a_part_changed_meanwhile_is_refused()
         .await
         .unwrap();
 
-    // Cut twice, a third of the way in and again: the restore completes, byte for byte.
+    // Cut twice, a third of the way in and again: the restore completes, byte for byte,
+    // and its progress counts each byte of the part once.
     let tmp = test_dir();
     let dest = tmp.path().join("resumed");
     proxy.arm(part.len() as u64 / 3, false);
+    let progress = Arc::new(pgwarden::progress::Progress::default());
     let ex = tokio::spawn({
-        let (s3, dest) = (s3.clone(), dest.clone());
-        async move { extract::extract(&s3, key, extract::TarCompression::Gzip, &dest, None).await }
+        let (s3, dest, progress) = (s3.clone(), dest.clone(), progress.clone());
+        async move {
+            extract::extract(
+                &s3,
+                key,
+                extract::TarCompression::Gzip,
+                &progress,
+                &dest,
+                None,
+            )
+            .await
+        }
     });
     proxy.cuts.notified().await;
     proxy.arm(part.len() as u64 / 4, false);
@@ -198,6 +225,7 @@ async fn a_download_cut_midway_resumes_and_a_part_changed_meanwhile_is_refused()
         .await
         .expect("the resumed download was cut again");
     assert_eq!(size, part.len() as u64);
+    assert_eq!(progress.done(), part.len() as u64);
     assert_eq!(
         sha,
         pgwarden::wal::hex(&<sha2::Sha256 as sha2::Digest>::digest(&part))
@@ -214,7 +242,17 @@ async fn a_download_cut_midway_resumes_and_a_part_changed_meanwhile_is_refused()
     proxy.arm(part.len() as u64 / 3, true);
     let ex = tokio::spawn({
         let (s3, dest) = (s3.clone(), dest.clone());
-        async move { extract::extract(&s3, key, extract::TarCompression::Gzip, &dest, None).await }
+        async move {
+            extract::extract(
+                &s3,
+                key,
+                extract::TarCompression::Gzip,
+                &Default::default(),
+                &dest,
+                None,
+            )
+            .await
+        }
     });
     // The gate closes once the cut is seen; then the object changes behind it.
     eventually(
@@ -435,4 +473,107 @@ async fn delta_restores_a_stale_replica_and_a_diverged_former_primary_and_refuse
         "{e}"
     );
     assert_eq!(tree(&other), before, "the other cluster is untouched");
+}
+
+/// A bootstrap from a backup says how far it is while it runs (issue 19, item 7):
+/// `/status` names the backup and has the bytes of its objects read so far, their
+/// total (the objects' size in the archive), the rate and the time left; `/metrics`
+/// has the same. A proxy slows the download so that the restore lasts seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_shows_its_progress_in_status_and_metrics() {
+    let rt = tokio::runtime::Handle::current();
+    let tmp = test_dir();
+    let store = Store::s3();
+    let Store::S3(g) = &store else {
+        unreachable!("an S3 store")
+    };
+    let mut p = Instance::primary(tmp.path(), "p");
+    store.configure(&mut p, "c");
+    p.start().wait_ready();
+    create_t(&p, 1000).await;
+    // Hex digits compress to about half: a data part of megabytes.
+    execute(
+        &p,
+        "CREATE TABLE noise AS SELECT g, md5(g::text) || md5((g * 7)::text) AS h \
+         FROM generate_series(1, 150000) g; CHECKPOINT",
+    )
+    .await;
+    let info = take_backup(&p);
+    let id = info["backup_id"].as_str().unwrap().to_owned();
+    let (cfg, backend) = store.open("c").await;
+    let prefix = format!("{}/base/{id}/", cfg.base());
+    let stored: u64 = backend
+        .list(&prefix, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|o| o.key[prefix.len()..].starts_with("data"))
+        .map(|o| o.size)
+        .sum();
+    assert!(stored > 2 << 20, "a backup of megabytes: {stored} bytes");
+
+    let proxy =
+        CuttingProxy::start(g.endpoint().rsplit(':').next().unwrap().parse().unwrap()).await;
+    // About four seconds of download whatever the machine: the samples below see it
+    // under way.
+    proxy.slow_to(stored / 4);
+    let mut r = restoring_as(tmp.path(), &store, "c", "r");
+    r.set(
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", proxy.port),
+    );
+    r.start();
+    let under_way = tokio::task::block_in_place(|| {
+        let mut seen = None;
+        eventually(
+            Duration::from_secs(120),
+            "the restore under way in /status",
+            || {
+                let body = r.try_get("/status").ok_or("pgwarden is not up yet")?.body;
+                let doc: pgwarden::http::StatusDoc =
+                    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+                match doc.restore {
+                    Some(run) if run.progress.bytes > 0 && run.progress.bytes < stored => {
+                        let metrics = r.get("/metrics").body;
+                        seen = Some((run, metrics));
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        );
+        seen.unwrap()
+    });
+    let (run, metrics) = under_way;
+    assert_eq!(run.backup_id, id);
+    assert_eq!(
+        run.progress.total_bytes, stored,
+        "the total is the objects' size"
+    );
+    assert!(run.progress.bytes_per_second > 0.0, "{run:?}");
+    assert!(
+        run.progress.seconds_left.is_some_and(|s| s > 0.0),
+        "{run:?}"
+    );
+    assert!(metrics.contains("pgwarden_restore_running 1"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("pgwarden_restore_total_bytes {stored}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgwarden_restore_read_bytes "),
+        "{metrics}"
+    );
+
+    // Once it is done, no restore is shown, and every row is there.
+    proxy.slow_to(0);
+    r.wait_for("/primary", 200, Duration::from_secs(120));
+    wait_rows(&rt, &r, 1000);
+    assert!(r.status().restore.is_none());
+    let metrics = r.get("/metrics").body;
+    assert!(metrics.contains("pgwarden_restore_running 0"), "{metrics}");
+    assert!(
+        !metrics.contains("pgwarden_restore_total_bytes"),
+        "{metrics}"
+    );
 }

@@ -138,18 +138,10 @@ pub struct RetentionRun {
 pub struct Running {
     /// Its id.
     pub backup_id: String,
-    /// Bytes read from PGDATA so far.
-    pub bytes: u64,
-    /// Bytes to read in all (PGDATA's files as listed when the backup began; 0 until
-    /// they are listed).
-    #[serde(default)]
-    pub total_bytes: u64,
-    /// Bytes read a second, over the backup so far.
-    #[serde(default)]
-    pub bytes_per_second: f64,
-    /// Seconds left at that rate, once there is a rate.
-    #[serde(default)]
-    pub seconds_left: Option<f64>,
+    /// Bytes read from PGDATA so far, of its files as listed when the backup began
+    /// (0 until they are listed).
+    #[serde(flatten)]
+    pub progress: crate::progress::Figures,
 }
 
 /// A backup that ended.

@@ -19,7 +19,6 @@ use crate::wal::names::WalName;
 use crate::wal::storage::{Backend, Bytes, PutOutcome, Storage};
 use crate::wal::ArchiveConfig;
 use anyhow::{bail, Context, Result};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -523,61 +522,25 @@ fn full_due(
     })
 }
 
-/// How often a running backup logs its progress (`/status` has it at all times).
-const PROGRESS_LOG: Duration = Duration::from_secs(10);
-
 /// Keeps `/status` up to date with the backup's progress, and logs it every
-/// [`PROGRESS_LOG`]: bytes done, the total, the rate and the time left. A backup of
-/// terabytes runs for hours, and someone will watch it.
+/// [`crate::progress::LOG_EVERY`]: bytes done, the total, the rate and the time left.
 async fn report_progress(
     id: String,
     progress: Arc<super::engine::Progress>,
     status: Arc<Mutex<BackupStatus>>,
 ) {
-    let started = Instant::now();
-    let mut logged = Instant::now();
+    let _log = crate::progress::log_every("backup progress", id, progress.clone());
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (done, total) = (
-            progress.done.load(Ordering::Relaxed),
-            progress.total.load(Ordering::Relaxed),
-        );
-        let (rate, left) = rate_and_time_left(done, total, started.elapsed());
         if let Some(r) = status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .running
             .as_mut()
         {
-            r.bytes = done;
-            r.total_bytes = total;
-            r.bytes_per_second = rate;
-            r.seconds_left = left;
-        }
-        if logged.elapsed() >= PROGRESS_LOG {
-            logged = Instant::now();
-            tracing::info!(
-                backup_id = %id,
-                bytes = done,
-                total_bytes = total,
-                percent = if total > 0 { (done as f64 * 100.0 / total as f64).min(100.0).round() } else { 0.0 },
-                mb_per_second = (rate / 1e6 * 10.0).round() / 10.0,
-                seconds_left = left.map(f64::round),
-                "backup progress"
-            );
+            r.progress = progress.figures();
         }
     }
-}
-
-/// The read rate so far and, at that rate, the seconds left.
-fn rate_and_time_left(done: u64, total: u64, elapsed: Duration) -> (f64, Option<f64>) {
-    let secs = elapsed.as_secs_f64();
-    if secs <= 0.0 || done == 0 {
-        return (0.0, None);
-    }
-    let rate = done as f64 / secs;
-    let left = total.saturating_sub(done) as f64 / rate;
-    (rate, Some(left))
 }
 
 /// pgwarden's own facts in `backup.info` (comment lines, which barman skips): each
@@ -683,16 +646,6 @@ mod tests {
                 "{parent_tli} ending at {end:#x}"
             );
         }
-    }
-
-    #[test]
-    fn rate_and_time_left_from_bytes_and_time() {
-        let s = Duration::from_secs;
-        assert_eq!(rate_and_time_left(0, 100, s(5)), (0.0, None));
-        assert_eq!(rate_and_time_left(50, 100, s(0)), (0.0, None));
-        assert_eq!(rate_and_time_left(50, 150, s(5)), (10.0, Some(10.0)));
-        // A total that grew past the listing: nothing left, not a negative time.
-        assert_eq!(rate_and_time_left(200, 150, s(10)), (20.0, Some(0.0)));
     }
 
     #[test]

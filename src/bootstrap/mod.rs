@@ -16,6 +16,7 @@ mod scripts;
 use crate::fsutil;
 use crate::pgdata::{self, DataDirState};
 use crate::process::Runner;
+use crate::progress::Restoring;
 use crate::settings::{Role, Settings};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -52,8 +53,8 @@ pub fn ensure_socket_dir(s: &Settings) -> Result<()> {
 }
 
 /// Makes PGDATA hold a complete cluster: bootstraps it when needed, otherwise fixes its
-/// ownership and mode.
-pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
+/// ownership and mode. A restore from an archive shows its progress in `restoring`.
+pub async fn ensure(s: &Settings, runner: &Runner, restoring: &Restoring) -> Result<()> {
     // An older major is upgraded (or an interrupted upgrade finished or undone) first:
     // what follows sees a cluster of the binaries' major, or none.
     crate::upgrade::ensure(s, runner).await?;
@@ -65,11 +66,11 @@ pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
             remove_leftover_staging(&s.pgdata)?;
             Ok(())
         }
-        DataDirState::Missing | DataDirState::Empty => bootstrap(s, runner).await,
+        DataDirState::Missing | DataDirState::Empty => bootstrap(s, runner, restoring).await,
         DataDirState::InterruptedBootstrap => {
             warn!(pgdata = %s.pgdata.display(), "an earlier bootstrap was interrupted; starting it again from clean");
             clean_interrupted(&s.pgdata, s.major_version, seeds_from_archive(s))?;
-            bootstrap(s, runner).await
+            bootstrap(s, runner, restoring).await
         }
         DataDirState::Foreign(entries) => bail!(
             "PGDATA: {} is not empty and is not a PostgreSQL data directory (it holds {}); pgwarden will not touch it",
@@ -79,7 +80,7 @@ pub async fn ensure(s: &Settings, runner: &Runner) -> Result<()> {
     }
 }
 
-async fn bootstrap(s: &Settings, runner: &Runner) -> Result<()> {
+async fn bootstrap(s: &Settings, runner: &Runner, restoring: &Restoring) -> Result<()> {
     use crate::settings::restore::Then;
     // A restore is planned and checked (backup, version, WAL) before PGDATA is created.
     let restore = match (&s.restore, s.role) {
@@ -93,9 +94,12 @@ async fn bootstrap(s: &Settings, runner: &Runner) -> Result<()> {
     fsutil::ensure_dir(&s.pgdata, 0o700, owner).context("PGDATA")?;
     let staging = pgdata::staging_dir(&s.pgdata);
     match (restore, s.role) {
-        (Some(plan), _) => restore::build(s, plan, runner, &staging).await?,
+        (Some(plan), _) => {
+            let _shown = restoring.show(&plan.backup().backup_id, plan.progress());
+            restore::build(s, plan, runner, &staging).await?
+        }
         (None, Role::Primary) => initdb::build(s, runner, &staging).await?,
-        (None, Role::Replica) => clone(s, runner, &staging).await?,
+        (None, Role::Replica) => clone(s, runner, &staging, restoring).await?,
     }
     commit(&staging, &s.pgdata)?;
     info!(pgdata = %s.pgdata.display(), "bootstrap complete");
@@ -106,12 +110,12 @@ async fn bootstrap(s: &Settings, runner: &Runner) -> Result<()> {
 /// when it holds a usable backup, else (and always by default) pg_basebackup from the
 /// primary. The archive spares the primary the copy (CloudNativePG issue 10429); it is
 /// an optimisation, so any reason it cannot serve falls back to the primary, logged.
-async fn clone(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> {
+async fn clone(s: &Settings, runner: &Runner, staging: &Path, restoring: &Restoring) -> Result<()> {
     use crate::settings::restore::CloneFrom;
     if s.clone_from == CloneFrom::Archive {
         // The backup must be of the primary's cluster: it is asked, once it answers.
         basebackup::wait_for_primary(s, runner).await;
-        match seed(s, runner, staging).await {
+        match seed(s, runner, staging, restoring).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 warn!(reason = format!("{e:#}"), "PGWARDEN_CLONE_FROM=archive: the archive cannot seed this replica; cloning the primary with pg_basebackup instead");
@@ -127,13 +131,14 @@ async fn clone(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> {
 
 /// Seeds a standby from the latest backup in the cluster's own archive; postgres then
 /// replays the archived WAL (restore_command) and streams from the primary.
-async fn seed(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> {
+async fn seed(s: &Settings, runner: &Runner, staging: &Path, restoring: &Restoring) -> Result<()> {
     let mut plan = restore::plan_seed(s, runner).await?;
     // What a discarded cluster left in staging (see clean_interrupted): kept where it
     // matches the backup, a delta restore.
     plan.allow_delta();
     let backup_id = plan.backup().backup_id.clone();
     info!(backup_id = %backup_id, "seeding this replica from the archive's latest backup instead of pg_basebackup");
+    let _shown = restoring.show(&backup_id, plan.progress());
     restore::build(s, plan, runner, staging).await?;
     info!(backup_id = %backup_id, "replica seeded from the archive: it replays the archived WAL, then streams from the primary");
     Ok(())

@@ -166,6 +166,7 @@ pub async fn drill(
             t.set_running(Some(Running {
                 started_at: Some(civil::rfc3339(started)),
                 step: Some(step.to_owned()),
+                restore: None,
             }));
         }
     };
@@ -192,7 +193,17 @@ pub async fn drill(
     };
     info!(backup_id = ?req.backup_id, target = %out.target, trigger = %out.trigger, dir = %dir.display(), "restore drill starting");
     let mut server = None;
-    let steps = steps(s, req, &source, runner, &mut out, clock, &mut server, &show);
+    let steps = steps(
+        s,
+        req,
+        &source,
+        runner,
+        &mut out,
+        clock,
+        &mut server,
+        &show,
+        tracker,
+    );
     let outcome = tokio::select! {
         r = steps => Some(r),
         _ = cancel.cancelled() => None,
@@ -244,6 +255,7 @@ async fn steps(
     clock: Instant,
     server: &mut Option<server::Server>,
     show: &(dyn Fn(&str) + Sync),
+    tracker: Option<&Tracker>,
 ) -> Result<(), Failed> {
     let dir = &s.drill.dir;
     let owner = s.run_as.as_ref().map(|u| u.owner());
@@ -274,6 +286,9 @@ async fn steps(
     room::check(dir, &backup.backup_id, &need, &space).map_err(|e| failed("room", e))?;
 
     show("restore");
+    if let Some(t) = tracker {
+        t.set_restore(plan.progress());
+    }
     let data = config::data_dir(dir);
     crate::fsutil::ensure_dir(&data, 0o700, owner).map_err(|e| failed("restore", e))?;
     restore::build(s, plan, runner, &data)

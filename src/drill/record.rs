@@ -126,6 +126,10 @@ pub struct Running {
     pub started_at: Option<String>,
     /// The step it is at, when this process runs it.
     pub step: Option<String>,
+    /// In the `restore` step: bytes of the backup's objects read from the archive, of
+    /// all it reads, the rate and the time left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::progress::Figures>,
 }
 
 /// The `drill` section of `/status`.
@@ -178,6 +182,8 @@ pub struct Tracker {
 struct Inner {
     read: Option<(Option<Stamp>, Result<Record, String>)>,
     running: Option<Running>,
+    /// The running drill's restore, while it restores.
+    restore: Option<std::sync::Arc<crate::progress::Progress>>,
     next_scheduled: Option<String>,
     waiting: Option<String>,
 }
@@ -198,7 +204,14 @@ impl Tracker {
 
     /// This process's drill moved to `step` (None: it ended).
     pub fn set_running(&self, running: Option<Running>) {
-        self.lock().running = running;
+        let mut inner = self.lock();
+        inner.running = running;
+        inner.restore = None;
+    }
+
+    /// This process's drill restores, `progress` saying how far (until its next step).
+    pub fn set_restore(&self, progress: std::sync::Arc<crate::progress::Progress>) {
+        self.lock().restore = Some(progress);
     }
 
     /// The schedule's next drill, and why it waits, if it does.
@@ -228,10 +241,14 @@ impl Tracker {
         let record = self.record();
         let inner = self.lock();
         let mut running = inner.running.clone();
+        if let (Some(r), Some(p)) = (running.as_mut(), &inner.restore) {
+            r.restore = Some(p.figures());
+        }
         if running.is_none() && super::locked_elsewhere(&self.dir) {
             running = Some(Running {
                 started_at: None,
                 step: None,
+                restore: None,
             });
         }
         let (record, record_error) = match record {
@@ -301,5 +318,25 @@ mod tests {
         let fresh = tempfile::tempdir().unwrap();
         let t = Tracker::new(fresh.path(), Some("1d".into()));
         assert_eq!(t.status().unwrap().schedule.as_deref(), Some("1d"));
+    }
+
+    #[test]
+    fn a_drill_shows_its_restore_progress_until_its_next_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tracker::new(dir.path(), None);
+        let step = |name: &str| Running {
+            started_at: None,
+            step: Some(name.into()),
+            restore: None,
+        };
+        t.set_running(Some(step("restore")));
+        let p = std::sync::Arc::new(crate::progress::Progress::default());
+        p.set_total(300);
+        t.set_restore(p.clone());
+        p.add(100);
+        let shown = t.status().unwrap().running.unwrap().restore.unwrap();
+        assert_eq!((shown.bytes, shown.total_bytes), (100, 300));
+        t.set_running(Some(step("recover")));
+        assert_eq!(t.status().unwrap().running.unwrap().restore, None);
     }
 }

@@ -284,6 +284,27 @@ pub fn registry(app: &AppState) -> Registry {
             n as f64,
         );
     }
+    let restore = app.restore.now();
+    gauge(
+        &r,
+        "pgwarden_restore_running",
+        "1 while a restore from an archive runs (a bootstrap, a replica rebuilt from it)",
+        f64::from(u8::from(restore.is_some())),
+    );
+    if let Some(run) = &restore {
+        gauge(
+            &r,
+            "pgwarden_restore_read_bytes",
+            "Bytes of the restored backup's objects read from the archive so far",
+            run.progress.bytes as f64,
+        );
+        gauge(
+            &r,
+            "pgwarden_restore_total_bytes",
+            "Bytes of the restored backup's objects the restore reads in all",
+            run.progress.total_bytes as f64,
+        );
+    }
     let backup = app.backup.lock().map(|b| b.clone()).unwrap_or_default();
     gauge(
         &r,
@@ -296,13 +317,13 @@ pub fn registry(app: &AppState) -> Registry {
             &r,
             "pgwarden_backup_streamed_bytes",
             "Bytes of the running base backup read from PGDATA so far",
-            run.bytes as f64,
+            run.progress.bytes as f64,
         );
         gauge(
             &r,
             "pgwarden_backup_total_bytes",
             "Bytes the running base backup reads in all",
-            run.total_bytes as f64,
+            run.progress.total_bytes as f64,
         );
     }
     if let Some(last) = &backup.last {
@@ -454,6 +475,20 @@ fn drill_metrics(r: &Registry, d: &crate::drill::DrillStatus) {
         "1 while a restore drill runs (the schedule's or a pgwarden restore-drill)",
         f64::from(u8::from(d.running.is_some())),
     );
+    if let Some(p) = d.running.as_ref().and_then(|r| r.restore.as_ref()) {
+        gauge(
+            r,
+            "pgwarden_drill_restore_read_bytes",
+            "Bytes of the drilled backup's objects read from the archive so far",
+            p.bytes as f64,
+        );
+        gauge(
+            r,
+            "pgwarden_drill_restore_total_bytes",
+            "Bytes of the drilled backup's objects the drill's restore reads in all",
+            p.total_bytes as f64,
+        );
+    }
     let success = d.record.last_success.as_ref();
     gauge(
         r,

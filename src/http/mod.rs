@@ -61,6 +61,8 @@ pub struct AppState {
     pub daemon: watch::Receiver<Option<Arc<crate::wal::daemon::Daemon>>>,
     /// The backup under way and the last one.
     pub backup: Arc<std::sync::Mutex<crate::backup::BackupStatus>>,
+    /// A restore from an archive under way: a bootstrap, a replica rebuilt from it.
+    pub restore: crate::progress::Restoring,
     /// Restore drills: the one under way, the last ones, the schedule.
     pub drill: Arc<crate::drill::Tracker>,
     /// The HA loop's last round, when PGWARDEN_HA is on.

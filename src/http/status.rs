@@ -106,6 +106,11 @@ pub struct StatusDoc {
     /// The base backup under way, and the last one.
     #[serde(default)]
     pub backup: crate::backup::BackupStatus,
+    /// A restore from an archive under way (a bootstrap, a replica rebuilt from its
+    /// archive): the backup, bytes read of its objects, the total, the rate, the time
+    /// left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::progress::RestoreRunning>,
     /// Automatic failover, when PGWARDEN_HA is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<crate::ha::status::HaStatus>,
@@ -160,6 +165,7 @@ impl StatusDoc {
             config_error: sup.config_error.clone(),
             rewind_failed: sup.rewind_failed.clone(),
             backup: Default::default(),
+            restore: None,
             ha: None,
             drill: None,
         }
@@ -171,6 +177,7 @@ pub async fn get(State(app): State<AppState>) -> Json<StatusDoc> {
     let mut doc = StatusDoc::build(&sup, &snap, &app.instance);
     doc.archiver.daemon = app.daemon.borrow().as_ref().map(|d| d.stats());
     doc.backup = app.backup.lock().map(|b| b.clone()).unwrap_or_default();
+    doc.restore = app.restore.now();
     doc.ha = app.ha.borrow().clone();
     doc.drill = app.drill.status();
     Json(doc)

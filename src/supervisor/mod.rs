@@ -47,6 +47,8 @@ pub struct Supervisor {
     pub self_commands: Commands,
     /// The fragments' text of the last refused change.
     pub refused: Option<crate::settings::UserTexts>,
+    /// Where a rebuild from the archive (`reinit`, a reclone) shows its progress.
+    pub restoring: crate::progress::Restoring,
 }
 
 /// How a shutdown was requested.
@@ -190,7 +192,7 @@ impl Supervisor {
         let rejoined = async {
             match crate::replica::rejoin(&s, &runner).await {
                 Ok(()) => Ok(None),
-                Err(e) => rewind::after_failed_rewind(&s, &runner, e).await,
+                Err(e) => rewind::after_failed_rewind(&s, &runner, &self.restoring, e).await,
             }
         }
         .await;
@@ -229,7 +231,7 @@ impl Supervisor {
         let s = self.settings.clone();
         let runner = self.runner();
         let done = async {
-            rewind::reclone(&s, &runner).await?;
+            rewind::reclone(&s, &runner, &self.restoring).await?;
             crate::pgconf::apply(&s, &s.pgdata, &self.resources, &runner).await
         }
         .await;
@@ -506,7 +508,7 @@ impl Supervisor {
                         Command::Reinit => {
                             let (s, runner) = (self.settings.clone(), self.runner());
                             let rebuilt = async {
-                                rewind::reclone(&s, &runner).await?;
+                                rewind::reclone(&s, &runner, &self.restoring).await?;
                                 crate::pgconf::apply(&s, &s.pgdata, &self.resources, &runner).await
                             }
                             .await;

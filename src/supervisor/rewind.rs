@@ -25,6 +25,7 @@ pub const REWIND_HOLD_TEXT: &str = "held: pg_rewind failed after it began to cop
 pub async fn after_failed_rewind(
     s: &Settings,
     runner: &Runner,
+    restoring: &crate::progress::Restoring,
     error: anyhow::Error,
 ) -> Result<Option<String>> {
     let Some(rewind) = error.downcast_ref::<RewindError>() else {
@@ -34,7 +35,7 @@ pub async fn after_failed_rewind(
     match s.rewind_failed {
         RewindFailed::Reclone => {
             warn!(error = %why, "pg_rewind failed; PGWARDEN_REWIND_FAILED=reclone: discarding the data and cloning the primary again");
-            reclone(s, runner).await?;
+            reclone(s, runner, restoring).await?;
             Ok(None)
         }
         RewindFailed::Keep if rewind.touched => {
@@ -59,7 +60,11 @@ pub async fn after_failed_rewind(
 /// Rebuilds this replica from its primary: discards the cluster in PGDATA (crash-safe,
 /// see [`crate::bootstrap::discard`]), clones the primary into it, and writes the
 /// configuration again.
-pub async fn reclone(s: &Settings, runner: &Runner) -> Result<()> {
+pub async fn reclone(
+    s: &Settings,
+    runner: &Runner,
+    restoring: &crate::progress::Restoring,
+) -> Result<()> {
     // Whatever this member bootstrapped as: a clone, never an initdb.
     let clone = Settings {
         role: crate::settings::Role::Replica,
@@ -70,7 +75,7 @@ pub async fn reclone(s: &Settings, runner: &Runner) -> Result<()> {
         anyhow::bail!("no primary to clone: this member follows nobody (with HA, there is no leader, or this member is it)");
     }
     crate::bootstrap::discard(&s.pgdata).context("PGDATA: discard the cluster")?;
-    crate::bootstrap::ensure(&clone, runner)
+    crate::bootstrap::ensure(&clone, runner, restoring)
         .await
         .context("clone the primary again")?;
     Ok(())

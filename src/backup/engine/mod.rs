@@ -41,7 +41,7 @@ use sha2::Digest;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Size of the parts sent to the storage (S3's minimum for all but the last).
@@ -82,14 +82,8 @@ pub struct Job<'a> {
     pub parent: Option<Arc<incremental::Parent>>,
 }
 
-/// How far a backup is.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Bytes of PGDATA read.
-    pub done: AtomicU64,
-    /// Bytes to read (known once PGDATA is listed).
-    pub total: AtomicU64,
-}
+/// How far a backup is: bytes of PGDATA read, of those listed when it began.
+pub use crate::progress::Progress;
 
 /// A data object written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,9 +213,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
             .then_with(|| b.size.cmp(&a.size))
             .then_with(|| a.path.cmp(&b.path))
     });
-    job.progress
-        .total
-        .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+    job.progress.set_total(files.iter().map(|f| f.size).sum());
     let shared = Arc::new(Shared {
         queue: Mutex::new(files.into()),
         next_part: Mutex::new(BTreeMap::new()),
@@ -397,7 +389,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         timeline,
         parts: parts.into_iter().map(|(_, p)| p).collect(),
         tablespaces,
-        bytes: shared.progress.done.load(Ordering::Relaxed),
+        bytes: shared.progress.done(),
     })
 }
 
@@ -851,10 +843,7 @@ impl FileReader<'_> {
         }
         self.crc = crc32c::crc32c_append(self.crc, &self.buf[..want]);
         self.offset += want as u64;
-        self.shared
-            .progress
-            .done
-            .fetch_add(want as u64, Ordering::Relaxed);
+        self.shared.progress.add(want as u64);
         self.have = want;
         self.served = 0;
         Ok(())

@@ -49,6 +49,8 @@ struct Chunks {
     ended: bool,
     sha: sha2::Sha256,
     total: u64,
+    /// The restore's, counting the bytes taken from the download.
+    progress: std::sync::Arc<crate::progress::Progress>,
 }
 
 impl Read for Chunks {
@@ -67,6 +69,7 @@ impl Read for Chunks {
         let chunk = self.cur.split_to(n);
         self.sha.update(&chunk);
         self.total += n as u64;
+        self.progress.add(n as u64);
         out[..n].copy_from_slice(&chunk);
         Ok(n)
     }
@@ -82,17 +85,19 @@ pub type Skip = std::sync::Arc<std::collections::HashSet<String>>;
 
 /// Extracts the object `key` into `dest`, leaving out the files `skip` names; returns
 /// the SHA-256 (hex) and size of the object as stored, and the bytes of the files
-/// written. A download that fails midway is resumed from the byte received (see
-/// [`RESUMES`]), only if the object is still the one it began reading.
+/// written. The bytes read from the object are added to `progress` as they are taken.
+/// A download that fails midway is resumed from the byte received (see [`RESUMES`]),
+/// only if the object is still the one it began reading.
 pub async fn extract(
     storage: &Backend,
     key: &str,
     compression: TarCompression,
+    progress: &std::sync::Arc<crate::progress::Progress>,
     dest: &Path,
     skip: Option<Skip>,
 ) -> Result<(String, u64, u64)> {
     let dest = dest.to_path_buf();
-    extract_with(storage, key, compression, move |tar| {
+    extract_with(storage, key, compression, progress, move |tar| {
         unpack(&mut archive(tar), &dest, skip.as_deref())
     })
     .await
@@ -107,6 +112,7 @@ pub async fn extract_with<F>(
     storage: &Backend,
     key: &str,
     compression: TarCompression,
+    progress: &std::sync::Arc<crate::progress::Progress>,
     handle: F,
 ) -> Result<(String, u64, u64)>
 where
@@ -119,6 +125,7 @@ where
         .with_context(|| format!("{key} is not in the archive"))?;
     let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
     let key_owned = key.to_owned();
+    let progress = progress.clone();
     let untar = tokio::task::spawn_blocking(move || {
         untar(
             Chunks {
@@ -127,6 +134,7 @@ where
                 ended: false,
                 sha: sha2::Sha256::new(),
                 total: 0,
+                progress,
             },
             compression,
             handle,
@@ -446,6 +454,7 @@ mod untar_tests {
                 ended: false,
                 sha: sha2::Sha256::new(),
                 total: 0,
+                progress: Default::default(),
             };
             let r = untar(input, TarCompression::Gzip, |_| {
                 Err(io::Error::other("no space left on device"))

@@ -40,8 +40,19 @@ use std::process::{Command, Stdio};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// A backup's data objects: key, compression, what it holds.
-type Objects = Vec<(String, TarCompression, Holds)>;
+/// One of a backup's data objects.
+#[derive(Debug, Clone)]
+struct Object {
+    key: String,
+    compression: TarCompression,
+    /// PGDATA's files, or a tablespace's.
+    holds: Holds,
+    /// Bytes stored: what the restore reads.
+    size: u64,
+}
+
+/// A backup's data objects, in part order.
+type Objects = Vec<Object>;
 
 /// What a restore will do, decided and checked before anything is written.
 pub struct Plan {
@@ -55,6 +66,7 @@ pub struct Plan {
     then: Then,
     names: SettingNames,
     delta: bool,
+    progress: std::sync::Arc<crate::progress::Progress>,
 }
 
 impl Plan {
@@ -63,6 +75,12 @@ impl Plan {
     /// anything else there is removed first and the backup restored whole.
     pub fn allow_delta(&mut self) {
         self.delta = true;
+    }
+
+    /// How far [`build`] is: bytes of the objects read from the archive, of all it
+    /// reads (known once it starts, after a delta restore has left out what it keeps).
+    pub fn progress(&self) -> std::sync::Arc<crate::progress::Progress> {
+        self.progress.clone()
     }
 
     /// The backup chosen.
@@ -75,7 +93,7 @@ impl Plan {
     pub fn compressed(&self) -> bool {
         self.objects
             .iter()
-            .any(|(_, c, _)| *c != TarCompression::None)
+            .any(|o| o.compression != TarCompression::None)
     }
 }
 
@@ -143,6 +161,7 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then, pgdata: &Path) ->
         then,
         names,
         delta: false,
+        progress: Default::default(),
     })
 }
 
@@ -208,6 +227,7 @@ async fn build_in(
         then,
         names,
         delta,
+        progress,
     } = plan;
     std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
     // ---- delta restore (see delta.rs): what the directory keeps, which parts to read.
@@ -238,18 +258,29 @@ async fn build_in(
     let backup_id_setting = names.backup_id;
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(s.backups.jobs.max(1)));
     let files = std::sync::Arc::new(chain::Files::default());
-    let members = std::iter::once((b.clone(), objects)).chain(older);
-    for (i, (member, objects)) in members.enumerate() {
+    let members: Vec<(BackupInfo, Objects)> =
+        std::iter::once((b.clone(), objects)).chain(older).collect();
+    progress.set_total(members.iter().flat_map(|(_, o)| o).map(|o| o.size).sum());
+    let _log =
+        crate::progress::log_every("restore progress", b.backup_id.clone(), progress.clone());
+    for (i, (member, objects)) in members.into_iter().enumerate() {
         let recorded = std::sync::Arc::new(recorded_sha256(&member));
         let incremental = list::is_incremental(&member);
         let mut tasks = tokio::task::JoinSet::new();
-        for (key, compression, holds) in objects {
-            let (storage, recorded, limit, files, skip) = (
+        for Object {
+            key,
+            compression,
+            holds,
+            ..
+        } in objects
+        {
+            let (storage, recorded, limit, files, skip, progress) = (
                 storage.clone(),
                 recorded.clone(),
                 limit.clone(),
                 files.clone(),
                 skip.clone(),
+                progress.clone(),
             );
             let dest = match holds {
                 Holds::Data => staging.to_path_buf(),
@@ -264,12 +295,12 @@ async fn build_in(
             tasks.spawn(async move {
                 let _slot = limit.acquire_owned().await?;
                 let (sha, size, wrote) = if chained {
-                    extract::extract_with(&storage, &key, compression, move |tar| {
+                    extract::extract_with(&storage, &key, compression, &progress, move |tar| {
                         chain::apply(tar, &dest, i == 0, incremental, &files).map(|()| 0)
                     })
                     .await?
                 } else {
-                    extract::extract(&storage, &key, compression, &dest, skip).await?
+                    extract::extract(&storage, &key, compression, &progress, &dest, skip).await?
                 };
                 let name = key.rsplit('/').next().unwrap_or(&key);
                 if recorded.get(name).is_some_and(|want| *want != sha) {
@@ -331,7 +362,7 @@ async fn delta_over(
     b: &BackupInfo,
     dir: &Path,
     major: u32,
-    objects: &mut Vec<(String, TarCompression, Holds)>,
+    objects: &mut Objects,
 ) -> Result<Option<extract::Skip>> {
     let holds_something = std::fs::read_dir(dir)
         .with_context(|| format!("read {}", dir.display()))?
@@ -344,10 +375,10 @@ async fn delta_over(
         if !b.tablespaces.is_empty() {
             return Err("the backup has tablespaces".to_owned());
         }
-        let Some((first, _, _)) = objects.first() else {
+        let Some(first) = objects.first() else {
             return Err("the backup has no data part".to_owned());
         };
-        let key = match first.rsplit_once('/') {
+        let key = match first.key.rsplit_once('/') {
             Some((prefix, _)) => format!("{prefix}/{}", crate::backup::engine::manifest::OBJECT),
             None => crate::backup::engine::manifest::OBJECT.to_owned(),
         };
@@ -396,7 +427,7 @@ async fn delta_over(
     if d.only_last_part(&files) {
         // The engine writes global/pg_control and backup_label into the last data
         // part, opened after every other: nothing else needs reading.
-        if let Some(last) = objects.iter().rposition(|(_, _, h)| *h == Holds::Data) {
+        if let Some(last) = objects.iter().rposition(|o| o.holds == Holds::Data) {
             let kept = objects.remove(last);
             objects.clear();
             objects.push(kept);
@@ -593,13 +624,9 @@ async fn check_wal<S: Storage>(
 /// large ones into `data_0001.tar.gz`, ...), then each tablespace's (`<oid>.tar[.gz]`,
 /// ...), refused when a part is missing or a tablespace's objects are not those of a
 /// tablespace its `backup.info` lists.
-async fn data_objects<S: Storage>(
-    storage: &S,
-    base: &str,
-    b: &BackupInfo,
-) -> Result<Vec<(String, TarCompression, Holds)>> {
+async fn data_objects<S: Storage>(storage: &S, base: &str, b: &BackupInfo) -> Result<Objects> {
     let prefix = format!("{}{}/", crate::backup::base_prefix(base), b.backup_id);
-    let mut found: std::collections::BTreeMap<Holds, Vec<(String, TarCompression)>> =
+    let mut found: std::collections::BTreeMap<Holds, Vec<(String, TarCompression, u64)>> =
         Default::default();
     for o in storage
         .list(&prefix, 10_000)
@@ -613,14 +640,18 @@ async fn data_objects<S: Storage>(
         if let Holds::Tablespace(oid) = holds {
             if !b.tablespaces.iter().any(|t| t.oid == oid) {
                 bail!(
-                    "backup {} holds {name}, the data of tablespace {oid}, but its backup.info lists no such tablespace;                      restore another one with PGWARDEN_RESTORE_BACKUP_ID",
+                    "backup {} holds {name}, the data of tablespace {oid}, but its backup.info lists no such tablespace; \
+                     restore another one with PGWARDEN_RESTORE_BACKUP_ID",
                     b.backup_id
                 );
             }
         }
         let c =
             TarCompression::of(name).map_err(|e| anyhow::anyhow!("backup {}: {e}", b.backup_id))?;
-        found.entry(holds).or_default().push((name.to_owned(), c));
+        found
+            .entry(holds)
+            .or_default()
+            .push((name.to_owned(), c, o.size));
     }
     if !found.contains_key(&Holds::Data) {
         bail!("backup {} has no data object under {prefix}", b.backup_id);
@@ -631,7 +662,7 @@ async fn data_objects<S: Storage>(
         std::iter::once(Holds::Data).chain(b.tablespaces.iter().map(|t| Holds::Tablespace(t.oid)));
     for holds in wanted {
         let objects = found.get(&holds).map(Vec::as_slice).unwrap_or_default();
-        let names: Vec<String> = objects.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = objects.iter().map(|(n, _, _)| n.clone()).collect();
         let expected = match holds {
             Holds::Data => b.extra.get("data_parts").and_then(|n| n.parse().ok()),
             Holds::Tablespace(oid) => counts.get(&oid).copied(),
@@ -648,8 +679,13 @@ async fn data_objects<S: Storage>(
             )
         })?;
         for n in ordered {
-            if let Some((_, c)) = objects.iter().find(|(m, _)| *m == n) {
-                out.push((format!("{prefix}{n}"), *c, holds));
+            if let Some((_, c, size)) = objects.iter().find(|(m, _, _)| *m == n) {
+                out.push(Object {
+                    key: format!("{prefix}{n}"),
+                    compression: *c,
+                    holds,
+                    size: *size,
+                });
             }
         }
     }
