@@ -233,6 +233,29 @@ pub fn logs(members: &[Instance]) -> String {
         .collect()
 }
 
+/// Waits until `observer`'s `/cluster` (its HA loop's last read of the store, a round
+/// old at most) shows member `name` with `role`: what a user checks with `pgwarden
+/// list` before asking anything of that member.
+pub fn wait_cluster_role(observer: &Instance, name: &str, role: &str) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("/cluster shows {name} as {role}"),
+        || {
+            let c: serde_json::Value =
+                serde_json::from_str(&observer.try_get("/cluster").ok_or("no answer")?.body)
+                    .map_err(|e| e.to_string())?;
+            let got = c["members"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["name"] == name))
+                .map(|m| m["role"].clone());
+            match got {
+                Some(r) if r == role => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+}
+
 /// Waits until `primary` has `replica` streaming from it.
 pub fn wait_streaming(
     rt: &tokio::runtime::Handle,
