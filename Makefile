@@ -19,21 +19,18 @@ run: deps build
 # default; on PG_OTHER, Debian 12's, every test binary that touches what differs by
 # major (initdb and bootstrap, adoption and the major check, replicas and rewind, WAL
 # page headers, base backups and restore, barman-cloud, metrics and /status, HA
-# failover). PGWARDEN_PG_BINDIR selects the binaries of a run.
+# failover). Both run at once (scripts/test-matrix.sh); PGWARDEN_PG_BINDIR selects
+# the binaries of a run. archive_safety is not here: what it tests does not differ by
+# major (each major's WAL is checked on its way in and out by wal, restore, replica).
 PG_FULL ?= 18
 PG_OTHER ?= 15
-VERSIONED_TESTS ?= bootstrap primary bad_input official_image replica rewind archive_safety wal \
+VERSIONED_TESTS ?= bootstrap primary bad_input official_image replica rewind wal \
   backup restore interop observability ha_failover ha_restore backup_incremental
 
 ## Run the test suite against real PostgreSQL: all of it on 18, the versioned part on 15.
 test: deps
 	bash scripts/install-garage.sh
-	bindir=$$(bash scripts/pg-bindir.sh $(PG_FULL)) && \
-	  echo "== the whole suite on PostgreSQL $(PG_FULL) ($$bindir)" && \
-	  PGWARDEN_PG_BINDIR=$$bindir $(CARGO) test --locked --all-targets
-	bindir=$$(bash scripts/pg-bindir.sh $(PG_OTHER)) && \
-	  echo "== the versioned tests on PostgreSQL $(PG_OTHER) ($$bindir)" && \
-	  PGWARDEN_PG_BINDIR=$$bindir $(CARGO) test --locked $(addprefix --test ,$(VERSIONED_TESTS))
+	CARGO=$(CARGO) bash scripts/test-matrix.sh $(PG_FULL) $(PG_OTHER) $(VERSIONED_TESTS)
 
 ## The HA fault harness (tests/chaos.rs) on a longer schedule than `make test`'s:
 ## CHAOS_SEED, CHAOS_FAULTS (default 40 here) and CHAOS_SYNC (on, strict, quorum, off).

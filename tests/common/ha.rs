@@ -12,14 +12,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Three clusters at once are too much for a small CI machine: these tests take
-/// turns, whatever the test threads. Each test has a runtime of its own, so holding
-/// this lock across its awaits blocks only other tests (hence the clippy allows).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    // A failed test poisons the lock; the next one may still run.
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+/// Two clusters at once are too much for a small CI machine: these tests take turns,
+/// whatever the test threads, and across test processes too (`make test` runs the
+/// suite on two majors at once): the turn is an exclusive `flock` on a file of the
+/// build's own temporary directory, released when the returned value is dropped (or
+/// the process dies). Each test has a runtime of its own, so holding the turn across
+/// its awaits blocks only other tests (hence the clippy allows).
+pub fn one_at_a_time() -> nix::fcntl::Flock<std::fs::File> {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ha-tests.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("lock {}: {e}", path.display()))
 }
 
 /// Three members of cluster `c`, not started, with the tests' short timing, on
