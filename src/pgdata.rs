@@ -8,6 +8,14 @@ use std::path::{Path, PathBuf};
 /// result into place. Its presence without `PG_VERSION` means an interrupted bootstrap.
 pub const STAGING_DIR: &str = ".pgwarden-staging";
 
+/// A note that pg_rewind could not rejoin this standby to its primary and its data
+/// was kept (`PGWARDEN_REWIND_FAILED=keep`), with why. While it is there, postgres is
+/// pinned to its own timeline (`recovery_target_timeline = 'current'`): its primary's
+/// newer timeline is not a child of its history, and a standby that looks for it (in
+/// the archive, through `restore_command`) stops with a FATAL error at every start.
+/// The next rewind removes it.
+pub const REWIND_KEPT: &str = "pgwarden.rewind-kept";
+
 /// Entries that may sit in an empty volume without making it "used".
 const IGNORABLE: &[&str] = &["lost+found"];
 

@@ -198,11 +198,11 @@ pub async fn run(args: &SettingsArgs) -> Result<i32> {
     let (settings, rendered) = tokio::select! {
         result = prepare => {
             let next = result?;
-            // HA chose the upstream after the first render: primary_conninfo changed.
-            let rendered = match next.ha {
-                Some(_) => pgconf::render(&next, &next.pgdata, &resources)?,
-                None => rendered,
-            };
+            // Rendered again from what the start-up found: HA chose the upstream
+            // (primary_conninfo), and a rewind that failed and was kept pins the
+            // standby to its own timeline (pgdata::REWIND_KEPT). The first rendering
+            // was validated; these inputs only change values postgres knows.
+            let rendered = pgconf::render(&next, &next.pgdata, &resources)?;
             (next, rendered)
         }
         sig = supervisor::wait_for_stop(&mut signals) => {

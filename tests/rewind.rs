@@ -86,10 +86,14 @@ fn rewind_failed(a: &Instance) -> (Option<String>, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewind_that_changed_nothing_keeps_the_data_and_reinit_rebuilds_the_replica() {
     let tmp = test_dir();
+    // With an archive: a kept standby that looked for its primary's newer timeline
+    // there ("requested timeline 2 is not a child of this server's history") stopped
+    // at every start, and pgwarden restarted it in a loop.
+    let store = Store::fs();
     let (mut a, b) = diverged_pair(
         tmp.path(),
         "pg_catalog.pg_ls_dir(text, boolean, boolean)",
-        None,
+        Some(&store),
     )
     .await;
     a.start().wait_ready();
@@ -106,6 +110,9 @@ async fn a_rewind_that_changed_nothing_keeps_the_data_and_reinit_rebuilds_the_re
         1,
         "the kept data is a's own"
     );
+    // Pinned to its own timeline: it never stopped on b's, which the archive holds.
+    assert_eq!(a.status().restarts, 0, "{}", a.log());
+    assert!(!a.log().contains("is not a child of this server's history"));
     // reinit on the primary is refused, naming why.
     let (code, out) = b.run_cli(&["reinit"]);
     assert!(!code.success() && out.contains("only a standby"), "{out}");

@@ -182,14 +182,20 @@ pub fn render_postgresql_conf(
         true => failover_slots::SYNC_DBNAME,
         false => "replication",
     };
+    // A standby kept on data pg_rewind could not rejoin stays on its own timeline (see
+    // pgdata::REWIND_KEPT); any other follows its primary's newest.
+    let timeline = match data_dir.join(crate::pgdata::REWIND_KEPT).exists() {
+        true => "current",
+        false => "latest",
+    };
     if let Some(conninfo) = s.primary_conninfo(dbname) {
         out += &line("primary_conninfo", &conninfo)?;
         out += &line("primary_slot_name", &s.slot_name())?;
-        out += &line("recovery_target_timeline", "latest")?;
+        out += &line("recovery_target_timeline", timeline)?;
     } else if s.ha.is_some() {
         // A postmaster-level parameter: with HA the upstream comes and goes with the
         // leader, and dropping this line on a reload would leave it pending a restart.
-        out += &line("recovery_target_timeline", "latest")?;
+        out += &line("recovery_target_timeline", timeline)?;
     }
     // Ignored on a standby; on the leader the HA loop names the standbys.
     if let Some(value) = s.ha.as_ref().and_then(|h| {

@@ -38,7 +38,26 @@ pub async fn after_failed_rewind(
             reclone(s, runner, restoring).await?;
             Ok(None)
         }
-        RewindFailed::Keep if rewind.touched => {
+        RewindFailed::Keep => {
+            let held = rewind.touched;
+            crate::fsutil::write_atomic(
+                &s.pgdata.join(crate::pgdata::REWIND_KEPT),
+                format!("{why}\n").as_bytes(),
+                s.run_as.as_ref().map(|u| u.owner()),
+                0o600,
+            )
+            .context("write the note that the rewind failed")?;
+            keep(s, why, held)
+        }
+    }
+}
+
+/// Keeps the data of a standby pg_rewind could not rejoin (the note is written): held
+/// stopped when the rewind `held` had begun to copy files, else a standby on its own
+/// timeline.
+fn keep(s: &Settings, why: String, held: bool) -> Result<Option<String>> {
+    match held {
+        true => {
             error!(error = %why, "pg_rewind failed after it began to copy files; keeping the data (PGWARDEN_REWIND_FAILED=keep) and postgres stopped: `pgwarden reinit` rebuilds this replica from its primary");
             crate::fsutil::write_atomic(
                 &s.pgdata.join(FENCE_MARKER),
@@ -49,7 +68,7 @@ pub async fn after_failed_rewind(
             .context("write the fence marker")?;
             Ok(Some(why))
         }
-        RewindFailed::Keep => {
+        false => {
             error!(error = %why, "pg_rewind failed before it changed anything; keeping the data (PGWARDEN_REWIND_FAILED=keep): postgres runs as a standby that cannot follow its primary; `pgwarden reinit` rebuilds it");
             crate::replica::write_standby_signal(s, &s.pgdata)?;
             Ok(Some(why))

@@ -374,14 +374,16 @@ pub fn archive<R: Read>(r: R) -> ::tar::Archive<R> {
 
 /// Files of the source instance that must not carry over into a restored one: its
 /// signal files (the restore writes its own), and pgwarden's notes about the source's
-/// own archive and fencing.
+/// own archive, its fencing and a rewind that failed there.
 pub const NOT_RESTORED: &[&str] = &[
     "standby.signal",
     "recovery.signal",
     "postmaster.pid",
     "postmaster.opts",
     crate::wal::identity::CHECKED_NOTE,
+    crate::wal::capability::NOTE,
     crate::supervisor::commands::FENCE_MARKER,
+    crate::pgdata::REWIND_KEPT,
 ];
 
 /// Checks that `dir` holds a base backup of PostgreSQL `major` and tidies it for
