@@ -2,7 +2,8 @@
 //! PostgreSQL and Garage:
 //!
 //! - two members that start a backup in the same second each get an id of their own,
-//!   and each `backup.info` describes its own data;
+//!   and each `backup.info` describes its own data; racing claims of one id on Garage,
+//!   which ignores `If-None-Match`, have exactly one winner;
 //! - a backup whose times contradict the archive's WAL positions (a clock behind) is
 //!   refused, naming the backup it contradicts;
 //! - a deletion cut short is never listed and the next retention run finishes it; a
@@ -15,7 +16,7 @@ mod common;
 use common::wal::*;
 use common::*;
 use pgwarden::backup::BackupInfo;
-use pgwarden::wal::storage::{Backend, Bytes, Storage};
+use pgwarden::wal::storage::{Backend, Bytes, PutOutcome, Storage};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -295,4 +296,43 @@ async fn a_backup_with_a_part_missing_in_the_middle_is_refused_at_restore() {
         "{log}"
     );
     assert!(!pg.pgdata.join("PG_VERSION").exists(), "no PGDATA was made");
+}
+
+/// A backup's id is its own because its `backup.running` marker is created once
+/// (`put_new`), whoever else writes a marker there at the same moment. On Garage,
+/// which ignores `If-None-Match`, that rests on claims, not on timing: of three
+/// members' markers written at once, exactly one is told `Created`, and the marker
+/// stored is the winner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_claims_of_one_backup_id_have_one_winner() {
+    let store = Store::s3();
+    let (cfg, backend) = store.open("race").await;
+    for round in 0..5 {
+        let key = format!("{}/base/2026120{round}T000000/backup.running", cfg.base());
+        let body = |i: usize| format!("{{\"token\":\"{round}-{i}\"}}");
+        let racers: Vec<_> = (0..3)
+            .map(|i| {
+                let (backend, key, body) = (backend.clone(), key.clone(), body(i));
+                tokio::spawn(async move {
+                    let sha = pgwarden::wal::sha256_hex(body.as_bytes());
+                    (i, backend.put_new(&key, Bytes::from(body), &sha).await)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for racer in racers {
+            let (i, outcome) = racer.await.unwrap();
+            match outcome.unwrap_or_else(|e| panic!("round {round}, racer {i}: {e}")) {
+                PutOutcome::Created => winners.push(i),
+                PutOutcome::Exists(_) => {}
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let (stored, _) = backend.get(&key).await.unwrap().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&stored),
+            body(winners[0]),
+            "round {round}"
+        );
+    }
 }

@@ -22,10 +22,6 @@ use anyhow::{bail, Context, Result};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-/// How long a claimed id's marker is left before it is read back (see
-/// [`Job::claim`]).
-const CLAIM_SETTLE: Duration = Duration::from_secs(1);
-
 /// What a backup needs.
 pub struct Job<'a> {
     /// The instance.
@@ -170,12 +166,11 @@ impl Job<'_> {
     /// resolution) by writing its `backup.running` marker, which also tells retention
     /// on any member the WAL from `facts.redo_wal` on is needed.
     ///
-    /// On a store that refuses a second creation of one key (a volume, AWS S3) the
-    /// marker's creation alone decides. Garage ignores `If-None-Match`: a rival that
-    /// listed the id as free before our marker landed may overwrite it within the
-    /// time between its listing and its write, so the marker is read back after
-    /// [`CLAIM_SETTLE`], far longer than that, and the id is ours only if it holds
-    /// our token. The token is checked again before `backup.info` is written.
+    /// The marker's creation decides: [`Storage::put_new`] creates a key once, on a
+    /// store that refuses a second creation (a volume, AWS S3) and on one that ignores
+    /// `If-None-Match` (Garage: writers claim the key first, see the S3 storage), and
+    /// markers of two backups differ by their token. The marker is read back as a
+    /// check, and again before `backup.info` is written.
     async fn claim(
         &self,
         t: SystemTime,
@@ -211,9 +206,6 @@ impl Job<'_> {
             {
                 PutOutcome::Exists(_) => continue,
                 PutOutcome::Created => {}
-            }
-            if matches!(self.storage, Backend::S3(_)) {
-                tokio::time::sleep(CLAIM_SETTLE).await;
             }
             if self.holds(&id, &token).await? {
                 return Ok((id, token));
