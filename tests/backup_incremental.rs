@@ -11,6 +11,7 @@ mod common;
 use common::wal::*;
 use common::*;
 use pgwarden::wal::storage::Storage;
+use std::time::Duration;
 
 fn backup(pg: &Instance, incremental: bool) -> serde_json::Value {
     let args: &[&str] = if incremental {
@@ -50,6 +51,7 @@ async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
     .unwrap();
 
     // An incremental with nothing to build on is a full one, and says why.
+    let full_began = std::time::Instant::now();
     let full = backup(&src, true);
     let full_id = full["backup_id"].as_str().unwrap().to_owned();
     assert!(
@@ -70,6 +72,10 @@ async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
     ] {
         c.batch_execute(sql).await.unwrap();
     }
+    // A file counts as unchanged only if last written two seconds or more before its
+    // parent began: I1 begins three seconds after the full at least, so that the files
+    // initdb wrote (the template databases) count for I2.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(full_began.elapsed()));
     let i1 = backup(&src, true);
     let i1_id = i1["backup_id"].as_str().unwrap().to_owned();
     assert_eq!(i1["extra"]["incremental_of"], full_id.as_str(), "{i1:#}");
@@ -96,6 +102,19 @@ async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
     let i2 = backup(&src, true);
     let i2_id = i2["backup_id"].as_str().unwrap().to_owned();
     assert_eq!(i2["extra"]["incremental_of"], i1_id.as_str(), "{i2:#}");
+    // The files untouched since before I1 began (the template databases) were not
+    // even read: same length and modification time as I1 listed them. The restore
+    // below checks every one against I2's manifest.
+    let skipped = json_lines(&src.log())
+        .into_iter()
+        .find(|l| {
+            l["backup_id"] == i2_id.as_str()
+                && l["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("incremental: files unchanged"))
+        })
+        .unwrap_or_else(|| panic!("I2 read every file: {}", src.log()));
+    assert!(skipped["files"].as_u64().unwrap() > 100, "{skipped}");
     c.batch_execute("INSERT INTO t SELECT g, 'after' FROM generate_series(101001, 101010) g")
         .await
         .unwrap();

@@ -282,6 +282,14 @@ impl Job<'_> {
         .await;
         ticker.abort();
         let taken = taken?;
+        if taken.unchanged.0 > 0 {
+            tracing::info!(
+                backup_id = %id,
+                files = taken.unchanged.0,
+                bytes = taken.unchanged.1,
+                "incremental: files unchanged since the parent (same length and modification time) were not read"
+            );
+        }
         let (start, timeline, end) = (taken.start, taken.timeline, taken.end);
         // The segment holding the last byte before the end: an end exactly on a segment
         // boundary is in the previous segment (postgres's XLByteToPrevSeg), and the
@@ -427,10 +435,25 @@ impl Job<'_> {
         ) {
             return Ok(Err(format!("{why} (previous backup {id})")));
         }
+        let began = crate::civil::parse_barman_time(&last.begin_time)
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
         Ok(Ok(Arc::new(Parent {
             backup_id: id.clone(),
             start,
-            sizes: parsed.files.into_iter().map(|f| (f.path, f.size)).collect(),
+            files: parsed
+                .files
+                .into_iter()
+                .map(|f| {
+                    let was = super::engine::incremental::Was {
+                        size: f.size,
+                        mtime: f.mtime,
+                        crc32c: f.crc32c,
+                    };
+                    (f.path, was)
+                })
+                .collect(),
+            began,
         })))
     }
 

@@ -50,8 +50,22 @@ pub struct Parent {
     pub backup_id: String,
     /// Where its WAL replay started: a page whose LSN is at or after this changed.
     pub start: Lsn,
-    /// The length of each of its files, from its manifest.
-    pub sizes: HashMap<String, u64>,
+    /// Each of its files, from its manifest.
+    pub files: HashMap<String, Was>,
+    /// When it began, Unix seconds rounded down, by the clock of the member that took
+    /// it (`begin_time`); `None` when unknown, and then every file is read.
+    pub began: Option<i64>,
+}
+
+/// What the parent's manifest says of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Was {
+    /// Its length.
+    pub size: u64,
+    /// Its modification time, whole seconds, when the parent listed it.
+    pub mtime: i64,
+    /// The CRC-32C of what the parent read.
+    pub crc32c: u32,
 }
 
 impl Parent {
@@ -67,8 +81,24 @@ impl Parent {
         if !in_relation_dir || !is_main_fork(name) || size % bs != 0 || size == 0 {
             return None;
         }
-        let before = *self.sizes.get(path)?;
+        let before = self.files.get(path)?.size;
         (before % bs == 0).then_some(before / bs)
+    }
+
+    /// The parent's CRC-32C of `path` when the file, a main fork the parent had, is
+    /// still what the parent read, by its length and modification time (`size` and
+    /// `mtime` now): then it is not read again (pgBackRest's default). Only a file last
+    /// modified two seconds or more before the parent began counts: the manifest keeps
+    /// whole seconds, the file system's clock may lag the wall clock a little, and a
+    /// write after the parent read the file would otherwise share its second. Any write
+    /// since (postgres's, WAL replay's, a pg_rewind copy) sets a later time.
+    pub fn unchanged(&self, path: &str, size: u64, mtime: i64) -> Option<u32> {
+        self.blocks_of(path, size)?;
+        let was = self.files.get(path)?;
+        let began = self.began?;
+        let known = was.mtime > 0;
+        (known && was.size == size && was.mtime == mtime && was.mtime + 2 <= began)
+            .then_some(was.crc32c)
     }
 }
 
@@ -252,11 +282,67 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_taken_as_unchanged_only_with_its_length_and_time_from_before_the_parent() {
+        let bs = BLCKSZ as u64;
+        let was = |size, mtime| Was {
+            size,
+            mtime,
+            crc32c: 7,
+        };
+        let parent = Parent {
+            backup_id: "p".into(),
+            start: Lsn(0),
+            files: [
+                ("base/5/16384".to_owned(), was(10 * bs, 1000)),
+                ("base/5/16385".to_owned(), was(10 * bs, 1099)),
+                ("base/5/16386_vm".to_owned(), was(bs, 900)),
+                ("pg_xact/0000".to_owned(), was(bs, 900)),
+            ]
+            .into_iter()
+            .collect(),
+            began: Some(1100),
+        };
+        // (path, size now, mtime now) -> the parent's CRC when not read again
+        for (path, size, mtime, want) in [
+            ("base/5/16384", 10 * bs, 1000, Some(7)),
+            // Written since: a later time, or another length.
+            ("base/5/16384", 10 * bs, 1200, None),
+            ("base/5/16384", 11 * bs, 1000, None),
+            // Its last write shared a second, or the second before, with the parent's
+            // start: it may have been written after the parent read it.
+            ("base/5/16385", 10 * bs, 1099, None),
+            // Not a main fork (the VM changes without moving page LSNs anyway), not a
+            // relation, not in the parent.
+            ("base/5/16386_vm", bs, 900, None),
+            ("pg_xact/0000", bs, 900, None),
+            ("base/5/16999", bs, 900, None),
+        ] {
+            assert_eq!(
+                parent.unchanged(path, size, mtime),
+                want,
+                "{path} {size} {mtime}"
+            );
+        }
+        // A time the manifest did not give (read as 0) is never a match.
+        let mut no_time = Parent {
+            files: parent.files.clone(),
+            ..parent
+        };
+        no_time.files.insert("base/5/17000".into(), was(bs, 0));
+        assert_eq!(no_time.unchanged("base/5/17000", bs, 0), None);
+        let unknown = Parent {
+            began: None,
+            ..no_time
+        };
+        assert_eq!(unknown.unchanged("base/5/16384", 10 * bs, 1000), None);
+    }
+
+    #[test]
     fn only_main_forks_the_parent_had_go_block_by_block() {
         let parent = Parent {
             backup_id: "p".into(),
             start: Lsn(0),
-            sizes: [
+            files: [
                 ("base/5/16384", 8192 * 10),
                 ("base/5/16384.1", 8192 * 3),
                 ("base/5/16384_vm", 8192),
@@ -265,8 +351,18 @@ mod tests {
                 ("pg_xact/0000", 8192),
             ]
             .into_iter()
-            .map(|(p, s)| (p.to_owned(), s))
+            .map(|(p, size)| {
+                (
+                    p.to_owned(),
+                    Was {
+                        size,
+                        mtime: 0,
+                        crc32c: 0,
+                    },
+                )
+            })
             .collect(),
+            began: None,
         };
         let bs = BLCKSZ as u64;
         let cases = [

@@ -111,6 +111,8 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
         path: String,
         #[serde(rename = "Size")]
         size: u64,
+        #[serde(rename = "Last-Modified")]
+        last_modified: Option<String>,
         #[serde(rename = "Checksum")]
         checksum: Option<String>,
     }
@@ -133,10 +135,18 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
             .as_deref()
             .and_then(|h| u32::from_str_radix(h, 16).ok())
             .ok_or_else(|| format!("{}: no CRC-32C checksum in the manifest", f.path))?;
+        // `2026-12-07 01:35:02 GMT`, as render and PostgreSQL write it; 0 when it is
+        // missing or unreadable, which Parent::unchanged never takes for a time.
+        let mtime = f
+            .last_modified
+            .as_deref()
+            .and_then(|t| t.strip_suffix(" GMT"))
+            .and_then(crate::civil::parse_timestamp)
+            .map_or(0, |t| t.micros.div_euclid(1_000_000));
         files.push(File {
             path: f.path,
             size: f.size,
-            mtime: 0,
+            mtime,
             // Written as the CRC's little-endian bytes in hex (see render).
             crc32c: crc.swap_bytes(),
         });
@@ -180,6 +190,10 @@ mod tests {
         let back = parse(&m).unwrap();
         assert_eq!(back.system_id, Some(7716201325310117866));
         assert_eq!(back.files[0].crc32c, files[0].crc32c);
+        assert_eq!(
+            back.files[0].mtime, files[0].mtime,
+            "Last-Modified read back"
+        );
         assert_eq!(
             (back.files[0].path.as_str(), back.files[0].size),
             ("PG_VERSION", 3)

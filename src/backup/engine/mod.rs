@@ -114,6 +114,9 @@ pub struct Taken {
     pub tablespaces: Vec<Tablespace>,
     /// Bytes read from PGDATA.
     pub bytes: u64,
+    /// Of an incremental: files, and their bytes, unchanged since its parent by length
+    /// and modification time, and so not read (see [`incremental::Parent::unchanged`]).
+    pub unchanged: (u64, u64),
 }
 
 /// The name of part `n` of what `holds` in `compression`, of an incremental backup
@@ -158,6 +161,8 @@ struct Shared {
     bad_pages: Mutex<(usize, Vec<String>)>,
     failed: AtomicBool,
     progress: Arc<Progress>,
+    /// Files, and their bytes, an incremental did not read (unchanged since its parent).
+    unchanged: Mutex<(u64, u64)>,
     /// Page checksums are verified (the cluster has them).
     verify_pages: bool,
     start_lsn: u64,
@@ -221,6 +226,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         bad_pages: Mutex::new((0, Vec::new())),
         failed: AtomicBool::new(false),
         progress: job.progress.clone(),
+        unchanged: Mutex::new((0, 0)),
         verify_pages,
         start_lsn: start.0,
         parent: job.parent.clone(),
@@ -382,6 +388,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         parts.push((n, p));
     }
     parts.sort_by_key(|(n, p)| (super::parts::part_of(&p.name).map(|(h, _, _)| h), *n));
+    let unchanged = *shared.unchanged.lock().unwrap_or_else(|p| p.into_inner());
     Ok(Taken {
         label,
         start,
@@ -390,6 +397,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         parts: parts.into_iter().map(|(_, p)| p).collect(),
         tablespaces,
         bytes: shared.progress.done(),
+        unchanged,
     })
 }
 
@@ -645,6 +653,13 @@ impl PartWriter {
     /// checked, its CRC-32C recorded for the manifest. A file gone since the listing
     /// is left out.
     fn file(&mut self, shared: &Shared, e: &walk::Entry, buf: &mut [u8]) -> Result<()> {
+        if let Some(crc) = shared
+            .parent
+            .as_deref()
+            .and_then(|p| p.unchanged(&e.path, e.size, e.mtime))
+        {
+            return self.unchanged(shared, e, crc);
+        }
         let f = match std::fs::File::open(&e.source) {
             Ok(f) => f,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -688,6 +703,41 @@ impl PartWriter {
                 reader.crc
             }
         };
+        shared
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(manifest::File {
+                path: e.path.clone(),
+                size: e.size,
+                mtime: e.mtime,
+                crc32c: crc,
+            });
+        Ok(())
+    }
+
+    /// Records a relation file unchanged since the parent (with the parent's CRC-32C
+    /// `crc`) without reading it: an `INCREMENTAL.<name>` entry of no blocks that keeps
+    /// its length, so that the restore takes every block from the chain.
+    fn unchanged(&mut self, shared: &Shared, e: &walk::Entry, crc: u32) -> Result<()> {
+        let bs = pages::BLCKSZ as u64;
+        let length = u32::try_from(e.size / bs)
+            .with_context(|| format!("{} is longer than a relation segment", e.path))?;
+        let body = incremental::header(&[], length);
+        let mut h = Self::header(e.mode, e.mtime, body.len() as u64, tar::EntryType::Regular);
+        self.tar
+            .append_data(
+                &mut h,
+                incremental::entry_name(&e.tar_path),
+                body.as_slice(),
+            )
+            .with_context(|| format!("copy {}", e.path))?;
+        shared.progress.add(e.size);
+        {
+            let mut n = shared.unchanged.lock().unwrap_or_else(|p| p.into_inner());
+            n.0 += 1;
+            n.1 += e.size;
+        }
         shared
             .files
             .lock()
