@@ -16,6 +16,16 @@ pub const STAGING_DIR: &str = ".pgwarden-staging";
 /// The next rewind removes it.
 pub const REWIND_KEPT: &str = "pgwarden.rewind-kept";
 
+/// Removes the [`REWIND_KEPT`] note from the data directory `dir`, if it is there: a
+/// rewind that succeeded, a promotion, or a copy of another instance that carried its
+/// note along (pg_basebackup and pg_rewind copy every file of their source).
+pub fn forget_rewind_kept(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_file(dir.join(REWIND_KEPT)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Entries that may sit in an empty volume without making it "used".
 const IGNORABLE: &[&str] = &["lost+found"];
 
@@ -150,6 +160,15 @@ pub fn running_postmaster(pgdata: &Path) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rewind_note_is_forgotten_whether_or_not_it_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        forget_rewind_kept(dir.path()).unwrap();
+        std::fs::write(dir.path().join(REWIND_KEPT), "why\n").unwrap();
+        forget_rewind_kept(dir.path()).unwrap();
+        assert!(!dir.path().join(REWIND_KEPT).exists());
+    }
 
     #[test]
     fn a_live_process_working_elsewhere_is_not_a_postmaster_here() {

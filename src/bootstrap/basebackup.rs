@@ -4,7 +4,7 @@
 use crate::process::{run_as, Runner};
 use crate::replica::{self, remote};
 use crate::settings::Settings;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -24,6 +24,9 @@ pub async fn build(s: &Settings, runner: &Runner, staging: &Path) -> Result<()> 
         std::fs::remove_dir_all(staging).ok();
         base_backup(s, runner, staging, false).await?;
     }
+    // A note that the primary once could not follow its own former primary is not
+    // this replica's (pg_basebackup copies every file).
+    crate::pgdata::forget_rewind_kept(staging).context("PGDATA: tidy the copy")?;
     // The configuration is written once the copy is in place (run.rs).
     replica::write_standby_signal(s, staging)
 }

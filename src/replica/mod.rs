@@ -170,14 +170,14 @@ async fn rewind(s: &Settings, runner: &Runner) -> Result<()> {
     // A target that was not shut down cleanly (a standby killed, in recovery) is first
     // recovered by pg_rewind in single-user mode, which refuses to run with
     // standby.signal present. prepare() writes it again after the rewind.
-    // A note that an earlier rewind failed is this attempt's to write again, or not.
-    for note in [STANDBY_SIGNAL, crate::pgdata::REWIND_KEPT] {
-        match std::fs::remove_file(s.pgdata.join(note)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("remove {note} before pg_rewind")),
-        }
+    match std::fs::remove_file(s.pgdata.join(STANDBY_SIGNAL)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("remove standby.signal before pg_rewind"),
     }
+    // A note that an earlier rewind failed is this attempt's to write again, or not.
+    crate::pgdata::forget_rewind_kept(&s.pgdata)
+        .context("remove the note of an earlier failed rewind")?;
     let mut cmd = Command::new(s.bin("pg_rewind"));
     cmd.arg("--target-pgdata")
         .arg(&s.pgdata)
@@ -217,7 +217,9 @@ async fn rewind(s: &Settings, runner: &Runner) -> Result<()> {
         }
         .into());
     }
-    Ok(())
+    // pg_rewind copies the source's files: not a note of the source's own.
+    crate::pgdata::forget_rewind_kept(&s.pgdata)
+        .context("remove the note of a failed rewind copied from the primary")
 }
 
 /// pg_rewind could not rejoin this member to its primary.

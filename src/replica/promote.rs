@@ -67,6 +67,11 @@ pub async fn promote(s: &Settings, within: Duration) -> Result<u32, PromoteError
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tracing::info!(timeline, "promoted: the instance accepts writes");
+    // Its history is its own now: a note that it could not follow a former primary
+    // (it would pin a later demotion to this timeline) no longer holds.
+    if let Err(e) = crate::pgdata::forget_rewind_kept(&s.pgdata) {
+        tracing::warn!(error = %e, "promoted, but the note of an earlier failed rewind could not be removed");
+    }
     // The statement timeout of the local connection would cancel a long checkpoint.
     let checkpoint = client
         .batch_execute("SET statement_timeout = 0; CHECKPOINT")
