@@ -146,6 +146,23 @@ pub fn can_execute(path: &Path, uid: u32, gids: &[u32]) -> bool {
         && allowed(path, 0o1)
 }
 
+/// A fresh random token: 16 bytes from `/dev/urandom`, in hex. Without it, the time
+/// and the pid still tell two writers apart.
+pub fn random_token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if random.is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b[..8].copy_from_slice(&(t as u64).to_le_bytes());
+        b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

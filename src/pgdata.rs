@@ -16,6 +16,35 @@ pub const STAGING_DIR: &str = ".pgwarden-staging";
 /// The next rewind removes it.
 pub const REWIND_KEPT: &str = "pgwarden.rewind-kept";
 
+/// The data directory's incarnation: a random token written when a bootstrap fills
+/// PGDATA (initdb, a clone, a restore) and when pg_rewind rewrites it, never carried by
+/// a copy. Two backups of the same incarnation saw the same files with the same
+/// clock: only then does an incremental trust a file's modification time (see
+/// `backup::engine::incremental::Parent::unchanged`).
+pub const INCARNATION: &str = "pgwarden.incarnation";
+
+/// Writes a new incarnation into the data directory `dir` (see [`INCARNATION`]).
+pub fn new_incarnation(dir: &Path, owner: Option<crate::fsutil::Owner>) -> io::Result<String> {
+    let token = crate::fsutil::random_token();
+    crate::fsutil::write_atomic(
+        &dir.join(INCARNATION),
+        format!("{token}\n").as_bytes(),
+        owner,
+        0o600,
+    )?;
+    Ok(token)
+}
+
+/// The incarnation of the data directory `dir`; a new one is written when it has none
+/// (a PGDATA made before pgwarden kept one).
+pub fn incarnation(dir: &Path, owner: Option<crate::fsutil::Owner>) -> io::Result<String> {
+    match std::fs::read_to_string(dir.join(INCARNATION)) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => new_incarnation(dir, owner),
+    }
+}
+
 /// Removes the [`REWIND_KEPT`] note from the data directory `dir`, if it is there: a
 /// rewind that succeeded, a promotion, or a copy of another instance that carried its
 /// note along (pg_basebackup and pg_rewind copy every file of their source).

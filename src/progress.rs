@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 pub struct Progress {
     done: AtomicU64,
     total: AtomicU64,
-    started: Instant,
+    /// When the transfer began: when its total became known (what came before, a
+    /// listing or a delta restore's checks, is not transfer time).
+    started: Mutex<Instant>,
 }
 
 impl Default for Progress {
@@ -22,7 +24,7 @@ impl Default for Progress {
         Progress {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
-            started: Instant::now(),
+            started: Mutex::new(Instant::now()),
         }
     }
 }
@@ -33,9 +35,10 @@ impl Progress {
         self.done.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The bytes to do in all, once known.
+    /// The bytes to do in all, once known; the rate counts from here.
     pub fn set_total(&self, n: u64) {
         self.total.store(n, Ordering::Relaxed);
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     /// Bytes done so far.
@@ -45,11 +48,12 @@ impl Progress {
 
     /// Where the transfer is now.
     pub fn figures(&self) -> Figures {
-        Figures::at(
-            self.done(),
-            self.total.load(Ordering::Relaxed),
-            self.started.elapsed(),
-        )
+        let elapsed = self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        Figures::at(self.done(), self.total.load(Ordering::Relaxed), elapsed)
     }
 }
 

@@ -112,19 +112,7 @@ pub fn classify_unlisted(id: &str, running: Option<&Running>, now: SystemTime) -
 
 /// A fresh random token (16 bytes, hex).
 pub fn token() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    // Without /dev/urandom the time and pid still tell two members apart.
-    if random.is_err() {
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b[..8].copy_from_slice(&(t as u64).to_le_bytes());
-        b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    crate::wal::hex(&b)
+    crate::fsutil::random_token()
 }
 
 #[cfg(test)]

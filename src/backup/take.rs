@@ -22,6 +22,10 @@ use anyhow::{bail, Context, Result};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+/// `backup.info`'s comment key for the incarnation of the data directory a backup was
+/// taken of.
+const INCARNATION_KEY: &str = "pgdata_incarnation";
+
 /// What a backup needs.
 pub struct Job<'a> {
     /// The instance.
@@ -57,6 +61,9 @@ struct ServerFacts {
     /// Page checksums or `wal_log_hints` are on: every change of a page moves its LSN
     /// (what an incremental backup relies on).
     hints_move_lsn: bool,
+    /// The data directory's incarnation (`pgdata::INCARNATION`), recorded in
+    /// `backup.info`: an incremental trusts file times only within one.
+    incarnation: String,
 }
 
 async fn server_facts(s: &Settings) -> Result<ServerFacts> {
@@ -75,6 +82,11 @@ async fn server_facts(s: &Settings) -> Result<ServerFacts> {
         )
         .await
         .context("read the server's version and system identifier")?;
+    let (dir, owner) = (s.pgdata.clone(), s.run_as.as_ref().map(|u| u.owner()));
+    let incarnation = tokio::task::spawn_blocking(move || crate::pgdata::incarnation(&dir, owner))
+        .await
+        .context("the incarnation's thread")?
+        .context("PGDATA: read or write its incarnation")?;
     Ok(ServerFacts {
         version: row.get::<_, String>(0).parse().unwrap_or(0),
         systemid: row.get(1),
@@ -82,6 +94,7 @@ async fn server_facts(s: &Settings) -> Result<ServerFacts> {
         redo_wal: row.get(3),
         timeline: u32::try_from(row.get::<_, i64>(4)).unwrap_or(0),
         hints_move_lsn: row.get(5),
+        incarnation,
     })
 }
 
@@ -320,6 +333,7 @@ impl Job<'_> {
                 // Which member took it: under HA, usually a standby (see
                 // super::target); backup_label says whether it was one.
                 e.insert("member".to_owned(), s.name.clone());
+                e.insert(INCARNATION_KEY.to_owned(), facts.incarnation.clone());
                 match &parent {
                     Ok(p) => {
                         e.insert(PARENT_KEY.to_owned(), p.backup_id.clone());
@@ -435,9 +449,14 @@ impl Job<'_> {
         ) {
             return Ok(Err(format!("{why} (previous backup {id})")));
         }
+        // File times are compared only within one data directory's life: those of
+        // another member, or of this one before a rebuild or a rewind, come from
+        // another clock and another history of the files (see pgdata::INCARNATION).
+        let same_pgdata = last.extra.get(INCARNATION_KEY) == Some(&facts.incarnation);
         let began = crate::civil::parse_barman_time(&last.begin_time)
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_secs()).ok());
+            .and_then(|d| i64::try_from(d.as_secs()).ok())
+            .filter(|_| same_pgdata);
         Ok(Ok(Arc::new(Parent {
             backup_id: id.clone(),
             start,

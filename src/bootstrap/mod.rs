@@ -101,6 +101,8 @@ async fn bootstrap(s: &Settings, runner: &Runner, restoring: &Restoring) -> Resu
         (None, Role::Primary) => initdb::build(s, runner, &staging).await?,
         (None, Role::Replica) => clone(s, runner, &staging, restoring).await?,
     }
+    // A new data directory, whatever it was copied from (see pgdata::INCARNATION).
+    pgdata::new_incarnation(&staging, owner).context("PGDATA: write its incarnation")?;
     commit(&staging, &s.pgdata)?;
     info!(pgdata = %s.pgdata.display(), "bootstrap complete");
     Ok(())

@@ -217,9 +217,13 @@ async fn rewind(s: &Settings, runner: &Runner) -> Result<()> {
         }
         .into());
     }
-    // pg_rewind copies the source's files: not a note of the source's own.
+    // pg_rewind copies the source's files: not a note of the source's own, and the
+    // data directory is a new incarnation (see pgdata::INCARNATION).
     crate::pgdata::forget_rewind_kept(&s.pgdata)
-        .context("remove the note of a failed rewind copied from the primary")
+        .context("remove the note of a failed rewind copied from the primary")?;
+    crate::pgdata::new_incarnation(&s.pgdata, s.run_as.as_ref().map(|u| u.owner()))
+        .context("PGDATA: write its incarnation after pg_rewind")?;
+    Ok(())
 }
 
 /// pg_rewind could not rejoin this member to its primary.

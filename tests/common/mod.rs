@@ -66,19 +66,27 @@ pub fn is_root() -> bool {
 /// only `[::]` and a client on 127.0.0.1 reaches another test's HTTP server instead. So
 /// ports come from below the ephemeral range, in order from a per-process start, and each
 /// is checked free on both families.
+///
+/// `make test` runs two test processes at once (scripts/test-matrix.sh): each gets a
+/// half of the range (`PGWARDEN_TEST_PORTS` = `low` or `high`), so that a port one
+/// checked free is never handed out by the other before its server binds it.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 15_000;
-    const SPAN: u32 = 17_000; // up to 31999, below Linux's ephemeral 32768
+    // Up to 31999, below Linux's ephemeral 32768.
+    let (low, span): (u32, u32) = match std::env::var("PGWARDEN_TEST_PORTS").as_deref() {
+        Ok("low") => (15_000, 8_500),
+        Ok("high") => (23_500, 8_500),
+        _ => (15_000, 17_000),
+    };
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let _ = NEXT.compare_exchange(
         u32::MAX,
-        std::process::id().wrapping_mul(7919) % SPAN,
+        std::process::id().wrapping_mul(7919) % span,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
-    for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+    for _ in 0..span {
+        let port = (low + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
         // One at a time: a held IPv4 listener would make the dual-stack bind fail.
         let v4_free = TcpListener::bind(("0.0.0.0", port)).is_ok();
         let v6_free = v4_free && (!ipv6_available() || TcpListener::bind(("::", port)).is_ok());
@@ -86,7 +94,7 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-    panic!("no free port in {LOW}..{}", LOW + SPAN)
+    panic!("no free port in {low}..{}", low + span)
 }
 
 fn ipv6_available() -> bool {

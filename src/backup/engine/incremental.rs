@@ -52,8 +52,10 @@ pub struct Parent {
     pub start: Lsn,
     /// Each of its files, from its manifest.
     pub files: HashMap<String, Was>,
-    /// When it began, Unix seconds rounded down, by the clock of the member that took
-    /// it (`begin_time`); `None` when unknown, and then every file is read.
+    /// When it began, Unix seconds rounded down (`begin_time`); `None` when unknown or
+    /// when it was taken of another data directory (another member's, or this one's
+    /// before a rebuild or a rewind: see `pgdata::INCARNATION`), and then every file is
+    /// read.
     pub began: Option<i64>,
 }
 

@@ -384,6 +384,7 @@ pub const NOT_RESTORED: &[&str] = &[
     crate::wal::capability::NOTE,
     crate::supervisor::commands::FENCE_MARKER,
     crate::pgdata::REWIND_KEPT,
+    crate::pgdata::INCARNATION,
 ];
 
 /// Checks that `dir` holds a base backup of PostgreSQL `major` and tidies it for
