@@ -648,21 +648,44 @@ impl PartWriter {
             .with_context(|| format!("write {path}"))
     }
 
-    /// Copies one file: its size as listed (a file that shrank meanwhile is padded
-    /// with zeros, growth is left to WAL replay, as pg_basebackup does), its pages
-    /// checked, its CRC-32C recorded for the manifest. A file gone since the listing
-    /// is left out.
+    /// Copies one file and records it, with its CRC-32C, for the manifest. A file an
+    /// incremental finds unchanged since its parent is not read (the parent's CRC is
+    /// recorded); a file gone since the listing is left out.
     fn file(&mut self, shared: &Shared, e: &walk::Entry, buf: &mut [u8]) -> Result<()> {
-        if let Some(crc) = shared
+        let unchanged = shared
             .parent
             .as_deref()
-            .and_then(|p| p.unchanged(&e.path, e.size, e.mtime))
-        {
-            return self.unchanged(shared, e, crc);
-        }
+            .and_then(|p| p.unchanged(&e.path, e.size, e.mtime));
+        let crc = match unchanged {
+            Some(crc) => {
+                self.unchanged(shared, e)?;
+                crc
+            }
+            None => match self.copy(shared, e, buf)? {
+                Some(crc) => crc,
+                None => return Ok(()),
+            },
+        };
+        shared
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(manifest::File {
+                path: e.path.clone(),
+                size: e.size,
+                mtime: e.mtime,
+                crc32c: crc,
+            });
+        Ok(())
+    }
+
+    /// Reads one file into the part: its size as listed (a file that shrank meanwhile
+    /// is padded with zeros, growth is left to WAL replay, as pg_basebackup does), its
+    /// pages checked; returns its CRC-32C, `None` when it is gone since the listing.
+    fn copy(&mut self, shared: &Shared, e: &walk::Entry, buf: &mut [u8]) -> Result<Option<u32>> {
         let f = match std::fs::File::open(&e.source) {
             Ok(f) => f,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(err).with_context(|| format!("open {}", e.path)),
         };
         let name = e.path.rsplit('/').next().unwrap_or(&e.path);
@@ -703,23 +726,13 @@ impl PartWriter {
                 reader.crc
             }
         };
-        shared
-            .files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(manifest::File {
-                path: e.path.clone(),
-                size: e.size,
-                mtime: e.mtime,
-                crc32c: crc,
-            });
-        Ok(())
+        Ok(Some(crc))
     }
 
-    /// Records a relation file unchanged since the parent (with the parent's CRC-32C
-    /// `crc`) without reading it: an `INCREMENTAL.<name>` entry of no blocks that keeps
-    /// its length, so that the restore takes every block from the chain.
-    fn unchanged(&mut self, shared: &Shared, e: &walk::Entry, crc: u32) -> Result<()> {
+    /// Writes a relation file unchanged since the parent without reading it: an
+    /// `INCREMENTAL.<name>` entry of no blocks that keeps its length, so that the
+    /// restore takes every block from the chain.
+    fn unchanged(&mut self, shared: &Shared, e: &walk::Entry) -> Result<()> {
         let bs = pages::BLCKSZ as u64;
         let length = u32::try_from(e.size / bs)
             .with_context(|| format!("{} is longer than a relation segment", e.path))?;
@@ -738,16 +751,6 @@ impl PartWriter {
             n.0 += 1;
             n.1 += e.size;
         }
-        shared
-            .files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(manifest::File {
-                path: e.path.clone(),
-                size: e.size,
-                mtime: e.mtime,
-                crc32c: crc,
-            });
         Ok(())
     }
 
