@@ -78,6 +78,14 @@ pub fn remove_entry(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Removes the file `path` if it is there; one that is not is no error.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Makes the directory entry changes in `dir` durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

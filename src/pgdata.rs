@@ -49,10 +49,7 @@ pub fn incarnation(dir: &Path, owner: Option<crate::fsutil::Owner>) -> io::Resul
 /// rewind that succeeded, a promotion, or a copy of another instance that carried its
 /// note along (pg_basebackup and pg_rewind copy every file of their source).
 pub fn forget_rewind_kept(dir: &Path) -> io::Result<()> {
-    match std::fs::remove_file(dir.join(REWIND_KEPT)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    crate::fsutil::remove_if_present(&dir.join(REWIND_KEPT))
 }
 
 /// Entries that may sit in an empty volume without making it "used".

@@ -155,11 +155,7 @@ pub fn discard(pgdata: &Path) -> Result<()> {
     let staging = pgdata::staging_dir(pgdata);
     std::fs::create_dir_all(&staging).with_context(|| format!("create {}", staging.display()))?;
     fsutil::fsync_dir(pgdata)?;
-    match std::fs::remove_file(pgdata.join("PG_VERSION")) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).context("remove PG_VERSION"),
-    }
+    fsutil::remove_if_present(&pgdata.join("PG_VERSION")).context("remove PG_VERSION")?;
     fsutil::fsync_dir(pgdata)?;
     warn!(pgdata = %pgdata.display(), "the cluster in PGDATA is discarded; it is rebuilt from empty");
     Ok(())

@@ -170,11 +170,8 @@ async fn rewind(s: &Settings, runner: &Runner) -> Result<()> {
     // A target that was not shut down cleanly (a standby killed, in recovery) is first
     // recovered by pg_rewind in single-user mode, which refuses to run with
     // standby.signal present. prepare() writes it again after the rewind.
-    match std::fs::remove_file(s.pgdata.join(STANDBY_SIGNAL)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).context("remove standby.signal before pg_rewind"),
-    }
+    crate::fsutil::remove_if_present(&s.pgdata.join(STANDBY_SIGNAL))
+        .context("remove standby.signal before pg_rewind")?;
     // A note that an earlier rewind failed is this attempt's to write again, or not.
     crate::pgdata::forget_rewind_kept(&s.pgdata)
         .context("remove the note of an earlier failed rewind")?;
