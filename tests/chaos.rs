@@ -1451,7 +1451,6 @@ impl Ctx<'_> {
 // ---------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn seeded_faults_keep_one_primary_and_every_acknowledged_commit() {
     let _turn = one_at_a_time();
     if !is_root() {

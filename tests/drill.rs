@@ -202,7 +202,6 @@ async fn a_drill_proves_a_backup_reports_failures_and_leaves_nothing_behind() {
 }
 
 // Each test has a runtime of its own; the HA tests' turn is held across its awaits.
-#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_ha_a_replica_runs_the_scheduled_drills() {
     let _turn = ha::one_at_a_time();

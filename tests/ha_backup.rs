@@ -38,7 +38,6 @@ fn began(b: &Value) -> f64 {
 }
 
 // Each test has a runtime of its own; the HA tests' turn is held across its awaits.
-#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_backups_run_on_the_standby_once_per_due_time_and_fall_back_to_the_primary() {
     let _turn = ha::one_at_a_time();

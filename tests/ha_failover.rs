@@ -16,7 +16,6 @@ use pgwarden::ha::store::Store;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn kill_9_fails_over_the_old_primary_rejoins_and_a_planned_stop_hands_over() {
     let _turn = one_at_a_time();
     if !is_root() {
@@ -176,7 +175,6 @@ async fn kill_9_fails_over_the_old_primary_rejoins_and_a_planned_stop_hands_over
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it_returns() {
     let _turn = one_at_a_time();
     if !is_root() {
@@ -221,7 +219,6 @@ async fn a_primary_cut_from_the_store_fences_itself_and_nobody_promotes_until_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn an_initialize_winner_that_died_before_leading_does_not_block_the_bootstrap() {
     let _turn = one_at_a_time();
     if !is_root() {
@@ -250,7 +247,6 @@ async fn an_initialize_winner_that_died_before_leading_does_not_block_the_bootst
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn one_etcd_member_of_three_lost_changes_nothing_and_the_quorum_lost_fences_the_primary() {
     let _turn = one_at_a_time();
     if !is_root() {
@@ -307,7 +303,6 @@ async fn one_etcd_member_of_three_lost_changes_nothing_and_the_quorum_lost_fence
 // WAL nobody received (a checkpoint, its immediate shutdown's recovery). Either member
 // then replays past the winner's fork and rejoins through pg_rewind while it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn an_isolated_primary_fences_itself_while_the_majority_elects_another() {
     let _turn = one_at_a_time();
     if !is_root() {
@@ -377,7 +372,6 @@ async fn an_isolated_primary_fences_itself_while_the_majority_elects_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn a_primary_cut_from_etcd_only_fences_itself_before_its_lease_expires_and_a_replica_takes_over(
 ) {
     let _turn = one_at_a_time();
@@ -470,7 +464,6 @@ async fn a_primary_cut_from_etcd_only_fences_itself_before_its_lease_expires_and
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn a_stale_member_started_alone_after_two_failovers_never_promotes() {
     let _turn = one_at_a_time();
     if !is_root() {
@@ -564,7 +557,6 @@ async fn a_stale_member_started_alone_after_two_failovers_never_promotes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn a_stalled_leader_is_fenced_by_its_dead_man_switch() {
     let _turn = one_at_a_time();
     if !is_root() {
@@ -610,7 +602,6 @@ async fn a_stalled_leader_is_fenced_by_its_dead_man_switch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn a_switchover_under_load_loses_nothing_and_the_old_primary_follows_without_rewind() {
     let _turn = one_at_a_time();
     if !is_root() {
@@ -801,7 +792,6 @@ async fn a_switchover_under_load_loses_nothing_and_the_old_primary_follows_witho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn strict_synchronous_mode_loses_no_acknowledged_row_when_the_primary_is_killed() {
     let _turn = one_at_a_time();
     if !is_root() {

@@ -15,7 +15,6 @@ use nix::unistd::Pid;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn with_etcd_frozen_the_primary_runs_on_while_every_member_confirms_it() {
     let _turn = one_at_a_time();
     if !is_root() {
@@ -96,7 +95,6 @@ async fn with_etcd_frozen_the_primary_runs_on_while_every_member_confirms_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn without_failsafe_a_member_refuses_to_keep_a_leader() {
     let _turn = one_at_a_time();
     if !is_root() {

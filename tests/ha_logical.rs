@@ -44,7 +44,6 @@ fn inserted(id: i32) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn a_logical_consumer_continues_from_the_new_leader_after_a_switchover() {
     let _turn = one_at_a_time();
     if !is_root() {

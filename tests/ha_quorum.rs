@@ -14,7 +14,6 @@ use pgwarden::ha::store::Store;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn quorum_commit_loses_no_acknowledged_row_when_the_primary_is_killed() {
     let _turn = one_at_a_time();
     if !is_root() {

@@ -34,7 +34,6 @@ fn name(i: usize) -> String {
 /// is cut off when it is killed, as a dead host answers nothing: asking it whether it
 /// still runs as a primary takes the full second a member waits before racing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn a_slow_promotion_never_leaves_a_member_writable_without_the_leader_key() {
     let _turn = one_at_a_time();
     if !is_root() {
@@ -199,7 +198,6 @@ async fn a_slow_promotion_never_leaves_a_member_writable_without_the_leader_key(
 /// dies, the clean replica must take over, never the diverged member (which would throw
 /// away every row the new leader acknowledged, however much WAL it has).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::await_holding_lock)]
 async fn a_diverged_former_primary_never_beats_a_clean_replica() {
     let _turn = one_at_a_time();
     if !is_root() {

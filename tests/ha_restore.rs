@@ -39,7 +39,6 @@ fn wait_rows(rt: &tokio::runtime::Handle, pg: &Instance, rows: i64, all: &[Insta
 }
 
 // Each test has a runtime of its own; the HA tests' turn is held across its awaits.
-#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_restored_from_a_backup_archives_apart_and_seeds_replicas_from_its_archive() {
     let _turn = one_at_a_time();

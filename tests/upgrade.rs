@@ -386,7 +386,6 @@ fn a_killed_upgrade_is_undone_or_finished_at_the_next_start() {
 /// Under HA: refused unless paused; paused, the last leader upgrades and the other
 /// member, started first with the new binaries, waits for it and clones it again.
 #[tokio::test(flavor = "multi_thread")]
-#[allow(clippy::await_holding_lock)]
 async fn an_ha_cluster_is_upgraded_by_its_leader_and_the_replica_follows() {
     let Some(old) = old_bindir() else { return };
     let _turn = ha::one_at_a_time();

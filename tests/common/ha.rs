@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// suite on two majors at once): the turn is an exclusive `flock` on a file of the
 /// build's own temporary directory, released when the returned value is dropped (or
 /// the process dies). Each test has a runtime of its own, so holding the turn across
-/// its awaits blocks only other tests (hence the clippy allows).
+/// its awaits blocks only other tests.
 pub fn one_at_a_time() -> nix::fcntl::Flock<std::fs::File> {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ha-tests.lock");
     let file = std::fs::OpenOptions::new()
