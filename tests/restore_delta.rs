@@ -206,21 +206,11 @@ async fn a_download_cut_midway_resumes_and_a_part_changed_meanwhile_is_refused()
     let progress = Arc::new(pgwarden::progress::Progress::default());
     let ex = tokio::spawn({
         let (s3, dest, progress) = (s3.clone(), dest.clone(), progress.clone());
-        async move {
-            extract::extract(
-                &s3,
-                key,
-                extract::TarCompression::Gzip,
-                &progress,
-                &dest,
-                None,
-            )
-            .await
-        }
+        async move { extract::extract(&s3, key, extract::TarCompression::Gzip, &progress, &dest).await }
     });
     proxy.cuts.notified().await;
     proxy.arm(part.len() as u64 / 4, false);
-    let (sha, size, _) = ex.await.unwrap().expect("the cut download resumes");
+    let (sha, size) = ex.await.unwrap().expect("the cut download resumes");
     tokio::time::timeout(Duration::from_secs(5), proxy.cuts.notified())
         .await
         .expect("the resumed download was cut again");
@@ -249,7 +239,6 @@ async fn a_download_cut_midway_resumes_and_a_part_changed_meanwhile_is_refused()
                 extract::TarCompression::Gzip,
                 &Default::default(),
                 &dest,
-                None,
             )
             .await
         }
@@ -279,22 +268,39 @@ async fn a_download_cut_midway_resumes_and_a_part_changed_meanwhile_is_refused()
     fs.put_new("k", part.clone().into(), &"0".repeat(64))
         .await
         .unwrap();
-    let (_, version) = fs.download_range("k", 0, None).await.unwrap().unwrap();
-    let (mut rest, _) = fs
-        .download_range("k", 10, Some(&version))
+    let (_, version) = fs
+        .download_range("k", 0, None, None)
         .await
         .unwrap()
         .unwrap();
-    let mut got = Vec::new();
-    while let Some(b) = rest.chunk().await.unwrap() {
-        got.extend_from_slice(&b);
-    }
+    let read = |store: Backend, key: &'static str, from, until, version: Option<String>| async move {
+        let (mut d, _) = store
+            .download_range(key, from, until, version.as_deref())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got = Vec::new();
+        while let Some(b) = d.chunk().await.unwrap() {
+            got.extend_from_slice(&b);
+        }
+        got
+    };
+    let got = read(fs.clone(), "k", 10, None, Some(version.clone())).await;
     assert!(got == part[10..], "a ranged read returns the rest");
+    // A bounded range, on a volume and on S3 (what a delta restore reads).
+    let got = read(fs.clone(), "k", 10, Some(30), Some(version.clone())).await;
+    assert!(got == part[10..30], "a bounded read returns its bytes");
+    let bounded = "pgwarden-test/p/bounded";
+    s3.put_new(bounded, part.clone().into(), &"0".repeat(64))
+        .await
+        .unwrap();
+    let got = read(s3.clone(), bounded, 7, Some(1000), None).await;
+    assert!(got == part[7..1000], "a bounded S3 read returns its bytes");
     fs.delete("k").await.unwrap();
     fs.put_new("k", b"another".to_vec().into(), &"0".repeat(64))
         .await
         .unwrap();
-    let Err(e) = fs.download_range("k", 10, Some(&version)).await else {
+    let Err(e) = fs.download_range("k", 10, None, Some(&version)).await else {
         panic!("a replaced file is read on");
     };
     assert!(
@@ -389,8 +395,13 @@ async fn delta_restores_a_stale_replica_and_a_diverged_former_primary_and_refuse
         field(&log, delta, "kept_files").unwrap_or_else(|| panic!("{log}")),
         field(&log, delta, "fetched_files").unwrap(),
     );
+    let (read, stored) = (
+        field(&log, delta, "read_bytes").unwrap(),
+        field(&log, delta, "stored_bytes").unwrap(),
+    );
     eprintln!(
-        "stale replica: kept {kept} files ({} bytes), fetched {fetched} files ({} bytes), {} bytes written; reinit {reinit_secs:.1}s",
+        "stale replica: kept {kept} files ({} bytes), fetched {fetched} files ({} bytes), {} bytes written, \
+         {read} of the backup's {stored} bytes read; reinit {reinit_secs:.1}s",
         field(&log, delta, "kept_bytes").unwrap(),
         field(&log, delta, "fetched_bytes").unwrap(),
         field(&log, "backup extracted", "written").unwrap(),
@@ -398,6 +409,11 @@ async fn delta_restores_a_stale_replica_and_a_diverged_former_primary_and_refuse
     assert!(
         kept > 100 && fetched >= 2,
         "kept {kept}, fetched {fetched}: {log}"
+    );
+    // Ranged reads: only what differs is downloaded, not the whole backup.
+    assert!(
+        read * 4 < stored,
+        "a delta read {read} of the backup's {stored} bytes: {log}"
     );
 
     // A diverged former primary: r promoted, p written to after that; p's rewind then
@@ -440,10 +456,20 @@ async fn delta_restores_a_stale_replica_and_a_diverged_former_primary_and_refuse
     let log = p.log()[from..].to_string();
     let kept = field(&log, delta, "kept_files").unwrap_or_else(|| panic!("{log}"));
     eprintln!(
-        "diverged former primary: kept {kept} files, fetched {} files",
-        field(&log, delta, "fetched_files").unwrap()
+        "diverged former primary: kept {kept} files, fetched {} files, read {} of {} bytes",
+        field(&log, delta, "fetched_files").unwrap(),
+        field(&log, delta, "read_bytes").unwrap(),
+        field(&log, delta, "stored_bytes").unwrap()
     );
     assert!(kept > 100, "{log}");
+    let (read, stored) = (
+        field(&log, delta, "read_bytes").unwrap(),
+        field(&log, delta, "stored_bytes").unwrap(),
+    );
+    assert!(
+        read * 4 < stored,
+        "a delta read {read} of the backup's {stored} bytes: {log}"
+    );
     // 1700 rows, none of them the former primary's own (g < 0).
     let c = ha::client(&p.socket_dir, p.port).await.unwrap();
     let diverged: i64 = c

@@ -22,10 +22,14 @@
 //! at the original locations (the live cluster's, for a copy restored beside it).
 //! The tablespaces are recorded in `backup.info` instead, as barman records them.
 //!
+//! Each part of a full backup has an index beside it ([`index`]): where each 1 MiB
+//! window of each file can be read from, and its CRC-32C, for a delta restore.
+//!
 //! Memory: per job, one part filling (5 MiB), one queued and two uploading, plus a
 //! 1 MiB read buffer and gzip's state: about 25 MiB a job, whatever the size.
 
 pub mod incremental;
+pub mod index;
 pub mod manifest;
 pub mod pages;
 pub mod walk;
@@ -344,18 +348,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
     );
     // A copy beside the parts, for the next incremental backup and a delta restore.
     let manifest_key = format!("{}/{}", job.dir, manifest::OBJECT);
-    let mut up = job
-        .storage
-        .begin_upload(&manifest_key)
-        .await
-        .with_context(|| format!("start uploading {manifest_key}"))?;
-    if let Err(e) = up.part(Bytes::from(text.clone().into_bytes())).await {
-        up.abort().await;
-        return Err(e).with_context(|| format!("upload {manifest_key}"));
-    }
-    up.finish()
-        .await
-        .with_context(|| format!("complete {manifest_key}"))?;
+    put_whole(job.storage, &manifest_key, text.clone()).await?;
     let shared2 = shared.clone();
     let oids: Vec<u32> = tablespaces.iter().map(|t| t.oid).collect();
     let closed = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -514,10 +507,10 @@ fn copy(shared: &Shared, done: &mut Vec<(u32, Upload)>) -> Result<()> {
 /// What goes to an upload task.
 enum Msg {
     Data(Bytes),
-    /// The part is complete, with the SHA-256 of what was sent: finish the object.
-    /// A channel closed without it aborts the upload, so that a part cut short is
-    /// never completed.
-    Done(String),
+    /// The part is complete, with the SHA-256 of what was sent and its index: finish
+    /// the object, then store the index beside it. A channel closed without it aborts
+    /// the upload, so that a part cut short is never completed.
+    Done(String, Option<String>),
 }
 
 /// Collects a part's stored bytes and sends them in [`CHUNK`]s.
@@ -552,30 +545,14 @@ impl Shipper {
     }
 }
 
-enum Sink {
-    Gzip(Box<flate2::write::GzEncoder<Shipper>>),
-    Plain(Shipper),
-}
-
-impl Write for Sink {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Sink::Gzip(g) => g.write(data),
-            Sink::Plain(p) => p.write(data),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// One tar part being written and uploaded.
 struct PartWriter {
     holds: Holds,
     n: u32,
     name: String,
-    tar: tar::Builder<Sink>,
+    tar: tar::Builder<index::Sink<Shipper>>,
     upload: Upload,
+    recorder: Option<index::Shared>,
 }
 
 impl PartWriter {
@@ -590,23 +567,27 @@ impl PartWriter {
         let key = format!("{}/{name}", shared.dir);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let storage = shared.storage.clone();
-        let upload = shared.runtime.spawn(upload(storage, key, name.clone(), rx));
+        let index_key = format!("{}/{}", shared.dir, index::object_name(&name));
+        let upload = shared
+            .runtime
+            .spawn(upload(storage, key, index_key, name.clone(), rx));
         let shipper = Shipper {
             buf: Vec::with_capacity(CHUNK + READ),
             tx,
             sha: sha2::Sha256::new(),
             stored: 0,
         };
-        let sink = match shared.compression {
+        // An incremental's parts are restored whole, as a chain: no index.
+        let recorder: Option<index::Shared> = shared.parent.is_none().then(Default::default);
+        let out = match shared.compression {
             // Level 1: a backup is mostly table pages, where higher levels buy little
             // for much more CPU. The workers are the parallelism.
-            BackupCompression::Gzip => Sink::Gzip(Box::new(flate2::write::GzEncoder::new(
-                shipper,
-                flate2::Compression::new(1),
-            ))),
-            BackupCompression::None => Sink::Plain(shipper),
+            BackupCompression::Gzip => index::Compressor::Gzip(Box::new(
+                index::SeekableGz::new(shipper, 1).with_context(|| format!("start {name}"))?,
+            )),
+            BackupCompression::None => index::Compressor::Plain(shipper),
         };
-        let mut tar = tar::Builder::new(sink);
+        let mut tar = tar::Builder::new(index::Sink::new(out, recorder.clone()));
         tar.mode(tar::HeaderMode::Complete);
         Ok(PartWriter {
             holds,
@@ -614,37 +595,30 @@ impl PartWriter {
             name,
             tar,
             upload,
+            recorder,
         })
     }
 
     /// Compressed bytes so far.
     fn stored(&mut self) -> u64 {
-        match self.tar.get_mut() {
-            Sink::Gzip(g) => g.get_ref().stored,
-            Sink::Plain(p) => p.stored,
+        match &self.tar.get_ref().out {
+            index::Compressor::Gzip(g) => g.get_ref().stored,
+            index::Compressor::Plain(p) => p.stored,
         }
     }
 
-    fn header(path_mode: u32, mtime: i64, size: u64, kind: tar::EntryType) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(path_mode);
-        h.set_mtime(mtime.max(0) as u64);
-        h.set_size(size);
-        h.set_entry_type(kind);
-        h
-    }
-
     fn dir(&mut self, d: &walk::Entry) -> Result<()> {
-        let mut h = Self::header(d.mode, d.mtime, 0, tar::EntryType::Directory);
+        if let Some(rec) = &self.recorder {
+            rec.borrow_mut().dir(&d.tar_path, d.mode);
+        }
+        let mut h = index::tar_header(d.mode, d.mtime, 0, tar::EntryType::Directory);
         self.tar
             .append_data(&mut h, format!("{}/", d.tar_path), std::io::empty())
             .with_context(|| format!("write {}", d.path))
     }
 
     fn small(&mut self, path: &str, body: &[u8], mode: u32, mtime: i64) -> Result<()> {
-        let mut h = Self::header(mode, mtime, body.len() as u64, tar::EntryType::Regular);
-        self.tar
-            .append_data(&mut h, path, body)
+        index::append_file(&mut self.tar, path, body, mode, mtime, body.len() as u64)
             .with_context(|| format!("write {path}"))
     }
 
@@ -719,10 +693,15 @@ impl PartWriter {
                 self.changed_blocks(e, &mut reader, parent.start.0, before)?
             }
             None => {
-                let mut h = Self::header(e.mode, e.mtime, e.size, tar::EntryType::Regular);
-                self.tar
-                    .append_data(&mut h, &e.tar_path, &mut reader)
-                    .with_context(|| format!("copy {}", e.path))?;
+                index::append_file(
+                    &mut self.tar,
+                    &e.tar_path,
+                    &mut reader,
+                    e.mode,
+                    e.mtime,
+                    e.size,
+                )
+                .with_context(|| format!("copy {}", e.path))?;
                 reader.crc
             }
         };
@@ -737,7 +716,7 @@ impl PartWriter {
         let length = u32::try_from(e.size / bs)
             .with_context(|| format!("{} is longer than a relation segment", e.path))?;
         let body = incremental::header(&[], length);
-        let mut h = Self::header(e.mode, e.mtime, body.len() as u64, tar::EntryType::Regular);
+        let mut h = index::tar_header(e.mode, e.mtime, body.len() as u64, tar::EntryType::Regular);
         self.tar
             .append_data(
                 &mut h,
@@ -794,7 +773,8 @@ impl PartWriter {
                 let at = (b - first) as usize * bs;
                 body.extend_from_slice(&window[at..at + bs]);
             }
-            let mut h = Self::header(e.mode, e.mtime, body.len() as u64, tar::EntryType::Regular);
+            let mut h =
+                index::tar_header(e.mode, e.mtime, body.len() as u64, tar::EntryType::Regular);
             self.tar
                 .append_data(&mut h, &name, body.as_slice())
                 .with_context(|| format!("copy {}", e.path))?;
@@ -809,19 +789,26 @@ impl PartWriter {
             .tar
             .into_inner()
             .with_context(|| format!("end {}", self.name))?;
-        let mut shipper = match sink {
-            Sink::Gzip(g) => g
+        let mut shipper = match sink.out {
+            index::Compressor::Gzip(g) => g
                 .finish()
                 .with_context(|| format!("compress {}", self.name))?,
-            Sink::Plain(p) => p,
+            index::Compressor::Plain(p) => p,
         };
+        let index = self
+            .recorder
+            .and_then(|r| r.borrow_mut().finish())
+            .map(|i| index::render(&i));
+        if index.is_none() && sink.recorder.is_some() {
+            tracing::warn!(part = %self.name, "a file name could not be indexed; a delta restore of this backup reads it whole");
+        }
         if !shipper.buf.is_empty() {
             shipper.ship()?;
         }
         let sha = crate::wal::hex(&shipper.sha.clone().finalize());
         shipper
             .tx
-            .blocking_send(Msg::Done(sha))
+            .blocking_send(Msg::Done(sha, index))
             .map_err(|_| anyhow::anyhow!("the upload of {} stopped", self.name))?;
         Ok((self.n, self.upload))
     }
@@ -831,6 +818,7 @@ impl PartWriter {
 async fn upload(
     storage: Backend,
     key: String,
+    index_key: String,
     name: String,
     mut rx: tokio::sync::mpsc::Receiver<Msg>,
 ) -> Result<Part> {
@@ -846,11 +834,14 @@ async fn upload(
                     return Err(e).with_context(|| format!("upload {key}"));
                 }
             }
-            Some(Msg::Done(sha256)) => {
+            Some(Msg::Done(sha256, index)) => {
                 let size = up
                     .finish()
                     .await
                     .with_context(|| format!("complete {key}"))?;
+                if let Some(text) = index {
+                    put_whole(&storage, &index_key, text).await?;
+                }
                 return Ok(Part { name, size, sha256 });
             }
             None => {
@@ -859,6 +850,22 @@ async fn upload(
             }
         }
     }
+}
+
+/// Stores a small object (the manifest, a part's index) in one piece.
+async fn put_whole(storage: &Backend, key: &str, text: String) -> Result<()> {
+    let mut up = storage
+        .begin_upload(key)
+        .await
+        .with_context(|| format!("start uploading {key}"))?;
+    if let Err(e) = up.part(Bytes::from(text.into_bytes())).await {
+        up.abort().await;
+        return Err(e).with_context(|| format!("upload {key}"));
+    }
+    up.finish()
+        .await
+        .with_context(|| format!("complete {key}"))?;
+    Ok(())
 }
 
 /// Reads a file for the tar in block-aligned reads, whatever sizes the tar asks for:

@@ -95,7 +95,7 @@ impl Files {
 }
 
 /// A tar entry's path, relative and without `..`: anything else is refused.
-fn safe(path: &Path) -> io::Result<PathBuf> {
+pub(super) fn safe(path: &Path) -> io::Result<PathBuf> {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

@@ -79,28 +79,63 @@ impl Read for Chunks {
 /// (a connection reset, a 5xx) without receiving a byte in between.
 pub const RESUMES: u32 = 5;
 
-/// Paths (as the tar names them) an extraction leaves alone: a delta restore's kept
-/// files ([`super::delta`]).
-pub type Skip = std::sync::Arc<std::collections::HashSet<String>>;
-
-/// Extracts the object `key` into `dest`, leaving out the files `skip` names; returns
-/// the SHA-256 (hex) and size of the object as stored, and the bytes of the files
-/// written. The bytes read from the object are added to `progress` as they are taken.
-/// A download that fails midway is resumed from the byte received (see [`RESUMES`]),
-/// only if the object is still the one it began reading.
+/// Extracts the object `key` into `dest`; returns the SHA-256 (hex) and size of the
+/// object as stored. The bytes read from the object are added to `progress` as they
+/// are taken. A download that fails midway is resumed from the byte received (see
+/// [`RESUMES`]), only if the object is still the one it began reading.
 pub async fn extract(
     storage: &Backend,
     key: &str,
     compression: TarCompression,
     progress: &std::sync::Arc<crate::progress::Progress>,
     dest: &Path,
-    skip: Option<Skip>,
-) -> Result<(String, u64, u64)> {
+) -> Result<(String, u64)> {
     let dest = dest.to_path_buf();
-    extract_with(storage, key, compression, progress, move |tar| {
-        unpack(&mut archive(tar), &dest, skip.as_deref())
+    let (sha, size, _) = extract_with(storage, key, compression, progress, move |tar| {
+        unpack(&mut archive(tar), &dest).map(|()| 0)
     })
-    .await
+    .await?;
+    Ok((sha, size))
+}
+
+/// Streams bytes `from..until` (`None`: to the end) of the object `key` through
+/// `handle`, on a blocking thread, and returns what it returned; `handle` may stop
+/// reading once it has what it needs. The bytes read are added to `progress`. A
+/// download that fails midway is resumed as [`extract`]'s is.
+pub async fn read_range<T, F>(
+    storage: &Backend,
+    key: &str,
+    from: u64,
+    until: Option<u64>,
+    progress: &std::sync::Arc<crate::progress::Progress>,
+    handle: F,
+) -> Result<T>
+where
+    F: FnOnce(&mut dyn Read) -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (download, version) = storage
+        .download_range(key, from, until, None)
+        .await
+        .with_context(|| format!("read {key}"))?
+        .with_context(|| format!("{key} is not in the archive"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    let progress = progress.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        handle(&mut Chunks {
+            rx,
+            cur: Bytes::new(),
+            ended: false,
+            sha: sha2::Sha256::new(),
+            total: 0,
+            progress,
+        })
+    });
+    let fed = feed(storage, key, download, (from, until), &version, tx).await;
+    let handled = reader.await.context("the reading thread failed")?;
+    // A failed download cuts the reading short: its own error says more.
+    fed.with_context(|| format!("read {key}"))?;
+    handled.with_context(|| format!("read {key} from byte {from}"))
 }
 
 /// Streams the object `key` through `handle`, which reads the tar from the reader it
@@ -119,7 +154,7 @@ where
     F: FnOnce(&mut dyn Read) -> io::Result<u64> + Send + 'static,
 {
     let (download, version) = storage
-        .download_range(key, 0, None)
+        .download_range(key, 0, None, None)
         .await
         .with_context(|| format!("read {key}"))?
         .with_context(|| format!("{key} is not in the archive"))?;
@@ -141,19 +176,21 @@ where
         )
         .with_context(|| format!("extract {key_owned}"))
     });
-    let fed = feed(storage, key, download, &version, tx).await;
+    let fed = feed(storage, key, download, (0, None), &version, tx).await;
     let extracted = untar.await.context("the extraction thread failed")?;
     // A failed download cuts the extraction short: its own error says more.
     fed.with_context(|| format!("read {key}"))?;
     extracted
 }
 
-/// Sends the download's chunks until its end, or until the extraction stops reading;
-/// resumes a download that fails midway with a ranged read of the same version.
+/// Sends the download's chunks (of the bytes `range` of the object) until its end, or
+/// until the extraction stops reading; resumes a download that fails midway with a
+/// ranged read of the same version.
 async fn feed(
     storage: &Backend,
     key: &str,
     mut download: crate::wal::storage::Download,
+    range: (u64, Option<u64>),
     version: &str,
     tx: tokio::sync::mpsc::Sender<Msg>,
 ) -> Result<(), StorageError> {
@@ -168,7 +205,8 @@ async fn feed(
             }
             Ok(None) => Msg::End,
             Err(e) => {
-                download = resume(storage, key, received, version, &mut failures, e).await?;
+                let from = range.0 + received;
+                download = resume(storage, key, (from, range.1), version, &mut failures, e).await?;
                 continue;
             }
         };
@@ -179,12 +217,13 @@ async fn feed(
     }
 }
 
-/// Opens `key` again from byte `from`, after `failed`; gives up after [`RESUMES`]
-/// failures in a row, on an error that is not transient, or when the object changed.
+/// Opens `key` again from byte `range.0` (up to `range.1`), after `failed`; gives up
+/// after [`RESUMES`] failures in a row, on an error that is not transient, or when the
+/// object changed.
 async fn resume(
     storage: &Backend,
     key: &str,
-    from: u64,
+    range: (u64, Option<u64>),
     version: &str,
     failures: &mut u32,
     mut failed: StorageError,
@@ -194,9 +233,12 @@ async fn resume(
             return Err(failed);
         }
         *failures += 1;
-        tracing::warn!(key, received = from, attempt = *failures, error = %failed, "a part's download failed midway; resuming it from the byte received");
+        tracing::warn!(key, received = range.0, attempt = *failures, error = %failed, "a part's download failed midway; resuming it from the byte received");
         tokio::time::sleep(std::time::Duration::from_millis(200 << (*failures).min(5))).await;
-        match storage.download_range(key, from, Some(version)).await {
+        match storage
+            .download_range(key, range.0, range.1, Some(version))
+            .await
+        {
             Ok(Some((d, _))) => return Ok(d),
             Ok(None) => {
                 return Err(StorageError::Fatal(format!(
@@ -323,42 +365,10 @@ impl Read for Inflated {
     }
 }
 
-/// Unpacks the archive into `dest` as [`tar::Archive::unpack`] does (directories
-/// last, deepest first, so that a read-only one does not stop its files), leaving out
-/// the files `skip` names; returns the bytes of the files written.
-fn unpack<R: Read>(
-    ar: &mut ::tar::Archive<R>,
-    dest: &Path,
-    skip: Option<&std::collections::HashSet<String>>,
-) -> io::Result<u64> {
-    let Some(skip) = skip else {
-        // A whole restore: tar's own unpacking; the bytes written are the object's
-        // files, counted by the caller from the object's size.
-        ar.unpack(dest)?;
-        return Ok(0);
-    };
-    std::fs::create_dir_all(dest)?;
-    let dest = &dest.canonicalize().unwrap_or_else(|_| dest.to_path_buf());
-    let mut written = 0;
-    let mut dirs = Vec::new();
-    for entry in ar.entries()? {
-        let mut e = entry?;
-        if e.header().entry_type() == ::tar::EntryType::Directory {
-            dirs.push(e);
-            continue;
-        }
-        let path = e.path()?;
-        if skip.contains(path.to_string_lossy().trim_start_matches("./")) {
-            continue;
-        }
-        written += e.size();
-        e.unpack_in(dest)?;
-    }
-    dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
-    for mut d in dirs {
-        d.unpack_in(dest)?;
-    }
-    Ok(written)
+/// Unpacks the archive into `dest` (tar's own unpacking: directories last, so that a
+/// read-only one does not stop its files).
+fn unpack<R: Read>(ar: &mut ::tar::Archive<R>, dest: &Path) -> io::Result<()> {
+    ar.unpack(dest)
 }
 
 /// A tar reader set as every restore reads: modes and times kept, nothing

@@ -221,7 +221,7 @@ async fn build_in(
     let Plan {
         storage,
         backup: b,
-        mut objects,
+        objects,
         older,
         spaces,
         then,
@@ -230,105 +230,44 @@ async fn build_in(
         progress,
     } = plan;
     std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
-    // ---- delta restore (see delta.rs): what the directory keeps, which parts to read.
+    // A delta restore (see delta.rs): what the directory keeps, what to read.
     let chained = !older.is_empty();
-    let skip = if delta && chained {
+    let delta = if delta && chained {
         // Blocks of a chain are written where they belong, over whatever is there:
         // only a directory emptied first gives a faithful reconstruction.
         tracing::warn!(dir = %staging.display(), "a delta restore of an incremental backup's chain is not supported; restoring it whole");
         empty(staging).await?;
         None
     } else if delta {
-        delta_over(&storage, &b, staging, s.major_version, &mut objects).await?
+        delta_over(&storage, &b, staging, s, &objects).await?
     } else {
         None
     };
-    // ---- end of delta restore.
     let owner = s.run_as.as_ref().map(|u| u.owner());
     tablespaces::create(&spaces, owner, made)?;
     // Linked before they are filled: an interrupted bootstrap finds them (see
     // tablespaces::empty_interrupted).
     tablespaces::link(staging, &spaces)?;
     let started = std::time::Instant::now();
-    let (mut stored, mut written) = (0u64, 0u64);
-    // The parts of a backup hold disjoint files (a file never spans parts): they are
-    // fetched, decompressed and written concurrently, PGWARDEN_BACKUP_JOBS at a time.
-    // The backups of an incremental's chain follow one another, newest first (see
-    // chain).
-    let backup_id_setting = names.backup_id;
-    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(s.backups.jobs.max(1)));
-    let files = std::sync::Arc::new(chain::Files::default());
-    let members: Vec<(BackupInfo, Objects)> =
-        std::iter::once((b.clone(), objects)).chain(older).collect();
-    progress.set_total(members.iter().flat_map(|(_, o)| o).map(|o| o.size).sum());
     let _log =
         crate::progress::log_every("restore progress", b.backup_id.clone(), progress.clone());
-    for (i, (member, objects)) in members.into_iter().enumerate() {
-        let recorded = std::sync::Arc::new(recorded_sha256(&member));
-        let incremental = list::is_incremental(&member);
-        let mut tasks = tokio::task::JoinSet::new();
-        for Object {
-            key,
-            compression,
-            holds,
-            ..
-        } in objects
-        {
-            let (storage, recorded, limit, files, skip, progress) = (
-                storage.clone(),
-                recorded.clone(),
-                limit.clone(),
-                files.clone(),
-                skip.clone(),
-                progress.clone(),
-            );
-            let dest = match holds {
-                Holds::Data => staging.to_path_buf(),
-                Holds::Tablespace(oid) => spaces
-                    .iter()
-                    .find(|p| p.oid == oid)
-                    .map(|p| p.location.clone())
-                    .with_context(|| {
-                        format!("{key}: tablespace {oid} is not in the backup's backup.info")
-                    })?,
-            };
-            tasks.spawn(async move {
-                let _slot = limit.acquire_owned().await?;
-                let (sha, size, wrote) = if chained {
-                    extract::extract_with(&storage, &key, compression, &progress, move |tar| {
-                        chain::apply(tar, &dest, i == 0, incremental, &files).map(|()| 0)
-                    })
-                    .await?
-                } else {
-                    extract::extract(&storage, &key, compression, &progress, &dest, skip).await?
-                };
-                let name = key.rsplit('/').next().unwrap_or(&key);
-                if recorded.get(name).is_some_and(|want| *want != sha) {
-                    bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with {backup_id_setting}");
-                }
-                anyhow::Ok((size, wrote))
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            // The first failure stops the others (dropping the set aborts them); the
-            // staging directory is discarded by the caller.
-            let (size, wrote) = done.context("an extraction task")??;
-            stored += size;
-            written += wrote;
-        }
-    }
-    if chained {
-        files.check_complete().map_err(|e| {
-            anyhow::anyhow!(
-                "backup {}: {e}; restore another backup with {backup_id_setting}",
-                b.backup_id
-            )
-        })?;
-    }
-    if skip.is_some() {
-        // A delta: the bytes of the files it wrote, beside the ones it kept.
-        info!(backup_id = %b.backup_id, bytes = stored, written, seconds = started.elapsed().as_secs_f64(), "backup extracted");
+    if let Some((d, parts)) = delta {
+        let (read, written) =
+            fetch_delta(&storage, d, parts, staging, s.backups.jobs, &progress).await?;
+        info!(backup_id = %b.backup_id, bytes = read, written, seconds = started.elapsed().as_secs_f64(), "backup extracted");
     } else {
+        let members: Vec<(BackupInfo, Objects)> =
+            std::iter::once((b.clone(), objects)).chain(older).collect();
+        let stored = extract_whole(
+            &storage,
+            members,
+            staging,
+            &spaces,
+            names.backup_id,
+            s.backups.jobs,
+            &progress,
+        )
+        .await?;
         info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
     }
     // Before the manifest check: pg_verifybackup follows the links to the
@@ -350,20 +289,103 @@ async fn build_in(
         .context("the restore's last step failed")?
 }
 
+/// Restores whole the backups `members` (the backup, then for an incremental the
+/// backups of its chain, newest first) into `staging` and the tablespaces' locations;
+/// returns the bytes read. The parts of a backup hold disjoint files (a file never
+/// spans parts): they are fetched, decompressed and written concurrently, `jobs` at a
+/// time. The backups of a chain follow one another (see [`chain`]).
+async fn extract_whole(
+    storage: &Backend,
+    members: Vec<(BackupInfo, Objects)>,
+    staging: &Path,
+    spaces: &[tablespaces::Placed],
+    backup_id_setting: &'static str,
+    jobs: usize,
+    progress: &std::sync::Arc<crate::progress::Progress>,
+) -> Result<u64> {
+    let mut stored = 0u64;
+    let newest = members
+        .first()
+        .map(|(b, _)| b.backup_id.clone())
+        .unwrap_or_default();
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let files = std::sync::Arc::new(chain::Files::default());
+    let chained = members.len() > 1;
+    progress.set_total(members.iter().flat_map(|(_, o)| o).map(|o| o.size).sum());
+    for (i, (member, objects)) in members.into_iter().enumerate() {
+        let recorded = std::sync::Arc::new(recorded_sha256(&member));
+        let incremental = list::is_incremental(&member);
+        let mut tasks = tokio::task::JoinSet::new();
+        for Object {
+            key,
+            compression,
+            holds,
+            ..
+        } in objects
+        {
+            let (storage, recorded, limit, files, progress) = (
+                storage.clone(),
+                recorded.clone(),
+                limit.clone(),
+                files.clone(),
+                progress.clone(),
+            );
+            let dest = match holds {
+                Holds::Data => staging.to_path_buf(),
+                Holds::Tablespace(oid) => spaces
+                    .iter()
+                    .find(|p| p.oid == oid)
+                    .map(|p| p.location.clone())
+                    .with_context(|| {
+                        format!("{key}: tablespace {oid} is not in the backup's backup.info")
+                    })?,
+            };
+            tasks.spawn(async move {
+                let _slot = limit.acquire_owned().await?;
+                let (sha, size) = if chained {
+                    let (sha, size, _) = extract::extract_with(&storage, &key, compression, &progress, move |tar| {
+                        chain::apply(tar, &dest, i == 0, incremental, &files).map(|()| 0)
+                    })
+                    .await?;
+                    (sha, size)
+                } else {
+                    extract::extract(&storage, &key, compression, &progress, &dest).await?
+                };
+                let name = key.rsplit('/').next().unwrap_or(&key);
+                if recorded.get(name).is_some_and(|want| *want != sha) {
+                    bail!("{key} does not match the SHA-256 recorded in its backup.info: the backup is damaged; restore another one with {backup_id_setting}");
+                }
+                anyhow::Ok(size)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            // The first failure stops the others (dropping the set aborts them); the
+            // staging directory is discarded by the caller.
+            stored += done.context("an extraction task")??;
+        }
+    }
+    if chained {
+        files.check_complete().map_err(|e| {
+            anyhow::anyhow!("backup {newest}: {e}; restore another backup with {backup_id_setting}")
+        })?;
+    }
+    Ok(stored)
+}
+
 /// Prepares a delta restore over `dir` when it holds anything: with the backup's
-/// manifest, a checked copy of its cluster keeps its matching files (`Some`, the paths
-/// the extraction leaves alone) and, when only the last data part's files are needed,
-/// `objects` shrinks to that part. Without a manifest (a backup taken before pgwarden
-/// stored one, barman-cloud's) or with tablespaces, `dir` is emptied and the backup
-/// restored whole (`None`), said in the log. A directory that is no copy of the
-/// backup's cluster, or that postgres runs on, is refused untouched.
+/// manifest and its data parts' indexes, a checked copy of its cluster is compared
+/// with the backup (see [`delta`]); returns what to read. Without them (a backup taken
+/// by barman-cloud, or by a pgwarden that did not index its parts), with tablespaces,
+/// or over a directory that holds what a delta does not handle, `dir` is emptied and
+/// the backup restored whole (`None`), said in the log. A directory that is no copy of
+/// the backup's cluster, or that postgres runs on, is refused untouched.
 async fn delta_over(
     storage: &Backend,
     b: &BackupInfo,
     dir: &Path,
-    major: u32,
-    objects: &mut Objects,
-) -> Result<Option<extract::Skip>> {
+    s: &Settings,
+    objects: &Objects,
+) -> Result<Option<(delta::Delta, Vec<delta::Part>)>> {
     let holds_something = std::fs::read_dir(dir)
         .with_context(|| format!("read {}", dir.display()))?
         .next()
@@ -378,25 +400,40 @@ async fn delta_over(
         let Some(first) = objects.first() else {
             return Err("the backup has no data part".to_owned());
         };
-        let key = match first.key.rsplit_once('/') {
-            Some((prefix, _)) => format!("{prefix}/{}", crate::backup::engine::manifest::OBJECT),
-            None => crate::backup::engine::manifest::OBJECT.to_owned(),
+        let prefix = first.key.rsplit_once('/').map_or("", |(p, _)| p);
+        let object = |name: &str| format!("{prefix}/{name}");
+        let read = |key: String| async move {
+            match storage.get(&key).await {
+                Ok(Some((body, _))) => Ok(String::from_utf8_lossy(&body).into_owned()),
+                Ok(None) => Err(format!("backup {} has no {key} (taken by barman-cloud, or by a pgwarden that did not store one)", b.backup_id)),
+                Err(e) => Err(format!("read {key}: {e}")),
+            }
         };
-        let body = match storage.get(&key).await {
-            Ok(Some((body, _))) => body,
-            Ok(None) => return Err(format!("backup {} has no {key} (taken by barman-cloud, or by pgwarden before it stored one)", b.backup_id)),
-            Err(e) => return Err(format!("read {key}: {e}")),
-        };
-        let manifest = crate::backup::engine::manifest::parse(&String::from_utf8_lossy(&body))
+        let key = object(crate::backup::engine::manifest::OBJECT);
+        let manifest = crate::backup::engine::manifest::parse(&read(key.clone()).await?)
             .map_err(|e| format!("{key}: {e}"))?;
+        let mut parts = Vec::new();
+        for o in objects {
+            let name = o.key.rsplit('/').next().unwrap_or(&o.key);
+            let key = object(&crate::backup::engine::index::object_name(name));
+            let index = crate::backup::engine::index::parse(&read(key.clone()).await?)
+                .map_err(|e| format!("{key}: {e}"))?;
+            parts.push(delta::Part {
+                key: o.key.clone(),
+                gzip: o.compression == TarCompression::Gzip,
+                size: o.size,
+                index,
+            });
+        }
+        let located = delta::locate(&manifest.files, &parts)?;
         let system_id: u64 = b
             .systemid
             .parse()
             .map_err(|_| format!("backup {} has no system identifier", b.backup_id))?;
-        Ok((manifest, system_id))
+        Ok((manifest, parts, located, system_id))
     }
     .await;
-    let (manifest, system_id) = match why_not {
+    let (manifest, parts, located, system_id) = match why_not {
         Ok(m) => m,
         Err(why) => {
             tracing::warn!(dir = %dir.display(), reason = %why, "a delta restore is not possible; restoring the whole backup");
@@ -404,7 +441,7 @@ async fn delta_over(
             return Ok(None);
         }
     };
-    let checked = dir.to_path_buf();
+    let (checked, major) = (dir.to_path_buf(), s.major_version);
     let copy = tokio::task::spawn_blocking(move || delta::check_copy(&checked, system_id, major))
         .await
         .context("the checking thread")?;
@@ -419,20 +456,12 @@ async fn delta_over(
         return Ok(None);
     }
     let started = std::time::Instant::now();
-    let (files, at) = (manifest.files, dir.to_path_buf());
-    let (d, files) =
-        tokio::task::spawn_blocking(move || delta::prepare(&at, &files).map(|d| (d, files)))
-            .await
-            .context("the delta thread")??;
-    if d.only_last_part(&files) {
-        // The engine writes global/pg_control and backup_label into the last data
-        // part, opened after every other: nothing else needs reading.
-        if let Some(last) = objects.iter().rposition(|o| o.holds == Holds::Data) {
-            let kept = objects.remove(last);
-            objects.clear();
-            objects.push(kept);
-        }
-    }
+    let (at, jobs) = (dir.to_path_buf(), s.backups.jobs);
+    let (d, parts) = tokio::task::spawn_blocking(move || {
+        delta::prepare(&at, &manifest.files, &parts, &located, jobs).map(|d| (d, parts))
+    })
+    .await
+    .context("the delta thread")??;
     info!(
         backup_id = %b.backup_id,
         kept_files = d.kept_files,
@@ -440,11 +469,74 @@ async fn delta_over(
         fetched_files = d.fetch_files,
         fetched_bytes = d.fetch_bytes,
         removed_files = d.removed,
-        parts = objects.len(),
+        read_bytes = d.fetches.iter().map(|f| f.stored(&parts)).sum::<u64>(),
+        stored_bytes = parts.iter().map(|p| p.size).sum::<u64>(),
+        reads = d.fetches.len(),
         seconds = started.elapsed().as_secs_f64(),
         "delta restore: keeping the files that match the backup's manifest, fetching the rest"
     );
-    Ok(Some(std::sync::Arc::new(d.keep)))
+    Ok(Some((d, parts)))
+}
+
+/// Reads what a delta restore fetches, `jobs` ranged reads at a time, and writes it
+/// into `dir`; returns the bytes read and written.
+async fn fetch_delta(
+    storage: &Backend,
+    d: delta::Delta,
+    parts: Vec<delta::Part>,
+    dir: &Path,
+    jobs: usize,
+    progress: &std::sync::Arc<crate::progress::Progress>,
+) -> Result<(u64, u64)> {
+    let read: u64 = d.fetches.iter().map(|f| f.stored(&parts)).sum();
+    progress.set_total(read);
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for f in d.fetches {
+        let part = &parts[f.part];
+        let (storage, limit, progress, key, gzip, dir) = (
+            storage.clone(),
+            limit.clone(),
+            progress.clone(),
+            part.key.clone(),
+            part.gzip,
+            dir.to_path_buf(),
+        );
+        tasks.spawn(async move {
+            let _slot = limit.acquire_owned().await?;
+            let (start, needs) = (f.start.tar, f.needs);
+            extract::read_range(
+                &storage,
+                &key,
+                f.start.stored,
+                f.until,
+                &progress,
+                move |r| {
+                    if gzip {
+                        delta::apply(
+                            &mut flate2::read::DeflateDecoder::new(r),
+                            &dir,
+                            start,
+                            &needs,
+                        )
+                    } else {
+                        delta::apply(r, &dir, start, &needs)
+                    }
+                },
+            )
+            .await
+        });
+    }
+    let mut written = 0;
+    while let Some(done) = tasks.join_next().await {
+        // The first failure stops the others (dropping the set aborts them).
+        written += done.context("a delta read")??;
+    }
+    let (dir, touched) = (dir.to_path_buf(), d.touched);
+    tokio::task::spawn_blocking(move || delta::restore_times(&dir, &touched))
+        .await
+        .context("the delta thread")??;
+    Ok((read, written))
 }
 
 /// Removes everything in `dir`, for a whole restore into it.

@@ -213,7 +213,8 @@ impl FsStorage {
         }
     }
 
-    /// Reads `key` from byte `from` on, and what identifies this version of it (inode,
+    /// Reads `key` from byte `from` on, up to `until` (exclusive), and what identifies
+    /// this version of it (inode,
     /// size, modification time: a file is replaced by a rename, never rewritten). With
     /// `version`, only if the file is still that one: a changed file is
     /// [`StorageError::Fatal`]; `None` when it no longer exists.
@@ -221,9 +222,10 @@ impl FsStorage {
         &self,
         key: &str,
         from: u64,
+        until: Option<u64>,
         version: Option<&str>,
-    ) -> Result<Option<(tokio::fs::File, String)>, StorageError> {
-        use tokio::io::AsyncSeekExt;
+    ) -> Result<Option<(tokio::io::Take<tokio::fs::File>, String)>, StorageError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let path = self.path(key);
         let mut f = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -254,7 +256,8 @@ impl FsStorage {
                 .await
                 .map_err(|e| classify("seek", &path, e))?;
         }
-        Ok(Some((f, now)))
+        let limit = until.map_or(u64::MAX, |end| end.saturating_sub(from));
+        Ok(Some((f.take(limit), now)))
     }
 
     /// Starts writing `key` in parts.

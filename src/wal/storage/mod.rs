@@ -141,27 +141,32 @@ impl Backend {
     pub async fn download(&self, key: &str) -> Result<Option<Download>, StorageError> {
         match self {
             Backend::S3(s) => Ok(s.download(key).await?.map(Download::S3)),
-            Backend::Fs(f) => Ok(f.download(key).await?.map(Download::Fs)),
+            Backend::Fs(f) => Ok(f
+                .download(key)
+                .await?
+                .map(|f| Download::Fs(tokio::io::AsyncReadExt::take(f, u64::MAX)))),
         }
     }
 
-    /// Opens `key` for reading from byte `from` on, with what identifies this version
-    /// of it; given `version` (from an earlier call), only if the object is still that
-    /// version, so that a download resumed after a failure never splices two objects
+    /// Opens `key` for reading from byte `from` on, up to byte `until` (exclusive;
+    /// `None`: its end), with what identifies this version of it; given `version`
+    /// (from an earlier call), only if the object is still that version, so that a
+    /// download resumed after a failure never splices two objects
     /// ([`StorageError::Fatal`] when it changed). `None` when it does not exist.
     pub async fn download_range(
         &self,
         key: &str,
         from: u64,
+        until: Option<u64>,
         version: Option<&str>,
     ) -> Result<Option<(Download, String)>, StorageError> {
         match self {
             Backend::S3(s) => Ok(s
-                .download_range(key, from, version)
+                .download_range(key, from, until, version)
                 .await?
                 .map(|(b, v)| (Download::S3(b), v))),
             Backend::Fs(f) => Ok(f
-                .download_range(key, from, version)
+                .download_range(key, from, until, version)
                 .await?
                 .map(|(b, v)| (Download::Fs(b), v))),
         }
@@ -180,8 +185,8 @@ impl Backend {
 pub enum Download {
     /// An S3 object's body.
     S3(aws_sdk_s3::primitives::ByteStream),
-    /// A file on a volume.
-    Fs(tokio::fs::File),
+    /// A file on a volume (as much of it as is asked for).
+    Fs(tokio::io::Take<tokio::fs::File>),
 }
 
 impl Download {

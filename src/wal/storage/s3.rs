@@ -535,7 +535,8 @@ impl S3Storage {
         Ok(self.get_object(key).await?.map(|out| out.body))
     }
 
-    /// Reads `key` from byte `from` on (a ranged GET), and its ETag. With `etag`, only
+    /// Reads `key` from byte `from` on, up to `until` (exclusive; a ranged GET), and
+    /// its ETag. With `etag`, only
     /// if the object is still that version: `If-Match` asks the store, and the ETag it
     /// answers with is compared too (for a store that ignores the condition). A
     /// changed object is [`StorageError::Fatal`]; `None` when it no longer exists.
@@ -543,11 +544,14 @@ impl S3Storage {
         &self,
         key: &str,
         from: u64,
+        until: Option<u64>,
         etag: Option<&str>,
     ) -> Result<Option<(ByteStream, String)>, StorageError> {
         let mut req = self.client.get_object().bucket(&self.bucket).key(key);
-        if from > 0 {
-            req = req.range(format!("bytes={from}-"));
+        match until {
+            Some(end) if end > from => req = req.range(format!("bytes={from}-{}", end - 1)),
+            _ if from > 0 => req = req.range(format!("bytes={from}-")),
+            _ => {}
         }
         if let Some(tag) = etag {
             req = req.if_match(tag);
