@@ -63,6 +63,7 @@ pub fn run_as_postgres(cmd: &mut Command) -> &mut Command {
 }
 
 /// A pgwarden instance's environment.
+#[derive(Clone)]
 pub struct Warden {
     pub dir: PathBuf,
     pub pgdata: PathBuf,

@@ -1,12 +1,14 @@
 //! `make bench`: pgwarden's figures next to the reference tools', measured in one run on
 //! the same data. Prints a report; asserts nothing.
 //!
-//! Usage: `cargo run --release --example bench -- [startup|replica|wal|backup|incremental|ha|all|wal-push|wal-daemon]`
+//! Usage: `cargo run --release --example bench -- [startup|replica|wal|backup|incremental|delta|ha|all|wal-push|wal-daemon]`
 
 mod backup;
+mod delta;
 mod ha;
 mod harness;
 mod incremental;
+mod pgbackrest;
 mod replica;
 mod startup;
 mod wal;
@@ -32,6 +34,9 @@ fn main() {
     }
     if which == "all" || which == "incremental" {
         incremental::run(&bin);
+    }
+    if which == "all" || which == "delta" {
+        delta::run(&bin);
     }
     if which == "all" || which == "ha" {
         ha::run(&bin);
