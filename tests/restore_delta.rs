@@ -415,6 +415,12 @@ async fn delta_restores_a_stale_replica_and_a_diverged_former_primary_and_refuse
         read * 4 < stored,
         "a delta read {read} of the backup's {stored} bytes: {log}"
     );
+    // And the result is checked whole against the manifest, as after any restore.
+    let after = &log[log.find(delta).unwrap_or(0)..];
+    assert!(
+        after.contains("every restored file matches the backup manifest"),
+        "{log}"
+    );
 
     // A diverged former primary: r promoted, p written to after that; p's rewind then
     // fails (r denies it pg_ls_dir), and PGWARDEN_REWIND_FAILED=reclone rebuilds p from
@@ -469,6 +475,11 @@ async fn delta_restores_a_stale_replica_and_a_diverged_former_primary_and_refuse
     assert!(
         read * 4 < stored,
         "a delta read {read} of the backup's {stored} bytes: {log}"
+    );
+    let after = &log[log.find(delta).unwrap_or(0)..];
+    assert!(
+        after.contains("every restored file matches the backup manifest"),
+        "{log}"
     );
     // 1700 rows, none of them the former primary's own (g < 0).
     let c = ha::client(&p.socket_dir, p.port).await.unwrap();

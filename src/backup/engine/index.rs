@@ -23,8 +23,13 @@
 //! S <stored offset> <tar offset>             a seek point
 //! D <mode, octal> <path>                     a directory
 //! F <mode, octal> <mtime> <size> <path>      a file, then its windows in order:
-//! W <tar offset> <CRC-32C, hex>
+//! W <tar offset> <CRC-32C, hex> <XXH3-128, hex>
 //! ```
+//!
+//! A delta restore takes a window it has for the backup's when their XXH3-128 hashes
+//! are equal (a 32-bit CRC would let one differing window in 2^32 through, and a
+//! multi-terabyte copy has millions); the CRC-32Cs, put together, must give the
+//! manifest's CRC-32C of the file, which ties the index to the manifest.
 
 use std::cell::RefCell;
 use std::io::{self, Write};
@@ -65,6 +70,8 @@ pub struct Window {
     pub tar: u64,
     /// CRC-32C of its bytes.
     pub crc32c: u32,
+    /// XXH3-128 of its bytes.
+    pub xxh3: u128,
 }
 
 /// A file of the part.
@@ -121,7 +128,7 @@ pub fn render(index: &PartIndex) -> String {
     for f in &index.files {
         let _ = writeln!(out, "F {:o} {} {} {}", f.mode, f.mtime, f.size, f.path);
         for w in &f.windows {
-            let _ = writeln!(out, "W {} {:08x}", w.tar, w.crc32c);
+            let _ = writeln!(out, "W {} {:08x} {:032x}", w.tar, w.crc32c, w.xxh3);
         }
     }
     out
@@ -182,15 +189,22 @@ pub fn parse(text: &str) -> Result<PartIndex, String> {
                 });
             }
             "W" => {
-                let (tar, crc) = rest.split_once(' ').ok_or_else(|| bad("no checksum"))?;
-                let crc32c = u32::from_str_radix(crc, 16).map_err(|_| bad("a bad checksum"))?;
+                let mut f = rest.split(' ');
+                let (tar, crc, hash) = (f.next(), f.next(), f.next());
+                let crc32c = crc
+                    .and_then(|c| u32::from_str_radix(c, 16).ok())
+                    .ok_or_else(|| bad("a bad checksum"))?;
+                let xxh3 = hash
+                    .and_then(|h| u128::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| bad("a bad hash"))?;
                 let file = index
                     .files
                     .last_mut()
                     .ok_or_else(|| bad("a window before any file"))?;
                 file.windows.push(Window {
-                    tar: num(Some(tar))?,
+                    tar: num(tar)?,
                     crc32c,
+                    xxh3,
                 });
             }
             _ => return Err(bad("an unknown line")),
@@ -245,9 +259,9 @@ pub struct Recorder {
     pending: bool,
     /// Where the current file's windows landed in the tar, so far.
     starts: Vec<u64>,
-    /// Their CRC-32Cs (a window may end in the very read that began it, before its
-    /// bytes are written: the two lists are put together at the file's end).
-    crcs: Vec<u32>,
+    /// Their CRC-32Cs and hashes (a window may end in the very read that began it,
+    /// before its bytes are written: the two lists are put together at the file's end).
+    sums: Vec<(u32, u128)>,
     /// A file went in that could not be indexed: the part gets no index.
     broken: bool,
 }
@@ -289,7 +303,7 @@ impl Recorder {
     /// A file is about to go in.
     pub fn begin_file(&mut self) {
         self.starts.clear();
-        self.crcs.clear();
+        self.sums.clear();
         self.pending = false;
     }
 
@@ -298,19 +312,30 @@ impl Recorder {
         self.pending = true;
     }
 
-    /// The current window ended, with this CRC-32C.
-    pub fn end_window(&mut self, crc32c: u32) {
-        self.crcs.push(crc32c);
+    /// The current window ended, with this CRC-32C and XXH3-128.
+    pub fn end_window(&mut self, crc32c: u32, xxh3: u128) {
+        self.sums.push((crc32c, xxh3));
     }
 
     /// The current file went in whole.
     pub fn end_file(&mut self, path: &str, mode: u32, mtime: i64, size: u64) {
         let count = size.div_ceil(WINDOW) as usize;
-        if self.starts.len() != count || self.crcs.len() != count || path.contains(['\n', '\r']) {
+        // Each window lands WINDOW bytes after the one before: anything else (a
+        // buffering writer between the tar and the sink) would record wrong offsets.
+        let contiguous = self
+            .starts
+            .iter()
+            .enumerate()
+            .all(|(k, t)| *t == self.starts[0] + k as u64 * WINDOW);
+        if self.starts.len() != count
+            || self.sums.len() != count
+            || !contiguous
+            || path.contains(['\n', '\r'])
+        {
             self.broken = true;
         }
-        let windows = (self.starts.drain(..).zip(self.crcs.drain(..)))
-            .map(|(tar, crc32c)| Window { tar, crc32c })
+        let windows = (self.starts.drain(..).zip(self.sums.drain(..)))
+            .map(|(tar, (crc32c, xxh3))| Window { tar, crc32c, xxh3 })
             .collect();
         self.index.files.push(File {
             path: path.to_owned(),
@@ -335,6 +360,7 @@ pub struct Windowed<'a, R> {
     size: u64,
     pos: u64,
     crc: u32,
+    hash: xxhash_rust::xxh3::Xxh3,
 }
 
 impl<'a, R> Windowed<'a, R> {
@@ -346,12 +372,8 @@ impl<'a, R> Windowed<'a, R> {
             size,
             pos: 0,
             crc: 0,
+            hash: xxhash_rust::xxh3::Xxh3::new(),
         }
-    }
-
-    /// The reader it wraps.
-    pub fn inner(&self) -> &R {
-        &self.inner
     }
 }
 
@@ -363,6 +385,7 @@ impl<R: io::Read> io::Read for Windowed<'_, R> {
         if self.pos % WINDOW == 0 {
             self.recorder.borrow_mut().begin_window();
             self.crc = 0;
+            self.hash.reset();
         }
         let left = WINDOW - self.pos % WINDOW;
         let want = (out.len() as u64).min(left).min(self.size - self.pos) as usize;
@@ -374,9 +397,12 @@ impl<R: io::Read> io::Read for Windowed<'_, R> {
             ));
         }
         self.crc = crc32c::crc32c_append(self.crc, &out[..n]);
+        self.hash.update(&out[..n]);
         self.pos += n as u64;
         if self.pos % WINDOW == 0 || self.pos == self.size {
-            self.recorder.borrow_mut().end_window(self.crc);
+            self.recorder
+                .borrow_mut()
+                .end_window(self.crc, self.hash.digest128());
         }
         Ok(n)
     }
@@ -421,11 +447,6 @@ impl<W: Write> SeekableGz<W> {
             stored: self.stored,
             tar: self.z.total_in(),
         })
-    }
-
-    /// Bytes taken in so far.
-    pub fn total_in(&self) -> u64 {
-        self.z.total_in()
     }
 
     /// The writer it writes to.
@@ -611,10 +632,12 @@ mod tests {
                         Window {
                             tar: 512,
                             crc32c: 7,
+                            xxh3: 1,
                         },
                         Window {
                             tar: 512 + WINDOW,
                             crc32c: 0xdead_beef,
+                            xxh3: u128::MAX,
                         },
                     ],
                 },
@@ -631,9 +654,10 @@ mod tests {
         for (bad, why) in [
             ("nope\n", "does not begin"),
             (
-                "pgwarden-part-index 1\nW 1 00\n",
+                "pgwarden-part-index 1\nW 1 00 00\n",
                 "a window before any file",
             ),
+            ("pgwarden-part-index 1\nF 600 0 5 x\nW 1 00\n", "a bad hash"),
             ("pgwarden-part-index 1\nF 600 0 5 x\n", "has 0 windows"),
             ("pgwarden-part-index 1\nS 1 9\nS 2 9\n", "out of order"),
             ("pgwarden-part-index 1\nX 1\n", "unknown line"),
@@ -745,7 +769,8 @@ mod tests {
             small,
             [Window {
                 tar,
-                crc32c: crc32c::crc32c(b"small")
+                crc32c: crc32c::crc32c(b"small"),
+                xxh3: xxhash_rust::xxh3::xxh3_128(b"small"),
             }]
         );
         let index = rec.borrow_mut().finish().unwrap();
@@ -757,10 +782,9 @@ mod tests {
         for (k, w) in f.windows.iter().enumerate() {
             let (at, len) = f.span(k);
             assert_eq!(w.tar, 512 + at);
-            assert_eq!(
-                w.crc32c,
-                crc32c::crc32c(&body[at as usize..(at + len) as usize])
-            );
+            let bytes = &body[at as usize..(at + len) as usize];
+            assert_eq!(w.crc32c, crc32c::crc32c(bytes));
+            assert_eq!(w.xxh3, xxhash_rust::xxh3::xxh3_128(bytes));
         }
         // A file whose windows do not add up leaves the part without an index.
         rec.borrow_mut().begin_file();

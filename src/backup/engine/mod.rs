@@ -552,7 +552,6 @@ struct PartWriter {
     name: String,
     tar: tar::Builder<index::Sink<Shipper>>,
     upload: Upload,
-    recorder: Option<index::Shared>,
 }
 
 impl PartWriter {
@@ -587,7 +586,7 @@ impl PartWriter {
             )),
             BackupCompression::None => index::Compressor::Plain(shipper),
         };
-        let mut tar = tar::Builder::new(index::Sink::new(out, recorder.clone()));
+        let mut tar = tar::Builder::new(index::Sink::new(out, recorder));
         tar.mode(tar::HeaderMode::Complete);
         Ok(PartWriter {
             holds,
@@ -595,7 +594,6 @@ impl PartWriter {
             name,
             tar,
             upload,
-            recorder,
         })
     }
 
@@ -608,7 +606,7 @@ impl PartWriter {
     }
 
     fn dir(&mut self, d: &walk::Entry) -> Result<()> {
-        if let Some(rec) = &self.recorder {
+        if let Some(rec) = &self.tar.get_ref().recorder {
             rec.borrow_mut().dir(&d.tar_path, d.mode);
         }
         let mut h = index::tar_header(d.mode, d.mtime, 0, tar::EntryType::Directory);
@@ -795,13 +793,11 @@ impl PartWriter {
                 .with_context(|| format!("compress {}", self.name))?,
             index::Compressor::Plain(p) => p,
         };
-        let index = self
-            .recorder
-            .and_then(|r| r.borrow_mut().finish())
-            .map(|i| index::render(&i));
-        if index.is_none() && sink.recorder.is_some() {
-            tracing::warn!(part = %self.name, "a file name could not be indexed; a delta restore of this backup reads it whole");
+        let index = sink.recorder.as_ref().map(|r| r.borrow_mut().finish());
+        if let Some(None) = index {
+            tracing::warn!(part = %self.name, "a file of this part could not be indexed (a newline in its name); a delta restore of this backup restores it whole");
         }
+        let index = index.flatten().map(|i| index::render(&i));
         if !shipper.buf.is_empty() {
             shipper.ship()?;
         }

@@ -121,16 +121,16 @@ pub struct Part {
 /// A window of a file to fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Need {
-    /// The file, relative to the directory.
-    pub path: String,
+    /// The file, relative to the directory (shared by its windows).
+    pub path: std::sync::Arc<str>,
     /// Where the window begins in the file.
     pub at: u64,
     /// Its length.
     pub len: u64,
     /// Where it begins in its part's tar.
     pub tar: u64,
-    /// Its CRC-32C, checked before it is written.
-    pub crc32c: u32,
+    /// Its XXH3-128, checked before it is written.
+    pub xxh3: u128,
 }
 
 /// One ranged read of a part: from a seek point to where its windows end.
@@ -163,7 +163,7 @@ pub struct Delta {
     pub kept_files: u64,
     /// Bytes kept (of those files and of the matching windows of the others).
     pub kept_bytes: u64,
-    /// Files with a window to write.
+    /// Files with a window to write, or made, or cut or extended to their size.
     pub fetch_files: u64,
     /// Bytes to write.
     pub fetch_bytes: u64,
@@ -309,23 +309,22 @@ pub fn prepare(
             let (p, e) = located[&f.path];
             let entry = &parts[p].index.files[e];
             d.kept_bytes += c.kept;
-            if c.fetch.is_empty() {
+            if c.fetch.is_empty() && !c.written {
                 d.kept_files += 1;
-            } else {
-                d.fetch_files += 1;
+                continue;
             }
-            if c.written || !c.fetch.is_empty() {
-                d.touched.push((f.path.clone(), entry.mtime, entry.mode));
-            }
+            d.fetch_files += 1;
+            d.touched.push((f.path.clone(), entry.mtime, entry.mode));
+            let path: std::sync::Arc<str> = f.path.as_str().into();
             for k in c.fetch {
                 let (at, len) = entry.span(k);
                 d.fetch_bytes += len;
                 by_part[p].push(Need {
-                    path: f.path.clone(),
+                    path: path.clone(),
                     at,
                     len,
                     tar: entry.windows[k].tar,
-                    crc32c: entry.windows[k].crc32c,
+                    xxh3: entry.windows[k].xxh3,
                 });
             }
         }
@@ -347,8 +346,9 @@ fn plan_reads(p: usize, part: &Part, needs: Vec<Need>) -> Result<Vec<Fetch>> {
             .stored_range(n.tar, n.tar + n.len, part.gzip)
             .with_context(|| format!("the index of {} has no seek point", part.key))?;
         if let Some(cur) = out.last_mut() {
-            let joins = cur.until.is_none_or(|end| start.stored <= end + GAP);
-            if joins && cur.start.tar <= n.tar {
+            // The windows come in tar order: a read that reaches near this one's
+            // start goes on to its end.
+            if cur.until.is_none_or(|end| start.stored <= end + GAP) {
                 cur.until = cur.until.zip(until).map(|(a, b)| a.max(b));
                 cur.needs.push(n);
                 continue;
@@ -375,8 +375,8 @@ struct Compared {
     written: bool,
 }
 
-/// Compares the file at `path` with its index entry, window by window (all of them
-/// fetched when `always`), and gives it the entry's size.
+/// Compares the file at `path` with its index entry, window by window by their
+/// XXH3-128 (all of them fetched when `always`), and gives it the entry's size.
 fn compare(path: &Path, entry: &IndexedFile, always: bool, buf: &mut [u8]) -> Result<Compared> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let mut c = Compared::default();
@@ -408,7 +408,7 @@ fn compare(path: &Path, entry: &IndexedFile, always: bool, buf: &mut [u8]) -> Re
         let same = !always && at + len <= have && {
             let b = &mut buf[..len as usize];
             file.read_exact_at(b, at)?;
-            crc32c::crc32c(b) == entry.windows[k].crc32c
+            xxhash_rust::xxh3::xxh3_128(b) == entry.windows[k].xxh3
         };
         if same {
             c.kept += len;
@@ -463,7 +463,7 @@ fn tidy(
 }
 
 /// Writes the windows `needs` from `tar` (a part's tar from offset `start` on),
-/// checking each against its CRC-32C; returns the bytes written. Runs on a blocking
+/// checking each against its XXH3-128; returns the bytes written. Runs on a blocking
 /// thread.
 pub fn apply(tar: &mut dyn Read, dir: &Path, start: u64, needs: &[Need]) -> std::io::Result<u64> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -482,7 +482,7 @@ pub fn apply(tar: &mut dyn Read, dir: &Path, start: u64, needs: &[Need]) -> std:
         let b = &mut buf[..n.len as usize];
         tar.read_exact(b)?;
         pos = n.tar + n.len;
-        if crc32c::crc32c(b) != n.crc32c {
+        if xxhash_rust::xxh3::xxh3_128(b) != n.xxh3 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
@@ -492,15 +492,15 @@ pub fn apply(tar: &mut dyn Read, dir: &Path, start: u64, needs: &[Need]) -> std:
             ));
         }
         let file = match open.take() {
-            Some((p, f)) if p == n.path => (p, f),
+            Some((p, f)) if p == &*n.path => (p, f),
             _ => (
-                n.path.as_str(),
+                &*n.path,
                 std::fs::OpenOptions::new()
                     .write(true)
                     .create(true)
                     .truncate(false)
                     .mode(0o600)
-                    .open(dir.join(&n.path))?,
+                    .open(dir.join(&*n.path))?,
             ),
         };
         file.1.write_all_at(b, n.at)?;
@@ -735,7 +735,7 @@ mod tests {
             // Damaged bytes are refused, naming the file.
             let f = d.fetches.iter().find(|f| !f.needs.is_empty()).unwrap();
             let mut bad = f.needs.clone();
-            bad[0].crc32c ^= 1;
+            bad[0].xxh3 ^= 1;
             let end = f.until.map_or(stored.len(), |u| u as usize);
             let bytes = &stored[f.start.stored as usize..end];
             let e = if gzip {
@@ -750,7 +750,7 @@ mod tests {
             }
             .unwrap_err()
             .to_string();
-            assert!(e.contains(&bad[0].path) && e.contains("damaged"), "{e}");
+            assert!(e.contains(&*bad[0].path) && e.contains("damaged"), "{e}");
         }
     }
 

@@ -47,7 +47,7 @@ struct Chunks {
     rx: tokio::sync::mpsc::Receiver<Msg>,
     cur: Bytes,
     ended: bool,
-    sha: sha2::Sha256,
+    sha: Option<sha2::Sha256>,
     total: u64,
     /// The restore's, counting the bytes taken from the download.
     progress: std::sync::Arc<crate::progress::Progress>,
@@ -67,7 +67,9 @@ impl Read for Chunks {
         }
         let n = out.len().min(self.cur.len());
         let chunk = self.cur.split_to(n);
-        self.sha.update(&chunk);
+        if let Some(sha) = &mut self.sha {
+            sha.update(&chunk);
+        }
         self.total += n as u64;
         self.progress.add(n as u64);
         out[..n].copy_from_slice(&chunk);
@@ -91,11 +93,31 @@ pub async fn extract(
     dest: &Path,
 ) -> Result<(String, u64)> {
     let dest = dest.to_path_buf();
-    let (sha, size, _) = extract_with(storage, key, compression, progress, move |tar| {
-        unpack(&mut archive(tar), &dest).map(|()| 0)
+    extract_with(storage, key, compression, progress, move |tar| {
+        archive(tar).unpack(&dest)
     })
-    .await?;
-    Ok((sha, size))
+    .await
+}
+
+/// Streams the object `key` through `handle`, which reads the tar from the reader it
+/// is given and writes it (a restore of an incremental backup's chain writes block by
+/// block); returns the SHA-256 (hex) and size of the object as stored. A download that
+/// fails midway is resumed as [`extract`]'s is.
+pub async fn extract_with<F>(
+    storage: &Backend,
+    key: &str,
+    compression: TarCompression,
+    progress: &std::sync::Arc<crate::progress::Progress>,
+    handle: F,
+) -> Result<(String, u64)>
+where
+    F: FnOnce(&mut dyn Read) -> io::Result<()> + Send + 'static,
+{
+    let key_owned = key.to_owned();
+    stream(storage, key, (0, None), true, progress, move |chunks| {
+        untar(chunks, compression, handle).with_context(|| format!("extract {key_owned}"))
+    })
+    .await
 }
 
 /// Streams bytes `from..until` (`None`: to the end) of the object `key` through
@@ -105,8 +127,7 @@ pub async fn extract(
 pub async fn read_range<T, F>(
     storage: &Backend,
     key: &str,
-    from: u64,
-    until: Option<u64>,
+    (from, until): (u64, Option<u64>),
     progress: &std::sync::Arc<crate::progress::Progress>,
     handle: F,
 ) -> Result<T>
@@ -114,73 +135,54 @@ where
     F: FnOnce(&mut dyn Read) -> io::Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    let (download, version) = storage
-        .download_range(key, from, until, None)
-        .await
-        .with_context(|| format!("read {key}"))?
-        .with_context(|| format!("{key} is not in the archive"))?;
-    let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
-    let progress = progress.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        handle(&mut Chunks {
-            rx,
-            cur: Bytes::new(),
-            ended: false,
-            sha: sha2::Sha256::new(),
-            total: 0,
-            progress,
-        })
-    });
-    let fed = feed(storage, key, download, (from, until), &version, tx).await;
-    let handled = reader.await.context("the reading thread failed")?;
-    // A failed download cuts the reading short: its own error says more.
-    fed.with_context(|| format!("read {key}"))?;
-    handled.with_context(|| format!("read {key} from byte {from}"))
+    let key_owned = key.to_owned();
+    stream(
+        storage,
+        key,
+        (from, until),
+        false,
+        progress,
+        move |mut chunks| {
+            handle(&mut chunks).with_context(|| format!("read {key_owned} from byte {from}"))
+        },
+    )
+    .await
 }
 
-/// Streams the object `key` through `handle`, which reads the tar from the reader it
-/// is given and returns the bytes it wrote (a restore of an incremental backup's chain
-/// writes block by block); returns the SHA-256 (hex) and size of the object as stored,
-/// and what `handle` returned. A download that fails midway is resumed as
-/// [`extract`]'s is.
-pub async fn extract_with<F>(
+/// Downloads the bytes `range` of `key` into the chunks `work` reads on a blocking
+/// thread (hashing them with SHA-256 when `sha`), and returns what `work` returned.
+async fn stream<T, F>(
     storage: &Backend,
     key: &str,
-    compression: TarCompression,
+    range: (u64, Option<u64>),
+    sha: bool,
     progress: &std::sync::Arc<crate::progress::Progress>,
-    handle: F,
-) -> Result<(String, u64, u64)>
+    work: F,
+) -> Result<T>
 where
-    F: FnOnce(&mut dyn Read) -> io::Result<u64> + Send + 'static,
+    F: FnOnce(Chunks) -> Result<T> + Send + 'static,
+    T: Send + 'static,
 {
     let (download, version) = storage
-        .download_range(key, 0, None, None)
+        .download_range(key, range.0, range.1, None)
         .await
         .with_context(|| format!("read {key}"))?
         .with_context(|| format!("{key} is not in the archive"))?;
     let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
-    let key_owned = key.to_owned();
-    let progress = progress.clone();
-    let untar = tokio::task::spawn_blocking(move || {
-        untar(
-            Chunks {
-                rx,
-                cur: Bytes::new(),
-                ended: false,
-                sha: sha2::Sha256::new(),
-                total: 0,
-                progress,
-            },
-            compression,
-            handle,
-        )
-        .with_context(|| format!("extract {key_owned}"))
-    });
-    let fed = feed(storage, key, download, (0, None), &version, tx).await;
-    let extracted = untar.await.context("the extraction thread failed")?;
-    // A failed download cuts the extraction short: its own error says more.
+    let chunks = Chunks {
+        rx,
+        cur: Bytes::new(),
+        ended: false,
+        sha: sha.then(sha2::Sha256::new),
+        total: 0,
+        progress: progress.clone(),
+    };
+    let worker = tokio::task::spawn_blocking(move || work(chunks));
+    let fed = feed(storage, key, download, range, &version, tx).await;
+    let done = worker.await.context("the extraction thread failed")?;
+    // A failed download cuts the work short: its own error says more.
     fed.with_context(|| format!("read {key}"))?;
-    extracted
+    done
 }
 
 /// Sends the download's chunks (of the bytes `range` of the object) until its end, or
@@ -196,7 +198,13 @@ async fn feed(
 ) -> Result<(), StorageError> {
     let mut received = 0u64;
     let mut failures = 0u32;
+    let wanted = range.1.map(|until| until.saturating_sub(range.0));
     loop {
+        // A bounded read that has its bytes is done, even if the stream then failed.
+        if wanted.is_some_and(|w| received >= w) {
+            let _ = tx.send(Msg::End).await;
+            return Ok(());
+        }
         let msg = match download.chunk().await {
             Ok(Some(b)) => {
                 received += b.len() as u64;
@@ -251,13 +259,14 @@ async fn resume(
 }
 
 /// Feeds `input`, decompressed, to `handle` (which untars it), then reads it to its
-/// end so that the gzip trailer's CRC and the whole object's SHA-256 are checked. A
+/// end so that the gzip trailer's CRC and the whole object's SHA-256 are checked;
+/// returns the SHA-256 and the object's size. A
 /// gzip object is inflated on a thread of its own, a few chunks ahead of the untarring
 /// (file creation and writes): each is about half the work, and one thread doing both
 /// left a core idle.
-fn untar<F>(input: Chunks, compression: TarCompression, handle: F) -> Result<(String, u64, u64)>
+fn untar<F>(input: Chunks, compression: TarCompression, handle: F) -> Result<(String, u64)>
 where
-    F: FnOnce(&mut dyn Read) -> io::Result<u64>,
+    F: FnOnce(&mut dyn Read) -> io::Result<()>,
 {
     match compression {
         TarCompression::Gzip => {
@@ -273,8 +282,8 @@ where
             };
             let unpacked = handle(&mut inflated);
             // The rest (the tar's end blocks), so that the inflater reaches the trailer.
-            let drained = unpacked
-                .and_then(|written| io::copy(&mut inflated, &mut io::sink()).map(|_| written));
+            let drained =
+                unpacked.and_then(|()| io::copy(&mut inflated, &mut io::sink()).map(|_| ()));
             // Closed before the join: after a failed untarring the inflater may be
             // waiting to send into the full channel, and only its closing ends it.
             drop(inflated);
@@ -284,14 +293,14 @@ where
             // The inflater's error says more (a damaged gzip stream, a cut download)
             // than what the untarring saw of it.
             let (sha, total) = inflated.context("the gzip stream is damaged")?;
-            Ok((sha, total, drained?))
+            drained?;
+            Ok((sha, total))
         }
         TarCompression::None => {
             let mut input = input;
-            let written = handle(&mut input)?;
+            handle(&mut input)?;
             io::copy(&mut input, &mut io::sink())?;
-            let (sha, total) = finish(input);
-            Ok((sha, total, written))
+            Ok(finish(input))
         }
     }
 }
@@ -302,7 +311,7 @@ const INFLATED_CHUNK: usize = 1 << 20;
 
 /// The SHA-256 (hex) and size of what `c` read.
 fn finish(mut c: Chunks) -> (String, u64) {
-    let sha = std::mem::take(&mut c.sha);
+    let sha = c.sha.take().unwrap_or_default();
     (crate::wal::hex(&sha.finalize()), c.total)
 }
 
@@ -363,12 +372,6 @@ impl Read for Inflated {
         self.pos += n;
         Ok(n)
     }
-}
-
-/// Unpacks the archive into `dest` (tar's own unpacking: directories last, so that a
-/// read-only one does not stop its files).
-fn unpack<R: Read>(ar: &mut ::tar::Archive<R>, dest: &Path) -> io::Result<()> {
-    ar.unpack(dest)
 }
 
 /// A tar reader set as every restore reads: modes and times kept, nothing
@@ -465,7 +468,7 @@ mod untar_tests {
                 rx,
                 cur: Bytes::new(),
                 ended: false,
-                sha: sha2::Sha256::new(),
+                sha: Some(sha2::Sha256::new()),
                 total: 0,
                 progress: Default::default(),
             };

@@ -343,11 +343,10 @@ async fn extract_whole(
             tasks.spawn(async move {
                 let _slot = limit.acquire_owned().await?;
                 let (sha, size) = if chained {
-                    let (sha, size, _) = extract::extract_with(&storage, &key, compression, &progress, move |tar| {
-                        chain::apply(tar, &dest, i == 0, incremental, &files).map(|()| 0)
+                    extract::extract_with(&storage, &key, compression, &progress, move |tar| {
+                        chain::apply(tar, &dest, i == 0, incremental, &files)
                     })
-                    .await?;
-                    (sha, size)
+                    .await?
                 } else {
                     extract::extract(&storage, &key, compression, &progress, &dest).await?
                 };
@@ -393,7 +392,9 @@ async fn delta_over(
     if !holds_something {
         return Ok(None);
     }
-    let why_not = async {
+    // The manifest and the parts' indexes, read here; parsed and checked against each
+    // other on a blocking thread (a large backup's are megabytes).
+    let texts = async {
         if !b.tablespaces.is_empty() {
             return Err("the backup has tablespaces".to_owned());
         }
@@ -401,39 +402,40 @@ async fn delta_over(
             return Err("the backup has no data part".to_owned());
         };
         let prefix = first.key.rsplit_once('/').map_or("", |(p, _)| p);
-        let object = |name: &str| format!("{prefix}/{name}");
-        let read = |key: String| async move {
+        let read = |name: String| async move {
+            let key = format!("{prefix}/{name}");
             match storage.get(&key).await {
-                Ok(Some((body, _))) => Ok(String::from_utf8_lossy(&body).into_owned()),
+                Ok(Some((body, _))) => Ok((key, String::from_utf8_lossy(&body).into_owned())),
                 Ok(None) => Err(format!("backup {} has no {key} (taken by barman-cloud, or by a pgwarden that did not store one)", b.backup_id)),
                 Err(e) => Err(format!("read {key}: {e}")),
             }
         };
-        let key = object(crate::backup::engine::manifest::OBJECT);
-        let manifest = crate::backup::engine::manifest::parse(&read(key.clone()).await?)
-            .map_err(|e| format!("{key}: {e}"))?;
-        let mut parts = Vec::new();
+        let manifest = read(crate::backup::engine::manifest::OBJECT.to_owned()).await?;
+        let mut indexes = Vec::new();
         for o in objects {
             let name = o.key.rsplit('/').next().unwrap_or(&o.key);
-            let key = object(&crate::backup::engine::index::object_name(name));
-            let index = crate::backup::engine::index::parse(&read(key.clone()).await?)
-                .map_err(|e| format!("{key}: {e}"))?;
-            parts.push(delta::Part {
-                key: o.key.clone(),
-                gzip: o.compression == TarCompression::Gzip,
-                size: o.size,
-                index,
-            });
+            indexes.push(read(crate::backup::engine::index::object_name(name)).await?.1);
         }
-        let located = delta::locate(&manifest.files, &parts)?;
         let system_id: u64 = b
             .systemid
             .parse()
             .map_err(|_| format!("backup {} has no system identifier", b.backup_id))?;
-        Ok((manifest, parts, located, system_id))
+        Ok((manifest, indexes, system_id))
     }
     .await;
-    let (manifest, parts, located, system_id) = match why_not {
+    let parts: Vec<(String, bool, u64)> = objects
+        .iter()
+        .map(|o| (o.key.clone(), o.compression == TarCompression::Gzip, o.size))
+        .collect();
+    let checked = match texts {
+        Ok((manifest, indexes, system_id)) => {
+            tokio::task::spawn_blocking(move || delta_inputs(manifest, indexes, parts, system_id))
+                .await
+                .context("the parsing thread")?
+        }
+        Err(why) => Err(why),
+    };
+    let (manifest, parts, located, system_id) = match checked {
         Ok(m) => m,
         Err(why) => {
             tracing::warn!(dir = %dir.display(), reason = %why, "a delta restore is not possible; restoring the whole backup");
@@ -457,8 +459,12 @@ async fn delta_over(
     }
     let started = std::time::Instant::now();
     let (at, jobs) = (dir.to_path_buf(), s.backups.jobs);
-    let (d, parts) = tokio::task::spawn_blocking(move || {
-        delta::prepare(&at, &manifest.files, &parts, &located, jobs).map(|d| (d, parts))
+    let (d, parts) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let d = delta::prepare(&at, &manifest.1.files, &parts, &located, jobs)?;
+        // The manifest is no file of its own list: written here, as the parts would
+        // (pg_verifybackup reads it next).
+        std::fs::write(at.join("backup_manifest"), &manifest.0).context("write backup_manifest")?;
+        Ok((d, parts))
     })
     .await
     .context("the delta thread")??;
@@ -476,6 +482,42 @@ async fn delta_over(
         "delta restore: keeping the files that match the backup's manifest, fetching the rest"
     );
     Ok(Some((d, parts)))
+}
+
+/// What a delta restore needs, parsed and checked from the texts read: the manifest
+/// (its text and its content), the data parts with their indexes, where each file of
+/// the manifest is, and the backup's system identifier. `Err` says why a delta is not
+/// possible.
+#[allow(clippy::type_complexity)]
+fn delta_inputs(
+    (key, text): (String, String),
+    indexes: Vec<String>,
+    parts: Vec<(String, bool, u64)>,
+    system_id: u64,
+) -> Result<
+    (
+        (String, crate::backup::engine::manifest::Parsed),
+        Vec<delta::Part>,
+        delta::Located,
+        u64,
+    ),
+    String,
+> {
+    let manifest =
+        crate::backup::engine::manifest::parse(&text).map_err(|e| format!("{key}: {e}"))?;
+    let mut out = Vec::new();
+    for ((key, gzip, size), index) in parts.into_iter().zip(indexes) {
+        let index = crate::backup::engine::index::parse(&index)
+            .map_err(|e| format!("the index of {key}: {e}"))?;
+        out.push(delta::Part {
+            key,
+            gzip,
+            size,
+            index,
+        });
+    }
+    let located = delta::locate(&manifest.files, &out)?;
+    Ok(((text, manifest), out, located, system_id))
 }
 
 /// Reads what a delta restore fetches, `jobs` ranged reads at a time, and writes it
@@ -508,8 +550,7 @@ async fn fetch_delta(
             extract::read_range(
                 &storage,
                 &key,
-                f.start.stored,
-                f.until,
+                (f.start.stored, f.until),
                 &progress,
                 move |r| {
                     if gzip {
