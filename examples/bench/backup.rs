@@ -191,6 +191,33 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[1], Pre
     sizes
 }
 
+/// Removes backup `id` of `server` from Garage: an uncompressed backup of the whole
+/// database, measured, is not kept (three of each would fill the disk at scale 200).
+fn drop_backup(garage: &Garage, server: &str, id: &str) {
+    let script = r#"
+import boto3, os, sys
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="garage")
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[1], Prefix=sys.argv[2]):
+    for o in page.get("Contents", []):
+        s3.delete_object(Bucket=sys.argv[1], Key=o["Key"])
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &garage.bucket,
+            &format!("bench/{server}/base/{id}/"),
+        ])
+        .envs(garage.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "remove backup {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The one backup id in `after` that `before` does not have, and its stored size.
 fn new_backup(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> (String, u64) {
     let new: Vec<_> = after
@@ -513,7 +540,7 @@ pub fn run(bin: &Path) {
         best_of(REPS, |n| {
             let g0 = garage_cpu();
             let p = perf(&format!("pgwarden-backup-{kind}.perf.data")).filter(|_| n == 0);
-            let (mut r, _, note) = pgwarden_backup(
+            let (mut r, id, note) = pgwarden_backup(
                 bin,
                 w,
                 pid,
@@ -521,6 +548,9 @@ pub fn run(bin: &Path) {
                 p.as_ref().map(|(f, g)| (f.as_path(), *g)),
             );
             r.garage_cpu = Some(garage_cpu() - g0);
+            if kind == "none" {
+                drop_backup(&garage, SOURCE, &id);
+            }
             if n == 0 {
                 notes.push(note);
             }
@@ -582,7 +612,10 @@ pub fn run(bin: &Path) {
                     .env("PGPASSWORD", "bench"),
             );
             let garage_cpu = garage_cpu() - g0;
-            let (_, stored) = new_backup(&before, &stored_backups(&garage, SOURCE));
+            let (id, stored) = new_backup(&before, &stored_backups(&garage, SOURCE));
+            if flags.is_empty() {
+                drop_backup(&garage, SOURCE, &id);
+            }
             let mut r = Row::from_cost(label, &c, stored);
             r.garage_cpu = Some(garage_cpu);
             r
