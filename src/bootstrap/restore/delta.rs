@@ -4,7 +4,10 @@
 //! window, against the CRC-32Cs in its part's index ([`crate::backup::engine::index`]),
 //! and only the windows that differ are read from the archive, with ranged reads that
 //! start at the part's seek points. Files the manifest does not list are removed.
-//! pg_verifybackup then checks every file against the manifest, as after any restore.
+//! Every window kept or written has the backup's CRC-32C and XXH3-128, and the
+//! windows' CRC-32Cs put together are the manifest's for the file: every file is then
+//! checked against the manifest as pg_verifybackup checks it, without reading the
+//! cluster once more.
 //!
 //! Only ever over a copy of this very cluster: the directory's `global/pg_control`
 //! must carry the backup's system identifier and its `PG_VERSION` the same major
@@ -129,8 +132,8 @@ pub struct Need {
     pub len: u64,
     /// Where it begins in its part's tar.
     pub tar: u64,
-    /// Its XXH3-128, checked before it is written.
-    pub xxh3: u128,
+    /// Its checksums, checked before it is written (see [`same_window`]).
+    pub window: crate::backup::engine::index::Window,
 }
 
 /// One ranged read of a part: from a seek point to where its windows end.
@@ -324,7 +327,7 @@ pub fn prepare(
                     at,
                     len,
                     tar: entry.windows[k].tar,
-                    xxh3: entry.windows[k].xxh3,
+                    window: entry.windows[k],
                 });
             }
         }
@@ -375,8 +378,14 @@ struct Compared {
     written: bool,
 }
 
-/// Compares the file at `path` with its index entry, window by window by their
-/// XXH3-128 (all of them fetched when `always`), and gives it the entry's size.
+/// Whether `bytes` are the backup's `window`: the same XXH3-128, so that no differing
+/// window passes for the same, and the same CRC-32C, which ties them to the manifest.
+fn same_window(bytes: &[u8], window: &crate::backup::engine::index::Window) -> bool {
+    xxhash_rust::xxh3::xxh3_128(bytes) == window.xxh3 && crc32c::crc32c(bytes) == window.crc32c
+}
+
+/// Compares the file at `path` with its index entry, window by window (see
+/// [`same_window`]; all of them fetched when `always`), and gives it the entry's size.
 fn compare(path: &Path, entry: &IndexedFile, always: bool, buf: &mut [u8]) -> Result<Compared> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let mut c = Compared::default();
@@ -408,7 +417,7 @@ fn compare(path: &Path, entry: &IndexedFile, always: bool, buf: &mut [u8]) -> Re
         let same = !always && at + len <= have && {
             let b = &mut buf[..len as usize];
             file.read_exact_at(b, at)?;
-            xxhash_rust::xxh3::xxh3_128(b) == entry.windows[k].xxh3
+            same_window(b, &entry.windows[k])
         };
         if same {
             c.kept += len;
@@ -463,7 +472,7 @@ fn tidy(
 }
 
 /// Writes the windows `needs` from `tar` (a part's tar from offset `start` on),
-/// checking each against its XXH3-128; returns the bytes written. Runs on a blocking
+/// checking each against its checksums; returns the bytes written. Runs on a blocking
 /// thread.
 pub fn apply(tar: &mut dyn Read, dir: &Path, start: u64, needs: &[Need]) -> std::io::Result<u64> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -482,7 +491,7 @@ pub fn apply(tar: &mut dyn Read, dir: &Path, start: u64, needs: &[Need]) -> std:
         let b = &mut buf[..n.len as usize];
         tar.read_exact(b)?;
         pos = n.tar + n.len;
-        if xxhash_rust::xxh3::xxh3_128(b) != n.xxh3 {
+        if !same_window(b, &n.window) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
@@ -735,7 +744,7 @@ mod tests {
             // Damaged bytes are refused, naming the file.
             let f = d.fetches.iter().find(|f| !f.needs.is_empty()).unwrap();
             let mut bad = f.needs.clone();
-            bad[0].xxh3 ^= 1;
+            bad[0].window.crc32c ^= 1;
             let end = f.until.map_or(stored.len(), |u| u as usize);
             let bytes = &stored[f.start.stored as usize..end];
             let e = if gzip {
