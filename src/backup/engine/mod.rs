@@ -56,6 +56,12 @@ const CHUNK: usize = 5 << 20;
 pub const MAX_PART: u64 = 40 << 30;
 /// Read size: a multiple of the block size.
 const READ: usize = 1 << 20;
+/// The gzip level of the parts: zlib-rs's 2, which compresses as zlib's level 1 does
+/// (what pigz -1, pgBackRest and barman-cloud's peers call level 1). zlib-rs's level 1
+/// is zlib-ng's "quick" strategy: twice as fast, but 46% larger on pgbench's tables
+/// (262 MB against 179 MB for 3.1 GB). A backup is mostly table pages, where higher
+/// levels buy little for much more CPU; the workers are the parallelism.
+const GZIP_LEVEL: u32 = 2;
 /// Bad pages named in the error; more are counted.
 const BAD_PAGES_NAMED: usize = 20;
 
@@ -579,10 +585,9 @@ impl PartWriter {
         // An incremental's parts are restored whole, as a chain: no index.
         let recorder: Option<index::Shared> = shared.parent.is_none().then(Default::default);
         let out = match shared.compression {
-            // Level 1: a backup is mostly table pages, where higher levels buy little
-            // for much more CPU. The workers are the parallelism.
             BackupCompression::Gzip => index::Compressor::Gzip(Box::new(
-                index::SeekableGz::new(shipper, 1).with_context(|| format!("start {name}"))?,
+                index::SeekableGz::new(shipper, GZIP_LEVEL)
+                    .with_context(|| format!("start {name}"))?,
             )),
             BackupCompression::None => index::Compressor::Plain(shipper),
         };
