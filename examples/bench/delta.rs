@@ -1,6 +1,6 @@
 //! Delta restore: rebuilding a replica that missed 1% of the writes, against seeding a
 //! new replica from the same backup into an empty directory, on a pgbench database of
-//! `PGWARDEN_BENCH_SCALE` (default 200: about 3 GB), gzip level 1, 2 jobs, Garage on
+//! `PGWARDEN_BENCH_SCALE` (default 200: about 3 GB), gzip, 2 jobs, Garage on
 //! the same cores.
 //!
 //! 1. A primary archiving to Garage; `pgbench -i`; a full backup.
@@ -159,7 +159,7 @@ pub fn run(bin: &Path) {
     let fresh = seed(bin, &replica(&tmp.path().join("fresh"), &p, &env), "fresh");
     primary.stop();
 
-    println!("\n## Delta restore (`pgbench -i -s {scale}`: {db_mb:.0} MB, {accounts} accounts; 1% of the rows updated since the replica's copy; backup {second}, gzip level 1, 2 jobs; Garage on the same cores; load average {load})\n");
+    println!("\n## Delta restore (`pgbench -i -s {scale}`: {db_mb:.0} MB, {accounts} accounts; 1% of the rows updated since the replica's copy; backup {second}, gzip, 2 jobs; Garage on the same cores; load average {load})\n");
     println!("| seed of a replica from the archive's latest backup | s, seed start to files checked | s, start to /readyz | CPU s (pgwarden run) | peak RSS MB |");
     println!("|---|---|---|---|---|");
     for (what, s) in [
@@ -177,9 +177,10 @@ pub fn run(bin: &Path) {
     if let Some(d) = &delta.delta {
         let mb = |k: &str| d[k].as_u64().unwrap_or(0) as f64 / 1e6;
         println!(
-            "\nThe delta kept {} files ({:.0} MB), wrote {:.1} MB of {} files, read {:.1} MB of the backup's {:.0} MB in {} ranged reads, removed {} files.",
+            "\nThe delta kept {} files ({:.0} MB), wrote {:.1} MB of {} files, read {:.1} MB of the backup's {:.0} MB in {} ranged reads, removed {} files; comparing the files took {:.2} s.",
             d["kept_files"], mb("kept_bytes"), mb("fetched_bytes"), d["fetched_files"],
-            mb("read_bytes"), mb("stored_bytes"), d["reads"], d["removed_files"]
+            mb("read_bytes"), mb("stored_bytes"), d["reads"], d["removed_files"],
+            d["seconds"].as_f64().unwrap_or(f64::NAN)
         );
     } else {
         println!(

@@ -1,5 +1,5 @@
 //! Incremental backups and the restore of their chains, on a pgbench database of
-//! `PGWARDEN_BENCH_SCALE` (default 200: about 3 GB), gzip level 1, 2 jobs, Garage on
+//! `PGWARDEN_BENCH_SCALE` (default 200: about 3 GB), gzip, 2 jobs, Garage on
 //! the same cores.
 //!
 //! 1. A full backup.
@@ -104,7 +104,7 @@ pub fn run(bin: &Path) {
         .parse::<f64>()
         .unwrap()
         / 1e6;
-    println!("\n## Incremental backups (`pgbench -i -s {scale}`: {db_mb:.0} MB, {accounts} accounts; gzip level 1, 2 jobs; Garage on the same cores; load average {})\n", crate::backup::loadavg());
+    println!("\n## Incremental backups (`pgbench -i -s {scale}`: {db_mb:.0} MB, {accounts} accounts; gzip, 2 jobs; Garage on the same cores; load average {})\n", crate::backup::loadavg());
 
     let backup = |label: &str, args: &[&str]| {
         let g0 = garage_cpu();

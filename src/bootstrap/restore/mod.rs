@@ -255,13 +255,13 @@ async fn build_in(
         let (read, written) =
             fetch_delta(&storage, d, parts, staging, s.backups.jobs, &progress).await?;
         info!(backup_id = %b.backup_id, bytes = read, written, seconds = started.elapsed().as_secs_f64(), "backup extracted");
-        // Every window of every file was compared or fetched against its CRC-32C, and
-        // the windows' CRC-32Cs put together are the manifest's (delta::locate): each
-        // file's CRC-32C is the manifest's, as pg_verifybackup would check it again
-        // by reading the whole cluster once more. Nothing but the manifest's files is
-        // left (delta::prepare).
+        // Every window of every file was kept for its XXH3-128 (the backup's bytes)
+        // or fetched and checked by its XXH3-128 and CRC-32C, and the windows' CRC-32Cs
+        // put together are the manifest's (delta::locate): each file's CRC-32C is the
+        // manifest's, as pg_verifybackup would check it again by reading the whole
+        // cluster once more. Nothing but the manifest's files is left (delta::prepare).
         info!(
-            checked = "every window of every file, by its CRC-32C and XXH3-128",
+            checked = "every window of every file, by its XXH3-128 and CRC-32C",
             "every restored file matches the backup manifest"
         );
         true
