@@ -326,6 +326,25 @@ fn wait_rows(rt: &tokio::runtime::Handle, pg: &Instance, rows: i64) {
     });
 }
 
+/// What a delta restore in `log` must have done: downloaded less than a quarter of the
+/// backup (ranged reads of what differs), and checked the result against the manifest.
+fn assert_read_little_and_checked(log: &str) {
+    let delta = "delta restore: keeping the files";
+    let (read, stored) = (
+        field(log, delta, "read_bytes").unwrap_or_else(|| panic!("{log}")),
+        field(log, delta, "stored_bytes").unwrap_or_else(|| panic!("{log}")),
+    );
+    assert!(
+        read * 4 < stored,
+        "a delta read {read} of the backup's {stored} bytes: {log}"
+    );
+    let after = &log[log.find(delta).unwrap_or(0)..];
+    assert!(
+        after.contains("every restored file matches the backup manifest"),
+        "{log}"
+    );
+}
+
 /// Waits for `needle` in `pg`'s log after `from`.
 fn wait_log(pg: &Instance, from: usize, needle: &str, timeout: Duration) {
     eventually(timeout, needle, || {
@@ -410,17 +429,7 @@ async fn delta_restores_a_stale_replica_and_a_diverged_former_primary_and_refuse
         kept > 100 && fetched >= 2,
         "kept {kept}, fetched {fetched}: {log}"
     );
-    // Ranged reads: only what differs is downloaded, not the whole backup.
-    assert!(
-        read * 4 < stored,
-        "a delta read {read} of the backup's {stored} bytes: {log}"
-    );
-    // And the result is checked whole against the manifest, as after any restore.
-    let after = &log[log.find(delta).unwrap_or(0)..];
-    assert!(
-        after.contains("every restored file matches the backup manifest"),
-        "{log}"
-    );
+    assert_read_little_and_checked(&log);
 
     // A diverged former primary: r promoted, p written to after that; p's rewind then
     // fails (r denies it pg_ls_dir), and PGWARDEN_REWIND_FAILED=reclone rebuilds p from
@@ -468,19 +477,7 @@ async fn delta_restores_a_stale_replica_and_a_diverged_former_primary_and_refuse
         field(&log, delta, "stored_bytes").unwrap()
     );
     assert!(kept > 100, "{log}");
-    let (read, stored) = (
-        field(&log, delta, "read_bytes").unwrap(),
-        field(&log, delta, "stored_bytes").unwrap(),
-    );
-    assert!(
-        read * 4 < stored,
-        "a delta read {read} of the backup's {stored} bytes: {log}"
-    );
-    let after = &log[log.find(delta).unwrap_or(0)..];
-    assert!(
-        after.contains("every restored file matches the backup manifest"),
-        "{log}"
-    );
+    assert_read_little_and_checked(&log);
     // 1700 rows, none of them the former primary's own (g < 0).
     let c = ha::client(&p.socket_dir, p.port).await.unwrap();
     let diverged: i64 = c

@@ -156,34 +156,44 @@ impl RssSampler {
     }
 }
 
-/// Stored bytes of each backup under `server`'s `base/`, by backup id (boto3, which
+/// Runs `body` (Python, after a boto3 client `s3` for Garage is made) with the
+/// bucket and `prefix` as its arguments; returns what it printed (boto3, which
 /// barman-cloud brings: the bench process itself holds no AWS settings).
-fn stored_backups(garage: &Garage, server: &str) -> BTreeMap<String, u64> {
-    let script = r#"
-import boto3, os, sys
-s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="garage")
-prefix = sys.argv[2]
-for page in s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[1], Prefix=prefix):
-    for o in page.get("Contents", []):
-        print(o["Key"][len(prefix):].split("/")[0], o["Size"])
-"#;
+fn boto3(garage: &Garage, what: &str, prefix: &str, body: &str) -> String {
+    let script = format!(
+        "import boto3, os, sys\n\
+         s3 = boto3.client(\"s3\", endpoint_url=os.environ[\"AWS_ENDPOINT_URL\"], region_name=\"garage\")\n\
+         {body}"
+    );
     let out = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &garage.bucket,
-            &format!("bench/{server}/base/"),
-        ])
+        .args(["-c", &script, &garage.bucket, prefix])
         .envs(garage.env())
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "list the backups: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Each object under the prefix, in pages.
+const EACH_OBJECT: &str = "for page in s3.get_paginator(\"list_objects_v2\").paginate(Bucket=sys.argv[1], Prefix=sys.argv[2]):\n    for o in page.get(\"Contents\", []):\n";
+
+/// Stored bytes of each backup under `server`'s `base/`, by backup id.
+fn stored_backups(garage: &Garage, server: &str) -> BTreeMap<String, u64> {
+    let body = format!(
+        "{EACH_OBJECT}        print(o[\"Key\"][len(sys.argv[2]):].split(\"/\")[0], o[\"Size\"])\n"
+    );
+    let listed = boto3(
+        garage,
+        "list the backups",
+        &format!("bench/{server}/base/"),
+        &body,
+    );
     let mut sizes = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in listed.lines() {
         if let Some((id, size)) = line.split_once(' ') {
             *sizes.entry(id.to_owned()).or_insert(0) += size.parse::<u64>().unwrap_or(0);
         }
@@ -194,27 +204,13 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[1], Pre
 /// Removes backup `id` of `server` from Garage: an uncompressed backup of the whole
 /// database, measured, is not kept (three of each would fill the disk at scale 200).
 fn drop_backup(garage: &Garage, server: &str, id: &str) {
-    let script = r#"
-import boto3, os, sys
-s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="garage")
-for page in s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[1], Prefix=sys.argv[2]):
-    for o in page.get("Contents", []):
-        s3.delete_object(Bucket=sys.argv[1], Key=o["Key"])
-"#;
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &garage.bucket,
-            &format!("bench/{server}/base/{id}/"),
-        ])
-        .envs(garage.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "remove backup {id}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let body =
+        format!("{EACH_OBJECT}        s3.delete_object(Bucket=sys.argv[1], Key=o[\"Key\"])\n");
+    boto3(
+        garage,
+        &format!("remove backup {id}"),
+        &format!("bench/{server}/base/{id}/"),
+        &body,
     );
 }
 

@@ -19,8 +19,8 @@
 use crate::backup::{
     milestones, pgwarden_backup, set_env, switch_and_wait_archived, Guard, SOURCE,
 };
-use crate::harness::garage::Garage;
 use crate::harness::*;
+use crate::incremental::Source;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -93,46 +93,22 @@ fn seed(bin: &Path, r: &Warden, name: &str) -> Seed {
 }
 
 pub fn run(bin: &Path) {
-    let scale = std::env::var("PGWARDEN_BENCH_SCALE").unwrap_or_else(|_| "200".into());
-    let tmp = temp_dir("pgwarden-bench-delta-");
-    let garage = Garage::start();
-    let url = format!("s3://{}/bench", garage.bucket);
-    let mut env: Vec<(String, String)> = garage
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    env.push(("PGWARDEN_ARCHIVE_URL".into(), url.clone()));
-    env.push(("PGWARDEN_ARCHIVE_COMPRESSION".into(), "gzip".into()));
-    env.push(("PGWARDEN_BACKUP_COMPRESSION".into(), "gzip".into()));
-    env.push(("PGWARDEN_BACKUP_JOBS".into(), "2".into()));
-    let mut p = Warden::new(&tmp.path().join("primary"));
-    p.env.extend(env.iter().cloned());
-    set_env(&mut p, "PGWARDEN_ARCHIVE_NAME", SOURCE);
-    set_env(&mut p, "PGWARDEN_REPLICATION_PASSWORD", "bench-repl");
-    std::fs::write(
-        p.dir.join("user.conf"),
-        "shared_buffers = 128MB\nmax_wal_size = 8GB\ncheckpoint_timeout = 30min\n",
-    )
-    .unwrap();
-    let mut primary = Guard(Some(p.spawn(bin)));
-    let pid = primary.id();
-    p.wait_ready(Duration::from_secs(120));
-    let out = pgbench(p.port, &["-i", "-q", "-s", &scale, "-I", "dtGvp"]);
-    assert!(
-        out.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let Source {
+        tmp,
+        garage: _garage,
+        env,
+        w: p,
+        child: mut primary,
+        scale,
+        accounts,
+        db_mb,
+        ..
+    } = Source::start(
+        bin,
+        "delta",
+        &[("PGWARDEN_REPLICATION_PASSWORD", "bench-repl")],
     );
-    psql(p.port, "postgres", "CHECKPOINT");
-    switch_and_wait_archived(p.port);
-    let accounts: i64 = psql(p.port, "postgres", "SELECT count(*) FROM pgbench_accounts")
-        .parse()
-        .unwrap();
-    let db_mb: f64 = psql(p.port, "postgres", "SELECT pg_database_size('postgres')")
-        .parse::<f64>()
-        .unwrap()
-        / 1e6;
+    let pid = primary.id();
     pgwarden_backup(bin, &p, pid, "first", None);
 
     // The replica, seeded from the first backup, then stopped.

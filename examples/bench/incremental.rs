@@ -62,48 +62,95 @@ fn changed_blocks(before: &BTreeMap<String, Vec<u32>>, after: &BTreeMap<String, 
         .sum()
 }
 
+/// A pgwarden primary archiving in gzip to a Garage of its own, with gzip backups by
+/// 2 jobs, loaded with `pgbench -i -s PGWARDEN_BENCH_SCALE` (default 200) and its WAL
+/// archived: what the incremental and delta sections start from.
+pub struct Source {
+    pub tmp: tempfile::TempDir,
+    pub garage: Garage,
+    pub url: String,
+    /// The archive's settings, for the members restored from it.
+    pub env: Vec<(String, String)>,
+    pub w: Warden,
+    pub child: Guard,
+    pub scale: String,
+    pub accounts: i64,
+    pub db_mb: f64,
+}
+
+impl Source {
+    /// Starts it in a temp dir named after `name`, with `settings` besides.
+    pub fn start(bin: &Path, name: &str, settings: &[(&str, &str)]) -> Source {
+        let scale = std::env::var("PGWARDEN_BENCH_SCALE").unwrap_or_else(|_| "200".into());
+        let tmp = temp_dir(&format!("pgwarden-bench-{name}-"));
+        let garage = Garage::start();
+        let url = format!("s3://{}/bench", garage.bucket);
+        let mut env: Vec<(String, String)> = garage
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        env.push(("PGWARDEN_ARCHIVE_URL".into(), url.clone()));
+        env.push(("PGWARDEN_ARCHIVE_COMPRESSION".into(), "gzip".into()));
+        env.push(("PGWARDEN_BACKUP_COMPRESSION".into(), "gzip".into()));
+        env.push(("PGWARDEN_BACKUP_JOBS".into(), "2".into()));
+        let mut w = Warden::new(&tmp.path().join("source"));
+        w.env.extend(env.iter().cloned());
+        set_env(&mut w, "PGWARDEN_ARCHIVE_NAME", SOURCE);
+        for (k, v) in settings {
+            set_env(&mut w, k, v);
+        }
+        std::fs::write(
+            w.dir.join("user.conf"),
+            "shared_buffers = 128MB\nmax_wal_size = 8GB\ncheckpoint_timeout = 30min\n",
+        )
+        .unwrap();
+        let child = Guard(Some(w.spawn(bin)));
+        w.wait_ready(Duration::from_secs(120));
+        let out = pgbench(w.port, &["-i", "-q", "-s", &scale, "-I", "dtGvp"]);
+        assert!(
+            out.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        psql(w.port, "postgres", "CHECKPOINT");
+        switch_and_wait_archived(w.port);
+        let accounts: i64 = psql(w.port, "postgres", "SELECT count(*) FROM pgbench_accounts")
+            .parse()
+            .unwrap();
+        let db_mb: f64 = psql(w.port, "postgres", "SELECT pg_database_size('postgres')")
+            .parse::<f64>()
+            .unwrap()
+            / 1e6;
+        Source {
+            tmp,
+            garage,
+            url,
+            env,
+            w,
+            child,
+            scale,
+            accounts,
+            db_mb,
+        }
+    }
+}
+
 pub fn run(bin: &Path) {
-    let scale = std::env::var("PGWARDEN_BENCH_SCALE").unwrap_or_else(|_| "200".into());
-    let tmp = temp_dir("pgwarden-bench-incr-");
-    let garage = Garage::start();
+    let Source {
+        tmp,
+        garage,
+        url,
+        env,
+        w,
+        mut child,
+        scale,
+        accounts,
+        db_mb,
+    } = Source::start(bin, "incr", &[]);
+    let pid = child.id();
     let gpid = garage_pid(&garage);
     let garage_cpu = || gpid.map_or(f64::NAN, proc_cpu);
-    let url = format!("s3://{}/bench", garage.bucket);
-    let mut env: Vec<(String, String)> = garage
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    env.push(("PGWARDEN_ARCHIVE_URL".into(), url.clone()));
-    env.push(("PGWARDEN_ARCHIVE_COMPRESSION".into(), "gzip".into()));
-    env.push(("PGWARDEN_BACKUP_COMPRESSION".into(), "gzip".into()));
-    env.push(("PGWARDEN_BACKUP_JOBS".into(), "2".into()));
-    let mut w = Warden::new(&tmp.path().join("source"));
-    w.env.extend(env.iter().cloned());
-    set_env(&mut w, "PGWARDEN_ARCHIVE_NAME", SOURCE);
-    std::fs::write(
-        w.dir.join("user.conf"),
-        "shared_buffers = 128MB\nmax_wal_size = 8GB\ncheckpoint_timeout = 30min\n",
-    )
-    .unwrap();
-    let mut child = Guard(Some(w.spawn(bin)));
-    let pid = child.id();
-    w.wait_ready(Duration::from_secs(120));
-    let out = pgbench(w.port, &["-i", "-q", "-s", &scale, "-I", "dtGvp"]);
-    assert!(
-        out.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    psql(w.port, "postgres", "CHECKPOINT");
-    switch_and_wait_archived(w.port);
-    let accounts: i64 = psql(w.port, "postgres", "SELECT count(*) FROM pgbench_accounts")
-        .parse()
-        .unwrap();
-    let db_mb: f64 = psql(w.port, "postgres", "SELECT pg_database_size('postgres')")
-        .parse::<f64>()
-        .unwrap()
-        / 1e6;
     println!("\n## Incremental backups (`pgbench -i -s {scale}`: {db_mb:.0} MB, {accounts} accounts; gzip, 2 jobs; Garage on the same cores; load average {})\n", crate::backup::loadavg());
 
     let backup = |label: &str, args: &[&str]| {

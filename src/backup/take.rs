@@ -618,6 +618,19 @@ fn extra(parts: &[super::engine::Part]) -> std::collections::BTreeMap<String, St
     if !tablespace_parts.is_empty() {
         extra.insert("tablespace_parts".to_owned(), tablespace_parts.join(","));
     }
+    let indexes: Vec<String> = parts
+        .iter()
+        .filter_map(|p| {
+            let sha = p.index_sha256.as_ref()?;
+            Some(format!(
+                "{}:{sha}",
+                super::engine::index::object_name(&p.name)
+            ))
+        })
+        .collect();
+    if !indexes.is_empty() {
+        extra.insert("indexes_sha256".to_owned(), indexes.join(","));
+    }
     if let [only] = parts {
         extra.insert("data_sha256".to_owned(), only.sha256.clone());
         extra.insert("data_object".to_owned(), only.name.clone());
@@ -688,10 +701,16 @@ mod tests {
             name: name.into(),
             size: 1,
             sha256: sha.into(),
+            index_sha256: None,
         };
         let e = extra(&[part("data.tar.gz", "aa"), part("data_0001.tar.gz", "bb")]);
         assert_eq!(e["data_parts"], "2");
         assert_eq!(e["parts_sha256"], "data.tar.gz:aa,data_0001.tar.gz:bb");
+        assert!(!e.contains_key("indexes_sha256"));
+        let mut indexed = part("data.tar.gz", "aa");
+        indexed.index_sha256 = Some("ii".into());
+        let e = extra(&[indexed, part("data_0001.tar.gz", "bb")]);
+        assert_eq!(e["indexes_sha256"], "index-data.tar.gz:ii");
         assert!(!e.contains_key("data_sha256"));
         assert!(!e.contains_key("tablespace_parts"));
         let e = extra(&[

@@ -1,6 +1,6 @@
 //! The index of a data part: where, in the object as stored, a reader can start to get
 //! any [`WINDOW`] of any file without reading the part from its beginning. A delta
-//! restore ([`crate::bootstrap::restore::delta`]) compares each window's CRC-32C with
+//! restore ([`crate::bootstrap::restore::delta`]) compares each window's XXH3-128 with
 //! the copy it already has and fetches only the windows that differ, with ranged reads
 //! (pgBackRest's delta restore compares whole files and reads whole ones).
 //!
@@ -11,9 +11,9 @@
 //! begins once [`SEEK_EVERY`] bytes of tar have passed since the last one: every
 //! window of a large file starts at one, small files share them. That costs a few
 //! bytes a seek point and the 32 KiB of history deflate forgets there: on an initdb's
-//! cluster at level 1, 1% more stored bytes with a seek point every 128 KiB (2% at
-//! 64 KiB, 0.2% at 1 MiB), and a delta reads at most that far before a small file
-//! that changed. An uncompressed part needs none: its offsets are the tar's.
+//! cluster at zlib's level 1, 1% more stored bytes with a seek point every 128 KiB
+//! (2% at 64 KiB, 0.2% at 1 MiB), and a delta reads at most that far before a small
+//! file that changed. An uncompressed part needs none: its offsets are the tar's.
 //!
 //! Stored beside the part as `index-<part name>` (barman-cloud takes only `data*` and
 //! `<oid>*` names for parts), as text:
@@ -35,7 +35,8 @@ use std::cell::RefCell;
 use std::io::{self, Write};
 use std::rc::Rc;
 
-/// The span of a file one CRC-32C covers, and what a delta restore fetches at least.
+/// The span of a file one pair of checksums covers, and what a delta restore fetches
+/// at least.
 pub const WINDOW: u64 = 1 << 20;
 /// Tar bytes between seek points, at least.
 pub const SEEK_EVERY: u64 = 128 << 10;
@@ -159,7 +160,11 @@ pub fn parse(text: &str) -> Result<PartIndex, String> {
                     stored: num(f.next())?,
                     tar: num(f.next())?,
                 };
-                if index.seeks.last().is_some_and(|l| l.tar >= seek.tar) {
+                if index
+                    .seeks
+                    .last()
+                    .is_some_and(|l| l.tar >= seek.tar || l.stored >= seek.stored)
+                {
                     return Err(bad("seek points out of order"));
                 }
                 index.seeks.push(seek);
@@ -251,7 +256,7 @@ impl PartIndex {
 
 /// What a part's writer and the reader of the file being written share: the reader
 /// says where a window begins, the writer sees at which tar offset it lands (and makes
-/// a seek point there), and the reader gives each window's CRC-32C when it ends.
+/// a seek point there), and the reader gives each window's checksums when it ends.
 #[derive(Debug, Default)]
 pub struct Recorder {
     index: PartIndex,
@@ -352,8 +357,8 @@ impl Recorder {
     }
 }
 
-/// Reads a file for the tar in windows: says where each begins and what its CRC-32C
-/// is (see [`Recorder`]); never serves bytes of two windows in one read.
+/// Reads a file for the tar in windows: says where each begins and what its checksums
+/// are (see [`Recorder`]); never serves bytes of two windows in one read.
 pub struct Windowed<'a, R> {
     inner: R,
     recorder: &'a Shared,
@@ -660,6 +665,7 @@ mod tests {
             ("pgwarden-part-index 1\nF 600 0 5 x\nW 1 00\n", "a bad hash"),
             ("pgwarden-part-index 1\nF 600 0 5 x\n", "has 0 windows"),
             ("pgwarden-part-index 1\nS 1 9\nS 2 9\n", "out of order"),
+            ("pgwarden-part-index 1\nS 2 9\nS 2 10\n", "out of order"),
             ("pgwarden-part-index 1\nX 1\n", "unknown line"),
         ] {
             let e = parse(bad).unwrap_err();

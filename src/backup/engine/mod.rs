@@ -23,7 +23,8 @@
 //! The tablespaces are recorded in `backup.info` instead, as barman records them.
 //!
 //! Each part of a full backup has an index beside it ([`index`]): where each 1 MiB
-//! window of each file can be read from, and its CRC-32C, for a delta restore.
+//! window of each file can be read from, and its hashes, for a delta restore; the
+//! index's SHA-256 goes into `backup.info` beside the part's.
 //!
 //! Memory: per job, one part filling (5 MiB), one queued and two uploading, plus a
 //! 1 MiB read buffer and gzip's state: about 25 MiB a job, whatever the size.
@@ -105,6 +106,8 @@ pub struct Part {
     pub size: u64,
     /// SHA-256 of what is stored.
     pub sha256: String,
+    /// SHA-256 of its index (see [`index`]), when it has one.
+    pub index_sha256: Option<String>,
 }
 
 /// What a finished backup is.
@@ -840,10 +843,20 @@ async fn upload(
                     .finish()
                     .await
                     .with_context(|| format!("complete {key}"))?;
-                if let Some(text) = index {
-                    put_whole(&storage, &index_key, text).await?;
-                }
-                return Ok(Part { name, size, sha256 });
+                let index_sha256 = match index {
+                    Some(text) => {
+                        let sha = crate::wal::sha256_hex(text.as_bytes());
+                        put_whole(&storage, &index_key, text).await?;
+                        Some(sha)
+                    }
+                    None => None,
+                };
+                return Ok(Part {
+                    name,
+                    size,
+                    sha256,
+                    index_sha256,
+                });
             }
             None => {
                 up.abort().await;

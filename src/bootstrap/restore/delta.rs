@@ -1,7 +1,7 @@
 //! Delta restore: restoring a backup over a directory that already holds a copy of the
 //! same cluster (a replica being rebuilt, a diverged former primary), as pgBackRest's
 //! `--delta` does, but finer: each file is compared with the backup 1 MiB window by
-//! window, against the CRC-32Cs in its part's index ([`crate::backup::engine::index`]),
+//! window, against the XXH3-128s in its part's index ([`crate::backup::engine::index`]),
 //! and only the windows that differ are read from the archive, with ranged reads that
 //! start at the part's seek points. Files the manifest does not list are removed.
 //! Every window kept has the backup's XXH3-128 (the same bytes), every window written
@@ -186,13 +186,16 @@ pub type Located = BTreeMap<String, (usize, usize)>;
 
 /// Finds every file of the manifest in the parts' indexes; `Err` says why a delta
 /// restore cannot rely on them (a file not indexed, or indexed with another size or
-/// with windows whose checksums do not add up to the manifest's, a path that leaves
-/// the directory, an index without a seek point). Reads nothing.
+/// with windows whose checksums do not add up to the manifest's, a file or directory
+/// path that leaves the directory, an index without a seek point). Reads nothing.
 pub fn locate(files: &[ManifestFile], parts: &[Part]) -> Result<Located, String> {
     let mut at: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for (p, part) in parts.iter().enumerate() {
         if part.gzip && part.index.seeks.is_empty() {
             return Err(format!("the index of {} has no seek point", part.key));
+        }
+        for d in &part.index.dirs {
+            super::chain::safe(Path::new(&d.path)).map_err(|e| e.to_string())?;
         }
         for (i, f) in part.index.files.iter().enumerate() {
             at.insert(f.path.as_str(), (p, i));
@@ -232,7 +235,8 @@ pub fn locate(files: &[ManifestFile], parts: &[Part]) -> Result<Located, String>
 /// restore from a backup whose manifest lists `files`, found in `parts` by [`locate`]:
 /// `pg_control` removed first, then every file and directory the backup does not have,
 /// the backup's directories made, each file cut or extended to its size; and returns
-/// the windows to fetch, those whose CRC-32C differs from the index's. Compares with
+/// the windows to fetch, those whose XXH3-128 differs from the index's. Files kept keep
+/// their mode and time; directories that were there keep their mode. Compares with
 /// `jobs` threads. Runs on a blocking thread.
 pub fn prepare(
     dir: &Path,
@@ -351,7 +355,10 @@ fn plan_reads(p: usize, part: &Part, needs: Vec<Need>) -> Result<Vec<Fetch>> {
         if let Some(cur) = out.last_mut() {
             // The windows come in tar order: a read that reaches near this one's
             // start goes on to its end.
-            if cur.until.is_none_or(|end| start.stored <= end + GAP) {
+            if cur
+                .until
+                .is_none_or(|end| start.stored <= end.saturating_add(GAP))
+            {
                 cur.until = cur.until.zip(until).map(|(a, b)| a.max(b));
                 cur.needs.push(n);
                 continue;
@@ -651,6 +658,28 @@ mod tests {
             .collect()
     }
 
+    /// What fetch_delta does for `f`, from the part's bytes `stored`: writes `needs`.
+    fn read_into(
+        stored: &[u8],
+        gzip: bool,
+        f: &Fetch,
+        dir: &Path,
+        needs: &[Need],
+    ) -> std::io::Result<u64> {
+        let end = f.until.map_or(stored.len(), |u| u as usize);
+        let bytes = &stored[f.start.stored as usize..end];
+        if gzip {
+            apply(
+                &mut flate2::read::DeflateDecoder::new(bytes),
+                dir,
+                f.start.tar,
+                needs,
+            )
+        } else {
+            apply(&mut &bytes[..], dir, f.start.tar, needs)
+        }
+    }
+
     #[test]
     fn a_delta_fetches_only_the_windows_that_differ_and_ends_byte_for_byte() {
         let mut control = 7u64.to_ne_bytes().to_vec();
@@ -715,19 +744,7 @@ mod tests {
                 );
             }
             for f in &d.fetches {
-                let end = f.until.map_or(stored.len(), |u| u as usize);
-                let bytes = &stored[f.start.stored as usize..end];
-                let written = if gzip {
-                    apply(
-                        &mut flate2::read::DeflateDecoder::new(bytes),
-                        dir,
-                        f.start.tar,
-                        &f.needs,
-                    )
-                } else {
-                    apply(&mut &bytes[..], dir, f.start.tar, &f.needs)
-                }
-                .unwrap();
+                let written = read_into(&stored, gzip, f, dir, &f.needs).unwrap();
                 assert_eq!(written, f.needs.iter().map(|n| n.len).sum::<u64>());
             }
             restore_times(dir, &d.touched).unwrap();
@@ -747,20 +764,9 @@ mod tests {
             let f = d.fetches.iter().find(|f| !f.needs.is_empty()).unwrap();
             let mut bad = f.needs.clone();
             bad[0].window.crc32c ^= 1;
-            let end = f.until.map_or(stored.len(), |u| u as usize);
-            let bytes = &stored[f.start.stored as usize..end];
-            let e = if gzip {
-                apply(
-                    &mut flate2::read::DeflateDecoder::new(bytes),
-                    dir,
-                    f.start.tar,
-                    &bad,
-                )
-            } else {
-                apply(&mut &bytes[..], dir, f.start.tar, &bad)
-            }
-            .unwrap_err()
-            .to_string();
+            let e = read_into(&stored, gzip, f, dir, &bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(&*bad[0].path) && e.contains("damaged"), "{e}");
         }
     }

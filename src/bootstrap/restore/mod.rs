@@ -9,7 +9,8 @@
 //! 2. Stream its data objects into the staging directory ([`extract`]), and its
 //!    tablespaces' into their locations, checking the SHA-256 pgwarden recorded and,
 //!    for pgwarden's backups, every file against the backup manifest with
-//!    `pg_verifybackup`.
+//!    `pg_verifybackup`. Over a copy of the cluster, a delta restore ([`delta`]) reads
+//!    and writes only the windows that differ, and checks them as it goes.
 //! 3. Write `recovery.signal` (recover, then promote) or `standby.signal` (a standby
 //!    that follows the archive). The caller moves the staging directory into place,
 //!    `PG_VERSION` last; postgres then fetches WAL through pgwarden's restore path,
@@ -57,6 +58,8 @@ type Objects = Vec<Object>;
 /// What a restore will do, decided and checked before anything is written.
 pub struct Plan {
     storage: Backend,
+    /// How long a read of the archive is retried (the source's PGWARDEN_ARCHIVE_TIMEOUT).
+    timeout: std::time::Duration,
     backup: BackupInfo,
     objects: Objects,
     /// For an incremental backup, the backups it builds on, newest first, back to
@@ -154,6 +157,7 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then, pgdata: &Path) ->
     let backup = b.clone();
     Ok(Plan {
         storage,
+        timeout: r.source.timeout,
         backup,
         objects,
         older,
@@ -220,6 +224,7 @@ async fn build_in(
 ) -> Result<()> {
     let Plan {
         storage,
+        timeout,
         backup: b,
         objects,
         older,
@@ -239,7 +244,7 @@ async fn build_in(
         empty(staging).await?;
         None
     } else if delta {
-        delta_over(&storage, &b, staging, s, &objects).await?
+        delta_over(&storage, timeout, &b, staging, s, &objects).await?
     } else {
         None
     };
@@ -386,13 +391,16 @@ async fn extract_whole(
 
 /// Prepares a delta restore over `dir` when it holds anything: with the backup's
 /// manifest and its data parts' indexes, a checked copy of its cluster is compared
-/// with the backup (see [`delta`]); returns what to read. Without them (a backup taken
-/// by barman-cloud, or by a pgwarden that did not index its parts), with tablespaces,
-/// or over a directory that holds what a delta does not handle, `dir` is emptied and
-/// the backup restored whole (`None`), said in the log. A directory that is no copy of
-/// the backup's cluster, or that postgres runs on, is refused untouched.
+/// with the backup (see [`delta`]); returns what to read. A directory that is no copy
+/// of the backup's cluster, or that postgres runs on, is refused untouched, first.
+/// Without a manifest or indexes (a backup taken by barman-cloud, or by a pgwarden
+/// that did not store them), with tablespaces, or over a directory that holds what a
+/// delta does not handle, `dir` is emptied and the backup restored whole (`None`),
+/// said in the log. A read of the archive that fails (retried for `timeout`) fails
+/// the restore: it is no reason to throw the copy away.
 async fn delta_over(
     storage: &Backend,
+    timeout: std::time::Duration,
     b: &BackupInfo,
     dir: &Path,
     s: &Settings,
@@ -405,78 +413,76 @@ async fn delta_over(
     if !holds_something {
         return Ok(None);
     }
-    // The manifest and the parts' indexes, read here; parsed and checked against each
-    // other on a blocking thread (a large backup's are megabytes).
-    let texts = async {
-        if !b.tablespaces.is_empty() {
-            return Err("the backup has tablespaces".to_owned());
-        }
-        let Some(first) = objects.first() else {
-            return Err("the backup has no data part".to_owned());
-        };
-        let prefix = first.key.rsplit_once('/').map_or("", |(p, _)| p);
-        let read = |name: String| async move {
-            let key = format!("{prefix}/{name}");
-            match storage.get(&key).await {
-                Ok(Some((body, _))) => Ok((key, String::from_utf8_lossy(&body).into_owned())),
-                Ok(None) => Err(format!("backup {} has no {key} (taken by barman-cloud, or by a pgwarden that did not store one)", b.backup_id)),
-                Err(e) => Err(format!("read {key}: {e}")),
-            }
-        };
-        let manifest = read(crate::backup::engine::manifest::OBJECT.to_owned()).await?;
-        let mut indexes = Vec::new();
-        for o in objects {
-            let name = o.key.rsplit('/').next().unwrap_or(&o.key);
-            indexes.push(read(crate::backup::engine::index::object_name(name)).await?.1);
-        }
-        let system_id: u64 = b
-            .systemid
-            .parse()
-            .map_err(|_| format!("backup {} has no system identifier", b.backup_id))?;
-        Ok((manifest, indexes, system_id))
-    }
-    .await;
-    let parts: Vec<(String, bool, u64)> = objects
-        .iter()
-        .map(|o| (o.key.clone(), o.compression == TarCompression::Gzip, o.size))
-        .collect();
-    let checked = match texts {
-        Ok((manifest, indexes, system_id)) => {
-            tokio::task::spawn_blocking(move || delta_inputs(manifest, indexes, parts, system_id))
-                .await
-                .context("the parsing thread")?
-        }
-        Err(why) => Err(why),
+    let whole = |why: String| async move {
+        tracing::warn!(dir = %dir.display(), reason = %why, "a delta restore is not possible; restoring the whole backup");
+        empty(dir).await.map(|()| None)
     };
-    let (manifest, parts, located, system_id) = match checked {
-        Ok(m) => m,
-        Err(why) => {
-            tracing::warn!(dir = %dir.display(), reason = %why, "a delta restore is not possible; restoring the whole backup");
-            empty(dir).await?;
-            return Ok(None);
-        }
+    let Ok(system_id) = b.systemid.parse::<u64>() else {
+        return whole(format!("backup {} has no system identifier", b.backup_id)).await;
     };
     let (checked, major) = (dir.to_path_buf(), s.major_version);
     let copy = tokio::task::spawn_blocking(move || delta::check_copy(&checked, system_id, major))
         .await
         .context("the checking thread")?;
-    if let Err(refused) = copy {
+    match copy {
+        Ok(()) => {}
         // Never over another cluster, nor under a running postgres: refused with
         // the directory as it was.
-        if !matches!(refused, delta::Refused::Unsupported(..)) {
-            return Err(refused.into());
+        Err(refused @ (delta::Refused::Running(..) | delta::Refused::NotACopy(..))) => {
+            return Err(refused.into())
         }
-        tracing::warn!(reason = %refused, "a delta restore is not possible; restoring the whole backup");
-        empty(dir).await?;
-        return Ok(None);
+        Err(refused @ delta::Refused::Unsupported(..)) => return whole(refused.to_string()).await,
     }
+    if !b.tablespaces.is_empty() {
+        return whole("the backup has tablespaces".to_owned()).await;
+    }
+    let Some(first) = objects.first() else {
+        return whole("the backup has no data part".to_owned()).await;
+    };
+    // The manifest and the parts' indexes; parsed and checked against each other and
+    // against backup.info on a blocking thread (a large backup's are megabytes).
+    let policy = Retrying::new(storage, timeout, CancellationToken::new());
+    let prefix = first.key.rsplit_once('/').map_or("", |(p, _)| p);
+    let mut texts = Vec::new();
+    let names = std::iter::once(crate::backup::engine::manifest::OBJECT.to_owned()).chain(
+        objects.iter().map(|o| {
+            crate::backup::engine::index::object_name(o.key.rsplit('/').next().unwrap_or(&o.key))
+        }),
+    );
+    for name in names {
+        let key = format!("{prefix}/{name}");
+        match policy.get(&key).await.with_context(|| format!("read {key}"))? {
+            Some((body, _)) => texts.push((key, String::from_utf8_lossy(&body).into_owned())),
+            None => {
+                return whole(format!("backup {} has no {key} (taken by barman-cloud, or by a pgwarden that did not store one)", b.backup_id)).await
+            }
+        }
+    }
+    let parts: Vec<(String, bool, u64)> = objects
+        .iter()
+        .map(|o| (o.key.clone(), o.compression == TarCompression::Gzip, o.size))
+        .collect();
+    let recorded = recorded_list(b, "indexes_sha256");
+    let inputs = tokio::task::spawn_blocking(move || delta_inputs(texts, parts, &recorded))
+        .await
+        .context("the parsing thread")?;
+    let (manifest, parts, located) = match inputs {
+        Ok(m) => m,
+        Err(why) => return whole(why).await,
+    };
     let started = std::time::Instant::now();
     let (at, jobs) = (dir.to_path_buf(), s.backups.jobs);
     let (d, parts) = tokio::task::spawn_blocking(move || -> Result<_> {
         let d = delta::prepare(&at, &manifest.1.files, &parts, &located, jobs)?;
         // The manifest is no file of its own list: written here, as the parts would
-        // (pg_verifybackup reads it next).
-        std::fs::write(at.join("backup_manifest"), &manifest.0).context("write backup_manifest")?;
+        // (with their mode).
+        crate::fsutil::write_atomic(
+            &at.join("backup_manifest"),
+            manifest.0.as_bytes(),
+            None,
+            0o600,
+        )
+        .context("write backup_manifest")?;
         Ok((d, parts))
     })
     .await
@@ -497,31 +503,48 @@ async fn delta_over(
     Ok(Some((d, parts)))
 }
 
-/// What a delta restore needs, parsed and checked from the texts read: the manifest
-/// (its text and its content), the data parts with their indexes, where each file of
-/// the manifest is, and the backup's system identifier. `Err` says why a delta is not
+/// What a delta restore needs, from the texts read (the manifest's, then each part's
+/// index, with their keys): the manifest (its text and its content), the data parts
+/// with their indexes, and where each file of the manifest is. Each index must have
+/// the SHA-256 `recorded` in backup.info for it. `Err` says why a delta is not
 /// possible.
 #[allow(clippy::type_complexity)]
 fn delta_inputs(
-    (key, text): (String, String),
-    indexes: Vec<String>,
+    texts: Vec<(String, String)>,
     parts: Vec<(String, bool, u64)>,
-    system_id: u64,
+    recorded: &std::collections::BTreeMap<String, String>,
 ) -> Result<
     (
         (String, crate::backup::engine::manifest::Parsed),
         Vec<delta::Part>,
         delta::Located,
-        u64,
     ),
     String,
 > {
+    let mut texts = texts.into_iter();
+    let Some((key, text)) = texts.next() else {
+        return Err("no manifest".to_owned());
+    };
     let manifest =
         crate::backup::engine::manifest::parse(&text).map_err(|e| format!("{key}: {e}"))?;
+    if texts.len() != parts.len() {
+        return Err(format!("{} indexes for {} parts", texts.len(), parts.len()));
+    }
     let mut out = Vec::new();
-    for ((key, gzip, size), index) in parts.into_iter().zip(indexes) {
-        let index = crate::backup::engine::index::parse(&index)
-            .map_err(|e| format!("the index of {key}: {e}"))?;
+    for ((key, gzip, size), (index_key, index)) in parts.into_iter().zip(texts) {
+        let name = index_key.rsplit('/').next().unwrap_or(&index_key);
+        let sha = crate::wal::sha256_hex(index.as_bytes());
+        match recorded.get(name) {
+            Some(want) if *want == sha => {}
+            Some(_) => {
+                return Err(format!(
+                    "{index_key} does not match the SHA-256 recorded in backup.info: it is damaged"
+                ))
+            }
+            None => return Err(format!("backup.info records no SHA-256 for {index_key}")),
+        }
+        let index =
+            crate::backup::engine::index::parse(&index).map_err(|e| format!("{index_key}: {e}"))?;
         out.push(delta::Part {
             key,
             gzip,
@@ -530,7 +553,7 @@ fn delta_inputs(
         });
     }
     let located = delta::locate(&manifest.files, &out)?;
-    Ok(((text, manifest), out, located, system_id))
+    Ok(((text, manifest), out, located))
 }
 
 /// Reads what a delta restore fetches, `jobs` ranged reads at a time, and writes it
@@ -611,16 +634,7 @@ async fn empty(dir: &Path) -> Result<()> {
 /// The SHA-256 pgwarden recorded for each data object of `b`, by name (none for
 /// barman-cloud's backups).
 fn recorded_sha256(b: &BackupInfo) -> std::collections::BTreeMap<String, String> {
-    let mut out: std::collections::BTreeMap<String, String> = b
-        .extra
-        .get("parts_sha256")
-        .map(|list| {
-            list.split(',')
-                .filter_map(|p| p.split_once(':'))
-                .map(|(n, s)| (n.to_owned(), s.to_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut out = recorded_list(b, "parts_sha256");
     if let Some(sha) = b.extra.get("data_sha256") {
         let name = b
             .extra
@@ -630,6 +644,19 @@ fn recorded_sha256(b: &BackupInfo) -> std::collections::BTreeMap<String, String>
         out.entry(name).or_insert_with(|| sha.clone());
     }
     out
+}
+
+/// A `name:sha256,...` list pgwarden recorded in `backup.info` under `key`, by name.
+fn recorded_list(b: &BackupInfo, key: &str) -> std::collections::BTreeMap<String, String> {
+    b.extra
+        .get(key)
+        .map(|list| {
+            list.split(',')
+                .filter_map(|p| p.split_once(':'))
+                .map(|(n, s)| (n.to_owned(), s.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Tidies the extracted backup, writes `signal`, gives the files (and the
@@ -907,6 +934,68 @@ pub fn explain_failure(fatal: &str, target: &RecoveryTarget) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_or_unrecorded_index_is_no_delta() {
+        use crate::backup::engine::{index, manifest};
+        let body = b"18\n";
+        let manifest = manifest::render(
+            &[manifest::File {
+                path: "PG_VERSION".into(),
+                size: 3,
+                mtime: 0,
+                crc32c: crc32c::crc32c(body),
+            }],
+            &manifest::Range {
+                system_id: 7,
+                major: 18,
+                timeline: 1,
+                start: crate::backup::Lsn(0x100),
+                end: crate::backup::Lsn(0x200),
+            },
+        );
+        let index = index::render(&index::PartIndex {
+            seeks: vec![index::Seek { stored: 10, tar: 0 }],
+            dirs: vec![],
+            files: vec![index::File {
+                path: "PG_VERSION".into(),
+                mode: 0o600,
+                mtime: 0,
+                size: 3,
+                windows: vec![index::Window {
+                    tar: 512,
+                    crc32c: crc32c::crc32c(body),
+                    xxh3: xxhash_rust::xxh3::xxh3_128(body),
+                }],
+            }],
+        });
+        let texts = || {
+            vec![
+                ("b/backup_manifest".to_owned(), manifest.clone()),
+                ("b/index-data.tar.gz".to_owned(), index.clone()),
+            ]
+        };
+        let parts = || vec![("b/data.tar.gz".to_owned(), true, 100)];
+        let recorded = |sha: &str| {
+            std::collections::BTreeMap::from([("index-data.tar.gz".to_owned(), sha.to_owned())])
+        };
+        let sha = crate::wal::sha256_hex(index.as_bytes());
+        let (_, got, located) = delta_inputs(texts(), parts(), &recorded(&sha)).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(located["PG_VERSION"], (0, 0));
+        let e = delta_inputs(texts(), parts(), &recorded(&"0".repeat(64))).unwrap_err();
+        assert!(
+            e.contains("does not match the SHA-256 recorded in backup.info"),
+            "{e}"
+        );
+        let e = delta_inputs(texts(), parts(), &Default::default()).unwrap_err();
+        assert!(
+            e.contains("backup.info records no SHA-256 for b/index-data.tar.gz"),
+            "{e}"
+        );
+        let e = delta_inputs(texts(), vec![], &recorded(&sha)).unwrap_err();
+        assert!(e.contains("1 indexes for 0 parts"), "{e}");
+    }
 
     #[test]
     fn postgres_recovery_failures_are_explained() {
