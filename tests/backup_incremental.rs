@@ -4,7 +4,8 @@
 //! newest manifest and pg_amcheck; an incremental uploads a fraction of a
 //! full; barman-cloud refuses it instead of restoring half a cluster; a full that an
 //! incremental builds on is not deleted, and a chain whose full was removed by hand is
-//! refused at restore, naming it.
+//! refused at restore, naming it. On PostgreSQL 17+ the changed blocks come from the
+//! server's WAL summaries, before 17 from page LSNs: the same assertions hold for both.
 
 mod common;
 
@@ -115,6 +116,19 @@ async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
         })
         .unwrap_or_else(|| panic!("I2 read every file: {}", src.log()));
     assert!(skipped["files"].as_u64().unwrap() > 100, "{skipped}");
+    // On PostgreSQL 17+ the server's WAL summaries named the changed blocks of both
+    // incrementals (a database copied file by file is in them as a whole); before 17,
+    // page LSNs did.
+    let by_summaries = json_lines(&src.log())
+        .into_iter()
+        .filter(|l| {
+            l["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("incremental: the server's WAL summaries name"))
+        })
+        .count();
+    let want = if pg_major() >= 17 { 2 } else { 0 };
+    assert_eq!(by_summaries, want, "{}", src.log());
     c.batch_execute("INSERT INTO t SELECT g, 'after' FROM generate_series(101001, 101010) g")
         .await
         .unwrap();

@@ -460,6 +460,7 @@ impl Job<'_> {
         Ok(Ok(Arc::new(Parent {
             backup_id: id.clone(),
             start,
+            timeline: last.timeline,
             files: parsed
                 .files
                 .into_iter()

@@ -93,6 +93,11 @@ pub fn render_postgresql_conf(
     if s.archive.is_some() {
         // Bounds how much committed work an idle primary leaves outside the archive.
         out += &line("archive_timeout", "60s")?;
+        if s.major_version >= 17 {
+            // Incremental backups read the blocks changed since the last backup from
+            // the WAL summaries instead of every page (PostgreSQL 17+).
+            out += &line("summarize_wal", "on")?;
+        }
     }
     for (name, value) in tuning::tune(resources) {
         out += &line(name, &value)?;

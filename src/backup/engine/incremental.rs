@@ -50,6 +50,8 @@ pub struct Parent {
     pub backup_id: String,
     /// Where its WAL replay started: a page whose LSN is at or after this changed.
     pub start: Lsn,
+    /// The timeline it started on (WAL summaries are read on it).
+    pub timeline: u32,
     /// Each of its files, from its manifest.
     pub files: HashMap<String, Was>,
     /// When it began, Unix seconds rounded down (`begin_time`); `None` when unknown or
@@ -294,6 +296,7 @@ mod tests {
         let parent = Parent {
             backup_id: "p".into(),
             start: Lsn(0),
+            timeline: 1,
             files: [
                 ("base/5/16384".to_owned(), was(10 * bs, 1000)),
                 ("base/5/16385".to_owned(), was(10 * bs, 1099)),
@@ -344,6 +347,7 @@ mod tests {
         let parent = Parent {
             backup_id: "p".into(),
             start: Lsn(0),
+            timeline: 1,
             files: [
                 ("base/5/16384", 8192 * 10),
                 ("base/5/16384.1", 8192 * 3),

@@ -33,6 +33,7 @@ pub mod incremental;
 pub mod index;
 pub mod manifest;
 pub mod pages;
+pub mod summaries;
 pub mod walk;
 
 use super::info::Tablespace;
@@ -181,6 +182,9 @@ struct Shared {
     start_lsn: u64,
     /// The backup an incremental builds on.
     parent: Option<Arc<incremental::Parent>>,
+    /// The blocks changed since the parent's start, from the server's WAL summaries;
+    /// `None` to compare page LSNs.
+    changed: Option<summaries::Changed>,
     compression: BackupCompression,
     storage: Backend,
     dir: String,
@@ -216,6 +220,28 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
     let start = Lsn::parse(&start).context("pg_backup_start's position")?;
     tracing::info!(start = %start, jobs = job.jobs, standby, "backup started");
     let (tablespaces, spaces) = read_tablespaces(&client, major).await?;
+    let changed = match job.parent.as_deref() {
+        Some(p) if major >= 17 => {
+            match summaries::changed(&client, p.timeline, p.start, start).await {
+                Ok(c) => {
+                    tracing::info!(
+                        summaries = c.summaries,
+                        blocks = c.blocks,
+                        "incremental: the server's WAL summaries name the changed blocks"
+                    );
+                    Some(c)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        reason = %format!("{e:#}"),
+                        "incremental: the server's WAL summaries cannot name the changed blocks; comparing page LSNs"
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
 
     let pgdata = s.pgdata.clone();
     let entries = tokio::task::spawn_blocking(move || walk::list(&pgdata, major, &spaces))
@@ -243,6 +269,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         verify_pages,
         start_lsn: start.0,
         parent: job.parent.clone(),
+        changed,
         compression: job.compression,
         storage: job.storage.clone(),
         dir: job.dir.clone(),
@@ -513,6 +540,9 @@ fn copy(shared: &Shared, done: &mut Vec<(u32, Upload)>) -> Result<()> {
     Ok(())
 }
 
+/// Of an incremental, whether a block (its number in the file, its page) is sent.
+type Keep = dyn Fn(u64, &[u8]) -> bool;
+
 /// What goes to an upload task.
 enum Msg {
     Data(Bytes),
@@ -632,10 +662,14 @@ impl PartWriter {
     /// incremental finds unchanged since its parent is not read (the parent's CRC is
     /// recorded); a file gone since the listing is left out.
     fn file(&mut self, shared: &Shared, e: &walk::Entry, buf: &mut [u8]) -> Result<()> {
-        let unchanged = shared
-            .parent
-            .as_deref()
-            .and_then(|p| p.unchanged(&e.path, e.size, e.mtime));
+        let unchanged = shared.parent.as_deref().and_then(|p| {
+            p.unchanged(&e.path, e.size, e.mtime).or_else(|| {
+                shared
+                    .changed
+                    .as_ref()
+                    .and_then(|c| c.untouched(p, &e.path, e.size))
+            })
+        });
         let crc = match unchanged {
             Some(crc) => {
                 self.unchanged(shared, e)?;
@@ -690,14 +724,38 @@ impl PartWriter {
             first_block,
             shared,
         };
-        let crc = match shared
+        // Of an incremental, which blocks of a relation file it sends (see
+        // [`incremental`] and [`summaries`]); `None` sends the file whole.
+        let keep: Option<Box<Keep>> = match shared
             .parent
             .as_deref()
             .and_then(|p| Some((p, p.blocks_of(&e.path, e.size)?)))
         {
+            None => None,
             Some((parent, before)) => {
-                self.changed_blocks(e, &mut reader, parent.start.0, before)?
+                match shared.changed.as_ref().map(|c| c.pick(&e.path, before)) {
+                    Some(Some(summaries::Pick::Whole)) => None,
+                    Some(Some(summaries::Pick::Blocks { listed, from })) => {
+                        // Also a page changed since this backup began (it is read as it is
+                        // now, and the manifest's checksum is of what is read).
+                        let start = shared.start_lsn;
+                        Some(Box::new(move |b: u64, page: &[u8]| {
+                            b >= from
+                                || u32::try_from(b).is_ok_and(|b| listed.binary_search(&b).is_ok())
+                                || incremental::changed_since(page, start)
+                        }))
+                    }
+                    _ => {
+                        let since = parent.start.0;
+                        Some(Box::new(move |b: u64, page: &[u8]| {
+                            b >= before || incremental::changed_since(page, since)
+                        }))
+                    }
+                }
             }
+        };
+        let crc = match keep {
+            Some(keep) => self.changed_blocks(e, &mut reader, keep)?,
             None => {
                 index::append_file(
                     &mut self.tar,
@@ -739,16 +797,15 @@ impl PartWriter {
         Ok(())
     }
 
-    /// Copies the blocks of a relation file that changed since `since` (the parent's
-    /// start), or lie at or beyond `before` (the parent's length of it, in blocks), as
-    /// `INCREMENTAL.<name>` entries, one per read window that has any (see
-    /// [`incremental`]); returns the CRC-32C of the whole file as read.
+    /// Copies the blocks of a relation file that `keep` (given a block's number and
+    /// its page) says changed since the parent, as `INCREMENTAL.<name>` entries, one
+    /// per read window that has any (see [`incremental`]); returns the CRC-32C of the
+    /// whole file as read.
     fn changed_blocks(
         &mut self,
         e: &walk::Entry,
         reader: &mut FileReader<'_>,
-        since: u64,
-        before: u64,
+        keep: impl Fn(u64, &[u8]) -> bool,
     ) -> Result<u32> {
         let bs = pages::BLCKSZ;
         let length = u32::try_from(e.size / bs as u64)
@@ -763,10 +820,7 @@ impl PartWriter {
             let blocks: Vec<u32> = window
                 .chunks_exact(bs)
                 .enumerate()
-                .filter(|(i, page)| {
-                    u64::from(first) + *i as u64 >= before
-                        || incremental::changed_since(page, since)
-                })
+                .filter(|(i, page)| keep(u64::from(first) + *i as u64, page))
                 .map(|(i, _)| first + i as u32)
                 .collect();
             let last = reader.offset >= e.size;
