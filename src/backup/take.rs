@@ -295,12 +295,13 @@ impl Job<'_> {
         .await;
         ticker.abort();
         let taken = taken?;
-        if taken.unchanged.0 > 0 {
+        if taken.unchanged.0 > 0 || taken.skipped > 0 {
             tracing::info!(
                 backup_id = %id,
                 files = taken.unchanged.0,
                 bytes = taken.unchanged.1,
-                "incremental: files unchanged since the parent (same length and modification time) were not read"
+                window_bytes = taken.skipped,
+                "incremental: files unchanged since the parent (by length and modification time, or by the WAL summaries) were not read, nor windows of changed files the summaries leave untouched (window_bytes)"
             );
         }
         let (start, timeline, end) = (taken.start, taken.timeline, taken.end);
@@ -417,12 +418,49 @@ impl Job<'_> {
                 "the previous backup, {id}, has no copy of its manifest (an older pgwarden took it)"
             )));
         };
-        let parsed = tokio::task::spawn_blocking(move || {
-            super::engine::manifest::parse(&String::from_utf8_lossy(&body))
+        // Its window checksums, when it stored them (a pgwarden before them did not):
+        // without, every changed file is read whole.
+        let windows_key = format!(
+            "{}{id}/{}",
+            super::base_prefix(&base),
+            super::engine::incremental::WINDOWS_OBJECT
+        );
+        let windows = self
+            .storage
+            .get(&windows_key)
+            .await
+            .with_context(|| format!("read {windows_key}"))?
+            .map(|(body, _)| body);
+        let (files, windows) = tokio::task::spawn_blocking(move || {
+            let parsed = super::engine::manifest::parse(&String::from_utf8_lossy(&body))
+                .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+            let sizes = parsed
+                .files
+                .iter()
+                .map(|f| {
+                    let was = super::engine::incremental::Was {
+                        size: f.size,
+                        mtime: f.mtime,
+                        crc32c: f.crc32c,
+                    };
+                    (f.path.clone(), was)
+                })
+                .collect();
+            let windows = match windows {
+                Some(text) => super::engine::incremental::parse_windows(
+                    &String::from_utf8_lossy(&text),
+                    &sizes,
+                )
+                .unwrap_or_else(|e| {
+                    tracing::warn!(key = %windows_key, error = %e, "ignoring damaged window checksums: changed files are read whole");
+                    Default::default()
+                }),
+                None => Default::default(),
+            };
+            anyhow::Ok((sizes, windows))
         })
         .await
-        .context("the manifest's thread")?
-        .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        .context("the manifest's thread")??;
         let (start, end) = (
             Lsn::parse(&last.begin_xlog)
                 .with_context(|| format!("backup {id}: begin_xlog {:?}", last.begin_xlog))?,
@@ -461,18 +499,8 @@ impl Job<'_> {
             backup_id: id.clone(),
             start,
             timeline: last.timeline,
-            files: parsed
-                .files
-                .into_iter()
-                .map(|f| {
-                    let was = super::engine::incremental::Was {
-                        size: f.size,
-                        mtime: f.mtime,
-                        crc32c: f.crc32c,
-                    };
-                    (f.path, was)
-                })
-                .collect(),
+            files,
+            windows,
             began,
         })))
     }

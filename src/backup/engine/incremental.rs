@@ -54,6 +54,9 @@ pub struct Parent {
     pub timeline: u32,
     /// Each of its files, from its manifest.
     pub files: HashMap<String, Was>,
+    /// The CRC-32C of each [`WINDOW`] of its block files, by path, when it recorded
+    /// them (see [`render_windows`]).
+    pub windows: HashMap<String, Vec<u32>>,
     /// When it began, Unix seconds rounded down (`begin_time`); `None` when unknown or
     /// when it was taken of another data directory (another member's, or this one's
     /// before a rebuild or a rewind: see `pgdata::INCARNATION`), and then every file is
@@ -78,15 +81,19 @@ impl Parent {
     /// blocks. Returns the parent's length of it in blocks.
     pub fn blocks_of(&self, path: &str, size: u64) -> Option<u64> {
         let bs = BLCKSZ as u64;
-        let name = path.rsplit('/').next().unwrap_or(path);
-        let in_relation_dir = ["base/", "global/", "pg_tblspc/"]
-            .iter()
-            .any(|d| path.starts_with(d));
-        if !in_relation_dir || !is_main_fork(name) || size % bs != 0 || size == 0 {
+        if !is_block_file(path, size) {
             return None;
         }
         let before = self.files.get(path)?.size;
         (before % bs == 0).then_some(before / bs)
+    }
+
+    /// The parent's CRC-32C of window `w` of `path` (bytes `w * WINDOW` on), when it
+    /// recorded one and that window is `len` bytes long in its copy too.
+    pub fn window(&self, path: &str, w: u64, len: u64) -> Option<u32> {
+        let size = self.files.get(path)?.size;
+        let crc = *self.windows.get(path)?.get(usize::try_from(w).ok()?)?;
+        (size.saturating_sub(w * WINDOW).min(WINDOW) == len).then_some(crc)
     }
 
     /// The parent's CRC-32C of `path` when the file, a main fork the parent had, is
@@ -104,6 +111,16 @@ impl Parent {
         (known && was.size == size && was.mtime == mtime && was.mtime + 2 <= began)
             .then_some(was.crc32c)
     }
+}
+
+/// Whether `path` (as the manifest names it), `size` bytes long, can go block by
+/// block: a relation's main fork, a whole number of blocks, not empty.
+pub fn is_block_file(path: &str, size: u64) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let in_relation_dir = ["base/", "global/", "pg_tblspc/"]
+        .iter()
+        .any(|d| path.starts_with(d));
+    in_relation_dir && is_main_fork(name) && size % BLCKSZ as u64 == 0 && size > 0
 }
 
 /// `16384` or `16384.3`: a relation's main fork.
@@ -150,6 +167,111 @@ pub fn why_not(
         );
     }
     None
+}
+
+/// Which blocks of a relation file an incremental sends.
+#[derive(Debug)]
+pub enum Select {
+    /// Pages whose LSN is at or after `since` (the parent's start) or that are not
+    /// valid pages, and every block from `before` (the parent's length) on.
+    Lsn { since: u64, before: u64 },
+    /// The blocks the WAL summaries `listed` (sorted, relative to the file), every
+    /// block from `from` on, and pages changed since `start` (this backup's) or not
+    /// valid (see [`super::summaries`]).
+    Summaries {
+        listed: Vec<u32>,
+        from: u64,
+        start: u64,
+    },
+}
+
+impl Select {
+    /// Whether block `b` (relative to the file), read as `page`, is sent.
+    pub fn keep(&self, b: u64, page: &[u8]) -> bool {
+        match self {
+            Select::Lsn { since, before } => b >= *before || changed_since(page, *since),
+            Select::Summaries {
+                listed,
+                from,
+                start,
+            } => {
+                b >= *from
+                    || u32::try_from(b).is_ok_and(|b| listed.binary_search(&b).is_ok())
+                    || changed_since(page, *start)
+            }
+        }
+    }
+
+    /// Whether blocks `first..end` need not be read when the parent recorded their
+    /// window's checksum: the summaries name none of them and all lie below `from`.
+    /// Pages changed since this backup began are then not sent, and the window's
+    /// checksum is the parent's: the restore writes the parent's bytes, which WAL
+    /// replay brings forward.
+    pub fn may_skip(&self, first: u64, end: u64) -> bool {
+        match self {
+            Select::Lsn { .. } => false,
+            Select::Summaries { listed, from, .. } => {
+                let at = listed.partition_point(|&b| u64::from(b) < first);
+                end <= *from && listed.get(at).is_none_or(|&b| u64::from(b) >= end)
+            }
+        }
+    }
+}
+
+/// The span of a file each CRC-32C of [`WINDOWS_OBJECT`] covers: the engine's read.
+pub const WINDOW: u64 = 1 << 20;
+/// The object beside a backup's parts with its block files' window checksums: the
+/// next incremental skips a window the WAL summaries leave untouched and still puts
+/// the whole file's CRC-32C into its manifest (the windows' CRCs combined).
+pub const WINDOWS_OBJECT: &str = "window_crc32c";
+const WINDOWS_HEADER: &str = "pgwarden-window-crc32c 1";
+
+/// Renders [`WINDOWS_OBJECT`]: a header line, then per file `<path> <size> <crc>...`,
+/// each CRC 8 hex digits, one per [`WINDOW`] of the file.
+pub fn render_windows(files: &[(String, u64, Vec<u32>)]) -> String {
+    let mut out = format!("{WINDOWS_HEADER}\n");
+    for (path, size, crcs) in files {
+        out.push_str(&format!("{path} {size} "));
+        for c in crcs {
+            out.push_str(&format!("{c:08x}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Parses [`WINDOWS_OBJECT`], keeping the files whose size is `sizes` says (the
+/// manifest's) and whose window count fits it.
+pub fn parse_windows(
+    text: &str,
+    sizes: &HashMap<String, Was>,
+) -> Result<HashMap<String, Vec<u32>>, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(WINDOWS_HEADER) {
+        return Err(format!("does not begin with {WINDOWS_HEADER:?}"));
+    }
+    let mut out = HashMap::new();
+    for (n, line) in lines.enumerate() {
+        let bad = || format!("line {}: {line:?}", n + 2);
+        let mut f = line.split(' ');
+        let (Some(path), Some(size), Some(hex), None) = (f.next(), f.next(), f.next(), f.next())
+        else {
+            return Err(bad());
+        };
+        let size: u64 = size.parse().map_err(|_| bad())?;
+        if hex.len() % 8 != 0 || !hex.is_ascii() {
+            return Err(bad());
+        }
+        let crcs = (0..hex.len() / 8)
+            .map(|i| u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16))
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(|_| bad())?;
+        let fits = crcs.len() as u64 == size.div_ceil(WINDOW);
+        if fits && sizes.get(path).is_some_and(|w| w.size == size) {
+            out.insert(path.to_owned(), crcs);
+        }
+    }
+    Ok(out)
 }
 
 /// Whether `page` (one block) must be sent: it changed since `since` (its LSN), it is
@@ -305,6 +427,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            windows: HashMap::new(),
             began: Some(1100),
         };
         // (path, size now, mtime now) -> the parent's CRC when not read again
@@ -368,6 +491,7 @@ mod tests {
                 )
             })
             .collect(),
+            windows: HashMap::new(),
             began: None,
         };
         let bs = BLCKSZ as u64;
@@ -438,5 +562,104 @@ mod tests {
         assert_eq!(entry_name("base/5/16384.1"), "base/5/INCREMENTAL.16384.1");
         assert_eq!(entry_name("PG_18_1/5/16401"), "PG_18_1/5/INCREMENTAL.16401");
         assert_eq!(entry_name("16401"), "INCREMENTAL.16401");
+    }
+
+    #[test]
+    fn window_checksums_round_trip_and_must_fit_the_manifest() {
+        let was = |size| Was {
+            size,
+            mtime: 0,
+            crc32c: 0,
+        };
+        let w = WINDOW;
+        let files = vec![
+            ("base/5/1".to_owned(), 2 * w + 8192, vec![1, 0xdead_beef, 3]),
+            ("base/5/2".to_owned(), w, vec![7]),
+            ("base/5/3".to_owned(), w, vec![7, 8]),
+            ("base/5/4".to_owned(), w, vec![9]),
+        ];
+        let text = render_windows(&files);
+        let sizes: HashMap<String, Was> = [
+            ("base/5/1".to_owned(), was(2 * w + 8192)),
+            ("base/5/2".to_owned(), was(w)),
+            ("base/5/3".to_owned(), was(w)),
+            ("base/5/4".to_owned(), was(2 * w)),
+        ]
+        .into_iter()
+        .collect();
+        let got = parse_windows(&text, &sizes).unwrap();
+        assert_eq!(got["base/5/1"], vec![1, 0xdead_beef, 3]);
+        assert_eq!(got["base/5/2"], vec![7]);
+        // Too many windows for its size; another size than the manifest's.
+        assert!(!got.contains_key("base/5/3"));
+        assert!(!got.contains_key("base/5/4"));
+        for bad in [
+            "",
+            "pgwarden-window-crc32c 2\n",
+            "pgwarden-window-crc32c 1\nbase/5/1 10\n",
+            "pgwarden-window-crc32c 1\nbase/5/1 10 0000000g\n",
+            "pgwarden-window-crc32c 1\nbase/5/1 10 0000000\n",
+            "pgwarden-window-crc32c 1\nbase/5/1 x 00000000\n",
+        ] {
+            assert!(parse_windows(bad, &sizes).is_err(), "{bad:?}");
+        }
+        let parent = Parent {
+            backup_id: "p".into(),
+            start: Lsn(0),
+            timeline: 1,
+            files: sizes,
+            windows: got,
+            began: None,
+        };
+        // A window's CRC counts only at the same length in both copies.
+        assert_eq!(parent.window("base/5/1", 1, w), Some(0xdead_beef));
+        assert_eq!(parent.window("base/5/1", 2, 8192), Some(3));
+        assert_eq!(parent.window("base/5/1", 2, w), None);
+        assert_eq!(parent.window("base/5/1", 3, 8192), None);
+        assert_eq!(parent.window("base/5/9", 0, w), None);
+    }
+
+    #[test]
+    fn a_crc_combined_from_windows_is_the_whole_files() {
+        let data: Vec<u8> = (0..3 * 1000 + 17).map(|i| (i * 7 % 251) as u8).collect();
+        let mut crc = 0;
+        for chunk in data.chunks(1000) {
+            crc = crc32c::crc32c_combine(crc, crc32c::crc32c(chunk), chunk.len());
+        }
+        assert_eq!(crc, crc32c::crc32c(&data));
+    }
+
+    #[test]
+    fn summaries_skip_only_windows_with_nothing_to_send() {
+        let s = Select::Summaries {
+            listed: vec![5, 300],
+            from: 400,
+            start: u64::MAX,
+        };
+        assert!(!s.may_skip(0, 128));
+        assert!(s.may_skip(128, 256));
+        assert!(!s.may_skip(256, 384));
+        // Reaches `from`: blocks beyond the parent's length or a limit are sent.
+        assert!(!s.may_skip(384, 512));
+        assert!(!Select::Lsn {
+            since: 0,
+            before: 1000
+        }
+        .may_skip(0, 128));
+        let valid = {
+            let mut p = vec![0u8; BLCKSZ];
+            p[12..14].copy_from_slice(&24u16.to_le_bytes());
+            p[14..16].copy_from_slice(&(BLCKSZ as u16).to_le_bytes());
+            p[16..18].copy_from_slice(&(BLCKSZ as u16).to_le_bytes());
+            p[18..20].copy_from_slice(&(BLCKSZ as u16 | 4).to_le_bytes());
+            p
+        };
+        assert!(s.keep(5, &valid));
+        assert!(!s.keep(6, &valid));
+        assert!(s.keep(400, &valid));
+        assert!(
+            s.keep(6, &vec![0u8; BLCKSZ]),
+            "an uninitialised page is sent"
+        );
     }
 }

@@ -45,7 +45,7 @@ use crate::wal::storage::{Backend, Bytes};
 use anyhow::{bail, Context, Result};
 use sha2::Digest;
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +58,8 @@ const CHUNK: usize = 5 << 20;
 pub const MAX_PART: u64 = 40 << 30;
 /// Read size: a multiple of the block size.
 const READ: usize = 1 << 20;
+// The window checksums an incremental reuses are of the engine's reads.
+const _: () = assert!(READ as u64 == incremental::WINDOW);
 /// The gzip level of the parts: zlib-rs's 2, which compresses as zlib's level 1 does
 /// (what pigz -1, pgBackRest and barman-cloud's peers call level 1). zlib-rs's level 1
 /// is zlib-ng's "quick" strategy: twice as fast, but 46% larger on pgbench's tables
@@ -131,6 +133,9 @@ pub struct Taken {
     /// Of an incremental: files, and their bytes, unchanged since its parent by length
     /// and modification time, and so not read (see [`incremental::Parent::unchanged`]).
     pub unchanged: (u64, u64),
+    /// Of an incremental: bytes of changed files not read, in windows the WAL
+    /// summaries leave untouched.
+    pub skipped: u64,
 }
 
 /// The name of part `n` of what `holds` in `compression`, of an incremental backup
@@ -177,6 +182,12 @@ struct Shared {
     progress: Arc<Progress>,
     /// Files, and their bytes, an incremental did not read (unchanged since its parent).
     unchanged: Mutex<(u64, u64)>,
+    /// Bytes of changed files an incremental did not read (windows the WAL summaries
+    /// leave untouched).
+    skipped: std::sync::atomic::AtomicU64,
+    /// Each block file's window checksums (path, size, CRCs), for the next
+    /// incremental.
+    windows: Mutex<Vec<(String, u64, Vec<u32>)>>,
     /// Page checksums are verified (the cluster has them).
     verify_pages: bool,
     start_lsn: u64,
@@ -266,6 +277,8 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         failed: AtomicBool::new(false),
         progress: job.progress.clone(),
         unchanged: Mutex::new((0, 0)),
+        skipped: std::sync::atomic::AtomicU64::new(0),
+        windows: Mutex::new(Vec::new()),
         verify_pages,
         start_lsn: start.0,
         parent: job.parent.clone(),
@@ -382,9 +395,20 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
             end,
         },
     );
-    // A copy beside the parts, for the next incremental backup and a delta restore.
+    // A copy beside the parts, for the next incremental backup and a delta restore;
+    // and the block files' window checksums, for the next incremental.
     let manifest_key = format!("{}/{}", job.dir, manifest::OBJECT);
     put_whole(job.storage, &manifest_key, text.clone()).await?;
+    let mut windows =
+        std::mem::take(&mut *shared.windows.lock().unwrap_or_else(|p| p.into_inner()));
+    let windows = tokio::task::spawn_blocking(move || {
+        windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        incremental::render_windows(&windows)
+    })
+    .await
+    .context("the rendering thread")?;
+    let windows_key = format!("{}/{}", job.dir, incremental::WINDOWS_OBJECT);
+    put_whole(job.storage, &windows_key, windows).await?;
     let shared2 = shared.clone();
     let oids: Vec<u32> = tablespaces.iter().map(|t| t.oid).collect();
     let closed = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -427,6 +451,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         tablespaces,
         bytes: shared.progress.done(),
         unchanged,
+        skipped: shared.skipped.load(Ordering::Relaxed),
     })
 }
 
@@ -539,9 +564,6 @@ fn copy(shared: &Shared, done: &mut Vec<(u32, Upload)>) -> Result<()> {
     }
     Ok(())
 }
-
-/// Of an incremental, whether a block (its number in the file, its page) is sent.
-type Keep = dyn Fn(u64, &[u8]) -> bool;
 
 /// What goes to an upload task.
 enum Msg {
@@ -670,16 +692,25 @@ impl PartWriter {
                     .and_then(|c| c.untouched(p, &e.path, e.size))
             })
         });
-        let crc = match unchanged {
+        let (crc, windows) = match unchanged {
             Some(crc) => {
                 self.unchanged(shared, e)?;
-                crc
+                let parent = shared.parent.as_deref();
+                let windows = parent.and_then(|p| p.windows.get(&e.path)).cloned();
+                (crc, windows)
             }
             None => match self.copy(shared, e, buf)? {
-                Some(crc) => crc,
+                Some((crc, windows)) => (crc, Some(windows)),
                 None => return Ok(()),
             },
         };
+        if let Some(w) = windows.filter(|_| incremental::is_block_file(&e.path, e.size)) {
+            shared
+                .windows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((e.path.clone(), e.size, w));
+        }
         shared
             .files
             .lock()
@@ -695,8 +726,14 @@ impl PartWriter {
 
     /// Reads one file into the part: its size as listed (a file that shrank meanwhile
     /// is padded with zeros, growth is left to WAL replay, as pg_basebackup does), its
-    /// pages checked; returns its CRC-32C, `None` when it is gone since the listing.
-    fn copy(&mut self, shared: &Shared, e: &walk::Entry, buf: &mut [u8]) -> Result<Option<u32>> {
+    /// pages checked; returns its CRC-32C and its windows', `None` when it is gone
+    /// since the listing.
+    fn copy(
+        &mut self,
+        shared: &Shared,
+        e: &walk::Entry,
+        buf: &mut [u8],
+    ) -> Result<Option<(u32, Vec<u32>)>> {
         let f = match std::fs::File::open(&e.source) {
             Ok(f) => f,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -723,10 +760,11 @@ impl PartWriter {
             served: 0,
             first_block,
             shared,
+            windows: Vec::new(),
         };
         // Of an incremental, which blocks of a relation file it sends (see
         // [`incremental`] and [`summaries`]); `None` sends the file whole.
-        let keep: Option<Box<Keep>> = match shared
+        let select = match shared
             .parent
             .as_deref()
             .and_then(|p| Some((p, p.blocks_of(&e.path, e.size)?)))
@@ -735,27 +773,28 @@ impl PartWriter {
             Some((parent, before)) => {
                 match shared.changed.as_ref().map(|c| c.pick(&e.path, before)) {
                     Some(Some(summaries::Pick::Whole)) => None,
-                    Some(Some(summaries::Pick::Blocks { listed, from })) => {
-                        // Also a page changed since this backup began (it is read as it is
-                        // now, and the manifest's checksum is of what is read).
-                        let start = shared.start_lsn;
-                        Some(Box::new(move |b: u64, page: &[u8]| {
-                            b >= from
-                                || u32::try_from(b).is_ok_and(|b| listed.binary_search(&b).is_ok())
-                                || incremental::changed_since(page, start)
-                        }))
-                    }
-                    _ => {
-                        let since = parent.start.0;
-                        Some(Box::new(move |b: u64, page: &[u8]| {
-                            b >= before || incremental::changed_since(page, since)
-                        }))
-                    }
+                    Some(Some(summaries::Pick::Blocks { listed, from })) => Some((
+                        parent,
+                        incremental::Select::Summaries {
+                            listed,
+                            from,
+                            start: shared.start_lsn,
+                        },
+                    )),
+                    _ => Some((
+                        parent,
+                        incremental::Select::Lsn {
+                            since: parent.start.0,
+                            before,
+                        },
+                    )),
                 }
             }
         };
-        let crc = match keep {
-            Some(keep) => self.changed_blocks(e, &mut reader, keep)?,
+        let crc = match select {
+            Some((parent, select)) => {
+                self.changed_blocks(shared, e, &mut reader, parent, &select)?
+            }
             None => {
                 index::append_file(
                     &mut self.tar,
@@ -769,7 +808,7 @@ impl PartWriter {
                 reader.crc
             }
         };
-        Ok(Some(crc))
+        Ok(Some((crc, reader.windows)))
     }
 
     /// Writes a relation file unchanged since the parent without reading it: an
@@ -797,15 +836,17 @@ impl PartWriter {
         Ok(())
     }
 
-    /// Copies the blocks of a relation file that `keep` (given a block's number and
-    /// its page) says changed since the parent, as `INCREMENTAL.<name>` entries, one
-    /// per read window that has any (see [`incremental`]); returns the CRC-32C of the
-    /// whole file as read.
+    /// Copies the blocks of a relation file that `select` says changed since the
+    /// parent, as `INCREMENTAL.<name>` entries, one per read window that has any (see
+    /// [`incremental`]); a window `select` may skip, whose checksum the parent
+    /// recorded, is not read. Returns the CRC-32C of the whole file.
     fn changed_blocks(
         &mut self,
+        shared: &Shared,
         e: &walk::Entry,
         reader: &mut FileReader<'_>,
-        keep: impl Fn(u64, &[u8]) -> bool,
+        parent: &incremental::Parent,
+        select: &incremental::Select,
     ) -> Result<u32> {
         let bs = pages::BLCKSZ;
         let length = u32::try_from(e.size / bs as u64)
@@ -813,18 +854,42 @@ impl PartWriter {
         let name = incremental::entry_name(&e.tar_path);
         let mut entries = 0;
         let mut body = Vec::new();
+        let emit = |part: &mut Self, body: &[u8]| -> Result<()> {
+            let mut h =
+                index::tar_header(e.mode, e.mtime, body.len() as u64, tar::EntryType::Regular);
+            part.tar
+                .append_data(&mut h, &name, body)
+                .with_context(|| format!("copy {}", e.path))
+        };
+        // A parent taken of another data directory (another member's, or this one's
+        // before a rebuild or a rewind) may hold other hint bits in pages that neither
+        // backup sends (a standby never writes hint bits to disk, a primary logs only
+        // the first change after a checkpoint): then every page of a window read is
+        // sent, so that the manifest's checksum is of what the restore writes.
+        let foreign = parent.began.is_none();
         while reader.offset < e.size {
             let first = (reader.offset / bs as u64) as u32;
+            let len = (e.size - reader.offset).min(READ as u64);
+            let end = u64::from(first) + len / bs as u64;
+            if select.may_skip(u64::from(first), end) {
+                let w = reader.offset / incremental::WINDOW;
+                if let Some(crc) = parent.window(&e.path, w, len) {
+                    reader
+                        .skip(len, crc)
+                        .with_context(|| format!("read {}", e.path))?;
+                    shared.skipped.fetch_add(len, Ordering::Relaxed);
+                    continue;
+                }
+            }
             reader.fill().with_context(|| format!("read {}", e.path))?;
             let window = &reader.buf[..reader.have];
             let blocks: Vec<u32> = window
                 .chunks_exact(bs)
                 .enumerate()
-                .filter(|(i, page)| keep(u64::from(first) + *i as u64, page))
+                .filter(|(i, page)| foreign || select.keep(u64::from(first) + *i as u64, page))
                 .map(|(i, _)| first + i as u32)
                 .collect();
-            let last = reader.offset >= e.size;
-            if blocks.is_empty() && !(last && entries == 0) {
+            if blocks.is_empty() {
                 continue;
             }
             body.clear();
@@ -833,12 +898,12 @@ impl PartWriter {
                 let at = (b - first) as usize * bs;
                 body.extend_from_slice(&window[at..at + bs]);
             }
-            let mut h =
-                index::tar_header(e.mode, e.mtime, body.len() as u64, tar::EntryType::Regular);
-            self.tar
-                .append_data(&mut h, &name, body.as_slice())
-                .with_context(|| format!("copy {}", e.path))?;
+            emit(self, &body)?;
             entries += 1;
+        }
+        // A file without a changed block still gets an entry: it exists, this long.
+        if entries == 0 {
+            emit(self, &incremental::header(&[], length))?;
         }
         Ok(reader.crc)
     }
@@ -950,6 +1015,8 @@ struct FileReader<'a> {
     served: usize,
     first_block: Option<u64>,
     shared: &'a Shared,
+    /// The CRC-32C of each window read or skipped, in order.
+    windows: Vec<u32>,
 }
 
 impl FileReader<'_> {
@@ -969,10 +1036,25 @@ impl FileReader<'_> {
         if let Some(first) = self.first_block {
             self.check_pages(first, got);
         }
-        self.crc = crc32c::crc32c_append(self.crc, &self.buf[..want]);
+        let window = crc32c::crc32c(&self.buf[..want]);
+        self.crc = crc32c::crc32c_combine(self.crc, window, want);
+        self.windows.push(window);
         self.offset += want as u64;
         self.shared.progress.add(want as u64);
         self.have = want;
+        self.served = 0;
+        Ok(())
+    }
+
+    /// Passes over the next `len` bytes without reading them, taking `crc` for
+    /// their CRC-32C (the parent's, for a window that did not change).
+    fn skip(&mut self, len: u64, crc: u32) -> std::io::Result<()> {
+        self.offset += len;
+        self.file.seek(std::io::SeekFrom::Start(self.offset))?;
+        self.crc = crc32c::crc32c_combine(self.crc, crc, len as usize);
+        self.windows.push(crc);
+        self.shared.progress.add(len);
+        self.have = 0;
         self.served = 0;
         Ok(())
     }
