@@ -491,6 +491,14 @@ impl Job<'_> {
         // another member, or of this one before a rebuild or a rewind, come from
         // another clock and another history of the files (see pgdata::INCARNATION).
         let same_pgdata = last.extra.get(INCARNATION_KEY) == Some(&facts.incarnation);
+        let major = facts.version / 10000;
+        if let Some(why) = super::engine::incremental::why_not_here(
+            same_pgdata,
+            major,
+            last.timeline == facts.timeline,
+        ) {
+            return Ok(Err(format!("{why} (previous backup {id})")));
+        }
         let began = crate::civil::parse_barman_time(&last.begin_time)
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .and_then(|d| i64::try_from(d.as_secs()).ok())

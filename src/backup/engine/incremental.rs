@@ -169,6 +169,26 @@ pub fn why_not(
     None
 }
 
+/// Why an incremental on a parent taken of another data directory (another member's,
+/// or this one's before a rebuild or a rewind: `same_pgdata` false) is not taken. Two
+/// copies of a page can differ in hint bits no WAL records, so every page of a window
+/// read is sent (see [`Select`]): without WAL summaries (before PostgreSQL 17, or on
+/// another timeline than the parent's, where they are not read) that is every page of
+/// every changed file, a full's worth in another format; a full backup is taken instead.
+pub fn why_not_here(same_pgdata: bool, major: u32, same_timeline: bool) -> Option<String> {
+    if same_pgdata || (major >= 17 && same_timeline) {
+        return None;
+    }
+    let without = if major < 17 {
+        format!("PostgreSQL {major} has no WAL summaries")
+    } else {
+        "a timeline switch since stops its WAL summaries from naming the changed blocks".to_owned()
+    };
+    Some(format!(
+        "the previous backup was taken of another data directory (another member's, or this one's before a rebuild or a rewind), whose pages may differ from this one's in hint bits, and {without}: an incremental would send every page of every changed file"
+    ))
+}
+
 /// Which blocks of a relation file an incremental sends.
 #[derive(Debug)]
 pub enum Select {
@@ -540,6 +560,31 @@ mod tests {
         for (bytes, want) in bad {
             let err = read_header(&mut bytes.as_slice()).unwrap_err();
             assert!(err.contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_incremental_on_another_data_directory_needs_wal_summaries() {
+        // (same data directory, major, same timeline) -> a full, because ...
+        let cases = [
+            (true, 15, false, None),
+            (true, 18, true, None),
+            (false, 17, true, None),
+            (false, 18, true, None),
+            (false, 16, true, Some("PostgreSQL 16 has no WAL summaries")),
+            (false, 15, false, Some("PostgreSQL 15 has no WAL summaries")),
+            (false, 18, false, Some("a timeline switch")),
+        ];
+        for (same_pgdata, major, same_timeline, want) in cases {
+            let got = why_not_here(same_pgdata, major, same_timeline);
+            match want {
+                None => assert_eq!(got, None, "{same_pgdata} {major} {same_timeline}"),
+                Some(w) => assert!(
+                    got.as_deref()
+                        .is_some_and(|g| g.contains(w) && g.contains("another data directory")),
+                    "{got:?}"
+                ),
+            }
         }
     }
 
