@@ -33,8 +33,11 @@ pub fn machine() -> String {
     format!("{cpus} CPUs, {pg}")
 }
 
+/// PGWARDEN_PG_BINDIR's binaries when set (as pgwarden itself takes them from the
+/// environment), else the newest Debian major's.
 pub fn bindir() -> PathBuf {
-    pgwarden::settings::resolve_bindir(None, None).expect("PostgreSQL binaries")
+    let explicit = std::env::var_os("PGWARDEN_PG_BINDIR").map(PathBuf::from);
+    pgwarden::settings::resolve_bindir(explicit.as_deref(), None).expect("PostgreSQL binaries")
 }
 
 pub fn free_port() -> u16 {
