@@ -522,6 +522,9 @@ impl Job<'_> {
         let last = WalName::parse(end_wal).context("the end segment's name")?;
         let base = self.archive.base();
         let deadline = Instant::now() + self.archive.timeout.max(Duration::from_secs(60)) * 2;
+        // The last segment is usually archived within moments of the backup's end:
+        // looked up again soon, then less often.
+        let mut pause = Duration::from_millis(50);
         loop {
             match crate::wal::present::lookup(self.storage, &base, &wal).await? {
                 crate::wal::present::Presence::Readable { .. } => {
@@ -548,7 +551,8 @@ impl Job<'_> {
                     wal.name
                 );
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 }

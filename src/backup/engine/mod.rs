@@ -343,9 +343,13 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         .await
         .context("the reading thread")?
         .context("read global/pg_control")?;
+    // Not waiting for the archive here: postgres checks for it once a second (a second
+    // lost on every backup), and the caller waits for every segment from the start to
+    // the end to be in the archive before it lists the backup. postgres switches to
+    // a new segment either way, so that the last one is archived.
     let row = client
         .query_one(
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)",
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)",
             &[],
         )
         .await
