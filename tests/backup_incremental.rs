@@ -140,6 +140,28 @@ async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
     } else {
         assert_eq!(skipped["window_bytes"], 0, "{skipped}");
     }
+    // A file whose checksum is partly the parent's has no modification time in the
+    // manifest, so the next incremental cannot take it as read and unchanged.
+    let t_path: String = c
+        .query_one("SELECT pg_relation_filepath('t')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (cfg, backend) = store.open("src").await;
+    let key = format!("{}/base/{i2_id}/backup_manifest", cfg.base());
+    let (body, _) = backend.get(&key).await.unwrap().expect("I2's manifest");
+    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let t_entry = manifest["Files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["Path"] == t_path.as_str())
+        .unwrap_or_else(|| panic!("{t_path} not in I2's manifest"))
+        .clone();
+    let epoch = t_entry["Last-Modified"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("1970-01-01"));
+    assert_eq!(epoch, pg_major() >= 17, "{t_entry}");
     c.batch_execute("INSERT INTO t SELECT g, 'after' FROM generate_series(101001, 101010) g")
         .await
         .unwrap();

@@ -295,6 +295,10 @@ impl Job<'_> {
         .await;
         ticker.abort();
         let taken = taken?;
+        let parent = match (&taken.full_because, parent) {
+            (Some(why), Ok(_)) => Err(why.clone()),
+            (_, parent) => parent,
+        };
         if taken.unchanged.0 > 0 || taken.skipped > 0 {
             tracing::info!(
                 backup_id = %id,
@@ -394,9 +398,10 @@ impl Job<'_> {
             return Ok(Err(why));
         }
         // An incremental on a chain that cannot be restored could not be either.
-        if let Err(why) = super::list::chain(&listed, last, "PGWARDEN_RESTORE_BACKUP_ID") {
-            return Ok(Err(why));
-        }
+        let chain = match super::list::chain(&listed, last, "PGWARDEN_RESTORE_BACKUP_ID") {
+            Ok(chain) => chain,
+            Err(why) => return Ok(Err(why)),
+        };
         if last.made_by != "pgwarden" {
             return Ok(Err(format!(
                 "the previous backup, {id}, was taken by {}",
@@ -490,7 +495,11 @@ impl Job<'_> {
         // File times are compared only within one data directory's life: those of
         // another member, or of this one before a rebuild or a rewind, come from
         // another clock and another history of the files (see pgdata::INCARNATION).
-        let same_pgdata = last.extra.get(INCARNATION_KEY) == Some(&facts.incarnation);
+        // Nor within a chain any backup of which was taken of another data directory:
+        // what it did not read is another directory's bytes in every later restore.
+        let same_pgdata = chain
+            .iter()
+            .all(|b| b.extra.get(INCARNATION_KEY) == Some(&facts.incarnation));
         let major = facts.version / 10000;
         if let Some(why) = super::engine::incremental::why_not_here(
             same_pgdata,
@@ -510,6 +519,7 @@ impl Job<'_> {
             files,
             windows,
             began,
+            foreign: !same_pgdata,
         })))
     }
 
@@ -534,6 +544,7 @@ impl Job<'_> {
                     wal = wal
                         .next_segment(1, seg_size)
                         .with_context(|| format!("no segment after {}", wal.name))?;
+                    pause = Duration::from_millis(50);
                     if wal.name > last.name {
                         bail!("the backup's end segment {end_wal} does not follow its start {begin_wal}");
                     }

@@ -25,8 +25,10 @@
 //! A file is read once, 1 MiB at a time, and each window with a changed block becomes
 //! an entry of its own, so the blocks never wait in memory; a file without a changed
 //! block still gets one entry with none, which says the file exists and how long it
-//! is. The manifest lists the file whole (its size and the CRC-32C of what was read),
-//! so `pg_verifybackup` checks the reconstruction.
+//! is. The manifest lists the file whole (its size and CRC-32C), so `pg_verifybackup`
+//! checks the reconstruction. On 17+ the WAL summaries say which blocks changed
+//! ([`super::summaries`]): a window without one is not read, and its CRC-32C is the
+//! parent's (each backup stores its files' window checksums, [`WINDOWS_OBJECT`]).
 //!
 //! barman-cloud cannot restore an incremental: its parts are named `incr-data.tar.gz`
 //! and so on (see [`crate::backup::parts`]), which barman-cloud-restore does not take
@@ -58,10 +60,13 @@ pub struct Parent {
     /// them (see [`render_windows`]).
     pub windows: HashMap<String, Vec<u32>>,
     /// When it began, Unix seconds rounded down (`begin_time`); `None` when unknown or
-    /// when it was taken of another data directory (another member's, or this one's
-    /// before a rebuild or a rewind: see `pgdata::INCARNATION`), and then every file is
-    /// read.
+    /// when `foreign`, and then no file is taken as unchanged by its length and time.
     pub began: Option<i64>,
+    /// It, or a backup of its chain, was taken of another data directory (another
+    /// member's, or this one's before a rebuild or a rewind: see
+    /// `pgdata::INCARNATION`): its pages may differ from this one's in hint bits,
+    /// and every page of a window read is sent (see [`Select`]).
+    pub foreign: bool,
 }
 
 /// What the parent's manifest says of one file.
@@ -449,6 +454,7 @@ mod tests {
             .collect(),
             windows: HashMap::new(),
             began: Some(1100),
+            foreign: false,
         };
         // (path, size now, mtime now) -> the parent's CRC when not read again
         for (path, size, mtime, want) in [
@@ -513,6 +519,7 @@ mod tests {
             .collect(),
             windows: HashMap::new(),
             began: None,
+            foreign: false,
         };
         let bs = BLCKSZ as u64;
         let cases = [
@@ -655,6 +662,7 @@ mod tests {
             files: sizes,
             windows: got,
             began: None,
+            foreign: false,
         };
         // A window's CRC counts only at the same length in both copies.
         assert_eq!(parent.window("base/5/1", 1, w), Some(0xdead_beef));

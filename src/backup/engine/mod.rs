@@ -136,6 +136,8 @@ pub struct Taken {
     /// Of an incremental: bytes of changed files not read, in windows the WAL
     /// summaries leave untouched.
     pub skipped: u64,
+    /// Why a full backup was taken instead of the incremental asked for.
+    pub full_because: Option<String>,
 }
 
 /// The name of part `n` of what `holds` in `compression`, of an incremental backup
@@ -253,6 +255,21 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         }
         _ => None,
     };
+    // On another data directory's chain, without the summaries every page of every
+    // changed file would be sent (see `incremental::why_not_here`): a full instead.
+    let (parent, full_because) = match job.parent.clone() {
+        Some(p) if p.foreign && changed.is_none() => (
+            None,
+            Some(format!(
+                "the previous backup, {}, or one of its chain, was taken of another data directory, and the WAL summaries cannot name the changed blocks",
+                p.backup_id
+            )),
+        ),
+        parent => (parent, None),
+    };
+    if let Some(why) = &full_because {
+        tracing::warn!(reason = %why, "an incremental backup is not possible; taking a full one");
+    }
 
     let pgdata = s.pgdata.clone();
     let entries = tokio::task::spawn_blocking(move || walk::list(&pgdata, major, &spaces))
@@ -281,7 +298,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         windows: Mutex::new(Vec::new()),
         verify_pages,
         start_lsn: start.0,
-        parent: job.parent.clone(),
+        parent,
         changed,
         compression: job.compression,
         storage: job.storage.clone(),
@@ -456,6 +473,7 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
         bytes: shared.progress.done(),
         unchanged,
         skipped: shared.skipped.load(Ordering::Relaxed),
+        full_because,
     })
 }
 
@@ -687,24 +705,33 @@ impl PartWriter {
     /// Copies one file and records it, with its CRC-32C, for the manifest. A file an
     /// incremental finds unchanged since its parent is not read (the parent's CRC is
     /// recorded); a file gone since the listing is left out.
+    ///
+    /// The modification time recorded lets the next incremental skip the file when it
+    /// has not changed since (see [`incremental::Parent::unchanged`]), which holds only
+    /// for a checksum of what was read. A file left unread by the WAL summaries, whole
+    /// or in part, is recorded with none (0): on a standby the summaries end at the
+    /// last restartpoint, and a write after it but before this backup began would
+    /// otherwise be taken as already in the checksum.
     fn file(&mut self, shared: &Shared, e: &walk::Entry, buf: &mut [u8]) -> Result<()> {
-        let unchanged = shared.parent.as_deref().and_then(|p| {
-            p.unchanged(&e.path, e.size, e.mtime).or_else(|| {
-                shared
-                    .changed
-                    .as_ref()
-                    .and_then(|c| c.untouched(p, &e.path, e.size))
+        let parent = shared.parent.as_deref();
+        let unchanged = parent.and_then(|p| {
+            let by_time = p.unchanged(&e.path, e.size, e.mtime);
+            by_time.map(|crc| (crc, e.mtime)).or_else(|| {
+                let c = shared.changed.as_ref()?;
+                c.untouched(p, &e.path, e.size).map(|crc| (crc, 0))
             })
         });
-        let (crc, windows) = match unchanged {
-            Some(crc) => {
+        let (crc, windows, mtime) = match unchanged {
+            Some((crc, mtime)) => {
                 self.unchanged(shared, e)?;
-                let parent = shared.parent.as_deref();
                 let windows = parent.and_then(|p| p.windows.get(&e.path)).cloned();
-                (crc, windows)
+                (crc, windows, mtime)
             }
             None => match self.copy(shared, e, buf)? {
-                Some((crc, windows)) => (crc, Some(windows)),
+                Some(read) => {
+                    let mtime = if read.skipped { 0 } else { e.mtime };
+                    (read.crc, Some(read.windows), mtime)
+                }
                 None => return Ok(()),
             },
         };
@@ -722,7 +749,7 @@ impl PartWriter {
             .push(manifest::File {
                 path: e.path.clone(),
                 size: e.size,
-                mtime: e.mtime,
+                mtime,
                 crc32c: crc,
             });
         Ok(())
@@ -730,14 +757,8 @@ impl PartWriter {
 
     /// Reads one file into the part: its size as listed (a file that shrank meanwhile
     /// is padded with zeros, growth is left to WAL replay, as pg_basebackup does), its
-    /// pages checked; returns its CRC-32C and its windows', `None` when it is gone
-    /// since the listing.
-    fn copy(
-        &mut self,
-        shared: &Shared,
-        e: &walk::Entry,
-        buf: &mut [u8],
-    ) -> Result<Option<(u32, Vec<u32>)>> {
+    /// pages checked; `None` when it is gone since the listing.
+    fn copy(&mut self, shared: &Shared, e: &walk::Entry, buf: &mut [u8]) -> Result<Option<Copied>> {
         let f = match std::fs::File::open(&e.source) {
             Ok(f) => f,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -765,6 +786,7 @@ impl PartWriter {
             first_block,
             shared,
             windows: Vec::new(),
+            skipped: false,
         };
         // Of an incremental, which blocks of a relation file it sends (see
         // [`incremental`] and [`summaries`]); `None` sends the file whole.
@@ -812,7 +834,11 @@ impl PartWriter {
                 reader.crc
             }
         };
-        Ok(Some((crc, reader.windows)))
+        Ok(Some(Copied {
+            crc,
+            skipped: reader.skipped,
+            windows: reader.windows,
+        }))
     }
 
     /// Writes a relation file unchanged since the parent without reading it: an
@@ -870,7 +896,7 @@ impl PartWriter {
         // backup sends (a standby never writes hint bits to disk, a primary logs only
         // the first change after a checkpoint): then every page of a window read is
         // sent, so that the manifest's checksum is of what the restore writes.
-        let foreign = parent.began.is_none();
+        let foreign = parent.foreign;
         while reader.offset < e.size {
             let first = (reader.offset / bs as u64) as u32;
             let len = (e.size - reader.offset).min(READ as u64);
@@ -1021,6 +1047,18 @@ struct FileReader<'a> {
     shared: &'a Shared,
     /// The CRC-32C of each window read or skipped, in order.
     windows: Vec<u32>,
+    /// Whether a window was skipped (its CRC-32C is the parent's).
+    skipped: bool,
+}
+
+/// What [`PartWriter::copy`] read of a file.
+struct Copied {
+    /// The whole file's CRC-32C.
+    crc: u32,
+    /// Each window's.
+    windows: Vec<u32>,
+    /// Some window's is the parent's, not read.
+    skipped: bool,
 }
 
 impl FileReader<'_> {
@@ -1041,7 +1079,7 @@ impl FileReader<'_> {
             self.check_pages(first, got);
         }
         let window = crc32c::crc32c(&self.buf[..want]);
-        self.crc = crc32c::crc32c_combine(self.crc, window, want);
+        self.crc = combine(self.crc, window, want);
         self.windows.push(window);
         self.offset += want as u64;
         self.shared.progress.add(want as u64);
@@ -1055,8 +1093,9 @@ impl FileReader<'_> {
     fn skip(&mut self, len: u64, crc: u32) -> std::io::Result<()> {
         self.offset += len;
         self.file.seek(std::io::SeekFrom::Start(self.offset))?;
-        self.crc = crc32c::crc32c_combine(self.crc, crc, len as usize);
+        self.crc = combine(self.crc, crc, len as usize);
         self.windows.push(crc);
+        self.skipped = true;
         self.shared.progress.add(len);
         self.have = 0;
         self.served = 0;
@@ -1114,6 +1153,23 @@ impl FileReader<'_> {
     }
 }
 
+/// `crc32c::crc32c_combine(crc, next, len)`: the CRC-32C of two spans from theirs.
+/// The crate squares a 32×32 bit matrix some twenty times a call; for a whole read
+/// ([`READ`] bytes, every window but a file's last) the shift by `len` zero bytes is
+/// computed once instead. It is linear: the CRC shifted is the XOR of the shifted
+/// columns of its set bits, each `crc32c_combine(1 << i, 0, READ)`.
+fn combine(crc: u32, next: u32, len: usize) -> u32 {
+    static SHIFT: std::sync::OnceLock<[u32; 32]> = std::sync::OnceLock::new();
+    if len != READ {
+        return crc32c::crc32c_combine(crc, next, len);
+    }
+    let shift =
+        SHIFT.get_or_init(|| std::array::from_fn(|i| crc32c::crc32c_combine(1 << i, 0, READ)));
+    (0..32)
+        .filter(|i| crc >> i & 1 == 1)
+        .fold(next, |out, i| out ^ shift[i])
+}
+
 impl Read for FileReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if self.served == self.have {
@@ -1132,6 +1188,25 @@ impl Read for FileReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn combining_a_whole_read_is_the_crates_combine() {
+        let mut x: u32 = 0x1234_5678;
+        for _ in 0..200 {
+            // xorshift: spread values over every bit.
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let y = x.rotate_left(7) ^ 0x9e37_79b9;
+            assert_eq!(combine(x, y, READ), crc32c::crc32c_combine(x, y, READ));
+            assert_eq!(combine(x, y, 8192), crc32c::crc32c_combine(x, y, 8192));
+        }
+        let data: Vec<u8> = (0..2 * READ + 100).map(|i| (i % 253) as u8).collect();
+        let whole = data
+            .chunks(READ)
+            .fold(0, |crc, c| combine(crc, crc32c::crc32c(c), c.len()));
+        assert_eq!(whole, crc32c::crc32c(&data));
+    }
 
     #[test]
     fn names_parts_as_barman_cloud_does() {

@@ -83,8 +83,8 @@ impl Changed {
         if self.recreated.contains(&(rel.0, rel.1)) {
             return Some(Pick::Whole);
         }
-        let first = segment * RELSEG_BLOCKS;
-        let end = first + RELSEG_BLOCKS;
+        let first = segment.checked_mul(RELSEG_BLOCKS)?;
+        let end = first.checked_add(RELSEG_BLOCKS)?;
         let Some(c) = self.rels.get(&rel) else {
             return Some(Pick::Blocks {
                 listed: Vec::new(),
@@ -186,6 +186,11 @@ pub fn covering(
         .map(|(_, s, e)| (*s, *e))
         .collect();
     on.sort();
+    if from >= to {
+        // Nothing happened in between (two backups of a standby within one
+        // restartpoint start at the same place): no summary is needed.
+        return Ok(Vec::new());
+    }
     let mut reached = from;
     let mut out = Vec::new();
     for (s, e) in on {
@@ -223,21 +228,27 @@ pub async fn changed(
     if on != "on" {
         bail!("summarize_wal is {on}");
     }
-    let deadline = Instant::now() + WAIT;
+    let began = Instant::now();
     loop {
         let row = client
             .query_one(
-                "SELECT summarized_tli, summarized_lsn::text FROM pg_get_wal_summarizer_state()",
+                "SELECT summarized_tli, summarized_lsn::text, summarizer_pid \
+                 FROM pg_get_wal_summarizer_state()",
                 &[],
             )
             .await
             .context("read the WAL summarizer's state")?;
-        let (at_tli, at): (i64, String) = (row.get(0), row.get(1));
+        let (at_tli, at, pid): (i64, String, Option<i32>) = (row.get(0), row.get(1), row.get(2));
+        // Just after a start the summarizer may not be up yet; not at all is no reason
+        // to wait two minutes.
+        if pid.is_none() && began.elapsed() > Duration::from_secs(10) {
+            bail!("the WAL summarizer is not running");
+        }
         let at = Lsn::parse(&at).context("the summarizer's position")?;
         if at_tli > i64::from(tli) || (at_tli == i64::from(tli) && at >= to) {
             break;
         }
-        if Instant::now() >= deadline {
+        if began.elapsed() >= WAIT {
             bail!("the WAL summarizer is at {at} on timeline {at_tli}, not yet at {to} after {WAIT:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -379,6 +390,9 @@ mod tests {
         // A gap from 0x400 to 0x450 on timeline 1.
         let e = covering(&avail, 1, l(0x180), l(0x500)).unwrap_err();
         assert!(e.contains("only up to 0/400"), "{e}");
+        // Two backups from the same position need no summary.
+        assert_eq!(covering(&avail, 1, l(0x300), l(0x300)).unwrap(), vec![]);
+        assert_eq!(covering(&[], 3, l(0x300), l(0x300)).unwrap(), vec![]);
         // Nothing before the parent's start.
         assert!(covering(&avail, 1, l(0x50), l(0x150)).is_err());
         // Another timeline's summaries do not count.
