@@ -206,7 +206,17 @@ async fn a_download_cut_midway_resumes_and_a_part_changed_meanwhile_is_refused()
     let progress = Arc::new(pgwarden::progress::Progress::default());
     let ex = tokio::spawn({
         let (s3, dest, progress) = (s3.clone(), dest.clone(), progress.clone());
-        async move { extract::extract(&s3, key, extract::TarCompression::Gzip, &progress, &dest).await }
+        async move {
+            extract::extract(
+                &s3,
+                key,
+                extract::TarCompression::Gzip,
+                &progress,
+                &Default::default(),
+                &dest,
+            )
+            .await
+        }
     });
     proxy.cuts.notified().await;
     proxy.arm(part.len() as u64 / 4, false);
@@ -237,6 +247,7 @@ async fn a_download_cut_midway_resumes_and_a_part_changed_meanwhile_is_refused()
                 &s3,
                 key,
                 extract::TarCompression::Gzip,
+                &Default::default(),
                 &Default::default(),
                 &dest,
             )

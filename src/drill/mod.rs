@@ -193,6 +193,7 @@ pub async fn drill(
     };
     info!(backup_id = ?req.backup_id, target = %out.target, trigger = %out.trigger, dir = %dir.display(), "restore drill starting");
     let mut server = None;
+    let mut workers = None;
     let steps = steps(
         s,
         req,
@@ -200,7 +201,7 @@ pub async fn drill(
         runner,
         &mut out,
         clock,
-        &mut server,
+        (&mut server, &mut workers),
         &show,
         tracker,
     );
@@ -212,6 +213,13 @@ pub async fn drill(
     show("cleanup");
     if let Some(srv) = server.take() {
         srv.stop().await;
+    }
+    // A restore stopped midway leaves threads that would write into the directory
+    // after it is removed: they stop at their next read, and are waited for.
+    if let Some(w) = workers.take() {
+        if !w.ended(Duration::from_secs(60)).await {
+            warn!(dir = %dir.display(), "the restore's threads did not end within a minute; removing the scratch directory anyway");
+        }
     }
     let cleaned = remove_scratch(&dir).await;
     if let Some(t) = tracker {
@@ -244,7 +252,8 @@ pub async fn drill(
 }
 
 /// The drill's steps, up to its checks; `server` holds the drill's server once it
-/// runs, for the caller to stop whatever happens.
+/// runs, for the caller to stop whatever happens, and `workers` the restore's
+/// threads, for the caller to wait for before it removes what they write.
 #[allow(clippy::too_many_arguments)]
 async fn steps(
     s: &Settings,
@@ -253,7 +262,10 @@ async fn steps(
     runner: &Runner,
     out: &mut DrillResult,
     clock: Instant,
-    server: &mut Option<server::Server>,
+    (server, workers): (
+        &mut Option<server::Server>,
+        &mut Option<restore::extract::Workers>,
+    ),
     show: &(dyn Fn(&str) + Sync),
     tracker: Option<&Tracker>,
 ) -> Result<(), Failed> {
@@ -273,6 +285,7 @@ async fn steps(
         .await
         .map_err(|e| failed("plan", format!("{e:#}")))?;
     let backup = plan.backup().clone();
+    *workers = Some(plan.workers());
     out.backup_id = Some(backup.backup_id.clone());
 
     show("room");

@@ -35,6 +35,38 @@ impl TarCompression {
     }
 }
 
+/// The extraction threads of one restore. They run on blocking threads, which go on
+/// after the restore's future is dropped (a drill interrupted): a caller that removes
+/// what they write waits for them first ([`Workers::ended`]). A thread whose restore
+/// was dropped stops at its next read instead of writing the chunks still queued.
+#[derive(Debug, Clone, Default)]
+pub struct Workers(std::sync::Arc<()>);
+
+impl Workers {
+    /// Waits until no extraction thread of this restore runs, at most `limit`;
+    /// whether they all ended.
+    pub async fn ended(&self, limit: std::time::Duration) -> bool {
+        let began = std::time::Instant::now();
+        while std::sync::Arc::strong_count(&self.0) > 1 {
+            if began.elapsed() >= limit {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
+/// Sets its flag when dropped: held by a download feeding a thread, it tells the thread
+/// that nobody waits for it any more.
+struct Abandoned(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What flows from the download to the extraction.
 enum Msg {
     Data(Bytes),
@@ -51,6 +83,9 @@ struct Chunks {
     total: u64,
     /// The restore's, counting the bytes taken from the download.
     progress: std::sync::Arc<crate::progress::Progress>,
+    /// Set when the restore stopped waiting: nothing more is read, so nothing more
+    /// is written.
+    abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Read for Chunks {
@@ -58,6 +93,9 @@ impl Read for Chunks {
         while self.cur.is_empty() {
             if self.ended {
                 return Ok(0);
+            }
+            if self.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(io::Error::other("the restore was stopped"));
             }
             match self.rx.blocking_recv() {
                 Some(Msg::Data(b)) => self.cur = b,
@@ -90,10 +128,11 @@ pub async fn extract(
     key: &str,
     compression: TarCompression,
     progress: &std::sync::Arc<crate::progress::Progress>,
+    workers: &Workers,
     dest: &Path,
 ) -> Result<(String, u64)> {
     let dest = dest.to_path_buf();
-    extract_with(storage, key, compression, progress, move |tar| {
+    extract_with(storage, key, compression, progress, workers, move |tar| {
         archive(tar).unpack(&dest)
     })
     .await
@@ -108,15 +147,24 @@ pub async fn extract_with<F>(
     key: &str,
     compression: TarCompression,
     progress: &std::sync::Arc<crate::progress::Progress>,
+    workers: &Workers,
     handle: F,
 ) -> Result<(String, u64)>
 where
     F: FnOnce(&mut dyn Read) -> io::Result<()> + Send + 'static,
 {
     let key_owned = key.to_owned();
-    stream(storage, key, (0, None), true, progress, move |chunks| {
-        untar(chunks, compression, handle).with_context(|| format!("extract {key_owned}"))
-    })
+    stream(
+        storage,
+        key,
+        (0, None),
+        true,
+        progress,
+        workers,
+        move |chunks| {
+            untar(chunks, compression, handle).with_context(|| format!("extract {key_owned}"))
+        },
+    )
     .await
 }
 
@@ -129,6 +177,7 @@ pub async fn read_range<T, F>(
     key: &str,
     (from, until): (u64, Option<u64>),
     progress: &std::sync::Arc<crate::progress::Progress>,
+    workers: &Workers,
     handle: F,
 ) -> Result<T>
 where
@@ -142,6 +191,7 @@ where
         (from, until),
         false,
         progress,
+        workers,
         move |mut chunks| {
             handle(&mut chunks).with_context(|| format!("read {key_owned} from byte {from}"))
         },
@@ -157,6 +207,7 @@ async fn stream<T, F>(
     range: (u64, Option<u64>),
     sha: bool,
     progress: &std::sync::Arc<crate::progress::Progress>,
+    workers: &Workers,
     work: F,
 ) -> Result<T>
 where
@@ -169,6 +220,7 @@ where
         .with_context(|| format!("read {key}"))?
         .with_context(|| format!("{key} is not in the archive"))?;
     let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    let abandoned = Abandoned(Default::default());
     let chunks = Chunks {
         rx,
         cur: Bytes::new(),
@@ -176,10 +228,16 @@ where
         sha: sha.then(sha2::Sha256::new),
         total: 0,
         progress: progress.clone(),
+        abandoned: abandoned.0.clone(),
     };
-    let worker = tokio::task::spawn_blocking(move || work(chunks));
+    let alive = workers.0.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        let _alive = alive;
+        work(chunks)
+    });
     let fed = feed(storage, key, download, range, &version, tx).await;
     let done = worker.await.context("the extraction thread failed")?;
+    drop(abandoned);
     // A failed download cuts the work short: its own error says more.
     fed.with_context(|| format!("read {key}"))?;
     done
@@ -471,6 +529,7 @@ mod untar_tests {
                 sha: Some(sha2::Sha256::new()),
                 total: 0,
                 progress: Default::default(),
+                abandoned: Default::default(),
             };
             let r = untar(input, TarCompression::Gzip, |_| {
                 Err(io::Error::other("no space left on device"))
@@ -481,5 +540,43 @@ mod untar_tests {
             .recv_timeout(std::time::Duration::from_secs(60))
             .expect("untar returned");
         assert!(r.unwrap_err().contains("no space left"));
+    }
+
+    #[test]
+    fn an_abandoned_extraction_reads_nothing_more() {
+        let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
+        tx.try_send(Msg::Data(Bytes::from_static(b"queued")))
+            .unwrap();
+        let abandoned = Abandoned(Default::default());
+        let mut input = Chunks {
+            rx,
+            cur: Bytes::new(),
+            ended: false,
+            sha: None,
+            total: 0,
+            progress: Default::default(),
+            abandoned: abandoned.0.clone(),
+        };
+        drop(abandoned);
+        let mut buf = [0u8; 16];
+        let e = input.read(&mut buf).unwrap_err();
+        assert!(e.to_string().contains("the restore was stopped"), "{e}");
+        assert_eq!(input.total, 0, "the queued chunk was not taken");
+    }
+
+    #[tokio::test]
+    async fn workers_end_when_their_threads_do() {
+        let w = Workers::default();
+        assert!(w.ended(std::time::Duration::ZERO).await);
+        let held = w.0.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(held);
+        });
+        assert!(w.ended(std::time::Duration::from_secs(10)).await);
+        t.join().unwrap();
+        let held = w.0.clone();
+        assert!(!w.ended(std::time::Duration::from_millis(20)).await);
+        drop(held);
     }
 }

@@ -70,6 +70,8 @@ pub struct Plan {
     names: SettingNames,
     delta: bool,
     progress: std::sync::Arc<crate::progress::Progress>,
+    /// Its extraction threads.
+    workers: extract::Workers,
 }
 
 impl Plan {
@@ -84,6 +86,12 @@ impl Plan {
     /// reads (known once it starts, after a delta restore has left out what it keeps).
     pub fn progress(&self) -> std::sync::Arc<crate::progress::Progress> {
         self.progress.clone()
+    }
+
+    /// Its extraction threads: a caller that drops [`build`] midway waits for them
+    /// before removing what they write.
+    pub fn workers(&self) -> extract::Workers {
+        self.workers.clone()
     }
 
     /// The backup chosen.
@@ -166,6 +174,7 @@ pub async fn plan(s: &Settings, r: &RestoreConfig, then: Then, pgdata: &Path) ->
         names,
         delta: false,
         progress: Default::default(),
+        workers: Default::default(),
     })
 }
 
@@ -233,6 +242,7 @@ async fn build_in(
         names,
         delta,
         progress,
+        workers,
     } = plan;
     std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
     // A delta restore (see delta.rs): what the directory keeps, what to read.
@@ -257,8 +267,16 @@ async fn build_in(
     let _log =
         crate::progress::log_every("restore progress", b.backup_id.clone(), progress.clone());
     let checked = if let Some((d, parts)) = delta {
-        let (read, written) =
-            fetch_delta(&storage, d, parts, staging, s.backups.jobs, &progress).await?;
+        let (read, written) = fetch_delta(
+            &storage,
+            d,
+            parts,
+            staging,
+            s.backups.jobs,
+            &progress,
+            &workers,
+        )
+        .await?;
         info!(backup_id = %b.backup_id, bytes = read, written, seconds = started.elapsed().as_secs_f64(), "backup extracted");
         // Every window of every file was kept for its XXH3-128 (the backup's bytes)
         // or fetched and checked by its XXH3-128 and CRC-32C, and the windows' CRC-32Cs
@@ -281,6 +299,7 @@ async fn build_in(
             names.backup_id,
             s.backups.jobs,
             &progress,
+            &workers,
         )
         .await?;
         info!(backup_id = %b.backup_id, bytes = stored, seconds = started.elapsed().as_secs_f64(), "backup extracted");
@@ -312,6 +331,7 @@ async fn build_in(
 /// returns the bytes read. The parts of a backup hold disjoint files (a file never
 /// spans parts): they are fetched, decompressed and written concurrently, `jobs` at a
 /// time. The backups of a chain follow one another (see [`chain`]).
+#[allow(clippy::too_many_arguments)]
 async fn extract_whole(
     storage: &Backend,
     members: Vec<(BackupInfo, Objects)>,
@@ -320,6 +340,7 @@ async fn extract_whole(
     backup_id_setting: &'static str,
     jobs: usize,
     progress: &std::sync::Arc<crate::progress::Progress>,
+    workers: &extract::Workers,
 ) -> Result<u64> {
     let mut stored = 0u64;
     let newest = members
@@ -341,12 +362,13 @@ async fn extract_whole(
             ..
         } in objects
         {
-            let (storage, recorded, limit, files, progress) = (
+            let (storage, recorded, limit, files, progress, workers) = (
                 storage.clone(),
                 recorded.clone(),
                 limit.clone(),
                 files.clone(),
                 progress.clone(),
+                workers.clone(),
             );
             let dest = match holds {
                 Holds::Data => staging.to_path_buf(),
@@ -361,12 +383,12 @@ async fn extract_whole(
             tasks.spawn(async move {
                 let _slot = limit.acquire_owned().await?;
                 let (sha, size) = if chained {
-                    extract::extract_with(&storage, &key, compression, &progress, move |tar| {
+                    extract::extract_with(&storage, &key, compression, &progress, &workers, move |tar| {
                         chain::apply(tar, &dest, i == 0, incremental, &files)
                     })
                     .await?
                 } else {
-                    extract::extract(&storage, &key, compression, &progress, &dest).await?
+                    extract::extract(&storage, &key, compression, &progress, &workers, &dest).await?
                 };
                 let name = key.rsplit('/').next().unwrap_or(&key);
                 if recorded.get(name).is_some_and(|want| *want != sha) {
@@ -565,6 +587,7 @@ async fn fetch_delta(
     dir: &Path,
     jobs: usize,
     progress: &std::sync::Arc<crate::progress::Progress>,
+    workers: &extract::Workers,
 ) -> Result<(u64, u64)> {
     let read: u64 = d.fetches.iter().map(|f| f.stored(&parts)).sum();
     progress.set_total(read);
@@ -572,13 +595,14 @@ async fn fetch_delta(
     let mut tasks = tokio::task::JoinSet::new();
     for f in d.fetches {
         let part = &parts[f.part];
-        let (storage, limit, progress, key, gzip, dir) = (
+        let (storage, limit, progress, key, gzip, dir, workers) = (
             storage.clone(),
             limit.clone(),
             progress.clone(),
             part.key.clone(),
             part.gzip,
             dir.to_path_buf(),
+            workers.clone(),
         );
         tasks.spawn(async move {
             let _slot = limit.acquire_owned().await?;
@@ -588,6 +612,7 @@ async fn fetch_delta(
                 &key,
                 (f.start.stored, f.until),
                 &progress,
+                &workers,
                 move |r| {
                     if gzip {
                         delta::apply(
