@@ -19,15 +19,12 @@
 //! falls back to comparing page LSNs ([`super::incremental`]).
 
 use super::incremental::Parent;
-use super::pages::BLCKSZ;
+use super::pages::{BLCKSZ, RELSEG_BLOCKS};
 use crate::backup::Lsn;
 use anyhow::{bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// Blocks per relation segment file (`RELSEG_SIZE` of a default build: 1 GiB of
-/// 8 KiB blocks).
-pub const RELSEG_BLOCKS: u64 = 131_072;
 /// How many block numbers are held at most (4 bytes each): beyond this, the
 /// summaries are dropped and pages compared by LSN instead, so that memory stays
 /// bounded however much changed.
