@@ -117,15 +117,17 @@ pub async fn switch_and_wait_archived(pg: &Instance) -> String {
 /// Like [`switch_and_wait_archived`], with a deadline for slow cases (an outage).
 pub async fn switch_and_wait_archived_within(pg: &Instance, timeout: Duration) -> String {
     let client = pg.connect().await;
-    // A switch on a segment nothing was written to does nothing, and postgres then
-    // names that empty segment, which is never archived (just after a backup, which
-    // ends with a switch): one small record first makes the switch real.
-    client
-        .batch_execute("SELECT pg_logical_emit_message(false, 'pgwarden-test', 'switch')")
-        .await
-        .unwrap();
+    // A switch on a segment nothing was written to does nothing (just after a backup,
+    // which ends with a switch): postgres returns the position after that segment's
+    // header, which pg_walfile_name names as the empty segment, never archived. The
+    // segment finished last is then the one before.
     let seg: String = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .query_one(
+            "SELECT CASE WHEN (pg_walfile_name_offset(l)).file_offset <= 40 \
+                         THEN pg_walfile_name(l - 41) ELSE pg_walfile_name(l) END \
+             FROM (SELECT pg_switch_wal() AS l) s",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
