@@ -532,6 +532,7 @@ pub fn run(bin: &Path) {
     }
 
     let mut notes = Vec::new();
+    let volume = tmp.path().join("volume");
     let pgwarden_rows = |w: &Warden, pid: u32, kind: &str, notes: &mut Vec<String>| {
         best_of(REPS, |n| {
             let g0 = garage_cpu();
@@ -547,6 +548,10 @@ pub fn run(bin: &Path) {
             if kind == "none" {
                 drop_backup(&garage, SOURCE, &id);
             }
+            if kind.starts_with("none, to a volume") {
+                // Only this run's backup: the next one starts from the same free space.
+                let _ = std::fs::remove_dir_all(volume.join(SOURCE).join("base").join(&id));
+            }
             if n == 0 {
                 notes.push(note);
             }
@@ -555,6 +560,25 @@ pub fn run(bin: &Path) {
     };
     rows.push(pgwarden_rows(&w, child.id(), "none", &mut notes));
     child.stop();
+    // Like with like for pg_basebackup's local-disk row: the same uncompressed backup to
+    // an archive on the same disk (PGWARDEN_ARCHIVE_URL=file://), Garage out of the way.
+    set_env(
+        &mut w,
+        "PGWARDEN_ARCHIVE_URL",
+        &format!("file://{}", volume.display()),
+    );
+    std::fs::create_dir_all(&volume).unwrap();
+    child = Guard(Some(w.spawn(bin)));
+    w.wait_ready(Duration::from_secs(120));
+    rows.push(pgwarden_rows(
+        &w,
+        child.id(),
+        "none, to a volume on the same disk (fsync)",
+        &mut notes,
+    ));
+    child.stop();
+    let _ = std::fs::remove_dir_all(&volume);
+    set_env(&mut w, "PGWARDEN_ARCHIVE_URL", &url);
     set_env(&mut w, "PGWARDEN_BACKUP_COMPRESSION", "gzip");
     child = Guard(Some(w.spawn(bin)));
     w.wait_ready(Duration::from_secs(120));
@@ -694,7 +718,8 @@ pub fn run(bin: &Path) {
             .map_or(f64::NAN, |r| r.wall)
     };
     let pw_gzip = wall("pgwarden backup, gzip");
-    let pw_none = wall("pgwarden backup, none");
+    let pw_none = wall("pgwarden backup, none (");
+    let pw_volume = wall("pgwarden backup, none, to a volume");
     let peak = rows
         .iter()
         .filter(|r| r.tool.starts_with("pgwarden"))
@@ -713,6 +738,10 @@ pub fn run(bin: &Path) {
     println!(
         "| pgwarden none vs pg_basebackup to a local disk (speed) | {:.2}x | >= 0.9x |",
         wall("pg_basebackup -Ft -X none -D <local") / pw_none
+    );
+    println!(
+        "| pgwarden none to a volume on the same disk vs pg_basebackup to a local disk (speed, like with like) | {:.2}x | >= 0.9x |",
+        wall("pg_basebackup -Ft -X none -D <local") / pw_volume
     );
     println!(
         "| pgwarden none vs curl's one PUT of the tar to Garage (speed) | {:.2}x | for reference |",
