@@ -326,3 +326,124 @@ async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
         chain[1]
     );
 }
+
+/// Waits until `sql` counts `want` on `pg`.
+fn wait_count(rt: &tokio::runtime::Handle, pg: &Instance, sql: &str, want: i64) {
+    tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(90), sql, || {
+            match rt.block_on(count(pg, "postgres", sql)) {
+                n if n == want => Ok(()),
+                n => Err(format!("{n}, not {want}")),
+            }
+        })
+    });
+}
+
+/// A failover does not end the chain: the new primary, a standby when the full was
+/// taken on the old primary, follows its WAL summaries across the timeline switch
+/// (PostgreSQL 17+) and builds an incremental on that full, where a multi-terabyte
+/// cluster would otherwise take a new full after every failover. Restored, the chain
+/// has every row, checked by pg_verifybackup against its manifest. Before 17 there
+/// are no summaries, and a full is taken, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_the_new_primary_builds_on_the_old_primarys_full() {
+    let rt = tokio::runtime::Handle::current();
+    let tmp = test_dir();
+    let store = Store::s3();
+    let mut p = gzip_primary(tmp.path(), &store, "src", "");
+    // The standby first: it summarizes the WAL it replays from its own start on, so
+    // that its summaries reach back past the full taken below.
+    let mut r = Instance::replica_of(tmp.path(), "r", &p);
+    store.configure(&mut r, "src");
+    r.set("PGWARDEN_ARCHIVE_COMPRESSION", "gzip");
+    r.start().wait_ready();
+    p.connect()
+        .await
+        .batch_execute(
+            "CREATE TABLE t (g int PRIMARY KEY, pad text);
+             INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 50000) g;
+             CREATE TABLE still AS SELECT g, repeat('s', 200) AS pad FROM generate_series(1, 20000) g;",
+        )
+        .await
+        .unwrap();
+    let full = backup(&p, false);
+    let full_id = full["backup_id"].as_str().unwrap().to_owned();
+    p.connect()
+        .await
+        .batch_execute("UPDATE t SET pad = repeat('y', 200) WHERE g % 20 = 0")
+        .await
+        .unwrap();
+    let updated = "SELECT count(*) FROM t WHERE pad = repeat('y', 200)";
+    wait_count(&rt, &r, updated, 2500);
+
+    // The failover: the old primary gone, the standby promoted (timeline 2).
+    p.stop();
+    let (code, out) = r.run_cli(&["promote"]);
+    assert!(code.success(), "{out}");
+    r.wait_for("/primary", 200, Duration::from_secs(60));
+    r.connect()
+        .await
+        .batch_execute("INSERT INTO t SELECT g, 'after' FROM generate_series(50001, 51000) g")
+        .await
+        .unwrap();
+    let inc = backup(&r, true);
+    if pg_major() >= 17 {
+        assert_eq!(
+            inc["extra"]["incremental_of"],
+            full_id.as_str(),
+            "{inc:#}\n{}",
+            r.log()
+        );
+        assert!(
+            inc["size"].as_u64().unwrap() * 2 < full["size"].as_u64().unwrap(),
+            "{inc:#}\n{full:#}"
+        );
+        // The summaries of both timelines: timeline 1 from the full's start to the
+        // switch, timeline 2 from there to the incremental's start.
+        let read = json_lines(&r.log())
+            .into_iter()
+            .find(|l| {
+                l["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("incremental: the server's WAL summaries name"))
+            })
+            .unwrap_or_else(|| panic!("the summaries were not used: {}", r.log()));
+        assert!(read["summaries"].as_u64().unwrap() >= 2, "{read}");
+    } else {
+        let why = format!("PostgreSQL {} has no WAL summaries", pg_major());
+        assert!(
+            inc["extra"]["full_because"]
+                .as_str()
+                .is_some_and(|w| w.contains(&why)),
+            "{inc:#}"
+        );
+    }
+    r.connect()
+        .await
+        .batch_execute("INSERT INTO t SELECT g, 'later' FROM generate_series(51001, 51010) g")
+        .await
+        .unwrap();
+    switch_and_wait_archived(&r).await;
+
+    let mut restored = restoring_as(tmp.path(), &store, "src", "restored");
+    restored
+        .start()
+        .wait_for("/primary", 200, Duration::from_secs(120));
+    let log = restored.log();
+    assert_eq!(
+        log.contains("restoring its chain"),
+        pg_major() >= 17,
+        "{log}"
+    );
+    assert!(
+        log.contains("every restored file matches the backup manifest"),
+        "{log}"
+    );
+    for (sql, want) in [
+        ("SELECT count(*) FROM t", 51_010),
+        (updated, 2500),
+        ("SELECT count(*) FROM still", 20_000),
+    ] {
+        assert_eq!(count(&restored, "postgres", sql).await, want, "{sql}");
+    }
+}

@@ -501,11 +501,7 @@ impl Job<'_> {
             .iter()
             .all(|b| b.extra.get(INCARNATION_KEY) == Some(&facts.incarnation));
         let major = facts.version / 10000;
-        if let Some(why) = super::engine::incremental::why_not_here(
-            same_pgdata,
-            major,
-            last.timeline == facts.timeline,
-        ) {
+        if let Some(why) = super::engine::incremental::why_not_here(same_pgdata, major) {
             return Ok(Err(format!("{why} (previous backup {id})")));
         }
         let began = crate::civil::parse_barman_time(&last.begin_time)

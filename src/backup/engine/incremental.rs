@@ -52,7 +52,7 @@ pub struct Parent {
     pub backup_id: String,
     /// Where its WAL replay started: a page whose LSN is at or after this changed.
     pub start: Lsn,
-    /// The timeline it started on (WAL summaries are read on it).
+    /// The timeline it started on (the WAL summaries are followed from it).
     pub timeline: u32,
     /// Each of its files, from its manifest.
     pub files: HashMap<String, Was>,
@@ -177,20 +177,16 @@ pub fn why_not(
 /// Why an incremental on a parent taken of another data directory (another member's,
 /// or this one's before a rebuild or a rewind: `same_pgdata` false) is not taken. Two
 /// copies of a page can differ in hint bits no WAL records, so every page of a window
-/// read is sent (see [`Select`]): without WAL summaries (before PostgreSQL 17, or on
-/// another timeline than the parent's, where they are not read) that is every page of
-/// every changed file, a full's worth in another format; a full backup is taken instead.
-pub fn why_not_here(same_pgdata: bool, major: u32, same_timeline: bool) -> Option<String> {
-    if same_pgdata || (major >= 17 && same_timeline) {
+/// read is sent (see [`Select`]): without WAL summaries (before PostgreSQL 17) that is
+/// every page of every changed file, a full's worth in another format; a full backup
+/// is taken instead. On 17+ the summaries decide, across a failover too (see
+/// [`super::summaries`]); where they turn out unusable the engine takes a full.
+pub fn why_not_here(same_pgdata: bool, major: u32) -> Option<String> {
+    if same_pgdata || major >= 17 {
         return None;
     }
-    let without = if major < 17 {
-        format!("PostgreSQL {major} has no WAL summaries")
-    } else {
-        "a timeline switch since stops its WAL summaries from naming the changed blocks".to_owned()
-    };
     Some(format!(
-        "the previous backup was taken of another data directory (another member's, or this one's before a rebuild or a rewind), whose pages may differ from this one's in hint bits, and {without}: an incremental would send every page of every changed file"
+        "the previous backup was taken of another data directory (another member's, or this one's before a rebuild or a rewind), whose pages may differ from this one's in hint bits, and PostgreSQL {major} has no WAL summaries: an incremental would send every page of every changed file"
     ))
 }
 
@@ -572,20 +568,19 @@ mod tests {
 
     #[test]
     fn an_incremental_on_another_data_directory_needs_wal_summaries() {
-        // (same data directory, major, same timeline) -> a full, because ...
+        // (same data directory, major) -> a full, because ...
         let cases = [
-            (true, 15, false, None),
-            (true, 18, true, None),
-            (false, 17, true, None),
-            (false, 18, true, None),
-            (false, 16, true, Some("PostgreSQL 16 has no WAL summaries")),
-            (false, 15, false, Some("PostgreSQL 15 has no WAL summaries")),
-            (false, 18, false, Some("a timeline switch")),
+            (true, 15, None),
+            (true, 18, None),
+            (false, 17, None),
+            (false, 18, None),
+            (false, 16, Some("PostgreSQL 16 has no WAL summaries")),
+            (false, 15, Some("PostgreSQL 15 has no WAL summaries")),
         ];
-        for (same_pgdata, major, same_timeline, want) in cases {
-            let got = why_not_here(same_pgdata, major, same_timeline);
+        for (same_pgdata, major, want) in cases {
+            let got = why_not_here(same_pgdata, major);
             match want {
-                None => assert_eq!(got, None, "{same_pgdata} {major} {same_timeline}"),
+                None => assert_eq!(got, None, "{same_pgdata} {major}"),
                 Some(w) => assert!(
                     got.as_deref()
                         .is_some_and(|g| g.contains(w) && g.contains("another data directory")),

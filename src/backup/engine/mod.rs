@@ -235,7 +235,12 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
     let (tablespaces, spaces) = read_tablespaces(&client, major).await?;
     let changed = match job.parent.as_deref() {
         Some(p) if major >= 17 => {
-            match summaries::changed(&client, p.timeline, p.start, start).await {
+            let read = async {
+                let stretches =
+                    summaries::since_parent(&client, &s.pgdata, p.timeline, p.start, start).await?;
+                summaries::changed(&client, &stretches).await
+            };
+            match read.await {
                 Ok(c) => {
                     tracing::info!(
                         summaries = c.summaries,

@@ -13,10 +13,15 @@
 //! block: the summarizer marks it with relfilenode 0 and a limit of 0, and then every
 //! file of that database is sent whole.
 //!
-//! The summaries must cover the parent's start to this backup's start on one
-//! timeline without a gap (summarization off for a while, summaries removed after
-//! `wal_summary_keep_time`, a timeline switch in between): otherwise the caller
-//! falls back to comparing page LSNs ([`super::incremental`]).
+//! The summaries must cover the parent's start to this backup's start without a gap
+//! (summarization off for a while, summaries removed after `wal_summary_keep_time`):
+//! otherwise the caller falls back to comparing page LSNs ([`super::incremental`]).
+//! Across a timeline switch (a failover, a promotion) they are followed as
+//! `pg_basebackup --incremental` follows them: on each timeline of the backup's
+//! timeline history from the parent's on, from where it began (or the parent's start)
+//! to where the next one branched off ([`stretches`]). A standby summarizes the WAL it
+//! replays, so after a failover the new primary's summaries still reach back to a
+//! parent taken on the old one.
 
 use super::incremental::Parent;
 use super::pages::{BLCKSZ, RELSEG_BLOCKS};
@@ -169,6 +174,72 @@ fn relation(path: &str) -> Option<(Rel, u64)> {
     Some(((ts, db, rel.parse().ok()?), segment))
 }
 
+/// The WAL from an incremental's parent to the backup, as the stretches of it on each
+/// timeline, oldest first: from `from` (the parent's start) on `parent_tli` to `to`
+/// (this backup's start) on `tli`, through `history` (`tli`'s `.history` file, parsed:
+/// each ancestor with the position where the next timeline branched off, oldest
+/// first). `Err` when the parent's timeline is not an ancestor of `tli` or the
+/// positions do not follow one another.
+pub fn stretches(
+    history: &[(u32, Lsn)],
+    parent_tli: u32,
+    from: Lsn,
+    tli: u32,
+    to: Lsn,
+) -> Result<Vec<(u32, Lsn, Lsn)>, String> {
+    if parent_tli == tli {
+        return Ok(vec![(tli, from, to)]);
+    }
+    let at = history
+        .iter()
+        .position(|(t, _)| *t == parent_tli)
+        .ok_or_else(|| format!("timeline {parent_tli} is not in the history of timeline {tli}"))?;
+    let mut out = Vec::new();
+    let mut begin = from;
+    for (t, end) in &history[at..] {
+        if *end < begin || *end > to {
+            return Err(format!(
+                "timeline {t} ended at {end}, not between {begin} and {to}"
+            ));
+        }
+        out.push((*t, begin, *end));
+        begin = *end;
+    }
+    out.push((tli, begin, to));
+    Ok(out)
+}
+
+/// The [`stretches`] from the parent's start `from` on `parent_tli` to `to`, the start
+/// of a backup that has just begun: its timeline is the checkpoint's it starts from
+/// (what `backup_label` will name), and its history is read from `pgdata`.
+pub async fn since_parent(
+    client: &tokio_postgres::Client,
+    pgdata: &std::path::Path,
+    parent_tli: u32,
+    from: Lsn,
+    to: Lsn,
+) -> Result<Vec<(u32, Lsn, Lsn)>> {
+    let tli: i64 = client
+        .query_one(
+            "SELECT timeline_id::bigint FROM pg_control_checkpoint()",
+            &[],
+        )
+        .await
+        .context("read the backup's timeline")?
+        .get(0);
+    let tli = u32::try_from(tli).context("the backup's timeline")?;
+    let history = if tli == parent_tli {
+        Vec::new()
+    } else {
+        let path = pgdata.join(format!("pg_wal/{tli:08X}.history"));
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .with_context(|| format!("read {}", path.display()))?;
+        crate::backup::verify::parse_history(&text)
+    };
+    stretches(&history, parent_tli, from, tli, to).map_err(anyhow::Error::msg)
+}
+
 /// Which of the `available` summaries (timeline, start, end) cover `from` to `to` on
 /// `tli` without a gap, in order; `Err` says why they do not.
 pub fn covering(
@@ -208,15 +279,16 @@ pub fn covering(
     ))
 }
 
-/// Reads the blocks changed from `from` (the parent's start) to `to` (this backup's
-/// start) on `tli`, waiting for the summarizer to reach `to`. `Err` says why the
-/// summaries cannot be used.
+/// Reads the blocks changed over `stretches` (see [`since_parent`]: from the parent's
+/// start to this backup's, on each timeline), waiting for the summarizer to reach the
+/// end of the last. `Err` says why the summaries cannot be used.
 pub async fn changed(
     client: &tokio_postgres::Client,
-    tli: u32,
-    from: Lsn,
-    to: Lsn,
+    stretches: &[(u32, Lsn, Lsn)],
 ) -> Result<Changed> {
+    let Some(&(tli, _, to)) = stretches.last() else {
+        bail!("no WAL to read the summaries of");
+    };
     let on: String = client
         .query_one("SELECT current_setting('summarize_wal')", &[])
         .await
@@ -264,12 +336,17 @@ pub async fn changed(
         let lsn = |x: &str| Lsn::parse(x).with_context(|| format!("a summary's LSN {x:?}"));
         available.push((t, lsn(&s)?, lsn(&e)?));
     }
-    let cover = covering(&available, tli, from, to).map_err(anyhow::Error::msg)?;
+    let mut cover = Vec::new();
+    for &(t, from, to) in stretches {
+        for (s, e) in covering(&available, t, from, to).map_err(anyhow::Error::msg)? {
+            cover.push((t, s, e));
+        }
+    }
     let mut out = Changed::default();
-    for (s, e) in &cover {
+    for (tli, s, e) in &cover {
         // Rows stream in; only block numbers are kept (4 bytes each).
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&i64::from(tli), &s.to_string(), &e.to_string()];
+            [&i64::from(*tli), &s.to_string(), &e.to_string()];
         let rows = client
             .query_raw(
                 "SELECT reltablespace::bigint, reldatabase::bigint, relfilenode::bigint, \
@@ -394,6 +471,49 @@ mod tests {
         assert!(covering(&avail, 1, l(0x50), l(0x150)).is_err());
         // Another timeline's summaries do not count.
         assert!(covering(&avail, 2, l(0x300), l(0x450)).is_err());
+    }
+
+    #[test]
+    fn the_wal_since_the_parent_follows_the_timeline_history() {
+        let l = |x: u64| Lsn(x);
+        // Timeline 3's history: 1 branched off to 2 at 0x500, 2 to 3 at 0x900.
+        let history = [(1, l(0x500)), (2, l(0x900))];
+        // (parent's timeline, parent's start, backup's timeline, backup's start) -> stretches
+        let ok = [
+            ((2, 0x600, 2, 0x700), vec![(2, 0x600, 0x700)]),
+            (
+                (1, 0x100, 3, 0xa00),
+                vec![(1, 0x100, 0x500), (2, 0x500, 0x900), (3, 0x900, 0xa00)],
+            ),
+            (
+                (2, 0x600, 3, 0xa00),
+                vec![(2, 0x600, 0x900), (3, 0x900, 0xa00)],
+            ),
+            // A parent that began right at the switch reads nothing on its timeline.
+            (
+                (2, 0x900, 3, 0x900),
+                vec![(2, 0x900, 0x900), (3, 0x900, 0x900)],
+            ),
+        ];
+        for ((ptli, from, tli, to), want) in ok {
+            let want: Vec<_> = want.into_iter().map(|(t, s, e)| (t, l(s), l(e))).collect();
+            assert_eq!(
+                stretches(&history, ptli, l(from), tli, l(to)).unwrap(),
+                want,
+                "{ptli} {from:x} {tli} {to:x}"
+            );
+        }
+        let bad = [
+            ((4, 0x100, 3, 0xa00), "not in the history"),
+            // The parent began on timeline 2 after it had ended: another branch.
+            ((2, 0x950, 3, 0xa00), "ended at 0/900"),
+            // The backup's start before the switch to its own timeline.
+            ((2, 0x600, 3, 0x800), "ended at 0/900"),
+        ];
+        for ((ptli, from, tli, to), want) in bad {
+            let e = stretches(&history, ptli, l(from), tli, l(to)).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]
