@@ -536,7 +536,12 @@ pub fn run(bin: &Path) {
     let pgwarden_rows = |w: &Warden, pid: u32, kind: &str, notes: &mut Vec<String>| {
         best_of(REPS, |n| {
             let g0 = garage_cpu();
-            let p = perf(&format!("pgwarden-backup-{kind}.perf.data")).filter(|_| n == 0);
+            let to_volume = kind.contains("volume");
+            let file: String = kind
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            let p = perf(&format!("pgwarden-backup-{file}.perf.data")).filter(|_| n == 0);
             let (mut r, id, note) = pgwarden_backup(
                 bin,
                 w,
@@ -544,11 +549,11 @@ pub fn run(bin: &Path) {
                 &format!("pgwarden backup, {kind} (work and RSS: the `pgwarden run` process)"),
                 p.as_ref().map(|(f, g)| (f.as_path(), *g)),
             );
-            r.garage_cpu = Some(garage_cpu() - g0);
+            r.garage_cpu = (!to_volume).then(|| garage_cpu() - g0);
             if kind == "none" {
                 drop_backup(&garage, SOURCE, &id);
             }
-            if kind.starts_with("none, to a volume") {
+            if to_volume {
                 // Only this run's backup: the next one starts from the same free space.
                 let _ = std::fs::remove_dir_all(volume.join(SOURCE).join("base").join(&id));
             }

@@ -511,6 +511,7 @@ impl Job<'_> {
         Ok(Ok(Arc::new(Parent {
             backup_id: id.clone(),
             start,
+            end,
             timeline: last.timeline,
             files,
             windows,

@@ -52,6 +52,9 @@ pub struct Parent {
     pub backup_id: String,
     /// Where its WAL replay started: a page whose LSN is at or after this changed.
     pub start: Lsn,
+    /// Where it ended: a timeline switch since must come at or after it, or it holds
+    /// blocks of another history than this one's.
+    pub end: Lsn,
     /// The timeline it started on (the WAL summaries are followed from it).
     pub timeline: u32,
     /// Each of its files, from its manifest.
@@ -439,6 +442,7 @@ mod tests {
         let parent = Parent {
             backup_id: "p".into(),
             start: Lsn(0),
+            end: Lsn(0),
             timeline: 1,
             files: [
                 ("base/5/16384".to_owned(), was(10 * bs, 1000)),
@@ -492,6 +496,7 @@ mod tests {
         let parent = Parent {
             backup_id: "p".into(),
             start: Lsn(0),
+            end: Lsn(0),
             timeline: 1,
             files: [
                 ("base/5/16384", 8192 * 10),
@@ -653,6 +658,7 @@ mod tests {
         let parent = Parent {
             backup_id: "p".into(),
             start: Lsn(0),
+            end: Lsn(0),
             timeline: 1,
             files: sizes,
             windows: got,

@@ -236,8 +236,13 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
     let changed = match job.parent.as_deref() {
         Some(p) if major >= 17 => {
             let read = async {
-                let stretches =
-                    summaries::since_parent(&client, &s.pgdata, p.timeline, p.start, start).await?;
+                let stretches = summaries::since_parent(
+                    &client,
+                    &s.pgdata,
+                    (p.timeline, p.start, p.end),
+                    start,
+                )
+                .await?;
                 summaries::changed(&client, &stretches).await
             };
             match read.await {
@@ -250,9 +255,16 @@ pub async fn take(job: &Job<'_>) -> Result<Taken> {
                     Some(c)
                 }
                 Err(e) => {
+                    // A foreign chain then gets a full (below), any other page LSNs.
+                    let instead = if p.foreign {
+                        "taking a full backup"
+                    } else {
+                        "comparing page LSNs"
+                    };
                     tracing::warn!(
                         reason = %format!("{e:#}"),
-                        "incremental: the server's WAL summaries cannot name the changed blocks; comparing page LSNs"
+                        instead,
+                        "incremental: the server's WAL summaries cannot name the changed blocks"
                     );
                     None
                 }

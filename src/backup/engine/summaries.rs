@@ -14,8 +14,10 @@
 //! file of that database is sent whole.
 //!
 //! The summaries must cover the parent's start to this backup's start without a gap
-//! (summarization off for a while, summaries removed after `wal_summary_keep_time`):
-//! otherwise the caller falls back to comparing page LSNs ([`super::incremental`]).
+//! (summarization off for a while, summaries removed after `wal_summary_keep_time`, a
+//! standby started after the parent began, a timeline history that does not lead
+//! from the parent here): otherwise the caller compares page LSNs
+//! ([`super::incremental`]) or, on a parent of another data directory, takes a full.
 //! Across a timeline switch (a failover, a promotion) they are followed as
 //! `pg_basebackup --incremental` follows them: on each timeline of the backup's
 //! timeline history from the parent's on, from where it began (or the parent's start)
@@ -175,15 +177,16 @@ fn relation(path: &str) -> Option<(Rel, u64)> {
 }
 
 /// The WAL from an incremental's parent to the backup, as the stretches of it on each
-/// timeline, oldest first: from `from` (the parent's start) on `parent_tli` to `to`
-/// (this backup's start) on `tli`, through `history` (`tli`'s `.history` file, parsed:
-/// each ancestor with the position where the next timeline branched off, oldest
-/// first). `Err` when the parent's timeline is not an ancestor of `tli` or the
+/// timeline, oldest first: from `from` (the parent's start; it ended at `parent_end`)
+/// on `parent_tli` to `to` (this backup's start) on `tli`, through `history` (`tli`'s
+/// `.history` file, parsed: each ancestor with the position where the next timeline
+/// branched off, oldest first). `Err` when the parent's timeline is not an ancestor
+/// of `tli`, when the parent ended after its timeline branched off (its files may hold
+/// blocks of the abandoned branch, which no summary here names), or when the
 /// positions do not follow one another.
 pub fn stretches(
     history: &[(u32, Lsn)],
-    parent_tli: u32,
-    from: Lsn,
+    (parent_tli, from, parent_end): (u32, Lsn, Lsn),
     tli: u32,
     to: Lsn,
 ) -> Result<Vec<(u32, Lsn, Lsn)>, String> {
@@ -194,6 +197,12 @@ pub fn stretches(
         .iter()
         .position(|(t, _)| *t == parent_tli)
         .ok_or_else(|| format!("timeline {parent_tli} is not in the history of timeline {tli}"))?;
+    let switch = history[at].1;
+    if parent_end > switch {
+        return Err(format!(
+            "the previous backup ended at {parent_end}, after its timeline {parent_tli} branched off at {switch}"
+        ));
+    }
     let mut out = Vec::new();
     let mut begin = from;
     for (t, end) in &history[at..] {
@@ -209,16 +218,19 @@ pub fn stretches(
     Ok(out)
 }
 
-/// The [`stretches`] from the parent's start `from` on `parent_tli` to `to`, the start
+/// The [`stretches`] from `parent` (its timeline, start and end) to `to`, the start
 /// of a backup that has just begun: its timeline is the checkpoint's it starts from
-/// (what `backup_label` will name), and its history is read from `pgdata`.
+/// (what `backup_label` will name), and its history is read from `pgdata`. On a
+/// standby a later restartpoint may already name a newer timeline (its upstream
+/// promoted meanwhile): that timeline branched off after `to`, so [`stretches`] refuses
+/// it and page LSNs decide; it never reads too little.
 pub async fn since_parent(
     client: &tokio_postgres::Client,
     pgdata: &std::path::Path,
-    parent_tli: u32,
-    from: Lsn,
+    parent: (u32, Lsn, Lsn),
     to: Lsn,
 ) -> Result<Vec<(u32, Lsn, Lsn)>> {
+    let parent_tli = parent.0;
     let tli: i64 = client
         .query_one(
             "SELECT timeline_id::bigint FROM pg_control_checkpoint()",
@@ -237,7 +249,7 @@ pub async fn since_parent(
             .with_context(|| format!("read {}", path.display()))?;
         crate::backup::verify::parse_history(&text)
     };
-    stretches(&history, parent_tli, from, tli, to).map_err(anyhow::Error::msg)
+    stretches(&history, parent, tli, to).map_err(anyhow::Error::msg)
 }
 
 /// Which of the `available` summaries (timeline, start, end) cover `from` to `to` on
@@ -478,40 +490,53 @@ mod tests {
         let l = |x: u64| Lsn(x);
         // Timeline 3's history: 1 branched off to 2 at 0x500, 2 to 3 at 0x900.
         let history = [(1, l(0x500)), (2, l(0x900))];
-        // (parent's timeline, parent's start, backup's timeline, backup's start) -> stretches
+        // ((parent's timeline, start, end), backup's timeline, start) -> stretches
         let ok = [
-            ((2, 0x600, 2, 0x700), vec![(2, 0x600, 0x700)]),
+            (((2, 0x600, 0x980), 2, 0xa00), vec![(2, 0x600, 0xa00)]),
             (
-                (1, 0x100, 3, 0xa00),
+                ((1, 0x100, 0x180), 3, 0xa00),
                 vec![(1, 0x100, 0x500), (2, 0x500, 0x900), (3, 0x900, 0xa00)],
             ),
             (
-                (2, 0x600, 3, 0xa00),
+                ((2, 0x600, 0x680), 3, 0xa00),
+                vec![(2, 0x600, 0x900), (3, 0x900, 0xa00)],
+            ),
+            // A parent that ended right at the switch is of this history.
+            (
+                ((2, 0x600, 0x900), 3, 0xa00),
                 vec![(2, 0x600, 0x900), (3, 0x900, 0xa00)],
             ),
             // A parent that began right at the switch reads nothing on its timeline.
             (
-                (2, 0x900, 3, 0x900),
+                ((2, 0x900, 0x900), 3, 0x900),
                 vec![(2, 0x900, 0x900), (3, 0x900, 0x900)],
             ),
         ];
-        for ((ptli, from, tli, to), want) in ok {
+        for (((ptli, from, end), tli, to), want) in ok {
             let want: Vec<_> = want.into_iter().map(|(t, s, e)| (t, l(s), l(e))).collect();
             assert_eq!(
-                stretches(&history, ptli, l(from), tli, l(to)).unwrap(),
+                stretches(&history, (ptli, l(from), l(end)), tli, l(to)).unwrap(),
                 want,
                 "{ptli} {from:x} {tli} {to:x}"
             );
         }
         let bad = [
-            ((4, 0x100, 3, 0xa00), "not in the history"),
-            // The parent began on timeline 2 after it had ended: another branch.
-            ((2, 0x950, 3, 0xa00), "ended at 0/900"),
+            (((4, 0x100, 0x180), 3, 0xa00), "not in the history"),
+            // The parent ran on after its timeline branched off (a former primary's
+            // backup listed after the failover): its files hold another history's blocks.
+            (
+                ((1, 0x100, 0x600), 3, 0xa00),
+                "after its timeline 1 branched off at 0/500",
+            ),
+            (
+                ((2, 0x950, 0x980), 3, 0xa00),
+                "after its timeline 2 branched off",
+            ),
             // The backup's start before the switch to its own timeline.
-            ((2, 0x600, 3, 0x800), "ended at 0/900"),
+            (((2, 0x600, 0x680), 3, 0x800), "ended at 0/900"),
         ];
-        for ((ptli, from, tli, to), want) in bad {
-            let e = stretches(&history, ptli, l(from), tli, l(to)).unwrap_err();
+        for (((ptli, from, end), tli, to), want) in bad {
+            let e = stretches(&history, (ptli, l(from), l(end)), tli, l(to)).unwrap_err();
             assert!(e.contains(want), "{e}");
         }
     }
