@@ -223,7 +223,8 @@ pub fn stretches(
 /// (what `backup_label` will name), and its history is read from `pgdata`. On a
 /// standby a later restartpoint may already name a newer timeline (its upstream
 /// promoted meanwhile): that timeline branched off after `to`, so [`stretches`] refuses
-/// it and page LSNs decide; it never reads too little.
+/// it and page LSNs decide (a full, on another data directory's chain); it never
+/// reads too little.
 pub async fn since_parent(
     client: &tokio_postgres::Client,
     pgdata: &std::path::Path,
