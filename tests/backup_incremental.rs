@@ -25,6 +25,18 @@ fn backup(pg: &Instance, incremental: bool) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// The log lines of `log` that say an incremental read the server's WAL summaries.
+fn summaries_read(log: &str) -> Vec<serde_json::Value> {
+    json_lines(log)
+        .into_iter()
+        .filter(|l| {
+            l["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("incremental: the server's WAL summaries name"))
+        })
+        .collect()
+}
+
 async fn count(pg: &Instance, db: &str, sql: &str) -> i64 {
     pg.connect_as("postgres", PASSWORD, db)
         .await
@@ -123,14 +135,7 @@ async fn a_chain_of_incrementals_restores_every_row_and_keeps_its_full() {
     // On PostgreSQL 17+ the server's WAL summaries named the changed blocks of both
     // incrementals (a database copied file by file is in them as a whole); before 17,
     // page LSNs did.
-    let by_summaries = json_lines(&src.log())
-        .into_iter()
-        .filter(|l| {
-            l["msg"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("incremental: the server's WAL summaries name"))
-        })
-        .count();
+    let by_summaries = summaries_read(&src.log()).len();
     let want = if pg_major() >= 17 { 2 } else { 0 };
     assert_eq!(by_summaries, want, "{}", src.log());
     if pg_major() >= 17 {
@@ -410,13 +415,9 @@ async fn after_a_failover_the_new_primary_builds_on_the_old_primarys_full() {
         );
         // The summaries of both timelines: timeline 1 from the full's start to the
         // switch, timeline 2 from there to the incremental's start.
-        let read = json_lines(&r.log())
+        let read = summaries_read(&r.log())
             .into_iter()
-            .find(|l| {
-                l["msg"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("incremental: the server's WAL summaries name"))
-            })
+            .next()
             .unwrap_or_else(|| panic!("the summaries were not used: {}", r.log()));
         assert!(read["summaries"].as_u64().unwrap() >= 2, "{read}");
     } else {
