@@ -402,6 +402,8 @@ async fn a_primary_cut_from_etcd_only_fences_itself_before_its_lease_expires_and
     let before = ids(&members[first]).await;
     // Cut the primary from etcd only: it still reaches both replicas, and they etcd.
     let old = format!("n{}", first + 1);
+    // Still the one that leads: what follows is about the primary being cut.
+    assert_eq!(primaries(&members), vec![first], "{}", logs(&members));
     net.cut(&old, "etcd");
     let cut_at = Instant::now();
     // Another member leads; the old primary fenced itself: read-only, and (checked

@@ -394,11 +394,7 @@ impl Ha {
         if !renewed && postgres == Postgres::Primary {
             self.failsafe_check(s).await;
         }
-        let holds = self
-            .view
-            .leader
-            .as_ref()
-            .is_some_and(|l| l.name == self.name && Some(l.lease) == self.lease);
+        let holds = self.holds_key();
         let writable = facts.is_some_and(|f| !f.in_recovery);
         self.unwritable_since = match (holds && !writable, self.unwritable_since) {
             (true, since) => since.or(Some(clock::now())),
@@ -438,6 +434,7 @@ impl Ha {
             deadline,
             deadman,
             status,
+            deadman_grace: self.cfg.deadman_grace(),
         };
         guards.arm(fence_at);
         if let Action::HandOver { candidate } = action {
@@ -897,7 +894,16 @@ impl Ha {
     async fn renew(&mut self) -> bool {
         let sent = clock::now();
         let result = match self.lease {
-            Some(lease) => self.store.keep_alive(lease).await.map(|()| lease),
+            Some(lease) => {
+                let within = match (self.holds_key(), self.renewed_or_confirmed()) {
+                    (true, Some(t)) => self.cfg.renew_within(sent.saturating_sub(t)),
+                    _ => self.cfg.retry_timeout,
+                };
+                self.store
+                    .keep_alive_within(lease, within)
+                    .await
+                    .map(|()| lease)
+            }
             None => self.store.grant(self.cfg.ttl).await,
         };
         match result {
@@ -944,13 +950,32 @@ impl Ha {
 
     /// Sleeps until the next round: `loop_wait`, or sooner when the leader key or a
     /// switchover request changes (a switchover then starts at once, not a round later).
+    /// After a failed renewal, the key holder comes back at `demote_after` if that is
+    /// sooner ([`HaConfig::next_round_in`]), to fence by its own decision.
     async fn wait(&self) {
         let revision = self.view.revision;
         let started = tokio::time::Instant::now();
-        match self.store.wait_change(revision, self.cfg.loop_wait).await {
+        let pause = match (
+            self.last_renew_ok,
+            self.holds_key(),
+            self.renewed_or_confirmed(),
+        ) {
+            (false, true, Some(t)) => self.cfg.next_round_in(clock::now().saturating_sub(t)),
+            _ => self.cfg.loop_wait,
+        };
+        match self.store.wait_change(revision, pause).await {
             Ok(_) => {}
-            Err(_) => tokio::time::sleep_until(started + self.cfg.loop_wait).await,
+            Err(_) => tokio::time::sleep_until(started + pause).await,
         }
+    }
+
+    /// Whether the last view read shows this member's current lease holding the
+    /// leader key.
+    fn holds_key(&self) -> bool {
+        self.view
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.name == self.name && Some(l.lease) == self.lease)
     }
 
     async fn publish(&self, s: &Settings, postgres: &Postgres, facts: Option<local::Facts>) {
@@ -1220,15 +1245,20 @@ struct Guards<'a> {
     deadline: &'a Deadline,
     deadman: &'a mut Option<deadman::DeadMan>,
     status: &'a watch::Receiver<SupervisorStatus>,
+    /// How much later than the watchdog the dead-man switch fires
+    /// ([`HaConfig::deadman_grace`]).
+    deadman_grace: Duration,
 }
 
 impl Guards<'_> {
-    /// Arms both at `at` (boot clock), or disarms them.
+    /// Arms both at `at` (boot clock; the dead-man switch a grace later), or disarms
+    /// them.
     fn arm(&mut self, at: Option<Duration>) {
         self.deadline.set(at);
         let pid = self.status.borrow().pid;
+        let grace = self.deadman_grace;
         if let Some(d) = self.deadman.as_mut() {
-            d.set(at.zip(pid).map(|(at, pid)| (pid, at)));
+            d.set(at.zip(pid).map(|(at, pid)| (pid, at + grace)));
         }
     }
 }

@@ -328,6 +328,38 @@ impl HaConfig {
     pub fn stop_budget(&self) -> Duration {
         self.fence_deadline().saturating_sub(self.demote_after())
     }
+
+    /// How long the key holder's renewal may wait for etcd, `since` its last renewal
+    /// (or failsafe confirmation): `retry_timeout`, but never past `demote_after`, the
+    /// moment the loop must decide to fence if it failed, by more than a quarter of the
+    /// stop budget. A renewal that started a moment early and failed a moment before
+    /// `demote_after` would otherwise leave the decision to the round after, a whole
+    /// loop and retry later, past the fence deadline: to the watchdog.
+    pub fn renew_within(&self, since: Duration) -> Duration {
+        let floor = self.retry_timeout.min(self.stop_budget() / 4);
+        self.demote_after()
+            .saturating_sub(since)
+            .clamp(floor, self.retry_timeout.max(floor))
+    }
+
+    /// When the key holder's next round comes after its renewal failed, `since` its
+    /// last renewal: at `demote_after` if that comes before `loop_wait` is up, so that
+    /// the loop itself fences then; `loop_wait` otherwise (already past it, a round
+    /// comes every `loop_wait` as usual, never in a tight loop).
+    pub fn next_round_in(&self, since: Duration) -> Duration {
+        match self.demote_after().checked_sub(since) {
+            Some(left) if !left.is_zero() => left.min(self.loop_wait),
+            _ => self.loop_wait,
+        }
+    }
+
+    /// How long after the fence deadline the dead-man switch kills postgres: half the
+    /// safety margin, still before the lease can expire. A live pgwarden fences first
+    /// (its loop, or its watchdog at the deadline), in order and in its log; the switch
+    /// is the backstop for a pgwarden that cannot.
+    pub fn deadman_grace(&self) -> Duration {
+        safety_margin(self.ttl) / 2
+    }
 }
 
 /// Splits and checks `PGWARDEN_ETCD_ENDPOINTS`.
@@ -634,6 +666,55 @@ mod tests {
         assert_eq!(c.demote_after(), Duration::from_secs(3));
         assert_eq!(c.fence_deadline(), Duration::from_secs(5));
         assert_eq!(c.stop_budget(), Duration::from_secs(2));
+        assert_eq!(c.deadman_grace(), Duration::from_millis(500));
         assert_eq!(c.advertise_host, "h");
+    }
+
+    /// The key holder's loop decides by `demote_after` plus at most a quarter of the
+    /// stop budget, wherever in the loop the store stopped answering.
+    #[test]
+    fn a_failed_renewal_never_defers_the_fence_past_demote_after() {
+        let ms = Duration::from_millis;
+        for (ttl, loop_wait, retry) in [(6, 1, 2), (30, 10, 10), (15, 1, 2), (60, 5, 20)] {
+            let mut a = on();
+            (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout) = (ttl, loop_wait, retry);
+            let c = HaConfig::from_args(&a, "h").unwrap().unwrap();
+            let floor = c.retry_timeout.min(c.stop_budget() / 4);
+            let latest = c.demote_after() + floor;
+            assert!(latest < c.fence_deadline(), "ttl {ttl}");
+            // A round that starts at `since`, renews in vain, and (if it did not fence)
+            // waits for the next: every start from 0 to demote_after, by 10 ms.
+            for start in (0..=c.demote_after().as_millis() as u64).step_by(10) {
+                let mut since = ms(start);
+                let mut rounds = 0;
+                loop {
+                    since += c.renew_within(since);
+                    if since >= c.demote_after() {
+                        break;
+                    }
+                    since += c.next_round_in(since);
+                    rounds += 1;
+                    assert!(rounds < 100, "ttl {ttl}, start {start} ms: no decision");
+                }
+                assert!(since <= latest, "ttl {ttl}, start {start} ms: {since:?}");
+            }
+        }
+        let mut a = on();
+        (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout) = (6, 1, 2);
+        let c = HaConfig::from_args(&a, "h").unwrap().unwrap();
+        // (since the last renewal, renewal budget, next round in) at ttl 6, loop 1, retry 2
+        let cases = [
+            (0, 2000, 1000),
+            (1000, 2000, 1000),
+            (1500, 1500, 1000),
+            (2400, 600, 600),
+            (2900, 500, 100),
+            (3000, 500, 1000),
+            (4000, 500, 1000),
+        ];
+        for (since, budget, next) in cases {
+            assert_eq!(c.renew_within(ms(since)), ms(budget), "since {since}");
+            assert_eq!(c.next_round_in(ms(since)), ms(next), "since {since}");
+        }
     }
 }

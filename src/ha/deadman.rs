@@ -4,7 +4,9 @@
 //! stand-in.
 //!
 //! The loop sends it, over a pipe, `arm <postmaster pid> <deadline>` after each renewal
-//! while postgres may be writable on its lease, and `disarm` otherwise. Deadlines are
+//! while postgres may be writable on its lease, and `disarm` otherwise; the deadline is
+//! the fence deadline plus [`super::HaConfig::deadman_grace`], so that a live pgwarden's
+//! own watchdog, which logs and fences in order, always acts first. Deadlines are
 //! milliseconds on `CLOCK_BOOTTIME` ([`super::clock`]), shared by both processes. When
 //! the deadline passes, or the pipe closes while armed (pgwarden died), it writes
 //! standby.signal, so that whoever starts postgres next starts a standby, and SIGKILLs

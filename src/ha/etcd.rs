@@ -101,18 +101,56 @@ impl EtcdStore {
         self.clients[i].clone()
     }
 
-    /// Runs `op` until it succeeds or `retry_timeout` has passed, each attempt on the
-    /// next endpoint and within its share of the time (at least half a second), so
-    /// that every endpoint is tried before the time is up. Only transport failures are
-    /// retried; every operation given here is idempotent.
-    async fn retry<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, StoreError>
+    /// [`Store::keep_alive`] within `within` rather than `retry_timeout`: a leader's
+    /// renewal that must not run past the moment it has to decide to fence.
+    pub async fn keep_alive_within(
+        &self,
+        lease: LeaseId,
+        within: Duration,
+    ) -> Result<(), StoreError> {
+        self.retry_within("lease keep-alive", within, |mut c| async move {
+            // Opening the keep-alive stream sends one request and waits for its answer,
+            // which is the renewal; the stream is dropped after it. An answer with a TTL
+            // of 0 (the lease no longer exists) comes back as an error naming it.
+            match c.lease_keep_alive(lease).await {
+                Ok(_) => Ok(()),
+                Err(etcd_client::Error::LeaseKeepAliveError(m))
+                    if m.contains("lease not found") =>
+                {
+                    Err(StoreError::LeaseGone(lease))
+                }
+                Err(e) => Err(classify(e, lease)),
+            }
+        })
+        .await
+    }
+
+    /// Runs `op` until it succeeds or `retry_timeout` has passed: [`Self::retry_within`].
+    async fn retry<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, StoreError>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let deadline = Instant::now() + self.retry_timeout;
+        self.retry_within(what, self.retry_timeout, op).await
+    }
+
+    /// Runs `op` until it succeeds or `within` has passed, each attempt on the next
+    /// endpoint and within its share of the time (at least half a second, or all of
+    /// `within` when shorter), so that every endpoint is tried before the time is up.
+    /// Only transport failures are retried; every operation given here is idempotent.
+    async fn retry_within<T, F, Fut>(
+        &self,
+        what: &'static str,
+        within: Duration,
+        mut op: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = Instant::now() + within;
         let n = self.clients.len();
-        let share = (self.retry_timeout / n as u32).max(Duration::from_millis(500));
+        let share = (within / n as u32).max(Duration::from_millis(500).min(within));
         let mut pause = Duration::from_millis(100);
         let mut tried = 0;
         loop {
@@ -247,21 +285,7 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.retry("lease keep-alive", |mut c| async move {
-            // Opening the keep-alive stream sends one request and waits for its answer,
-            // which is the renewal; the stream is dropped after it. An answer with a TTL
-            // of 0 (the lease no longer exists) comes back as an error naming it.
-            match c.lease_keep_alive(lease).await {
-                Ok(_) => Ok(()),
-                Err(etcd_client::Error::LeaseKeepAliveError(m))
-                    if m.contains("lease not found") =>
-                {
-                    Err(StoreError::LeaseGone(lease))
-                }
-                Err(e) => Err(classify(e, lease)),
-            }
-        })
-        .await
+        self.keep_alive_within(lease, self.retry_timeout).await
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {

@@ -234,11 +234,52 @@ pub fn primaries(members: &[Instance]) -> Vec<usize> {
         .collect()
 }
 
+/// Every member's log, after a summary of each one's last pgwarden events: a CI
+/// excerpt keeps the head of a failure's output and a backtrace its tail, and what
+/// pgwarden decided is what a failure needs first.
 pub fn logs(members: &[Instance]) -> String {
-    members
-        .iter()
-        .map(|m| format!("==== {}\n{}", m.dir.display(), m.log()))
-        .collect()
+    let mut out = String::from("==== the last pgwarden events of each member (full logs below)\n");
+    for m in members {
+        let log = m.log();
+        let events: Vec<String> = log.lines().filter_map(event).collect();
+        out.push_str(&format!("-- {}\n", m.dir.display()));
+        for e in &events[events.len().saturating_sub(12)..] {
+            out.push_str(e);
+            out.push('\n');
+        }
+    }
+    for m in members {
+        out.push_str(&format!("==== {}\n{}", m.dir.display(), m.log()));
+    }
+    out
+}
+
+/// One line of a member's log as a short event: pgwarden's own records (time, message,
+/// then their fields) and its dead-man switch's plain lines; `None` for postgres's.
+fn event(line: &str) -> Option<String> {
+    let Ok(serde_json::Value::Object(mut o)) = serde_json::from_str::<serde_json::Value>(line)
+    else {
+        return Some(line.chars().take(240).collect());
+    };
+    if o.get("logger").and_then(|l| l.as_str()) != Some("pgwarden") {
+        return None;
+    }
+    let field = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => s,
+        Some(v) => v.to_string(),
+        None => String::new(),
+    };
+    let ts = field(o.remove("ts"));
+    let msg = field(o.remove("msg"));
+    for k in ["level", "logger", "target"] {
+        o.remove(k);
+    }
+    let rest: Vec<String> = o
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}", field(Some(v))))
+        .collect();
+    let line = format!("{} {msg} {}", ts.get(11..23).unwrap_or(&ts), rest.join(" "));
+    Some(line.chars().take(240).collect())
 }
 
 /// Waits until `observer`'s `/cluster` (its HA loop's last read of the store, a round
@@ -325,8 +366,8 @@ pub fn wait_taken_over_and_fenced(
     });
     assert!(
         members[old].log().contains("fencing"),
-        "{}",
-        members[old].log()
+        "the old primary did not log that it fenced itself\n{}",
+        logs(members)
     );
     new
 }
