@@ -438,7 +438,7 @@ impl Ha {
         };
         guards.arm(fence_at);
         if let Action::HandOver { candidate } = action {
-            self.hand_over(candidate, s, status, commands, deadline)
+            self.hand_over(candidate, s, status, commands, &mut guards)
                 .await;
             return true;
         }
@@ -950,16 +950,13 @@ impl Ha {
 
     /// Sleeps until the next round: `loop_wait`, or sooner when the leader key or a
     /// switchover request changes (a switchover then starts at once, not a round later).
-    /// After a failed renewal, the key holder comes back at `demote_after` if that is
-    /// sooner ([`HaConfig::next_round_in`]), to fence by its own decision.
+    /// After a round that led although its renewal failed, the next comes in time to
+    /// fence by its own decision ([`HaConfig::next_round_in`]).
     async fn wait(&self) {
         let revision = self.view.revision;
         let started = tokio::time::Instant::now();
-        let pause = match (
-            self.last_renew_ok,
-            self.holds_key(),
-            self.renewed_or_confirmed(),
-        ) {
+        let led = self.last_action == Some(Action::Lead);
+        let pause = match (self.last_renew_ok, led, self.renewed_or_confirmed()) {
             (false, true, Some(t)) => self.cfg.next_round_in(clock::now().saturating_sub(t)),
             _ => self.cfg.loop_wait,
         };

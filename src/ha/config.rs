@@ -329,28 +329,37 @@ impl HaConfig {
         self.fence_deadline().saturating_sub(self.demote_after())
     }
 
+    /// The latest time from the last renewal at which the key holder's loop decides to
+    /// fence when its renewals fail: half the stop budget before the fence deadline,
+    /// which leaves the other half to stop postgres.
+    pub fn decide_by(&self) -> Duration {
+        self.fence_deadline().saturating_sub(self.stop_budget() / 2)
+    }
+
     /// How long the key holder's renewal may wait for etcd, `since` its last renewal
-    /// (or failsafe confirmation): `retry_timeout`, but never past `demote_after`, the
-    /// moment the loop must decide to fence if it failed, by more than a quarter of the
-    /// stop budget. A renewal that started a moment early and failed a moment before
-    /// `demote_after` would otherwise leave the decision to the round after, a whole
-    /// loop and retry later, past the fence deadline: to the watchdog.
+    /// (or failsafe confirmation): `retry_timeout`, but not past [`Self::decide_by`]
+    /// (by at most a quarter of the stop budget, so that a late round still tries).
+    /// A round that starts a usual `loop_wait` after a renewal gets all of
+    /// `retry_timeout`; a later one, after a slow round, less.
     pub fn renew_within(&self, since: Duration) -> Duration {
         let floor = self.retry_timeout.min(self.stop_budget() / 4);
-        self.demote_after()
+        self.decide_by()
             .saturating_sub(since)
             .clamp(floor, self.retry_timeout.max(floor))
     }
 
-    /// When the key holder's next round comes after its renewal failed, `since` its
-    /// last renewal: at `demote_after` if that comes before `loop_wait` is up, so that
-    /// the loop itself fences then; `loop_wait` otherwise (already past it, a round
-    /// comes every `loop_wait` as usual, never in a tight loop).
+    /// When the next round comes after one that led although its renewal failed (it
+    /// failed before `demote_after`), `since` the last renewal: in time for a whole
+    /// renewal to end by [`Self::decide_by`], at once if that time has come, and never
+    /// later than `loop_wait`. Without this, a renewal that failed a moment before
+    /// `demote_after` left the decision to fence a whole `loop_wait` plus
+    /// `retry_timeout` later, past the fence deadline: to the watchdog. A failed
+    /// renewal itself lasts its whole budget, so this is no tight loop.
     pub fn next_round_in(&self, since: Duration) -> Duration {
-        match self.demote_after().checked_sub(since) {
-            Some(left) if !left.is_zero() => left.min(self.loop_wait),
-            _ => self.loop_wait,
-        }
+        self.decide_by()
+            .saturating_sub(self.retry_timeout)
+            .saturating_sub(since)
+            .min(self.loop_wait)
     }
 
     /// How long after the fence deadline the dead-man switch kills postgres: half the
@@ -670,47 +679,63 @@ mod tests {
         assert_eq!(c.advertise_host, "h");
     }
 
-    /// The key holder's loop decides by `demote_after` plus at most a quarter of the
-    /// stop budget, wherever in the loop the store stopped answering.
+    /// The key holder's loop decides to fence between `demote_after` and `decide_by`,
+    /// wherever in its loop etcd stopped answering, and a round that takes a while to
+    /// act on a Lead does not push the decision past the fence deadline.
     #[test]
-    fn a_failed_renewal_never_defers_the_fence_past_demote_after() {
+    fn a_failed_renewal_never_defers_the_fence_past_decide_by() {
         let ms = Duration::from_millis;
         for (ttl, loop_wait, retry) in [(6, 1, 2), (30, 10, 10), (15, 1, 2), (60, 5, 20)] {
             let mut a = on();
             (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout) = (ttl, loop_wait, retry);
             let c = HaConfig::from_args(&a, "h").unwrap().unwrap();
-            let floor = c.retry_timeout.min(c.stop_budget() / 4);
-            let latest = c.demote_after() + floor;
-            assert!(latest < c.fence_deadline(), "ttl {ttl}");
-            // A round that starts at `since`, renews in vain, and (if it did not fence)
-            // waits for the next: every start from 0 to demote_after, by 10 ms.
-            for start in (0..=c.demote_after().as_millis() as u64).step_by(10) {
-                let mut since = ms(start);
-                let mut rounds = 0;
-                loop {
-                    since += c.renew_within(since);
-                    if since >= c.demote_after() {
-                        break;
+            assert!(c.demote_after() < c.decide_by(), "ttl {ttl}");
+            assert!(c.decide_by() < c.fence_deadline(), "ttl {ttl}");
+            // A round that starts at `since`, renews in vain and, below demote_after,
+            // leads for `act` before it waits for the next: every start from 0 to
+            // demote_after, by 10 ms.
+            for act in [ms(0), ms(100), c.stop_budget() / 4] {
+                for start in (0..=c.demote_after().as_millis() as u64).step_by(10) {
+                    let mut since = ms(start);
+                    let mut rounds = 0;
+                    loop {
+                        since += c.renew_within(since);
+                        if since >= c.demote_after() {
+                            break;
+                        }
+                        since += act;
+                        since += c.next_round_in(since);
+                        rounds += 1;
+                        assert!(rounds < 100, "ttl {ttl}, start {start} ms: no decision");
                     }
-                    since += c.next_round_in(since);
-                    rounds += 1;
-                    assert!(rounds < 100, "ttl {ttl}, start {start} ms: no decision");
+                    assert!(
+                        since <= c.decide_by(),
+                        "ttl {ttl}, start {start} ms, act {act:?}: decided at {since:?}"
+                    );
                 }
-                assert!(since <= latest, "ttl {ttl}, start {start} ms: {since:?}");
             }
+            // A usual round, a loop_wait after the last renewal, renews for all of
+            // retry_timeout.
+            assert_eq!(
+                c.renew_within(c.loop_wait + ms(100)),
+                c.retry_timeout,
+                "ttl {ttl}"
+            );
         }
         let mut a = on();
         (a.ha_ttl, a.ha_loop_wait, a.ha_retry_timeout) = (6, 1, 2);
         let c = HaConfig::from_args(&a, "h").unwrap().unwrap();
+        assert_eq!(c.decide_by(), ms(4000));
         // (since the last renewal, renewal budget, next round in) at ttl 6, loop 1, retry 2
         let cases = [
             (0, 2000, 1000),
             (1000, 2000, 1000),
-            (1500, 1500, 1000),
-            (2400, 600, 600),
-            (2900, 500, 100),
-            (3000, 500, 1000),
-            (4000, 500, 1000),
+            (1500, 2000, 500),
+            (2400, 1600, 0),
+            (2900, 1100, 0),
+            (3000, 1000, 0),
+            (3600, 500, 0),
+            (4500, 500, 0),
         ];
         for (since, budget, next) in cases {
             assert_eq!(c.renew_within(ms(since)), ms(budget), "since {since}");

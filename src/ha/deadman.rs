@@ -140,16 +140,37 @@ fn parse(line: &str) -> Option<Option<(i32, u64)>> {
     }
 }
 
+/// Kills postgres with standby.signal in place, so that whoever starts postgres next
+/// starts a standby. The signal is an empty file: created (one system call) before the
+/// kill, made durable after it, as fsyncs on the stalled, loaded host this switch is for
+/// must not hold the kill back.
 fn fence(pgdata: &Path, owner: Option<crate::fsutil::Owner>, postmaster: i32) {
-    if let Err(e) = crate::fsutil::write_atomic(
-        &pgdata.join(crate::replica::STANDBY_SIGNAL),
-        b"",
-        owner,
-        0o600,
-    ) {
+    let created = create_signal(&pgdata.join(crate::replica::STANDBY_SIGNAL), owner);
+    super::local::kill_now(postmaster);
+    let durable = created.and_then(|f| {
+        f.sync_all()?;
+        crate::fsutil::fsync_dir(pgdata)
+    });
+    if let Err(e) = durable {
         eprintln!("pgwarden ha-deadman: cannot write standby.signal: {e}");
     }
-    super::local::kill_now(postmaster);
+}
+
+fn create_signal(
+    path: &Path,
+    owner: Option<crate::fsutil::Owner>,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    if let Some(o) = owner {
+        std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid))?;
+    }
+    Ok(f)
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
 //! The leader's side of a switchover, as actions of the loop.
 
-use super::{handover, reload_later, Ha};
+use super::{handover, reload_later, Guards, Ha};
 use crate::ha::store::{FailoverRequest, Store};
-use crate::ha::watchdog::Deadline;
 use crate::settings::Settings;
 use crate::state::SupervisorStatus;
 use crate::supervisor::{Command, Commands};
@@ -24,7 +23,7 @@ impl Ha {
         s: &Settings,
         status: &watch::Receiver<SupervisorStatus>,
         commands: &Commands,
-        deadline: &Deadline,
+        guards: &mut Guards<'_>,
     ) {
         // The others stand aside for a named candidate only.
         if self
@@ -75,9 +74,10 @@ impl Ha {
         let started = tokio::time::Instant::now();
         let caught_up = loop {
             // The lease must outlive the wait: the key is still ours to release. The
-            // watchdog follows, should postgres come back writable on giving up.
+            // watchdog and the dead-man switch follow, should postgres come back
+            // writable on giving up (the switch stays disarmed while postgres is down).
             if self.renew().await {
-                deadline.set(self.renewed_at.map(|t| t + self.cfg.fence_deadline()));
+                guards.arm(self.renewed_at.map(|t| t + self.cfg.fence_deadline()));
             }
             self.refresh().await;
             // The member key is published once a round; the candidate's /status is at
