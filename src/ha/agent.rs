@@ -53,6 +53,10 @@ pub struct Ha {
     /// What `/status`, `/cluster` and `/history` show.
     status_tx: Option<watch::Sender<Option<status::HaStatus>>>,
     last_renew_ok: bool,
+    /// Whether this round's action may leave postgres writable on this member's lease
+    /// (the watchdog is armed for it): then, after a failed renewal, the next round
+    /// comes in time to fence by its own decision.
+    armed: bool,
     /// The HTTP API of every member ever seen, by name: a former leader whose key
     /// expired is asked too before racing.
     known_apis: std::collections::BTreeMap<String, String>,
@@ -106,6 +110,7 @@ impl Ha {
             lease_tx: watch::channel(None).0,
             status_tx: None,
             last_renew_ok: false,
+            armed: false,
             known_apis: Default::default(),
             runner: None,
             sync_since: Default::default(),
@@ -348,6 +353,7 @@ impl Ha {
         // each spend another retry_timeout before the decision to fence.
         let renewed = self.renew().await;
         self.last_renew_ok = renewed;
+        self.armed = false;
         if renewed {
             self.refresh().await;
         }
@@ -437,6 +443,7 @@ impl Ha {
             deadman_grace: self.cfg.deadman_grace(),
         };
         guards.arm(fence_at);
+        self.armed = fence_at.is_some();
         if let Action::HandOver { candidate } = action {
             self.hand_over(candidate, s, status, commands, &mut guards)
                 .await;
@@ -950,13 +957,13 @@ impl Ha {
 
     /// Sleeps until the next round: `loop_wait`, or sooner when the leader key or a
     /// switchover request changes (a switchover then starts at once, not a round later).
-    /// After a round that led although its renewal failed, the next comes in time to
-    /// fence by its own decision ([`HaConfig::next_round_in`]).
+    /// After a round that kept postgres possibly writable although its renewal failed,
+    /// the next comes in time to fence by its own decision
+    /// ([`HaConfig::next_round_in`]).
     async fn wait(&self) {
         let revision = self.view.revision;
         let started = tokio::time::Instant::now();
-        let led = self.last_action == Some(Action::Lead);
-        let pause = match (self.last_renew_ok, led, self.renewed_or_confirmed()) {
+        let pause = match (self.last_renew_ok, self.armed, self.renewed_or_confirmed()) {
             (false, true, Some(t)) => self.cfg.next_round_in(clock::now().saturating_sub(t)),
             _ => self.cfg.loop_wait,
         };

@@ -348,13 +348,16 @@ impl HaConfig {
             .clamp(floor, self.retry_timeout.max(floor))
     }
 
-    /// When the next round comes after one that led although its renewal failed (it
-    /// failed before `demote_after`), `since` the last renewal: in time for a whole
-    /// renewal to end by [`Self::decide_by`], at once if that time has come, and never
-    /// later than `loop_wait`. Without this, a renewal that failed a moment before
-    /// `demote_after` left the decision to fence a whole `loop_wait` plus
-    /// `retry_timeout` later, past the fence deadline: to the watchdog. A failed
-    /// renewal itself lasts its whole budget, so this is no tight loop.
+    /// When the next round comes after one that kept postgres possibly writable
+    /// although its renewal failed (it failed before `demote_after`), `since` the last
+    /// renewal: in time for a whole renewal to end by [`Self::decide_by`], at once if
+    /// that time has come, and never later than `loop_wait`. Without this, a renewal
+    /// that failed a moment before `demote_after` left the decision to fence a whole
+    /// `loop_wait` plus `retry_timeout` later, past the fence deadline: to the
+    /// watchdog. No tight loop: a failed renewal lasts at least its first retry pause
+    /// (100 ms), and the rounds that come at once end at `demote_after`, where the
+    /// loop fences. (A round that finds postgres slow to answer spends up to
+    /// `retry_timeout` asking it before it decides; the watchdog covers that.)
     pub fn next_round_in(&self, since: Duration) -> Duration {
         self.decide_by()
             .saturating_sub(self.retry_timeout)

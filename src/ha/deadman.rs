@@ -156,17 +156,37 @@ fn fence(pgdata: &Path, owner: Option<crate::fsutil::Owner>, postmaster: i32) {
     }
 }
 
+/// Creates the empty standby.signal, or opens the one there. Never through a symbolic
+/// link: the switch runs as root, in a directory its database user owns (a link
+/// planted there would have root create and chown a file elsewhere), so the file is
+/// created with `O_EXCL` (which does not follow one), and what is there already is
+/// opened with `O_NOFOLLOW` or, not a regular file, replaced.
 fn create_signal(
     path: &Path,
     owner: Option<crate::fsutil::Owner>,
 ) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    };
+    let f = match create() {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if std::fs::symlink_metadata(path)?.file_type().is_file() {
+                return std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path);
+            }
+            std::fs::remove_file(path)?;
+            create()?
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(o) = owner {
         std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid))?;
     }
@@ -192,5 +212,33 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
+    }
+
+    /// A link planted as standby.signal is replaced, never followed: neither the file
+    /// it names nor a file where a dangling one points is created or touched.
+    #[test]
+    fn the_signal_never_follows_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pgdata, elsewhere) = (dir.path().join("data"), dir.path().join("elsewhere"));
+        std::fs::create_dir(&pgdata).unwrap();
+        std::fs::create_dir(&elsewhere).unwrap();
+        let signal = pgdata.join(crate::replica::STANDBY_SIGNAL);
+        let target = elsewhere.join("shadow");
+        std::fs::write(&target, "secret\n").unwrap();
+        let dangling = elsewhere.join("cron");
+        for points_at in [&target, &dangling] {
+            let _ = std::fs::remove_file(&signal);
+            std::os::unix::fs::symlink(points_at, &signal).unwrap();
+            create_signal(&signal, None).unwrap();
+            let meta = std::fs::symlink_metadata(&signal).unwrap();
+            assert!(meta.file_type().is_file(), "{points_at:?}");
+            assert_eq!(meta.len(), 0);
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "secret\n");
+        assert!(!dangling.exists());
+        // One already there is kept as it is.
+        std::fs::write(&signal, "").unwrap();
+        create_signal(&signal, None).unwrap();
+        assert!(std::fs::symlink_metadata(&signal).unwrap().is_file());
     }
 }

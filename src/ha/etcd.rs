@@ -135,9 +135,11 @@ impl EtcdStore {
     }
 
     /// Runs `op` until it succeeds or `within` has passed, each attempt on the next
-    /// endpoint and within its share of the time (at least half a second, or all of
-    /// `within` when shorter), so that every endpoint is tried before the time is up.
-    /// Only transport failures are retried; every operation given here is idempotent.
+    /// endpoint and within its share of the time, so that every endpoint is tried
+    /// before the time is up. A share is at least half a second (or all of `within`
+    /// when shorter): a budget below that per endpoint tries fewer of them, and the
+    /// next call starts with the endpoint after the last that failed. Only transport
+    /// failures are retried; every operation given here is idempotent.
     async fn retry_within<T, F, Fut>(
         &self,
         what: &'static str,
