@@ -243,7 +243,7 @@ pub fn logs(members: &[Instance]) -> String {
         let log = m.log();
         let events: Vec<String> = log.lines().filter_map(event).collect();
         out.push_str(&format!("-- {}\n", m.dir.display()));
-        for e in &events[events.len().saturating_sub(12)..] {
+        for e in &events[events.len().saturating_sub(8)..] {
             out.push_str(e);
             out.push('\n');
         }
