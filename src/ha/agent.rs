@@ -390,7 +390,7 @@ impl Ha {
             // rewound streams nothing, and must stay ineligible for the term it missed.
             let following = matches!(&postgres, Postgres::Replica { upstream: Some(u) } if *u == l.name)
                 && facts.is_some_and(|f| f.streaming);
-            if following || (l.name == self.name && Some(l.lease) == self.lease) {
+            if following || self.holds_key() {
                 self.saw_term(s, l.term);
             }
         }
@@ -1173,7 +1173,7 @@ impl Ha {
             return;
         };
         let leader = self.view.leader.as_ref();
-        let is_leader = leader.is_some_and(|l| l.name == self.name && Some(l.lease) == self.lease);
+        let is_leader = self.holds_key();
         let fence_deadline_in_ms = match (is_leader, self.renewed_at) {
             (true, Some(t)) => Some(
                 (t + self.cfg.fence_deadline())

@@ -155,12 +155,7 @@ impl Ha {
             // A fence still under way can be lifted only once postgres is down.
             handover::wait_stopped(status, self.cfg.ttl).await;
             let renewed = self.renew().await && self.refresh().await;
-            let holds = renewed
-                && self
-                    .view
-                    .leader
-                    .as_ref()
-                    .is_some_and(|l| l.name == self.name && Some(l.lease) == self.lease);
+            let holds = renewed && self.holds_key();
             if !holds {
                 warn!(
                     "HA: switchover given up after the leader key was lost: starting as a standby"
